@@ -1,0 +1,147 @@
+//! The protobuf text format (`.prototxt`), read and printed through the embedded descriptors.
+
+use super::ProtoError;
+use miette::Diagnostic;
+use prost_reflect::text_format::FormatOptions;
+use prost_reflect::{DynamicMessage, ReflectMessage};
+use std::path::Path;
+
+/// Parses `text` (the contents of `origin`) as a `M` in protobuf text format.
+///
+/// Errors name `origin`, the line and column, and what was wrong there; an unknown field or
+/// enum value also lists the closest valid names.
+pub fn parse_text<M: ReflectMessage + Default>(text: &str, origin: &Path) -> Result<M, ProtoError> {
+    let descriptor = M::default().descriptor();
+    let dynamic = DynamicMessage::parse_text_format(descriptor, text).map_err(|error| {
+        let offset = error
+            .labels()
+            .and_then(|mut labels| labels.next())
+            .map_or(text.len(), |label| label.offset());
+        let (line, column) = line_and_column(text, offset);
+        ProtoError::Text {
+            path: origin.to_path_buf(),
+            line,
+            column,
+            message: explain(&error.to_string(), text, offset),
+        }
+    })?;
+    dynamic
+        .transcode_to::<M>()
+        .map_err(|error| ProtoError::Decode {
+            path: origin.to_path_buf(),
+            message: error.to_string(),
+        })
+}
+
+/// Prints `message` in protobuf text format, one field per line, two-space indents, as
+/// Caffe's own printer lays it out. [`parse_text`] reads it back to an equal message.
+pub fn print_text<M: ReflectMessage>(message: &M) -> String {
+    let mut text = message
+        .transcode_to_dynamic()
+        .to_text_format_with_options(&FormatOptions::new().pretty(true));
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Adds what a user needs to fix the error: the valid choices for a misspelt name.
+fn explain(message: &str, text: &str, offset: usize) -> String {
+    let pool = &*super::DESCRIPTOR_POOL;
+    let quoted: Vec<&str> = message.split('\'').skip(1).step_by(2).collect();
+    let found_token = || {
+        let rest = &text[offset.min(text.len())..];
+        let word: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if word.is_empty() {
+            rest.chars().next().map(String::from).unwrap_or_default()
+        } else {
+            word
+        }
+    };
+    if message.starts_with("field '") && message.contains("not found for message") {
+        if let (Some(field), Some(message_name)) = (quoted.first(), quoted.get(1)) {
+            if let Some(descriptor) = pool.get_message_by_name(message_name) {
+                let names: Vec<String> =
+                    descriptor.fields().map(|f| f.name().to_string()).collect();
+                return format!(
+                    "unknown field '{field}' in {message_name}{}",
+                    suggestion(field, &names)
+                );
+            }
+        }
+    }
+    if message.starts_with("value '") && message.contains("not found for enum") {
+        if let (Some(value), Some(enum_name)) = (quoted.first(), quoted.get(1)) {
+            if let Some(descriptor) = pool.get_enum_by_name(enum_name) {
+                let names: Vec<String> =
+                    descriptor.values().map(|v| v.name().to_string()).collect();
+                return format!(
+                    "invalid value '{value}' for enum {enum_name}; valid values: {}",
+                    names.join(", ")
+                );
+            }
+        }
+    }
+    if message.starts_with("invalid token") {
+        return format!("invalid token '{}'", found_token());
+    }
+    message.to_string()
+}
+
+/// "; did you mean 'x'?" for the closest of `candidates`, when one is close enough.
+fn suggestion(name: &str, candidates: &[String]) -> String {
+    let best = candidates
+        .iter()
+        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .min();
+    match best {
+        Some((distance, candidate)) if distance <= name.len().max(3) / 3 + 1 => {
+            format!("; did you mean '{candidate}'?")
+        }
+        _ => String::new(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_from_one() {
+        assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("kernel_size", "kernel_size"), 0);
+        assert_eq!(edit_distance("kernal_size", "kernel_size"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}
