@@ -1,1 +1,4 @@
+//! rcaffe: Caffe's trainer in Rust, with cyclical learning rates.
+
+pub mod log;
 pub mod proto;

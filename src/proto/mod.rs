@@ -1,6 +1,13 @@
 //! Caffe's schema as Rust types, and the files made of it.
 
+mod text;
+pub mod upgrade;
+
+pub use text::{parse_text, print_text};
+
+use caffe::{NetParameter, SolverParameter};
 use prost_reflect::DescriptorPool;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 /// The types generated from proto/caffe.proto.
@@ -16,11 +23,6 @@ pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     )
     .expect("the embedded descriptor set is produced by build.rs and always valid")
 });
-
-mod text;
-pub use text::{parse_text, print_text};
-
-use std::path::PathBuf;
 
 /// What can go wrong reading or writing Caffe's files. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -48,4 +50,26 @@ pub enum ProtoError {
     Decode { path: PathBuf, message: String },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+}
+
+/// Reads a whole file as UTF-8 text, naming the file on failure.
+pub fn read_text_file(path: &Path) -> Result<String, ProtoError> {
+    std::fs::read_to_string(path).map_err(|source| ProtoError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a net prototxt and upgrades legacy (V0/V1, top-level input) nets to the current format.
+pub fn read_net(path: &Path) -> Result<NetParameter, ProtoError> {
+    let mut net: NetParameter = parse_text(&read_text_file(path)?, path)?;
+    upgrade::upgrade_net(&mut net, path)?;
+    Ok(net)
+}
+
+/// Reads a solver prototxt, upgrading the legacy `solver_type` enum and any inline legacy nets.
+pub fn read_solver(path: &Path) -> Result<SolverParameter, ProtoError> {
+    let mut solver: SolverParameter = parse_text(&read_text_file(path)?, path)?;
+    upgrade::upgrade_solver(&mut solver, path)?;
+    Ok(solver)
 }
