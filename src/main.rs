@@ -1,1 +1,282 @@
-fn main() {}
+//! The `rcaffe` command line: arguments in, library calls out.
+
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+use rcaffe::proto;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rcaffe",
+    version,
+    about = "Caffe's trainer in Rust, with cyclical learning rates",
+    long_about = "Caffe's trainer in Rust, with cyclical learning rates.\n\nCaffe's single-dash \
+                  flags work too: `rcaffe train -solver s.prototxt -gpu 0`."
+)]
+struct Cli {
+    /// Also write the log to a file in this folder (glog's format, as on stderr).
+    #[arg(long, global = true, alias = "log_dir")]
+    log_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a net with a solver (Caffe's `caffe train`).
+    Train {
+        /// The solver prototxt.
+        #[arg(long)]
+        solver: PathBuf,
+        /// Comma-separated .caffemodel files to start from (fine-tuning).
+        #[arg(long)]
+        weights: Option<String>,
+        /// A .solverstate to resume from.
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
+        /// GPU ids to use ("0"); without it the solver's solver_mode decides.
+        #[arg(long)]
+        gpu: Option<String>,
+        /// What SIGINT does: stop, snapshot or none.
+        #[arg(long, alias = "sigint_effect", default_value = "stop")]
+        sigint_effect: String,
+        /// What SIGHUP does: stop, snapshot or none.
+        #[arg(long, alias = "sighup_effect", default_value = "snapshot")]
+        sighup_effect: String,
+    },
+    /// Score a model on its test phase (Caffe's `caffe test`).
+    Test {
+        /// The net prototxt.
+        #[arg(long)]
+        model: PathBuf,
+        /// The trained weights.
+        #[arg(long)]
+        weights: Option<String>,
+        /// Number of iterations to run.
+        #[arg(long, default_value_t = 50)]
+        iterations: u32,
+        /// GPU id to use.
+        #[arg(long)]
+        gpu: Option<String>,
+    },
+    /// Time a net's forward and backward passes, layer by layer (Caffe's `caffe time`).
+    Time {
+        /// The net prototxt.
+        #[arg(long)]
+        model: PathBuf,
+        /// Number of iterations to time.
+        #[arg(long, default_value_t = 50)]
+        iterations: u32,
+        /// The phase to build the net in: TRAIN or TEST.
+        #[arg(long)]
+        phase: Option<String>,
+        /// Net stages, for layers' include/exclude rules (repeatable).
+        #[arg(long)]
+        stage: Vec<String>,
+        /// The net level, for layers' include/exclude rules.
+        #[arg(long)]
+        level: Option<i32>,
+        /// GPU id to use.
+        #[arg(long)]
+        gpu: Option<String>,
+    },
+    /// Range test, fixed vs triangular2 training, plots and a table, on the bundled Fashion-MNIST.
+    Demo {
+        /// Where to write everything the demo makes.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show what a .caffemodel, .solverstate, .binaryproto or .prototxt file holds.
+    Inspect {
+        /// The file to inspect.
+        file: PathBuf,
+    },
+    /// Upgrade a legacy (V0/V1) net prototxt to the current format.
+    #[command(alias = "upgrade_net_proto_text")]
+    UpgradeNet { input: PathBuf, output: PathBuf },
+    /// Upgrade a legacy solver prototxt (solver_type enum) to the current format.
+    #[command(alias = "upgrade_solver_proto_text")]
+    UpgradeSolver { input: PathBuf, output: PathBuf },
+    /// Show the GPU's properties (Caffe's `caffe device_query`).
+    #[command(alias = "device_query")]
+    DeviceQuery {
+        /// GPU id to query.
+        #[arg(long, default_value = "0")]
+        gpu: String,
+    },
+    /// Plot or tabulate a solver's learning-rate schedule (.png, .svg or .csv).
+    #[command(alias = "plot_lr")]
+    PlotLr {
+        /// The solver prototxt (the net it names need not exist).
+        #[arg(long)]
+        solver: PathBuf,
+        /// Iterations to cover (default: the solver's max_iter).
+        #[arg(long)]
+        iterations: Option<u32>,
+        /// Output file: schedule.png, schedule.svg or schedule.csv.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+}
+
+/// Rewrites Caffe's single-dash long flags (`-solver x`, `-sigint_effect=stop`) into clap's
+/// double-dash form, so old `caffe` command lines run with `rcaffe` in its place. Only names
+/// that are long flags of some subcommand are rewritten; anything else is left for clap.
+fn normalize_caffe_flags(args: Vec<String>, known_long_flags: &[String]) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(index, arg)| {
+            if index == 0 || arg.starts_with("--") || !arg.starts_with('-') || arg.len() < 3 {
+                return arg;
+            }
+            let (name, value) = match arg[1..].split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (&arg[1..], None),
+            };
+            if known_long_flags.iter().any(|flag| flag == name) {
+                match value {
+                    Some(value) => format!("--{name}={value}"),
+                    None => format!("--{name}"),
+                }
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+/// Every long flag name and alias of the command and its subcommands.
+fn long_flags(command: &clap::Command) -> Vec<String> {
+    let mut names: Vec<String> = command
+        .get_arguments()
+        .flat_map(|arg| {
+            arg.get_long()
+                .into_iter()
+                .chain(arg.get_all_aliases().unwrap_or_default())
+                .map(str::to_string)
+        })
+        .collect();
+    for sub in command.get_subcommands() {
+        names.extend(long_flags(sub));
+    }
+    names
+}
+
+fn main() -> ExitCode {
+    let args = normalize_caffe_flags(std::env::args().collect(), &long_flags(&Cli::command()));
+    let cli = Cli::parse_from(args);
+    let log_file = match &cli.log_dir {
+        Some(folder) => match open_log_file(folder) {
+            Ok(file) => Some(file),
+            Err(error) => {
+                eprintln!("rcaffe: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    rcaffe::log::GlogLogger::new(log::LevelFilter::Info, log_file).install();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rcaffe: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_log_file(folder: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(folder)
+        .with_context(|| format!("creating log folder {}", folder.display()))?;
+    let name = format!("rcaffe.{}.log", std::process::id());
+    let path = folder.join(name);
+    std::fs::File::create(&path).with_context(|| format!("creating log file {}", path.display()))
+}
+
+fn not_yet(command: &str, issue: &str) -> Result<()> {
+    bail!("`rcaffe {command}` is not implemented yet: it arrives with {issue}")
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Train { .. } => not_yet("train", "the solver (issue #6)"),
+        Command::Test { .. } => not_yet("test", "the solver (issue #6)"),
+        Command::Time { .. } => not_yet("time", "the CPU engine (issue #4)"),
+        Command::Demo { .. } => not_yet("demo", "the CLR toolkit (issue #10)"),
+        Command::DeviceQuery { .. } => not_yet("device-query", "the CUDA backend (issue #9)"),
+        Command::Inspect { file } => {
+            print!("{}", rcaffe::inspect::inspect(&file)?);
+            Ok(())
+        }
+        Command::UpgradeNet { input, output } => {
+            proto::upgrade::upgrade_net_file(&input, &output)?;
+            Ok(())
+        }
+        Command::UpgradeSolver { input, output } => {
+            proto::upgrade::upgrade_solver_file(&input, &output)?;
+            Ok(())
+        }
+        Command::PlotLr { .. } => not_yet("plot-lr", "the learning-rate policies (issue #3)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Cli {
+        let args = line.split_whitespace().map(String::from).collect();
+        Cli::try_parse_from(normalize_caffe_flags(args, &long_flags(&Cli::command()))).unwrap()
+    }
+
+    #[test]
+    fn caffe_single_dash_flags_parse_like_double_dash_ones() {
+        let single = parse("rcaffe train -solver s.prototxt -weights w.caffemodel -gpu 0");
+        let double = parse("rcaffe train --solver s.prototxt --weights w.caffemodel --gpu 0");
+        assert_eq!(format!("{single:?}"), format!("{double:?}"));
+        match single.command {
+            Command::Train {
+                solver,
+                weights,
+                gpu,
+                ..
+            } => {
+                assert_eq!(solver, PathBuf::from("s.prototxt"));
+                assert_eq!(weights.as_deref(), Some("w.caffemodel"));
+                assert_eq!(gpu.as_deref(), Some("0"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gflags_spellings_are_accepted() {
+        let cli =
+            parse("rcaffe train -solver=s.prototxt -sigint_effect=snapshot --sighup_effect none");
+        match cli.command {
+            Command::Train {
+                sigint_effect,
+                sighup_effect,
+                ..
+            } => {
+                assert_eq!(sigint_effect, "snapshot");
+                assert_eq!(sighup_effect, "none");
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            parse("rcaffe device_query -gpu 0").command,
+            Command::DeviceQuery { .. }
+        ));
+    }
+
+    #[test]
+    fn short_flags_and_values_are_left_alone() {
+        let args: Vec<String> = ["rcaffe", "plot-lr", "-o", "x.csv", "--iterations", "-5"]
+            .map(String::from)
+            .into();
+        let normalized = normalize_caffe_flags(args.clone(), &long_flags(&Cli::command()));
+        assert_eq!(normalized, args);
+    }
+}

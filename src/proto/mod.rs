@@ -1,8 +1,15 @@
 //! Caffe's schema as Rust types, and the files made of it.
 
+mod binary;
+mod solver_nets;
 mod text;
 pub mod upgrade;
 
+pub use binary::{
+    blob_proto_shape, check_blob_proto, decode_binary, read_binary, read_blob_proto,
+    read_caffemodel, read_solverstate, write_atomically, write_binary,
+};
+pub use solver_nets::{resolve_solver_nets, NetSource, SolverNets};
 pub use text::{parse_text, print_text};
 
 use caffe::{NetParameter, SolverParameter};
@@ -67,9 +74,33 @@ pub fn read_net(path: &Path) -> Result<NetParameter, ProtoError> {
     Ok(net)
 }
 
-/// Reads a solver prototxt, upgrading the legacy `solver_type` enum and any inline legacy nets.
+/// Reads a solver prototxt, upgrading the legacy `solver_type` enum and any inline legacy nets,
+/// and settling `snapshot_prefix` as upstream's `ReadSolverParamsFromTextFileOrDie` does.
 pub fn read_solver(path: &Path) -> Result<SolverParameter, ProtoError> {
     let mut solver: SolverParameter = parse_text(&read_text_file(path)?, path)?;
     upgrade::upgrade_solver(&mut solver, path)?;
+    settle_snapshot_prefix(&mut solver, path);
     Ok(solver)
+}
+
+/// Without a `snapshot_prefix`, snapshots go beside the solver file, named after it; a prefix
+/// that is a folder gets the solver file's stem appended.
+fn settle_snapshot_prefix(solver: &mut SolverParameter, solver_path: &Path) {
+    match &solver.snapshot_prefix {
+        None => {
+            let prefix = solver_path
+                .with_extension("")
+                .to_string_lossy()
+                .into_owned();
+            log::info!("snapshot_prefix was not specified and is set to {prefix}");
+            solver.snapshot_prefix = Some(prefix);
+        }
+        Some(prefix) if Path::new(prefix).is_dir() => {
+            let stem = solver_path.file_stem().unwrap_or_default();
+            let prefix = Path::new(prefix).join(stem).to_string_lossy().into_owned();
+            log::info!("snapshot_prefix was a directory and is replaced to {prefix}");
+            solver.snapshot_prefix = Some(prefix);
+        }
+        Some(_) => {}
+    }
 }
