@@ -2,4 +2,6 @@
 
 pub mod inspect;
 pub mod log;
+pub mod lr_policy;
+pub mod plot;
 pub mod proto;

@@ -217,7 +217,24 @@ fn run(command: Command) -> Result<()> {
             proto::upgrade::upgrade_solver_file(&input, &output)?;
             Ok(())
         }
-        Command::PlotLr { .. } => not_yet("plot-lr", "the learning-rate policies (issue #3)"),
+        Command::PlotLr {
+            solver,
+            iterations,
+            output,
+        } => {
+            let param = proto::read_solver(&solver)?;
+            rcaffe::lr_policy::write_lr_schedule(&param, iterations, &output).map_err(|error| {
+                match error {
+                    // Policy errors are about the solver file; name it.
+                    rcaffe::lr_policy::ScheduleError::Policy(policy) => {
+                        anyhow::anyhow!("{}: {policy}", solver.display())
+                    }
+                    other => other.into(),
+                }
+            })?;
+            println!("Wrote {}", output.display());
+            Ok(())
+        }
     }
 }
 

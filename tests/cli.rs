@@ -1,0 +1,137 @@
+//! The `rcaffe` binary, run as a user runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const UPSTREAM: &str = "../shared/reference/upstream";
+
+fn rcaffe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
+        .args(args)
+        .output()
+        .expect("the rcaffe binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn plot_lr_writes_every_iteration_with_caffe_spelling() {
+    let folder = tempfile::tempdir().unwrap();
+    let csv = folder.path().join("schedule.csv");
+    let solver = format!("{UPSTREAM}/lenet/sgd_triangular2.solver.prototxt");
+    let output = rcaffe(&[
+        "plot-lr",
+        "-solver",
+        &solver,
+        "-iterations",
+        "200",
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows[0], "iteration,lr");
+    assert_eq!(rows.len(), 1 + 201);
+    // triangular2 from 0.001 to 0.006 with stepsize 50: the first peak, then half the amplitude.
+    assert_eq!(rows[1 + 50], "50,0.006");
+    assert_eq!(rows[1 + 100], "100,0.001");
+    assert_eq!(rows[1 + 150], "150,0.0035");
+}
+
+#[test]
+fn plot_lr_names_the_solver_when_its_policy_is_wrong() {
+    let folder = tempfile::tempdir().unwrap();
+    let solver = folder.path().join("s.prototxt");
+    std::fs::write(
+        &solver,
+        "base_lr: 0.01\nmax_lr: 0.1\nlr_policy: \"triangular\"\nmax_iter: 10\n",
+    )
+    .unwrap();
+    let output = rcaffe(&[
+        "plot-lr",
+        "--solver",
+        solver.to_str().unwrap(),
+        "-o",
+        "x.csv",
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains(solver.to_str().unwrap()) && message.contains("stepsize"),
+        "{message}"
+    );
+}
+
+#[test]
+fn inspect_reports_layers_shapes_and_statistics() {
+    let output = rcaffe(&["inspect", &format!("{UPSTREAM}/lenet/init.caffemodel")]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stdout(&output);
+    assert!(
+        report.contains("net \"LeNet\": 9 layers, 4 with weights, 8 blobs, 431080 values"),
+        "{report}"
+    );
+    let conv1 = report
+        .lines()
+        .find(|l| l.contains("conv1") && l.contains("20 1 5 5"))
+        .unwrap();
+    assert!(conv1.contains(" 500 "), "{conv1}");
+
+    let output = rcaffe(&[
+        "inspect",
+        &format!("{UPSTREAM}/lenet/sgd_inv_iter_150.solverstate"),
+    ]);
+    assert!(
+        stdout(&output).contains("iteration 150"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn upgrade_net_writes_a_current_format_net() {
+    let folder = tempfile::tempdir().unwrap();
+    let output_path = folder.path().join("new.prototxt");
+    let output = rcaffe(&[
+        "upgrade-net",
+        "tests/data/legacy/v1_all_types.prototxt",
+        output_path.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let upgraded = rcaffe::proto::read_net(&output_path).unwrap();
+    assert!(upgraded.layers.is_empty() && !upgraded.layer.is_empty());
+}
+
+#[test]
+fn bad_prototxt_exits_with_the_place_named() {
+    let folder = tempfile::tempdir().unwrap();
+    let net = folder.path().join("bad.prototxt");
+    std::fs::write(&net, "name: \"x\"\nlayer {\n  nme: \"conv\"\n}\n").unwrap();
+    let output = rcaffe(&["inspect", net.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!("{}:3:3: unknown field 'nme'", net.display())),
+        "{message}"
+    );
+    assert!(message.contains("did you mean 'name'"), "{message}");
+}
+
+#[test]
+fn commands_still_to_come_say_so_plainly() {
+    let output = rcaffe(&["train", "-solver", "s.prototxt", "-gpu", "0"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("not implemented yet"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(Path::new(env!("CARGO_BIN_EXE_rcaffe")).exists());
+}
