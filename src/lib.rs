@@ -1,7 +1,15 @@
 //! rcaffe: Caffe's trainer in Rust, with cyclical learning rates.
 
+pub mod backend;
+pub mod benchmark;
+pub mod blob;
+pub mod data;
+pub mod filler;
 pub mod inspect;
+pub mod layers;
 pub mod log;
 pub mod lr_policy;
+pub mod net;
 pub mod plot;
 pub mod proto;
+pub mod testing;

@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
+use rcaffe::backend::{rng_from_seed, CpuBackend};
+use rcaffe::net::Net;
 use rcaffe::proto;
+use rcaffe::proto::caffe::Phase;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -202,7 +205,21 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Train { .. } => not_yet("train", "the solver (issue #6)"),
         Command::Test { .. } => not_yet("test", "the solver (issue #6)"),
-        Command::Time { .. } => not_yet("time", "the CPU engine (issue #4)"),
+        Command::Time {
+            model,
+            iterations,
+            phase,
+            stage,
+            level,
+            gpu,
+        } => time(
+            &model,
+            iterations,
+            phase.as_deref(),
+            &stage,
+            level,
+            gpu.as_deref(),
+        ),
         Command::Demo { .. } => not_yet("demo", "the CLR toolkit (issue #10)"),
         Command::DeviceQuery { .. } => not_yet("device-query", "the CUDA backend (issue #9)"),
         Command::Inspect { file } => {
@@ -236,6 +253,40 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Caffe's `-phase` flag: TRAIN or TEST, TRAIN when absent (as `caffe time`).
+fn parse_phase(phase: Option<&str>) -> Result<Phase> {
+    match phase {
+        None | Some("TRAIN") => Ok(Phase::Train),
+        Some("TEST") => Ok(Phase::Test),
+        Some(other) => bail!("-phase must be TRAIN or TEST, not '{other}'"),
+    }
+}
+
+fn time(
+    model: &std::path::Path,
+    iterations: u32,
+    phase: Option<&str>,
+    stages: &[String],
+    level: Option<i32>,
+    gpu: Option<&str>,
+) -> Result<()> {
+    if gpu.is_some() {
+        bail!("-gpu: the CUDA backend is not implemented yet (issue #9); omit -gpu to time on the CPU");
+    }
+    log::info!("Use CPU.");
+    let backend = CpuBackend::default();
+    let mut net = Net::from_file(
+        model,
+        parse_phase(phase)?,
+        level.unwrap_or(0),
+        stages,
+        &backend,
+        rng_from_seed(0),
+    )?;
+    rcaffe::benchmark::time_net(&mut net, iterations)?;
+    Ok(())
 }
 
 #[cfg(test)]

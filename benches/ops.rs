@@ -1,0 +1,165 @@
+//! CPU backend op benchmarks at the shapes of the zoo's layers.
+//!
+//! `cargo bench --bench ops`; throughput for GEMM is reported in elements/s where one
+//! "element" is one floating-point operation (2 m n k per product), i.e. FLOP/s.
+//! `RCAFFE_BENCH_THREADS` sets the backend's thread count (default: all cores).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rcaffe::backend::{
+    rng_from_seed, Backend, ConvGeom, CpuBackend, CpuBuffer, PoolGeom, RoundMode, Transpose,
+};
+use std::hint::black_box;
+use std::time::Duration;
+
+fn backend() -> CpuBackend {
+    let threads = std::env::var("RCAFFE_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    CpuBackend::new(threads).expect("thread pool")
+}
+
+fn random(be: &CpuBackend, n: usize, seed: u64) -> CpuBuffer {
+    let mut b = be.alloc(n).unwrap();
+    be.rng_uniform(n, -1.0, 1.0, &mut rng_from_seed(seed), &mut b, 0)
+        .unwrap();
+    b
+}
+
+fn bench_gemm(c: &mut Criterion) {
+    let be = backend();
+    let nt = Transpose::NoTrans;
+    let tr = Transpose::Trans;
+    // (name, transA, transB, M, N, K): forward conv is W (M x K) times col (K x N).
+    let cases = [
+        ("lenet_conv1", nt, nt, 20, 576, 25),
+        ("lenet_conv2", nt, nt, 50, 64, 500),
+        ("cifar_conv2", nt, nt, 32, 1024, 800),
+        ("alexnet_conv1", nt, nt, 96, 3025, 363),
+        ("alexnet_conv2_group", nt, nt, 128, 729, 1200),
+        ("alexnet_conv1_wgrad", nt, tr, 96, 363, 3025),
+        ("alexnet_conv1_dgrad", tr, nt, 363, 3025, 96),
+        ("lenet_ip1_batch64", nt, tr, 64, 500, 800),
+    ];
+    let mut group = c.benchmark_group(format!("gemm_{}t", be.threads()));
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    for (name, ta, tb, m, n, k) in cases {
+        let a = random(&be, m * k, 1);
+        let b = random(&be, k * n, 2);
+        let mut out = be.alloc(m * n).unwrap();
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_function(BenchmarkId::new(name, format!("{m}x{n}x{k}")), |bench| {
+            bench.iter(|| {
+                be.gemm_packed(ta, tb, m, n, k, 1.0, &a, 0, &b, 0, 0.0, &mut out, 0)
+                    .unwrap();
+                black_box(&out);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn conv(channels: usize, size: usize, kernel: usize, pad: usize, stride: usize) -> ConvGeom {
+    ConvGeom {
+        channels,
+        height: size,
+        width: size,
+        kernel_h: kernel,
+        kernel_w: kernel,
+        pad_h: pad,
+        pad_w: pad,
+        stride_h: stride,
+        stride_w: stride,
+        dilation_h: 1,
+        dilation_w: 1,
+    }
+}
+
+fn bench_im2col(c: &mut Criterion) {
+    let be = backend();
+    let cases = [
+        ("alexnet_conv1", conv(3, 227, 11, 0, 4)),
+        ("cifar_conv2", conv(32, 16, 5, 2, 1)),
+        ("alexnet_conv3", conv(256, 13, 3, 1, 1)),
+    ];
+    let mut group = c.benchmark_group(format!("im2col_{}t", be.threads()));
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    for (name, g) in cases {
+        let im = random(&be, g.im_len(), 3);
+        let mut col = be.alloc(g.col_len()).unwrap();
+        group.throughput(Throughput::Bytes((4 * g.col_len()) as u64));
+        group.bench_function(BenchmarkId::new("im2col", name), |bench| {
+            bench.iter(|| {
+                be.im2col(&g, &im, 0, &mut col, 0).unwrap();
+                black_box(&col);
+            })
+        });
+        let mut im_out = be.alloc(g.im_len()).unwrap();
+        group.bench_function(BenchmarkId::new("col2im", name), |bench| {
+            bench.iter(|| {
+                be.col2im(&g, &col, 0, &mut im_out, 0).unwrap();
+                black_box(&im_out);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_pooling(c: &mut Criterion) {
+    let be = backend();
+    let cases = [
+        // AlexNet pool1 at batch 16 and cifar pool1 at batch 100.
+        ("alexnet_pool1_b16", 16 * 96, 55, 3, 2),
+        ("cifar_pool1_b100", 100 * 32, 32, 3, 2),
+        ("lenet_pool1_b64", 64 * 20, 24, 2, 2),
+    ];
+    let mut group = c.benchmark_group(format!("max_pool_{}t", be.threads()));
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    for (name, planes, size, kernel, stride) in cases {
+        let g = PoolGeom::new(
+            planes,
+            (size, size),
+            (kernel, kernel),
+            (stride, stride),
+            (0, 0),
+            RoundMode::Ceil,
+        )
+        .unwrap();
+        let x = random(&be, g.in_len(), 4);
+        let mut y = be.alloc(g.out_len()).unwrap();
+        let mut mask = be.alloc(g.out_len()).unwrap();
+        group.throughput(Throughput::Bytes((4 * g.in_len()) as u64));
+        group.bench_function(BenchmarkId::new("forward", name), |bench| {
+            bench.iter(|| {
+                be.max_pool_forward(&g, &x, 0, &mut y, 0, &mut mask, 0)
+                    .unwrap();
+                black_box(&y);
+            })
+        });
+        let mut dx = be.alloc(g.in_len()).unwrap();
+        group.bench_function(BenchmarkId::new("backward", name), |bench| {
+            bench.iter(|| {
+                be.max_pool_backward(&g, &y, 0, &mask, 0, &mut dx, 0)
+                    .unwrap();
+                black_box(&dx);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = bench_gemm, bench_im2col, bench_pooling
+}
+criterion_main!(benches);

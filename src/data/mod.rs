@@ -1,0 +1,117 @@
+//! Data: LMDB datasets of `Datum` records, the transformations a data layer applies to them,
+//! the background thread that prepares batches, and the converters that build the datasets.
+//!
+//! The pieces, in the order a record flows through them:
+//!
+//! * [`lmdb`]: open an LMDB the way Caffe does (read-only, one unnamed database), walk its
+//!   records in key order with wrap-around ([`lmdb::Cursor`]), and write new ones
+//!   ([`lmdb::LmdbWriter`], whose memory map grows as needed).
+//! * [`datum`]: parse a record into a [`Datum`](crate::proto::caffe::Datum), check its shape,
+//!   and decode an encoded (JPEG/PNG) one into Caffe's channel-major BGR layout ([`imgcodec`]
+//!   does the image work).
+//! * [`transformer`]: upstream's `DataTransformer`: crop, mirror, mean subtraction and scale,
+//!   with the random draws taken from a generator the caller passes in.
+//! * [`prefetch`]: a thread that fills the next host batches while the net computes.
+//! * [`convert`] and [`mean`]: upstream's `convert_mnist_data`, `convert_cifar_data`,
+//!   `convert_imageset` and `compute_image_mean`, writing LMDBs and mean files byte-compatible
+//!   with the ones upstream's tools write.
+//!
+//! The data layers themselves live in `src/layers/` (`Data` in `layers/data.rs`).
+
+pub mod convert;
+pub mod datum;
+pub mod imgcodec;
+pub mod lmdb;
+pub mod mean;
+pub mod prefetch;
+pub mod transformer;
+
+pub use convert::{
+    convert_cifar, convert_cifar_with, convert_imageset, convert_imageset_with, convert_mnist,
+    convert_mnist_with, CifarSummary, ImagesetOptions, ImagesetSummary, Progress,
+};
+pub use lmdb::{Cursor, Lmdb, LmdbWriter};
+pub use mean::{compute_image_mean, compute_image_mean_with, ImageMean};
+pub use transformer::DataTransformer;
+
+use std::path::{Path, PathBuf};
+
+use crate::proto::ProtoError;
+
+/// What can go wrong reading, transforming or writing data. Every variant names the file,
+/// LMDB, record or parameter it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An LMDB could not be opened, read or written.
+    #[error("LMDB {}: {message}", path.display())]
+    Lmdb { path: PathBuf, message: String },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A dataset file (IDX, CIFAR batch, list file, image) is not what it should be.
+    #[error("{}: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+    /// One record of an LMDB cannot be used.
+    #[error("LMDB {}, record '{key}': {message}", path.display())]
+    Record {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    /// A parameter is missing, out of range, or does not fit the data; the message names the
+    /// field (and the file, for a mean file).
+    #[error("{0}")]
+    Invalid(String),
+    /// A binary proto file (a mean file) could not be read or written.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+}
+
+impl DataError {
+    /// A [`DataError::Invalid`] with this message.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        DataError::Invalid(message.into())
+    }
+
+    /// An [`DataError::Io`] for `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A [`DataError::Format`] for `path`.
+    pub fn format(path: &Path, message: impl Into<String>) -> Self {
+        DataError::Format {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// Ties an error about a record's contents ([`DataError::Invalid`]) to the record: the
+    /// LMDB and the key. Other variants already name what they are about and pass through.
+    pub fn in_record(self, path: &Path, key: &[u8]) -> Self {
+        match self {
+            DataError::Invalid(message) => DataError::Record {
+                path: path.to_path_buf(),
+                key: key_string(key),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Result of a data operation.
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// An LMDB key as text (keys written by Caffe's tools are ASCII; other bytes are shown
+/// lossily).
+pub fn key_string(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}

@@ -1,0 +1,156 @@
+//! Prefetching: a background thread fills the next host batches while the net computes
+//! (upstream's `BasePrefetchingDataLayer`, src/caffe/layers/base_data_layer.cpp).
+//!
+//! `count` batches (upstream's `data_param.prefetch`, default 4) circulate between two bounded
+//! channels: the thread takes an empty batch from the *free* channel, fills it through a
+//! [`BatchSource`] and sends it down the *full* channel; the layer takes a full batch, uploads
+//! it, and hands it back with [`Prefetcher::recycle`].
+//!
+//! * An error while filling (a bad record, a failed read) is sent down the full channel in
+//!   place of the batch, so the layer's next forward pass returns it; the thread then stops.
+//!   A panic in the thread is reported the same way, with its message; nothing hangs.
+//! * Dropping the [`Prefetcher`] closes both channels, which ends the thread at its next
+//!   channel operation (it finishes the batch it is filling first), then joins it.
+
+use std::sync::mpsc::{self, Receiver, RecvError, SyncSender};
+use std::thread::JoinHandle;
+
+use super::{DataError, Result};
+
+/// One host batch: the data with its shape, and one label per item (empty when the layer
+/// has no label top).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub labels: Vec<f32>,
+}
+
+/// What fills batches on the prefetch thread.
+pub trait BatchSource: Send + 'static {
+    /// Fills `batch` (reshaping it as needed) with the next records.
+    fn fill(&mut self, batch: &mut Batch) -> Result<()>;
+}
+
+/// A running prefetch thread and its channels. See the [module documentation](self).
+pub struct Prefetcher {
+    name: String,
+    full: Option<Receiver<Result<Batch>>>,
+    free: Option<SyncSender<Batch>>,
+    thread: Option<JoinHandle<()>>,
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for Prefetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prefetcher({})", self.name)
+    }
+}
+
+impl Prefetcher {
+    /// Starts the thread (named `prefetch <name>`) with `count` empty batches.
+    pub fn start<S: BatchSource>(name: &str, count: usize, mut source: S) -> Result<Self> {
+        if count == 0 {
+            return Err(DataError::invalid(
+                "data_param.prefetch must be at least 1 (batches prepared ahead)",
+            ));
+        }
+        let (free_tx, free_rx) = mpsc::sync_channel::<Batch>(count);
+        let (full_tx, full_rx) = mpsc::sync_channel::<Result<Batch>>(count);
+        for _ in 0..count {
+            free_tx
+                .send(Batch::default())
+                .expect("the receiver is alive and the channel has room for every batch");
+        }
+        let thread = std::thread::Builder::new()
+            .name(format!("prefetch {name}"))
+            .spawn(move || {
+                // Ends when either channel is closed (the Prefetcher was dropped) or after
+                // sending an error.
+                while let Ok(mut batch) = free_rx.recv() {
+                    match source.fill(&mut batch) {
+                        Ok(()) => {
+                            if full_tx.send(Ok(batch)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = full_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| {
+                DataError::invalid(format!("cannot start the prefetch thread for {name}: {e}"))
+            })?;
+        Ok(Prefetcher {
+            name: name.to_string(),
+            full: Some(full_rx),
+            free: Some(free_tx),
+            thread: Some(thread),
+            failed: None,
+        })
+    }
+
+    /// The next full batch, waiting for the thread if it is not ready. Returns the thread's
+    /// error (once; later calls say the thread has stopped and why).
+    pub fn next_batch(&mut self) -> Result<Batch> {
+        if let Some(message) = &self.failed {
+            return Err(DataError::invalid(format!(
+                "the prefetch thread of {} stopped after an error: {message}",
+                self.name
+            )));
+        }
+        let full = self.full.as_ref().expect("the channels live until drop");
+        match full.recv() {
+            Ok(Ok(batch)) => Ok(batch),
+            Ok(Err(e)) => {
+                self.failed = Some(e.to_string());
+                Err(e)
+            }
+            Err(RecvError) => {
+                let message = self.join_message();
+                self.failed = Some(message.clone());
+                Err(DataError::invalid(format!(
+                    "the prefetch thread of {} stopped: {message}",
+                    self.name
+                )))
+            }
+        }
+    }
+
+    /// Hands a batch back to the thread for refilling.
+    pub fn recycle(&mut self, batch: Batch) {
+        if let Some(free) = &self.free {
+            // Fails only when the thread has ended; the batch is then simply dropped.
+            let _ = free.try_send(batch);
+        }
+    }
+
+    /// Why the thread ended without sending an error: its panic message.
+    fn join_message(&mut self) -> String {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Err(payload)) => {
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                format!("it panicked: {text}")
+            }
+            _ => "it ended unexpectedly".to_string(),
+        }
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Closing both channels makes the thread's next send or receive fail.
+        drop(self.free.take());
+        drop(self.full.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

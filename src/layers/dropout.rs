@@ -1,0 +1,140 @@
+//! Dropout (upstream: src/caffe/layers/dropout_layer.cpp). In TRAIN each element is kept with
+//! probability `1 - dropout_param.dropout_ratio` and scaled by `1 / (1 - ratio)`, the mask
+//! drawn from the net's RNG; in TEST the layer is the identity. Runs in place.
+//!
+//! Upstream's `DropoutParameter` has no `scale_train` (that is a fork's field), so scaling at
+//! train time is the only mode; this project's schema matches upstream's.
+
+use crate::backend::{Backend, Src};
+use crate::blob::Blob;
+use crate::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
+use crate::proto::caffe::{LayerParameter, Phase};
+
+/// The Dropout layer.
+pub struct DropoutLayer<B: Backend> {
+    ratio: f32,
+    /// `1 / (1 - ratio)`.
+    scale: f32,
+    /// The last TRAIN mask, already scaled: each element 0 or `scale`.
+    mask: Option<Blob<B>>,
+}
+
+impl<B: Backend> DropoutLayer<B> {
+    /// Reads `dropout_param.dropout_ratio` (default 0.5), which must lie in `[0, 1)`.
+    pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
+        let ratio = param.dropout_param.unwrap_or_default().dropout_ratio();
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(LayerError::invalid(format!(
+                "dropout_param.dropout_ratio must be in [0, 1), got {ratio}"
+            )));
+        }
+        Ok(DropoutLayer {
+            ratio,
+            scale: (1.0 / (1.0 - f64::from(ratio))) as f32,
+            mask: None,
+        })
+    }
+
+    fn mask(&self) -> Result<&Blob<B>, LayerError> {
+        self.mask
+            .as_ref()
+            .ok_or_else(|| LayerError::invalid("Dropout run before reshape"))
+    }
+}
+
+impl<B: Backend> Layer<B> for DropoutLayer<B> {
+    fn layer_type(&self) -> &'static str {
+        "Dropout"
+    }
+    fn exact_num_bottom(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn exact_num_top(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn supports_in_place(&self) -> bool {
+        true
+    }
+
+    fn reshape(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let shape = blobs.bottom(0).shape().to_vec();
+        if !blobs.is_in_place(0) {
+            blobs.top_mut(0).reshape(&shape)?;
+        }
+        match &mut self.mask {
+            Some(mask) => mask.reshape(&shape)?,
+            None => self.mask = Some(Blob::new(ctx.backend, &shape)?),
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let b = ctx.backend;
+        let n = blobs.bottom(0).count();
+        if ctx.phase != Phase::Train {
+            if let InOut::Separate { input, output } = blobs.forward_io(0) {
+                b.copy(n, input.data(), 0, output.data_mut(), 0)?;
+            }
+            return Ok(());
+        }
+        let keep = (1.0 - f64::from(self.ratio)) as f32;
+        let mask = self
+            .mask
+            .as_mut()
+            .ok_or_else(|| LayerError::invalid("Dropout run before reshape"))?;
+        b.rng_bernoulli(n, keep, ctx.rng, mask.data_mut(), 0)?;
+        b.scale(n, self.scale, Src::InPlace, mask.data_mut(), 0)?;
+        let m = Src::At(mask.data(), 0);
+        match blobs.forward_io(0) {
+            InOut::Separate { input, output } => {
+                b.mul(n, Src::At(input.data(), 0), m, output.data_mut(), 0)?
+            }
+            InOut::Same(blob) => b.mul(n, Src::InPlace, m, blob.data_mut(), 0)?,
+        }
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        propagate_down: &[bool],
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        if !propagate_down[0] {
+            return Ok(());
+        }
+        let b = ctx.backend;
+        let n = blobs.top(0).count();
+        let train = ctx.phase == Phase::Train;
+        let m = Src::At(self.mask()?.data(), 0);
+        match blobs.backward_io(0) {
+            InOut::Separate {
+                input: top,
+                output: bottom,
+            } => {
+                if train {
+                    b.mul(n, Src::At(top.diff(), 0), m, bottom.diff_mut(), 0)?;
+                } else {
+                    b.copy(n, top.diff(), 0, bottom.diff_mut(), 0)?;
+                }
+            }
+            InOut::Same(blob) => {
+                if train {
+                    b.mul(n, Src::InPlace, m, blob.diff_mut(), 0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

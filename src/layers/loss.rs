@@ -1,0 +1,120 @@
+//! What the loss layers share: upstream's `LossLayer` (src/caffe/layers/loss_layer.cpp) bottom
+//! check, the loss normalisation of SoftmaxWithLoss and SigmoidCrossEntropyLoss
+//! (`get_normalizer` in src/caffe/layers/softmax_loss_layer.cpp), reading the loss weight from
+//! the top's diff, and a layer-owned scratch buffer.
+
+use crate::backend::{Backend, DeviceBuffer};
+use crate::blob::Blob;
+use crate::layers::LayerError;
+use crate::proto::caffe::loss_parameter::NormalizationMode;
+use crate::proto::caffe::LayerParameter;
+
+/// How a loss is divided before it is reported (upstream's `LossParameter.NormalizationMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalization {
+    /// By every position, ignored or not: `outer * inner`.
+    Full,
+    /// By the positions whose label is not `ignore_label`.
+    Valid,
+    /// By `outer` (the batch size).
+    BatchSize,
+    /// Not at all.
+    None,
+}
+
+impl Normalization {
+    /// `loss_param.normalization` if set, else the legacy `loss_param.normalize` (true: VALID,
+    /// false: BATCH_SIZE), else `default` (VALID for SoftmaxWithLoss, BATCH_SIZE for
+    /// SigmoidCrossEntropyLoss, as upstream).
+    pub fn from_param(param: &LayerParameter, default: Normalization) -> Result<Self, LayerError> {
+        let Some(loss) = param.loss_param.as_ref() else {
+            return Ok(default);
+        };
+        if let Some(raw) = loss.normalization {
+            let mode = NormalizationMode::try_from(raw).map_err(|_| {
+                LayerError::invalid(format!(
+                    "loss_param.normalization has the unknown value {raw}"
+                ))
+            })?;
+            return Ok(match mode {
+                NormalizationMode::Full => Normalization::Full,
+                NormalizationMode::Valid => Normalization::Valid,
+                NormalizationMode::BatchSize => Normalization::BatchSize,
+                NormalizationMode::None => Normalization::None,
+            });
+        }
+        Ok(match loss.normalize {
+            Some(true) => Normalization::Valid,
+            Some(false) => Normalization::BatchSize,
+            None => default,
+        })
+    }
+
+    /// The divisor: `outer * inner` (FULL), `valid` (VALID), `outer` (BATCH_SIZE) or 1 (NONE),
+    /// and at least 1 so that a batch whose labels are all ignored gives 0, not NaN.
+    pub fn normalizer(self, outer: usize, inner: usize, valid: usize) -> f32 {
+        let n = match self {
+            Normalization::Full => (outer * inner) as f32,
+            Normalization::Valid => valid as f32,
+            Normalization::BatchSize => outer as f32,
+            Normalization::None => 1.0,
+        };
+        n.max(1.0)
+    }
+}
+
+/// `loss_param.ignore_label`, if set.
+pub fn ignore_label(param: &LayerParameter) -> Option<i32> {
+    param.loss_param.as_ref().and_then(|l| l.ignore_label)
+}
+
+/// Upstream's `LossLayer::Reshape` check: the predictions and the labels (or targets) have the
+/// same first dimension.
+pub fn check_first_dims<B: Backend>(data: &Blob<B>, label: &Blob<B>) -> Result<(), LayerError> {
+    let (d, l) = (data.shape_at(0)?, label.shape_at(0)?);
+    if d != l {
+        return Err(LayerError::invalid(format!(
+            "The data and label should have the same first dimension: data {} vs. label {}",
+            data.shape_string(),
+            label.shape_string()
+        )));
+    }
+    Ok(())
+}
+
+/// Upstream's refusal to propagate into the labels.
+pub fn label_backprop_error(layer_type: &str) -> LayerError {
+    LayerError::invalid(format!(
+        "{layer_type} Layer cannot backpropagate to label inputs."
+    ))
+}
+
+/// The loss weight the net stored in the diff of a loss top.
+pub fn loss_weight<B: Backend>(backend: &B, top: &Blob<B>) -> Result<f32, LayerError> {
+    let mut w = [0.0f32];
+    backend.download(top.diff(), 0, &mut w)?;
+    Ok(w[0])
+}
+
+/// Writes a scalar into the data of a (count 1) top.
+pub fn write_scalar<B: Backend>(
+    backend: &B,
+    top: &mut Blob<B>,
+    value: f32,
+) -> Result<(), LayerError> {
+    backend.upload(&[value], top.data_mut(), 0)?;
+    Ok(())
+}
+
+/// A layer-owned device buffer of at least `len` elements, allocated (zeroed) on first use and
+/// reallocated only when it is too small.
+pub fn scratch<'a, B: Backend>(
+    backend: &B,
+    slot: &'a mut Option<B::Buffer>,
+    len: usize,
+) -> Result<&'a mut B::Buffer, LayerError> {
+    if slot.as_ref().is_none_or(|b| b.len() < len) {
+        *slot = Some(backend.alloc(len)?);
+    }
+    Ok(slot.as_mut().expect("a buffer was just stored in the slot"))
+}

@@ -1,0 +1,220 @@
+//! Local response normalisation (upstream: src/caffe/layers/lrn_layer.cpp).
+//!
+//! * ACROSS_CHANNELS: `y = x (k + alpha / n sum x^2)^-beta`, the sum over the `n = local_size`
+//!   channels centred on each channel (zero beyond the ends), computed by the backend's
+//!   `lrn_across_*` ops; the scale `k + alpha / n sum x^2` is kept for backward.
+//! * WITHIN_CHANNEL: `y = x (1 + alpha / n^2 sum x^2)^-beta`, the sum over the `n x n` window
+//!   centred on each pixel of its plane (zero-padded). Note `k` is not used: upstream builds this
+//!   region from Split, Power (square), AVE Pooling (kernel n, pad (n-1)/2, stride 1, so every
+//!   divisor is n^2), Power (`(1 + alpha s)^-beta`) and an Eltwise product; here the same
+//!   composition runs directly on backend ops, with the same maths in backward.
+
+use crate::backend::{Backend, DeviceBuffer, LrnGeom, PoolGeom, Src};
+use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::proto::caffe::lrn_parameter::NormRegion;
+use crate::proto::caffe::LayerParameter;
+
+/// The LRN layer.
+pub struct LrnLayer<B: Backend> {
+    region: NormRegion,
+    size: usize,
+    alpha: f32,
+    beta: f32,
+    k: f32,
+    /// ACROSS: the scale. WITHIN: the window means of `x^2`.
+    scale: Option<B::Buffer>,
+    /// WITHIN: `(1 + alpha mean)^-beta`.
+    power: Option<B::Buffer>,
+    /// WITHIN: two scratch buffers (squares in forward; backward's intermediates).
+    scratch: [Option<B::Buffer>; 2],
+    count: usize,
+    lrn: Option<LrnGeom>,
+    pool: Option<PoolGeom>,
+}
+
+impl<B: Backend> LrnLayer<B> {
+    /// Reads and checks `lrn_param`.
+    pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
+        let p = param.lrn_param.unwrap_or_default();
+        let region = NormRegion::try_from(p.norm_region.unwrap_or(0)).map_err(|_| {
+            LayerError::invalid(format!(
+                "lrn_param.norm_region: unknown region {:?}",
+                p.norm_region
+            ))
+        })?;
+        let size = p.local_size() as usize;
+        if size % 2 != 1 {
+            return Err(LayerError::invalid(format!(
+                "lrn_param.local_size: LRN only supports odd values for local_size, got {size}"
+            )));
+        }
+        Ok(LrnLayer {
+            region,
+            size,
+            alpha: p.alpha(),
+            beta: p.beta(),
+            k: p.k(),
+            scale: None,
+            power: None,
+            scratch: [None, None],
+            count: 0,
+            lrn: None,
+            pool: None,
+        })
+    }
+}
+
+fn grow<B: Backend>(be: &B, buf: &mut Option<B::Buffer>, len: usize) -> Result<(), LayerError> {
+    if buf.as_ref().is_none_or(|b| b.len() < len) {
+        *buf = Some(be.alloc(len)?);
+    }
+    Ok(())
+}
+
+fn buf<T>(b: &Option<T>) -> &T {
+    b.as_ref().expect("buffer allocated in reshape")
+}
+
+fn buf_mut<T>(b: &mut Option<T>) -> &mut T {
+    b.as_mut().expect("buffer allocated in reshape")
+}
+
+impl<B: Backend> Layer<B> for LrnLayer<B> {
+    fn layer_type(&self) -> &'static str {
+        "LRN"
+    }
+    fn exact_num_bottom(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn exact_num_top(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn reshape(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let shape = blobs.bottom(0).shape().to_vec();
+        let &[num, channels, height, width] = shape.as_slice() else {
+            return Err(LayerError::invalid(format!(
+                "LRN: input must have 4 axes (num, channels, height, width), got shape {}",
+                blobs.bottom(0).shape_string()
+            )));
+        };
+        blobs.top_mut(0).reshape(&shape)?;
+        let be = ctx.backend;
+        self.count = num * channels * height * width;
+        grow(be, &mut self.scale, self.count)?;
+        match self.region {
+            NormRegion::AcrossChannels => {
+                self.lrn = Some(LrnGeom {
+                    num,
+                    channels,
+                    spatial: height * width,
+                    size: self.size,
+                    alpha: self.alpha,
+                    beta: self.beta,
+                    k: self.k,
+                });
+            }
+            NormRegion::WithinChannel => {
+                // Stride 1 and pad (n - 1) / 2 keep the plane's size, and every window then
+                // lies inside the padded plane: each divisor is n^2.
+                let pad = (self.size - 1) / 2;
+                self.pool = Some(PoolGeom {
+                    planes: num * channels,
+                    height,
+                    width,
+                    kernel_h: self.size,
+                    kernel_w: self.size,
+                    stride_h: 1,
+                    stride_w: 1,
+                    pad_h: pad,
+                    pad_w: pad,
+                    pooled_h: height,
+                    pooled_w: width,
+                });
+                grow(be, &mut self.power, self.count)?;
+                for s in &mut self.scratch {
+                    grow(be, s, self.count)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let be = ctx.backend;
+        let n = self.count;
+        let (bottom, mut top) = blobs.forward_all()?;
+        let (x, y) = (bottom[0].data(), top[0].data_mut());
+        match self.region {
+            NormRegion::AcrossChannels => {
+                let g = self.lrn.as_ref().expect("geometry set in reshape");
+                be.lrn_across_forward(g, x, 0, buf_mut(&mut self.scale), 0, y, 0)?;
+            }
+            NormRegion::WithinChannel => {
+                let g = self.pool.as_ref().expect("geometry set in reshape");
+                let sq = buf_mut(&mut self.scratch[0]);
+                be.sqr(n, Src::At(x, 0), sq, 0)?;
+                let mean = buf_mut(&mut self.scale);
+                be.ave_pool_forward(g, sq, 0, mean, 0)?;
+                let power = buf_mut(&mut self.power);
+                be.power(n, Src::At(mean, 0), -self.beta, self.alpha, 1.0, power, 0)?;
+                be.mul(n, Src::At(x, 0), Src::At(power, 0), y, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        propagate_down: &[bool],
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        if !propagate_down[0] {
+            return Ok(());
+        }
+        let be = ctx.backend;
+        let n = self.count;
+        let (top, mut bottom) = blobs.backward_all()?;
+        let (y, dy) = (top[0].data(), top[0].diff());
+        let (x, dx) = bottom[0].data_diff_mut();
+        let x = &*x;
+        match self.region {
+            NormRegion::AcrossChannels => {
+                let g = self.lrn.as_ref().expect("geometry set in reshape");
+                be.lrn_across_backward(g, x, 0, y, 0, buf(&self.scale), 0, dy, 0, dx, 0)?;
+            }
+            NormRegion::WithinChannel => {
+                let g = self.pool.as_ref().expect("geometry set in reshape");
+                let (mean, power) = (buf(&self.scale), buf(&self.power));
+                let [a, b] = &mut self.scratch;
+                let (a, b) = (buf_mut(a), buf_mut(b));
+                // Product y = x p: the x path.
+                be.mul(n, Src::At(dy, 0), Src::At(power, 0), dx, 0)?;
+                // The p path: dp = dy x; through p = (1 + alpha m)^-beta, as upstream's Power
+                // layer: dm = dp (-beta alpha) p / (1 + alpha m).
+                be.mul(n, Src::At(dy, 0), Src::At(x, 0), a, 0)?;
+                be.mul(n, Src::InPlace, Src::At(power, 0), a, 0)?;
+                be.power(n, Src::At(mean, 0), 1.0, self.alpha, 1.0, b, 0)?;
+                be.div(n, Src::InPlace, Src::At(b, 0), a, 0)?;
+                be.scale(n, -self.beta * self.alpha, Src::InPlace, a, 0)?;
+                // Through the window mean, then the square (2 x), summed into dx.
+                be.ave_pool_backward(g, a, 0, b, 0)?;
+                be.mul(n, Src::InPlace, Src::At(x, 0), b, 0)?;
+                be.axpy(n, 2.0, b, 0, dx, 0)?;
+            }
+        }
+        Ok(())
+    }
+}

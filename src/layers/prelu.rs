@@ -1,0 +1,178 @@
+//! PReLU: `y = max(x, 0) + a_c min(x, 0)` with a learnable slope `a_c` per channel (axis 1),
+//! or one slope for the whole blob with `prelu_param.channel_shared` (upstream:
+//! src/caffe/layers/prelu_layer.cpp). The slopes start from `prelu_param.filler`, by default
+//! the constant 0.25. Runs in place, keeping a copy of the input for backward as upstream.
+
+use crate::backend::{Backend, Src};
+use crate::blob::Blob;
+use crate::filler::Filler;
+use crate::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
+use crate::proto::caffe::LayerParameter;
+
+/// The PReLU layer.
+pub struct PReLULayer<B: Backend> {
+    channel_shared: bool,
+    filler: Filler,
+    /// The input, kept when running in place.
+    saved: Option<Blob<B>>,
+}
+
+impl<B: Backend> PReLULayer<B> {
+    /// Reads `prelu_param`.
+    pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
+        let p = param.prelu_param.clone().unwrap_or_default();
+        let filler = match &p.filler {
+            Some(f) => Filler::from_param(f)?,
+            None => Filler::Constant { value: 0.25 },
+        };
+        Ok(PReLULayer {
+            channel_shared: p.channel_shared(),
+            filler,
+            saved: None,
+        })
+    }
+
+    /// `(outer, channels, inner)` of the bottom as the PReLU ops see it: one slope per axis-1
+    /// channel, or one for everything.
+    fn geometry(&self, bottom: &Blob<B>) -> Result<(usize, usize, usize), LayerError> {
+        let shape = bottom.shape();
+        if shape.len() < 2 {
+            return Err(LayerError::invalid(format!(
+                "PReLU needs a bottom with at least 2 axes, got shape {}",
+                bottom.shape_string()
+            )));
+        }
+        let inner = bottom.count_from(2)?;
+        Ok(if self.channel_shared {
+            (shape[0], 1, shape[1] * inner)
+        } else {
+            (shape[0], shape[1], inner)
+        })
+    }
+}
+
+impl<B: Backend> Layer<B> for PReLULayer<B> {
+    fn layer_type(&self) -> &'static str {
+        "PReLU"
+    }
+    fn exact_num_bottom(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn exact_num_top(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn supports_in_place(&self) -> bool {
+        true
+    }
+
+    fn layer_setup(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        params: &mut Vec<Blob<B>>,
+    ) -> Result<(), LayerError> {
+        let (_, channels, _) = self.geometry(blobs.bottom(0))?;
+        let shape: &[usize] = if self.channel_shared {
+            &[]
+        } else {
+            &[channels]
+        };
+        let mut slope = Blob::new(ctx.backend, shape)?;
+        self.filler.fill(&mut slope, ctx.rng)?;
+        params.push(slope);
+        Ok(())
+    }
+
+    fn reshape(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let (_, channels, _) = self.geometry(blobs.bottom(0))?;
+        let slopes = params.get(0).count();
+        if slopes != channels {
+            return Err(LayerError::invalid(format!(
+                "PReLU has {slopes} slopes but needs {channels} (prelu_param.channel_shared is \
+                 {}): the slope blob is inconsistent with the prototxt",
+                self.channel_shared
+            )));
+        }
+        let shape = blobs.bottom(0).shape().to_vec();
+        if !blobs.is_in_place(0) {
+            blobs.top_mut(0).reshape(&shape)?;
+        } else {
+            match &mut self.saved {
+                Some(saved) => saved.reshape(&shape)?,
+                None => self.saved = Some(Blob::new(ctx.backend, &shape)?),
+            }
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let (o, c, i) = self.geometry(blobs.bottom(0))?;
+        let (b, slope) = (ctx.backend, params.get(0).data());
+        match blobs.forward_io(0) {
+            InOut::Separate { input, output } => {
+                let x = Src::At(input.data(), 0);
+                b.prelu_forward(o, c, i, slope, 0, x, output.data_mut(), 0)?;
+            }
+            InOut::Same(blob) => {
+                let saved = self.saved.as_mut().ok_or_else(not_reshaped)?;
+                b.copy(blob.count(), blob.data(), 0, saved.data_mut(), 0)?;
+                b.prelu_forward(o, c, i, slope, 0, Src::InPlace, blob.data_mut(), 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        propagate_down: &[bool],
+        params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let (o, c, i) = self.geometry(blobs.bottom(0))?;
+        let b = ctx.backend;
+        let want_slope = params.propagate_down(0);
+        let slope = params.get_mut(0);
+        // The slope gradient first: in place, the bottom diff overwrites the top diff.
+        match blobs.backward_io(0) {
+            InOut::Separate {
+                input: top,
+                output: bottom,
+            } => {
+                let (x, dx) = bottom.data_diff_mut();
+                if want_slope {
+                    b.prelu_slope_grad(o, c, i, x, 0, top.diff(), 0, slope.diff_mut(), 0)?;
+                }
+                if propagate_down[0] {
+                    let dy = Src::At(top.diff(), 0);
+                    b.prelu_backward(o, c, i, slope.data(), 0, x, 0, dy, dx, 0)?;
+                }
+            }
+            InOut::Same(blob) => {
+                let x = self.saved.as_ref().ok_or_else(not_reshaped)?.data();
+                if want_slope {
+                    b.prelu_slope_grad(o, c, i, x, 0, blob.diff(), 0, slope.diff_mut(), 0)?;
+                }
+                if propagate_down[0] {
+                    let dx = blob.diff_mut();
+                    b.prelu_backward(o, c, i, slope.data(), 0, x, 0, Src::InPlace, dx, 0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn not_reshaped() -> LayerError {
+    LayerError::invalid("in-place PReLU run before reshape")
+}

@@ -1,0 +1,152 @@
+//! SigmoidCrossEntropyLoss: the cross-entropy of `sigmoid(x)` against targets in `[0, 1]`
+//! (upstream: src/caffe/layers/sigmoid_cross_entropy_loss_layer.cpp).
+//!
+//! Bottoms: scores `x` and targets `t` of the same count (first dimension `num`). The loss is
+//! `sum ln(1 + exp(x - 2 x [x >= 0])) - x (t - [x >= 0])`, upstream's overflow-free form,
+//! over the positions whose target is not `loss_param.ignore_label`, divided per
+//! `loss_param.normalization` (default BATCH_SIZE here, unlike SoftmaxWithLoss) or the legacy
+//! `normalize`. The gradient is `(sigmoid(x) - t) loss_weight / normalizer`, 0 where ignored;
+//! the targets get none.
+
+use crate::backend::{Backend, Src};
+use crate::layers::loss::{
+    check_first_dims, ignore_label, label_backprop_error, loss_weight, scratch, write_scalar,
+    Normalization,
+};
+use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::proto::caffe::LayerParameter;
+
+/// The SigmoidCrossEntropyLoss layer.
+pub struct SigmoidCrossEntropyLossLayer<B: Backend> {
+    ignore_label: Option<i32>,
+    normalization: Normalization,
+    outer: usize,
+    inner: usize,
+    /// The normalizer of the last forward pass.
+    normalizer: f32,
+    /// `sigmoid(x)` from the forward pass.
+    sigmoid: Option<B::Buffer>,
+    /// Per-element loss terms.
+    terms: Option<B::Buffer>,
+    /// 1 where the target is not ignored (only with `ignore_label`).
+    mask: Option<B::Buffer>,
+}
+
+impl<B: Backend> SigmoidCrossEntropyLossLayer<B> {
+    /// Reads `loss_param` (`ignore_label`, `normalization`, `normalize`).
+    pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
+        Ok(SigmoidCrossEntropyLossLayer {
+            ignore_label: ignore_label(param),
+            normalization: Normalization::from_param(param, Normalization::BatchSize)?,
+            outer: 0,
+            inner: 0,
+            normalizer: 1.0,
+            sigmoid: None,
+            terms: None,
+            mask: None,
+        })
+    }
+}
+
+impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
+    fn layer_type(&self) -> &'static str {
+        "SigmoidCrossEntropyLoss"
+    }
+    fn exact_num_bottom(&self) -> Option<usize> {
+        Some(2)
+    }
+    fn exact_num_top(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn auto_top_blobs(&self) -> bool {
+        true
+    }
+    fn allow_force_backward(&self, bottom_index: usize) -> bool {
+        bottom_index != 1
+    }
+
+    fn reshape(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let (x, t) = (blobs.bottom(0), blobs.bottom(1));
+        check_first_dims(x, t)?;
+        if x.count() != t.count() {
+            return Err(LayerError::invalid(format!(
+                "SIGMOID_CROSS_ENTROPY_LOSS layer inputs must have the same count: scores {}, \
+                 targets {}",
+                x.shape_string(),
+                t.shape_string()
+            )));
+        }
+        self.outer = x.shape_at(0)?;
+        self.inner = x.count_from(1)?;
+        let n = x.count();
+        blobs.top_mut(0).reshape(&[])?;
+        let be = ctx.backend;
+        scratch(be, &mut self.sigmoid, n)?;
+        scratch(be, &mut self.terms, n)?;
+        if self.ignore_label.is_some() {
+            scratch(be, &mut self.mask, n)?;
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let be = ctx.backend;
+        let n = self.outer * self.inner;
+        let sigmoid = scratch(be, &mut self.sigmoid, n)?;
+        let terms = scratch(be, &mut self.terms, n)?;
+        let (x, t) = (blobs.bottom(0).data(), blobs.bottom(1).data());
+        be.sigmoid_forward(n, Src::At(x, 0), sigmoid, 0)?;
+        be.sigmoid_cross_entropy(n, x, 0, t, 0, terms, 0)?;
+        let valid = match self.ignore_label {
+            None => n,
+            Some(_) => {
+                let mask = scratch(be, &mut self.mask, n)?;
+                be.label_mask(n, t, 0, self.ignore_label, mask, 0)?;
+                be.mul(n, Src::InPlace, Src::At(mask, 0), terms, 0)?;
+                be.sum(n, mask, 0)? as usize
+            }
+        };
+        let loss = be.sum(n, terms, 0)?;
+        self.normalizer = self.normalization.normalizer(self.outer, self.inner, valid);
+        write_scalar(be, blobs.top_mut(0), loss / self.normalizer)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        propagate_down: &[bool],
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        if propagate_down[1] {
+            return Err(label_backprop_error("SigmoidCrossEntropyLoss"));
+        }
+        if !propagate_down[0] {
+            return Ok(());
+        }
+        let be = ctx.backend;
+        let n = self.outer * self.inner;
+        let weight = loss_weight(be, blobs.top(0))? / self.normalizer;
+        let sigmoid = scratch(be, &mut self.sigmoid, n)?;
+        let (_, mut bottoms) = blobs.backward_all()?;
+        let (x, t) = bottoms.split_at_mut(1);
+        let dx = x[0].diff_mut();
+        be.sub(n, Src::At(sigmoid, 0), Src::At(t[0].data(), 0), dx, 0)?;
+        if self.ignore_label.is_some() {
+            let mask = scratch(be, &mut self.mask, n)?;
+            be.mul(n, Src::InPlace, Src::At(mask, 0), dx, 0)?;
+        }
+        be.scale(n, weight, Src::InPlace, dx, 0)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! Silence: consumes its bottoms and produces nothing, so that unused blobs are not reported
+//! as net outputs (upstream: src/caffe/layers/silence_layer.cpp). Its gradient is zero.
+
+use crate::backend::Backend;
+use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::proto::caffe::LayerParameter;
+
+/// The Silence layer.
+pub struct SilenceLayer;
+
+impl SilenceLayer {
+    /// Silence has no parameters.
+    pub fn new(_param: &LayerParameter) -> Result<Self, LayerError> {
+        Ok(SilenceLayer)
+    }
+}
+
+impl<B: Backend> Layer<B> for SilenceLayer {
+    fn layer_type(&self) -> &'static str {
+        "Silence"
+    }
+    fn min_num_bottom(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn exact_num_top(&self) -> Option<usize> {
+        Some(0)
+    }
+
+    fn reshape(
+        &mut self,
+        _ctx: &mut Context<'_, B>,
+        _blobs: &mut Blobs<'_, B>,
+        _params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        _ctx: &mut Context<'_, B>,
+        _blobs: &mut Blobs<'_, B>,
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        propagate_down: &[bool],
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        for (i, &down) in propagate_down.iter().enumerate() {
+            if down {
+                let bottom = blobs.bottom_mut(i);
+                let n = bottom.count();
+                ctx.backend.set(n, 0.0, bottom.diff_mut(), 0)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,201 @@
+//! SoftmaxWithLoss: the multinomial logistic loss of the softmax of the predictions
+//! (upstream: src/caffe/layers/softmax_loss_layer.cpp).
+//!
+//! Bottoms: predictions `(outer, C, inner)` around `softmax_param.axis` (default 1), and
+//! `outer * inner` labels in `0..C` stored as f32. Top 0 is the scalar loss
+//! `-sum log(max(p[label], FLT_MIN)) / normalizer`, skipping positions labelled
+//! `loss_param.ignore_label`; the normalizer follows `loss_param.normalization` (default VALID)
+//! or the legacy `normalize`. An optional top 1 receives the probabilities. The labels get no
+//! gradient.
+
+use crate::backend::{Backend, Src};
+use crate::layers::loss::{
+    check_first_dims, ignore_label, label_backprop_error, loss_weight, scratch, write_scalar,
+    Normalization,
+};
+use crate::layers::softmax::{softmax_forward, AxisView};
+use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::proto::caffe::LayerParameter;
+
+/// The SoftmaxWithLoss layer.
+pub struct SoftmaxWithLossLayer<B: Backend> {
+    axis: i32,
+    ignore_label: Option<i32>,
+    normalization: Normalization,
+    view: AxisView,
+    /// The softmax output, `outer * C * inner`.
+    prob: Option<B::Buffer>,
+    /// Per-position scratch: the softmax's max and sum, then the FLT_MIN floor and the mask.
+    scale: Option<B::Buffer>,
+    /// Per-position `log(max(p[label], FLT_MIN))`.
+    picked: Option<B::Buffer>,
+    /// Positions counted in the last forward pass (not ignored).
+    valid: usize,
+}
+
+impl<B: Backend> SoftmaxWithLossLayer<B> {
+    /// Reads `softmax_param.axis` and `loss_param` (`ignore_label`, `normalization`,
+    /// `normalize`).
+    pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
+        Ok(SoftmaxWithLossLayer {
+            axis: param.softmax_param.as_ref().map_or(1, |p| p.axis()),
+            ignore_label: ignore_label(param),
+            normalization: Normalization::from_param(param, Normalization::Valid)?,
+            view: AxisView::default(),
+            prob: None,
+            scale: None,
+            picked: None,
+            valid: 0,
+        })
+    }
+
+    fn normalizer(&self) -> f32 {
+        self.normalization
+            .normalizer(self.view.outer, self.view.inner, self.valid)
+    }
+}
+
+impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
+    fn layer_type(&self) -> &'static str {
+        "SoftmaxWithLoss"
+    }
+    fn exact_num_bottom(&self) -> Option<usize> {
+        Some(2)
+    }
+    fn min_num_top(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn max_num_top(&self) -> Option<usize> {
+        Some(2)
+    }
+    fn auto_top_blobs(&self) -> bool {
+        true
+    }
+    fn allow_force_backward(&self, bottom_index: usize) -> bool {
+        bottom_index != 1
+    }
+
+    fn reshape(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let (data, label) = (blobs.bottom(0), blobs.bottom(1));
+        check_first_dims(data, label)?;
+        let view = AxisView::new(data, self.axis)
+            .map_err(|e| LayerError::invalid(format!("softmax_param.axis: {e}")))?;
+        if view.positions() != label.count() {
+            return Err(LayerError::invalid(format!(
+                "Number of labels must match number of predictions; e.g., if softmax axis == 1 \
+                 and prediction shape is (N, C, H, W), label count (number of labels) must be \
+                 N*H*W, with integer values in {{0, 1, ..., C-1}}: predictions {} around axis \
+                 {} give {} positions, labels {}",
+                data.shape_string(),
+                self.axis,
+                view.positions(),
+                label.shape_string()
+            )));
+        }
+        let shape = data.shape().to_vec();
+        self.view = view;
+        blobs.top_mut(0).reshape(&[])?;
+        if blobs.num_top() > 1 {
+            blobs.top_mut(1).reshape(&shape)?;
+        }
+        let be = ctx.backend;
+        scratch(be, &mut self.prob, view.count())?;
+        scratch(be, &mut self.scale, view.positions())?;
+        scratch(be, &mut self.picked, view.positions())?;
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let be = ctx.backend;
+        let v = self.view;
+        let (n, positions) = (v.count(), v.positions());
+        let prob = scratch(be, &mut self.prob, n)?;
+        let scale = scratch(be, &mut self.scale, positions)?;
+        let picked = scratch(be, &mut self.picked, positions)?;
+        let (data, label) = (blobs.bottom(0), blobs.bottom(1));
+        softmax_forward(be, v, Src::At(data.data(), 0), prob, scale)?;
+        // Ignored positions pick 1, whose log is 0: they add nothing to the sum.
+        let (o, d, i) = (v.outer, v.dim, v.inner);
+        be.gather_at_label(
+            o,
+            d,
+            i,
+            prob,
+            0,
+            label.data(),
+            0,
+            self.ignore_label,
+            1.0,
+            picked,
+            0,
+        )?;
+        // Clamp at FLT_MIN before the log, as upstream.
+        be.set(positions, f32::MIN_POSITIVE, scale, 0)?;
+        be.max(positions, Src::InPlace, Src::At(scale, 0), picked, 0)?;
+        be.log(positions, Src::InPlace, picked, 0)?;
+        let loss = -be.sum(positions, picked, 0)?;
+        self.valid = match self.ignore_label {
+            None => positions,
+            Some(_) => {
+                be.label_mask(positions, label.data(), 0, self.ignore_label, scale, 0)?;
+                be.sum(positions, scale, 0)? as usize
+            }
+        };
+        let normalizer = self.normalizer();
+        write_scalar(be, blobs.top_mut(0), loss / normalizer)?;
+        if blobs.num_top() > 1 {
+            let prob = scratch(be, &mut self.prob, n)?;
+            be.copy(n, prob, 0, blobs.top_mut(1).data_mut(), 0)?;
+        }
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        propagate_down: &[bool],
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        if propagate_down[1] {
+            return Err(label_backprop_error("SoftmaxWithLoss"));
+        }
+        if !propagate_down[0] {
+            return Ok(());
+        }
+        let be = ctx.backend;
+        let v = self.view;
+        let weight = loss_weight(be, blobs.top(0))? / self.normalizer();
+        let prob = scratch(be, &mut self.prob, v.count())?;
+        let (_, mut bottoms) = blobs.backward_all()?;
+        let (data, label) = bottoms.split_at_mut(1);
+        let dx = data[0].diff_mut();
+        // dx = p - onehot(label), zero at ignored positions, times weight / normalizer.
+        be.copy(v.count(), prob, 0, dx, 0)?;
+        let (o, d, i) = (v.outer, v.dim, v.inner);
+        be.affine_at_label(
+            o,
+            d,
+            i,
+            label[0].data(),
+            0,
+            self.ignore_label,
+            1.0,
+            -1.0,
+            dx,
+            0,
+        )?;
+        be.scale(v.count(), weight, Src::InPlace, dx, 0)?;
+        Ok(())
+    }
+}

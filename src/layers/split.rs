@@ -1,0 +1,82 @@
+//! Split: copies one bottom to several tops and sums their gradients back (upstream:
+//! src/caffe/layers/split_layer.cpp). The net inserts one wherever a blob feeds more than one
+//! consumer, so that each consumer writes its own diff.
+//!
+//! Upstream's tops share the bottom's data buffer; here each top holds a copy (the net's blob
+//! arena has one buffer per blob). The values and the memory figure the net logs are the same.
+
+use crate::backend::Backend;
+use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::proto::caffe::LayerParameter;
+
+/// The Split layer.
+pub struct SplitLayer;
+
+impl SplitLayer {
+    /// Split has no parameters.
+    pub fn new(_param: &LayerParameter) -> Result<Self, LayerError> {
+        Ok(SplitLayer)
+    }
+}
+
+impl<B: Backend> Layer<B> for SplitLayer {
+    fn layer_type(&self) -> &'static str {
+        "Split"
+    }
+    fn exact_num_bottom(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn min_num_top(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn reshape(
+        &mut self,
+        _ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let (bottom, tops) = blobs.forward_all()?;
+        for top in tops {
+            top.reshape(bottom[0].shape())?;
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let (bottom, tops) = blobs.forward_all()?;
+        let n = bottom[0].count();
+        for top in tops {
+            ctx.backend
+                .copy(n, bottom[0].data(), 0, top.data_mut(), 0)?;
+        }
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        propagate_down: &[bool],
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        if !propagate_down[0] {
+            return Ok(());
+        }
+        let (tops, mut bottom) = blobs.backward_all()?;
+        let bottom = &mut bottom[0];
+        let n = bottom.count();
+        ctx.backend
+            .copy(n, tops[0].diff(), 0, bottom.diff_mut(), 0)?;
+        for top in &tops[1..] {
+            ctx.backend
+                .axpy(n, 1.0, top.diff(), 0, bottom.diff_mut(), 0)?;
+        }
+        Ok(())
+    }
+}

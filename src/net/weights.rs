@@ -1,0 +1,127 @@
+//! Weights in and out: copying trained layers from a `.caffemodel` or another net, and the
+//! `NetParameter` a snapshot writes (upstream: `CopyTrainedLayersFrom`, `ShareTrainedLayersWith`,
+//! `ToProto` in src/caffe/net.cpp, `Layer::ToProto` in include/caffe/layer.hpp).
+
+use std::path::Path;
+
+use super::{Net, NetError, Result};
+use crate::backend::Backend;
+use crate::proto::blob_proto_shape;
+use crate::proto::caffe::NetParameter;
+
+impl<B: Backend> Net<B> {
+    /// The first layer named `name`.
+    fn first_layer_named(&self, name: &str) -> Option<usize> {
+        self.layer_names.iter().position(|n| n == name)
+    }
+
+    /// Copies the weights of every layer of `param` into the layer of the same name: a source
+    /// layer with no namesake is skipped ("Ignoring source layer X"), a different number of
+    /// blobs or a blob of another shape is an error naming the layer. A blob saved with the
+    /// legacy 4-D fields (num, channels, height, width) matches a target whose shape, padded
+    /// with leading 1s to 4 axes, is the same, as upstream allows.
+    pub fn copy_trained_layers_from(&mut self, param: &NetParameter) -> Result<()> {
+        for source in &param.layer {
+            let name = source.name();
+            let Some(target) = self.first_layer_named(name) else {
+                log::info!("Ignoring source layer {name}");
+                continue;
+            };
+            let ids = self.layer_learnable_ids[target].clone();
+            if ids.len() != source.blobs.len() {
+                return Err(NetError::Weights(format!(
+                    "Incompatible number of blobs for layer {name}: the source has {}, the \
+                     target {}",
+                    source.blobs.len(),
+                    ids.len()
+                )));
+            }
+            for (j, (&id, proto)) in ids.iter().zip(&source.blobs).enumerate() {
+                let blob = &mut self.learnable_params[id];
+                if !blob.shape_equals(proto) {
+                    let dims = blob_proto_shape(proto);
+                    let mut source_shape: String = dims.iter().map(|d| format!("{d} ")).collect();
+                    source_shape.push_str(&format!("({})", dims.iter().product::<i64>()));
+                    return Err(NetError::Weights(format!(
+                        "Cannot copy param {j} weights from layer '{name}'; shape mismatch.  \
+                         Source param shape is {source_shape}; target param shape is {}. To \
+                         learn this layer's parameters from scratch rather than copying from a \
+                         saved net, rename the layer. (A blob saved with the legacy 4-D \
+                         num/channels/height/width fields matches when the target shape padded \
+                         with leading 1s is the same.)",
+                        blob.shape_string()
+                    )));
+                }
+                blob.from_proto(proto, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a `.caffemodel` and copies its weights ([`Net::copy_trained_layers_from`]).
+    pub fn copy_trained_layers_from_file(&mut self, path: &Path) -> Result<()> {
+        let param = crate::proto::read_caffemodel(path)?;
+        self.copy_trained_layers_from(&param).map_err(|e| match e {
+            NetError::Weights(m) => NetError::Weights(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Copies the weights of every layer of `other` into this net's layer of the same name
+    /// (upstream's `ShareTrainedLayersWith`, which shares the memory; here the data is copied,
+    /// so call it again after `other` changes, as before each test pass).
+    pub fn copy_trained_layers_from_net(&mut self, other: &Net<B>) -> Result<()> {
+        for (source_layer, name) in other.layer_names.iter().enumerate() {
+            let Some(target) = self.first_layer_named(name) else {
+                log::info!("Ignoring source layer {name}");
+                continue;
+            };
+            let source_ids = &other.layer_learnable_ids[source_layer];
+            let target_ids = self.layer_learnable_ids[target].clone();
+            if source_ids.len() != target_ids.len() {
+                return Err(NetError::Weights(format!(
+                    "Incompatible number of blobs for layer {name}: the source has {}, the \
+                     target {}",
+                    source_ids.len(),
+                    target_ids.len()
+                )));
+            }
+            for (j, (&s, &t)) in source_ids.iter().zip(&target_ids).enumerate() {
+                let source = &other.learnable_params[s];
+                let target = &mut self.learnable_params[t];
+                if source.shape() != target.shape() {
+                    return Err(NetError::Weights(format!(
+                        "Cannot share param {j} weights from layer '{name}'; shape mismatch.  \
+                         Source param shape is {}; target param shape is {}",
+                        source.shape_string(),
+                        target.shape_string()
+                    )));
+                }
+                target.copy_from(source, false, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The net as a `NetParameter` for a `.caffemodel` (upstream's `ToProto`): its name and,
+    /// per layer, the parameter the net built it from (Splits included, phase set, the
+    /// implicit loss weight of loss layers recorded) with the layer's parameter blobs (data,
+    /// and diff if `write_diff`) in place of any blobs it had.
+    pub fn to_proto(&self, write_diff: bool) -> Result<NetParameter> {
+        let mut out = NetParameter {
+            name: Some(self.name.clone()),
+            ..Default::default()
+        };
+        for (i, lp) in self.layer_params.iter().enumerate() {
+            let mut layer = lp.clone();
+            layer.blobs.clear();
+            for &id in &self.layer_learnable_ids[i] {
+                layer
+                    .blobs
+                    .push(self.learnable_params[id].to_proto(write_diff)?);
+            }
+            out.layer.push(layer);
+        }
+        Ok(out)
+    }
+}
