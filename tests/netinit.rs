@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 use rcaffe::backend::{rng_from_seed, CpuBackend};
 use rcaffe::layers::is_registered;
-use rcaffe::net::{debug_string, filter, splits, Net};
+use rcaffe::net::{filter, splits, Net};
 use rcaffe::proto::caffe::NetParameter;
+use rcaffe::proto::print_text;
 use rcaffe::proto::{parse_text, read_net};
 
 const NETINIT: &str = "../shared/reference/upstream/netinit";
@@ -240,7 +241,7 @@ fn netinit_structure_matches_upstream() {
         let mut ours: Vec<String> = filter_log;
         ours.push(format!(
             "Initializing net from parameters: \n{}",
-            debug_string(&filtered).trim_end_matches('\n')
+            print_text(&filtered).trim_end_matches('\n')
         ));
         let split = splits::insert_splits(&filtered).expect("splits");
         for layer in &split.layer {

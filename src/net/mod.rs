@@ -15,7 +15,6 @@
 //! name is one blob in the parameter arena that several layers index, so its data and its
 //! accumulated diff are shared, as upstream's `ShareData`/`ShareDiff`.
 
-pub mod debug_string;
 pub mod filter;
 pub mod splits;
 mod weights;
@@ -29,7 +28,6 @@ use crate::layers::{self, Blobs, Context, Layer, LayerError, LayerFactory, Param
 use crate::proto::caffe::param_spec::DimCheckMode;
 use crate::proto::caffe::{LayerParameter, NetParameter, NetState, ParamSpec, Phase};
 use crate::proto::ProtoError;
-pub use debug_string::debug_string;
 
 /// What can go wrong building or running a net.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +54,7 @@ pub type Result<T> = std::result::Result<T, NetError>;
 /// Formats a float as C++'s default `ostream <<` does (`%g` with 6 significant digits), so that
 /// logged numbers read as upstream's: `1`, `0.5`, `1e-05`, `1.23457e+06`.
 pub fn cpp_float(value: f64) -> String {
-    debug_string::format_g(value, 6)
+    crate::proto::format_g(value, 6)
 }
 
 /// Whether upstream's version of this layer builds an inner layer through its registry during
@@ -180,7 +178,7 @@ impl<B: Backend> Net<B> {
         for line in filter_log {
             emit(&mut log, line);
         }
-        let text = debug_string(&filtered);
+        let text = crate::proto::print_text(&filtered);
         emit(
             &mut log,
             format!(
@@ -792,34 +790,47 @@ impl<B: Backend> Net<B> {
             )));
         }
         for i in (end..=start).rev() {
-            if !self.layer_need_backward[i] {
-                continue;
+            if self.layer_need_backward[i] {
+                self.backward_layer(i)?;
             }
-            let lp = &self.layer_params[i];
-            let named = |e: LayerError| NetError::Layer(layers::Error::new(lp, e));
-            let layer = self.layers[i].as_mut();
-            let mut ctx = Context {
-                backend: &self.backend,
-                phase: lp.phase(),
-                rng: &mut self.rng,
-            };
-            let mut blobs = Blobs::new(&mut self.blobs, &self.bottom_ids[i], &self.top_ids[i]);
-            let mut params = Params::new(
-                &mut self.learnable_params,
-                &self.layer_learnable_ids[i],
-                &self.param_propagate_down[i],
-            );
-            layer
-                .backward(
-                    &mut ctx,
-                    &mut blobs,
-                    &self.bottom_need_backward[i],
-                    &mut params,
-                )
-                .map_err(named)?;
-            if self.debug_info {
-                self.backward_debug_info(i)?;
-            }
+        }
+        Ok(())
+    }
+
+    /// Runs layer `i`'s backward pass whether or not the net needs it, with the net's
+    /// propagate-down flags (weight gradients are computed for every learning parameter). This
+    /// is what upstream's `caffe time` times for every layer, even in a net without a loss.
+    pub fn backward_layer(&mut self, i: usize) -> Result<()> {
+        if i >= self.layers.len() {
+            return Err(self.build_error(format!(
+                "backward_layer({i}) with {} layers",
+                self.layers.len()
+            )));
+        }
+        let lp = &self.layer_params[i];
+        let named = |e: LayerError| NetError::Layer(layers::Error::new(lp, e));
+        let layer = self.layers[i].as_mut();
+        let mut ctx = Context {
+            backend: &self.backend,
+            phase: lp.phase(),
+            rng: &mut self.rng,
+        };
+        let mut blobs = Blobs::new(&mut self.blobs, &self.bottom_ids[i], &self.top_ids[i]);
+        let mut params = Params::new(
+            &mut self.learnable_params,
+            &self.layer_learnable_ids[i],
+            &self.param_propagate_down[i],
+        );
+        layer
+            .backward(
+                &mut ctx,
+                &mut blobs,
+                &self.bottom_need_backward[i],
+                &mut params,
+            )
+            .map_err(named)?;
+        if self.debug_info {
+            self.backward_debug_info(i)?;
         }
         Ok(())
     }

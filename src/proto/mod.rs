@@ -1,6 +1,7 @@
 //! Caffe's schema as Rust types, and the files made of it.
 
 mod binary;
+mod print;
 mod solver_nets;
 mod text;
 pub mod upgrade;
@@ -9,8 +10,9 @@ pub use binary::{
     blob_proto_shape, check_blob_proto, decode_binary, read_binary, read_blob_proto,
     read_caffemodel, read_solverstate, write_atomically, write_binary,
 };
+pub use print::{format_g, print_text};
 pub use solver_nets::{resolve_solver_nets, NetSource, SolverNets};
-pub use text::{parse_text, print_text};
+pub use text::parse_text;
 
 use caffe::{NetParameter, SolverParameter};
 use prost_reflect::DescriptorPool;

@@ -2,7 +2,6 @@
 
 use super::ProtoError;
 use miette::Diagnostic;
-use prost_reflect::text_format::FormatOptions;
 use prost_reflect::{DynamicMessage, ReflectMessage};
 use std::path::Path;
 
@@ -31,18 +30,6 @@ pub fn parse_text<M: ReflectMessage + Default>(text: &str, origin: &Path) -> Res
             path: origin.to_path_buf(),
             message: error.to_string(),
         })
-}
-
-/// Prints `message` in protobuf text format, one field per line, two-space indents, as
-/// Caffe's own printer lays it out. [`parse_text`] reads it back to an equal message.
-pub fn print_text<M: ReflectMessage>(message: &M) -> String {
-    let mut text = message
-        .transcode_to_dynamic()
-        .to_text_format_with_options(&FormatOptions::new().pretty(true));
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

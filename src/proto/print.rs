@@ -1,13 +1,15 @@
-//! Protobuf's `DebugString` text layout, which upstream logs when it prints a net
-//! ("Initializing net from parameters:"): set fields in field-number order, one per line (a
+//! The text format as upstream prints it: protobuf's C++ `DebugString` layout, which Caffe's
+//! tools write and log ("Initializing net from parameters:"), so what we print reads the same
+//! and parses in either program: set fields in field-number order, one per line (a
 //! repeated field once per element), nested messages as `name {` ... `}` indented by two
 //! spaces, enums by name, strings C-escaped in double quotes, floats in the shortest of `%.6g`
 //! / `%.9g` that reads back exactly (protobuf's `SimpleFtoa`; doubles `%.15g` / `%.17g`).
 
 use prost_reflect::{DynamicMessage, Kind, ReflectMessage, Value};
 
-/// `message` as protobuf's C++ `DebugString()` prints it.
-pub fn debug_string<M: ReflectMessage>(message: &M) -> String {
+/// `message` as protobuf's C++ `DebugString()` prints it. [`super::parse_text`] reads it back
+/// to an equal message.
+pub fn print_text<M: ReflectMessage>(message: &M) -> String {
     let mut out = String::new();
     print_message(&message.transcode_to_dynamic(), 0, &mut out);
     out
