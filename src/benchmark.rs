@@ -51,7 +51,7 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
         let backward_start = Instant::now();
         for (layer, time) in backward_per_layer.iter_mut().enumerate().rev() {
             let start = Instant::now();
-            net.backward_from_to(layer, layer)?;
+            net.backward_layer(layer)?;
             net.backend().synchronize().map_err(BlobError::from)?;
             *time += start.elapsed();
         }

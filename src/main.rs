@@ -4,8 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use rcaffe::backend::{rng_from_seed, CpuBackend};
 use rcaffe::net::Net;
-use rcaffe::proto;
 use rcaffe::proto::caffe::Phase;
+use rcaffe::{data, proto};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -101,6 +101,58 @@ enum Command {
     /// Upgrade a legacy solver prototxt (solver_type enum) to the current format.
     #[command(alias = "upgrade_solver_proto_text")]
     UpgradeSolver { input: PathBuf, output: PathBuf },
+    /// Convert MNIST IDX files (gzip or not) into an LMDB of Datums, as upstream's
+    /// convert_mnist_data.
+    #[command(alias = "convert_mnist_data")]
+    ConvertMnist {
+        images: PathBuf,
+        labels: PathBuf,
+        output: PathBuf,
+    },
+    /// Convert every data_batch_*.bin and test_batch.bin in DIR (gzip or not) into
+    /// OUT_DIR/cifar10_train_lmdb and OUT_DIR/cifar10_test_lmdb, as upstream's convert_cifar_data.
+    #[command(alias = "convert_cifar_data")]
+    ConvertCifar { dir: PathBuf, out_dir: PathBuf },
+    /// Convert a list of "path label" lines (paths under ROOT) into an LMDB of Datums, as
+    /// upstream's convert_imageset.
+    #[command(alias = "convert_imageset")]
+    ConvertImageset {
+        root: PathBuf,
+        list: PathBuf,
+        output: PathBuf,
+        /// Resize images to this height (with --resize-width).
+        #[arg(long, alias = "resize_height", default_value_t = 0)]
+        resize_height: u32,
+        /// Resize images to this width (with --resize-height).
+        #[arg(long, alias = "resize_width", default_value_t = 0)]
+        resize_width: u32,
+        /// Shuffle the list before writing.
+        #[arg(long)]
+        shuffle: bool,
+        /// Seed of the shuffle.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Read the images as grey.
+        #[arg(long)]
+        gray: bool,
+        /// Store encoded images (the files themselves) instead of raw pixels.
+        #[arg(long)]
+        encoded: bool,
+        /// Re-encode as this type (png, jpg); implies --encoded.
+        #[arg(long, alias = "encode_type", default_value = "")]
+        encode_type: String,
+        /// Check that all records have the same size.
+        #[arg(long, alias = "check_size")]
+        check_size: bool,
+    },
+    /// Compute the mean image of an LMDB (and its per-channel means), as upstream's
+    /// compute_image_mean.
+    #[command(alias = "compute_image_mean")]
+    ComputeImageMean {
+        lmdb: PathBuf,
+        /// Where to write the mean as a .binaryproto.
+        output: Option<PathBuf>,
+    },
     /// Show the GPU's properties (Caffe's `caffe device_query`).
     #[command(alias = "device_query")]
     DeviceQuery {
@@ -234,6 +286,77 @@ fn run(command: Command) -> Result<()> {
             proto::upgrade::upgrade_solver_file(&input, &output)?;
             Ok(())
         }
+        Command::ConvertMnist {
+            images,
+            labels,
+            output,
+        } => {
+            let mut bar = ProgressBar::new();
+            let written =
+                data::convert_mnist_with(&images, &labels, &output, &mut |p| bar.show(p))?;
+            bar.finish();
+            println!("Wrote {written} records to {}", output.display());
+            Ok(())
+        }
+        Command::ConvertCifar { dir, out_dir } => {
+            let mut bar = ProgressBar::new();
+            let summary = data::convert_cifar_with(&dir, &out_dir, &mut |p| bar.show(p))?;
+            bar.finish();
+            println!(
+                "Wrote {} records to {} and {} to {}",
+                summary.train,
+                summary.train_lmdb.display(),
+                summary.test,
+                summary.test_lmdb.display()
+            );
+            Ok(())
+        }
+        Command::ConvertImageset {
+            root,
+            list,
+            output,
+            resize_height,
+            resize_width,
+            shuffle,
+            seed,
+            gray,
+            encoded,
+            encode_type,
+            check_size,
+        } => {
+            let options = data::ImagesetOptions {
+                resize_height,
+                resize_width,
+                shuffle,
+                seed,
+                gray,
+                encoded,
+                encode_type,
+                check_size,
+            };
+            let mut bar = ProgressBar::new();
+            let summary =
+                data::convert_imageset_with(&root, &list, &output, &options, &mut |p| bar.show(p))?;
+            bar.finish();
+            println!(
+                "Wrote {} of {} images to {} ({} skipped)",
+                summary.written,
+                summary.total,
+                output.display(),
+                summary.skipped.len()
+            );
+            Ok(())
+        }
+        Command::ComputeImageMean { lmdb, output } => {
+            let mean = data::compute_image_mean(&lmdb, output.as_deref())?;
+            let means: Vec<String> = mean.channel_means.iter().map(|m| m.to_string()).collect();
+            println!(
+                "Mean of {} images; per-channel means (for mean_value): {}",
+                mean.count,
+                means.join(", ")
+            );
+            Ok(())
+        }
         Command::PlotLr {
             solver,
             iterations,
@@ -251,6 +374,57 @@ fn run(command: Command) -> Result<()> {
             })?;
             println!("Wrote {}", output.display());
             Ok(())
+        }
+    }
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal (never into logs).
+struct ProgressBar {
+    enabled: bool,
+    last_drawn: Option<std::time::Instant>,
+    drew: bool,
+}
+
+impl ProgressBar {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        Self {
+            enabled: std::io::stderr().is_terminal(),
+            last_drawn: None,
+            drew: false,
+        }
+    }
+
+    fn show(&mut self, progress: data::Progress<'_>) {
+        let due = self
+            .last_drawn
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
+        if !self.enabled || !(due || progress.done == progress.total) {
+            return;
+        }
+        self.last_drawn = Some(std::time::Instant::now());
+        let fraction = if progress.total == 0 {
+            1.0
+        } else {
+            progress.done as f64 / progress.total as f64
+        };
+        let filled = (fraction * 30.0).round() as usize;
+        eprint!(
+            "\r{:>8} [{}{}] {}/{} ({:.0}%)",
+            progress.stage,
+            "#".repeat(filled),
+            " ".repeat(30 - filled.min(30)),
+            progress.done,
+            progress.total,
+            fraction * 100.0
+        );
+        self.drew = true;
+    }
+
+    fn finish(&mut self) {
+        if self.drew {
+            eprintln!();
+            self.drew = false;
         }
     }
 }

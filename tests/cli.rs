@@ -126,7 +126,7 @@ fn bad_prototxt_exits_with_the_place_named() {
 
 #[test]
 fn commands_still_to_come_say_so_plainly() {
-    let output = rcaffe(&["train", "-solver", "s.prototxt", "-gpu", "0"]);
+    let output = rcaffe(&["demo"]);
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("not implemented yet"),
@@ -134,4 +134,74 @@ fn commands_still_to_come_say_so_plainly() {
         stderr(&output)
     );
     assert!(Path::new(env!("CARGO_BIN_EXE_rcaffe")).exists());
+}
+
+#[test]
+fn time_prints_upstreams_per_layer_table_and_totals() {
+    let output = rcaffe(&[
+        "time",
+        "-model",
+        "../shared/caffe-zoo/examples/mnist/lenet.prototxt",
+        "-iterations",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    for layer in ["conv1", "pool1", "conv2", "ip1", "prob"] {
+        assert!(
+            log.contains(&format!("{layer:>10}\tforward: ")),
+            "{layer}: {log}"
+        );
+        assert!(
+            log.contains(&format!("{layer:>10}\tbackward: ")),
+            "{layer}: {log}"
+        );
+    }
+    for total in [
+        "Average Forward pass: ",
+        "Average Backward pass: ",
+        "Average Forward-Backward: ",
+    ] {
+        assert!(log.contains(total), "{total}: {log}");
+    }
+    assert!(log.contains("Testing for 2 iterations."), "{log}");
+}
+
+#[test]
+fn converters_and_mean_reproduce_upstreams_mean_file() {
+    let folder = tempfile::tempdir().unwrap();
+    let out = folder.path().to_str().unwrap();
+    let output = rcaffe(&["convert-cifar", "data/fashion-cifar-mini", out]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("Wrote 6000 records"),
+        "{}",
+        stdout(&output)
+    );
+    let mean = folder.path().join("mean.binaryproto");
+    let train = folder.path().join("cifar10_train_lmdb");
+    let output = rcaffe(&[
+        "compute_image_mean",
+        train.to_str().unwrap(),
+        mean.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read(&mean).unwrap(),
+        std::fs::read(format!("{UPSTREAM}/fcifar_mini_mean.binaryproto")).unwrap()
+    );
+
+    let mnist = folder.path().join("mnist_test_lmdb");
+    let output = rcaffe(&[
+        "convert-mnist",
+        "data/fashion-mnist-mini/t10k-images-idx3-ubyte.gz",
+        "data/fashion-mnist-mini/t10k-labels-idx1-ubyte.gz",
+        mnist.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("Wrote 1000 records"),
+        "{}",
+        stdout(&output)
+    );
 }
