@@ -556,7 +556,7 @@ impl GradientChecker {
                 "exhaustive mode needs at least one top blob".into(),
             ));
         }
-        h.forward()?;
+        forward_keeping_bottoms(h)?;
         for t in 0..h.num_top() {
             for e in 0..h.top(t).count() {
                 self.check_single(h, bottoms, Some((t, e)), false)?;
@@ -574,7 +574,7 @@ impl GradientChecker {
                 "the element-wise check is for layers without parameters".into(),
             ));
         }
-        h.forward()?;
+        forward_keeping_bottoms(h)?;
         for t in 0..h.num_top() {
             for e in 0..h.top(t).count() {
                 self.check_single(h, CheckBottoms::All, Some((t, e)), true)?;
@@ -837,4 +837,18 @@ fn objective_and_gradient<B: Backend>(
             Ok(f64::from(value[0]) * 2.0)
         }
     }
+}
+
+/// Runs a forward pass (to learn the tops' sizes) and puts the bottoms back as they were: an
+/// in-place layer overwrites its bottom, and the checks must start from the original inputs.
+fn forward_keeping_bottoms<B: Backend>(h: &mut LayerHarness<B>) -> Result<(), GradientError> {
+    let inputs: Vec<Vec<f32>> = (0..h.num_bottom())
+        .map(|i| h.bottom(i).data_to_vec())
+        .collect::<Result<_, _>>()
+        .map_err(|e| GradientError::Layer(h.named(LayerError::from(e))))?;
+    h.forward()?;
+    for (i, values) in inputs.iter().enumerate() {
+        h.set_bottom(i, values)?;
+    }
+    Ok(())
 }

@@ -1506,3 +1506,24 @@ fn registry_knows_every_layer_here() {
         assert_eq!(layer.layer_type(), kind);
     }
 }
+
+#[test]
+fn exhaustive_checks_start_from_the_inputs_for_in_place_layers() {
+    // An in-place layer overwrites its bottom on the checker's first forward pass; the
+    // exhaustive and element-wise checks must still difference the original inputs.
+    for kind in ["Log", "Exp", "Power"] {
+        let params = match kind {
+            "Power" => "power_param { power: 2 shift: 1 scale: 0.5 }",
+            _ => "",
+        };
+        let mut h = harness(&neuron_text(kind, params, true), &[&[2, 3]]);
+        h.fill_bottom_uniform(0, 0.5, 1.5).unwrap();
+        let checker = GradientChecker::new(1e-3, 1e-2);
+        checker
+            .check_exhaustive(&mut h, CheckBottoms::All)
+            .unwrap_or_else(|e| panic!("{kind} exhaustive: {e}"));
+        checker
+            .check_eltwise(&mut h)
+            .unwrap_or_else(|e| panic!("{kind} eltwise: {e}"));
+    }
+}
