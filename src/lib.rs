@@ -12,4 +12,5 @@ pub mod lr_policy;
 pub mod net;
 pub mod plot;
 pub mod proto;
+pub mod solver;
 pub mod testing;

@@ -5,7 +5,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use rcaffe::backend::{rng_from_seed, CpuBackend};
 use rcaffe::net::Net;
 use rcaffe::proto::caffe::Phase;
-use rcaffe::{data, proto};
+use rcaffe::{data, proto, solver};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,6 +47,21 @@ enum Command {
         /// What SIGHUP does: stop, snapshot or none.
         #[arg(long, alias = "sighup_effect", default_value = "snapshot")]
         sighup_effect: String,
+        /// Train for this many iterations instead of the solver's max_iter.
+        #[arg(long, alias = "max_iter")]
+        max_iter: Option<i32>,
+        /// Display every N iterations instead of the solver's display.
+        #[arg(long)]
+        display: Option<i32>,
+        /// Test every N iterations instead of the solver's test_interval.
+        #[arg(long, alias = "test_interval")]
+        test_interval: Option<i32>,
+        /// Net stages for the train net's include/exclude rules (repeatable).
+        #[arg(long)]
+        stage: Vec<String>,
+        /// The train net's level.
+        #[arg(long, default_value_t = 0)]
+        level: i32,
     },
     /// Score a model on its test phase (Caffe's `caffe test`).
     Test {
@@ -62,6 +77,12 @@ enum Command {
         /// GPU id to use.
         #[arg(long)]
         gpu: Option<String>,
+        /// Net stages for the include/exclude rules (repeatable).
+        #[arg(long)]
+        stage: Vec<String>,
+        /// The net level.
+        #[arg(long, default_value_t = 0)]
+        level: i32,
     },
     /// Time a net's forward and backward passes, layer by layer (Caffe's `caffe time`).
     Time {
@@ -255,8 +276,49 @@ fn not_yet(command: &str, issue: &str) -> Result<()> {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Train { .. } => not_yet("train", "the solver (issue #6)"),
-        Command::Test { .. } => not_yet("test", "the solver (issue #6)"),
+        Command::Train {
+            solver,
+            weights,
+            snapshot,
+            gpu,
+            sigint_effect,
+            sighup_effect,
+            max_iter,
+            display,
+            test_interval,
+            stage,
+            level,
+        } => {
+            refuse_gpu(gpu.as_deref())?;
+            if sigint_effect != "stop" || sighup_effect != "snapshot" {
+                log::warn!(
+                    "-sigint_effect/-sighup_effect are not implemented yet: signals end the run"
+                );
+            }
+            let options = solver::TrainOptions {
+                weights,
+                snapshot,
+                max_iter,
+                display,
+                test_interval,
+                level,
+                stages: stage,
+            };
+            solver::train(&solver, &options)?;
+            Ok(())
+        }
+        Command::Test {
+            model,
+            weights,
+            iterations,
+            gpu,
+            stage,
+            level,
+        } => {
+            refuse_gpu(gpu.as_deref())?;
+            solver::test(&model, weights.as_deref(), iterations as i32, level, &stage)?;
+            Ok(())
+        }
         Command::Time {
             model,
             iterations,
@@ -429,6 +491,16 @@ impl ProgressBar {
     }
 }
 
+/// `-gpu` asks for a device this build cannot drive yet.
+fn refuse_gpu(gpu: Option<&str>) -> Result<()> {
+    match gpu {
+        Some(ids) => bail!(
+            "-gpu {ids}: the CUDA backend is not implemented yet (issue #9); omit -gpu to run on the CPU"
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Caffe's `-phase` flag: TRAIN or TEST, TRAIN when absent (as `caffe time`).
 fn parse_phase(phase: Option<&str>) -> Result<Phase> {
     match phase {
@@ -446,9 +518,7 @@ fn time(
     level: Option<i32>,
     gpu: Option<&str>,
 ) -> Result<()> {
-    if gpu.is_some() {
-        bail!("-gpu: the CUDA backend is not implemented yet (issue #9); omit -gpu to time on the CPU");
-    }
+    refuse_gpu(gpu)?;
     log::info!("Use CPU.");
     let backend = CpuBackend::default();
     let mut net = Net::from_file(

@@ -205,3 +205,65 @@ fn converters_and_mean_reproduce_upstreams_mean_file() {
         stdout(&output)
     );
 }
+
+/// Runs `rcaffe` in `folder`.
+fn rcaffe_in(folder: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
+        .args(args)
+        .current_dir(folder)
+        .output()
+        .expect("the rcaffe binary runs")
+}
+
+#[test]
+fn train_runs_the_zoo_lenet_solver_unchanged_from_a_caffe_layout() {
+    // Caffe's layout: the zoo files in examples/mnist/, the LMDBs beside them, run from the root.
+    let root = tempfile::tempdir().unwrap();
+    let mnist = root.path().join("examples/mnist");
+    std::fs::create_dir_all(&mnist).unwrap();
+    for file in ["lenet_solver.prototxt", "lenet_train_test.prototxt"] {
+        std::fs::copy(
+            format!("../shared/caffe-zoo/examples/mnist/{file}"),
+            mnist.join(file),
+        )
+        .unwrap();
+    }
+    let data = std::fs::canonicalize("data/fashion-mnist-mini").unwrap();
+    for (part, lmdb) in [("train", "mnist_train_lmdb"), ("t10k", "mnist_test_lmdb")] {
+        let images = data.join(format!("{part}-images-idx3-ubyte.gz"));
+        let labels = data.join(format!("{part}-labels-idx1-ubyte.gz"));
+        let output = rcaffe(&[
+            "convert-mnist",
+            images.to_str().unwrap(),
+            labels.to_str().unwrap(),
+            mnist.join(lmdb).to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let output = rcaffe_in(
+        root.path(),
+        &[
+            "train",
+            "-solver",
+            "examples/mnist/lenet_solver.prototxt",
+            "--max-iter",
+            "500",
+            "--test-interval",
+            "500",
+        ],
+    );
+    let log = stderr(&output);
+    assert!(output.status.success(), "{log}");
+    // The zoo solver asks for the GPU: one warning, then the CPU.
+    assert_eq!(log.matches("using the CPU").count(), 1, "{log}");
+    let accuracies: Vec<f32> = log
+        .lines()
+        .filter_map(|line| line.split("Test net output #0: accuracy = ").nth(1))
+        .map(|value| value.trim().parse().unwrap())
+        .collect();
+    assert_eq!(accuracies.len(), 2, "{log}");
+    assert!(accuracies[1] > 0.8, "final test accuracy {}", accuracies[1]);
+    assert!(mnist.join("lenet_iter_500.caffemodel").exists());
+    assert!(mnist.join("lenet_iter_500.solverstate").exists());
+    assert!(log.contains("Optimization Done."), "{log}");
+}

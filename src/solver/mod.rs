@@ -1,0 +1,765 @@
+//! The training loop (upstream: src/caffe/solver.cpp and src/caffe/solvers/sgd_solver.cpp).
+//!
+//! [`Solver`] builds the train net and the test nets a solver names, then runs upstream's
+//! `Solve`: per iteration, clear the parameter diffs, test when due, `iter_size` forward/backward
+//! passes, smooth and display the loss, apply the update (learning rate, gradient clipping,
+//! normalisation by `iter_size`, weight decay, the update rule, `data -= diff`) and snapshot when
+//! due. Its log lines are upstream's, word for word, so Caffe's log parsers read them; they can
+//! also be kept in memory ([`Solver::record_log`]).
+//!
+//! [`train`] and [`test`] are the `rcaffe train` and `rcaffe test` commands as library calls.
+
+mod snapshot;
+pub mod update_rules;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::backend::{rng_from_seed, Backend, BackendError, CpuBackend, Rng};
+use crate::blob::{Blob, BlobError};
+use crate::lr_policy::{LrPolicyError, LrSchedule, LrState};
+use crate::net::{cpp_float, Net, NetError};
+use crate::proto::caffe::solver_parameter::{SnapshotFormat, SolverMode};
+use crate::proto::caffe::{NetState, Phase, SolverParameter};
+use crate::proto::{print_text, resolve_solver_nets, ProtoError};
+pub use update_rules::{Regularization, UpdateRule, SOLVER_TYPES};
+
+/// What can stop training.
+#[derive(Debug, thiserror::Error)]
+pub enum SolverError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error(transparent)]
+    LrPolicy(#[from] LrPolicyError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The solver's settings cannot be used (unknown type, momentum with AdaGrad, …).
+    #[error("solver: {0}")]
+    Config(String),
+    /// A `.solverstate` does not fit this solver.
+    #[error("{}: {message}", path.display())]
+    State { path: PathBuf, message: String },
+    /// The training loss became NaN or infinite; nothing was written after it.
+    #[error(
+        "Iteration {iter}: the loss is {loss} at learning rate {lr}; training stopped (no \
+         snapshot written after the last good one). The learning rate is probably too high: \
+         lower base_lr (or max_lr for a cyclical policy)"
+    )]
+    NonFiniteLoss { iter: i32, loss: f32, lr: String },
+}
+
+/// Result of a solver operation.
+pub type Result<T> = std::result::Result<T, SolverError>;
+
+impl From<crate::layers::Error> for SolverError {
+    fn from(e: crate::layers::Error) -> Self {
+        SolverError::Net(NetError::from(e))
+    }
+}
+
+/// The mean outputs of one test pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestScores {
+    /// The iteration the test ran at.
+    pub iter: i32,
+    /// Which test net.
+    pub net_id: usize,
+    /// `(output blob name, mean value)` per output element, in upstream's order.
+    pub outputs: Vec<(String, f32)>,
+    /// The mean loss, when `test_compute_loss` is set.
+    pub loss: Option<f32>,
+}
+
+/// Sends lines to the `log` facade and optionally keeps them.
+#[derive(Debug, Default)]
+struct LogSink {
+    kept: Option<Vec<String>>,
+}
+
+impl LogSink {
+    fn info(&mut self, line: String) {
+        log::info!("{line}");
+        if let Some(kept) = &mut self.kept {
+            kept.push(line);
+        }
+    }
+    fn warn(&mut self, line: String) {
+        log::warn!("{line}");
+        if let Some(kept) = &mut self.kept {
+            kept.push(line);
+        }
+    }
+}
+
+/// A solver: the train net, the test nets, the update rule and its history.
+pub struct Solver<B: Backend> {
+    param: SolverParameter,
+    backend: B,
+    net: Net<B>,
+    test_nets: Vec<Net<B>>,
+    schedule: LrSchedule,
+    lr_state: LrState,
+    rule: UpdateRule,
+    regularization: Regularization,
+    iter: i32,
+    /// Upstream's `history_`: one blob per learnable parameter, then, for AdaDelta and Adam, a
+    /// second set.
+    history: Vec<Blob<B>>,
+    update: Vec<Blob<B>>,
+    temp: Vec<Blob<B>>,
+    losses: Vec<f32>,
+    smoothed_loss: f32,
+    iterations_last: i32,
+    timer: Instant,
+    test_scores: Vec<TestScores>,
+    log: LogSink,
+}
+
+/// Whether `iter` is a multiple of a positive `every`.
+fn due(every: i32, iter: i32) -> bool {
+    every > 0 && iter % every == 0
+}
+
+/// Splits upstream's `weights` entries (each a comma-separated list) into file names.
+fn weight_files(param: &SolverParameter) -> Vec<String> {
+    param
+        .weights
+        .iter()
+        .flat_map(|list| list.split(','))
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+impl<B: Backend> Solver<B> {
+    /// Builds the solver `param` describes on `backend`, as upstream's `Solver::Init` (with the
+    /// update rule's checks and its history allocated, as `SGDSolver::PreSolve` and the
+    /// AdaDelta/Adam pre-solves): nets from [`resolve_solver_nets`] (`origin` is the solver
+    /// file, named in errors), weights from the `weights` field, `random_seed` seeding the
+    /// nets (the clock when it is negative).
+    pub fn new(param: SolverParameter, origin: &Path, backend: &B) -> Result<Self> {
+        Self::with_log(param, origin, backend, LogSink::default())
+    }
+
+    /// [`Solver::new`], keeping every line the solver logs from its construction on (see
+    /// [`Solver::take_log`]).
+    pub fn new_recording(param: SolverParameter, origin: &Path, backend: &B) -> Result<Self> {
+        Self::with_log(
+            param,
+            origin,
+            backend,
+            LogSink {
+                kept: Some(Vec::new()),
+            },
+        )
+    }
+
+    fn with_log(
+        param: SolverParameter,
+        origin: &Path,
+        backend: &B,
+        mut log: LogSink,
+    ) -> Result<Self> {
+        log.info(format!(
+            "Initializing solver from parameters: \n{}",
+            print_text(&param)
+        ));
+        if param.average_loss() < 1 {
+            return Err(SolverError::Config(format!(
+                "average_loss should be at least 1 (it is {})",
+                param.average_loss()
+            )));
+        }
+        if param.iter_size() < 1 {
+            return Err(SolverError::Config(format!(
+                "iter_size should be at least 1 (it is {})",
+                param.iter_size()
+            )));
+        }
+        let rule = UpdateRule::from_param(&param)?;
+        let regularization = Regularization::from_param(&param)?;
+        let schedule = LrSchedule::new(&param)?;
+        if param.snapshot_format() == SnapshotFormat::Hdf5 {
+            log.warn(
+                "snapshot_format: HDF5 is not supported; snapshots are written as BINARYPROTO"
+                    .to_string(),
+            );
+        }
+        snapshot::check_write_permissions(&param)?;
+
+        let seed = if param.random_seed() >= 0 {
+            param.random_seed() as u64
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        };
+        let net_rng = |index: u64| -> Rng { rng_from_seed(seed.wrapping_add(index)) };
+
+        let nets = resolve_solver_nets(&param, origin)?;
+        let weights = weight_files(&param);
+        let describe = |d: &str| {
+            if d.ends_with("_param") {
+                format!("specified in {d}.")
+            } else {
+                format!("from {d}")
+            }
+        };
+        log.info(format!(
+            "Creating training net {}",
+            describe(&nets.train.description)
+        ));
+        let mut net = Net::new(&nets.train.param, backend, net_rng(0))?;
+        for file in &weights {
+            log.info(format!("Finetuning from {file}"));
+            net.copy_trained_layers_from_file(Path::new(file))?;
+        }
+        let mut test_nets = Vec::with_capacity(nets.tests.len());
+        for (i, source) in nets.tests.iter().enumerate() {
+            log.info(format!(
+                "Creating test net (#{i}) specified by {}",
+                source.description
+            ));
+            let mut test_net = Net::new(&source.param, backend, net_rng(1 + i as u64))?;
+            test_net.set_debug_info(param.debug_info());
+            for file in &weights {
+                log.info(format!("Finetuning from {file}"));
+                test_net.copy_trained_layers_from_file(Path::new(file))?;
+            }
+            test_nets.push(test_net);
+        }
+        log.info("Solver scaffolding done.".to_string());
+
+        let alloc_like = |blobs: &[Blob<B>]| -> Result<Vec<Blob<B>>> {
+            blobs
+                .iter()
+                .map(|p| Blob::new(backend, p.shape()).map_err(SolverError::from))
+                .collect()
+        };
+        let params = net.learnable_params();
+        let mut history = Vec::new();
+        for _ in 0..rule.history_sets() {
+            history.extend(alloc_like(params)?);
+        }
+        let update = alloc_like(params)?;
+        let temp = alloc_like(params)?;
+        Ok(Self {
+            param,
+            backend: backend.clone(),
+            net,
+            test_nets,
+            schedule,
+            lr_state: LrState::default(),
+            rule,
+            regularization,
+            iter: 0,
+            history,
+            update,
+            temp,
+            losses: Vec::new(),
+            smoothed_loss: 0.0,
+            iterations_last: 0,
+            timer: Instant::now(),
+            test_scores: Vec::new(),
+            log,
+        })
+    }
+
+    /// Starts or stops keeping the lines the solver logs.
+    pub fn record_log(&mut self, on: bool) {
+        self.log.kept = on.then(|| self.log.kept.take().unwrap_or_default());
+    }
+
+    /// The lines kept since the last call (empty when not recording).
+    pub fn take_log(&mut self) -> Vec<String> {
+        match &mut self.log.kept {
+            Some(kept) => std::mem::take(kept),
+            None => Vec::new(),
+        }
+    }
+
+    /// The solver's parameters.
+    pub fn param(&self) -> &SolverParameter {
+        &self.param
+    }
+    /// The update rule.
+    pub fn rule(&self) -> &UpdateRule {
+        &self.rule
+    }
+    /// The train net.
+    pub fn net(&self) -> &Net<B> {
+        &self.net
+    }
+    /// The train net, writable.
+    pub fn net_mut(&mut self) -> &mut Net<B> {
+        &mut self.net
+    }
+    /// The test nets.
+    pub fn test_nets(&self) -> &[Net<B>] {
+        &self.test_nets
+    }
+    /// The next iteration to run (the number run so far).
+    pub fn iter(&self) -> i32 {
+        self.iter
+    }
+    /// The learning-rate state (`current_step`).
+    pub fn lr_state(&self) -> LrState {
+        self.lr_state
+    }
+    /// The history blobs, in `.solverstate` order.
+    pub fn history(&self) -> &[Blob<B>] {
+        &self.history
+    }
+    /// The smoothed training loss last displayed or computed.
+    pub fn smoothed_loss(&self) -> f32 {
+        self.smoothed_loss
+    }
+    /// The results of every test pass so far.
+    pub fn test_scores(&self) -> &[TestScores] {
+        &self.test_scores
+    }
+
+    /// Upstream's `Solve`: restores `resume` if given, runs to `max_iter`, snapshots after
+    /// training if asked, displays the final loss and tests when due.
+    pub fn solve(&mut self, resume: Option<&Path>) -> Result<()> {
+        self.log.info(format!("Solving {}", self.net.name()));
+        self.log
+            .info(format!("Learning Rate Policy: {}", self.param.lr_policy()));
+        if let Some(path) = resume {
+            self.log.info(format!(
+                "Restoring previous solver status from {}",
+                path.display()
+            ));
+            self.restore(path)?;
+        }
+        let start_iter = self.iter;
+        self.step(self.param.max_iter() - self.iter)?;
+        let snapshot_every = self.param.snapshot();
+        if self.param.snapshot_after_train() && !due(snapshot_every, self.iter) {
+            self.snapshot()?;
+        }
+        if due(self.param.display(), self.iter) {
+            let loss = self.net.forward()?;
+            self.update_smoothed_loss(loss, start_iter, self.param.average_loss());
+            self.log.info(format!(
+                "Iteration {}, loss = {}",
+                self.iter,
+                cpp_float(f64::from(self.smoothed_loss))
+            ));
+        }
+        if due(self.param.test_interval(), self.iter) {
+            self.test_all()?;
+        }
+        self.log.info("Optimization Done.".to_string());
+        Ok(())
+    }
+
+    /// Upstream's `Step`: runs `iters` iterations (none when `iters <= 0`).
+    pub fn step(&mut self, iters: i32) -> Result<()> {
+        let start_iter = self.iter;
+        let stop_iter = self.iter.saturating_add(iters.max(0));
+        let average_loss = self.param.average_loss();
+        self.losses.clear();
+        self.smoothed_loss = 0.0;
+        self.timer = Instant::now();
+        self.iterations_last = self.iter;
+        while self.iter < stop_iter {
+            self.net.clear_param_diffs()?;
+            if due(self.param.test_interval(), self.iter)
+                && (self.iter > 0 || self.param.test_initialization())
+            {
+                self.test_all()?;
+            }
+            let display = due(self.param.display(), self.iter);
+            self.net.set_debug_info(display && self.param.debug_info());
+            let iter_size = self.param.iter_size();
+            let mut loss = 0.0f32;
+            for _ in 0..iter_size {
+                loss += self.net.forward_backward()?;
+            }
+            loss /= iter_size as f32;
+            self.update_smoothed_loss(loss, start_iter, average_loss);
+            if display {
+                self.display_train_outputs()?;
+            }
+            if !loss.is_finite() {
+                let lr = self
+                    .schedule
+                    .rate(self.iter as u32, &mut self.lr_state.clone());
+                return Err(SolverError::NonFiniteLoss {
+                    iter: self.iter,
+                    loss,
+                    lr: cpp_float(f64::from(lr)),
+                });
+            }
+            self.apply_update()?;
+            if due(self.param.snapshot(), self.iter) {
+                self.snapshot()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn display_train_outputs(&mut self) -> Result<()> {
+        // Upstream's timer counts whole milliseconds.
+        let lapse = (self.timer.elapsed().as_millis() as f32) / 1000.0;
+        let per_s =
+            (self.iter - self.iterations_last) as f32 / if lapse != 0.0 { lapse } else { 1.0 };
+        self.log.info(format!(
+            "Iteration {} ({} iter/s, {}s/{} iters), loss = {}",
+            self.iter,
+            cpp_float(f64::from(per_s)),
+            cpp_float(f64::from(lapse)),
+            self.param.display(),
+            cpp_float(f64::from(self.smoothed_loss))
+        ));
+        self.timer = Instant::now();
+        self.iterations_last = self.iter;
+        let lines = output_lines(&self.net)?;
+        for (k, (name, value, weight)) in lines.into_iter().enumerate() {
+            self.log.info(format!(
+                "    Train net output #{k}: {name} = {}{}",
+                cpp_float(f64::from(value)),
+                loss_suffix(weight, value)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upstream's `UpdateSmoothedLoss`: the mean of the last `average_loss` losses.
+    fn update_smoothed_loss(&mut self, loss: f32, start_iter: i32, average_loss: i32) {
+        let window = average_loss.max(1) as usize;
+        if self.losses.len() < window {
+            self.losses.push(loss);
+            let size = self.losses.len();
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) as f32 + loss) / size as f32;
+        } else {
+            let idx = ((self.iter - start_iter) as usize) % window;
+            self.smoothed_loss += (loss - self.losses[idx]) / window as f32;
+            self.losses[idx] = loss;
+        }
+    }
+
+    /// The learning rate of the current iteration (upstream's `GetLearningRate`), advancing the
+    /// schedule's state.
+    fn learning_rate(&mut self) -> f32 {
+        let before = self.lr_state.current_step;
+        let rate = self.schedule.rate(self.iter as u32, &mut self.lr_state);
+        if self.param.lr_policy() == "multistep" && self.lr_state.current_step != before {
+            self.log.info(format!(
+                "MultiStep Status: Iteration {}, step = {}",
+                self.iter, self.lr_state.current_step
+            ));
+        }
+        rate
+    }
+
+    /// Upstream's `SGDSolver::ApplyUpdate`: learning rate, clipping, then per parameter
+    /// normalise, regularise and compute the update; then `data -= diff` and the next iteration.
+    pub fn apply_update(&mut self) -> Result<()> {
+        let rate = self.learning_rate();
+        if due(self.param.display(), self.iter) {
+            self.log.info(format!(
+                "Iteration {}, lr = {}",
+                self.iter,
+                cpp_float(f64::from(rate))
+            ));
+        }
+        self.clip_gradients()?;
+        let count = self.net.learnable_params().len();
+        let lr_mults = self.net.params_lr().to_vec();
+        let decay_mults = self.net.params_weight_decay().to_vec();
+        let weight_decay = self.param.weight_decay();
+        let iter_size = self.param.iter_size();
+        let (first, second) = self.history.split_at_mut(count);
+        let params = self.net.learnable_params_mut();
+        for (i, param) in params.iter_mut().enumerate() {
+            // Normalize: average the gradients accumulated over iter_size passes.
+            if iter_size != 1 {
+                let n = param.count();
+                self.backend.scale(
+                    n,
+                    1.0 / iter_size as f32,
+                    crate::backend::Src::InPlace,
+                    param.diff_mut(),
+                    0,
+                )?;
+            }
+            update_rules::regularize(
+                &self.backend,
+                self.regularization,
+                weight_decay * decay_mults[i],
+                param,
+                &mut self.temp[i],
+            )?;
+            let bufs = update_rules::UpdateBuffers {
+                history: &mut first[i],
+                history2: second.get_mut(i),
+                update: &mut self.update[i],
+                temp: &mut self.temp[i],
+            };
+            update_rules::compute_update_value(
+                &self.rule,
+                &self.backend,
+                param,
+                bufs,
+                rate * lr_mults[i],
+                self.iter,
+            )?;
+        }
+        self.net.update()?;
+        self.iter += 1;
+        Ok(())
+    }
+
+    /// Upstream's `ClipGradients`: when `clip_gradients >= 0` and the L2 norm of all the
+    /// parameters' diffs exceeds it, scales every diff down to that norm.
+    fn clip_gradients(&mut self) -> Result<()> {
+        let clip = self.param.clip_gradients();
+        if clip < 0.0 {
+            return Ok(());
+        }
+        let mut sumsq = 0.0f32;
+        for param in self.net.learnable_params() {
+            sumsq += param.sumsq_diff()?;
+        }
+        let norm = sumsq.sqrt();
+        if norm > clip {
+            let factor = clip / norm;
+            self.log.info(format!(
+                "Gradient clipping: scaling down gradients (L2 norm {} > {}) by scale factor {}",
+                cpp_float(f64::from(norm)),
+                cpp_float(f64::from(clip)),
+                cpp_float(f64::from(factor))
+            ));
+            for param in self.net.learnable_params_mut() {
+                param.scale_diff(factor)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Upstream's `TestAll`: tests every test net.
+    pub fn test_all(&mut self) -> Result<()> {
+        for id in 0..self.test_nets.len() {
+            self.test(id)?;
+        }
+        Ok(())
+    }
+
+    /// Upstream's `Test`: copies the train net's weights into test net `id`, runs `test_iter`
+    /// forward passes and logs the mean of each output (and the mean loss with
+    /// `test_compute_loss`).
+    pub fn test(&mut self, id: usize) -> Result<TestScores> {
+        self.log
+            .info(format!("Iteration {}, Testing net (#{id})", self.iter));
+        let test_iter = self.param.test_iter.get(id).copied().unwrap_or(0);
+        let test_net = &mut self.test_nets[id];
+        test_net.copy_trained_layers_from_net(&self.net)?;
+        let mut loss = 0.0f32;
+        let mut scores: Vec<(String, f32, f32)> = Vec::new();
+        for i in 0..test_iter {
+            let iter_loss = test_net.forward()?;
+            if self.param.test_compute_loss() {
+                loss += iter_loss;
+            }
+            let lines = output_lines(test_net)?;
+            if i == 0 {
+                scores = lines;
+            } else {
+                for (score, (_, value, _)) in scores.iter_mut().zip(lines) {
+                    score.1 += value;
+                }
+            }
+        }
+        let mut result = TestScores {
+            iter: self.iter,
+            net_id: id,
+            outputs: Vec::with_capacity(scores.len()),
+            loss: None,
+        };
+        if self.param.test_compute_loss() {
+            loss /= test_iter as f32;
+            self.log
+                .info(format!("Test loss: {}", cpp_float(f64::from(loss))));
+            result.loss = Some(loss);
+        }
+        for (k, (name, sum, weight)) in scores.into_iter().enumerate() {
+            let mean = sum / test_iter as f32;
+            self.log.info(format!(
+                "    Test net output #{k}: {name} = {}{}",
+                cpp_float(f64::from(mean)),
+                loss_suffix(weight, mean)
+            ));
+            result.outputs.push((name, mean));
+        }
+        self.test_scores.push(result.clone());
+        Ok(result)
+    }
+}
+
+/// `(name, value, loss weight)` for every element of every output blob of `net`.
+fn output_lines<B: Backend>(net: &Net<B>) -> Result<Vec<(String, f32, f32)>> {
+    let mut out = Vec::new();
+    for &id in net.output_blob_ids() {
+        let name = &net.blob_names()[id];
+        let weight = net.blob_loss_weights()[id];
+        for value in net.blobs()[id].data_to_vec()? {
+            out.push((name.clone(), value, weight));
+        }
+    }
+    Ok(out)
+}
+
+/// Upstream's " (* w = l loss)" after an output with a loss weight.
+fn loss_suffix(weight: f32, value: f32) -> String {
+    if weight != 0.0 {
+        format!(
+            " (* {} = {} loss)",
+            cpp_float(f64::from(weight)),
+            cpp_float(f64::from(weight * value))
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// What `rcaffe train` takes besides the solver file (upstream's `caffe train` flags).
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// `-weights a.caffemodel,b.caffemodel`: replaces the solver's `weights` field.
+    pub weights: Option<String>,
+    /// `-snapshot x.solverstate`: resume from it (not together with `weights`).
+    pub snapshot: Option<PathBuf>,
+    /// Overrides the solver's `max_iter`.
+    pub max_iter: Option<i32>,
+    /// Overrides the solver's `display`.
+    pub display: Option<i32>,
+    /// Overrides the solver's `test_interval`.
+    pub test_interval: Option<i32>,
+    /// `-level`: the train net's state level.
+    pub level: i32,
+    /// `-stage`: stages added to the train net's state.
+    pub stages: Vec<String>,
+}
+
+/// `rcaffe train`: reads the solver file, builds the solver on the CPU, restores or finetunes as
+/// asked and trains to `max_iter`, logging as upstream's `caffe train`. Returns the solver, so
+/// that a caller can read the final weights or test scores.
+pub fn train(solver_path: &Path, options: &TrainOptions) -> Result<Solver<CpuBackend>> {
+    if options.snapshot.is_some() && options.weights.is_some() {
+        return Err(SolverError::Config(
+            "Give a snapshot to resume training or weights to finetune but not both.".to_string(),
+        ));
+    }
+    let mut param = crate::proto::read_solver(solver_path)?;
+    let train_state = param.train_state.get_or_insert_with(NetState::default);
+    train_state.level = Some(options.level);
+    train_state.stage.extend(options.stages.iter().cloned());
+    // Overrides let a user smoke-test a zoo solver without editing it; the log says so.
+    if let Some(max_iter) = options.max_iter {
+        log::info!("Overriding max_iter: {} -> {max_iter}", param.max_iter());
+        param.max_iter = Some(max_iter);
+    }
+    if let Some(display) = options.display {
+        log::info!("Overriding display: {} -> {display}", param.display());
+        param.display = Some(display);
+    }
+    if let Some(test_interval) = options.test_interval {
+        log::info!(
+            "Overriding test_interval: {} -> {test_interval}",
+            param.test_interval()
+        );
+        param.test_interval = Some(test_interval);
+    }
+    if param.solver_mode.is_some() && param.solver_mode() == SolverMode::Gpu {
+        log::warn!("solver_mode: GPU requested, but this build has no GPU backend; using the CPU");
+    }
+    log::info!("Use CPU.");
+    if options.snapshot.is_some() {
+        param.weights.clear();
+    } else if let Some(weights) = &options.weights {
+        param.weights = vec![weights.clone()];
+    }
+    let backend = CpuBackend::default();
+    let mut solver = Solver::new(param, solver_path, &backend)?;
+    if let Some(snapshot) = &options.snapshot {
+        log::info!("Resuming from {}", snapshot.display());
+        solver.restore(snapshot)?;
+    }
+    log::info!("Starting Optimization");
+    solver.solve(None)?;
+    log::info!("Optimization Done.");
+    Ok(solver)
+}
+
+/// `rcaffe test`: builds `model` in the TEST phase on the CPU, loads `weights` (a
+/// comma-separated list) and runs `iterations` forward passes, logging each batch's outputs and
+/// their means as upstream's `caffe test`. Returns `(output name, mean)` per output element
+/// and the mean loss.
+pub fn test(
+    model: &Path,
+    weights: Option<&str>,
+    iterations: i32,
+    level: i32,
+    stages: &[String],
+) -> Result<(Vec<(String, f32)>, f32)> {
+    log::info!("Use CPU.");
+    let backend = CpuBackend::default();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut net = Net::from_file(
+        model,
+        Phase::Test,
+        level,
+        stages,
+        &backend,
+        rng_from_seed(seed),
+    )?;
+    for file in weights
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+    {
+        net.copy_trained_layers_from_file(Path::new(file))?;
+    }
+    log::info!("Running for {iterations} iterations.");
+    let mut sums: Vec<(String, f32, f32)> = Vec::new();
+    let mut loss = 0.0f32;
+    for i in 0..iterations {
+        let iter_loss = net.forward()?;
+        loss += iter_loss;
+        let lines = output_lines(&net)?;
+        for (name, value, _) in &lines {
+            log::info!("Batch {i}, {name} = {}", cpp_float(f64::from(*value)));
+        }
+        if i == 0 {
+            sums = lines;
+        } else {
+            for (sum, (_, value, _)) in sums.iter_mut().zip(lines) {
+                sum.1 += value;
+            }
+        }
+    }
+    loss /= iterations.max(1) as f32;
+    log::info!("Loss: {}", cpp_float(f64::from(loss)));
+    let mut means = Vec::with_capacity(sums.len());
+    for (name, sum, weight) in sums {
+        let mean = sum / iterations.max(1) as f32;
+        log::info!(
+            "{name} = {}{}",
+            cpp_float(f64::from(mean)),
+            loss_suffix(weight, mean)
+        );
+        means.push((name, mean));
+    }
+    Ok((means, loss))
+}

@@ -1,0 +1,377 @@
+//! The six update rules: how a parameter's (normalised, regularised) gradient becomes the value
+//! `Net::update` subtracts from it.
+//!
+//! Each rule follows upstream's CPU path (src/caffe/solvers/{sgd,nesterov,adagrad,rmsprop,
+//! adadelta,adam}_solver.cpp) op by op, in f32, through the backend's ops, so that the rounding
+//! is the same as upstream's: the order of the operations below is part of the specification.
+//!
+//! History blobs are laid out as upstream's `history_` vector: one per learnable parameter, and
+//! for AdaDelta and Adam a second set appended after the first (AdaDelta: the accumulated squared
+//! updates; Adam: the second moment). A `.solverstate` stores them in that order.
+
+use crate::backend::{Backend, Src};
+use crate::blob::Blob;
+use crate::proto::caffe::SolverParameter;
+
+use super::{Result, SolverError};
+
+/// The solver types this build knows, as `SolverParameter.type` names them.
+pub const SOLVER_TYPES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"];
+
+/// An update rule with the hyper-parameters it reads from the solver.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UpdateRule {
+    /// `h = lr g + momentum h; step = h`.
+    Sgd { momentum: f32 },
+    /// Nesterov's accelerated gradient in Sutskever's form: the step is
+    /// `(1 + momentum) h_new - momentum h_old`.
+    Nesterov { momentum: f32 },
+    /// `h += g^2; step = lr g / (sqrt(h) + delta)`.
+    AdaGrad { delta: f32 },
+    /// `h = rms_decay h + (1 - rms_decay) g^2; step = lr g / (sqrt(h) + delta)`.
+    RmsProp { delta: f32, rms_decay: f32 },
+    /// Zeiler's AdaDelta, scaled by the learning rate as upstream does.
+    AdaDelta { delta: f32, momentum: f32 },
+    /// Kingma & Ba's Adam with upstream's bias correction at `t = iter + 1`.
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        eps_hat: f32,
+    },
+}
+
+impl UpdateRule {
+    /// Reads `param.type` and the fields the rule uses, with upstream's constructor checks
+    /// (AdaGrad and RMSProp refuse momentum; RMSProp needs `0 <= rms_decay < 1`).
+    pub fn from_param(param: &SolverParameter) -> Result<Self> {
+        let momentum = param.momentum();
+        let delta = param.delta();
+        let config = |message: String| Err(SolverError::Config(message));
+        match param.r#type() {
+            "SGD" => Ok(Self::Sgd { momentum }),
+            "Nesterov" => Ok(Self::Nesterov { momentum }),
+            "AdaGrad" => {
+                if momentum != 0.0 {
+                    return config(format!(
+                        "Momentum cannot be used with AdaGrad (momentum is {momentum}; remove it \
+                         or set it to 0)"
+                    ));
+                }
+                Ok(Self::AdaGrad { delta })
+            }
+            "RMSProp" => {
+                if momentum != 0.0 {
+                    return config(format!(
+                        "Momentum cannot be used with RMSProp (momentum is {momentum}; remove it \
+                         or set it to 0)"
+                    ));
+                }
+                let rms_decay = param.rms_decay();
+                if !(0.0..1.0).contains(&rms_decay) {
+                    return config(format!(
+                        "rms_decay should lie between 0 and 1 (it is {rms_decay})"
+                    ));
+                }
+                Ok(Self::RmsProp { delta, rms_decay })
+            }
+            "AdaDelta" => Ok(Self::AdaDelta { delta, momentum }),
+            "Adam" => Ok(Self::Adam {
+                beta1: momentum,
+                beta2: param.momentum2(),
+                eps_hat: delta,
+            }),
+            other => config(format!(
+                "unknown solver type \"{other}\"; valid types: {}",
+                SOLVER_TYPES.join(", ")
+            )),
+        }
+    }
+
+    /// The rule's name as `SolverParameter.type` spells it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Sgd { .. } => "SGD",
+            Self::Nesterov { .. } => "Nesterov",
+            Self::AdaGrad { .. } => "AdaGrad",
+            Self::RmsProp { .. } => "RMSProp",
+            Self::AdaDelta { .. } => "AdaDelta",
+            Self::Adam { .. } => "Adam",
+        }
+    }
+
+    /// How many history blobs the rule keeps per learnable parameter (1 or 2).
+    pub fn history_sets(&self) -> usize {
+        match self {
+            Self::AdaDelta { .. } | Self::Adam { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The per-parameter buffers a rule works with. `history2` is the second history blob of
+/// AdaDelta and Adam (`history_[N + i]` upstream); `update` and `temp` are scratch.
+pub struct UpdateBuffers<'a, B: Backend> {
+    pub history: &'a mut Blob<B>,
+    pub history2: Option<&'a mut Blob<B>>,
+    pub update: &'a mut Blob<B>,
+    pub temp: &'a mut Blob<B>,
+}
+
+fn second<'a, B: Backend>(h: &'a mut Option<&mut Blob<B>>, rule: &str) -> Result<&'a mut Blob<B>> {
+    h.as_deref_mut()
+        .ok_or_else(|| SolverError::Config(format!("{rule}: missing its second history blob")))
+}
+
+/// Replaces `param`'s diff with the value to subtract from its data (upstream's
+/// `ComputeUpdateValue`), `local_rate` being the rate times the parameter's `lr_mult` and `iter`
+/// the iteration being applied (Adam's bias correction uses `iter + 1`).
+pub fn compute_update_value<B: Backend>(
+    rule: &UpdateRule,
+    backend: &B,
+    param: &mut Blob<B>,
+    bufs: UpdateBuffers<'_, B>,
+    local_rate: f32,
+    iter: i32,
+) -> Result<()> {
+    let n = param.count();
+    let UpdateBuffers {
+        history,
+        mut history2,
+        update,
+        temp,
+    } = bufs;
+    match *rule {
+        UpdateRule::Sgd { momentum } => {
+            // history = local_rate * g + momentum * history; g = history.
+            backend.axpby(
+                n,
+                local_rate,
+                param.diff(),
+                0,
+                momentum,
+                history.data_mut(),
+                0,
+            )?;
+            backend.copy(n, history.data(), 0, param.diff_mut(), 0)?;
+        }
+        UpdateRule::Nesterov { momentum } => {
+            // Keep the old history, take the momentum step, then step from the new history
+            // corrected by the old: (1 + m) h_new - m h_old.
+            backend.copy(n, history.data(), 0, update.data_mut(), 0)?;
+            backend.axpby(
+                n,
+                local_rate,
+                param.diff(),
+                0,
+                momentum,
+                history.data_mut(),
+                0,
+            )?;
+            backend.axpby(
+                n,
+                1.0 + momentum,
+                history.data(),
+                0,
+                -momentum,
+                update.data_mut(),
+                0,
+            )?;
+            backend.copy(n, update.data(), 0, param.diff_mut(), 0)?;
+        }
+        UpdateRule::AdaGrad { delta } => {
+            // Accumulate g^2, then step lr * g / (sqrt(sum) + delta).
+            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
+            backend.add(
+                n,
+                Src::At(update.data(), 0),
+                Src::InPlace,
+                history.data_mut(),
+                0,
+            )?;
+            scaled_gradient_over_root(backend, n, param, history, update, delta, local_rate)?;
+        }
+        UpdateRule::RmsProp { delta, rms_decay } => {
+            // Leaky average of g^2, then the same step as AdaGrad.
+            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
+            backend.axpby(
+                n,
+                1.0 - rms_decay,
+                update.data(),
+                0,
+                rms_decay,
+                history.data_mut(),
+                0,
+            )?;
+            scaled_gradient_over_root(backend, n, param, history, update, delta, local_rate)?;
+        }
+        UpdateRule::AdaDelta { delta, momentum } => {
+            let update_history = second(&mut history2, "AdaDelta")?;
+            // Leaky average of g^2.
+            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
+            backend.axpby(
+                n,
+                1.0 - momentum,
+                update.data(),
+                0,
+                momentum,
+                history.data_mut(),
+                0,
+            )?;
+            // update = sqrt((delta + E[dx^2]) / (delta + E[g^2])).
+            backend.set(n, delta, temp.data_mut(), 0)?;
+            backend.add(
+                n,
+                Src::At(temp.data(), 0),
+                Src::At(update_history.data(), 0),
+                update.data_mut(),
+                0,
+            )?;
+            backend.add(
+                n,
+                Src::InPlace,
+                Src::At(history.data(), 0),
+                temp.data_mut(),
+                0,
+            )?;
+            backend.div(
+                n,
+                Src::InPlace,
+                Src::At(temp.data(), 0),
+                update.data_mut(),
+                0,
+            )?;
+            backend.powx(n, Src::InPlace, 0.5, update.data_mut(), 0)?;
+            // g *= update: the unscaled step.
+            backend.mul(
+                n,
+                Src::InPlace,
+                Src::At(update.data(), 0),
+                param.diff_mut(),
+                0,
+            )?;
+            // Leaky average of the squared steps.
+            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
+            backend.axpby(
+                n,
+                1.0 - momentum,
+                update.data(),
+                0,
+                momentum,
+                update_history.data_mut(),
+                0,
+            )?;
+            // Upstream scales AdaDelta's step by the learning rate too.
+            backend.scale(n, local_rate, Src::InPlace, param.diff_mut(), 0)?;
+        }
+        UpdateRule::Adam {
+            beta1,
+            beta2,
+            eps_hat,
+        } => {
+            let second_moment = second(&mut history2, "Adam")?;
+            let m = history;
+            // Upstream computes the correction with pow(float, int), which C++ evaluates in
+            // double, and stores the result as float.
+            let t = iter + 1;
+            let correction =
+                ((1.0 - f64::from(beta2).powi(t)).sqrt() / (1.0 - f64::from(beta1).powi(t))) as f32;
+            backend.axpby(n, 1.0 - beta1, param.diff(), 0, beta1, m.data_mut(), 0)?;
+            backend.mul(
+                n,
+                Src::At(param.diff(), 0),
+                Src::At(param.diff(), 0),
+                temp.data_mut(),
+                0,
+            )?;
+            backend.axpby(
+                n,
+                1.0 - beta2,
+                temp.data(),
+                0,
+                beta2,
+                second_moment.data_mut(),
+                0,
+            )?;
+            backend.powx(n, Src::At(second_moment.data(), 0), 0.5, temp.data_mut(), 0)?;
+            backend.add_scalar(n, eps_hat, temp.data_mut(), 0)?;
+            backend.div(n, Src::At(m.data(), 0), Src::InPlace, temp.data_mut(), 0)?;
+            backend.scale(
+                n,
+                local_rate * correction,
+                Src::At(temp.data(), 0),
+                param.diff_mut(),
+                0,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// AdaGrad's and RMSProp's common tail: `g = local_rate * g / (sqrt(history) + delta)`.
+fn scaled_gradient_over_root<B: Backend>(
+    backend: &B,
+    n: usize,
+    param: &mut Blob<B>,
+    history: &Blob<B>,
+    update: &mut Blob<B>,
+    delta: f32,
+    local_rate: f32,
+) -> Result<()> {
+    backend.powx(n, Src::At(history.data(), 0), 0.5, update.data_mut(), 0)?;
+    backend.add_scalar(n, delta, update.data_mut(), 0)?;
+    backend.div(
+        n,
+        Src::At(param.diff(), 0),
+        Src::InPlace,
+        update.data_mut(),
+        0,
+    )?;
+    backend.axpby(n, local_rate, update.data(), 0, 0.0, param.diff_mut(), 0)?;
+    Ok(())
+}
+
+/// Upstream's `Regularize`: adds the weight decay's gradient to `param`'s diff. `local_decay` is
+/// `weight_decay * decay_mult`; nothing happens when it is 0. `temp` receives `sign(data)` for L1.
+pub fn regularize<B: Backend>(
+    backend: &B,
+    regularization: Regularization,
+    local_decay: f32,
+    param: &mut Blob<B>,
+    temp: &mut Blob<B>,
+) -> Result<()> {
+    if local_decay == 0.0 {
+        return Ok(());
+    }
+    let n = param.count();
+    match regularization {
+        Regularization::L2 => {
+            let (data, diff) = param.data_diff_mut();
+            backend.axpy(n, local_decay, data, 0, diff, 0)?;
+        }
+        Regularization::L1 => {
+            backend.sign(n, Src::At(param.data(), 0), temp.data_mut(), 0)?;
+            backend.axpy(n, local_decay, temp.data(), 0, param.diff_mut(), 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// `regularization_type`: L2 (`decay * w`) or L1 (`decay * sign(w)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Regularization {
+    L2,
+    L1,
+}
+
+impl Regularization {
+    /// Reads `param.regularization_type` ("L2" by default).
+    pub fn from_param(param: &SolverParameter) -> Result<Self> {
+        match param.regularization_type() {
+            "L2" => Ok(Self::L2),
+            "L1" => Ok(Self::L1),
+            other => Err(SolverError::Config(format!(
+                "Unknown regularization type: \"{other}\"; valid types: L2, L1"
+            ))),
+        }
+    }
+}
