@@ -4,6 +4,7 @@ pub mod backend;
 pub mod benchmark;
 pub mod blob;
 pub mod data;
+pub mod demo;
 pub mod filler;
 pub mod inspect;
 pub mod layers;

@@ -334,7 +334,10 @@ fn run(command: Command) -> Result<()> {
             level,
             gpu.as_deref(),
         ),
-        Command::Demo { .. } => not_yet("demo", "the CLR toolkit (issue #10)"),
+        Command::Demo { out } => {
+            rcaffe::demo::run_demo(&out.unwrap_or_else(|| PathBuf::from("demo-output")))?;
+            Ok(())
+        }
         Command::DeviceQuery { .. } => not_yet("device-query", "the CUDA backend (issue #9)"),
         Command::Inspect { file } => {
             print!("{}", rcaffe::inspect::inspect(&file)?);

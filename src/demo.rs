@@ -1,0 +1,248 @@
+//! `rcaffe demo`: the paper's figure 1 on the bundled Fashion-MNIST. LeNet trains twice for the
+//! same budget, once at a fixed learning rate and once with `triangular2`, and the demo prints a
+//! table and draws both accuracy curves. Everything it makes goes into one folder.
+
+use crate::backend::CpuBackend;
+use crate::data::convert_mnist;
+use crate::lr_policy::{LrSchedule, LrState};
+use crate::plot::{Chart, Series};
+use crate::proto::caffe::{NetParameter, SolverParameter};
+use crate::proto::{read_net, read_solver};
+use crate::solver::{Solver, TestScores};
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The outcome of one training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub policy: String,
+    pub iterations: i32,
+    /// (iteration, test accuracy) at every test.
+    pub accuracy: Vec<(i32, f32)>,
+}
+
+impl RunSummary {
+    pub fn final_accuracy(&self) -> f32 {
+        self.accuracy.last().map_or(0.0, |&(_, a)| a)
+    }
+
+    pub fn best_accuracy(&self) -> f32 {
+        self.accuracy.iter().map(|&(_, a)| a).fold(0.0, f32::max)
+    }
+
+    /// The first test iteration at which accuracy reached `target`.
+    pub fn iterations_to_reach(&self, target: f32) -> Option<i32> {
+        self.accuracy
+            .iter()
+            .find(|&&(_, a)| a >= target)
+            .map(|&(i, _)| i)
+    }
+}
+
+/// A folder of the project (`models/`, `data/`): beside the working directory when run from the
+/// repository, else where the crate was built.
+fn project_path(relative: &str) -> PathBuf {
+    let here = PathBuf::from(relative);
+    if here.exists() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    }
+}
+
+/// Converts the bundled IDX files into `out`'s LMDBs unless they are there already.
+fn prepare_data(out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let idx = project_path("data/fashion-mnist-mini");
+    let mut lmdbs = Vec::new();
+    for (part, name) in [("train", "fmnist_train_lmdb"), ("t10k", "fmnist_test_lmdb")] {
+        let lmdb = out.join(name);
+        if !lmdb.join("data.mdb").exists() {
+            let images = idx.join(format!("{part}-images-idx3-ubyte.gz"));
+            let labels = idx.join(format!("{part}-labels-idx1-ubyte.gz"));
+            convert_mnist(&images, &labels, &lmdb).with_context(|| {
+                format!("converting {} into {}", images.display(), lmdb.display())
+            })?;
+        }
+        lmdbs.push(lmdb);
+    }
+    Ok((lmdbs.remove(0), lmdbs.remove(0)))
+}
+
+/// The bundled LeNet net with its Data layers reading `train` and `test`.
+fn demo_net(train: &Path, test: &Path) -> Result<NetParameter> {
+    let mut net = read_net(&project_path("models/lenet/lenet_train_test.prototxt"))?;
+    for layer in &mut net.layer {
+        if let Some(data) = &mut layer.data_param {
+            let is_train = data.source().contains("train");
+            let source = if is_train { train } else { test };
+            data.source = Some(source.to_string_lossy().into_owned());
+        }
+    }
+    Ok(net)
+}
+
+fn train_one(
+    solver_file: &str,
+    net: &NetParameter,
+    out: &Path,
+) -> Result<(RunSummary, SolverParameter)> {
+    let solver_path = project_path(solver_file);
+    let mut param = read_solver(&solver_path)?;
+    param.net = None;
+    param.net_param = Some(net.clone());
+    let prefix = out.join(param.snapshot_prefix());
+    param.snapshot_prefix = Some(prefix.to_string_lossy().into_owned());
+    let policy = param.lr_policy().to_string();
+    let backend = CpuBackend::default();
+    let mut solver = Solver::new(param.clone(), &solver_path, &backend)?;
+    solver.solve(None)?;
+    let accuracy = solver
+        .test_scores()
+        .iter()
+        .filter(|scores: &&TestScores| scores.net_id == 0)
+        .filter_map(|scores| {
+            scores
+                .outputs
+                .iter()
+                .find(|(name, _)| name == "accuracy")
+                .map(|&(_, value)| (scores.iter, value))
+        })
+        .collect();
+    Ok((
+        RunSummary {
+            policy,
+            iterations: param.max_iter(),
+            accuracy,
+        },
+        param,
+    ))
+}
+
+/// The table the demo prints: one row per run.
+pub fn summary_table(runs: &[RunSummary]) -> String {
+    let target = runs.first().map_or(0.0, RunSummary::final_accuracy);
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| policy | iterations | final accuracy | best accuracy | iterations to {:.1}% |",
+        target * 100.0
+    );
+    let _ = writeln!(table, "| --- | --- | --- | --- | --- |");
+    for run in runs {
+        let reach = run
+            .iterations_to_reach(target)
+            .map_or("not reached".to_string(), |i| i.to_string());
+        let _ = writeln!(
+            table,
+            "| {} | {} | {:.1}% | {:.1}% | {} |",
+            run.policy,
+            run.iterations,
+            run.final_accuracy() * 100.0,
+            run.best_accuracy() * 100.0,
+            reach
+        );
+    }
+    table
+}
+
+/// Runs the demo into `out`; returns the table it printed.
+pub fn run_demo(out: &Path) -> Result<String> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    println!(
+        "Converting the bundled Fashion-MNIST into LMDBs in {} ...",
+        out.display()
+    );
+    let (train, test) = prepare_data(out)?;
+    let net = demo_net(&train, &test)?;
+
+    let mut runs = Vec::new();
+    let mut chart = Chart::new("LeNet on Fashion-MNIST: fixed vs triangular2")
+        .x_label("iteration")
+        .y_label("test accuracy")
+        .secondary_y_label("learning rate");
+    for solver_file in [
+        "models/lenet/solver_fixed.prototxt",
+        "models/lenet/solver_triangular2.prototxt",
+    ] {
+        println!("Training LeNet with {solver_file} ...");
+        // The per-iteration log would bury the demo's own output; warnings still show.
+        let level = log::max_level();
+        log::set_max_level(log::LevelFilter::Warn);
+        let result = train_one(solver_file, &net, out);
+        log::set_max_level(level);
+        let (run, param) = result?;
+        println!(
+            "  {}: final test accuracy {:.1}%",
+            run.policy,
+            run.final_accuracy() * 100.0
+        );
+        let schedule = LrSchedule::new(&param)?;
+        let mut state = LrState::default();
+        let rates: Vec<(f64, f64)> = (0..=param.max_iter())
+            .map(|i| (f64::from(i), f64::from(schedule.rate(i as u32, &mut state))))
+            .collect();
+        let points = run
+            .accuracy
+            .iter()
+            .map(|&(i, a)| (f64::from(i), f64::from(a)))
+            .collect();
+        chart = chart
+            .series(Series::new(format!("{} accuracy", run.policy), points))
+            .series(Series::new(format!("{} lr", run.policy), rates).on_secondary_axis());
+        runs.push(run);
+    }
+    if runs.len() != 2 || runs.iter().any(|r| r.accuracy.is_empty()) {
+        bail!("a demo run produced no test results");
+    }
+    let plot = out.join("accuracy.png");
+    chart.write(&plot)?;
+    let mut csv = String::from("policy,iteration,accuracy\n");
+    for run in &runs {
+        for (iteration, accuracy) in &run.accuracy {
+            let _ = writeln!(csv, "{},{iteration},{accuracy}", run.policy);
+        }
+    }
+    let csv_path = out.join("accuracy.csv");
+    std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
+    let table = summary_table(&runs);
+    let table_path = out.join("summary.md");
+    std::fs::write(&table_path, &table)
+        .with_context(|| format!("writing {}", table_path.display()))?;
+    println!("\n{table}");
+    println!(
+        "Everything is in {}: accuracy.png, accuracy.csv, summary.md, the LMDBs and the trained models.",
+        out.display()
+    );
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(policy: &str, accuracy: &[(i32, f32)]) -> RunSummary {
+        RunSummary {
+            policy: policy.into(),
+            iterations: 100,
+            accuracy: accuracy.to_vec(),
+        }
+    }
+
+    #[test]
+    fn table_measures_against_the_first_runs_final_accuracy() {
+        let fixed = run("fixed", &[(0, 0.1), (50, 0.6), (100, 0.7)]);
+        let cyclic = run("triangular2", &[(0, 0.1), (50, 0.72), (100, 0.8)]);
+        let table = summary_table(&[fixed, cyclic]);
+        assert!(
+            table.contains("| fixed | 100 | 70.0% | 70.0% | 100 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| triangular2 | 100 | 80.0% | 80.0% | 50 |"),
+            "{table}"
+        );
+        let slow = run("slow", &[(100, 0.5)]);
+        assert_eq!(slow.iterations_to_reach(0.7), None);
+    }
+}
