@@ -126,7 +126,7 @@ fn bad_prototxt_exits_with_the_place_named() {
 
 #[test]
 fn commands_still_to_come_say_so_plainly() {
-    let output = rcaffe(&["demo"]);
+    let output = rcaffe(&["device-query"]);
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("not implemented yet"),
