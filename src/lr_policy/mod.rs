@@ -247,6 +247,10 @@ impl LrSchedule {
             // The base `1 + gamma * iter` is float arithmetic (iter converted to float);
             // the pow and the product are double.
             Policy::Inv { gamma, power } => {
+                // The power is taken in double, as reference/lr_policies.csv requires (all its
+                // rows). Upstream's own logs (reference/upstream/lenet/sgd_inv.log) instead show
+                // a float `powf` at 6 of 300 iterations (e.g. 40: 0.00997011): the two
+                // references disagree in the last bit here; see the issue notes.
                 let base = 1.0 + gamma * iter as f32;
                 times_pow(base_lr, base, f64::from(-power))
             }
