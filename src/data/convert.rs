@@ -158,7 +158,7 @@ pub fn convert_mnist_with(
         };
         writer.put(format!("{item:08}"), encode_datum(&datum));
         let done = item as u64 + 1;
-        if done % COMMIT_EVERY == 0 {
+        if done.is_multiple_of(COMMIT_EVERY) {
             writer.commit()?;
             progress(Progress {
                 stage: "images",
@@ -321,7 +321,7 @@ pub fn convert_cifar_with(
         for record in batch.chunks_exact(CIFAR_RECORD_BYTES) {
             writer.put(format!("{key:05}"), encode_datum(&cifar_datum(record)));
             key += 1;
-            if key % COMMIT_EVERY == 0 {
+            if key.is_multiple_of(COMMIT_EVERY) {
                 writer.commit()?;
                 progress(Progress {
                     stage: "train",
@@ -344,7 +344,7 @@ pub fn convert_cifar_with(
     for (item, record) in test_data.chunks_exact(CIFAR_RECORD_BYTES).enumerate() {
         writer.put(format!("{item:05}"), encode_datum(&cifar_datum(record)));
         let done = item as u64 + 1;
-        if done % COMMIT_EVERY == 0 {
+        if done.is_multiple_of(COMMIT_EVERY) {
             writer.commit()?;
             progress(Progress {
                 stage: "test",
@@ -559,7 +559,7 @@ pub fn convert_imageset_with(
         }
         writer.put(format!("{line_id:08}_{file}"), encode_datum(&datum));
         count += 1;
-        if count % COMMIT_EVERY == 0 {
+        if count.is_multiple_of(COMMIT_EVERY) {
             writer.commit()?;
             log::info!("Processed {count} files.");
         }
@@ -570,7 +570,7 @@ pub fn convert_imageset_with(
         });
     }
     summary.written = writer.finish()?;
-    if count % COMMIT_EVERY != 0 {
+    if !count.is_multiple_of(COMMIT_EVERY) {
         log::info!("Processed {count} files.");
     }
     Ok(summary)

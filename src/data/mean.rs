@@ -91,7 +91,7 @@ pub fn compute_image_mean_with(
             .map_err(|e| e.in_record(input, key))?;
         accumulate(&mut sum, &datum, data_size).map_err(|e| e.in_record(input, key))?;
         count += 1;
-        if count % 10000 == 0 {
+        if count.is_multiple_of(10000) {
             log::info!("Processed {count} files.");
             progress(Progress {
                 stage: "mean",
@@ -101,7 +101,7 @@ pub fn compute_image_mean_with(
         }
         Ok(())
     })?;
-    if count % 10000 != 0 {
+    if !count.is_multiple_of(10000) {
         log::info!("Processed {count} files.");
     }
     progress(Progress {

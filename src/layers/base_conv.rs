@@ -147,7 +147,7 @@ impl<B: Backend> ConvBase<B> {
                 field("group")
             )));
         }
-        if num_output % group != 0 {
+        if !num_output.is_multiple_of(group) {
             return Err(LayerError::invalid(format!(
                 "{}: num_output {num_output} is not a multiple of group {group}",
                 field("group")
@@ -293,7 +293,7 @@ impl<B: Backend> ConvBase<B> {
 
         self.channels = bottom.shape()[self.channel_axis];
         let (group, num_output) = (self.spec.group, self.spec.num_output);
-        if self.channels % group != 0 {
+        if !self.channels.is_multiple_of(group) {
             return Err(LayerError::invalid(format!(
                 "{}: group {group} does not divide the {} input channels of bottom shape {}",
                 field("group"),

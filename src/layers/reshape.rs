@@ -94,7 +94,7 @@ impl ReshapeLayer {
             let explicit = top
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .filter(|&e| e != 0 && count % e == 0)
+                .filter(|&e| e != 0 && count.is_multiple_of(e))
                 .ok_or_else(|| {
                     LayerError::invalid(format!(
                         "reshape_param.shape {:?}: the bottom count ({count}) must be divisible \

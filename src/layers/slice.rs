@@ -39,7 +39,7 @@ impl SliceLayer {
     /// The length of each top along the axis, by upstream's rules.
     fn sizes(&self, dim: usize, num_top: usize) -> Result<Vec<usize>, LayerError> {
         if self.slice_point.is_empty() {
-            if dim % num_top != 0 {
+            if !dim.is_multiple_of(num_top) {
                 return Err(LayerError::invalid(format!(
                     "Slice: the number of top blobs ({num_top}) should evenly divide the input \
                      slice axis ({dim})"
