@@ -1187,7 +1187,7 @@ fn col2im_is_the_adjoint_and_counts_overlaps() {
                     (0..k)
                         .filter(|&i| {
                             let t = (x + pad) as i64 - (i * d) as i64;
-                            t >= 0 && t as usize % s == 0 && (t as usize / s) < out
+                            t >= 0 && (t as usize).is_multiple_of(s) && (t as usize / s) < out
                         })
                         .count()
                 };

@@ -318,7 +318,7 @@ fn mirror_in_both_phases_drawn_before_the_crop() {
     }
     // By hand: row 0 of channel 0 mirrored is 3, 2, 1, 0.
     let mut seed = 0;
-    while rng_from_seed(seed).next_u32() % 2 == 0 {
+    while rng_from_seed(seed).next_u32().is_multiple_of(2) {
         seed += 1;
     }
     let out = transform(&mirror, Phase::Test, &datum(), &mut rng_from_seed(seed));

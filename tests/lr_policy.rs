@@ -187,7 +187,7 @@ proptest! {
         for (iter, rate) in schedule.rates().enumerate().take((start + 5 * period) as usize) {
             prop_assert!((base_lr..=ceiling).contains(&rate), "iter {}: {}", iter, rate);
             let iter = iter as u32;
-            if iter <= start || (iter - start) % period == 0 {
+            if iter <= start || (iter - start).is_multiple_of(period) {
                 prop_assert_eq!(rate, base_lr, "iter {}", iter);
             }
         }
