@@ -1535,3 +1535,30 @@ fn cpp_float_formats_like_ostream() {
         assert_eq!(cpp_float(v), s, "{v}");
     }
 }
+
+#[test]
+fn upstream_layers_we_lack_say_why() {
+    let param = rcaffe::proto::parse_text::<rcaffe::proto::caffe::LayerParameter>(
+        "name: \"h5\" type: \"HDF5Data\" top: \"data\"",
+        std::path::Path::new("net.prototxt"),
+    )
+    .unwrap();
+    let error = rcaffe::layers::create_layer::<rcaffe::backend::CpuBackend>(&param)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("'h5'") && error.contains("LMDB"), "{error}");
+    let param = rcaffe::proto::caffe::LayerParameter {
+        name: Some("x".into()),
+        r#type: Some("Convolutoin".into()),
+        ..Default::default()
+    };
+    let error = rcaffe::layers::create_layer::<rcaffe::backend::CpuBackend>(&param)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("unknown layer type") && error.contains("Convolution"),
+        "{error}"
+    );
+}

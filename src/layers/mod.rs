@@ -733,6 +733,36 @@ pub fn create_layer<B: Backend>(param: &LayerParameter) -> Result<Box<dyn Layer<
     create_layer_with(param, None)
 }
 
+/// Why an upstream layer type that the registry lacks is not there, when there is more to say
+/// than "unknown".
+fn not_supported(kind: &str) -> Option<&'static str> {
+    match kind {
+        "HDF5Data" | "HDF5Output" => Some(
+            "HDF5 needs a system library rcaffe does without; convert the data to an LMDB \
+             (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
+        ),
+        "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
+        "WindowData"
+        | "MemoryData"
+        | "SPP"
+        | "Embed"
+        | "LSTM"
+        | "RNN"
+        | "InfogainLoss"
+        | "MultinomialLogisticLoss"
+        | "ContrastiveLoss"
+        | "Threshold"
+        | "Filter"
+        | "BatchReindex"
+        | "Tile"
+        | "Parameter"
+        | "Im2col"
+        | "Reduction"
+        | "Recurrent" => Some("an upstream layer rcaffe does not implement yet"),
+        _ => None,
+    }
+}
+
 /// [`create_layer`], trying `extra` first.
 pub fn create_layer_with<B: Backend>(
     param: &LayerParameter,
@@ -745,15 +775,18 @@ pub fn create_layer_with<B: Backend>(
     match found {
         Some(result) => result.map_err(|e| Error::new(param, e)),
         None => {
-            let mut known: Vec<&str> = LAYER_TYPES.to_vec();
-            known.sort_unstable();
-            Err(Error::new(
-                param,
-                LayerError::invalid(format!(
-                    "unknown layer type \"{kind}\" (known types: {})",
-                    known.join(", ")
-                )),
-            ))
+            let message = match not_supported(kind) {
+                Some(reason) => format!("layer type \"{kind}\" is not supported: {reason}"),
+                None => {
+                    let mut known: Vec<&str> = LAYER_TYPES.to_vec();
+                    known.sort_unstable();
+                    format!(
+                        "unknown layer type \"{kind}\" (known types: {})",
+                        known.join(", ")
+                    )
+                }
+            };
+            Err(Error::new(param, LayerError::invalid(message)))
         }
     }
 }
