@@ -42,6 +42,7 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod cpu;
+pub mod cuda;
 
 use std::fmt;
 

@@ -1,0 +1,121 @@
+// Activation kernels (ReLU, Sigmoid, TanH, ELU, BNLL, PReLU): forward and backward, one thread
+// per element, grid-stride. `dy` may alias `dx` and `x` may alias `y` (in-place layers).
+// Semantics: src/backend/mod.rs; upstream: src/caffe/layers/<name>_layer.cu.
+
+// Branches rather than fmaxf/fminf so a NaN input stays NaN, as the CPU op.
+extern "C" __global__ void relu_forward(int n, float slope, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    if (slope == 0.0f) {
+      y[i] = v < 0.0f ? 0.0f : v;
+    } else {
+      y[i] = v > 0.0f ? v : slope * v;
+    }
+  }
+}
+
+extern "C" __global__ void relu_backward(int n, float slope, const float* x, const float* dy,
+                                         float* dx) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float d = dy[i];
+    dx[i] = x[i] > 0.0f ? d : d * slope;
+  }
+}
+
+// 1 / (1 + e^-x) through tanh, which cannot overflow.
+extern "C" __global__ void sigmoid_forward(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = 0.5f * tanhf(0.5f * x[i]) + 0.5f;
+  }
+}
+
+extern "C" __global__ void sigmoid_backward(int n, const float* y, const float* dy, float* dx) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float s = y[i];
+    dx[i] = dy[i] * s * (1.0f - s);
+  }
+}
+
+extern "C" __global__ void tanh_forward(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = tanhf(x[i]);
+  }
+}
+
+extern "C" __global__ void tanh_backward(int n, const float* y, const float* dy, float* dx) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float t = y[i];
+    dx[i] = dy[i] * (1.0f - t * t);
+  }
+}
+
+extern "C" __global__ void elu_forward(int n, float alpha, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    y[i] = v > 0.0f ? v : alpha * (expf(v) - 1.0f);
+  }
+}
+
+extern "C" __global__ void elu_backward(int n, float alpha, const float* x, const float* y,
+                                        const float* dy, float* dx) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float d = dy[i];
+    dx[i] = x[i] > 0.0f ? d : d * (alpha + y[i]);
+  }
+}
+
+// Softplus in the form that cannot overflow.
+extern "C" __global__ void bnll_forward(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    y[i] = v > 0.0f ? v + log1pf(expf(-v)) : log1pf(expf(v));
+  }
+}
+
+// The input is clamped at 50 before exp, as upstream's kBNLL_THRESHOLD.
+extern "C" __global__ void bnll_backward(int n, const float* x, const float* dy, float* dx) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float e = expf(fminf(x[i], 50.0f));
+    dx[i] = dy[i] * e / (e + 1.0f);
+  }
+}
+
+// PReLU over an (outer, channels, inner) view with one slope per channel.
+extern "C" __global__ void prelu_forward(int outer, int channels, int inner, const float* slope,
+                                         const float* x, float* y) {
+  int n = outer * channels * inner;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    float a = slope[(i / inner) % channels];
+    y[i] = v > 0.0f ? v : a * v;
+  }
+}
+
+extern "C" __global__ void prelu_backward(int outer, int channels, int inner, const float* slope,
+                                          const float* x, const float* dy, float* dx) {
+  int n = outer * channels * inner;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    float a = slope[(i / inner) % channels];
+    dx[i] = dy[i] * ((v > 0.0f ? 1.0f : 0.0f) + a * (v <= 0.0f ? 1.0f : 0.0f));
+  }
+}
+
+// dslope[c] += sum over (o, j) of dy x [x <= 0]: one thread per channel, accumulating straight
+// into dslope in memory order, as the CPU op does (so the two agree exactly).
+extern "C" __global__ void prelu_slope_grad(int outer, int channels, int inner, const float* x,
+                                            const float* dy, float* dslope) {
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels;
+       c += blockDim.x * gridDim.x) {
+    float acc = dslope[c];
+    for (int o = 0; o < outer; ++o) {
+      const float* xr = x + ((long long)o * channels + c) * inner;
+      const float* dr = dy + ((long long)o * channels + c) * inner;
+      for (int j = 0; j < inner; ++j) {
+        float u = xr[j];
+        acc += dr[j] * u * (u <= 0.0f ? 1.0f : 0.0f);
+      }
+    }
+    dslope[c] = acc;
+  }
+}

@@ -1,0 +1,146 @@
+// Element-wise kernels: copies, fills, BLAS level 1 and the unary/binary maps of
+// src/backend/mod.rs. One thread per element, grid-stride; every pointer is already offset by
+// the host and inputs may alias the output (in-place ops), so no pointer is `__restrict__`.
+//
+// Kernel names are the op names, except where the op name is a C or CUDA math function
+// (exp, log, abs, sqrt, max, div): those get a `_kernel` suffix.
+
+extern "C" __global__ void copy(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = x[i];
+  }
+}
+
+extern "C" __global__ void set(int n, float value, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = value;
+  }
+}
+
+extern "C" __global__ void add_scalar(int n, float value, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] += value;
+  }
+}
+
+extern "C" __global__ void axpy(int n, float alpha, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = alpha * x[i] + y[i];
+  }
+}
+
+// beta == 0 does not read y (BLAS convention).
+extern "C" __global__ void axpby(int n, float alpha, const float* x, float beta, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = beta == 0.0f ? alpha * x[i] : alpha * x[i] + beta * y[i];
+  }
+}
+
+extern "C" __global__ void scale(int n, float alpha, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = alpha * x[i];
+  }
+}
+
+extern "C" __global__ void add(int n, const float* a, const float* b, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = a[i] + b[i];
+  }
+}
+
+extern "C" __global__ void sub(int n, const float* a, const float* b, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = a[i] - b[i];
+  }
+}
+
+extern "C" __global__ void mul(int n, const float* a, const float* b, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = a[i] * b[i];
+  }
+}
+
+extern "C" __global__ void div_kernel(int n, const float* a, const float* b, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = a[i] / b[i];
+  }
+}
+
+// `a < b ? b : a`: a NaN in b is dropped, a NaN in a kept, as the CPU op.
+extern "C" __global__ void max_kernel(int n, const float* a, const float* b, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float p = a[i], q = b[i];
+    y[i] = p < q ? q : p;
+  }
+}
+
+// p == 2 and p == 1 are exact, as the CPU op special-cases them.
+extern "C" __global__ void powx(int n, const float* x, float p, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    y[i] = p == 2.0f ? v * v : (p == 1.0f ? v : powf(v, p));
+  }
+}
+
+// Upstream's PowerLayer: (shift + scale x)^power.
+extern "C" __global__ void power(int n, const float* x, float power, float scale, float shift,
+                                 float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = powf(shift + scale * x[i], power);
+  }
+}
+
+extern "C" __global__ void exp_kernel(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = expf(x[i]);
+  }
+}
+
+extern "C" __global__ void log_kernel(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = logf(x[i]);
+  }
+}
+
+extern "C" __global__ void abs_kernel(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = fabsf(x[i]);
+  }
+}
+
+extern "C" __global__ void sqr(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    y[i] = v * v;
+  }
+}
+
+extern "C" __global__ void sqrt_kernel(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = sqrtf(x[i]);
+  }
+}
+
+// 1, 0 or -1; 0 for NaN (upstream's caffe_sign).
+extern "C" __global__ void sign(int n, const float* x, float* y) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    y[i] = v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f);
+  }
+}
+
+// Reductions (sum, asum, sumsq, dot) in two steps without shared memory: each thread of the
+// launch adds its grid-stride share of the input in double and writes it to
+// partial[thread] (the partial buffer holds gridDim.x * blockDim.x floats); the host, or a
+// second launch with one thread, adds the partials. `kind`: 0 sum, 1 |x|, 2 x^2, 3 x*y.
+extern "C" __global__ void reduce_partial(int n, int kind, const float* x, const float* y,
+                                          float* partial) {
+  int t = blockIdx.x * blockDim.x + threadIdx.x;
+  double acc = 0.0;
+  for (int i = t; i < n; i += blockDim.x * gridDim.x) {
+    float v = x[i];
+    float term = kind == 0 ? v : (kind == 1 ? fabsf(v) : (kind == 2 ? v * v : v * y[i]));
+    acc += (double)term;
+  }
+  partial[t] = (float)acc;
+}

@@ -1,0 +1,1605 @@
+//! [`CudaBackend`]: the op set on an NVIDIA GPU, each op one launch of the kernel of the same
+//! name from `kernels/*.cu` (compiled by [`super::nvrtc`] for the device's architecture),
+//! GEMM and GEMV through cuBLAS. Not registered anywhere yet (no layer or CLI path selects it).
+//!
+//! All work goes to one stream, in issue order, so an op may read what the previous one wrote
+//! without further synchronisation; [`Backend::download`] and the reductions wait for the
+//! stream. Device pointers are passed to kernels as raw addresses plus the element offset,
+//! which also gives the in-place form ([`Src::InPlace`]: the output address for the input).
+//!
+//! Label-indexed ops validate their labels on the host first (a download of the label blob,
+//! `outer * inner` values), so an out-of-range label is the same error as on the CPU.
+//! `max_pool_backward` does not validate its mask (the CPU op rejects an index outside the
+//! plane): a mask written by `max_pool_forward` is always valid, and any other entry is skipped.
+//!
+//! Still to do for speed: the whole-buffer reductions allocate and download one partial sum per
+//! thread (a block reduction in shared memory, or cuBLAS `sasum`/`sdot`, would avoid that), and
+//! the RNG fills draw on the host and upload.
+
+use super::nvrtc;
+use crate::backend::{
+    check_range, invalid, Backend, BackendError, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result,
+    Rng, Src, Transpose,
+};
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::{sys::CUdeviceptr, CudaContext, CudaFunction, CudaSlice, CudaStream};
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// Threads per block of every launch.
+const BLOCK: u32 = 256;
+/// The most blocks a launch uses; grid-stride loops cover the rest.
+const MAX_BLOCKS: usize = 4096;
+
+/// `len` f32 on the device.
+pub struct CudaBuffer {
+    /// At least one element, so that an empty buffer still has a valid address.
+    _alloc: CudaSlice<f32>,
+    /// The allocation's device address (kept alive by `slice`).
+    base: CUdeviceptr,
+    len: usize,
+}
+
+impl fmt::Debug for CudaBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CudaBuffer({} f32 at {:#x})", self.len, self.base)
+    }
+}
+
+impl DeviceBuffer for CudaBuffer {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: String,
+    blas: Option<cudarc::cublas::CudaBlas>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+}
+
+/// The CUDA backend on one device. Cloning is cheap and shares the context and stream.
+#[derive(Clone)]
+pub struct CudaBackend {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.inner.ctx.ordinal())
+            .field("arch", &self.inner.arch)
+            .finish()
+    }
+}
+
+/// One kernel argument.
+#[derive(Clone, Copy)]
+enum Arg {
+    I(i32),
+    F(f32),
+    P(CUdeviceptr),
+}
+
+fn dev_err(op: &'static str, e: impl fmt::Debug) -> BackendError {
+    BackendError::Device {
+        op,
+        message: format!("{e:?}"),
+    }
+}
+
+fn int(op: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| invalid(op, format!("size {v} exceeds a kernel's int range")))
+}
+
+fn trans(t: Transpose) -> cublasOperation_t {
+    match t {
+        Transpose::NoTrans => cublasOperation_t::CUBLAS_OP_N,
+        Transpose::Trans => cublasOperation_t::CUBLAS_OP_T,
+    }
+}
+
+impl CudaBackend {
+    /// Whether the CUDA driver library can be loaded and reports at least one device.
+    pub fn device_available() -> bool {
+        // SAFETY: only opens the library by its candidate names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return false;
+        }
+        CudaContext::device_count().is_ok_and(|n| n > 0)
+    }
+
+    /// A backend on device `ordinal`: a context, one stream, cuBLAS when its library loads.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        const OP: &str = "CudaBackend::new";
+        if !Self::device_available() {
+            return Err(BackendError::Device {
+                op: OP,
+                message: "no CUDA driver or no CUDA device".into(),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err(OP, e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| dev_err(OP, e))?;
+        // A stream of its own rather than the legacy default stream: CUDA graph capture (the
+        // planned whole-iteration replay) cannot capture the legacy stream.
+        let stream = ctx.new_stream().map_err(|e| dev_err(OP, e))?;
+        // SAFETY: only opens the library by its candidate names.
+        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            Some(cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| dev_err(OP, e))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                arch: format!("sm_{major}{minor}"),
+                blas,
+                functions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The architecture kernels are compiled for, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.inner.arch
+    }
+
+    /// The device function `kernel`, compiling and loading its file on first use.
+    fn function(&self, op: &'static str, kernel: &'static str) -> Result<CudaFunction> {
+        let mut map = self
+            .inner
+            .functions
+            .lock()
+            .map_err(|_| dev_err(op, "kernel table poisoned"))?;
+        if let Some(f) = map.get(kernel) {
+            return Ok(f.clone());
+        }
+        let file = nvrtc::KERNEL_SOURCES
+            .iter()
+            .map(|(name, _)| *name)
+            .find(|name| nvrtc::kernel_names(name).contains(&kernel))
+            .ok_or_else(|| invalid(op, format!("no kernel named {kernel} in kernels/")))?;
+        let ptx = nvrtc::compile(file, &self.inner.arch)?;
+        let module = self
+            .inner
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx.as_str()))
+            .map_err(|e| dev_err(op, e))?;
+        // Load every kernel of the file at once.
+        for name in nvrtc::kernel_names(file) {
+            let f = module.load_function(name).map_err(|e| dev_err(op, e))?;
+            map.insert(name, f);
+        }
+        map.get(kernel)
+            .cloned()
+            .ok_or_else(|| dev_err(op, format!("{kernel} missing from its module")))
+    }
+
+    /// Launches `kernel` over `n` work items (grid-stride) with `args`.
+    fn launch(&self, op: &'static str, kernel: &'static str, n: usize, args: &[Arg]) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function(op, kernel)?;
+        let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.inner.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                Arg::I(v) => b.arg(v),
+                Arg::F(v) => b.arg(v),
+                Arg::P(v) => b.arg(v),
+            };
+        }
+        // SAFETY: every pointer argument was bounds-checked against its buffer by the caller
+        // for the range the kernel touches; scalars match the kernel's C signature.
+        unsafe { b.launch(cfg) }.map_err(|e| dev_err(op, e))?;
+        Ok(())
+    }
+
+    /// The device address of `buf[off..off + len]`, bounds-checked.
+    fn ptr(
+        op: &'static str,
+        arg: &'static str,
+        buf: &CudaBuffer,
+        off: usize,
+        len: usize,
+    ) -> Result<Arg> {
+        check_range(op, arg, buf.len(), off, len)?;
+        Ok(Arg::P(buf.base + (off * 4) as CUdeviceptr))
+    }
+
+    /// An input that may be the output: `out` is the output's address.
+    fn src(
+        op: &'static str,
+        arg: &'static str,
+        s: Src<'_, CudaBuffer>,
+        len: usize,
+        out: Arg,
+    ) -> Result<Arg> {
+        match s {
+            Src::At(b, off) => Self::ptr(op, arg, b, off, len),
+            Src::InPlace => Ok(out),
+        }
+    }
+
+    fn map1(
+        &self,
+        op: &'static str,
+        kernel: &'static str,
+        n: usize,
+        x: Src<'_, CudaBuffer>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        let yp = Self::ptr(op, "y", y, y_off, n)?;
+        let xp = Self::src(op, "x", x, n, yp)?;
+        self.launch(op, kernel, n, &[Arg::I(int(op, n)?), xp, yp])
+    }
+
+    fn map2(
+        &self,
+        op: &'static str,
+        kernel: &'static str,
+        n: usize,
+        a: Src<'_, CudaBuffer>,
+        b: Src<'_, CudaBuffer>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        let yp = Self::ptr(op, "y", y, y_off, n)?;
+        let ap = Self::src(op, "a", a, n, yp)?;
+        let bp = Self::src(op, "b", b, n, yp)?;
+        self.launch(op, kernel, n, &[Arg::I(int(op, n)?), ap, bp, yp])
+    }
+
+    /// `dx = f(fwd, dy)` for the activations' backward kernels `(n, [scalar], fwd, dy, dx)`.
+    fn backward(
+        &self,
+        op: &'static str,
+        kernel: &'static str,
+        n: usize,
+        scalar: Option<f32>,
+        fwd: &CudaBuffer,
+        fwd_off: usize,
+        dy: Src<'_, CudaBuffer>,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        let dxp = Self::ptr(op, "dx", dx, dx_off, n)?;
+        let fp = Self::ptr(op, "x", fwd, fwd_off, n)?;
+        let dyp = Self::src(op, "dy", dy, n, dxp)?;
+        let mut args = vec![Arg::I(int(op, n)?)];
+        args.extend(scalar.map(Arg::F));
+        args.extend([fp, dyp, dxp]);
+        self.launch(op, kernel, n, &args)
+    }
+
+    /// `sum_i f(x[i], y[i])` by per-thread partial sums added on the host in f64.
+    fn reduce(
+        &self,
+        op: &'static str,
+        kind: i32,
+        n: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: Option<(&CudaBuffer, usize)>,
+    ) -> Result<f32> {
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let xp = Self::ptr(op, "x", x, x_off, n)?;
+        let yp = match y {
+            Some((b, off)) => Self::ptr(op, "y", b, off, n)?,
+            None => xp,
+        };
+        let threads = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) * BLOCK as usize;
+        let partial = self.alloc(threads)?;
+        let pp = Self::ptr(op, "partial", &partial, 0, threads)?;
+        self.launch(
+            op,
+            "reduce_partial",
+            n,
+            &[Arg::I(int(op, n)?), Arg::I(kind), xp, yp, pp],
+        )?;
+        let mut host = vec![0f32; threads];
+        self.download(&partial, 0, &mut host)?;
+        Ok(host.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+    }
+
+    /// Labels of `labels[off..off + n]` on the host, each checked to be ignored or in `0..dim`.
+    fn check_labels(
+        &self,
+        op: &'static str,
+        label: &CudaBuffer,
+        off: usize,
+        n: usize,
+        ignore: Option<i32>,
+        dim: usize,
+    ) -> Result<()> {
+        check_range(op, "label", label.len(), off, n)?;
+        let mut host = vec![0f32; n];
+        self.download(label, off, &mut host)?;
+        for (p, &l) in host.iter().enumerate() {
+            let class = l as i32;
+            if ignore == Some(class) {
+                continue;
+            }
+            if class < 0 || class as usize >= dim {
+                return Err(invalid(
+                    op,
+                    format!("label {l} at position {p} is outside 0..{dim}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn blas(&self, op: &'static str) -> Result<&cudarc::cublas::CudaBlas> {
+        self.inner
+            .blas
+            .as_ref()
+            .ok_or_else(|| BackendError::Device {
+                op,
+                message: "cuBLAS (libcublas) cannot be loaded".into(),
+            })
+    }
+
+    fn ignore_args(ignore: Option<i32>) -> [Arg; 2] {
+        [
+            Arg::I(i32::from(ignore.is_some())),
+            Arg::I(ignore.unwrap_or(0)),
+        ]
+    }
+
+    fn conv_args(op: &'static str, g: &ConvGeom) -> Result<Vec<Arg>> {
+        [
+            g.channels,
+            g.height,
+            g.width,
+            g.kernel_h,
+            g.kernel_w,
+            g.pad_h,
+            g.pad_w,
+            g.stride_h,
+            g.stride_w,
+            g.dilation_h,
+            g.dilation_w,
+            g.out_h(),
+            g.out_w(),
+        ]
+        .into_iter()
+        .map(|v| int(op, v).map(Arg::I))
+        .collect()
+    }
+
+    fn pool_args(op: &'static str, g: &PoolGeom) -> Result<Vec<Arg>> {
+        [
+            g.planes, g.height, g.width, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h,
+            g.pad_w, g.pooled_h, g.pooled_w,
+        ]
+        .into_iter()
+        .map(|v| int(op, v).map(Arg::I))
+        .collect()
+    }
+
+    fn lrn_args(op: &'static str, g: &LrnGeom) -> Result<Vec<Arg>> {
+        Ok(vec![
+            Arg::I(int(op, g.num)?),
+            Arg::I(int(op, g.channels)?),
+            Arg::I(int(op, g.spatial)?),
+            Arg::I(int(op, g.size)?),
+            Arg::F(g.alpha),
+            Arg::F(g.beta),
+        ])
+    }
+
+    fn ocd(op: &'static str, outer: usize, dim: usize, inner: usize) -> Result<[Arg; 3]> {
+        Ok([
+            Arg::I(int(op, outer)?),
+            Arg::I(int(op, dim)?),
+            Arg::I(int(op, inner)?),
+        ])
+    }
+}
+
+macro_rules! unary {
+    ($name:ident, $kernel:literal) => {
+        fn $name(
+            &self,
+            n: usize,
+            x: Src<'_, CudaBuffer>,
+            y: &mut CudaBuffer,
+            y_off: usize,
+        ) -> Result<()> {
+            self.map1(stringify!($name), $kernel, n, x, y, y_off)
+        }
+    };
+}
+
+macro_rules! binary {
+    ($name:ident, $kernel:literal) => {
+        fn $name(
+            &self,
+            n: usize,
+            a: Src<'_, CudaBuffer>,
+            b: Src<'_, CudaBuffer>,
+            y: &mut CudaBuffer,
+            y_off: usize,
+        ) -> Result<()> {
+            self.map2(stringify!($name), $kernel, n, a, b, y, y_off)
+        }
+    };
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaBuffer;
+
+    fn name(&self) -> &'static str {
+        "CUDA"
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuffer> {
+        const OP: &str = "alloc";
+        let slice = self
+            .inner
+            .stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|e| dev_err(OP, e))?;
+        let base = slice.device_ptr(&self.inner.stream).0;
+        Ok(CudaBuffer {
+            _alloc: slice,
+            base,
+            len,
+        })
+    }
+
+    fn upload(&self, src: &[f32], dst: &mut CudaBuffer, dst_off: usize) -> Result<()> {
+        const OP: &str = "upload";
+        let Arg::P(p) = Self::ptr(OP, "dst", dst, dst_off, src.len())? else {
+            unreachable!()
+        };
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the range was checked; the copy is complete when the call returns for
+        // pageable host memory, and the stream orders it before later ops.
+        unsafe { cudarc::driver::result::memcpy_htod_async(p, src, self.inner.stream.cu_stream()) }
+            .map_err(|e| dev_err(OP, e))
+    }
+
+    fn download(&self, src: &CudaBuffer, src_off: usize, dst: &mut [f32]) -> Result<()> {
+        const OP: &str = "download";
+        let Arg::P(p) = Self::ptr(OP, "src", src, src_off, dst.len())? else {
+            unreachable!()
+        };
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the range was checked; the stream is synchronised before `dst` is used.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, p, self.inner.stream.cu_stream()) }
+            .map_err(|e| dev_err(OP, e))?;
+        self.synchronize()
+    }
+
+    fn copy(
+        &self,
+        n: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        self.map1("copy", "copy", n, Src::At(x, x_off), y, y_off)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.inner
+            .stream
+            .synchronize()
+            .map_err(|e| dev_err("synchronize", e))
+    }
+
+    fn set(&self, n: usize, value: f32, y: &mut CudaBuffer, y_off: usize) -> Result<()> {
+        const OP: &str = "set";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        self.launch(OP, "set", n, &[Arg::I(int(OP, n)?), Arg::F(value), yp])
+    }
+
+    fn add_scalar(&self, n: usize, value: f32, y: &mut CudaBuffer, y_off: usize) -> Result<()> {
+        const OP: &str = "add_scalar";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        self.launch(
+            OP,
+            "add_scalar",
+            n,
+            &[Arg::I(int(OP, n)?), Arg::F(value), yp],
+        )
+    }
+
+    // The fills draw on the host with the CPU backend's generator and upload: only the
+    // distribution is specified, and this keeps a net's initialisation identical across
+    // backends.
+    fn rng_uniform(
+        &self,
+        n: usize,
+        lo: f32,
+        hi: f32,
+        rng: &mut Rng,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
+        crate::backend::CpuBackend::new(1)?.rng_uniform(n, lo, hi, rng, &mut host, 0)?;
+        self.upload(host.as_slice(), y, y_off)
+    }
+
+    fn rng_gaussian(
+        &self,
+        n: usize,
+        mean: f32,
+        std: f32,
+        rng: &mut Rng,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
+        crate::backend::CpuBackend::new(1)?.rng_gaussian(n, mean, std, rng, &mut host, 0)?;
+        self.upload(host.as_slice(), y, y_off)
+    }
+
+    fn rng_bernoulli(
+        &self,
+        n: usize,
+        p: f32,
+        rng: &mut Rng,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
+        crate::backend::CpuBackend::new(1)?.rng_bernoulli(n, p, rng, &mut host, 0)?;
+        self.upload(host.as_slice(), y, y_off)
+    }
+
+    fn gemm(
+        &self,
+        trans_a: Transpose,
+        trans_b: Transpose,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: &CudaBuffer,
+        a_off: usize,
+        lda: usize,
+        b: &CudaBuffer,
+        b_off: usize,
+        ldb: usize,
+        beta: f32,
+        c: &mut CudaBuffer,
+        c_off: usize,
+        ldc: usize,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        // Stored extents (rows x cols) of A and B as the row-major operands are laid out.
+        let (ar, ac) = if trans_a == Transpose::NoTrans {
+            (m, k)
+        } else {
+            (k, m)
+        };
+        let (br, bc) = if trans_b == Transpose::NoTrans {
+            (k, n)
+        } else {
+            (n, k)
+        };
+        let span = |rows: usize, cols: usize, ld: usize| {
+            if rows == 0 {
+                0
+            } else {
+                (rows - 1) * ld + cols
+            }
+        };
+        if lda < ac.max(1) || ldb < bc.max(1) || ldc < n {
+            return Err(invalid(
+                OP,
+                format!("leading dimensions {lda}, {ldb}, {ldc} too small"),
+            ));
+        }
+        let Arg::P(ap) = Self::ptr(OP, "a", a, a_off, span(ar, ac, lda))? else {
+            unreachable!()
+        };
+        let Arg::P(bp) = Self::ptr(OP, "b", b, b_off, span(br, bc, ldb))? else {
+            unreachable!()
+        };
+        let Arg::P(cp) = Self::ptr(OP, "c", c, c_off, span(m, n, ldc))? else {
+            unreachable!()
+        };
+        let blas = self.blas(OP)?;
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+        // SAFETY: the ranges were checked above; cuBLAS runs on the backend's stream.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *blas.handle(),
+                trans(trans_b),
+                trans(trans_a),
+                int(OP, n)?,
+                int(OP, m)?,
+                int(OP, k)?,
+                &alpha,
+                bp as *const f32,
+                int(OP, ldb)?,
+                ap as *const f32,
+                int(OP, lda)?,
+                &beta,
+                cp as *mut f32,
+                int(OP, ldc)?,
+            )
+        }
+        .map_err(|e| dev_err(OP, e))
+    }
+
+    fn gemv(
+        &self,
+        trans_a: Transpose,
+        m: usize,
+        n: usize,
+        alpha: f32,
+        a: &CudaBuffer,
+        a_off: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        beta: f32,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "gemv";
+        let (xl, yl) = if trans_a == Transpose::NoTrans {
+            (n, m)
+        } else {
+            (m, n)
+        };
+        if yl == 0 {
+            return Ok(());
+        }
+        let Arg::P(ap) = Self::ptr(OP, "a", a, a_off, m * n)? else {
+            unreachable!()
+        };
+        let Arg::P(xp) = Self::ptr(OP, "x", x, x_off, xl)? else {
+            unreachable!()
+        };
+        let Arg::P(yp) = Self::ptr(OP, "y", y, y_off, yl)? else {
+            unreachable!()
+        };
+        let blas = self.blas(OP)?;
+        // Row-major m x n A is column-major n x m A^T: flip the transpose.
+        let t = match trans_a {
+            Transpose::NoTrans => cublasOperation_t::CUBLAS_OP_T,
+            Transpose::Trans => cublasOperation_t::CUBLAS_OP_N,
+        };
+        // SAFETY: the ranges were checked above.
+        unsafe {
+            cudarc::cublas::result::sgemv(
+                *blas.handle(),
+                t,
+                int(OP, n)?,
+                int(OP, m)?,
+                &alpha,
+                ap as *const f32,
+                int(OP, n.max(1))?,
+                xp as *const f32,
+                1,
+                &beta,
+                yp as *mut f32,
+                1,
+            )
+        }
+        .map_err(|e| dev_err(OP, e))
+    }
+
+    fn axpy(
+        &self,
+        n: usize,
+        alpha: f32,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "axpy";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let xp = Self::ptr(OP, "x", x, x_off, n)?;
+        self.launch(OP, "axpy", n, &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp])
+    }
+
+    fn axpby(
+        &self,
+        n: usize,
+        alpha: f32,
+        x: &CudaBuffer,
+        x_off: usize,
+        beta: f32,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "axpby";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let xp = Self::ptr(OP, "x", x, x_off, n)?;
+        self.launch(
+            OP,
+            "axpby",
+            n,
+            &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, Arg::F(beta), yp],
+        )
+    }
+
+    fn scale(
+        &self,
+        n: usize,
+        alpha: f32,
+        x: Src<'_, CudaBuffer>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "scale";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let xp = Self::src(OP, "x", x, n, yp)?;
+        self.launch(
+            OP,
+            "scale",
+            n,
+            &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp],
+        )
+    }
+
+    binary!(add, "add");
+    binary!(sub, "sub");
+    binary!(mul, "mul");
+    binary!(div, "div_kernel");
+    binary!(max, "max_kernel");
+
+    fn powx(
+        &self,
+        n: usize,
+        x: Src<'_, CudaBuffer>,
+        p: f32,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "powx";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let xp = Self::src(OP, "x", x, n, yp)?;
+        self.launch(OP, "powx", n, &[Arg::I(int(OP, n)?), xp, Arg::F(p), yp])
+    }
+
+    fn power(
+        &self,
+        n: usize,
+        x: Src<'_, CudaBuffer>,
+        power: f32,
+        scale: f32,
+        shift: f32,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "power";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let xp = Self::src(OP, "x", x, n, yp)?;
+        self.launch(
+            OP,
+            "power",
+            n,
+            &[
+                Arg::I(int(OP, n)?),
+                xp,
+                Arg::F(power),
+                Arg::F(scale),
+                Arg::F(shift),
+                yp,
+            ],
+        )
+    }
+
+    unary!(exp, "exp_kernel");
+    unary!(log, "log_kernel");
+    unary!(abs, "abs_kernel");
+    unary!(sqr, "sqr");
+    unary!(sqrt, "sqrt_kernel");
+    unary!(sign, "sign");
+
+    fn relu_forward(
+        &self,
+        n: usize,
+        slope: f32,
+        x: Src<'_, CudaBuffer>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "relu_forward";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let xp = Self::src(OP, "x", x, n, yp)?;
+        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), Arg::F(slope), xp, yp])
+    }
+
+    fn relu_backward(
+        &self,
+        n: usize,
+        slope: f32,
+        x: &CudaBuffer,
+        x_off: usize,
+        dy: Src<'_, CudaBuffer>,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        self.backward(
+            "relu_backward",
+            "relu_backward",
+            n,
+            Some(slope),
+            x,
+            x_off,
+            dy,
+            dx,
+            dx_off,
+        )
+    }
+
+    unary!(sigmoid_forward, "sigmoid_forward");
+
+    fn sigmoid_backward(
+        &self,
+        n: usize,
+        y: &CudaBuffer,
+        y_off: usize,
+        dy: Src<'_, CudaBuffer>,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        self.backward(
+            "sigmoid_backward",
+            "sigmoid_backward",
+            n,
+            None,
+            y,
+            y_off,
+            dy,
+            dx,
+            dx_off,
+        )
+    }
+
+    unary!(tanh_forward, "tanh_forward");
+
+    fn tanh_backward(
+        &self,
+        n: usize,
+        y: &CudaBuffer,
+        y_off: usize,
+        dy: Src<'_, CudaBuffer>,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        self.backward(
+            "tanh_backward",
+            "tanh_backward",
+            n,
+            None,
+            y,
+            y_off,
+            dy,
+            dx,
+            dx_off,
+        )
+    }
+
+    fn elu_forward(
+        &self,
+        n: usize,
+        alpha: f32,
+        x: Src<'_, CudaBuffer>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "elu_forward";
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let xp = Self::src(OP, "x", x, n, yp)?;
+        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp])
+    }
+
+    fn elu_backward(
+        &self,
+        n: usize,
+        alpha: f32,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &CudaBuffer,
+        y_off: usize,
+        dy: Src<'_, CudaBuffer>,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "elu_backward";
+        let dxp = Self::ptr(OP, "dx", dx, dx_off, n)?;
+        let xp = Self::ptr(OP, "x", x, x_off, n)?;
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let dyp = Self::src(OP, "dy", dy, n, dxp)?;
+        self.launch(
+            OP,
+            OP,
+            n,
+            &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp, dyp, dxp],
+        )
+    }
+
+    unary!(bnll_forward, "bnll_forward");
+
+    fn bnll_backward(
+        &self,
+        n: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        dy: Src<'_, CudaBuffer>,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        self.backward(
+            "bnll_backward",
+            "bnll_backward",
+            n,
+            None,
+            x,
+            x_off,
+            dy,
+            dx,
+            dx_off,
+        )
+    }
+
+    fn sum(&self, n: usize, x: &CudaBuffer, x_off: usize) -> Result<f32> {
+        self.reduce("sum", 0, n, x, x_off, None)
+    }
+
+    fn asum(&self, n: usize, x: &CudaBuffer, x_off: usize) -> Result<f32> {
+        self.reduce("asum", 1, n, x, x_off, None)
+    }
+
+    fn sumsq(&self, n: usize, x: &CudaBuffer, x_off: usize) -> Result<f32> {
+        self.reduce("sumsq", 2, n, x, x_off, None)
+    }
+
+    fn dot(
+        &self,
+        n: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &CudaBuffer,
+        y_off: usize,
+    ) -> Result<f32> {
+        self.reduce("dot", 3, n, x, x_off, Some((y, y_off)))
+    }
+
+    fn max_over_axis(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "max_over_axis";
+        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
+        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([xp, yp]);
+        self.launch(OP, OP, outer * inner, &args)
+    }
+
+    fn sum_over_axis(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "sum_over_axis";
+        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
+        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([xp, yp]);
+        self.launch(OP, OP, outer * inner, &args)
+    }
+
+    fn dot_over_axis(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        a: &CudaBuffer,
+        a_off: usize,
+        b: &CudaBuffer,
+        b_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "dot_over_axis";
+        let ap = Self::ptr(OP, "a", a, a_off, outer * dim * inner)?;
+        let bp = Self::ptr(OP, "b", b, b_off, outer * dim * inner)?;
+        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([ap, bp, yp]);
+        self.launch(OP, OP, outer * inner, &args)
+    }
+
+    fn sub_along_axis(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        v: &CudaBuffer,
+        v_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "sub_along_axis";
+        let vp = Self::ptr(OP, "v", v, v_off, outer * inner)?;
+        let yp = Self::ptr(OP, "y", y, y_off, outer * dim * inner)?;
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([vp, yp]);
+        self.launch(OP, OP, outer * dim * inner, &args)
+    }
+
+    fn div_along_axis(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        v: &CudaBuffer,
+        v_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "div_along_axis";
+        let vp = Self::ptr(OP, "v", v, v_off, outer * inner)?;
+        let yp = Self::ptr(OP, "y", y, y_off, outer * dim * inner)?;
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([vp, yp]);
+        self.launch(OP, OP, outer * dim * inner, &args)
+    }
+
+    fn add_per_channel(
+        &self,
+        outer: usize,
+        channels: usize,
+        inner: usize,
+        v: &CudaBuffer,
+        v_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "add_per_channel";
+        let vp = Self::ptr(OP, "v", v, v_off, channels)?;
+        let yp = Self::ptr(OP, "y", y, y_off, outer * channels * inner)?;
+        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
+        args.extend([vp, yp]);
+        self.launch(OP, OP, outer * channels * inner, &args)
+    }
+
+    fn mul_per_channel(
+        &self,
+        outer: usize,
+        channels: usize,
+        inner: usize,
+        v: &CudaBuffer,
+        v_off: usize,
+        x: Src<'_, CudaBuffer>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "mul_per_channel";
+        let len = outer * channels * inner;
+        let vp = Self::ptr(OP, "v", v, v_off, channels)?;
+        let yp = Self::ptr(OP, "y", y, y_off, len)?;
+        let xp = Self::src(OP, "x", x, len, yp)?;
+        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
+        args.extend([vp, xp, yp]);
+        self.launch(OP, OP, len, &args)
+    }
+
+    fn sum_per_channel(
+        &self,
+        outer: usize,
+        channels: usize,
+        inner: usize,
+        alpha: f32,
+        x: &CudaBuffer,
+        x_off: usize,
+        beta: f32,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "sum_per_channel";
+        let xp = Self::ptr(OP, "x", x, x_off, outer * channels * inner)?;
+        let yp = Self::ptr(OP, "y", y, y_off, channels)?;
+        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
+        args.extend([Arg::F(alpha), xp, Arg::F(beta), yp]);
+        self.launch(OP, OP, channels, &args)
+    }
+
+    fn im2col(
+        &self,
+        g: &ConvGeom,
+        im: &CudaBuffer,
+        im_off: usize,
+        col: &mut CudaBuffer,
+        col_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "im2col";
+        g.validate(OP)?;
+        let ip = Self::ptr(OP, "im", im, im_off, g.im_len())?;
+        let cp = Self::ptr(OP, "col", col, col_off, g.col_len())?;
+        let mut args = Self::conv_args(OP, g)?;
+        args.extend([ip, cp]);
+        self.launch(OP, OP, g.channels * g.out_h() * g.out_w(), &args)
+    }
+
+    fn col2im(
+        &self,
+        g: &ConvGeom,
+        col: &CudaBuffer,
+        col_off: usize,
+        im: &mut CudaBuffer,
+        im_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "col2im";
+        g.validate(OP)?;
+        let cp = Self::ptr(OP, "col", col, col_off, g.col_len())?;
+        let ip = Self::ptr(OP, "im", im, im_off, g.im_len())?;
+        let mut args = Self::conv_args(OP, g)?;
+        args.extend([cp, ip]);
+        self.launch(OP, OP, g.im_len(), &args)
+    }
+
+    fn max_pool_forward(
+        &self,
+        g: &PoolGeom,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+        mask: &mut CudaBuffer,
+        mask_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "max_pool_forward";
+        g.validate(OP)?;
+        let xp = Self::ptr(OP, "x", x, x_off, g.in_len())?;
+        let yp = Self::ptr(OP, "y", y, y_off, g.out_len())?;
+        let mp = Self::ptr(OP, "mask", mask, mask_off, g.out_len())?;
+        let mut args = Self::pool_args(OP, g)?;
+        args.extend([xp, yp, mp]);
+        self.launch(OP, OP, g.out_len(), &args)
+    }
+
+    fn max_pool_backward(
+        &self,
+        g: &PoolGeom,
+        dy: &CudaBuffer,
+        dy_off: usize,
+        mask: &CudaBuffer,
+        mask_off: usize,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "max_pool_backward";
+        g.validate(OP)?;
+        let dyp = Self::ptr(OP, "dy", dy, dy_off, g.out_len())?;
+        let mp = Self::ptr(OP, "mask", mask, mask_off, g.out_len())?;
+        let dxp = Self::ptr(OP, "dx", dx, dx_off, g.in_len())?;
+        let mut args = Self::pool_args(OP, g)?;
+        args.extend([dyp, mp, dxp]);
+        self.launch(OP, OP, g.in_len(), &args)
+    }
+
+    fn ave_pool_forward(
+        &self,
+        g: &PoolGeom,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "ave_pool_forward";
+        g.validate(OP)?;
+        let xp = Self::ptr(OP, "x", x, x_off, g.in_len())?;
+        let yp = Self::ptr(OP, "y", y, y_off, g.out_len())?;
+        let mut args = Self::pool_args(OP, g)?;
+        args.extend([xp, yp]);
+        self.launch(OP, OP, g.out_len(), &args)
+    }
+
+    fn ave_pool_backward(
+        &self,
+        g: &PoolGeom,
+        dy: &CudaBuffer,
+        dy_off: usize,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "ave_pool_backward";
+        g.validate(OP)?;
+        let dyp = Self::ptr(OP, "dy", dy, dy_off, g.out_len())?;
+        let dxp = Self::ptr(OP, "dx", dx, dx_off, g.in_len())?;
+        let mut args = Self::pool_args(OP, g)?;
+        args.extend([dyp, dxp]);
+        self.launch(OP, OP, g.in_len(), &args)
+    }
+
+    fn lrn_across_forward(
+        &self,
+        g: &LrnGeom,
+        x: &CudaBuffer,
+        x_off: usize,
+        scale: &mut CudaBuffer,
+        scale_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "lrn_across_forward";
+        g.validate(OP)?;
+        let xp = Self::ptr(OP, "x", x, x_off, g.len())?;
+        let sp = Self::ptr(OP, "scale", scale, scale_off, g.len())?;
+        let yp = Self::ptr(OP, "y", y, y_off, g.len())?;
+        let mut args = Self::lrn_args(OP, g)?;
+        args.extend([Arg::F(g.k), xp, sp, yp]);
+        self.launch(OP, OP, g.num * g.spatial, &args)
+    }
+
+    fn lrn_across_backward(
+        &self,
+        g: &LrnGeom,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &CudaBuffer,
+        y_off: usize,
+        scale: &CudaBuffer,
+        scale_off: usize,
+        dy: &CudaBuffer,
+        dy_off: usize,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "lrn_across_backward";
+        g.validate(OP)?;
+        let xp = Self::ptr(OP, "x", x, x_off, g.len())?;
+        let yp = Self::ptr(OP, "y", y, y_off, g.len())?;
+        let sp = Self::ptr(OP, "scale", scale, scale_off, g.len())?;
+        let dyp = Self::ptr(OP, "dy", dy, dy_off, g.len())?;
+        let dxp = Self::ptr(OP, "dx", dx, dx_off, g.len())?;
+        let mut args = Self::lrn_args(OP, g)?;
+        args.extend([xp, yp, sp, dyp, dxp]);
+        self.launch(OP, OP, g.num * g.spatial, &args)
+    }
+
+    fn prelu_forward(
+        &self,
+        outer: usize,
+        channels: usize,
+        inner: usize,
+        slope: &CudaBuffer,
+        slope_off: usize,
+        x: Src<'_, CudaBuffer>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "prelu_forward";
+        let len = outer * channels * inner;
+        let sp = Self::ptr(OP, "slope", slope, slope_off, channels)?;
+        let yp = Self::ptr(OP, "y", y, y_off, len)?;
+        let xp = Self::src(OP, "x", x, len, yp)?;
+        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
+        args.extend([sp, xp, yp]);
+        self.launch(OP, OP, len, &args)
+    }
+
+    fn prelu_backward(
+        &self,
+        outer: usize,
+        channels: usize,
+        inner: usize,
+        slope: &CudaBuffer,
+        slope_off: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        dy: Src<'_, CudaBuffer>,
+        dx: &mut CudaBuffer,
+        dx_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "prelu_backward";
+        let len = outer * channels * inner;
+        let sp = Self::ptr(OP, "slope", slope, slope_off, channels)?;
+        let xp = Self::ptr(OP, "x", x, x_off, len)?;
+        let dxp = Self::ptr(OP, "dx", dx, dx_off, len)?;
+        let dyp = Self::src(OP, "dy", dy, len, dxp)?;
+        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
+        args.extend([sp, xp, dyp, dxp]);
+        self.launch(OP, OP, len, &args)
+    }
+
+    fn prelu_slope_grad(
+        &self,
+        outer: usize,
+        channels: usize,
+        inner: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        dy: &CudaBuffer,
+        dy_off: usize,
+        dslope: &mut CudaBuffer,
+        dslope_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "prelu_slope_grad";
+        let len = outer * channels * inner;
+        let xp = Self::ptr(OP, "x", x, x_off, len)?;
+        let dyp = Self::ptr(OP, "dy", dy, dy_off, len)?;
+        let dsp = Self::ptr(OP, "dslope", dslope, dslope_off, channels)?;
+        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
+        args.extend([xp, dyp, dsp]);
+        self.launch(OP, OP, channels, &args)
+    }
+
+    fn copy_2d(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        x_stride: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+        y_stride: usize,
+    ) -> Result<()> {
+        const OP: &str = "copy_2d";
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        if rows > 1 && y_stride < cols {
+            return Err(invalid(
+                OP,
+                format!("y_stride {y_stride} is less than the {cols} columns copied per row"),
+            ));
+        }
+        let xp = Self::ptr(OP, "x", x, x_off, (rows - 1) * x_stride + cols)?;
+        let yp = Self::ptr(OP, "y", y, y_off, (rows - 1) * y_stride + cols)?;
+        let args = [
+            Arg::I(int(OP, rows)?),
+            Arg::I(int(OP, cols)?),
+            xp,
+            Arg::I(int(OP, x_stride)?),
+            yp,
+            Arg::I(int(OP, y_stride)?),
+        ];
+        self.launch(OP, OP, rows * cols, &args)
+    }
+
+    fn running_argmax(
+        &self,
+        n: usize,
+        index: f32,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+        mask: &mut CudaBuffer,
+        mask_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "running_argmax";
+        let xp = Self::ptr(OP, "x", x, x_off, n)?;
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let mp = Self::ptr(OP, "mask", mask, mask_off, n)?;
+        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), Arg::F(index), xp, yp, mp])
+    }
+
+    fn copy_where_eq(
+        &self,
+        n: usize,
+        mask: &CudaBuffer,
+        mask_off: usize,
+        value: f32,
+        x: &CudaBuffer,
+        x_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "copy_where_eq";
+        let mp = Self::ptr(OP, "mask", mask, mask_off, n)?;
+        let xp = Self::ptr(OP, "x", x, x_off, n)?;
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), mp, Arg::F(value), xp, yp])
+    }
+
+    fn top_k_over_axis(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        k: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        values: &mut CudaBuffer,
+        values_off: usize,
+        indices: &mut CudaBuffer,
+        indices_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "top_k_over_axis";
+        if k > dim {
+            return Err(invalid(
+                OP,
+                format!("k = {k} exceeds the axis length {dim}"),
+            ));
+        }
+        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
+        let vp = Self::ptr(OP, "values", values, values_off, outer * k * inner)?;
+        let ip = Self::ptr(OP, "indices", indices, indices_off, outer * k * inner)?;
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([Arg::I(int(OP, k)?), xp, vp, ip]);
+        if k == 0 {
+            return Ok(());
+        }
+        self.launch(OP, OP, outer * inner, &args)
+    }
+
+    fn label_mask(
+        &self,
+        n: usize,
+        label: &CudaBuffer,
+        label_off: usize,
+        ignore_label: Option<i32>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "label_mask";
+        let lp = Self::ptr(OP, "label", label, label_off, n)?;
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let [h, il] = Self::ignore_args(ignore_label);
+        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), lp, h, il, yp])
+    }
+
+    fn gather_at_label(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        label: &CudaBuffer,
+        label_off: usize,
+        ignore_label: Option<i32>,
+        fill: f32,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "gather_at_label";
+        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
+        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
+        self.check_labels(OP, label, label_off, outer * inner, ignore_label, dim)?;
+        let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
+        let [h, il] = Self::ignore_args(ignore_label);
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([xp, lp, h, il, Arg::F(fill), yp]);
+        self.launch(OP, OP, outer * inner, &args)
+    }
+
+    fn affine_at_label(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        label: &CudaBuffer,
+        label_off: usize,
+        ignore_label: Option<i32>,
+        alpha: f32,
+        beta: f32,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "affine_at_label";
+        let yp = Self::ptr(OP, "y", y, y_off, outer * dim * inner)?;
+        self.check_labels(OP, label, label_off, outer * inner, ignore_label, dim)?;
+        let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
+        let [h, il] = Self::ignore_args(ignore_label);
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([lp, h, il, Arg::F(alpha), Arg::F(beta), yp]);
+        self.launch(OP, OP, outer * inner, &args)
+    }
+
+    fn top_k_hits(
+        &self,
+        outer: usize,
+        dim: usize,
+        inner: usize,
+        top_k: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        label: &CudaBuffer,
+        label_off: usize,
+        ignore_label: Option<i32>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "top_k_hits";
+        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
+        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
+        self.check_labels(OP, label, label_off, outer * inner, ignore_label, dim)?;
+        let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
+        let [h, il] = Self::ignore_args(ignore_label);
+        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
+        args.extend([Arg::I(int(OP, top_k.min(dim))?), xp, lp, h, il, yp]);
+        self.launch(OP, OP, outer * inner, &args)
+    }
+
+    fn sum_by_label(
+        &self,
+        n: usize,
+        classes: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        label: &CudaBuffer,
+        label_off: usize,
+        ignore_label: Option<i32>,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "sum_by_label";
+        let xp = Self::ptr(OP, "x", x, x_off, n)?;
+        let yp = Self::ptr(OP, "y", y, y_off, classes)?;
+        self.check_labels(OP, label, label_off, n, ignore_label, classes)?;
+        let lp = Self::ptr(OP, "label", label, label_off, n)?;
+        let [h, il] = Self::ignore_args(ignore_label);
+        self.launch(
+            OP,
+            OP,
+            classes,
+            &[
+                Arg::I(int(OP, n)?),
+                Arg::I(int(OP, classes)?),
+                xp,
+                lp,
+                h,
+                il,
+                yp,
+            ],
+        )
+    }
+
+    fn sigmoid_cross_entropy(
+        &self,
+        n: usize,
+        x: &CudaBuffer,
+        x_off: usize,
+        t: &CudaBuffer,
+        t_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "sigmoid_cross_entropy";
+        let xp = Self::ptr(OP, "x", x, x_off, n)?;
+        let tp = Self::ptr(OP, "t", t, t_off, n)?;
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), xp, tp, yp])
+    }
+}
