@@ -290,11 +290,7 @@ fn run(command: Command) -> Result<()> {
             level,
         } => {
             refuse_gpu(gpu.as_deref())?;
-            if sigint_effect != "stop" || sighup_effect != "snapshot" {
-                log::warn!(
-                    "-sigint_effect/-sighup_effect are not implemented yet: signals end the run"
-                );
-            }
+            let signal_effects = solver::SignalEffects::parse(&sigint_effect, &sighup_effect)?;
             let options = solver::TrainOptions {
                 weights,
                 snapshot,
@@ -303,6 +299,9 @@ fn run(command: Command) -> Result<()> {
                 test_interval,
                 level,
                 stages: stage,
+                signal_effects: Some(signal_effects),
+                actions: None,
+                progress: true,
             };
             solver::train(&solver, &options)?;
             Ok(())

@@ -7,8 +7,15 @@
 //! due. Its log lines are upstream's, word for word, so Caffe's log parsers read them; they can
 //! also be kept in memory ([`Solver::record_log`]).
 //!
+//! An action source ([`Solver::set_action_source`]: SIGINT/SIGHUP through a
+//! [`SignalHandler`], or [`ActionRequests`]) can ask for a snapshot or an early stop, as
+//! upstream's `-sigint_effect`/`-sighup_effect`; `rcaffe train` also shows a progress bar when
+//! stderr is a terminal.
+//!
 //! [`train`] and [`test`] are the `rcaffe train` and `rcaffe test` commands as library calls.
 
+mod progress;
+pub mod signals;
 mod snapshot;
 pub mod update_rules;
 
@@ -22,6 +29,10 @@ use crate::net::{cpp_float, Net, NetError};
 use crate::proto::caffe::solver_parameter::{SnapshotFormat, SolverMode};
 use crate::proto::caffe::{NetState, Phase, SolverParameter};
 use crate::proto::{print_text, resolve_solver_nets, ProtoError};
+pub use progress::{format_duration, format_progress};
+pub use signals::{
+    ActionRequests, InvalidSignalEffect, SignalEffects, SignalHandler, SolverAction, SIGNAL_EFFECTS,
+};
 pub use update_rules::{Regularization, UpdateRule, SOLVER_TYPES};
 
 /// What can stop training.
@@ -40,6 +51,12 @@ pub enum SolverError {
     /// The solver's settings cannot be used (unknown type, momentum with AdaGrad, …).
     #[error("solver: {0}")]
     Config(String),
+    /// `-sigint_effect`/`-sighup_effect` named no effect.
+    #[error(transparent)]
+    SignalEffect(#[from] InvalidSignalEffect),
+    /// The signal handlers could not be installed.
+    #[error("installing the SIGINT/SIGHUP handlers: {0}")]
+    Signals(std::io::Error),
     /// A `.solverstate` does not fit this solver.
     #[error("{}: {message}", path.display())]
     State { path: PathBuf, message: String },
@@ -74,20 +91,28 @@ pub struct TestScores {
     pub loss: Option<f32>,
 }
 
-/// Sends lines to the `log` facade and optionally keeps them.
+/// Sends lines to the `log` facade and optionally keeps them; erases the progress bar, when
+/// one is shown, before each line.
 #[derive(Debug, Default)]
 struct LogSink {
     kept: Option<Vec<String>>,
+    progress: Option<progress::Progress>,
 }
 
 impl LogSink {
     fn info(&mut self, line: String) {
+        if let Some(bar) = &mut self.progress {
+            bar.clear();
+        }
         log::info!("{line}");
         if let Some(kept) = &mut self.kept {
             kept.push(line);
         }
     }
     fn warn(&mut self, line: String) {
+        if let Some(bar) = &mut self.progress {
+            bar.clear();
+        }
         log::warn!("{line}");
         if let Some(kept) = &mut self.kept {
             kept.push(line);
@@ -117,7 +142,14 @@ pub struct Solver<B: Backend> {
     timer: Instant,
     test_scores: Vec<TestScores>,
     log: LogSink,
+    /// Upstream's `action_request_function_`: polled once per iteration and test batch.
+    action_source: Option<ActionSource>,
+    /// Upstream's `requested_early_exit_`.
+    requested_early_exit: bool,
 }
+
+/// A source of requested actions (see [`Solver::set_action_source`]).
+pub type ActionSource = Box<dyn FnMut() -> SolverAction + Send>;
 
 /// Whether `iter` is a multiple of a positive `every`.
 fn due(every: i32, iter: i32) -> bool {
@@ -154,6 +186,7 @@ impl<B: Backend> Solver<B> {
             backend,
             LogSink {
                 kept: Some(Vec::new()),
+                progress: None,
             },
         )
     }
@@ -267,6 +300,8 @@ impl<B: Backend> Solver<B> {
             timer: Instant::now(),
             test_scores: Vec::new(),
             log,
+            action_source: None,
+            requested_early_exit: false,
         })
     }
 
@@ -280,6 +315,41 @@ impl<B: Backend> Solver<B> {
         match &mut self.log.kept {
             Some(kept) => std::mem::take(kept),
             None => Vec::new(),
+        }
+    }
+
+    /// Upstream's `SetActionFunction`: `source` is asked once per iteration (after the update)
+    /// and once per test batch what to do; [`SolverAction::Snapshot`] writes a snapshot and
+    /// goes on, [`SolverAction::Stop`] ends training early. With an [`ActionRequests`] `r`:
+    /// `solver.set_action_source(move || r.take())`.
+    pub fn set_action_source(&mut self, source: impl FnMut() -> SolverAction + Send + 'static) {
+        self.action_source = Some(Box::new(source));
+    }
+
+    /// Removes the action source (dropping it, and a [`SignalHandler`] it owns).
+    pub fn clear_action_source(&mut self) {
+        self.action_source = None;
+    }
+
+    /// Whether the last [`Solver::solve`] or [`Solver::step`] was stopped by a request.
+    pub fn stopped_early(&self) -> bool {
+        self.requested_early_exit
+    }
+
+    /// Shows a progress bar on stderr while training, when `on` and stderr is a terminal.
+    pub fn show_progress(&mut self, on: bool) {
+        self.log.progress = if on {
+            progress::Progress::if_terminal()
+        } else {
+            None
+        };
+    }
+
+    /// Upstream's `GetRequestedAction`.
+    fn requested_action(&mut self) -> SolverAction {
+        match &mut self.action_source {
+            Some(source) => source(),
+            None => SolverAction::None,
         }
     }
 
@@ -330,6 +400,7 @@ impl<B: Backend> Solver<B> {
         self.log.info(format!("Solving {}", self.net.name()));
         self.log
             .info(format!("Learning Rate Policy: {}", self.param.lr_policy()));
+        self.requested_early_exit = false;
         if let Some(path) = resume {
             self.log.info(format!(
                 "Restoring previous solver status from {}",
@@ -342,6 +413,10 @@ impl<B: Backend> Solver<B> {
         let snapshot_every = self.param.snapshot();
         if self.param.snapshot_after_train() && !due(snapshot_every, self.iter) {
             self.snapshot()?;
+        }
+        if self.requested_early_exit {
+            self.log.info("Optimization stopped early.".to_string());
+            return Ok(());
         }
         if due(self.param.display(), self.iter) {
             let loss = self.net.forward()?;
@@ -368,12 +443,18 @@ impl<B: Backend> Solver<B> {
         self.smoothed_loss = 0.0;
         self.timer = Instant::now();
         self.iterations_last = self.iter;
+        if let Some(bar) = &mut self.log.progress {
+            bar.restart(start_iter);
+        }
         while self.iter < stop_iter {
             self.net.clear_param_diffs()?;
             if due(self.param.test_interval(), self.iter)
                 && (self.iter > 0 || self.param.test_initialization())
             {
                 self.test_all()?;
+                if self.requested_early_exit {
+                    break;
+                }
             }
             let display = due(self.param.display(), self.iter);
             self.net.set_debug_info(display && self.param.debug_info());
@@ -398,9 +479,24 @@ impl<B: Backend> Solver<B> {
                 });
             }
             self.apply_update()?;
-            if due(self.param.snapshot(), self.iter) {
+            let request = self.requested_action();
+            if due(self.param.snapshot(), self.iter) || request == SolverAction::Snapshot {
                 self.snapshot()?;
             }
+            if request == SolverAction::Stop {
+                self.requested_early_exit = true;
+                break;
+            }
+            let max_iter = self.param.max_iter();
+            let smoothed = self.smoothed_loss;
+            if let Some(bar) = &mut self.log.progress {
+                bar.tick(self.iter, max_iter, smoothed);
+            }
+        }
+        let max_iter = self.param.max_iter();
+        let smoothed = self.smoothed_loss;
+        if let Some(bar) = &mut self.log.progress {
+            bar.finish(self.iter, max_iter, smoothed);
         }
         Ok(())
     }
@@ -547,6 +643,9 @@ impl<B: Backend> Solver<B> {
     /// Upstream's `TestAll`: tests every test net.
     pub fn test_all(&mut self) -> Result<()> {
         for id in 0..self.test_nets.len() {
+            if self.requested_early_exit {
+                break;
+            }
             self.test(id)?;
         }
         Ok(())
@@ -563,7 +662,29 @@ impl<B: Backend> Solver<B> {
         test_net.copy_trained_layers_from_net(&self.net)?;
         let mut loss = 0.0f32;
         let mut scores: Vec<(String, f32, f32)> = Vec::new();
+        let mut snapshot_after_test = false;
         for i in 0..test_iter {
+            // Upstream drains every pending request before each batch.
+            loop {
+                let request = match &mut self.action_source {
+                    Some(source) => source(),
+                    None => SolverAction::None,
+                };
+                match request {
+                    SolverAction::None => break,
+                    SolverAction::Stop => {
+                        self.requested_early_exit = true;
+                        break;
+                    }
+                    // Upstream snapshots here; the test net is borrowed, so the snapshot (of
+                    // the train net, unchanged by testing) is taken when the pass ends.
+                    SolverAction::Snapshot if snapshot_after_test => break,
+                    SolverAction::Snapshot => snapshot_after_test = true,
+                }
+            }
+            if self.requested_early_exit {
+                break;
+            }
             let iter_loss = test_net.forward()?;
             if self.param.test_compute_loss() {
                 loss += iter_loss;
@@ -577,12 +698,19 @@ impl<B: Backend> Solver<B> {
                 }
             }
         }
+        if snapshot_after_test {
+            self.snapshot()?;
+        }
         let mut result = TestScores {
             iter: self.iter,
             net_id: id,
             outputs: Vec::with_capacity(scores.len()),
             loss: None,
         };
+        if self.requested_early_exit {
+            self.log.info("Test interrupted.".to_string());
+            return Ok(result);
+        }
         if self.param.test_compute_loss() {
             loss /= test_iter as f32;
             self.log
@@ -646,6 +774,14 @@ pub struct TrainOptions {
     pub level: i32,
     /// `-stage`: stages added to the train net's state.
     pub stages: Vec<String>,
+    /// `-sigint_effect`/`-sighup_effect`: with `Some`, SIGINT and SIGHUP are caught for the run
+    /// and do what it says (`rcaffe train` passes upstream's defaults: SIGINT stops, SIGHUP
+    /// snapshots); with `None` (the library default) signals are left alone.
+    pub signal_effects: Option<SignalEffects>,
+    /// Actions requested from elsewhere (another thread, a test), polled with the signals.
+    pub actions: Option<ActionRequests>,
+    /// Show a progress bar on stderr when it is a terminal (`rcaffe train` sets it).
+    pub progress: bool,
 }
 
 /// `rcaffe train`: reads the solver file, builds the solver on the CPU, restores or finetunes as
@@ -688,12 +824,34 @@ pub fn train(solver_path: &Path, options: &TrainOptions) -> Result<Solver<CpuBac
     }
     let backend = CpuBackend::default();
     let mut solver = Solver::new(param, solver_path, &backend)?;
+    let handler = match options.signal_effects {
+        Some(effects) => Some(SignalHandler::new(effects).map_err(SolverError::Signals)?),
+        None => None,
+    };
+    let requests = options.actions.clone();
+    if handler.is_some() || requests.is_some() {
+        solver.set_action_source(move || {
+            let from_signal = handler.as_ref().map_or(SolverAction::None, |h| h.check());
+            if from_signal != SolverAction::None {
+                return from_signal;
+            }
+            requests
+                .as_ref()
+                .map_or(SolverAction::None, ActionRequests::take)
+        });
+    }
+    solver.show_progress(options.progress);
     if let Some(snapshot) = &options.snapshot {
         log::info!("Resuming from {}", snapshot.display());
         solver.restore(snapshot)?;
     }
     log::info!("Starting Optimization");
-    solver.solve(None)?;
+    let solved = solver.solve(None);
+    // The signal flags go with the source; signal-hook keeps its handler installed, so from
+    // here on SIGINT/SIGHUP are ignored until the process ends (`rcaffe train` ends next).
+    solver.clear_action_source();
+    solver.show_progress(false);
+    solved?;
     log::info!("Optimization Done.");
     Ok(solver)
 }

@@ -1,0 +1,196 @@
+//! A one-line progress bar on stderr during `rcaffe train`, shown only when stderr is a
+//! terminal (never in a log file or CI output): iteration/max_iter, rate, ETA and the smoothed
+//! loss, redrawn at most every 200 ms. The solver clears it before each of its log lines, and
+//! it ends with a newline.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// How often the bar is redrawn at most.
+const REDRAW_EVERY: Duration = Duration::from_millis(200);
+/// The width of the `[####....]` part.
+const BAR_WIDTH: usize = 20;
+
+/// `secs` as `45s`, `4m 39s` or `2h 05m`; `--` when not finite or negative.
+pub fn format_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "--".to_string();
+    }
+    let s = secs.round() as u64;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
+/// The bar's text: `iter` of `max_iter` done, `done` of them in `elapsed` (the rate and ETA
+/// come from those), and the smoothed loss.
+pub fn format_progress(
+    iter: i32,
+    max_iter: i32,
+    done: i32,
+    elapsed: Duration,
+    loss: f32,
+) -> String {
+    let max = max_iter.max(1);
+    let fraction = (f64::from(iter.clamp(0, max)) / f64::from(max)).clamp(0.0, 1.0);
+    let filled = (fraction * BAR_WIDTH as f64).round() as usize;
+    let bar: String = "#".repeat(filled) + &".".repeat(BAR_WIDTH - filled);
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 && done > 0 {
+        f64::from(done) / secs
+    } else {
+        0.0
+    };
+    let remaining = f64::from((max_iter - iter).max(0));
+    let eta = if remaining == 0.0 {
+        "0s".to_string()
+    } else if rate > 0.0 {
+        format_duration(remaining / rate)
+    } else {
+        "--".to_string()
+    };
+    let rate = if rate >= 100.0 {
+        format!("{rate:.0}")
+    } else if rate >= 10.0 {
+        format!("{rate:.1}")
+    } else {
+        format!("{rate:.2}")
+    };
+    let loss = if loss != 0.0 && loss.abs() < 1e-3 {
+        format!("{loss:.3e}")
+    } else {
+        format!("{loss:.4}")
+    };
+    format!(
+        "Iteration {iter}/{max_iter} [{bar}] {:.0}% | {rate} iter/s | ETA {eta} | loss {loss}",
+        fraction * 100.0
+    )
+}
+
+/// The bar's state.
+#[derive(Debug)]
+pub(super) struct Progress {
+    start: Instant,
+    start_iter: i32,
+    last_draw: Option<Instant>,
+    drawn: bool,
+}
+
+impl Progress {
+    /// A bar, when stderr is a terminal.
+    pub(super) fn if_terminal() -> Option<Self> {
+        std::io::stderr().is_terminal().then(|| Self {
+            start: Instant::now(),
+            start_iter: 0,
+            last_draw: None,
+            drawn: false,
+        })
+    }
+
+    /// Counts the rate from iteration `iter` on, from now; the first draw comes 200 ms later,
+    /// when the rate means something.
+    pub(super) fn restart(&mut self, iter: i32) {
+        self.start = Instant::now();
+        self.start_iter = iter;
+        self.last_draw = Some(self.start);
+    }
+
+    fn draw(&mut self, iter: i32, max_iter: i32, loss: f32) {
+        let line = format_progress(
+            iter,
+            max_iter,
+            iter - self.start_iter,
+            self.start.elapsed(),
+            loss,
+        );
+        let mut err = std::io::stderr().lock();
+        // Nothing better can be done with a failed write to the terminal.
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+        self.drawn = true;
+        self.last_draw = Some(Instant::now());
+    }
+
+    /// Redraws the bar if the last draw is at least 200 ms old.
+    pub(super) fn tick(&mut self, iter: i32, max_iter: i32, loss: f32) {
+        if self.last_draw.is_none_or(|t| t.elapsed() >= REDRAW_EVERY) {
+            self.draw(iter, max_iter, loss);
+        }
+    }
+
+    /// Erases the bar's line, before a log line is written.
+    pub(super) fn clear(&mut self) {
+        if self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.drawn = false;
+            // Redraw soon after the log line, not at once.
+            self.last_draw = Some(Instant::now());
+        }
+    }
+
+    /// Draws the final state and ends the line.
+    pub(super) fn finish(&mut self, iter: i32, max_iter: i32, loss: f32) {
+        self.draw(iter, max_iter, loss);
+        let _ = writeln!(std::io::stderr());
+        self.drawn = false;
+        self.last_draw = None;
+    }
+}
+
+impl Drop for Progress {
+    /// A bar left drawn (training ended by an error) is erased, so the error starts its line.
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(0.0), "0s");
+        assert_eq!(format_duration(44.6), "45s");
+        assert_eq!(format_duration(279.0), "4m 39s");
+        assert_eq!(format_duration(7500.0), "2h 05m");
+        assert_eq!(format_duration(f64::INFINITY), "--");
+        assert_eq!(format_duration(-1.0), "--");
+    }
+
+    #[test]
+    fn rate_eta_and_bar() {
+        // 100 iterations in 4 s: 25 iter/s; 900 left: 36 s.
+        let line = format_progress(100, 1000, 100, Duration::from_secs(4), 0.123456);
+        assert_eq!(
+            line,
+            "Iteration 100/1000 [##..................] 10% | 25.0 iter/s | ETA 36s | loss 0.1235"
+        );
+        // Resumed at 500: the rate counts only the iterations run here.
+        let line = format_progress(600, 1000, 100, Duration::from_secs(10), 1.0);
+        assert!(line.contains("| 10.0 iter/s"), "{line}");
+        assert!(line.contains("ETA 40s"), "{line}");
+        // Nothing run yet: no rate, no ETA.
+        let line = format_progress(0, 1000, 0, Duration::ZERO, 0.0);
+        assert!(line.contains("0.00 iter/s | ETA --"), "{line}");
+        // Done; a fast rate without decimals, a small loss in scientific notation.
+        let line = format_progress(1000, 1000, 1000, Duration::from_millis(500), 0.00012);
+        assert!(
+            line.contains("[####################] 100%") && line.contains("ETA 0s"),
+            "{line}"
+        );
+        assert!(line.contains("| 2000 iter/s |"), "{line}");
+        assert!(line.ends_with("loss 1.200e-4"), "{line}");
+        let line = format_progress(3, 10, 3, Duration::from_secs(2), 2.5);
+        assert!(
+            line.contains("| 1.50 iter/s | ETA 5s | loss 2.5000"),
+            "{line}"
+        );
+    }
+}
