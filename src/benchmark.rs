@@ -1,8 +1,15 @@
 //! `rcaffe time`: per-layer forward and backward times of a net, as upstream's `caffe time`
 //! (tools/caffe.cpp) measures and words them, so the two tables read side by side.
+//!
+//! After upstream's per-layer lines comes what upstream's `caffe time` leaves out: for each
+//! prefetching data layer, how long its prefetch thread took to produce the batches of an
+//! iteration (read + transform, upstream's debug-level `Prefetch batch` / `Read time` /
+//! `Transform time` words) and how long forward waited for them, then whether data loading is
+//! the bottleneck.
 
 use crate::backend::Backend;
 use crate::blob::BlobError;
+use crate::data::prefetch::LoadStats;
 use crate::net::{cpp_float, Net, Result};
 use std::time::{Duration, Instant};
 
@@ -16,6 +23,20 @@ pub struct Timing {
     pub backward: Duration,
     pub forward_backward: Duration,
     pub total: Duration,
+    /// Per prefetching data layer, in net order: its name and its loading times summed over
+    /// the timed iterations (not averaged; `batches` counts the batches taken).
+    pub data_load: Vec<(String, LoadStats)>,
+}
+
+impl Timing {
+    /// The data layers' loading times summed together.
+    pub fn data_load_total(&self) -> LoadStats {
+        let mut total = LoadStats::default();
+        for (_, stats) in &self.data_load {
+            total.add(stats);
+        }
+        total
+    }
 }
 
 fn milliseconds(duration: Duration) -> String {
@@ -36,6 +57,9 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
     let mut forward_per_layer = vec![Duration::ZERO; layer_count];
     let mut backward_per_layer = vec![Duration::ZERO; layer_count];
     let (mut forward, mut backward) = (Duration::ZERO, Duration::ZERO);
+    let load_before: Vec<Option<LoadStats>> = (0..layer_count)
+        .map(|i| net.layer(i).load_stats())
+        .collect();
     log::info!("*** Benchmark begins ***");
     log::info!("Testing for {iterations} iterations.");
     let total_start = Instant::now();
@@ -62,6 +86,15 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
         );
     }
     let total = total_start.elapsed();
+    let data_load: Vec<(String, LoadStats)> = load_before
+        .iter()
+        .enumerate()
+        .filter_map(|(i, before)| {
+            let after = net.layer(i).load_stats()?;
+            let before = before.unwrap_or_default();
+            Some((net.layer_names()[i].clone(), after.since(&before)))
+        })
+        .collect();
     let average = |d: Duration| d / iterations;
     let layers: Vec<(String, Duration, Duration)> = net
         .layer_names()
@@ -81,7 +114,9 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
         backward: average(backward),
         forward_backward: average(total),
         total,
+        data_load,
     };
+    log_data_load(&timing);
     log::info!("Average Forward pass: {} ms.", milliseconds(timing.forward));
     log::info!(
         "Average Backward pass: {} ms.",
@@ -94,4 +129,57 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
     log::info!("Total Time: {} ms.", milliseconds(timing.total));
     log::info!("*** Benchmark ends ***");
     Ok(timing)
+}
+
+/// The data-loading lines: per data layer, the prefetch thread's time per iteration (read +
+/// transform) and forward's wait for it, then a verdict on whether loading is the bottleneck.
+fn log_data_load(timing: &Timing) {
+    if timing.data_load.is_empty() {
+        return;
+    }
+    let average = |d: Duration| d / timing.iterations;
+    log::info!("Average data loading per iteration (prefetch thread): ");
+    for (name, stats) in &timing.data_load {
+        log::info!(
+            "{name:>10}\tPrefetch batch: {} ms ({} batches).",
+            milliseconds(average(stats.prefetch)),
+            stats.batches
+        );
+        log::info!(
+            "{name:>10}\t     Read time: {} ms.",
+            milliseconds(average(stats.read))
+        );
+        log::info!(
+            "{name:>10}\tTransform time: {} ms.",
+            milliseconds(average(stats.transform))
+        );
+        log::info!(
+            "{name:>10}\tWait for batch: {} ms.",
+            milliseconds(average(stats.wait))
+        );
+    }
+    let total = timing.data_load_total();
+    let loading = average(total.prefetch);
+    let wait = average(total.wait);
+    // The net computes for the forward-backward time less the waits; the prefetch thread runs
+    // beside it, so loading holds the net back when it takes longer than that.
+    let computing = timing.forward_backward.saturating_sub(wait);
+    let share = if timing.forward_backward.is_zero() {
+        0.0
+    } else {
+        100.0 * wait.as_secs_f64() / timing.forward_backward.as_secs_f64()
+    };
+    let verdict = if loading > computing {
+        "data loading is the bottleneck"
+    } else {
+        "data loading keeps up"
+    };
+    log::info!(
+        "Data loading: {} ms per iteration beside {} ms of computing; forward waited {} ms \
+         ({}% of Forward-Backward): {verdict}.",
+        milliseconds(loading),
+        milliseconds(computing),
+        milliseconds(wait),
+        cpp_float((share * 10.0).round() / 10.0)
+    );
 }

@@ -11,9 +11,14 @@
 //!   A panic in the thread is reported the same way, with its message; nothing hangs.
 //! * Dropping the [`Prefetcher`] closes both channels, which ends the thread at its next
 //!   channel operation (it finishes the batch it is filling first), then joins it.
+//! * Every batch travels with the time the thread spent filling it (and, where the source
+//!   measures it, the read/transform split); [`Prefetcher::stats`] sums these over the batches
+//!   taken, with the time [`Prefetcher::next_batch`] waited for them: whether data loading
+//!   keeps up with the net (`rcaffe time` reports it).
 
 use std::sync::mpsc::{self, Receiver, RecvError, SyncSender};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::{DataError, Result};
 
@@ -30,15 +35,68 @@ pub struct Batch {
 pub trait BatchSource: Send + 'static {
     /// Fills `batch` (reshaping it as needed) with the next records.
     fn fill(&mut self, batch: &mut Batch) -> Result<()>;
+
+    /// How the last [`fill`](Self::fill) split its time: (reading records, transforming
+    /// them). `None` (the default) when the source does not measure it.
+    fn last_fill_split(&mut self) -> Option<(Duration, Duration)> {
+        None
+    }
+}
+
+/// Data-loading times summed over the batches a layer took (upstream's Data layer logs the
+/// same quantities per batch at debug level: `Prefetch batch`, `Read time`, `Transform time`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Batches taken by forward passes.
+    pub batches: u64,
+    /// Time the prefetch thread spent filling those batches (read + transform).
+    pub prefetch: Duration,
+    /// Of `prefetch`, reading records (fetching and parsing them); zero when not measured.
+    pub read: Duration,
+    /// Of `prefetch`, transforming them (decoding, cropping, mirroring, mean, scale); zero
+    /// when not measured.
+    pub transform: Duration,
+    /// Time forward passes waited for the thread to have a batch ready.
+    pub wait: Duration,
+}
+
+impl LoadStats {
+    /// The stats accumulated since `earlier` (a copy taken from the same layer before).
+    pub fn since(&self, earlier: &LoadStats) -> LoadStats {
+        LoadStats {
+            batches: self.batches.saturating_sub(earlier.batches),
+            prefetch: self.prefetch.saturating_sub(earlier.prefetch),
+            read: self.read.saturating_sub(earlier.read),
+            transform: self.transform.saturating_sub(earlier.transform),
+            wait: self.wait.saturating_sub(earlier.wait),
+        }
+    }
+
+    /// Adds `other` to these stats (several data layers in one net).
+    pub fn add(&mut self, other: &LoadStats) {
+        self.batches += other.batches;
+        self.prefetch += other.prefetch;
+        self.read += other.read;
+        self.transform += other.transform;
+        self.wait += other.wait;
+    }
+}
+
+/// What the thread sends with each filled batch: total fill time and the optional split.
+#[derive(Debug, Clone, Copy)]
+struct FillTimes {
+    total: Duration,
+    split: Option<(Duration, Duration)>,
 }
 
 /// A running prefetch thread and its channels. See the [module documentation](self).
 pub struct Prefetcher {
     name: String,
-    full: Option<Receiver<Result<Batch>>>,
+    full: Option<Receiver<Result<(Batch, FillTimes)>>>,
     free: Option<SyncSender<Batch>>,
     thread: Option<JoinHandle<()>>,
     failed: Option<String>,
+    stats: LoadStats,
 }
 
 impl std::fmt::Debug for Prefetcher {
@@ -56,7 +114,7 @@ impl Prefetcher {
             ));
         }
         let (free_tx, free_rx) = mpsc::sync_channel::<Batch>(count);
-        let (full_tx, full_rx) = mpsc::sync_channel::<Result<Batch>>(count);
+        let (full_tx, full_rx) = mpsc::sync_channel::<Result<(Batch, FillTimes)>>(count);
         for _ in 0..count {
             free_tx
                 .send(Batch::default())
@@ -68,9 +126,14 @@ impl Prefetcher {
                 // Ends when either channel is closed (the Prefetcher was dropped) or after
                 // sending an error.
                 while let Ok(mut batch) = free_rx.recv() {
+                    let start = Instant::now();
                     match source.fill(&mut batch) {
                         Ok(()) => {
-                            if full_tx.send(Ok(batch)).is_err() {
+                            let times = FillTimes {
+                                total: start.elapsed(),
+                                split: source.last_fill_split(),
+                            };
+                            if full_tx.send(Ok((batch, times))).is_err() {
                                 return;
                             }
                         }
@@ -90,6 +153,7 @@ impl Prefetcher {
             free: Some(free_tx),
             thread: Some(thread),
             failed: None,
+            stats: LoadStats::default(),
         })
     }
 
@@ -103,8 +167,19 @@ impl Prefetcher {
             )));
         }
         let full = self.full.as_ref().expect("the channels live until drop");
-        match full.recv() {
-            Ok(Ok(batch)) => Ok(batch),
+        let start = Instant::now();
+        let received = full.recv();
+        self.stats.wait += start.elapsed();
+        match received {
+            Ok(Ok((batch, times))) => {
+                self.stats.batches += 1;
+                self.stats.prefetch += times.total;
+                if let Some((read, transform)) = times.split {
+                    self.stats.read += read;
+                    self.stats.transform += transform;
+                }
+                Ok(batch)
+            }
             Ok(Err(e)) => {
                 self.failed = Some(e.to_string());
                 Err(e)
@@ -118,6 +193,11 @@ impl Prefetcher {
                 )))
             }
         }
+    }
+
+    /// Loading times summed over the batches taken so far (see [`LoadStats`]).
+    pub fn stats(&self) -> LoadStats {
+        self.stats
     }
 
     /// Hands a batch back to the thread for refilling.

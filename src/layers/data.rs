@@ -17,10 +17,15 @@
 //!   upload op. Records walk the LMDB in key order and wrap around at the end
 //!   (`Restarting data prefetching from start.`). A record whose shape differs from the
 //!   batch's first is an error naming its key.
+//! * The prefetch thread times each batch it fills, split into reading records (fetching and
+//!   parsing them) and transforming them (decoding included), as upstream's load_batch does;
+//!   [`Layer::load_stats`] sums these, with the time forward waited for a batch, for `rcaffe
+//!   time`.
 //! * `backend: LEVELDB` is refused with the way to convert to LMDB; a source left at the
 //!   default backend is read if it is an LMDB.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 
@@ -28,7 +33,7 @@ use crate::backend::{Backend, Rng};
 use crate::blob::Blob;
 use crate::data::datum::parse_datum;
 use crate::data::lmdb::{leveldb_refusal, looks_like_leveldb, Cursor, Lmdb};
-use crate::data::prefetch::{Batch, BatchSource, Prefetcher};
+use crate::data::prefetch::{Batch, BatchSource, LoadStats, Prefetcher};
 use crate::data::{key_string, DataError, DataTransformer};
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::data_parameter::Db;
@@ -109,6 +114,8 @@ struct DatumBatches {
     rng: Rng,
     batch_size: usize,
     output_labels: bool,
+    /// The last fill's (read, transform) times.
+    split: (Duration, Duration),
 }
 
 impl DatumBatches {
@@ -126,10 +133,16 @@ impl BatchSource for DatumBatches {
         let path = self.cursor.path().to_path_buf();
         let mut first: Option<(Vec<u8>, [usize; 4])> = None;
         let mut item_len = 0;
+        // Read: fetching and parsing records; transform: decoding and transforming them (as
+        // upstream's load_batch splits its timers).
+        let (mut read, mut transform) = (Duration::ZERO, Duration::ZERO);
+        let mut read_start = Instant::now();
         for item in 0..self.batch_size {
             let key = self.cursor.key().to_vec();
             let in_record = |e: DataError| e.in_record(&path, &key);
             let datum = parse_datum(self.cursor.value()).map_err(in_record)?;
+            let transform_start = Instant::now();
+            read += transform_start - read_start;
             let datum = self.transformer.decoded(&datum).map_err(in_record)?;
             let shape = self.transformer.infer_shape(&datum).map_err(in_record)?;
             match &first {
@@ -168,9 +181,17 @@ impl BatchSource for DatumBatches {
             if self.output_labels {
                 batch.labels[item] = datum.label() as f32;
             }
+            read_start = Instant::now();
+            transform += read_start - transform_start;
             self.next()?;
         }
+        read += read_start.elapsed();
+        self.split = (read, transform);
         Ok(())
+    }
+
+    fn last_fill_split(&mut self) -> Option<(Duration, Duration)> {
+        Some(self.split)
     }
 }
 
@@ -232,6 +253,7 @@ impl<B: Backend> Layer<B> for DataLayer {
             rng: <Rng as rand::SeedableRng>::seed_from_u64(ctx.rng.next_u64()),
             batch_size: self.batch_size,
             output_labels: self.output_labels,
+            split: (Duration::ZERO, Duration::ZERO),
         };
         self.prefetcher =
             Some(Prefetcher::start(&self.name, self.prefetch, source).map_err(data_error)?);
@@ -279,5 +301,9 @@ impl<B: Backend> Layer<B> for DataLayer {
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         Ok(())
+    }
+
+    fn load_stats(&self) -> Option<LoadStats> {
+        self.prefetcher.as_ref().map(Prefetcher::stats)
     }
 }

@@ -553,6 +553,12 @@ pub trait Layer<B: Backend>: Send {
         propagate_down: &[bool],
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError>;
+
+    /// A prefetching data layer's loading times so far (`rcaffe time` reports them beside the
+    /// per-layer table); `None` (the default) for every other layer.
+    fn load_stats(&self) -> Option<crate::data::prefetch::LoadStats> {
+        None
+    }
 }
 
 /// Checks a layer's bottom and top counts against its declared limits (upstream's
