@@ -426,3 +426,21 @@ fn snapshot_prefix_is_settled_as_upstream_settles_it() {
         "runs/lenet"
     );
 }
+
+#[test]
+fn the_projects_own_models_parse_and_their_schedules_validate() {
+    let files = prototxt_files(Path::new("models"));
+    assert!(files.len() >= 6, "found only {} model files", files.len());
+    for path in files {
+        if is_solver(&path) {
+            let solver = read_solver(&path).unwrap_or_else(|e| panic!("{e}"));
+            rcaffe::lr_policy::LrSchedule::new(&solver)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // Each solver names the net file beside it.
+            let net = path.with_file_name(solver.net());
+            read_net(&net).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        } else {
+            read_net(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
