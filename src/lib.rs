@@ -12,6 +12,7 @@ pub mod log;
 pub mod lr_policy;
 pub mod net;
 pub mod plot;
+pub mod progress;
 pub mod proto;
 pub mod solver;
 pub mod testing;

@@ -442,53 +442,46 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-/// A one-line progress bar on stderr, drawn only when stderr is a terminal (never into logs).
+/// A converter's progress bar: one redrawn line, only when stderr is a terminal.
 struct ProgressBar {
-    enabled: bool,
-    last_drawn: Option<std::time::Instant>,
-    drew: bool,
+    line: Option<rcaffe::progress::TerminalLine>,
+    last: String,
 }
 
 impl ProgressBar {
     fn new() -> Self {
-        use std::io::IsTerminal;
         Self {
-            enabled: std::io::stderr().is_terminal(),
-            last_drawn: None,
-            drew: false,
+            line: rcaffe::progress::TerminalLine::if_terminal(),
+            last: String::new(),
         }
     }
 
     fn show(&mut self, progress: data::Progress<'_>) {
-        let due = self
-            .last_drawn
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
-        if !self.enabled || !(due || progress.done == progress.total) {
+        let Some(line) = &mut self.line else { return };
+        if !(line.due() || progress.done == progress.total) {
             return;
         }
-        self.last_drawn = Some(std::time::Instant::now());
         let fraction = if progress.total == 0 {
             1.0
         } else {
             progress.done as f64 / progress.total as f64
         };
-        let filled = (fraction * 30.0).round() as usize;
-        eprint!(
-            "\r{:>8} [{}{}] {}/{} ({:.0}%)",
+        let filled = ((fraction * 30.0).round() as usize).min(30);
+        self.last = format!(
+            "{:>8} [{}{}] {}/{} ({:.0}%)",
             progress.stage,
             "#".repeat(filled),
-            " ".repeat(30 - filled.min(30)),
+            " ".repeat(30 - filled),
             progress.done,
             progress.total,
             fraction * 100.0
         );
-        self.drew = true;
+        line.draw(&self.last);
     }
 
     fn finish(&mut self) {
-        if self.drew {
-            eprintln!();
-            self.drew = false;
+        if let (Some(line), false) = (&mut self.line, self.last.is_empty()) {
+            line.finish(&self.last);
         }
     }
 }

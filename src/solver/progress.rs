@@ -3,11 +3,8 @@
 //! loss, redrawn at most every 200 ms. The solver clears it before each of its log lines, and
 //! it ends with a newline.
 
-use std::io::{IsTerminal, Write};
+use crate::progress::TerminalLine;
 use std::time::{Duration, Instant};
-
-/// How often the bar is redrawn at most.
-const REDRAW_EVERY: Duration = Duration::from_millis(200);
 /// The width of the `[####....]` part.
 const BAR_WIDTH: usize = 20;
 
@@ -74,20 +71,18 @@ pub fn format_progress(
 /// The bar's state.
 #[derive(Debug)]
 pub(super) struct Progress {
+    line: TerminalLine,
     start: Instant,
     start_iter: i32,
-    last_draw: Option<Instant>,
-    drawn: bool,
 }
 
 impl Progress {
     /// A bar, when stderr is a terminal.
     pub(super) fn if_terminal() -> Option<Self> {
-        std::io::stderr().is_terminal().then(|| Self {
+        TerminalLine::if_terminal().map(|line| Self {
+            line,
             start: Instant::now(),
             start_iter: 0,
-            last_draw: None,
-            drawn: false,
         })
     }
 
@@ -96,57 +91,36 @@ impl Progress {
     pub(super) fn restart(&mut self, iter: i32) {
         self.start = Instant::now();
         self.start_iter = iter;
-        self.last_draw = Some(self.start);
+        self.line.defer();
     }
 
-    fn draw(&mut self, iter: i32, max_iter: i32, loss: f32) {
-        let line = format_progress(
+    fn text(&self, iter: i32, max_iter: i32, loss: f32) -> String {
+        format_progress(
             iter,
             max_iter,
             iter - self.start_iter,
             self.start.elapsed(),
             loss,
-        );
-        let mut err = std::io::stderr().lock();
-        // Nothing better can be done with a failed write to the terminal.
-        let _ = write!(err, "\r\x1b[2K{line}");
-        let _ = err.flush();
-        self.drawn = true;
-        self.last_draw = Some(Instant::now());
+        )
     }
 
     /// Redraws the bar if the last draw is at least 200 ms old.
     pub(super) fn tick(&mut self, iter: i32, max_iter: i32, loss: f32) {
-        if self.last_draw.is_none_or(|t| t.elapsed() >= REDRAW_EVERY) {
-            self.draw(iter, max_iter, loss);
+        if self.line.due() {
+            let text = self.text(iter, max_iter, loss);
+            self.line.draw(&text);
         }
     }
 
     /// Erases the bar's line, before a log line is written.
     pub(super) fn clear(&mut self) {
-        if self.drawn {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K");
-            let _ = err.flush();
-            self.drawn = false;
-            // Redraw soon after the log line, not at once.
-            self.last_draw = Some(Instant::now());
-        }
+        self.line.clear();
     }
 
     /// Draws the final state and ends the line.
     pub(super) fn finish(&mut self, iter: i32, max_iter: i32, loss: f32) {
-        self.draw(iter, max_iter, loss);
-        let _ = writeln!(std::io::stderr());
-        self.drawn = false;
-        self.last_draw = None;
-    }
-}
-
-impl Drop for Progress {
-    /// A bar left drawn (training ended by an error) is erased, so the error starts its line.
-    fn drop(&mut self) {
-        self.clear();
+        let text = self.text(iter, max_iter, loss);
+        self.line.finish(&text);
     }
 }
 
