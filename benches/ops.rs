@@ -1,12 +1,14 @@
 //! CPU backend op benchmarks at the shapes of the zoo's layers.
 //!
-//! `cargo bench --bench ops`; throughput for GEMM is reported in elements/s where one
-//! "element" is one floating-point operation (2 m n k per product), i.e. FLOP/s.
-//! `RCAFFE_BENCH_THREADS` sets the backend's thread count (default: all cores).
+//! `cargo bench --bench ops` (or `-- conv` etc. for one group); throughput for GEMM and the
+//! batch convolutions is reported in elements/s where one "element" is one floating-point
+//! operation (2 m n k per product), i.e. FLOP/s. `RCAFFE_BENCH_THREADS` sets the backend's
+//! thread count (default: all cores).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rcaffe::backend::{
-    rng_from_seed, Backend, ConvGeom, CpuBackend, CpuBuffer, PoolGeom, RoundMode, Transpose,
+    rng_from_seed, Backend, ConvBatch, ConvGeom, CpuBackend, CpuBuffer, LrnGeom, PoolGeom,
+    RoundMode, Transpose,
 };
 use std::hint::black_box;
 use std::time::Duration;
@@ -157,9 +159,135 @@ fn bench_pooling(c: &mut Criterion) {
     group.finish();
 }
 
+/// `(name, num, channels, size, out_channels, groups, kernel, pad, stride)`.
+type ConvCase = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+/// The zoo's convolutions at their training batch sizes (AlexNet's at deploy batch 10).
+const CONVS: [ConvCase; 8] = [
+    ("lenet_conv1_b64", 64, 1, 28, 20, 1, 5, 0, 1),
+    ("lenet_conv2_b64", 64, 20, 12, 50, 1, 5, 0, 1),
+    ("cifar_conv1_b100", 100, 3, 32, 32, 1, 5, 2, 1),
+    ("cifar_conv2_b100", 100, 32, 16, 32, 1, 5, 2, 1),
+    ("cifar_conv3_b100", 100, 32, 8, 64, 1, 5, 2, 1),
+    ("alexnet_conv1_b10", 10, 3, 227, 96, 1, 11, 0, 4),
+    ("alexnet_conv2_b10", 10, 96, 27, 256, 2, 5, 2, 1),
+    ("alexnet_conv3_b10", 10, 256, 13, 384, 1, 3, 1, 1),
+];
+
+fn bench_conv(c: &mut Criterion) {
+    let be = backend();
+    let mut group = c.benchmark_group(format!("conv_{}t", be.threads()));
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(10);
+    for (name, num, channels, size, out_channels, groups, kernel, pad, stride) in CONVS {
+        let batch = ConvBatch {
+            geom: conv(channels, size, kernel, pad, stride),
+            num,
+            groups,
+            out_channels,
+        };
+        let x = random(&be, num * batch.in_len(), 5);
+        let w = random(&be, batch.weight_len(), 6);
+        let bias = random(&be, out_channels, 7);
+        let dy = random(&be, num * batch.out_len(), 8);
+        let mut y = be.alloc(num * batch.out_len()).unwrap();
+        let mut ws = be.alloc(be.conv_workspace_len(&batch)).unwrap();
+        let flops = batch.forward_flops();
+        group.throughput(Throughput::Elements(flops));
+        group.bench_function(BenchmarkId::new("forward", name), |bench| {
+            bench.iter(|| {
+                be.conv_forward(&batch, &x, 0, &w, 0, Some((&bias, 0)), &mut y, 0, &mut ws)
+                    .unwrap();
+                black_box(&y);
+            })
+        });
+        let mut dw = be.alloc(batch.weight_len()).unwrap();
+        let mut dx = be.alloc(num * batch.in_len()).unwrap();
+        group.throughput(Throughput::Elements(2 * flops));
+        group.bench_function(BenchmarkId::new("backward", name), |bench| {
+            bench.iter(|| {
+                be.conv_backward(
+                    &batch,
+                    &x,
+                    0,
+                    &w,
+                    0,
+                    &dy,
+                    0,
+                    Some((&mut dw, 0)),
+                    Some((&mut dx, 0)),
+                    &mut ws,
+                )
+                .unwrap();
+                black_box((&dw, &dx));
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_lrn(c: &mut Criterion) {
+    let be = backend();
+    // AlexNet's norm1 and norm2 at batch 10, cifar10_full's norm1 at batch 100.
+    let cases = [
+        ("alexnet_norm1_b10", 10, 96, 55 * 55),
+        ("alexnet_norm2_b10", 10, 256, 27 * 27),
+        ("cifar_full_norm1_b100", 100, 32, 16 * 16),
+    ];
+    let mut group = c.benchmark_group(format!("lrn_{}t", be.threads()));
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    for (name, num, channels, spatial) in cases {
+        let g = LrnGeom {
+            num,
+            channels,
+            spatial,
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k: 1.0,
+        };
+        let x = random(&be, g.len(), 9);
+        let dy = random(&be, g.len(), 10);
+        let mut scale = be.alloc(g.len()).unwrap();
+        let mut y = be.alloc(g.len()).unwrap();
+        let mut dx = be.alloc(g.len()).unwrap();
+        group.throughput(Throughput::Bytes((4 * g.len()) as u64));
+        group.bench_function(BenchmarkId::new("forward", name), |bench| {
+            bench.iter(|| {
+                be.lrn_across_forward(&g, &x, 0, &mut scale, 0, &mut y, 0)
+                    .unwrap();
+                black_box(&y);
+            })
+        });
+        group.bench_function(BenchmarkId::new("backward", name), |bench| {
+            bench.iter(|| {
+                be.lrn_across_backward(&g, &x, 0, &y, 0, &scale, 0, &dy, 0, &mut dx, 0)
+                    .unwrap();
+                black_box(&dx);
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = bench_gemm, bench_im2col, bench_pooling
+    targets = bench_gemm, bench_conv, bench_im2col, bench_pooling, bench_lrn
 }
 criterion_main!(benches);

@@ -6,6 +6,11 @@
 //! iteration (read + transform, upstream's debug-level `Prefetch batch` / `Read time` /
 //! `Transform time` words) and how long forward waited for them, then whether data loading is
 //! the bottleneck.
+//!
+//! Then the arithmetic rate: for each layer that multiplies matrices (Convolution,
+//! Deconvolution, InnerProduct) the FLOPs of its products (two per multiply-add, the usual GEMM
+//! count) over its time, forward and backward, and the same over the whole iteration. The other
+//! layers move memory rather than compute and get no rate.
 
 use crate::backend::Backend;
 use crate::blob::BlobError;
@@ -26,6 +31,9 @@ pub struct Timing {
     /// Per prefetching data layer, in net order: its name and its loading times summed over
     /// the timed iterations (not averaged; `batches` counts the batches taken).
     pub data_load: Vec<(String, LoadStats)>,
+    /// Per layer, in net order: the FLOPs of one forward and one backward pass (0 for layers
+    /// that do not multiply matrices).
+    pub flops: Vec<(u64, u64)>,
 }
 
 impl Timing {
@@ -37,6 +45,66 @@ impl Timing {
         }
         total
     }
+
+    /// FLOPs of one forward-backward iteration, summed over the layers.
+    pub fn iteration_flops(&self) -> u64 {
+        self.flops.iter().map(|&(f, b)| f + b).sum()
+    }
+}
+
+/// The FLOPs of layer `i`'s matrix products in one forward and one backward pass, from its
+/// weight and blob shapes: each output of a Convolution or InnerProduct is a dot product over
+/// `weight.count() / outputs` terms (per group), each input of a Deconvolution likewise.
+/// Backward repeats that product once for the weight gradient and once for the data gradient,
+/// for each one the layer's backward computes.
+pub fn layer_flops<B: Backend>(net: &Net<B>, i: usize) -> (u64, u64) {
+    let Some(&weight_id) = net.layer_learnable_ids(i).first() else {
+        return (0, 0);
+    };
+    let weight = &net.learnable_params()[weight_id];
+    let Some(&rows) = weight.shape().first() else {
+        return (0, 0);
+    };
+    if rows == 0 {
+        return (0, 0);
+    }
+    let count = |ids: &[usize]| -> u64 { ids.iter().map(|&b| net.blobs()[b].count() as u64).sum() };
+    let forward = match net.layer_type(i) {
+        "Convolution" => 2 * count(net.top_ids(i)) * (weight.count() / rows) as u64,
+        "Deconvolution" => 2 * count(net.bottom_ids(i)) * (weight.count() / rows) as u64,
+        "InnerProduct" => {
+            let outputs = net
+                .layer_param(i)
+                .inner_product_param
+                .as_ref()
+                .map_or(0, |p| p.num_output() as u64);
+            if outputs == 0 {
+                return (0, 0);
+            }
+            2 * count(net.top_ids(i)) / outputs * weight.count() as u64
+        }
+        _ => return (0, 0),
+    };
+    // `time` runs every layer's backward, as upstream's does: the weight gradient whenever the
+    // parameter learns, even in a net without a loss.
+    let weight_grad = net
+        .param_propagate_down(i)
+        .first()
+        .copied()
+        .unwrap_or(false);
+    let data_grad = net.bottom_need_backward(i).iter().any(|&b| b);
+    (
+        forward,
+        forward * (u64::from(weight_grad) + u64::from(data_grad)),
+    )
+}
+
+/// `flops` done in `time`, in GFLOP/s.
+fn gflops(flops: u64, time: Duration) -> String {
+    if flops == 0 || time.is_zero() {
+        return "-".to_string();
+    }
+    format!("{:.1}", flops as f64 / time.as_secs_f64() / 1e9)
 }
 
 fn milliseconds(duration: Duration) -> String {
@@ -107,6 +175,7 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
         log::info!("{name:>10}\tforward: {} ms.", milliseconds(*f));
         log::info!("{name:>10}\tbackward: {} ms.", milliseconds(*b));
     }
+    let flops: Vec<(u64, u64)> = (0..layer_count).map(|i| layer_flops(net, i)).collect();
     let timing = Timing {
         iterations,
         layers,
@@ -115,7 +184,9 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
         forward_backward: average(total),
         total,
         data_load,
+        flops,
     };
+    log_rates(&timing);
     log_data_load(&timing);
     log::info!("Average Forward pass: {} ms.", milliseconds(timing.forward));
     log::info!(
@@ -129,6 +200,42 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
     log::info!("Total Time: {} ms.", milliseconds(timing.total));
     log::info!("*** Benchmark ends ***");
     Ok(timing)
+}
+
+/// The arithmetic-rate lines: per layer with matrix products, its GFLOP and GFLOP/s forward
+/// and backward, then the whole iteration's.
+fn log_rates(timing: &Timing) {
+    if timing.iteration_flops() == 0 {
+        return;
+    }
+    log::info!("Achieved GFLOP/s per layer (matrix products, 2 FLOPs per multiply-add): ");
+    for ((name, f, b), &(ff, bf)) in timing.layers.iter().zip(&timing.flops) {
+        if ff == 0 {
+            continue;
+        }
+        log::info!(
+            "{name:>10}	forward: {} GFLOP/s ({} GFLOP).",
+            gflops(ff, *f),
+            cpp_float(ff as f64 / 1e9)
+        );
+        if bf > 0 {
+            log::info!(
+                "{name:>10}	backward: {} GFLOP/s ({} GFLOP).",
+                gflops(bf, *b),
+                cpp_float(bf as f64 / 1e9)
+            );
+        }
+    }
+    let forward: u64 = timing.flops.iter().map(|&(f, _)| f).sum();
+    let backward: u64 = timing.flops.iter().map(|&(_, b)| b).sum();
+    log::info!(
+        "Iteration: {} GFLOP; Forward {} GFLOP/s, Backward {} GFLOP/s, Forward-Backward {} \
+         GFLOP/s.",
+        cpp_float(timing.iteration_flops() as f64 / 1e9),
+        gflops(forward, timing.forward),
+        gflops(backward, timing.backward),
+        gflops(timing.iteration_flops(), timing.forward_backward)
+    );
 }
 
 /// The data-loading lines: per data layer, the prefetch thread's time per iteration (read +

@@ -81,6 +81,13 @@ pub enum BackendError {
 /// Result of a backend op.
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// Ops recorded by [`Backend::begin_capture`] .. [`Backend::end_capture`] (a CUDA graph):
+/// replayable any number of times on the same buffers, with the same scalar arguments.
+pub trait CapturedWork: Send {
+    /// Issues the recorded ops again, in order, after everything issued before.
+    fn replay(&mut self) -> Result<()>;
+}
+
 /// Shorthand for an [`BackendError::InvalidArgument`].
 pub fn invalid(op: &'static str, message: impl Into<String>) -> BackendError {
     BackendError::InvalidArgument {
@@ -239,6 +246,78 @@ fn conv_out(size: usize, kernel: usize, pad: usize, stride: usize, dilation: usi
         0
     } else {
         (padded - ext) / stride + 1
+    }
+}
+
+/// A convolution over a batch, as a layer runs it: `num` images of `geom` (its channels are the
+/// convolution's input channels) convolved with weights `(out_channels, channels / groups,
+/// kernel_h, kernel_w)`, giving `num` outputs of `out_channels x out_h x out_w`. Images, weights
+/// and outputs are packed row-major, image after image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvBatch {
+    pub geom: ConvGeom,
+    pub num: usize,
+    pub groups: usize,
+    pub out_channels: usize,
+}
+
+impl ConvBatch {
+    /// A 1x1 kernel with stride 1 and no padding: the image is its own column matrix (upstream's
+    /// `is_1x1_`, which ignores dilation: with one tap it has no effect).
+    pub fn is_1x1(&self) -> bool {
+        let g = &self.geom;
+        g.kernel_h == 1
+            && g.kernel_w == 1
+            && g.stride_h == 1
+            && g.stride_w == 1
+            && g.pad_h == 0
+            && g.pad_w == 0
+    }
+    /// Output positions per image: `out_h * out_w`.
+    pub fn out_spatial(&self) -> usize {
+        self.geom.out_h() * self.geom.out_w()
+    }
+    /// Columns of one group's weight matrix: `channels / groups * kernel_h * kernel_w`.
+    pub fn kernel_dim(&self) -> usize {
+        self.geom.channels / self.groups * self.geom.kernel_h * self.geom.kernel_w
+    }
+    /// Output channels per group.
+    pub fn group_out(&self) -> usize {
+        self.out_channels / self.groups
+    }
+    /// Elements of one input image.
+    pub fn in_len(&self) -> usize {
+        self.geom.im_len()
+    }
+    /// Elements of one output image.
+    pub fn out_len(&self) -> usize {
+        self.out_channels * self.out_spatial()
+    }
+    /// Elements of the weights: `out_channels * kernel_dim`.
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.kernel_dim()
+    }
+    /// Floating-point operations of the batch's forward GEMMs (two per multiply-add); each of
+    /// the two backward products (weights, data) costs as much.
+    pub fn forward_flops(&self) -> u64 {
+        2 * (self.out_channels * self.kernel_dim() * self.out_spatial()) as u64 * self.num as u64
+    }
+    /// Checks the geometry and that `groups` divides both channel counts.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        self.geom.validate(op)?;
+        if self.groups == 0
+            || !self.geom.channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
+            return Err(invalid(
+                op,
+                format!(
+                    "{} groups must divide {} input and {} output channels",
+                    self.groups, self.geom.channels, self.out_channels
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -438,6 +517,30 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
     /// Waits until every op issued so far has finished (a no-op on the CPU).
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    // ---- recording work for replay (CUDA graphs) ------------------------------------------
+
+    /// Starts recording the ops issued from now on instead of running them, for
+    /// [`Backend::end_capture`] to return as one replayable unit. `Ok(false)` (the default, and
+    /// the CPU's answer) means this backend cannot record, and nothing changed.
+    ///
+    /// While recording, an op that needs the host (an upload or download, a reduction
+    /// returning a value, a host-drawn random fill, an allocation) fails with
+    /// [`BackendError::Device`] naming itself, before it changes anything; the caller then ends
+    /// the recording, discards it and runs the work directly.
+    fn begin_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Whether [`Backend::begin_capture`] can record on this backend (false by default).
+    fn can_capture(&self) -> bool {
+        false
+    }
+    /// Ends a recording begun by [`Backend::begin_capture`] and returns it, ready to replay
+    /// (`None` when none was under way). The recorded ops have not run: replay them once to
+    /// get their effect.
+    fn end_capture(&self) -> Result<Option<Box<dyn CapturedWork>>> {
+        Ok(None)
     }
 
     // ---- fills --------------------------------------------------------------------------
@@ -928,6 +1031,143 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         im: &mut Self::Buffer,
         im_off: usize,
     ) -> Result<()>;
+
+    // Whole-batch convolution. The defaults run upstream's loop (per image: im2col, one GEMM
+    // per group) through the ops above with a column buffer as workspace; a backend may
+    // override them to spread the images over its workers.
+
+    /// Elements of the `workspace` the three batch-convolution ops below need for `c` (the
+    /// default: one image's column buffer, none for a 1x1 convolution). A backend that keeps
+    /// its own scratch returns 0.
+    fn conv_workspace_len(&self, c: &ConvBatch) -> usize {
+        if c.is_1x1() {
+            0
+        } else {
+            c.geom.col_len()
+        }
+    }
+    /// `y[n] = W col(x[n])` per group for every image `n`, plus `bias[o]` on output channel `o`
+    /// when given (upstream's `forward_cpu_gemm` then `forward_cpu_bias`).
+    fn conv_forward(
+        &self,
+        c: &ConvBatch,
+        x: &Self::Buffer,
+        x_off: usize,
+        w: &Self::Buffer,
+        w_off: usize,
+        bias: Option<(&Self::Buffer, usize)>,
+        y: &mut Self::Buffer,
+        y_off: usize,
+        workspace: &mut Self::Buffer,
+    ) -> Result<()> {
+        c.validate("conv_forward")?;
+        let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+        for n in 0..c.num {
+            let (xo, yo) = (x_off + n * c.in_len(), y_off + n * c.out_len());
+            let (cols, cols_off) = if c.is_1x1() {
+                (x, xo)
+            } else {
+                self.im2col(&c.geom, x, xo, workspace, 0)?;
+                (&*workspace, 0)
+            };
+            for g in 0..c.groups {
+                self.gemm_packed(
+                    Transpose::NoTrans,
+                    Transpose::NoTrans,
+                    go,
+                    sp,
+                    kd,
+                    1.0,
+                    w,
+                    w_off + g * go * kd,
+                    cols,
+                    cols_off + g * kd * sp,
+                    0.0,
+                    y,
+                    yo + g * go * sp,
+                )?;
+            }
+        }
+        if let Some((b, b_off)) = bias {
+            self.add_per_channel(c.num, c.out_channels, sp, b, b_off, y, y_off)?;
+        }
+        Ok(())
+    }
+    /// The convolution's gradients from `dy` (shaped as the output): `dw += sum_n dy[n]
+    /// col(x[n])^T` per group when `dw` is given, and `dx[n] = col2im(W^T dy[n])` when `dx` is
+    /// (upstream's `weight_cpu_gemm` and `backward_cpu_gemm`, image by image in that order).
+    /// `x` is read only when `dw` is given. The images' weight gradients may be summed in
+    /// another order than one by one (a backend documents its order).
+    fn conv_backward(
+        &self,
+        c: &ConvBatch,
+        x: &Self::Buffer,
+        x_off: usize,
+        w: &Self::Buffer,
+        w_off: usize,
+        dy: &Self::Buffer,
+        dy_off: usize,
+        mut dw: Option<(&mut Self::Buffer, usize)>,
+        mut dx: Option<(&mut Self::Buffer, usize)>,
+        workspace: &mut Self::Buffer,
+    ) -> Result<()> {
+        c.validate("conv_backward")?;
+        let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+        for n in 0..c.num {
+            let (xo, yo) = (x_off + n * c.in_len(), dy_off + n * c.out_len());
+            if let Some((dw, dw_off)) = dw.as_mut() {
+                let (cols, cols_off) = if c.is_1x1() {
+                    (x, xo)
+                } else {
+                    self.im2col(&c.geom, x, xo, workspace, 0)?;
+                    (&*workspace, 0)
+                };
+                for g in 0..c.groups {
+                    self.gemm_packed(
+                        Transpose::NoTrans,
+                        Transpose::Trans,
+                        go,
+                        kd,
+                        sp,
+                        1.0,
+                        dy,
+                        yo + g * go * sp,
+                        cols,
+                        cols_off + g * kd * sp,
+                        1.0,
+                        dw,
+                        *dw_off + g * go * kd,
+                    )?;
+                }
+            }
+            if let Some((dx, dx_off)) = dx.as_mut() {
+                let xo = *dx_off + n * c.in_len();
+                let (cols, cols_off): (&mut Self::Buffer, usize) =
+                    if c.is_1x1() { (dx, xo) } else { (workspace, 0) };
+                for g in 0..c.groups {
+                    self.gemm_packed(
+                        Transpose::Trans,
+                        Transpose::NoTrans,
+                        kd,
+                        sp,
+                        go,
+                        1.0,
+                        w,
+                        w_off + g * go * kd,
+                        dy,
+                        yo + g * go * sp,
+                        0.0,
+                        cols,
+                        cols_off + g * kd * sp,
+                    )?;
+                }
+                if !c.is_1x1() {
+                    self.col2im(&c.geom, workspace, 0, dx, xo)?;
+                }
+            }
+        }
+        Ok(())
+    }
 
     // ---- pooling ------------------------------------------------------------------------
 

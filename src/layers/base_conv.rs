@@ -5,21 +5,22 @@
 //! Both layers are written in terms of one "convolution" from `conv_in_channels` to
 //! `conv_out_channels`. Convolution runs it forwards (bottom = its input); Deconvolution runs it
 //! backwards (top = its input, the geometry is the top's), exactly as upstream's
-//! `reverse_dimensions`. Per image:
+//! `reverse_dimensions`. Over the whole batch, through the backend's batch ops (which the CPU
+//! backend spreads over its workers image by image):
 //!
-//! * [`ConvBase::forward_gemm`]: `out = W col(in)`, one GEMM per group;
-//! * [`ConvBase::backward_gemm`]: `in = col2im(W^T out)`;
-//! * [`ConvBase::weight_gemm`]: `dW += out col(in)^T`.
+//! * [`ConvBase::conv_forward`]: `out = W col(in)` per image, one GEMM per group, plus the bias;
+//! * [`ConvBase::conv_backward`]: `dW += out col(in)^T` summed over the images, and
+//!   `in = col2im(W^T out)` per image.
 //!
 //! A 1x1 kernel with stride 1 and no padding makes im2col the identity: the image itself is the
-//! column matrix and no buffer is used (upstream's `is_1x1_`).
+//! column matrix and no buffer is used (upstream's `is_1x1_`, [`ConvBatch::is_1x1`]).
 //!
 //! Spatial axes: 2 (the usual NCHW) and 1 (run as a 2-D convolution of height 1, which gives
 //! the same numbers). Upstream's N-D im2col for 3 or more spatial axes is not implemented and
 //! is refused in setup; `force_nd_im2col` is accepted for 1 or 2 axes, where upstream's N-D path
 //! computes the same values as the 2-D one.
 
-use crate::backend::{Backend, ConvGeom, Transpose};
+use crate::backend::{Backend, ConvBatch, ConvGeom};
 use crate::blob::Blob;
 use crate::filler::Filler;
 use crate::layers::{Blobs, Context, LayerError};
@@ -55,7 +56,6 @@ pub struct ConvBase<B: Backend> {
     conv_in_channels: usize,
     conv_out_channels: usize,
     kernel_dim: usize,
-    is_1x1: bool,
     // Set in reshape.
     /// Images in a bottom: `count(0, channel_axis)`.
     num: usize,
@@ -64,8 +64,10 @@ pub struct ConvBase<B: Backend> {
     out_spatial: usize,
     conv_out_spatial: usize,
     geom: ConvGeom,
-    /// One image's columns; allocated in reshape, grown only when a larger one is needed.
-    col: Option<B::Buffer>,
+    /// The batch convolution ops' workspace ([`Backend::conv_workspace_len`]: upstream's
+    /// column buffer, or nothing on a backend with its own scratch); allocated in reshape,
+    /// grown only when a larger one is needed.
+    workspace: Option<B::Buffer>,
 }
 
 fn field(name: &str) -> String {
@@ -195,14 +197,13 @@ impl<B: Backend> ConvBase<B> {
             conv_in_channels: 0,
             conv_out_channels: 0,
             kernel_dim: 0,
-            is_1x1: false,
             num: 0,
             bottom_dim: 0,
             top_dim: 0,
             out_spatial: 0,
             conv_out_spatial: 0,
             geom,
-            col: None,
+            workspace: None,
         })
     }
 
@@ -287,9 +288,6 @@ impl<B: Backend> ConvBase<B> {
                 self.dilation
             )));
         }
-        // Upstream's 1x1 test ignores dilation: with a kernel of 1 it has no effect.
-        self.is_1x1 =
-            (0..ns).all(|i| self.kernel[i] == 1 && self.stride[i] == 1 && self.pad[i] == 0);
 
         self.channels = bottom.shape()[self.channel_axis];
         let (group, num_output) = (self.spec.group, self.spec.num_output);
@@ -450,9 +448,8 @@ impl<B: Backend> ConvBase<B> {
             dilation_w,
         };
         debug_assert_eq!(self.geom.out_h() * self.geom.out_w(), self.conv_out_spatial);
-        if !self.is_1x1 {
-            grow(ctx.backend, &mut self.col, self.geom.col_len())?;
-        }
+        let len = ctx.backend.conv_workspace_len(&self.batch());
+        grow(ctx.backend, &mut self.workspace, len)?;
         Ok(())
     }
 
@@ -497,153 +494,76 @@ impl<B: Backend> ConvBase<B> {
         }
     }
 
-    /// `output[g] = W[g] col(input)[g]` for each group, for one image (upstream's
-    /// `forward_cpu_gemm`). With `skip_im2col` the column buffer already holds `col(input)`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_gemm(
+    /// This layer's convolution over the whole batch (for Deconvolution: the convolution it runs
+    /// backwards, whose input is the top).
+    fn batch(&self) -> ConvBatch {
+        ConvBatch {
+            geom: self.geom,
+            num: self.num,
+            groups: self.spec.group,
+            out_channels: self.conv_out_channels,
+        }
+    }
+
+    /// `output[n] = W col(input[n])` per group for every image, plus the bias when given
+    /// (upstream's `forward_cpu_gemm` then `forward_cpu_bias`).
+    pub fn conv_forward(
         &mut self,
         backend: &B,
         input: &B::Buffer,
-        input_off: usize,
         weights: &B::Buffer,
+        bias: Option<&B::Buffer>,
         output: &mut B::Buffer,
-        output_off: usize,
-        skip_im2col: bool,
     ) -> Result<(), LayerError> {
-        let (w_off, c_off, o_off) = (
-            self.weight_offset(),
-            self.col_offset(),
-            self.output_offset(),
-        );
-        let (group, g_out) = (self.spec.group, self.conv_out_channels / self.spec.group);
-        let (m_spatial, k_dim) = (self.conv_out_spatial, self.kernel_dim);
-        let (cols, cols_off) = if self.is_1x1 {
-            (input, input_off)
-        } else {
-            let col = self
-                .col
-                .as_mut()
-                .expect("column buffer allocated in reshape");
-            if !skip_im2col {
-                backend.im2col(&self.geom, input, input_off, col, 0)?;
-            }
-            (&*col, 0)
-        };
-        for g in 0..group {
-            backend.gemm_packed(
-                Transpose::NoTrans,
-                Transpose::NoTrans,
-                g_out,
-                m_spatial,
-                k_dim,
-                1.0,
-                weights,
-                g * w_off,
-                cols,
-                cols_off + g * c_off,
-                0.0,
-                output,
-                output_off + g * o_off,
-            )?;
-        }
+        let batch = self.batch();
+        let workspace = self
+            .workspace
+            .as_mut()
+            .expect("workspace allocated in reshape");
+        backend.conv_forward(
+            &batch,
+            input,
+            0,
+            weights,
+            0,
+            bias.map(|b| (b, 0)),
+            output,
+            0,
+            workspace,
+        )?;
         Ok(())
     }
 
-    /// `input = col2im(W^T output)` for one image (upstream's `backward_cpu_gemm`): the
-    /// gradient of the convolution's input, or Deconvolution's forward pass.
-    pub fn backward_gemm(
-        &mut self,
-        backend: &B,
-        output: &B::Buffer,
-        output_off: usize,
-        weights: &B::Buffer,
-        input: &mut B::Buffer,
-        input_off: usize,
-    ) -> Result<(), LayerError> {
-        let (w_off, c_off, o_off) = (
-            self.weight_offset(),
-            self.col_offset(),
-            self.output_offset(),
-        );
-        let g_out = self.conv_out_channels / self.spec.group;
-        let (m_spatial, k_dim) = (self.conv_out_spatial, self.kernel_dim);
-        let gemm = |cols: &mut B::Buffer, base: usize, g: usize| {
-            backend.gemm_packed(
-                Transpose::Trans,
-                Transpose::NoTrans,
-                k_dim,
-                m_spatial,
-                g_out,
-                1.0,
-                weights,
-                g * w_off,
-                output,
-                output_off + g * o_off,
-                0.0,
-                cols,
-                base + g * c_off,
-            )
-        };
-        if self.is_1x1 {
-            for g in 0..self.spec.group {
-                gemm(input, input_off, g)?;
-            }
-        } else {
-            let mut col = self.col.take().expect("column buffer allocated in reshape");
-            let result = (0..self.spec.group)
-                .try_for_each(|g| gemm(&mut col, 0, g))
-                .and_then(|()| backend.col2im(&self.geom, &col, 0, input, input_off));
-            self.col = Some(col);
-            result?;
-        }
-        Ok(())
-    }
-
-    /// `weight_diff[g] += output[g] col(input)[g]^T` for one image (upstream's
-    /// `weight_cpu_gemm`); leaves `col(input)` in the column buffer.
-    pub fn weight_gemm(
+    /// The convolution's gradients from `output_diff`: `weight_diff += sum_n output_diff[n]
+    /// col(input[n])^T` when given (`input` is read only then), and `input_diff[n] =
+    /// col2im(W^T output_diff[n])` when given (upstream's `weight_cpu_gemm` and
+    /// `backward_cpu_gemm`). For Deconvolution the second is its forward pass.
+    pub fn conv_backward(
         &mut self,
         backend: &B,
         input: &B::Buffer,
-        input_off: usize,
-        output: &B::Buffer,
-        output_off: usize,
-        weight_diff: &mut B::Buffer,
+        weights: &B::Buffer,
+        output_diff: &B::Buffer,
+        weight_diff: Option<&mut B::Buffer>,
+        input_diff: Option<&mut B::Buffer>,
     ) -> Result<(), LayerError> {
-        let (w_off, c_off, o_off) = (
-            self.weight_offset(),
-            self.col_offset(),
-            self.output_offset(),
-        );
-        let (group, g_out) = (self.spec.group, self.conv_out_channels / self.spec.group);
-        let (m_spatial, k_dim) = (self.conv_out_spatial, self.kernel_dim);
-        let (cols, cols_off) = if self.is_1x1 {
-            (input, input_off)
-        } else {
-            let col = self
-                .col
-                .as_mut()
-                .expect("column buffer allocated in reshape");
-            backend.im2col(&self.geom, input, input_off, col, 0)?;
-            (&*col, 0)
-        };
-        for g in 0..group {
-            backend.gemm_packed(
-                Transpose::NoTrans,
-                Transpose::Trans,
-                g_out,
-                k_dim,
-                m_spatial,
-                1.0,
-                output,
-                output_off + g * o_off,
-                cols,
-                cols_off + g * c_off,
-                1.0,
-                weight_diff,
-                g * w_off,
-            )?;
-        }
+        let batch = self.batch();
+        let workspace = self
+            .workspace
+            .as_mut()
+            .expect("workspace allocated in reshape");
+        backend.conv_backward(
+            &batch,
+            input,
+            0,
+            weights,
+            0,
+            output_diff,
+            0,
+            weight_diff.map(|b| (b, 0)),
+            input_diff.map(|b| (b, 0)),
+            workspace,
+        )?;
         Ok(())
     }
 
@@ -685,18 +605,5 @@ impl<B: Backend> ConvBase<B> {
             0,
         )?;
         Ok(())
-    }
-
-    /// Elements of one group's weights.
-    fn weight_offset(&self) -> usize {
-        self.conv_out_channels * self.kernel_dim / self.spec.group
-    }
-    /// Elements of one group's column rows.
-    fn col_offset(&self) -> usize {
-        self.kernel_dim * self.conv_out_spatial
-    }
-    /// Elements of one group's convolution output.
-    fn output_offset(&self) -> usize {
-        self.conv_out_channels * self.conv_out_spatial / self.spec.group
     }
 }

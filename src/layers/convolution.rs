@@ -65,26 +65,11 @@ impl<B: Backend> Layer<B> for ConvolutionLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let base = &mut self.base;
-        let (bd, td) = (base.bottom_dim(), base.top_dim());
         let (bottoms, mut tops) = blobs.forward_all()?;
         let weight = params.get(0).data();
+        let bias = base.bias_term().then(|| params.get(1).data());
         for (bottom, top) in bottoms.iter().zip(tops.iter_mut()) {
-            // Images are independent: each reads its own bottom slice and writes its own top
-            // slice (the column buffer is the only shared scratch).
-            for n in 0..base.num() {
-                base.forward_gemm(
-                    be,
-                    bottom.data(),
-                    n * bd,
-                    weight,
-                    top.data_mut(),
-                    n * td,
-                    false,
-                )?;
-            }
-            if base.bias_term() {
-                base.forward_bias(be, params.get(1).data(), top.data_mut())?;
-            }
+            base.conv_forward(be, bottom.data(), weight, bias, top.data_mut())?;
         }
         Ok(())
     }
@@ -98,7 +83,6 @@ impl<B: Backend> Layer<B> for ConvolutionLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let base = &mut self.base;
-        let (bd, td) = (base.bottom_dim(), base.top_dim());
         let weight_down = params.propagate_down(0);
         let bias_down = base.bias_term() && params.propagate_down(1);
         let (tops, mut bottoms) = blobs.backward_all()?;
@@ -109,16 +93,19 @@ impl<B: Backend> Layer<B> for ConvolutionLayer<B> {
             if !(weight_down || propagate_down[i]) {
                 continue;
             }
-            for n in 0..base.num() {
-                if weight_down {
-                    let weight_diff = params.get_mut(0).diff_mut();
-                    base.weight_gemm(be, bottom.data(), n * bd, top.diff(), n * td, weight_diff)?;
-                }
-                if propagate_down[i] {
-                    let weight = params.get(0).data();
-                    base.backward_gemm(be, top.diff(), n * td, weight, bottom.diff_mut(), n * bd)?;
-                }
-            }
+            // The weights are read while their gradient is written, the bottom's data while its
+            // diff is: two buffers of one blob each.
+            let (weight, weight_diff) = params.get_mut(0).data_diff_mut();
+            let (bottom_data, bottom_diff) = bottom.data_diff_mut();
+            let weight: &B::Buffer = weight;
+            base.conv_backward(
+                be,
+                bottom_data,
+                weight,
+                top.diff(),
+                weight_down.then_some(weight_diff),
+                propagate_down[i].then_some(bottom_diff),
+            )?;
         }
         Ok(())
     }

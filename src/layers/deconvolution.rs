@@ -64,13 +64,13 @@ impl<B: Backend> Layer<B> for DeconvolutionLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let base = &mut self.base;
-        let (bd, td) = (base.bottom_dim(), base.top_dim());
         let (bottoms, mut tops) = blobs.forward_all()?;
         let weight = params.get(0).data();
         for (bottom, top) in bottoms.iter().zip(tops.iter_mut()) {
-            for n in 0..base.num() {
-                base.backward_gemm(be, bottom.data(), n * bd, weight, top.data_mut(), n * td)?;
-            }
+            // The convolution's data gradient, with the bottom as its output's gradient (the
+            // first buffer, the convolution's input, is not read without a weight gradient).
+            let (b, out) = (bottom.data(), top.data_mut());
+            base.conv_backward(be, b, weight, b, None, Some(out))?;
             if base.bias_term() {
                 base.forward_bias(be, params.get(1).data(), top.data_mut())?;
             }
@@ -87,7 +87,6 @@ impl<B: Backend> Layer<B> for DeconvolutionLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let base = &mut self.base;
-        let (bd, td) = (base.bottom_dim(), base.top_dim());
         let weight_down = params.propagate_down(0);
         let bias_down = base.bias_term() && params.propagate_down(1);
         let (tops, mut bottoms) = blobs.backward_all()?;
@@ -95,20 +94,17 @@ impl<B: Backend> Layer<B> for DeconvolutionLayer<B> {
             if bias_down {
                 base.backward_bias(be, top.diff(), params.get_mut(1).diff_mut())?;
             }
-            if !(weight_down || propagate_down[i]) {
-                continue;
+            if weight_down {
+                // dW += bottom col(top_diff)^T: the convolution's weight gradient with the top's
+                // diff as its input and the bottom as its output's gradient.
+                let (weight, weight_diff) = params.get_mut(0).data_diff_mut();
+                let (input, out_diff) = (top.diff(), bottom.data());
+                base.conv_backward(be, input, weight, out_diff, Some(weight_diff), None)?;
             }
-            for n in 0..base.num() {
-                if weight_down {
-                    let weight_diff = params.get_mut(0).diff_mut();
-                    base.weight_gemm(be, top.diff(), n * td, bottom.data(), n * bd, weight_diff)?;
-                }
-                if propagate_down[i] {
-                    // The weight pass just left col(top_diff) in the column buffer.
-                    let weight = params.get(0).data();
-                    let out = bottom.diff_mut();
-                    base.forward_gemm(be, top.diff(), n * td, weight, out, n * bd, weight_down)?;
-                }
+            if propagate_down[i] {
+                // bottom_diff = W col(top_diff): the convolution's forward pass.
+                let weight = params.get(0).data();
+                base.conv_forward(be, top.diff(), weight, None, bottom.diff_mut())?;
             }
         }
         Ok(())

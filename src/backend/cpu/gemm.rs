@@ -7,6 +7,15 @@
 
 use super::Par;
 use crate::backend::Transpose;
+use rayon::prelude::*;
+
+/// A product with `m` (or `k`) at most this is "skinny": InnerProduct at small batch sizes
+/// (AlexNet's fc6 at batch 10 is 10 x 4096 x 9216). It is bound by streaming the large operand
+/// from memory, which the general kernel, built for blocks of both large dimensions, does
+/// several times slower than the direct loops in [`skinny`].
+const SKINNY: usize = 16;
+/// Skinny products smaller than this many multiply-adds go to the general kernel.
+const SKINNY_MIN_WORK: usize = 1 << 18;
 
 /// Row and column strides of a matrix used as `op(M)` whose storage has row stride `ld`.
 fn strides(trans: Transpose, ld: usize) -> (isize, isize) {
@@ -57,6 +66,11 @@ pub(super) fn gemm(
         }
         return;
     }
+    if skinny(
+        par, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+    ) {
+        return;
+    }
     let (a_rs, a_cs) = strides(trans_a, lda);
     let (b_rs, b_cs) = strides(trans_b, ldb);
     let run = || {
@@ -88,6 +102,245 @@ pub(super) fn gemm(
         }
     };
     par.install(run);
+}
+
+/// `c = alpha acc + beta c`, not reading `c` when `beta` is 0 (BLAS convention).
+#[inline(always)]
+fn store(c: &mut f32, acc: f32, alpha: f32, beta: f32) {
+    *c = if beta == 0.0 {
+        alpha * acc
+    } else {
+        alpha * acc + beta * *c
+    };
+}
+
+/// `sum_p a[p] b[p]` in eight interleaved partial sums (lane `l` takes `p = l mod 8`), added
+/// pairwise at the end: a fixed order, whatever the SIMD width the compiler picks.
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_tail) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in a_tail.iter().zip(b_tail).enumerate() {
+        acc[l] += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// `c[i][j] = alpha dot(A row i, B row j) + beta c[i][j]` for this task's columns `j0..` of
+/// every row (`rows[i]` is row `i`'s segment): `op(A) = A` and `op(B) = B^T`, both rows
+/// contiguous.
+#[inline(always)]
+fn dot_task(
+    rows: &mut [&mut [f32]],
+    j0: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+) {
+    let width = rows.first().map_or(0, |r| r.len());
+    let m = rows.len();
+    for jj in 0..width {
+        let j = j0 + jj;
+        let b_row = &b[j * ldb..j * ldb + k];
+        // Four rows of A at a time: four independent sums hide the adds' latency and each
+        // load of B serves four products.
+        let mut i = 0;
+        while i + 4 <= m {
+            let sums = dot8x4(
+                [
+                    &a[i * lda..i * lda + k],
+                    &a[(i + 1) * lda..(i + 1) * lda + k],
+                    &a[(i + 2) * lda..(i + 2) * lda + k],
+                    &a[(i + 3) * lda..(i + 3) * lda + k],
+                ],
+                b_row,
+            );
+            for (r, sum) in sums.into_iter().enumerate() {
+                store(&mut rows[i + r][jj], sum, alpha, beta);
+            }
+            i += 4;
+        }
+        for (r, row) in rows.iter_mut().enumerate().skip(i) {
+            store(
+                &mut row[jj],
+                dot8(&a[r * lda..r * lda + k], b_row),
+                alpha,
+                beta,
+            );
+        }
+    }
+}
+
+/// [`dot8`] of four rows against one, each summed exactly as [`dot8`] sums it.
+#[inline(always)]
+fn dot8x4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    let mut acc = [[0.0f32; 8]; 4];
+    let full = b.len() / 8 * 8;
+    let mut p = 0;
+    while p < full {
+        let y = &b[p..p + 8];
+        for (acc, a) in acc.iter_mut().zip(&a) {
+            let x = &a[p..p + 8];
+            for l in 0..8 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        p += 8;
+    }
+    for (acc, a) in acc.iter_mut().zip(&a) {
+        for (l, (x, y)) in a[full..].iter().zip(&b[full..]).enumerate() {
+            acc[l] += x * y;
+        }
+    }
+    acc.map(|acc| ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])))
+}
+
+/// `c_i = beta c_i + sum_p (alpha op(A)[i][p]) B_p` over this task's columns of every row: each
+/// row `p` of `B` (`op(B) = B`) is read once for all rows of `C`, in ascending `p`.
+#[inline(always)]
+fn axpy_task(
+    rows: &mut [&mut [f32]],
+    j0: usize,
+    k: usize,
+    alpha: f32,
+    a_at: impl Fn(usize, usize) -> f32,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+) {
+    for row in rows.iter_mut() {
+        if beta == 0.0 {
+            row.fill(0.0);
+        } else if beta != 1.0 {
+            row.iter_mut().for_each(|v| *v *= beta);
+        }
+    }
+    let width = rows.first().map_or(0, |r| r.len());
+    for p in 0..k {
+        let b_seg = &b[p * ldb + j0..p * ldb + j0 + width];
+        for (i, row) in rows.iter_mut().enumerate() {
+            let s = alpha * a_at(i, p);
+            row.iter_mut().zip(b_seg).for_each(|(c, &x)| *c += s * x);
+        }
+    }
+}
+
+/// Runs `f` with the AVX2 instruction set enabled when the CPU has it, so the loops it inlines
+/// vectorise eight wide (the crate is built for the baseline x86-64 otherwise). The loops
+/// spell out their summation order, so the result is the same either way.
+#[inline(always)]
+fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// The skinny products InnerProduct makes at small batch sizes, computed directly with the work
+/// split over column ranges of `C` (each output is summed in a fixed order, whatever the thread
+/// count); returns false, doing nothing, for any other product.
+///
+/// * `m <= SKINNY`, `C = A B^T` (forward): each output a dot product of two contiguous rows;
+/// * `m <= SKINNY`, `C = A B` (data gradient): rows of `B` streamed once, added into `C`;
+/// * `k <= SKINNY`, `C += op(A) B` (weight gradient): the same, a rank-k update.
+fn skinny(
+    par: Par<'_>,
+    trans_a: Transpose,
+    trans_b: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) -> bool {
+    use Transpose::{NoTrans, Trans};
+    if m.saturating_mul(n).saturating_mul(k) < SKINNY_MIN_WORK {
+        return false;
+    }
+    let dot = m <= SKINNY && trans_a == NoTrans && trans_b == Trans;
+    let axpy = trans_b == NoTrans && (k <= SKINNY || (m <= SKINNY && trans_a == NoTrans));
+    if !(dot || axpy) {
+        return false;
+    }
+    // Column ranges of C: a few per worker for balance, each at least 64 columns wide.
+    let tasks = if par.pool.is_some() {
+        par.threads * 4
+    } else {
+        1
+    }
+    .min(n.div_ceil(64))
+    .max(1);
+    let width = n.div_ceil(tasks);
+    let a_at = |i: usize, p: usize| match trans_a {
+        NoTrans => a[i * lda + p],
+        Trans => a[p * lda + i],
+    };
+    // Rows of C split into column segments: task t gets segment t of every row. A row-heavy
+    // product (the weight gradient: m in the thousands) is instead split by rows.
+    if m > SKINNY {
+        let run = |(i, row): (usize, &mut [f32])| {
+            let row = &mut row[..n];
+            with_simd(|| axpy_task(&mut [row], 0, k, alpha, |_, p| a_at(i, p), b, ldb, beta))
+        };
+        match par.pool {
+            Some(pool) if par.threads > 1 => pool.install(|| {
+                c.par_chunks_mut(ldc)
+                    .take(m)
+                    .enumerate()
+                    .with_min_len(4)
+                    .for_each(run)
+            }),
+            _ => c.chunks_mut(ldc).take(m).enumerate().for_each(run),
+        }
+        return true;
+    }
+    let mut segments: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::with_capacity(m)).collect();
+    for row in c.chunks_mut(ldc).take(m) {
+        for (t, seg) in row[..n].chunks_mut(width).enumerate() {
+            segments[t].push(seg);
+        }
+    }
+    let run = |(t, mut rows): (usize, Vec<&mut [f32]>)| {
+        let j0 = t * width;
+        with_simd(|| {
+            if dot {
+                dot_task(&mut rows, j0, k, alpha, a, lda, b, ldb, beta)
+            } else {
+                axpy_task(&mut rows, j0, k, alpha, a_at, b, ldb, beta)
+            }
+        })
+    };
+    match par.pool {
+        Some(pool) if tasks > 1 => {
+            pool.install(|| segments.into_par_iter().enumerate().for_each(run))
+        }
+        _ => segments.into_iter().enumerate().for_each(run),
+    }
+    true
 }
 
 /// `y = alpha op(A) x + beta y` with `A` packed `m x n` row-major.
@@ -123,4 +376,91 @@ pub(super) fn gemv(
         y,
         1,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Transpose::{NoTrans, Trans};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    /// The skinny paths against the definition, in f64, for every transpose, alpha and beta,
+    /// on one and three threads (which must agree bit for bit).
+    #[test]
+    fn skinny_products_match_the_definition() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let pars = [
+            Par {
+                pool: None,
+                threads: 1,
+            },
+            Par {
+                pool: Some(&pool),
+                threads: 3,
+            },
+        ];
+        for (ta, tb, m, n, k) in [
+            (NoTrans, Trans, 10, 300, 1001),
+            (NoTrans, NoTrans, 7, 1100, 300),
+            (Trans, NoTrans, 300, 1001, 10),
+            (NoTrans, NoTrans, 500, 700, 9),
+            (Trans, NoTrans, 12, 5000, 13),
+        ] {
+            for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0), (2.0, -0.5)] {
+                let a = values(m * k, 1);
+                let b = values(k * n, 2);
+                let c0 = values(m * n, 3);
+                let (lda, ldb) = (
+                    if ta == NoTrans { k } else { m },
+                    if tb == NoTrans { n } else { k },
+                );
+                let mut results = Vec::new();
+                for par in pars {
+                    let mut c = c0.clone();
+                    assert!(skinny(
+                        par, ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &mut c, n
+                    ));
+                    results.push(c);
+                }
+                assert!(
+                    results[0] == results[1],
+                    "{m}x{n}x{k}: thread counts differ"
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want = f64::from(beta) * f64::from(c0[i * n + j]);
+                        for p in 0..k {
+                            let av = if ta == NoTrans {
+                                a[i * lda + p]
+                            } else {
+                                a[p * lda + i]
+                            };
+                            let bv = if tb == NoTrans {
+                                b[p * ldb + j]
+                            } else {
+                                b[j * ldb + p]
+                            };
+                            want += f64::from(alpha) * f64::from(av) * f64::from(bv);
+                        }
+                        let got = f64::from(results[0][i * n + j]);
+                        assert!(
+                            (got - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                            "{m}x{n}x{k} [{i},{j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
+mod conv;
 mod elementwise;
 mod gemm;
 mod im2col;
@@ -22,12 +23,12 @@ mod reductions;
 mod rng;
 
 use super::{
-    check_range, invalid, Backend, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Src,
-    Transpose,
+    check_range, invalid, Backend, ConvBatch, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result,
+    Rng, Src, Transpose,
 };
 use elementwise::Operand;
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Element-wise ops on fewer elements than this run serially.
 const PAR_MIN_ELEMS: usize = 1 << 15;
@@ -74,6 +75,10 @@ impl DeviceBuffer for CpuBuffer {
 pub struct CpuBackend {
     threads: usize,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// Scratch of the batch convolutions (column buffers, partial weight gradients), shared by
+    /// every layer since ops run one at a time: it grows to the largest layer's need and stays,
+    /// so a warm net allocates nothing and holds one set of buffers, not one per layer.
+    scratch: Arc<Mutex<Vec<f32>>>,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -113,7 +118,11 @@ impl CpuBackend {
         } else {
             None
         };
-        Ok(Self { threads, pool })
+        Ok(Self {
+            threads,
+            pool,
+            scratch: Arc::default(),
+        })
     }
 
     /// Number of worker threads.
@@ -1018,6 +1027,70 @@ impl Backend for CpuBackend {
         let col = rd("col2im", "col", col, col_off, g.col_len())?;
         let im = wr("col2im", "im", im, im_off, g.im_len())?;
         im2col::col2im(self.par(), g, col, im);
+        Ok(())
+    }
+
+    fn conv_workspace_len(&self, _c: &ConvBatch) -> usize {
+        // The backend's own scratch is used instead (see `CpuBackend::scratch`).
+        0
+    }
+
+    fn conv_forward(
+        &self,
+        c: &ConvBatch,
+        x: &CpuBuffer,
+        x_off: usize,
+        w: &CpuBuffer,
+        w_off: usize,
+        bias: Option<(&CpuBuffer, usize)>,
+        y: &mut CpuBuffer,
+        y_off: usize,
+        _workspace: &mut CpuBuffer,
+    ) -> Result<()> {
+        const OP: &str = "conv_forward";
+        c.validate(OP)?;
+        let x = rd(OP, "x", x, x_off, c.num * c.in_len())?;
+        let w = rd(OP, "w", w, w_off, c.weight_len())?;
+        let bias = match bias {
+            Some((b, b_off)) => Some(rd(OP, "bias", b, b_off, c.out_channels)?),
+            None => None,
+        };
+        let y = wr(OP, "y", y, y_off, c.num * c.out_len())?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        conv::forward(self.par(), &mut scratch, c, x, w, bias, y);
+        Ok(())
+    }
+
+    fn conv_backward(
+        &self,
+        c: &ConvBatch,
+        x: &CpuBuffer,
+        x_off: usize,
+        w: &CpuBuffer,
+        w_off: usize,
+        dy: &CpuBuffer,
+        dy_off: usize,
+        dw: Option<(&mut CpuBuffer, usize)>,
+        dx: Option<(&mut CpuBuffer, usize)>,
+        _workspace: &mut CpuBuffer,
+    ) -> Result<()> {
+        const OP: &str = "conv_backward";
+        c.validate(OP)?;
+        // `x` is read only for the weight gradient.
+        let x_len = if dw.is_some() { c.num * c.in_len() } else { 0 };
+        let x = rd(OP, "x", x, x_off, x_len)?;
+        let w = rd(OP, "w", w, w_off, c.weight_len())?;
+        let dy = rd(OP, "dy", dy, dy_off, c.num * c.out_len())?;
+        let dw = match dw {
+            Some((b, off)) => Some(wr(OP, "dw", b, off, c.weight_len())?),
+            None => None,
+        };
+        let dx = match dx {
+            Some((b, off)) => Some(wr(OP, "dx", b, off, c.num * c.in_len())?),
+            None => None,
+        };
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        conv::backward(self.par(), &mut scratch, c, x, w, dy, dw, dx);
         Ok(())
     }
 

@@ -1,0 +1,516 @@
+//! Whole-batch convolution: upstream's per-image im2col + GEMM, with the images spread over the
+//! pool's workers instead of each GEMM being split.
+//!
+//! Why per image and not inside the GEMM: the zoo's convolutions are small matrices (LeNet's
+//! conv2 is 50 x 64 x 500 per image), too small for a GEMM to split well over threads, while a
+//! batch holds 10 to 100 independent images. Each worker runs whole images with a serial
+//! im2col and a serial GEMM in its own column buffer, so every image is computed exactly as a
+//! single-threaded run computes it.
+//!
+//! Determinism of the weight gradient: `dW += sum_n dy[n] col(x[n])^T` is a sum over images,
+//! and the order of a float sum changes its value. The images are cut into
+//! [`WGRAD_PARTS`] fixed contiguous parts (fewer when the batch is smaller); part 0 accumulates
+//! straight into `dW`, each other part into its own zeroed partial, image by image, and the
+//! partials are then added to `dW` in part order. The parts depend only on the batch size, never
+//! on the thread count, so the result is the same bits on 1 or 64 threads. Upstream adds the
+//! images one by one into `dW`; this differs from that only in rounding (see
+//! docs/benchmarks.md for the measured effect).
+//!
+//! Scratch (column buffers, partial gradients) lives in the backend and only grows: after the
+//! first iteration a convolution allocates nothing.
+
+use super::{gemm, im2col, Par};
+use crate::backend::{ConvBatch, Transpose};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// The weight gradient is summed in this many fixed parts of the batch (see the module docs):
+/// enough for the cores this targets, few enough that the partials stay small.
+pub(super) const WGRAD_PARTS: usize = 4;
+
+/// Column-buffer elements one image needs (none for a 1x1 convolution).
+fn col_len(c: &ConvBatch) -> usize {
+    if c.is_1x1() {
+        0
+    } else {
+        c.geom.col_len()
+    }
+}
+
+/// Workers that share the batch: one per image at most; 1 means run serially and let the GEMM
+/// use the pool itself.
+fn workers(par: Par<'_>, c: &ConvBatch) -> usize {
+    if par.pool.is_some() && par.threads > 1 {
+        par.threads.min(c.num)
+    } else {
+        1
+    }
+}
+
+/// Grows `scratch` to at least `len` elements (never shrinks: no allocation once warm).
+fn scratch_of(scratch: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if scratch.len() < len {
+        scratch.resize(len, 0.0);
+    }
+    &mut scratch[..len]
+}
+
+/// Cuts `buf` into `n` slices of `len`, one per worker, each behind its own lock.
+fn slots(buf: &mut [f32], len: usize, n: usize) -> Vec<Mutex<&mut [f32]>> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = buf;
+    for _ in 0..n {
+        let (slot, tail) = rest.split_at_mut(len);
+        out.push(Mutex::new(slot));
+        rest = tail;
+    }
+    out
+}
+
+/// Runs `f` with the calling worker's column buffer. Inside a task every kernel is serial, so a
+/// worker never re-enters the pool while holding its slot: the lock is never contended unless
+/// more workers than slots exist (then it just waits).
+fn with_slot<R>(slots: &[Mutex<&mut [f32]>], f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let i = rayon::current_thread_index().unwrap_or(0) % slots.len();
+    let mut guard = slots[i].lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut guard)
+}
+
+/// The serial kernels a task runs with.
+const SERIAL: Par<'static> = Par {
+    pool: None,
+    threads: 1,
+};
+
+/// One image's forward pass: `y = W col(x)` per group, then `+ bias`.
+fn forward_image(
+    par: Par<'_>,
+    c: &ConvBatch,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    col: &mut [f32],
+) {
+    let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+    let cols: &[f32] = if c.is_1x1() {
+        x
+    } else {
+        im2col::im2col(par, &c.geom, x, col);
+        col
+    };
+    for g in 0..c.groups {
+        gemm::gemm(
+            par,
+            Transpose::NoTrans,
+            Transpose::NoTrans,
+            go,
+            sp,
+            kd,
+            1.0,
+            &w[g * go * kd..],
+            kd,
+            &cols[g * kd * sp..],
+            sp,
+            0.0,
+            &mut y[g * go * sp..],
+            sp,
+        );
+    }
+    // The bias is added while the image's output is still in cache; the same single rounding
+    // as upstream's separate bias GEMM with a ones vector (one product, one add per element).
+    if let Some(bias) = bias {
+        for (row, &b) in y.chunks_exact_mut(sp).zip(bias) {
+            row.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+/// `y[n] = W col(x[n]) (+ bias)` for every image; slices are checked by the caller.
+pub(super) fn forward(
+    par: Par<'_>,
+    scratch: &mut Vec<f32>,
+    c: &ConvBatch,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (il, ol, cl) = (c.in_len(), c.out_len(), col_len(c));
+    if c.num == 0 || ol == 0 {
+        return;
+    }
+    let n_workers = workers(par, c);
+    let buf = scratch_of(scratch, n_workers * cl);
+    if n_workers == 1 {
+        for (xi, yi) in x.chunks_exact(il).zip(y.chunks_exact_mut(ol)) {
+            forward_image(par, c, xi, w, bias, yi, buf);
+        }
+        return;
+    }
+    let slots = slots(buf, cl, n_workers);
+    par.install(|| {
+        x.par_chunks_exact(il)
+            .zip(y.par_chunks_exact_mut(ol))
+            .for_each(|(xi, yi)| {
+                with_slot(&slots, |col| forward_image(SERIAL, c, xi, w, bias, yi, col))
+            })
+    });
+}
+
+/// One image's backward pass: `dw = beta dw + dy col(x)^T` per group (when given), then
+/// `dx = col2im(W^T dy)` (when given), in upstream's order.
+#[allow(clippy::too_many_arguments)]
+fn backward_image(
+    par: Par<'_>,
+    c: &ConvBatch,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: Option<(&mut [f32], f32)>,
+    dx: Option<&mut [f32]>,
+    col: &mut [f32],
+) {
+    let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+    if let Some((dw, beta)) = dw {
+        let cols: &[f32] = if c.is_1x1() {
+            x
+        } else {
+            im2col::im2col(par, &c.geom, x, col);
+            col
+        };
+        for g in 0..c.groups {
+            gemm::gemm(
+                par,
+                Transpose::NoTrans,
+                Transpose::Trans,
+                go,
+                kd,
+                sp,
+                1.0,
+                &dy[g * go * sp..],
+                sp,
+                &cols[g * kd * sp..],
+                sp,
+                beta,
+                &mut dw[g * go * kd..],
+                kd,
+            );
+        }
+    }
+    if let Some(dx) = dx {
+        let one_by_one = c.is_1x1();
+        {
+            let cols: &mut [f32] = if one_by_one { dx } else { col };
+            for g in 0..c.groups {
+                gemm::gemm(
+                    par,
+                    Transpose::Trans,
+                    Transpose::NoTrans,
+                    kd,
+                    sp,
+                    go,
+                    1.0,
+                    &w[g * go * kd..],
+                    kd,
+                    &dy[g * go * sp..],
+                    sp,
+                    0.0,
+                    &mut cols[g * kd * sp..],
+                    sp,
+                );
+            }
+        }
+        if !one_by_one {
+            im2col::col2im(par, &c.geom, col, dx);
+        }
+    }
+}
+
+/// The weight gradient's part `p` of `parts`: the images `lo..hi`.
+fn part_range(num: usize, parts: usize, p: usize) -> (usize, usize) {
+    (p * num / parts, (p + 1) * num / parts)
+}
+
+/// `dw += sum_n dy[n] col(x[n])^T` (when `dw` is given) and `dx[n] = col2im(W^T dy[n])` (when
+/// `dx` is) for every image; slices are checked by the caller (`x` may be empty without `dw`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    par: Par<'_>,
+    scratch: &mut Vec<f32>,
+    c: &ConvBatch,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
+) {
+    let (il, ol, cl, wl) = (c.in_len(), c.out_len(), col_len(c), c.weight_len());
+    if c.num == 0 || (dw.is_none() && dx.is_none()) {
+        return;
+    }
+    let n_workers = workers(par, c);
+    let Some(dw) = dw else {
+        // Data gradient only: every image on its own, as in forward.
+        let dx = dx.expect("checked above");
+        let buf = scratch_of(scratch, n_workers * cl);
+        if n_workers == 1 {
+            for (dyi, dxi) in dy.chunks_exact(ol).zip(dx.chunks_exact_mut(il)) {
+                backward_image(par, c, &[], w, dyi, None, Some(dxi), buf);
+            }
+            return;
+        }
+        let slots = slots(buf, cl, n_workers);
+        par.install(|| {
+            dy.par_chunks_exact(ol)
+                .zip(dx.par_chunks_exact_mut(il))
+                .for_each(|(dyi, dxi)| {
+                    with_slot(&slots, |col| {
+                        backward_image(SERIAL, c, &[], w, dyi, None, Some(dxi), col)
+                    })
+                })
+        });
+        return;
+    };
+
+    // With the weight gradient: fixed parts of the batch, each summed image by image into its
+    // own accumulator (part 0: `dw` itself), then the partials added in part order.
+    let parts = WGRAD_PARTS.min(c.num);
+    let buf = scratch_of(scratch, n_workers * cl + (parts - 1) * wl);
+    let (cols, partials) = buf.split_at_mut(n_workers * cl);
+    let mut accumulators: Vec<&mut [f32]> = Vec::with_capacity(parts);
+    accumulators.push(&mut *dw);
+    accumulators.extend(partials.chunks_exact_mut(wl.max(1)).take(parts - 1));
+    let mut dx_parts: Vec<Option<&mut [f32]>> = Vec::with_capacity(parts);
+    let mut dx_rest = dx;
+    for p in 0..parts {
+        let (lo, hi) = part_range(c.num, parts, p);
+        dx_parts.push(match dx_rest.take() {
+            Some(rest) => {
+                let (head, tail) = rest.split_at_mut((hi - lo) * il);
+                dx_rest = Some(tail);
+                Some(head)
+            }
+            None => None,
+        });
+    }
+    // Serial kernels inside a part when parts run side by side; otherwise the kernels may use
+    // the pool themselves.
+    let kernel_par = if n_workers == 1 { par } else { SERIAL };
+    let run_part = |p: usize, acc: &mut [f32], mut dxp: Option<&mut [f32]>, col: &mut [f32]| {
+        let (lo, hi) = part_range(c.num, parts, p);
+        for n in lo..hi {
+            // Part 0 adds onto the gradient already there; the partials start from zero.
+            let beta = if p == 0 || n > lo { 1.0 } else { 0.0 };
+            let dxi = dxp
+                .as_deref_mut()
+                .map(|d| &mut d[(n - lo) * il..(n - lo + 1) * il]);
+            backward_image(
+                kernel_par,
+                c,
+                &x[n * il..(n + 1) * il],
+                w,
+                &dy[n * ol..(n + 1) * ol],
+                Some((&mut *acc, beta)),
+                dxi,
+                col,
+            );
+        }
+    };
+    if n_workers == 1 {
+        let col = &mut cols[..cl];
+        for (p, (acc, dxp)) in accumulators.into_iter().zip(dx_parts).enumerate() {
+            run_part(p, acc, dxp, col);
+        }
+    } else {
+        let slots = slots(cols, cl, n_workers);
+        par.install(|| {
+            accumulators
+                .into_par_iter()
+                .zip(dx_parts)
+                .enumerate()
+                .for_each(|(p, (acc, dxp))| with_slot(&slots, |col| run_part(p, acc, dxp, col)))
+        });
+    }
+    for partial in partials.chunks_exact(wl.max(1)).take(parts - 1) {
+        dw.iter_mut().zip(partial).for_each(|(d, &s)| *d += s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::CpuBackend;
+    use crate::backend::{rng_from_seed, Backend, ConvBatch, ConvGeom, CpuBuffer};
+
+    fn random(be: &CpuBackend, n: usize, seed: u64) -> CpuBuffer {
+        let mut b = be.alloc(n).unwrap();
+        be.rng_uniform(n, -1.0, 1.0, &mut rng_from_seed(seed), &mut b, 0)
+            .unwrap();
+        b
+    }
+
+    /// `(num, channels, size, out_channels, groups, kernel, pad, stride, dilation)`.
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+
+    const CASES: [Case; 6] = [
+        (7, 3, 9, 4, 1, 3, 1, 1, 1),
+        (5, 4, 8, 6, 2, 3, 0, 2, 1),
+        (6, 4, 6, 8, 1, 1, 0, 1, 1),
+        (3, 2, 10, 3, 1, 3, 2, 1, 2),
+        (1, 3, 7, 5, 1, 5, 2, 1, 1),
+        (9, 2, 5, 4, 2, 2, 1, 3, 1),
+    ];
+
+    fn batch(case: Case) -> ConvBatch {
+        let (num, channels, size, out_channels, groups, k, pad, stride, dil) = case;
+        ConvBatch {
+            geom: ConvGeom {
+                channels,
+                height: size,
+                width: size + 1,
+                kernel_h: k,
+                kernel_w: k,
+                pad_h: pad,
+                pad_w: pad,
+                stride_h: stride,
+                stride_w: stride,
+                dilation_h: dil,
+                dilation_w: dil,
+            },
+            num,
+            groups,
+            out_channels,
+        }
+    }
+
+    /// The convolution written out from its definition, in f64.
+    fn direct(c: &ConvBatch, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let g = &c.geom;
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let cin = g.channels / c.groups;
+        let mut y = vec![0.0; c.num * c.out_len()];
+        for n in 0..c.num {
+            for o in 0..c.out_channels {
+                let grp = o / c.group_out();
+                for (r, q) in (0..oh).flat_map(|r| (0..ow).map(move |q| (r, q))) {
+                    let mut acc = 0.0f64;
+                    for ci in 0..cin {
+                        let ch = grp * cin + ci;
+                        for (i, j) in
+                            (0..g.kernel_h).flat_map(|i| (0..g.kernel_w).map(move |j| (i, j)))
+                        {
+                            let ih =
+                                (r * g.stride_h + i * g.dilation_h) as isize - g.pad_h as isize;
+                            let iw =
+                                (q * g.stride_w + j * g.dilation_w) as isize - g.pad_w as isize;
+                            if ih < 0 || iw < 0 || ih >= g.height as isize || iw >= g.width as isize
+                            {
+                                continue;
+                            }
+                            let xv = x[n * c.in_len()
+                                + (ch * g.height + ih as usize) * g.width
+                                + iw as usize];
+                            let wv = w[((o * cin + ci) * g.kernel_h + i) * g.kernel_w + j];
+                            acc += f64::from(xv) * f64::from(wv);
+                        }
+                    }
+                    y[n * c.out_len() + (o * oh + r) * ow + q] = acc;
+                }
+            }
+        }
+        y
+    }
+
+    type Run = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+    /// Forward with bias, then both gradients onto a non-zero `dw`, on `threads` workers.
+    fn run(c: &ConvBatch, threads: usize) -> Run {
+        let be = CpuBackend::new(threads).unwrap();
+        let x = random(&be, c.num * c.in_len(), 1);
+        let w = random(&be, c.weight_len(), 2);
+        let b = random(&be, c.out_channels, 3);
+        let dy = random(&be, c.num * c.out_len(), 4);
+        let mut y = be.alloc(c.num * c.out_len()).unwrap();
+        let mut ws = be.alloc(be.conv_workspace_len(c)).unwrap();
+        be.conv_forward(c, &x, 0, &w, 0, Some((&b, 0)), &mut y, 0, &mut ws)
+            .unwrap();
+        let mut dw = random(&be, c.weight_len(), 5);
+        let mut dx = be.alloc(c.num * c.in_len()).unwrap();
+        be.conv_backward(
+            c,
+            &x,
+            0,
+            &w,
+            0,
+            &dy,
+            0,
+            Some((&mut dw, 0)),
+            Some((&mut dx, 0)),
+            &mut ws,
+        )
+        .unwrap();
+        (y.into_vec(), dw.into_vec(), dx.into_vec())
+    }
+
+    #[test]
+    fn batch_convolution_is_the_same_bits_on_any_thread_count() {
+        for case in CASES {
+            let c = batch(case);
+            let one = run(&c, 1);
+            for threads in [2, 3, 8] {
+                assert!(run(&c, threads) == one, "{case:?} on {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn batch_convolution_matches_its_definition() {
+        for case in CASES {
+            let c = batch(case);
+            let be = CpuBackend::new(1).unwrap();
+            let x = random(&be, c.num * c.in_len(), 1).into_vec();
+            let w = random(&be, c.weight_len(), 2).into_vec();
+            let b = random(&be, c.out_channels, 3).into_vec();
+            let dy = random(&be, c.num * c.out_len(), 4).into_vec();
+            let dw0 = random(&be, c.weight_len(), 5).into_vec();
+            let (y, dw, dx) = run(&c, 2);
+            let close = |a: f32, e: f64, what: &str, i: usize| {
+                assert!(
+                    (f64::from(a) - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{case:?} {what}[{i}]: {a} vs {e}"
+                );
+            };
+            let want = direct(&c, &x, &w);
+            for (i, (&a, &e)) in y.iter().zip(&want).enumerate() {
+                let o = i / c.out_spatial() % c.out_channels;
+                close(a, e + f64::from(b[o]), "y", i);
+            }
+            // The gradients through the adjoint identity: <dy, conv(x')> is linear in x' and in
+            // W, so perturbing one input or weight element by one reads off its gradient.
+            for i in 0..x.len() {
+                let mut e = vec![0.0f32; x.len()];
+                e[i] = 1.0;
+                let col = direct(&c, &e, &w);
+                let g: f64 = col.iter().zip(&dy).map(|(&v, &d)| v * f64::from(d)).sum();
+                close(dx[i], g, "dx", i);
+            }
+            for i in 0..w.len() {
+                let mut e = vec![0.0f32; w.len()];
+                e[i] = 1.0;
+                let col = direct(&c, &x, &e);
+                let g: f64 = col.iter().zip(&dy).map(|(&v, &d)| v * f64::from(d)).sum();
+                close(dw[i], g + f64::from(dw0[i]), "dw", i);
+            }
+        }
+    }
+}
