@@ -1657,3 +1657,200 @@ fn cuda_backend_matches_cpu_on_device() {
         "ops differing from the CPU beyond tolerance: {failed:?}"
     );
 }
+
+/// A CUDA graph records ops without running them, replays them on the buffers' current
+/// contents, and refuses every op that needs the host while recording (leaving the stream
+/// usable once the capture ends). Device only.
+#[test]
+fn cuda_graph_capture_records_replays_and_refuses_host_ops_on_device() {
+    if !CudaBackend::device_available() {
+        eprintln!("SKIPPED: no CUDA device");
+        return;
+    }
+    let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
+    let n = 1000;
+    let x0 = rand_vec(7, n, -1.0, 1.0);
+    let x1 = rand_vec(8, n, -1.0, 1.0);
+    let mut x = gpu.alloc(n).unwrap();
+    let mut y = gpu.alloc(n).unwrap();
+    let mut a = gpu.alloc(4 * n).unwrap();
+    let mut c = gpu.alloc(4).unwrap();
+    gpu.upload(&x0, &mut x, 0).unwrap();
+    gpu.upload(&rand_vec(9, 4 * n, -1.0, 1.0), &mut a, 0)
+        .unwrap();
+
+    assert!(gpu.can_capture());
+    assert!(gpu.begin_capture().unwrap());
+    // y = 2x + x; c = A y (cuBLAS inside the graph).
+    gpu.scale(n, 2.0, Src::At(&x, 0), &mut y, 0).unwrap();
+    gpu.axpy(n, 1.0, &x, 0, &mut y, 0).unwrap();
+    gpu.gemv(Transpose::NoTrans, 4, n, 1.0, &a, 0, &y, 0, 0.0, &mut c, 0)
+        .unwrap();
+    // Every host round trip is refused, naming the op, before it does anything.
+    let mut host = vec![0f32; n];
+    for (op, result) in [
+        ("download", gpu.download(&y, 0, &mut host).map(|_| ())),
+        ("upload", gpu.upload(&x1, &mut x, 0)),
+        ("sum", gpu.sum(n, &y, 0).map(|_| ())),
+        ("alloc", gpu.alloc(8).map(|_| ())),
+        ("synchronize", gpu.synchronize()),
+        (
+            "rng_uniform",
+            gpu.rng_uniform(n, 0.0, 1.0, &mut rng_from_seed(1), &mut y, 0),
+        ),
+    ] {
+        let error = result.expect_err(op).to_string();
+        assert!(
+            error.contains(op) && error.contains("CUDA graph"),
+            "{op}: {error}"
+        );
+    }
+    let mut work = gpu.end_capture().unwrap().expect("a graph");
+    assert!(gpu.end_capture().unwrap().is_none(), "no capture under way");
+
+    // Recorded, not run: y is still zero.
+    gpu.download(&y, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&v| v == 0.0), "the capture ran its ops");
+    let cpu_be = cpu();
+    let host_a = {
+        let mut v = vec![0f32; 4 * n];
+        gpu.download(&a, 0, &mut v).unwrap();
+        v
+    };
+    for input in [&x0, &x1] {
+        gpu.upload(input, &mut x, 0).unwrap();
+        work.replay().unwrap();
+        gpu.download(&y, 0, &mut host).unwrap();
+        let want: Vec<f32> = input.iter().map(|v| 2.0 * v + v).collect();
+        check("graph y", &host, &want, Tol::Exact);
+        let mut got_c = vec![0f32; 4];
+        gpu.download(&c, 0, &mut got_c).unwrap();
+        let mut want_c = buf(&[0.0; 4]);
+        cpu_be
+            .gemv(
+                Transpose::NoTrans,
+                4,
+                n,
+                1.0,
+                &buf(&host_a),
+                0,
+                &buf(&want),
+                0,
+                0.0,
+                &mut want_c,
+                0,
+            )
+            .unwrap();
+        check(
+            "graph c",
+            &got_c,
+            want_c.as_slice(),
+            Tol::RelAbs(1e-5, 1e-4),
+        );
+    }
+    eprintln!("CUDA graph: recorded, refused host ops, replayed twice on new inputs");
+}
+
+/// The solver replays whole iterations as a CUDA graph and ends where the CPU ends: a net with
+/// a gaussian DummyData refilled every iteration (drawn on the host from the same seed on both
+/// backends), two InnerProducts around a ReLU and a loss weight on the last top (no loss layer,
+/// whose host-side sum would refuse the capture), SGD with momentum and weight decay at a
+/// fixed rate. Device only.
+#[test]
+fn solver_replays_iterations_as_a_cuda_graph_on_device() {
+    use rcaffe::solver::{read_train_solver, Solver, TrainOptions};
+    if !CudaBackend::device_available() {
+        eprintln!("SKIPPED: no CUDA device");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("graph.solver.prototxt");
+    std::fs::write(
+        &path,
+        r#"
+net_param {
+  name: "graph"
+  layer {
+    name: "data" type: "DummyData" top: "x"
+    dummy_data_param { shape { dim: 16 dim: 32 } data_filler { type: "gaussian" std: 1 } }
+  }
+  layer {
+    name: "ip1" type: "InnerProduct" bottom: "x" top: "h"
+    inner_product_param { num_output: 24 weight_filler { type: "gaussian" std: 0.1 }
+                          bias_filler { type: "constant" value: 0.1 } }
+  }
+  layer { name: "relu" type: "ReLU" bottom: "h" top: "h" }
+  layer {
+    name: "ip2" type: "InnerProduct" bottom: "h" top: "out" loss_weight: 0.01
+    inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.1 } }
+  }
+}
+base_lr: 0.01 lr_policy: "fixed" momentum: 0.9 weight_decay: 0.0005
+max_iter: 30 display: 10 random_seed: 5 snapshot_after_train: false
+"#,
+    )
+    .unwrap();
+    let param = read_train_solver(&path, &TrainOptions::default()).unwrap();
+    let mut on_cpu = Solver::new(param.clone(), &path, &cpu()).unwrap();
+    on_cpu.solve(None).unwrap();
+    let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
+    let mut on_gpu = Solver::new_recording(param, &path, &gpu).unwrap();
+    on_gpu.solve(None).unwrap();
+    let log = on_gpu.take_log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("CUDA graph: iteration 1 captured")),
+        "the solver did not capture: {log:#?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.starts_with("CUDA graph not used")),
+        "{log:#?}"
+    );
+    for (i, (c, g)) in on_cpu
+        .net()
+        .learnable_params()
+        .iter()
+        .zip(on_gpu.net().learnable_params())
+        .enumerate()
+    {
+        check(
+            &format!("parameter {i} after 30 replayed iterations"),
+            &g.data_to_vec().unwrap(),
+            &c.data_to_vec().unwrap(),
+            Tol::RelAbs(1e-4, 1e-5),
+        );
+    }
+    let (cpu_loss, gpu_loss) = (on_cpu.smoothed_loss(), on_gpu.smoothed_loss());
+    assert!(
+        (cpu_loss - gpu_loss).abs() <= 1e-4 * cpu_loss.abs() + 1e-5,
+        "smoothed loss: CPU {cpu_loss}, GPU {gpu_loss}"
+    );
+    eprintln!("solver CUDA graph: 30 iterations match the CPU (loss {gpu_loss})");
+}
+
+/// A batch-sized upload (pinned staging on the copy stream) lands before the next kernel reads
+/// it, and a second one into the same buffer waits for the kernels reading the first. Device
+/// only.
+#[test]
+fn staged_uploads_are_ordered_with_the_compute_stream_on_device() {
+    if !CudaBackend::device_available() {
+        eprintln!("SKIPPED: no CUDA device");
+        return;
+    }
+    let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
+    let n = 3 * rcaffe::backend::cuda::STAGED_MIN + 5;
+    let mut x = gpu.alloc(n).unwrap();
+    let mut sum = gpu.alloc(n).unwrap();
+    let mut want = vec![0f32; n];
+    for round in 0..6 {
+        let batch = rand_vec(100 + round, n, -1.0, 1.0);
+        gpu.upload(&batch, &mut x, 0).unwrap();
+        gpu.axpy(n, 1.0, &x, 0, &mut sum, 0).unwrap();
+        for (w, b) in want.iter_mut().zip(&batch) {
+            *w += b;
+        }
+    }
+    let mut got = vec![0f32; n];
+    gpu.download(&sum, 0, &mut got).unwrap();
+    check("staged uploads summed", &got, &want, Tol::Exact);
+}

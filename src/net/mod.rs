@@ -718,6 +718,40 @@ impl<B: Backend> Net<B> {
     }
 
     fn forward_layer(&mut self, i: usize) -> Result<f32> {
+        self.forward_layer_with(i, true)
+    }
+
+    /// Runs the forward passes of layers `start..` without reading the loss back to the host
+    /// (no host round trip between layers, as a CUDA graph capture needs); [`Net::loss`] reads
+    /// it afterwards.
+    pub fn forward_from_on_device(&mut self, start: usize) -> Result<()> {
+        for i in start..self.layers.len() {
+            self.forward_layer_with(i, false)?;
+        }
+        Ok(())
+    }
+
+    /// The loss of the last forward pass, read from the loss tops: the sum over them of
+    /// `loss_weight * top` (what [`Net::forward`] returns).
+    pub fn loss(&self) -> Result<f32> {
+        let mut loss = 0.0;
+        for (i, weights) in self.top_loss_weights.iter().enumerate() {
+            for (j, &w) in weights.iter().enumerate() {
+                if w != 0.0 {
+                    let top = &self.blobs[self.top_ids[i][j]];
+                    loss += self
+                        .backend
+                        .dot(top.count(), top.data(), 0, top.diff(), 0)
+                        .map_err(|e| {
+                            NetError::Layer(layers::Error::new(&self.layer_params[i], e.into()))
+                        })?;
+                }
+            }
+        }
+        Ok(loss)
+    }
+
+    fn forward_layer_with(&mut self, i: usize, read_loss: bool) -> Result<f32> {
         let lp = &self.layer_params[i];
         let named = |e: LayerError| NetError::Layer(layers::Error::new(lp, e));
         let layer = self.layers[i].as_mut();
@@ -740,7 +774,7 @@ impl<B: Backend> Net<B> {
             .map_err(named)?;
         let mut loss = 0.0;
         for (j, &w) in self.top_loss_weights[i].iter().enumerate() {
-            if w != 0.0 {
+            if w != 0.0 && read_loss {
                 let top = blobs.top(j);
                 loss += self
                     .backend

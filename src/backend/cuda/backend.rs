@@ -1,8 +1,9 @@
 //! [`CudaBackend`]: the op set on an NVIDIA GPU, each op one launch of the kernel of the same
 //! name from `kernels/*.cu` (compiled by [`super::nvrtc`] for the device's architecture),
-//! GEMM and GEMV through cuBLAS. Not registered anywhere yet (no layer or CLI path selects it).
+//! GEMM and GEMV through cuBLAS. `rcaffe train/test/time -gpu N` build one through
+//! [`super::device::open`].
 //!
-//! All work goes to one stream, in issue order, so an op may read what the previous one wrote
+//! All compute goes to one stream, in issue order, so an op may read what the previous one wrote
 //! without further synchronisation; [`Backend::download`] and the reductions wait for the
 //! stream. Device pointers are passed to kernels as raw addresses plus the element offset,
 //! which also gives the in-place form ([`Src::InPlace`]: the output address for the input).
@@ -12,26 +13,48 @@
 //! `max_pool_backward` does not validate its mask (the CPU op rejects an index outside the
 //! plane): a mask written by `max_pool_forward` is always valid, and any other entry is skipped.
 //!
+//! Batch uploads ([`Backend::upload`] of at least [`STAGED_MIN`] elements) go through pinned
+//! host staging on a copy stream of their own: the host copies into page-locked memory and
+//! returns at once, the DMA runs at full speed on the copy stream once the compute stream has
+//! finished with the destination (an event), and the compute stream waits for the copy (another
+//! event). So the host does not wait for the GPU to drain the previous iteration before it can
+//! queue the next one, as a pageable upload would make it.
+//!
+//! Whole-iteration replay: [`Backend::begin_capture`] starts a CUDA graph capture of the
+//! compute stream, [`Backend::end_capture`] instantiates it. While capturing, every op that
+//! needs the host (an upload or download, a reduction returning a value, a host-drawn random
+//! fill, a label check, an allocation, a synchronisation) fails with a
+//! [`BackendError::Device`] naming itself, before touching anything, so the caller can end the
+//! capture and run the work directly instead.
+//!
 //! Still to do for speed: the whole-buffer reductions allocate and download one partial sum per
 //! thread (a block reduction in shared memory, or cuBLAS `sasum`/`sdot`, would avoid that), and
 //! the RNG fills draw on the host and upload.
 
 use super::nvrtc;
 use crate::backend::{
-    check_range, invalid, Backend, BackendError, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result,
-    Rng, Src, Transpose,
+    check_range, invalid, Backend, BackendError, CapturedWork, ConvGeom, DeviceBuffer, LrnGeom,
+    PoolGeom, Result, Rng, Src, Transpose,
 };
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::driver::{sys::CUdeviceptr, CudaContext, CudaFunction, CudaSlice, CudaStream};
-use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::{CUdeviceptr, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream};
+use cudarc::driver::{DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Threads per block of every launch.
 const BLOCK: u32 = 256;
 /// The most blocks a launch uses; grid-stride loops cover the rest.
 const MAX_BLOCKS: usize = 4096;
+/// Uploads of at least this many elements (256 KiB) go through pinned staging; smaller ones
+/// (a label vector, a parameter) are not worth the extra host copy and events.
+pub const STAGED_MIN: usize = 64 * 1024;
+/// cuBLAS's workspace, set explicitly so that a captured GEMM never allocates (NVIDIA's
+/// recommendation for graph capture; 32 MiB is what it suggests for Hopper).
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// `len` f32 on the device.
 pub struct CudaBuffer {
@@ -54,12 +77,31 @@ impl DeviceBuffer for CudaBuffer {
     }
 }
 
+/// One pinned staging buffer and the event marking the end of the last copy out of it.
+struct StagingSlot {
+    host: Option<PinnedHostSlice<f32>>,
+    copied: CudaEvent,
+}
+
+/// Pinned staging for large uploads: two slots used in turn, so filling one can overlap the
+/// copy out of the other.
+struct Staging {
+    copy_stream: Arc<CudaStream>,
+    slots: [StagingSlot; 2],
+    next: usize,
+}
+
 struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: String,
     blas: Option<cudarc::cublas::CudaBlas>,
+    /// cuBLAS's workspace (see [`CUBLAS_WORKSPACE_BYTES`]); kept alive with the handle.
+    _blas_workspace: Option<CudaSlice<u8>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    staging: Mutex<Staging>,
+    /// Whether the compute stream is being captured into a graph.
+    capturing: AtomicBool,
 }
 
 /// The CUDA backend on one device. Cloning is cheap and shares the context and stream.
@@ -128,10 +170,39 @@ impl CudaBackend {
         // planned whole-iteration replay) cannot capture the legacy stream.
         let stream = ctx.new_stream().map_err(|e| dev_err(OP, e))?;
         // SAFETY: only opens the library by its candidate names.
-        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
-            Some(cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| dev_err(OP, e))?)
+        let (blas, blas_workspace) = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| dev_err(OP, e))?;
+            let workspace = stream
+                .alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)
+                .map_err(|e| dev_err(OP, e))?;
+            let address = workspace.device_ptr(&stream).0;
+            // SAFETY: the workspace lives as long as the handle (both in `Inner`, the handle
+            // dropped first as it is declared first) and is used only on the handle's stream.
+            let status = unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    address as *mut std::ffi::c_void,
+                    CUBLAS_WORKSPACE_BYTES,
+                )
+            };
+            if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(dev_err(OP, format!("cublasSetWorkspace: {status:?}")));
+            }
+            (Some(blas), Some(workspace))
         } else {
-            None
+            (None, None)
+        };
+        let copy_stream = ctx.new_stream().map_err(|e| dev_err(OP, e))?;
+        let slot = || -> Result<StagingSlot> {
+            Ok(StagingSlot {
+                host: None,
+                copied: ctx.new_event(None).map_err(|e| dev_err(OP, e))?,
+            })
+        };
+        let staging = Staging {
+            copy_stream,
+            slots: [slot()?, slot()?],
+            next: 0,
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -139,9 +210,87 @@ impl CudaBackend {
                 stream,
                 arch: format!("sm_{major}{minor}"),
                 blas,
+                _blas_workspace: blas_workspace,
                 functions: Mutex::new(HashMap::new()),
+                staging: Mutex::new(staging),
+                capturing: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.inner.ctx.ordinal()
+    }
+
+    /// Compiles (or reads precompiled) and loads every kernel file now rather than at each
+    /// file's first launch: a compiler problem surfaces here, and timings exclude compilation.
+    pub fn load_all_kernels(&self) -> Result<()> {
+        for (file, _) in nvrtc::KERNEL_SOURCES {
+            if let Some(kernel) = nvrtc::kernel_names(file).first() {
+                self.function("load_all_kernels", kernel)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails when a graph capture is under way: `op` needs the host, which a graph cannot
+    /// record. Called before the op changes anything (a host RNG draw included).
+    fn host_guard(&self, op: &'static str) -> Result<()> {
+        if self.inner.capturing.load(Ordering::Acquire) {
+            return Err(BackendError::Device {
+                op,
+                message: "needs the host in the middle of the work being captured (a CUDA \
+                          graph records device work only)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `dst[p..]` = `src` through pinned staging on the copy stream (see the module docs).
+    fn upload_staged(&self, src: &[f32], p: CUdeviceptr) -> Result<()> {
+        const OP: &str = "upload";
+        let mut staging = self
+            .inner
+            .staging
+            .lock()
+            .map_err(|_| dev_err(OP, "staging poisoned"))?;
+        let index = staging.next;
+        staging.next = (index + 1) % staging.slots.len();
+        let copy_stream = Arc::clone(&staging.copy_stream);
+        let slot = &mut staging.slots[index];
+        // The last copy out of this slot must be done before the host overwrites it.
+        slot.copied.synchronize().map_err(|e| dev_err(OP, e))?;
+        if slot.host.as_ref().is_none_or(|h| h.len() < src.len()) {
+            // Free the smaller buffer before allocating the larger one.
+            slot.host = None;
+            // SAFETY: the memory is written below before any of it is read.
+            let host = unsafe { self.inner.ctx.alloc_pinned::<f32>(src.len()) }
+                .map_err(|e| dev_err(OP, e))?;
+            slot.host = Some(host);
+        }
+        let host = slot.host.as_mut().expect("allocated above");
+        let staged = &mut host.as_mut_slice().map_err(|e| dev_err(OP, e))?[..src.len()];
+        staged.copy_from_slice(src);
+        // Write-after-read: kernels already queued on the compute stream may still read the
+        // destination (the previous batch); the copy waits for them.
+        copy_stream
+            .join(&self.inner.stream)
+            .map_err(|e| dev_err(OP, e))?;
+        // SAFETY: `p` was bounds-checked by the caller for `src.len()` elements; the pinned
+        // buffer stays untouched until `copied` has completed (synchronised above on reuse,
+        // and by PinnedHostSlice's drop).
+        unsafe { cudarc::driver::result::memcpy_htod_async(p, staged, copy_stream.cu_stream()) }
+            .map_err(|e| dev_err(OP, e))?;
+        slot.copied
+            .record(&copy_stream)
+            .map_err(|e| dev_err(OP, e))?;
+        // Read-after-write: later kernels on the compute stream see the new data.
+        self.inner
+            .stream
+            .wait(&slot.copied)
+            .map_err(|e| dev_err(OP, e))
     }
 
     /// The architecture kernels are compiled for, e.g. `sm_90`.
@@ -294,6 +443,7 @@ impl CudaBackend {
         x_off: usize,
         y: Option<(&CudaBuffer, usize)>,
     ) -> Result<f32> {
+        self.host_guard(op)?;
         if n == 0 {
             return Ok(0.0);
         }
@@ -326,6 +476,7 @@ impl CudaBackend {
         ignore: Option<i32>,
         dim: usize,
     ) -> Result<()> {
+        self.host_guard(op)?;
         check_range(op, "label", label.len(), off, n)?;
         let mut host = vec![0f32; n];
         self.download(label, off, &mut host)?;
@@ -412,6 +563,24 @@ impl CudaBackend {
     }
 }
 
+/// A captured CUDA graph, instantiated, with the backend whose buffers it addresses.
+struct CudaReplay {
+    graph: CudaGraph,
+    /// Keeps the context, the stream and the kernels' modules alive as long as the graph.
+    _backend: CudaBackend,
+}
+
+// SAFETY: a CUDA graph may be used from any thread as long as calls on it are serialised
+// (NVIDIA's graph thread-safety rules); `replay` takes `&mut self`, and nothing else reaches
+// the graph, so moving it between threads is sound. It is not `Sync`.
+unsafe impl Send for CudaReplay {}
+
+impl CapturedWork for CudaReplay {
+    fn replay(&mut self) -> Result<()> {
+        self.graph.launch().map_err(|e| dev_err("replay", e))
+    }
+}
+
 macro_rules! unary {
     ($name:ident, $kernel:literal) => {
         fn $name(
@@ -450,6 +619,8 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, len: usize) -> Result<CudaBuffer> {
         const OP: &str = "alloc";
+        // An allocation inside a capture would become graph-owned memory.
+        self.host_guard(OP)?;
         let slice = self
             .inner
             .stream
@@ -468,11 +639,15 @@ impl Backend for CudaBackend {
         let Arg::P(p) = Self::ptr(OP, "dst", dst, dst_off, src.len())? else {
             unreachable!()
         };
+        self.host_guard(OP)?;
         if src.is_empty() {
             return Ok(());
         }
-        // SAFETY: the range was checked; the copy is complete when the call returns for
-        // pageable host memory, and the stream orders it before later ops.
+        if src.len() >= STAGED_MIN {
+            return self.upload_staged(src, p);
+        }
+        // SAFETY: the range was checked; for pageable host memory the source has been read
+        // when the call returns, and the stream orders the copy before later ops.
         unsafe { cudarc::driver::result::memcpy_htod_async(p, src, self.inner.stream.cu_stream()) }
             .map_err(|e| dev_err(OP, e))
     }
@@ -482,6 +657,7 @@ impl Backend for CudaBackend {
         let Arg::P(p) = Self::ptr(OP, "src", src, src_off, dst.len())? else {
             unreachable!()
         };
+        self.host_guard(OP)?;
         if dst.is_empty() {
             return Ok(());
         }
@@ -503,10 +679,51 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.host_guard("synchronize")?;
         self.inner
             .stream
             .synchronize()
             .map_err(|e| dev_err("synchronize", e))
+    }
+
+    fn begin_capture(&self) -> Result<bool> {
+        const OP: &str = "begin_capture";
+        if self.inner.capturing.load(Ordering::Acquire) {
+            return Err(invalid(OP, "a capture is already under way"));
+        }
+        // Thread-local mode: only this thread's unsafe calls (an allocation, a synchronous
+        // copy) invalidate the capture; a prefetch thread's pinned allocation elsewhere does
+        // not.
+        self.inner
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| dev_err(OP, e))?;
+        self.inner.capturing.store(true, Ordering::Release);
+        Ok(true)
+    }
+
+    fn can_capture(&self) -> bool {
+        true
+    }
+
+    fn end_capture(&self) -> Result<Option<Box<dyn CapturedWork>>> {
+        const OP: &str = "end_capture";
+        if !self.inner.capturing.swap(false, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        // Ends the capture even when the work failed part-way (the caller discards the
+        // graph then), so the stream is usable again either way.
+        let graph = self
+            .inner
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(|e| dev_err(OP, e))?;
+        Ok(graph.map(|graph| {
+            Box::new(CudaReplay {
+                graph,
+                _backend: self.clone(),
+            }) as Box<dyn CapturedWork>
+        }))
     }
 
     fn set(&self, n: usize, value: f32, y: &mut CudaBuffer, y_off: usize) -> Result<()> {
@@ -538,6 +755,7 @@ impl Backend for CudaBackend {
         y: &mut CudaBuffer,
         y_off: usize,
     ) -> Result<()> {
+        self.host_guard("rng_uniform")?;
         let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
         crate::backend::CpuBackend::new(1)?.rng_uniform(n, lo, hi, rng, &mut host, 0)?;
         self.upload(host.as_slice(), y, y_off)
@@ -552,6 +770,7 @@ impl Backend for CudaBackend {
         y: &mut CudaBuffer,
         y_off: usize,
     ) -> Result<()> {
+        self.host_guard("rng_gaussian")?;
         let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
         crate::backend::CpuBackend::new(1)?.rng_gaussian(n, mean, std, rng, &mut host, 0)?;
         self.upload(host.as_slice(), y, y_off)
@@ -565,6 +784,7 @@ impl Backend for CudaBackend {
         y: &mut CudaBuffer,
         y_off: usize,
     ) -> Result<()> {
+        self.host_guard("rng_bernoulli")?;
         let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
         crate::backend::CpuBackend::new(1)?.rng_bernoulli(n, p, rng, &mut host, 0)?;
         self.upload(host.as_slice(), y, y_off)
