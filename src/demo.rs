@@ -1,10 +1,13 @@
-//! `rcaffe demo`: the paper's figure 1 on the bundled Fashion-MNIST. LeNet trains twice for the
-//! same budget, once at a fixed learning rate and once with `triangular2`, and the demo prints a
-//! table and draws both accuracy curves. Everything it makes goes into one folder.
+//! `rcaffe demo`: the paper's recipe on the bundled Fashion-MNIST. A learning-rate range test
+//! of LeNet (section 3.3) suggests the bounds; LeNet then trains twice for the same budget,
+//! once at a fixed learning rate and once with `triangular2` between the suggested bounds
+//! (figure 1), and the demo prints a table and draws the range test and both accuracy curves.
+//! Everything it makes goes into one folder.
 
 use crate::backend::CpuBackend;
 use crate::data::convert_mnist;
 use crate::lr_policy::{LrSchedule, LrState};
+use crate::lr_range::{self, RangeLength, RangeTestOptions};
 use crate::plot::{Chart, Series};
 use crate::proto::caffe::{NetParameter, SolverParameter};
 use crate::proto::{read_net, read_solver};
@@ -82,18 +85,42 @@ fn demo_net(train: &Path, test: &Path) -> Result<NetParameter> {
     Ok(net)
 }
 
-fn train_one(
-    solver_file: &str,
-    net: &NetParameter,
-    out: &Path,
-) -> Result<(RunSummary, SolverParameter)> {
-    let solver_path = project_path(solver_file);
-    let mut param = read_solver(&solver_path)?;
+/// The solver in `solver_file` training `net`, snapshots into `out`.
+fn demo_solver(solver_file: &str, net: &NetParameter, out: &Path) -> Result<SolverParameter> {
+    let mut param = read_solver(&project_path(solver_file))?;
     param.net = None;
     param.net_param = Some(net.clone());
     let prefix = out.join(param.snapshot_prefix());
     param.snapshot_prefix = Some(prefix.to_string_lossy().into_owned());
-    let policy = param.lr_policy().to_string();
+    Ok(param)
+}
+
+/// Trains with `solver_file`, between `bounds` (base_lr, max_lr) when given.
+fn train_one(
+    solver_file: &str,
+    net: &NetParameter,
+    out: &Path,
+    bounds: Option<(f32, f32)>,
+) -> Result<(RunSummary, SolverParameter)> {
+    let solver_path = project_path(solver_file);
+    let mut param = demo_solver(solver_file, net, out)?;
+    if let Some((base_lr, max_lr)) = bounds {
+        param.base_lr = Some(base_lr);
+        param.max_lr = Some(max_lr);
+    }
+    let policy = match param.max_lr {
+        Some(max_lr) => format!(
+            "{} {}–{}",
+            param.lr_policy(),
+            lr_range::format_rate(f64::from(param.base_lr())),
+            lr_range::format_rate(f64::from(max_lr))
+        ),
+        None => format!(
+            "{} {}",
+            param.lr_policy(),
+            lr_range::format_rate(f64::from(param.base_lr()))
+        ),
+    };
     let backend = CpuBackend::default();
     let mut solver = Solver::new(param.clone(), &solver_path, &backend)?;
     solver.solve(None)?;
@@ -156,22 +183,19 @@ pub fn run_demo(out: &Path) -> Result<String> {
     let (train, test) = prepare_data(out)?;
     let net = demo_net(&train, &test)?;
 
+    let (bounds, range_report) = range_test(&net, out)?;
+
     let mut runs = Vec::new();
     let mut chart = Chart::new("LeNet on Fashion-MNIST: fixed vs triangular2")
         .x_label("iteration")
         .y_label("test accuracy")
         .secondary_y_label("learning rate");
-    for solver_file in [
-        "models/lenet/solver_fixed.prototxt",
-        "models/lenet/solver_triangular2.prototxt",
+    for (solver_file, run_bounds) in [
+        ("models/lenet/solver_fixed.prototxt", None),
+        ("models/lenet/solver_triangular2.prototxt", bounds),
     ] {
         println!("Training LeNet with {solver_file} ...");
-        // The per-iteration log would bury the demo's own output; warnings still show.
-        let level = log::max_level();
-        log::set_max_level(log::LevelFilter::Warn);
-        let result = train_one(solver_file, &net, out);
-        log::set_max_level(level);
-        let (run, param) = result?;
+        let (run, param) = quietly(|| train_one(solver_file, &net, out, run_bounds))?;
         println!(
             "  {}: final test accuracy {:.1}%",
             run.policy,
@@ -207,14 +231,66 @@ pub fn run_demo(out: &Path) -> Result<String> {
     std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
     let table = summary_table(&runs);
     let table_path = out.join("summary.md");
-    std::fs::write(&table_path, &table)
+    std::fs::write(&table_path, format!("{range_report}\n{table}"))
         .with_context(|| format!("writing {}", table_path.display()))?;
     println!("\n{table}");
     println!(
-        "Everything is in {}: accuracy.png, accuracy.csv, summary.md, the LMDBs and the trained models.",
+        "Everything is in {}: lr_range.png/.svg/.csv (the range test), accuracy.png, \
+         accuracy.csv, summary.md, the LMDBs and the trained models.",
         out.display()
     );
     Ok(table)
+}
+
+/// Runs `work` with the log at warnings only: the per-iteration log would bury the demo's own
+/// output.
+fn quietly<T>(work: impl FnOnce() -> T) -> T {
+    let level = log::max_level();
+    log::set_max_level(log::LevelFilter::Warn);
+    let result = work();
+    log::set_max_level(level);
+    result
+}
+
+/// The range test's span for LeNet: wide enough to see accuracy rise, level off and collapse.
+const RANGE_MIN_LR: f32 = 0.001;
+const RANGE_MAX_LR: f32 = 0.1;
+const RANGE_EPOCHS: f64 = 4.0;
+
+/// The paper's section 3.3 on LeNet: returns the suggested (base_lr, max_lr), rounded as
+/// printed, or `None` when the curve gave none (the triangular2 run then keeps its file's
+/// bounds), and the report it printed. Writes `lr_range.{csv,png,svg}` into `out`.
+fn range_test(net: &NetParameter, out: &Path) -> Result<(Option<(f32, f32)>, String)> {
+    let solver_file = "models/lenet/solver_fixed.prototxt";
+    println!(
+        "Range test: LeNet with the rate rising from {RANGE_MIN_LR} to {RANGE_MAX_LR} over \
+         {RANGE_EPOCHS} epochs ..."
+    );
+    let param = demo_solver(solver_file, net, out)?;
+    let options = RangeTestOptions {
+        min_lr: Some(RANGE_MIN_LR),
+        max_lr: Some(RANGE_MAX_LR),
+        length: Some(RangeLength::Epochs(RANGE_EPOCHS)),
+        ..RangeTestOptions::default()
+    };
+    let run = quietly(|| {
+        lr_range::run_and_report_with(
+            param,
+            &project_path(solver_file),
+            &options,
+            &out.join("lr_range"),
+            "LeNet on Fashion-MNIST: learning-rate range test",
+        )
+    })?;
+    println!("{}", run.report);
+    let bounds = lr_range::rounded_bounds(&run.suggestion);
+    if bounds.is_none() {
+        println!(
+            "No bounds from the range test: triangular2 keeps the bounds in \
+             models/lenet/solver_triangular2.prototxt."
+        );
+    }
+    Ok((bounds, run.report))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //!
 //! [`train`] and [`test`] are the `rcaffe train` and `rcaffe test` commands as library calls.
 
+mod graph;
 mod progress;
 pub mod signals;
 mod snapshot;
@@ -146,6 +147,8 @@ pub struct Solver<B: Backend> {
     action_source: Option<ActionSource>,
     /// Upstream's `requested_early_exit_`.
     requested_early_exit: bool,
+    /// Whole-iteration replay on a device that records work (CUDA graphs).
+    graph: graph::IterationGraph,
 }
 
 /// A source of requested actions (see [`Solver::set_action_source`]).
@@ -302,6 +305,7 @@ impl<B: Backend> Solver<B> {
             log,
             action_source: None,
             requested_early_exit: false,
+            graph: graph::IterationGraph::default(),
         })
     }
 
@@ -400,6 +404,16 @@ impl<B: Backend> Solver<B> {
         self.log.info(format!("Solving {}", self.net.name()));
         self.log
             .info(format!("Learning Rate Policy: {}", self.param.lr_policy()));
+        // The paper's advice for cyclic policies: epoch length, stepsize range, cycle ends.
+        let layers = (0..self.net.num_layers()).map(|i| self.net.layer_param(i));
+        let epoch = crate::lr_range::epoch_of_layers(layers, self.param.iter_size());
+        for line in crate::lr_range::cycle_guidance(&self.param, epoch.as_ref()) {
+            if line.warning {
+                self.log.warn(line.text);
+            } else {
+                self.log.info(line.text);
+            }
+        }
         self.requested_early_exit = false;
         if let Some(path) = resume {
             self.log.info(format!(
@@ -459,9 +473,17 @@ impl<B: Backend> Solver<B> {
             let display = due(self.param.display(), self.iter);
             self.net.set_debug_info(display && self.param.debug_info());
             let iter_size = self.param.iter_size();
+            // On a device that records work, forward, backward and the update may run as one
+            // replayed CUDA graph; the update has then been applied already.
+            let recorded = self.graph_iteration(display)?;
             let mut loss = 0.0f32;
-            for _ in 0..iter_size {
-                loss += self.net.forward_backward()?;
+            match recorded {
+                graph::Outcome::NotRun => {
+                    for _ in 0..iter_size {
+                        loss += self.net.forward_backward()?;
+                    }
+                }
+                graph::Outcome::ForwardBackward(ran) | graph::Outcome::Replayed(ran) => loss = ran,
             }
             loss /= iter_size as f32;
             self.update_smoothed_loss(loss, start_iter, average_loss);
@@ -478,7 +500,13 @@ impl<B: Backend> Solver<B> {
                     lr: cpp_float(f64::from(lr)),
                 });
             }
-            self.apply_update()?;
+            if matches!(recorded, graph::Outcome::Replayed(_)) {
+                // The device work is done; the schedule's state, the log and the count remain.
+                self.learning_rate_logged();
+                self.iter += 1;
+            } else {
+                self.apply_update()?;
+            }
             let request = self.requested_action();
             if due(self.param.snapshot(), self.iter) || request == SolverAction::Snapshot {
                 self.snapshot()?;
@@ -558,6 +586,14 @@ impl<B: Backend> Solver<B> {
     /// Upstream's `SGDSolver::ApplyUpdate`: learning rate, clipping, then per parameter
     /// normalise, regularise and compute the update; then `data -= diff` and the next iteration.
     pub fn apply_update(&mut self) -> Result<()> {
+        let rate = self.learning_rate_logged();
+        self.update_parameters(rate)?;
+        self.iter += 1;
+        Ok(())
+    }
+
+    /// [`Solver::learning_rate`], with upstream's "Iteration N, lr = x" line when displaying.
+    fn learning_rate_logged(&mut self) -> f32 {
         let rate = self.learning_rate();
         if due(self.param.display(), self.iter) {
             self.log.info(format!(
@@ -566,6 +602,12 @@ impl<B: Backend> Solver<B> {
                 cpp_float(f64::from(rate))
             ));
         }
+        rate
+    }
+
+    /// The device side of [`Solver::apply_update`] at learning rate `rate`: clipping, then per
+    /// parameter normalise, regularise and compute the update, then `data -= diff`.
+    fn update_parameters(&mut self, rate: f32) -> Result<()> {
         self.clip_gradients()?;
         let count = self.net.learnable_params().len();
         let lr_mults = self.net.params_lr().to_vec();
@@ -609,7 +651,6 @@ impl<B: Backend> Solver<B> {
             )?;
         }
         self.net.update()?;
-        self.iter += 1;
         Ok(())
     }
 
@@ -784,10 +825,26 @@ pub struct TrainOptions {
     pub progress: bool,
 }
 
-/// `rcaffe train`: reads the solver file, builds the solver on the CPU, restores or finetunes as
-/// asked and trains to `max_iter`, logging as upstream's `caffe train`. Returns the solver, so
-/// that a caller can read the final weights or test scores.
+/// `rcaffe train` on the CPU: reads the solver file, builds the solver, restores or finetunes
+/// as asked and trains to `max_iter`, logging as upstream's `caffe train`. Returns the solver,
+/// so that a caller can read the final weights or test scores. (`rcaffe train` itself picks the
+/// device from `-gpu` and `solver_mode`, then calls [`read_train_solver`] and [`train_on`].)
 pub fn train(solver_path: &Path, options: &TrainOptions) -> Result<Solver<CpuBackend>> {
+    let param = read_train_solver(solver_path, options)?;
+    if param.solver_mode.is_some() && param.solver_mode() == SolverMode::Gpu {
+        log::warn!(
+            "solver_mode: GPU requested, but solver::train runs on the CPU (`rcaffe train` and \
+             solver::train_on use a GPU); using the CPU"
+        );
+    }
+    log::info!("Use CPU.");
+    train_on(param, solver_path, options, &CpuBackend::default())
+}
+
+/// The solver file `rcaffe train` trains with: `solver_path` read, with `options`' level,
+/// stages, overrides, weights and snapshot applied (each override logged). The solver's
+/// `solver_mode` and `device_id` are left for the caller to act on.
+pub fn read_train_solver(solver_path: &Path, options: &TrainOptions) -> Result<SolverParameter> {
     if options.snapshot.is_some() && options.weights.is_some() {
         return Err(SolverError::Config(
             "Give a snapshot to resume training or weights to finetune but not both.".to_string(),
@@ -813,17 +870,23 @@ pub fn train(solver_path: &Path, options: &TrainOptions) -> Result<Solver<CpuBac
         );
         param.test_interval = Some(test_interval);
     }
-    if param.solver_mode.is_some() && param.solver_mode() == SolverMode::Gpu {
-        log::warn!("solver_mode: GPU requested, but this build has no GPU backend; using the CPU");
-    }
-    log::info!("Use CPU.");
     if options.snapshot.is_some() {
         param.weights.clear();
     } else if let Some(weights) = &options.weights {
         param.weights = vec![weights.clone()];
     }
-    let backend = CpuBackend::default();
-    let mut solver = Solver::new(param, solver_path, &backend)?;
+    Ok(param)
+}
+
+/// [`train`] on `backend`, from a solver [`read_train_solver`] returned (`solver_path` is where
+/// it came from, for the paths inside it and for errors).
+pub fn train_on<B: Backend>(
+    param: SolverParameter,
+    solver_path: &Path,
+    options: &TrainOptions,
+    backend: &B,
+) -> Result<Solver<B>> {
+    let mut solver = Solver::new(param, solver_path, backend)?;
     let handler = match options.signal_effects {
         Some(effects) => Some(SignalHandler::new(effects).map_err(SolverError::Signals)?),
         None => None,
@@ -868,7 +931,25 @@ pub fn test(
     stages: &[String],
 ) -> Result<(Vec<(String, f32)>, f32)> {
     log::info!("Use CPU.");
-    let backend = CpuBackend::default();
+    test_on(
+        &CpuBackend::default(),
+        model,
+        weights,
+        iterations,
+        level,
+        stages,
+    )
+}
+
+/// [`test`] on `backend`.
+pub fn test_on<B: Backend>(
+    backend: &B,
+    model: &Path,
+    weights: Option<&str>,
+    iterations: i32,
+    level: i32,
+    stages: &[String],
+) -> Result<(Vec<(String, f32)>, f32)> {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -878,7 +959,7 @@ pub fn test(
         Phase::Test,
         level,
         stages,
-        &backend,
+        backend,
         rng_from_seed(seed),
     )?;
     for file in weights
