@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod benchmark;
 pub mod blob;
+pub mod caffe_log;
 pub mod data;
 pub mod demo;
 pub mod filler;
@@ -10,6 +11,7 @@ pub mod inspect;
 pub mod layers;
 pub mod log;
 pub mod lr_policy;
+pub mod lr_range;
 pub mod net;
 pub mod plot;
 pub mod progress;

@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
-use rcaffe::backend::{rng_from_seed, CpuBackend};
+use rcaffe::backend::cuda::{device, CudaBackend};
+use rcaffe::backend::{rng_from_seed, Backend, CpuBackend};
 use rcaffe::net::Net;
 use rcaffe::proto::caffe::Phase;
 use rcaffe::{data, proto, solver};
@@ -194,6 +195,61 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
+    /// Compare two training logs (ours or upstream Caffe's) iteration by iteration: the
+    /// largest differences of lr, loss and every test output.
+    #[command(alias = "compare_logs")]
+    CompareLogs {
+        a: PathBuf,
+        b: PathBuf,
+        /// Also plot both runs' curves overlaid: overlay.png or overlay.svg.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// Names for the two logs (repeatable; default: their file stems).
+        #[arg(long)]
+        label: Vec<String>,
+    },
+    /// Plot test accuracy, training loss and learning rate against iteration for one or more
+    /// training logs, overlaid (.png or .svg).
+    #[command(alias = "plot_log")]
+    PlotLog {
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        /// Output file: curves.png or curves.svg.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// A name for each log, in order (repeatable; default: their file stems).
+        #[arg(long)]
+        label: Vec<String>,
+        /// The figure's title (default: the labels joined by "vs").
+        #[arg(long)]
+        title: Option<String>,
+    },
+    /// The paper's learning-rate range test: train with the rate rising linearly, test at
+    /// intervals, plot accuracy against rate and suggest base_lr and max_lr.
+    #[command(alias = "lr_range")]
+    LrRange {
+        /// The solver prototxt (its net, weights, update rule and test net are used).
+        #[arg(long)]
+        solver: PathBuf,
+        /// The first rate (default 0).
+        #[arg(long, alias = "min_lr")]
+        min_lr: Option<f32>,
+        /// The last rate (default 10 × the solver's base_lr or max_lr).
+        #[arg(long, alias = "max_lr")]
+        max_lr: Option<f32>,
+        /// Length in epochs of the train net's data (default 8).
+        #[arg(long, conflicts_with = "iterations")]
+        epochs: Option<f64>,
+        /// Length in iterations.
+        #[arg(long)]
+        iterations: Option<u32>,
+        /// Number of tests over the run.
+        #[arg(long, default_value_t = rcaffe::lr_range::DEFAULT_TEST_POINTS)]
+        tests: u32,
+        /// Output prefix: writes PREFIX.csv, PREFIX.png and PREFIX.svg.
+        #[arg(short = 'o', long, default_value = "lr_range")]
+        output: PathBuf,
+    },
 }
 
 /// Rewrites Caffe's single-dash long flags (`-solver x`, `-sigint_effect=stop`) into clap's
@@ -270,10 +326,6 @@ fn open_log_file(folder: &std::path::Path) -> Result<std::fs::File> {
     std::fs::File::create(&path).with_context(|| format!("creating log file {}", path.display()))
 }
 
-fn not_yet(command: &str, issue: &str) -> Result<()> {
-    bail!("`rcaffe {command}` is not implemented yet: it arrives with {issue}")
-}
-
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Train {
@@ -289,7 +341,6 @@ fn run(command: Command) -> Result<()> {
             stage,
             level,
         } => {
-            refuse_gpu(gpu.as_deref())?;
             let signal_effects = solver::SignalEffects::parse(&sigint_effect, &sighup_effect)?;
             let options = solver::TrainOptions {
                 weights,
@@ -303,7 +354,20 @@ fn run(command: Command) -> Result<()> {
                 actions: None,
                 progress: true,
             };
-            solver::train(&solver, &options)?;
+            let param = solver::read_train_solver(&solver, &options)?;
+            // Upstream: -gpu wins; without it, solver_mode: GPU asks for device_id.
+            let solver_gpu = (param.solver_mode.is_some()
+                && param.solver_mode() == proto::caffe::solver_parameter::SolverMode::Gpu)
+                .then(|| param.device_id());
+            match choose_gpu(gpu.as_deref(), solver_gpu, true)? {
+                Some(backend) => {
+                    solver::train_on(param, &solver, &options, &backend)?;
+                }
+                None => {
+                    log::info!("Use CPU.");
+                    solver::train_on(param, &solver, &options, &CpuBackend::default())?;
+                }
+            }
             Ok(())
         }
         Command::Test {
@@ -314,8 +378,15 @@ fn run(command: Command) -> Result<()> {
             stage,
             level,
         } => {
-            refuse_gpu(gpu.as_deref())?;
-            solver::test(&model, weights.as_deref(), iterations as i32, level, &stage)?;
+            let weights = weights.as_deref();
+            match choose_gpu(gpu.as_deref(), None, false)? {
+                Some(backend) => {
+                    solver::test_on(&backend, &model, weights, iterations as i32, level, &stage)?;
+                }
+                None => {
+                    solver::test(&model, weights, iterations as i32, level, &stage)?;
+                }
+            }
             Ok(())
         }
         Command::Time {
@@ -337,7 +408,7 @@ fn run(command: Command) -> Result<()> {
             rcaffe::demo::run_demo(&out.unwrap_or_else(|| PathBuf::from("demo-output")))?;
             Ok(())
         }
-        Command::DeviceQuery { .. } => not_yet("device-query", "the CUDA backend (issue #9)"),
+        Command::DeviceQuery { gpu } => device_query(&gpu),
         Command::Inspect { file } => {
             print!("{}", rcaffe::inspect::inspect(&file)?);
             Ok(())
@@ -439,6 +510,56 @@ fn run(command: Command) -> Result<()> {
             println!("Wrote {}", output.display());
             Ok(())
         }
+        Command::CompareLogs {
+            a,
+            b,
+            output,
+            label,
+        } => {
+            let report =
+                rcaffe::caffe_log::compare::compare_log_files(&a, &b, &label, output.as_deref())?;
+            print!("{report}");
+            if let Some(output) = output {
+                println!("Wrote {}", output.display());
+            }
+            Ok(())
+        }
+        Command::PlotLog {
+            logs,
+            output,
+            label,
+            title,
+        } => {
+            rcaffe::caffe_log::figure::plot_log_files(&logs, &label, title.as_deref(), &output)?;
+            println!("Wrote {}", output.display());
+            Ok(())
+        }
+        Command::LrRange {
+            solver,
+            min_lr,
+            max_lr,
+            epochs,
+            iterations,
+            tests,
+            output,
+        } => {
+            let length = match (iterations, epochs) {
+                (Some(n), _) => Some(rcaffe::lr_range::RangeLength::Iterations(n)),
+                (None, Some(k)) => Some(rcaffe::lr_range::RangeLength::Epochs(k)),
+                (None, None) => None,
+            };
+            let options = rcaffe::lr_range::RangeTestOptions {
+                min_lr,
+                max_lr,
+                length,
+                test_points: tests,
+            };
+            let run = rcaffe::lr_range::run_and_report(&solver, &options, &output)?;
+            print!("{}", run.report);
+            let files: Vec<String> = run.files.iter().map(|f| f.display().to_string()).collect();
+            println!("\nWrote {}", files.join(", "));
+            Ok(())
+        }
     }
 }
 
@@ -486,14 +607,78 @@ impl ProgressBar {
     }
 }
 
-/// `-gpu` asks for a device this build cannot drive yet.
-fn refuse_gpu(gpu: Option<&str>) -> Result<()> {
-    match gpu {
-        Some(ids) => bail!(
-            "-gpu {ids}: the CUDA backend is not implemented yet (issue #9); omit -gpu to run on the CPU"
-        ),
-        None => Ok(()),
+/// The CUDA backend to run on, or `None` for the CPU. `flag` is `-gpu` (`0`, `0,1`, `all`: the
+/// first device is used, with a warning when more were asked for); without a usable device it
+/// is an error naming the device and the reason. Without `-gpu`, `solver_gpu` is the
+/// `device_id` of a solver with `solver_mode: GPU`: that falls back to the CPU with a warning.
+/// Logs what upstream's `caffe` logs: `Using GPUs 0` and `GPU 0: <name>` for train
+/// (`train_lines`), `Use GPU with device ID 0` otherwise.
+fn choose_gpu(
+    flag: Option<&str>,
+    solver_gpu: Option<i32>,
+    train_lines: bool,
+) -> Result<Option<CudaBackend>> {
+    let (ordinal, wanted) = match (flag, solver_gpu) {
+        (Some(spec), _) => {
+            let unusable = |e: device::Unusable| {
+                anyhow::anyhow!(
+                    "-gpu {spec}: no usable CUDA device: {e}; omit -gpu to run on the CPU"
+                )
+            };
+            let ids = device::GpuIds::parse(spec).map_err(|m| anyhow::anyhow!("-gpu {m}"))?;
+            let (ordinal, warning) = ids.first().map_err(unusable)?;
+            if let Some(warning) = warning {
+                log::warn!("{warning}");
+            }
+            let backend = device::open(ordinal).map_err(unusable)?;
+            (ordinal, backend)
+        }
+        (None, Some(id)) => {
+            let opened = usize::try_from(id)
+                .map_err(|_| format!("device_id {id} is not a device"))
+                .and_then(|ordinal| {
+                    device::open(ordinal)
+                        .map(|backend| (ordinal, backend))
+                        .map_err(|e| format!("no usable CUDA device: {e}"))
+                });
+            match opened {
+                Ok(found) => found,
+                Err(reason) => {
+                    log::warn!("solver_mode: GPU requested, but {reason}; using the CPU");
+                    return Ok(None);
+                }
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    let name = device::name(ordinal).unwrap_or_else(|e| format!("(name unknown: {e})"));
+    if train_lines {
+        log::info!("Using GPUs {ordinal}");
+        log::info!("GPU {ordinal}: {name}");
+    } else {
+        log::info!("Use GPU with device ID {ordinal}");
+        log::info!("GPU device name: {name}");
     }
+    Ok(Some(wanted))
+}
+
+/// `rcaffe device-query -gpu N`: upstream's fields for each device asked for.
+fn device_query(spec: &str) -> Result<()> {
+    let ids = device::GpuIds::parse(spec).map_err(|m| anyhow::anyhow!("-gpu {m}"))?;
+    let unusable = |e: device::Unusable| {
+        anyhow::anyhow!("device-query -gpu {spec}: no usable CUDA device: {e}")
+    };
+    let ordinals = match ids {
+        device::GpuIds::List(ids) => ids,
+        device::GpuIds::All => (0..device::probe().map_err(unusable)?).collect(),
+    };
+    for ordinal in ordinals {
+        log::info!("Querying GPUs {ordinal}");
+        for (label, value) in device::query(ordinal).map_err(unusable)? {
+            log::info!("{:<31}{value}", format!("{label}:"));
+        }
+    }
+    Ok(())
 }
 
 /// Caffe's `-phase` flag: TRAIN or TEST, TRAIN when absent (as `caffe time`).
@@ -513,15 +698,36 @@ fn time(
     level: Option<i32>,
     gpu: Option<&str>,
 ) -> Result<()> {
-    refuse_gpu(gpu)?;
-    log::info!("Use CPU.");
-    let backend = CpuBackend::default();
+    match choose_gpu(gpu, None, false)? {
+        Some(backend) => time_on(&backend, model, iterations, phase, stages, level),
+        None => {
+            log::info!("Use CPU.");
+            time_on(
+                &CpuBackend::default(),
+                model,
+                iterations,
+                phase,
+                stages,
+                level,
+            )
+        }
+    }
+}
+
+fn time_on<B: Backend>(
+    backend: &B,
+    model: &std::path::Path,
+    iterations: u32,
+    phase: Option<&str>,
+    stages: &[String],
+    level: Option<i32>,
+) -> Result<()> {
     let mut net = Net::from_file(
         model,
         parse_phase(phase)?,
         level.unwrap_or(0),
         stages,
-        &backend,
+        backend,
         rng_from_seed(0),
     )?;
     rcaffe::benchmark::time_net(&mut net, iterations)?;
