@@ -125,18 +125,6 @@ fn bad_prototxt_exits_with_the_place_named() {
 }
 
 #[test]
-fn commands_still_to_come_say_so_plainly() {
-    let output = rcaffe(&["device-query"]);
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("not implemented yet"),
-        "{}",
-        stderr(&output)
-    );
-    assert!(Path::new(env!("CARGO_BIN_EXE_rcaffe")).exists());
-}
-
-#[test]
 fn time_prints_upstreams_per_layer_table_and_totals() {
     let output = rcaffe(&[
         "time",
