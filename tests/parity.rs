@@ -248,7 +248,10 @@ fn assert_parity(run: Run, ours: &CaffeLog, from: u32) {
 
 /// [`assert_parity`] against any log of the same run.
 fn assert_follows(run: Run, ours: &CaffeLog, theirs: &CaffeLog, from: u32) {
-    let label = format!("{}/{}", run.net, run.name);
+    let label = match from {
+        0 => format!("{}/{}", run.net, run.name),
+        _ => format!("{}/{} resumed at {from}", run.net, run.name),
+    };
     let upstream_iterations: Vec<u32> = theirs
         .train
         .iter()
