@@ -2,6 +2,8 @@
 //! (`rcaffe compare-logs`, `rcaffe plot-log`), against upstream Caffe's logs and our own
 //! solver's.
 
+mod common;
+
 use rcaffe::backend::CpuBackend;
 use rcaffe::caffe_log::compare::{compare_logs, Quantity};
 use rcaffe::caffe_log::{parse_log, read_log, CaffeLog};
@@ -293,36 +295,6 @@ fn logs_with_different_iterations_align_on_the_shared_ones() {
 
 // --- our own solver's log ---------------------------------------------------------------
 
-const TINY_SOLVER: &str = r#"
-net_param {
-  name: "tiny"
-  layer {
-    name: "data" type: "DummyData" top: "x" top: "y"
-    dummy_data_param {
-      shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 }
-      data_filler { type: "gaussian" std: 1 }
-      data_filler { type: "constant" value: 0.5 }
-    }
-  }
-  layer {
-    name: "ip" type: "InnerProduct" bottom: "x" top: "p"
-    inner_product_param { num_output: 1 weight_filler { type: "gaussian" std: 0.1 } }
-  }
-  layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "loss" }
-}
-test_iter: 2
-test_interval: 3
-base_lr: 0.1
-lr_policy: "step"
-gamma: 0.5
-stepsize: 4
-momentum: 0.9
-max_iter: 9
-display: 1
-random_seed: 7
-snapshot_after_train: false
-"#;
-
 /// Our logs print numbers as C's `%g` does: six significant digits.
 fn close(parsed: f64, recorded: f64) -> bool {
     (parsed - recorded).abs() <= 5e-6 * recorded.abs().max(1e-6)
@@ -332,7 +304,7 @@ fn close(parsed: f64, recorded: f64) -> bool {
 fn our_solver_logs_parse_into_the_figures_it_recorded() {
     let folder = tempfile::tempdir().unwrap();
     let origin = folder.path().join("tiny.solver.prototxt");
-    let mut param: SolverParameter = parse_text(TINY_SOLVER, &origin).unwrap();
+    let mut param: SolverParameter = parse_text(common::TINY_SOLVER, &origin).unwrap();
     param.snapshot_prefix = Some(folder.path().join("tiny").to_string_lossy().into_owned());
     let backend = CpuBackend::default();
     let mut solver = Solver::new_recording(param.clone(), &origin, &backend).unwrap();

@@ -4,6 +4,8 @@
 //! checks the rows against the solver's own records: its test scores and its learning-rate
 //! schedule.
 
+mod common;
+
 use rcaffe::backend::CpuBackend;
 use rcaffe::lr_policy::{LrSchedule, LrState};
 use rcaffe::proto::caffe::SolverParameter;
@@ -126,36 +128,6 @@ fn parse_log(lines: &[String]) -> (Vec<Row>, Vec<Row>) {
     (train, test)
 }
 
-const SOLVER: &str = r#"
-net_param {
-  name: "tiny"
-  layer {
-    name: "data" type: "DummyData" top: "x" top: "y"
-    dummy_data_param {
-      shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 }
-      data_filler { type: "gaussian" std: 1 }
-      data_filler { type: "constant" value: 0.5 }
-    }
-  }
-  layer {
-    name: "ip" type: "InnerProduct" bottom: "x" top: "p"
-    inner_product_param { num_output: 1 weight_filler { type: "gaussian" std: 0.1 } }
-  }
-  layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "loss" }
-}
-test_iter: 2
-test_interval: 3
-base_lr: 0.1
-lr_policy: "step"
-gamma: 0.5
-stepsize: 4
-momentum: 0.9
-max_iter: 9
-display: 1
-random_seed: 7
-snapshot_after_train: false
-"#;
-
 #[test]
 fn the_year_first_prefix_is_what_parse_log_cannot_read() {
     let classic = "I1129 18:02:00.262215  4242 solver.rs:239] Solving tiny";
@@ -170,7 +142,7 @@ fn parse_log_reads_our_logs_into_our_own_records() {
     log::set_max_level(log::LevelFilter::Info);
     let folder = tempfile::tempdir().unwrap();
     let origin = folder.path().join("tiny.solver.prototxt");
-    let mut param: SolverParameter = parse_text(SOLVER, &origin).unwrap();
+    let mut param: SolverParameter = parse_text(common::TINY_SOLVER, &origin).unwrap();
     param.snapshot_prefix = Some(folder.path().join("tiny").to_string_lossy().into_owned());
     let backend = CpuBackend::default();
     let mut solver = Solver::new(param.clone(), Path::new(&origin), &backend).unwrap();

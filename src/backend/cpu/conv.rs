@@ -82,6 +82,17 @@ const SERIAL: Par<'static> = Par {
     threads: 1,
 };
 
+/// One image's GEMM operand: the image itself for a 1x1 stride-1 unpadded kernel, else its
+/// im2col expansion written into `col`.
+fn columns<'a>(par: Par<'_>, c: &ConvBatch, x: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+    if c.is_1x1() {
+        x
+    } else {
+        im2col::im2col(par, &c.geom, x, col);
+        col
+    }
+}
+
 /// One image's forward pass: `y = W col(x)` per group, then `+ bias`.
 fn forward_image(
     par: Par<'_>,
@@ -93,12 +104,7 @@ fn forward_image(
     col: &mut [f32],
 ) {
     let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
-    let cols: &[f32] = if c.is_1x1() {
-        x
-    } else {
-        im2col::im2col(par, &c.geom, x, col);
-        col
-    };
+    let cols = columns(par, c, x, col);
     for g in 0..c.groups {
         gemm::gemm(
             par,
@@ -173,12 +179,7 @@ fn backward_image(
 ) {
     let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
     if let Some((dw, beta)) = dw {
-        let cols: &[f32] = if c.is_1x1() {
-            x
-        } else {
-            im2col::im2col(par, &c.geom, x, col);
-            col
-        };
+        let cols = columns(par, c, x, col);
         for g in 0..c.groups {
             gemm::gemm(
                 par,
