@@ -697,18 +697,10 @@ fn argmin(values: &[f64]) -> usize {
 
 // ---- reporting -----------------------------------------------------------------------------
 
-/// A rate with two significant digits, as a solver file would hold it ("0.0012", "0.03").
+/// A rate with two significant digits, as a solver file would hold it ("0.0012", "0.03"):
+/// C's `%.2g`, the same formatting the prototxt printer uses.
 pub fn format_rate(rate: f64) -> String {
-    if rate == 0.0 || !rate.is_finite() {
-        return rate.to_string();
-    }
-    let digits = (1 - rate.abs().log10().floor() as i32).max(0) as usize;
-    let text = format!("{rate:.digits$}");
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        text
-    }
+    crate::proto::format_g(rate, 2)
 }
 
 /// The suggested bounds rounded as printed (two significant digits), when both were found.
