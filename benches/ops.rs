@@ -42,6 +42,8 @@ fn bench_gemm(c: &mut Criterion) {
         ("alexnet_conv1_wgrad", nt, tr, 96, 363, 3025),
         ("alexnet_conv1_dgrad", tr, nt, 363, 3025, 96),
         ("lenet_ip1_batch64", nt, tr, 64, 500, 800),
+        // The kernel's own ceiling on this machine: a large square product.
+        ("square_1024", nt, nt, 1024, 1024, 1024),
     ];
     let mut group = c.benchmark_group(format!("gemm_{}t", be.threads()));
     group
@@ -115,32 +117,41 @@ fn bench_im2col(c: &mut Criterion) {
 
 fn bench_pooling(c: &mut Criterion) {
     let be = backend();
-    let cases = [
-        // AlexNet pool1 at batch 16 and cifar pool1 at batch 100.
-        ("alexnet_pool1_b16", 16 * 96, 55, 3, 2),
-        ("cifar_pool1_b100", 100 * 32, 32, 3, 2),
-        ("lenet_pool1_b64", 64 * 20, 24, 2, 2),
+    // (name, planes, size, kernel, stride, pad): AlexNet pool1 at batch 16, cifar pool1 at
+    // batch 100, LeNet pool1; for average pooling cifar10_full's pool2 and the 3x3 stride-1
+    // window of its WITHIN_CHANNEL LRN.
+    let max_cases = [
+        ("alexnet_pool1_b16", 16 * 96, 55, 3, 2, 0),
+        ("cifar_pool1_b100", 100 * 32, 32, 3, 2, 0),
+        ("lenet_pool1_b64", 64 * 20, 24, 2, 2, 0),
     ];
-    let mut group = c.benchmark_group(format!("max_pool_{}t", be.threads()));
+    let ave_cases = [
+        ("cifar_pool2_b100", 100 * 32, 16, 3, 2, 0),
+        ("cifar_lrn_within_b100", 100 * 32, 16, 3, 1, 1),
+    ];
+    let mut group = c.benchmark_group(format!("pool_{}t", be.threads()));
     group
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    for (name, planes, size, kernel, stride) in cases {
-        let g = PoolGeom::new(
+    let geom = |planes, size, kernel, stride, pad| {
+        PoolGeom::new(
             planes,
             (size, size),
             (kernel, kernel),
             (stride, stride),
-            (0, 0),
+            (pad, pad),
             RoundMode::Ceil,
         )
-        .unwrap();
+        .unwrap()
+    };
+    for (name, planes, size, kernel, stride, pad) in max_cases {
+        let g = geom(planes, size, kernel, stride, pad);
         let x = random(&be, g.in_len(), 4);
         let mut y = be.alloc(g.out_len()).unwrap();
         let mut mask = be.alloc(g.out_len()).unwrap();
         group.throughput(Throughput::Bytes((4 * g.in_len()) as u64));
-        group.bench_function(BenchmarkId::new("forward", name), |bench| {
+        group.bench_function(BenchmarkId::new("max_forward", name), |bench| {
             bench.iter(|| {
                 be.max_pool_forward(&g, &x, 0, &mut y, 0, &mut mask, 0)
                     .unwrap();
@@ -148,10 +159,29 @@ fn bench_pooling(c: &mut Criterion) {
             })
         });
         let mut dx = be.alloc(g.in_len()).unwrap();
-        group.bench_function(BenchmarkId::new("backward", name), |bench| {
+        group.bench_function(BenchmarkId::new("max_backward", name), |bench| {
             bench.iter(|| {
                 be.max_pool_backward(&g, &y, 0, &mask, 0, &mut dx, 0)
                     .unwrap();
+                black_box(&dx);
+            })
+        });
+    }
+    for (name, planes, size, kernel, stride, pad) in ave_cases {
+        let g = geom(planes, size, kernel, stride, pad);
+        let x = random(&be, g.in_len(), 4);
+        let mut y = be.alloc(g.out_len()).unwrap();
+        group.throughput(Throughput::Bytes((4 * g.in_len()) as u64));
+        group.bench_function(BenchmarkId::new("ave_forward", name), |bench| {
+            bench.iter(|| {
+                be.ave_pool_forward(&g, &x, 0, &mut y, 0).unwrap();
+                black_box(&y);
+            })
+        });
+        let mut dx = be.alloc(g.in_len()).unwrap();
+        group.bench_function(BenchmarkId::new("ave_backward", name), |bench| {
+            bench.iter(|| {
+                be.ave_pool_backward(&g, &y, 0, &mut dx, 0).unwrap();
                 black_box(&dx);
             })
         });

@@ -5,6 +5,7 @@
 //! as swapped row/column strides, so no operand is copied. The crate splits large products over
 //! the rayon pool the call runs in (we install ours); it keeps small ones on one thread.
 
+use super::simd::with_simd;
 use super::Par;
 use crate::backend::Transpose;
 use rayon::prelude::*;
@@ -233,25 +234,6 @@ fn axpy_task(
             row.iter_mut().zip(b_seg).for_each(|(c, &x)| *c += s * x);
         }
     }
-}
-
-/// Runs `f` with the AVX2 instruction set enabled when the CPU has it, so the loops it inlines
-/// vectorise eight wide (the crate is built for the baseline x86-64 otherwise). The loops
-/// spell out their summation order, so the result is the same either way.
-#[inline(always)]
-fn with_simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
 }
 
 /// The skinny products InnerProduct makes at small batch sizes, computed directly with the work

@@ -21,6 +21,7 @@ mod neuron;
 mod pooling;
 mod reductions;
 mod rng;
+mod simd;
 
 use super::{
     check_range, invalid, Backend, ConvBatch, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result,
@@ -592,7 +593,22 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = operand("power", "x", x, n)?;
         let y = wr("power", "y", y, y_off, n)?;
-        elementwise::map1(self.par(), x, y, |v| (shift + scale * v).powf(power));
+        // Upstream's steps (src/caffe/layers/power_layer.cpp): scale, shift, then power, each
+        // skipped when it is the identity, so that `-0` stays `-0` and `pow(x, 1)` (a libm call
+        // per element; LRN's backward makes one) is never computed.
+        let affine = move |v: f32| {
+            let scaled = if scale == 1.0 { v } else { v * scale };
+            if shift == 0.0 {
+                scaled
+            } else {
+                scaled + shift
+            }
+        };
+        if power == 1.0 {
+            elementwise::map1(self.par(), x, y, affine);
+        } else {
+            elementwise::map1(self.par(), x, y, |v| affine(v).powf(power));
+        }
         Ok(())
     }
 
