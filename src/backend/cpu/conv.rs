@@ -22,6 +22,7 @@
 use super::{gemm, im2col, Par};
 use crate::backend::{ConvBatch, Transpose};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::Mutex;
 
 /// The weight gradient is summed in this many fixed parts of the batch (see the module docs):
@@ -82,18 +83,47 @@ const SERIAL: Par<'static> = Par {
     threads: 1,
 };
 
-/// One image's GEMM operand: the image itself for a 1x1 stride-1 unpadded kernel, else its
-/// im2col expansion written into `col`.
-fn columns<'a>(par: Par<'_>, c: &ConvBatch, x: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+/// Column floats one chunk of output rows may take: 256 KiB, half a core's L2 on the machines
+/// this targets. A whole image's columns (cifar's conv2: 800 KiB) would go out to L3 between
+/// im2col writing them and the GEMM reading them back; a chunk stays in L2.
+const CHUNK_COL_FLOATS: usize = 1 << 16;
+
+/// The output rows of one image cut into chunks of about equal size whose columns fit
+/// [`CHUNK_COL_FLOATS`] (one chunk for a 1x1 convolution, which needs no columns).
+fn row_chunks(c: &ConvBatch) -> impl DoubleEndedIterator<Item = Range<usize>> {
+    let out_h = c.geom.out_h();
+    let per_row = c.groups * c.kernel_dim() * c.geom.out_w();
+    let chunks = if c.is_1x1() || per_row == 0 {
+        1
+    } else {
+        out_h.div_ceil((CHUNK_COL_FLOATS / per_row).max(1)).max(1)
+    };
+    let rows = out_h.div_ceil(chunks).max(1);
+    (0..out_h)
+        .step_by(rows)
+        .map(move |r| r..(r + rows).min(out_h))
+}
+
+/// One chunk's GEMM operand: the image itself for a 1x1 stride-1 unpadded kernel (always one
+/// chunk), else the chunk's im2col written into `col`.
+fn chunk_columns<'a>(
+    par: Par<'_>,
+    c: &ConvBatch,
+    x: &'a [f32],
+    rows: Range<usize>,
+    col: &'a mut [f32],
+) -> &'a [f32] {
     if c.is_1x1() {
         x
     } else {
-        im2col::im2col(par, &c.geom, x, col);
-        col
+        let len = c.groups * c.kernel_dim() * rows.len() * c.geom.out_w();
+        im2col::im2col_rows(par, &c.geom, x, rows, &mut col[..len]);
+        &col[..len]
     }
 }
 
-/// One image's forward pass: `y = W col(x)` per group, then `+ bias`.
+/// One image's forward pass: `y = W col(x)` per group, chunk by chunk of output rows, then
+/// `+ bias`. Every output is still one dot product over the whole kernel.
 fn forward_image(
     par: Par<'_>,
     c: &ConvBatch,
@@ -103,25 +133,33 @@ fn forward_image(
     y: &mut [f32],
     col: &mut [f32],
 ) {
-    let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
-    let cols = columns(par, c, x, col);
-    for g in 0..c.groups {
-        gemm::gemm(
-            par,
-            Transpose::NoTrans,
-            Transpose::NoTrans,
-            go,
-            sp,
-            kd,
-            1.0,
-            &w[g * go * kd..],
-            kd,
-            &cols[g * kd * sp..],
-            sp,
-            0.0,
-            &mut y[g * go * sp..],
-            sp,
-        );
+    let (kd, sp, go, ow) = (
+        c.kernel_dim(),
+        c.out_spatial(),
+        c.group_out(),
+        c.geom.out_w(),
+    );
+    for rows in row_chunks(c) {
+        let (n0, nc) = (rows.start * ow, rows.len() * ow);
+        let cols = chunk_columns(par, c, x, rows, col);
+        for g in 0..c.groups {
+            gemm::gemm(
+                par,
+                Transpose::NoTrans,
+                Transpose::NoTrans,
+                go,
+                nc,
+                kd,
+                1.0,
+                &w[g * go * kd..],
+                kd,
+                &cols[g * kd * nc..],
+                nc,
+                0.0,
+                &mut y[g * go * sp + n0..],
+                sp,
+            );
+        }
     }
     // The bias is added while the image's output is still in cache; the same single rounding
     // as upstream's separate bias GEMM with a ones vector (one product, one add per element).
@@ -179,50 +217,66 @@ fn backward_image(
 ) {
     let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
     if let Some((dw, beta)) = dw {
-        let cols = columns(par, c, x, col);
-        for g in 0..c.groups {
-            gemm::gemm(
-                par,
-                Transpose::NoTrans,
-                Transpose::Trans,
-                go,
-                kd,
-                sp,
-                1.0,
-                &dy[g * go * sp..],
-                sp,
-                &cols[g * kd * sp..],
-                sp,
-                beta,
-                &mut dw[g * go * kd..],
-                kd,
-            );
+        // Chunk by chunk of output rows, as forward: dw = beta dw + the first chunk's product,
+        // then each further chunk's product added.
+        let ow = c.geom.out_w();
+        for (i, rows) in row_chunks(c).enumerate() {
+            let (n0, nc) = (rows.start * ow, rows.len() * ow);
+            let cols = chunk_columns(par, c, x, rows, col);
+            for g in 0..c.groups {
+                gemm::gemm(
+                    par,
+                    Transpose::NoTrans,
+                    Transpose::Trans,
+                    go,
+                    kd,
+                    nc,
+                    1.0,
+                    &dy[g * go * sp + n0..],
+                    sp,
+                    &cols[g * kd * nc..],
+                    nc,
+                    if i == 0 { beta } else { 1.0 },
+                    &mut dw[g * go * kd..],
+                    kd,
+                );
+            }
         }
     }
     if let Some(dx) = dx {
-        let one_by_one = c.is_1x1();
-        {
-            let cols: &mut [f32] = if one_by_one { dx } else { col };
+        // The columns of `W^T dy` for the output rows `rows`, into `cols` (`ld` = their count).
+        let data_columns = |rows: Range<usize>, cols: &mut [f32], ld: usize| {
+            let n0 = rows.start * c.geom.out_w();
             for g in 0..c.groups {
                 gemm::gemm(
                     par,
                     Transpose::Trans,
                     Transpose::NoTrans,
                     kd,
-                    sp,
+                    rows.len() * c.geom.out_w(),
                     go,
                     1.0,
                     &w[g * go * kd..],
                     kd,
-                    &dy[g * go * sp..],
+                    &dy[g * go * sp + n0..],
                     sp,
                     0.0,
-                    &mut cols[g * kd * sp..],
-                    sp,
+                    &mut cols[g * kd * ld..],
+                    ld,
                 );
             }
-        }
-        if !one_by_one {
+        };
+        let all_rows = 0..c.geom.out_h();
+        if c.is_1x1() {
+            data_columns(all_rows, dx, sp);
+        } else if c.geom.stride_w == 1 {
+            let ow = c.geom.out_w();
+            im2col::col2im_by_rows(&c.geom, row_chunks(c), col, dx, |rows, cols| {
+                let ld = rows.len() * ow;
+                data_columns(rows, cols, ld)
+            });
+        } else {
+            data_columns(all_rows, col, sp);
             im2col::col2im(par, &c.geom, col, dx);
         }
     }

@@ -14,10 +14,13 @@ use super::simd::{add_short, copy_short, with_simd};
 use super::Par;
 use crate::backend::ConvGeom;
 use std::cell::RefCell;
+use std::ops::Range;
 
 thread_local! {
     /// One zero-padded channel plane per thread for the stride-1 paths, reused across calls.
     static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A whole zero-padded image per thread for [`col2im_by_rows`].
+    static PADDED_IMAGE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Calls `f(padded plane, padded width)` with this thread's plane for `g`, zeroed.
@@ -31,15 +34,21 @@ fn with_padded_plane<R>(g: &ConvGeom, f: impl FnOnce(&mut [f32], usize) -> R) ->
     })
 }
 
-/// Calls `f(block_row, padded_start)` for every column row of one channel (stride_w 1): the
-/// row's index within the channel's block and where its source starts in the padded plane.
-fn for_each_unit_stride_row(g: &ConvGeom, wp: usize, mut f: impl FnMut(usize, usize)) {
-    let out_h = g.out_h();
+/// Calls `f(block_row, padded_start)` for every column row of one channel (stride_w 1) for the
+/// output rows `rows`: the row's index within the channel's block and where its source starts
+/// in the padded plane.
+fn for_each_unit_stride_row(
+    g: &ConvGeom,
+    wp: usize,
+    rows: Range<usize>,
+    mut f: impl FnMut(usize, usize),
+) {
+    let n = rows.len();
     for i in 0..g.kernel_h {
         for j in 0..g.kernel_w {
-            for oh in 0..out_h {
+            for (k, oh) in rows.clone().enumerate() {
                 let r = oh * g.stride_h + i * g.dilation_h;
-                f((i * g.kernel_w + j) * out_h + oh, r * wp + j * g.dilation_w);
+                f((i * g.kernel_w + j) * n + k, r * wp + j * g.dilation_w);
             }
         }
     }
@@ -68,20 +77,25 @@ fn valid_cols(
     (lo.min(hi), hi)
 }
 
-/// Calls `f(out_row, ih, lo, hi, iw0)` for every kernel offset `(i, j)` and output row: `out_row`
-/// is the index of the column row (`(i kw + j) out_h + oh`), `ih` the input row or `None` in the
-/// padding, `lo..hi` the valid output columns and `iw0` the input column of `lo`.
-fn for_each_row(g: &ConvGeom, mut f: impl FnMut(usize, Option<usize>, usize, usize, usize)) {
-    let (out_h, out_w) = (g.out_h(), g.out_w());
+/// Calls `f(out_row, ih, lo, hi, iw0)` for every kernel offset `(i, j)` and output row in `rows`:
+/// `out_row` is the index of the column row (`(i kw + j) rows.len() + oh - rows.start`), `ih`
+/// the input row or `None` in the padding, `lo..hi` the valid output columns and `iw0` the input
+/// column of `lo`.
+fn for_each_row(
+    g: &ConvGeom,
+    rows: Range<usize>,
+    mut f: impl FnMut(usize, Option<usize>, usize, usize, usize),
+) {
+    let (n, out_w) = (rows.len(), g.out_w());
     for i in 0..g.kernel_h {
         for j in 0..g.kernel_w {
             let off_w = j * g.dilation_w;
             let (lo, hi) = valid_cols(out_w, g.width, g.pad_w, g.stride_w, off_w);
             let iw0 = (lo * g.stride_w + off_w).saturating_sub(g.pad_w);
-            for oh in 0..out_h {
+            for (k, oh) in rows.clone().enumerate() {
                 let pos = oh * g.stride_h + i * g.dilation_h;
                 let ih = pos.checked_sub(g.pad_h).filter(|&ih| ih < g.height);
-                f((i * g.kernel_w + j) * out_h + oh, ih, lo, hi, iw0);
+                f((i * g.kernel_w + j) * n + k, ih, lo, hi, iw0);
             }
         }
     }
@@ -89,17 +103,29 @@ fn for_each_row(g: &ConvGeom, mut f: impl FnMut(usize, Option<usize>, usize, usi
 
 /// Unrolls `im` (`channels x height x width`) into `col`.
 pub(super) fn im2col(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
+    im2col_rows(par, g, im, 0..g.out_h(), col);
+}
+
+/// The columns of the output rows `rows` only: `col` is `channels kernel_h kernel_w` rows of
+/// `rows.len() out_w` (the full im2col's columns for those output positions).
+pub(super) fn im2col_rows(
+    par: Par<'_>,
+    g: &ConvGeom,
+    im: &[f32],
+    rows: Range<usize>,
+    col: &mut [f32],
+) {
     if g.stride_w == 1 {
-        im2col_unit_stride(par, g, im, col);
+        im2col_unit_stride(par, g, im, rows, col);
     } else {
-        im2col_general(par, g, im, col);
+        im2col_general(par, g, im, rows, col);
     }
 }
 
-fn im2col_unit_stride(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
+fn im2col_unit_stride(par: Par<'_>, g: &ConvGeom, im: &[f32], rows: Range<usize>, col: &mut [f32]) {
     let out_w = g.out_w();
     let plane = g.height * g.width;
-    let per_channel = g.kernel_h * g.kernel_w * g.out_h() * out_w;
+    let per_channel = g.kernel_h * g.kernel_w * rows.len() * out_w;
     par.rows_mut(col, per_channel, per_channel, |c, cc| {
         let src = &im[c * plane..(c + 1) * plane];
         with_simd(|| {
@@ -108,7 +134,7 @@ fn im2col_unit_stride(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
                     let at = (h + g.pad_h) * wp + g.pad_w;
                     copy_short(&mut padded[at..at + g.width], row);
                 }
-                for_each_unit_stride_row(g, wp, |row, at| {
+                for_each_unit_stride_row(g, wp, rows.clone(), |row, at| {
                     copy_short(
                         &mut cc[row * out_w..(row + 1) * out_w],
                         &padded[at..at + out_w],
@@ -119,13 +145,13 @@ fn im2col_unit_stride(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
     });
 }
 
-fn im2col_general(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
+fn im2col_general(par: Par<'_>, g: &ConvGeom, im: &[f32], rows: Range<usize>, col: &mut [f32]) {
     let out_w = g.out_w();
     let plane = g.height * g.width;
-    let per_channel = g.kernel_h * g.kernel_w * g.out_h() * out_w;
+    let per_channel = g.kernel_h * g.kernel_w * rows.len() * out_w;
     par.rows_mut(col, per_channel, per_channel, |c, cc| {
         let src = &im[c * plane..(c + 1) * plane];
-        for_each_row(g, |row, ih, lo, hi, iw0| {
+        for_each_row(g, rows.clone(), |row, ih, lo, hi, iw0| {
             let out = &mut cc[row * out_w..(row + 1) * out_w];
             let Some(ih) = ih else {
                 out.fill(0.0);
@@ -167,7 +193,7 @@ fn col2im_unit_stride(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
         let cc = &col[c * per_channel..(c + 1) * per_channel];
         with_simd(|| {
             with_padded_plane(g, |padded, wp| {
-                for_each_unit_stride_row(g, wp, |row, at| {
+                for_each_unit_stride_row(g, wp, 0..g.out_h(), |row, at| {
                     add_short(
                         &mut padded[at..at + out_w],
                         &cc[row * out_w..(row + 1) * out_w],
@@ -182,6 +208,60 @@ fn col2im_unit_stride(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
     });
 }
 
+/// Stride-1 col2im of one image whose columns come chunk by chunk of output rows, on the
+/// calling thread: `fill(rows, col)` writes the columns of the output rows `rows` into `col`
+/// (as [`im2col_rows`] lays them out) and they are added into a zero-padded copy of the image.
+///
+/// The chunks are taken last first. A pixel's terms from a later chunk come from smaller kernel
+/// rows (output row and kernel row add up to the pixel's row), so each pixel still receives its
+/// terms in (kernel row, kernel column) order, as [`col2im`] adds them: the same bits, with only
+/// a chunk's columns (cache-sized) alive at a time instead of the whole image's.
+pub(super) fn col2im_by_rows(
+    g: &ConvGeom,
+    chunks: impl DoubleEndedIterator<Item = Range<usize>>,
+    col: &mut [f32],
+    im: &mut [f32],
+    mut fill: impl FnMut(Range<usize>, &mut [f32]),
+) {
+    assert_eq!(g.stride_w, 1, "col2im_by_rows: horizontal stride 1 only");
+    let (hp, wp, out_w) = (g.height + 2 * g.pad_h, g.width + 2 * g.pad_w, g.out_w());
+    let taps = g.kernel_h * g.kernel_w;
+    PADDED_IMAGE.with(|cell| {
+        let mut padded = cell.borrow_mut();
+        padded.clear();
+        padded.resize(g.channels * hp * wp, 0.0);
+        for rows in chunks.rev() {
+            let n = rows.len() * out_w;
+            let chunk = &mut col[..g.channels * taps * n];
+            fill(rows.clone(), chunk);
+            with_simd(|| {
+                for (plane, cc) in padded
+                    .chunks_exact_mut((hp * wp).max(1))
+                    .zip(chunk.chunks_exact(taps * n).take(g.channels))
+                {
+                    for_each_unit_stride_row(g, wp, rows.clone(), |row, at| {
+                        add_short(
+                            &mut plane[at..at + out_w],
+                            &cc[row * out_w..(row + 1) * out_w],
+                        );
+                    });
+                }
+            });
+        }
+        with_simd(|| {
+            for (dst, plane) in im
+                .chunks_exact_mut((g.height * g.width).max(1))
+                .zip(padded.chunks_exact((hp * wp).max(1)))
+            {
+                for (h, row) in dst.chunks_exact_mut(g.width.max(1)).enumerate() {
+                    let at = (h + g.pad_h) * wp + g.pad_w;
+                    copy_short(row, &plane[at..at + g.width]);
+                }
+            }
+        });
+    });
+}
+
 fn col2im_general(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
     let out_w = g.out_w();
     let plane = g.height * g.width;
@@ -189,7 +269,7 @@ fn col2im_general(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
     par.rows_mut(im, plane, per_channel, |c, dst| {
         dst.fill(0.0);
         let cc = &col[c * per_channel..(c + 1) * per_channel];
-        for_each_row(g, |row, ih, lo, hi, iw0| {
+        for_each_row(g, 0..g.out_h(), |row, ih, lo, hi, iw0| {
             let Some(ih) = ih.filter(|_| lo < hi) else {
                 return;
             };
@@ -259,15 +339,60 @@ mod tests {
         ] {
             let im = values(g.im_len(), 7);
             let (mut fast, mut general) = (vec![f32::NAN; g.col_len()], vec![0.0; g.col_len()]);
-            im2col_unit_stride(serial, &g, &im, &mut fast);
-            im2col_general(serial, &g, &im, &mut general);
+            im2col_unit_stride(serial, &g, &im, 0..g.out_h(), &mut fast);
+            im2col_general(serial, &g, &im, 0..g.out_h(), &mut general);
             assert!(
                 fast.iter()
                     .zip(&general)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{g:?}"
             );
+            // Row ranges give the matching columns of the whole.
+            let (oh, ow) = (g.out_h(), g.out_w());
+            for rows in [
+                0..oh.min(1),
+                oh / 2..oh,
+                1.min(oh)..oh.saturating_sub(1).max(1.min(oh)),
+            ] {
+                let n = rows.len() * ow;
+                let mut part = vec![f32::NAN; g.channels * g.kernel_h * g.kernel_w * n];
+                im2col_rows(serial, &g, &im, rows.clone(), &mut part);
+                for (r, chunk) in part.chunks_exact(n.max(1)).enumerate() {
+                    let whole = &fast[r * oh * ow + rows.start * ow..][..n];
+                    assert!(n == 0 || chunk == whole, "{g:?} rows {rows:?}");
+                }
+            }
             let col = values(g.col_len(), 9);
+            // Chunk by chunk of output rows, any chunking: the whole col2im's bits.
+            let mut whole = vec![0.0; g.im_len()];
+            col2im_general(serial, &g, &col, &mut whole);
+            for rows_per in [1, 2, 3, oh.max(1)] {
+                let chunks: Vec<Range<usize>> = (0..oh)
+                    .step_by(rows_per)
+                    .map(|r| r..(r + rows_per).min(oh))
+                    .collect();
+                let mut chunk_col = vec![f32::NAN; g.col_len()];
+                let mut by_rows = vec![f32::NAN; g.im_len()];
+                col2im_by_rows(
+                    &g,
+                    chunks.into_iter(),
+                    &mut chunk_col,
+                    &mut by_rows,
+                    |rows, out| {
+                        let n = rows.len() * ow;
+                        for (r, dst) in out.chunks_exact_mut(n.max(1)).enumerate() {
+                            dst.copy_from_slice(&col[r * oh * ow + rows.start * ow..][..n]);
+                        }
+                    },
+                );
+                assert!(
+                    by_rows
+                        .iter()
+                        .zip(&whole)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{g:?} by {rows_per} rows"
+                );
+            }
             let (mut fast, mut general) = (vec![f32::NAN; g.im_len()], vec![0.0; g.im_len()]);
             col2im_unit_stride(serial, &g, &col, &mut fast);
             col2im_general(serial, &g, &col, &mut general);
