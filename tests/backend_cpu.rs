@@ -1872,3 +1872,71 @@ fn pooling_windows_past_the_image_are_empty() {
     be.ave_pool_backward(&g, &dy, 0, &mut dx, 0).unwrap();
     assert_eq!(dx.as_slice().iter().sum::<f32>(), 4.0);
 }
+
+/// WITHIN_CHANNEL LRN: the CPU backend's fused ops give the bits of upstream's composition
+/// (square, average pooling, power, product and their backward), run op by op here.
+#[test]
+fn lrn_within_fused_matches_the_composition_bit_for_bit() {
+    let mut rng = rng_from_seed(41);
+    for be in backends() {
+        for (planes, h, w, size, alpha, beta) in [
+            (6, 16, 16, 3, 5e-5f32, 0.75f32),
+            (3, 5, 7, 5, 0.3, 0.75),
+            (2, 1, 1, 3, 1.0, -1.0),
+            (4, 8, 3, 1, 0.5, 2.0),
+        ] {
+            let g = PoolGeom::lrn_window(planes, h, w, size);
+            let n = g.in_len();
+            let mut x = randv(&mut rng, n, -3.0, 3.0);
+            x[0] = 0.0;
+            x[n - 1] = -0.0;
+            let dy = randv(&mut rng, n, -1.0, 1.0);
+            let buf = |v: &[f32]| CpuBuffer::from_vec(v.to_vec());
+            let (xb, dyb) = (buf(&x), buf(&dy));
+
+            let [mut mean, mut power, mut y, mut sq] = std::array::from_fn(|_| buf(&vec![0.0; n]));
+            be.lrn_within_forward(&g, alpha, beta, &xb, &mut mean, &mut power, &mut y, &mut sq)
+                .unwrap();
+            let mut dx = buf(&vec![0.0; n]);
+            let [mut a, mut b] = std::array::from_fn(|_| buf(&vec![0.0; n]));
+            be.lrn_within_backward(
+                &g, alpha, beta, &xb, &mean, &power, &dyb, &mut dx, &mut a, &mut b,
+            )
+            .unwrap();
+
+            // The composition, op by op.
+            let [mut c_sq, mut c_mean, mut c_power, mut c_y] =
+                std::array::from_fn(|_| buf(&vec![0.0; n]));
+            be.sqr(n, Src::At(&xb, 0), &mut c_sq, 0).unwrap();
+            be.ave_pool_forward(&g, &c_sq, 0, &mut c_mean, 0).unwrap();
+            be.power(n, Src::At(&c_mean, 0), -beta, alpha, 1.0, &mut c_power, 0)
+                .unwrap();
+            be.mul(n, Src::At(&xb, 0), Src::At(&c_power, 0), &mut c_y, 0)
+                .unwrap();
+            let [mut c_dx, mut c_a, mut c_b] = std::array::from_fn(|_| buf(&vec![0.0; n]));
+            be.mul(n, Src::At(&dyb, 0), Src::At(&c_power, 0), &mut c_dx, 0)
+                .unwrap();
+            be.mul(n, Src::At(&dyb, 0), Src::At(&xb, 0), &mut c_a, 0)
+                .unwrap();
+            be.mul(n, Src::InPlace, Src::At(&c_power, 0), &mut c_a, 0)
+                .unwrap();
+            be.power(n, Src::At(&c_mean, 0), 1.0, alpha, 1.0, &mut c_b, 0)
+                .unwrap();
+            be.div(n, Src::InPlace, Src::At(&c_b, 0), &mut c_a, 0)
+                .unwrap();
+            be.scale(n, -beta * alpha, Src::InPlace, &mut c_a, 0)
+                .unwrap();
+            be.ave_pool_backward(&g, &c_a, 0, &mut c_b, 0).unwrap();
+            be.mul(n, Src::InPlace, Src::At(&xb, 0), &mut c_b, 0)
+                .unwrap();
+            be.axpy(n, 2.0, &c_b, 0, &mut c_dx, 0).unwrap();
+
+            let bits = |v: &CpuBuffer| v.as_slice().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let case = format!("{planes}x{h}x{w} size {size} alpha {alpha} beta {beta}");
+            assert_eq!(bits(&mean), bits(&c_mean), "mean, {case}");
+            assert_eq!(bits(&power), bits(&c_power), "power, {case}");
+            assert_eq!(bits(&y), bits(&c_y), "y, {case}");
+            assert_eq!(bits(&dx), bits(&c_dx), "dx, {case}");
+        }
+    }
+}

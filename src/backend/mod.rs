@@ -423,6 +423,36 @@ impl PoolGeom {
     pub fn out_len(&self) -> usize {
         self.planes * self.pooled_h * self.pooled_w
     }
+    /// The window of WITHIN_CHANNEL LRN over `planes` planes of `height x width`: `size x size`,
+    /// stride 1, padded by `(size - 1) / 2`, so every window is whole in the padded plane (each
+    /// divisor is `size^2`) and the output has the input's size.
+    pub fn lrn_window(planes: usize, height: usize, width: usize, size: usize) -> Self {
+        let pad = size.saturating_sub(1) / 2;
+        PoolGeom {
+            planes,
+            height,
+            width,
+            kernel_h: size,
+            kernel_w: size,
+            stride_h: 1,
+            stride_w: 1,
+            pad_h: pad,
+            pad_w: pad,
+            pooled_h: height,
+            pooled_w: width,
+        }
+    }
+    /// Checks `self` is a [`PoolGeom::lrn_window`] with an odd size.
+    pub fn validate_lrn_window(&self, op: &'static str) -> Result<()> {
+        let expected = Self::lrn_window(self.planes, self.height, self.width, self.kernel_h);
+        if *self != expected || self.kernel_h.is_multiple_of(2) {
+            return Err(invalid(
+                op,
+                format!("not an odd WITHIN_CHANNEL LRN window: {self:?}"),
+            ));
+        }
+        Ok(())
+    }
     /// Checks kernel and stride are positive and a plane's indices fit an f32 mask exactly.
     pub fn validate(&self, op: &'static str) -> Result<()> {
         if self.kernel_h == 0 || self.kernel_w == 0 || self.stride_h == 0 || self.stride_w == 0 {
@@ -1248,6 +1278,62 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         dx: &mut Self::Buffer,
         dx_off: usize,
     ) -> Result<()>;
+
+    /// WITHIN_CHANNEL LRN forward as upstream composes it (src/caffe/layers/lrn_layer.cpp: Power
+    /// square, AVE pooling, Power, Eltwise product): `mean = avepool_g(x^2)`,
+    /// `power = (1 + alpha mean)^-beta`, `y = x power`, over `g.in_len()` elements from offset
+    /// 0, with `g` a [`PoolGeom::lrn_window`]; `sq` is scratch. The default runs the composition
+    /// op by op; a backend may fuse it, giving the same bits.
+    fn lrn_within_forward(
+        &self,
+        g: &PoolGeom,
+        alpha: f32,
+        beta: f32,
+        x: &Self::Buffer,
+        mean: &mut Self::Buffer,
+        power: &mut Self::Buffer,
+        y: &mut Self::Buffer,
+        sq: &mut Self::Buffer,
+    ) -> Result<()> {
+        g.validate_lrn_window("lrn_within_forward")?;
+        let n = g.in_len();
+        self.sqr(n, Src::At(x, 0), sq, 0)?;
+        self.ave_pool_forward(g, sq, 0, mean, 0)?;
+        self.power(n, Src::At(mean, 0), -beta, alpha, 1.0, power, 0)?;
+        self.mul(n, Src::At(x, 0), Src::At(power, 0), y, 0)
+    }
+    /// Backward of [`Backend::lrn_within_forward`] through the same composition, with `mean`
+    /// and `power` from forward: `dx = dy power + 2 x avepool_g^T(-beta alpha dy x power /
+    /// (1 + alpha mean))`; `a` and `b` are scratch.
+    fn lrn_within_backward(
+        &self,
+        g: &PoolGeom,
+        alpha: f32,
+        beta: f32,
+        x: &Self::Buffer,
+        mean: &Self::Buffer,
+        power: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+        a: &mut Self::Buffer,
+        b: &mut Self::Buffer,
+    ) -> Result<()> {
+        g.validate_lrn_window("lrn_within_backward")?;
+        let n = g.in_len();
+        // Product y = x p: the x path.
+        self.mul(n, Src::At(dy, 0), Src::At(power, 0), dx, 0)?;
+        // The p path: dp = dy x; through p = (1 + alpha m)^-beta, as upstream's Power layer:
+        // dm = dp (-beta alpha) p / (1 + alpha m).
+        self.mul(n, Src::At(dy, 0), Src::At(x, 0), a, 0)?;
+        self.mul(n, Src::InPlace, Src::At(power, 0), a, 0)?;
+        self.power(n, Src::At(mean, 0), 1.0, alpha, 1.0, b, 0)?;
+        self.div(n, Src::InPlace, Src::At(b, 0), a, 0)?;
+        self.scale(n, -beta * alpha, Src::InPlace, a, 0)?;
+        // Through the window mean, then the square (2 x), summed into dx.
+        self.ave_pool_backward(g, a, 0, b, 0)?;
+        self.mul(n, Src::InPlace, Src::At(x, 0), b, 0)?;
+        self.axpy(n, 2.0, b, 0, dx, 0)
+    }
 
     // ---- ops added for the neuron and plumbing layers (PReLU, Concat, Slice, Eltwise, ArgMax) -
 

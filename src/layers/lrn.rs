@@ -6,10 +6,10 @@
 //! * WITHIN_CHANNEL: `y = x (1 + alpha / n^2 sum x^2)^-beta`, the sum over the `n x n` window
 //!   centred on each pixel of its plane (zero-padded). Note `k` is not used: upstream builds this
 //!   region from Split, Power (square), AVE Pooling (kernel n, pad (n-1)/2, stride 1, so every
-//!   divisor is n^2), Power (`(1 + alpha s)^-beta`) and an Eltwise product; here the same
-//!   composition runs directly on backend ops, with the same maths in backward.
+//!   divisor is n^2), Power (`(1 + alpha s)^-beta`) and an Eltwise product; here the backend's
+//!   `lrn_within_*` ops run that composition (the CPU backend fused, with the same bits).
 
-use crate::backend::{Backend, DeviceBuffer, LrnGeom, PoolGeom, Src};
+use crate::backend::{Backend, DeviceBuffer, LrnGeom, PoolGeom};
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::lrn_parameter::NormRegion;
 use crate::proto::caffe::LayerParameter;
@@ -120,22 +120,12 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
                 });
             }
             NormRegion::WithinChannel => {
-                // Stride 1 and pad (n - 1) / 2 keep the plane's size, and every window then
-                // lies inside the padded plane: each divisor is n^2.
-                let pad = (self.size - 1) / 2;
-                self.pool = Some(PoolGeom {
-                    planes: num * channels,
+                self.pool = Some(PoolGeom::lrn_window(
+                    num * channels,
                     height,
                     width,
-                    kernel_h: self.size,
-                    kernel_w: self.size,
-                    stride_h: 1,
-                    stride_w: 1,
-                    pad_h: pad,
-                    pad_w: pad,
-                    pooled_h: height,
-                    pooled_w: width,
-                });
+                    self.size,
+                ));
                 grow(be, &mut self.power, self.count)?;
                 for s in &mut self.scratch {
                     grow(be, s, self.count)?;
@@ -152,7 +142,6 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
-        let n = self.count;
         let (bottom, mut top) = blobs.forward_all()?;
         let (x, y) = (bottom[0].data(), top[0].data_mut());
         match self.region {
@@ -162,13 +151,9 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
             }
             NormRegion::WithinChannel => {
                 let g = self.pool.as_ref().expect("geometry set in reshape");
+                let (mean, power) = (buf_mut(&mut self.scale), buf_mut(&mut self.power));
                 let sq = buf_mut(&mut self.scratch[0]);
-                be.sqr(n, Src::At(x, 0), sq, 0)?;
-                let mean = buf_mut(&mut self.scale);
-                be.ave_pool_forward(g, sq, 0, mean, 0)?;
-                let power = buf_mut(&mut self.power);
-                be.power(n, Src::At(mean, 0), -self.beta, self.alpha, 1.0, power, 0)?;
-                be.mul(n, Src::At(x, 0), Src::At(power, 0), y, 0)?;
+                be.lrn_within_forward(g, self.alpha, self.beta, x, mean, power, y, sq)?;
             }
         }
         Ok(())
@@ -185,7 +170,6 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
             return Ok(());
         }
         let be = ctx.backend;
-        let n = self.count;
         let (top, mut bottom) = blobs.backward_all()?;
         let (y, dy) = (top[0].data(), top[0].diff());
         let (x, dx) = bottom[0].data_diff_mut();
@@ -200,19 +184,7 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
                 let (mean, power) = (buf(&self.scale), buf(&self.power));
                 let [a, b] = &mut self.scratch;
                 let (a, b) = (buf_mut(a), buf_mut(b));
-                // Product y = x p: the x path.
-                be.mul(n, Src::At(dy, 0), Src::At(power, 0), dx, 0)?;
-                // The p path: dp = dy x; through p = (1 + alpha m)^-beta, as upstream's Power
-                // layer: dm = dp (-beta alpha) p / (1 + alpha m).
-                be.mul(n, Src::At(dy, 0), Src::At(x, 0), a, 0)?;
-                be.mul(n, Src::InPlace, Src::At(power, 0), a, 0)?;
-                be.power(n, Src::At(mean, 0), 1.0, self.alpha, 1.0, b, 0)?;
-                be.div(n, Src::InPlace, Src::At(b, 0), a, 0)?;
-                be.scale(n, -self.beta * self.alpha, Src::InPlace, a, 0)?;
-                // Through the window mean, then the square (2 x), summed into dx.
-                be.ave_pool_backward(g, a, 0, b, 0)?;
-                be.mul(n, Src::InPlace, Src::At(x, 0), b, 0)?;
-                be.axpy(n, 2.0, b, 0, dx, 0)?;
+                be.lrn_within_backward(g, self.alpha, self.beta, x, mean, power, dy, dx, a, b)?;
             }
         }
         Ok(())

@@ -230,6 +230,20 @@ impl Par<'_> {
     }
 }
 
+/// `(shift + scale x)^power` in upstream's steps (src/caffe/layers/power_layer.cpp): scale,
+/// shift, then power, each skipped when it is the identity, so that `-0` stays `-0` and
+/// `pow(x, 1)`, a libm call, is never made.
+#[inline(always)]
+fn power_step(v: f32, power: f32, scale: f32, shift: f32) -> f32 {
+    let scaled = if scale == 1.0 { v } else { v * scale };
+    let shifted = if shift == 0.0 { scaled } else { scaled + shift };
+    if power == 1.0 {
+        shifted
+    } else {
+        shifted.powf(power)
+    }
+}
+
 /// The range `off..off + len` of `buf` for reading.
 fn rd<'a>(
     op: &'static str,
@@ -593,21 +607,10 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = operand("power", "x", x, n)?;
         let y = wr("power", "y", y, y_off, n)?;
-        // Upstream's steps (src/caffe/layers/power_layer.cpp): scale, shift, then power, each
-        // skipped when it is the identity, so that `-0` stays `-0` and `pow(x, 1)` (a libm call
-        // per element; LRN's backward makes one) is never computed.
-        let affine = move |v: f32| {
-            let scaled = if scale == 1.0 { v } else { v * scale };
-            if shift == 0.0 {
-                scaled
-            } else {
-                scaled + shift
-            }
-        };
         if power == 1.0 {
-            elementwise::map1(self.par(), x, y, affine);
+            elementwise::map1(self.par(), x, y, |v| power_step(v, 1.0, scale, shift));
         } else {
-            elementwise::map1(self.par(), x, y, |v| affine(v).powf(power));
+            elementwise::map1(self.par(), x, y, |v| power_step(v, power, scale, shift));
         }
         Ok(())
     }
@@ -1229,6 +1232,60 @@ impl Backend for CpuBackend {
         let dy = rd(OP, "dy", dy, dy_off, g.len())?;
         let dx = wr(OP, "dx", dx, dx_off, g.len())?;
         lrn::across_backward(self.par(), g, x, y, scale, dy, dx);
+        Ok(())
+    }
+
+    fn lrn_within_forward(
+        &self,
+        g: &PoolGeom,
+        alpha: f32,
+        beta: f32,
+        x: &CpuBuffer,
+        mean: &mut CpuBuffer,
+        power: &mut CpuBuffer,
+        y: &mut CpuBuffer,
+        _sq: &mut CpuBuffer,
+    ) -> Result<()> {
+        const OP: &str = "lrn_within_forward";
+        g.validate_lrn_window(OP)?;
+        let n = g.in_len();
+        let x = rd(OP, "x", x, 0, n)?;
+        let mean = wr(OP, "mean", mean, 0, n)?;
+        let power = wr(OP, "power", power, 0, n)?;
+        lrn::within_forward(self.par(), g, alpha, beta, x, mean, power);
+        let y = wr(OP, "y", y, 0, n)?;
+        elementwise::map2(
+            self.par(),
+            Operand::Slice(x),
+            Operand::Slice(power),
+            y,
+            |a, b| a * b,
+        );
+        Ok(())
+    }
+
+    fn lrn_within_backward(
+        &self,
+        g: &PoolGeom,
+        alpha: f32,
+        beta: f32,
+        x: &CpuBuffer,
+        mean: &CpuBuffer,
+        power: &CpuBuffer,
+        dy: &CpuBuffer,
+        dx: &mut CpuBuffer,
+        _a: &mut CpuBuffer,
+        _b: &mut CpuBuffer,
+    ) -> Result<()> {
+        const OP: &str = "lrn_within_backward";
+        g.validate_lrn_window(OP)?;
+        let n = g.in_len();
+        let x = rd(OP, "x", x, 0, n)?;
+        let mean = rd(OP, "mean", mean, 0, n)?;
+        let power = rd(OP, "power", power, 0, n)?;
+        let dy = rd(OP, "dy", dy, 0, n)?;
+        let dx = wr(OP, "dx", dx, 0, n)?;
+        lrn::within_backward(self.par(), g, alpha, beta, x, mean, power, dy, dx);
         Ok(())
     }
 
