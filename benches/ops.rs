@@ -36,7 +36,7 @@ fn bench_gemm(c: &mut Criterion) {
     let cases = [
         ("lenet_conv1", nt, nt, 20, 576, 25),
         ("lenet_conv2", nt, nt, 50, 64, 500),
-        ("cifar_conv2", nt, nt, 32, 1024, 800),
+        ("cifar_conv2", nt, nt, 32, 256, 800),
         ("alexnet_conv1", nt, nt, 96, 3025, 363),
         ("alexnet_conv2_group", nt, nt, 128, 729, 1200),
         ("alexnet_conv1_wgrad", nt, tr, 96, 363, 3025),
