@@ -21,7 +21,8 @@
 //! receives its terms in upstream's order: the same bits as the whole-image col2im.
 //!
 //! Scratch (column buffers, partial gradients) lives in the backend and only grows: after the
-//! first iteration a convolution allocates nothing.
+//! first iteration a convolution allocates no buffer, only a few pointer-sized lists per call
+//! (one lock per worker's column buffer, one entry per gradient part).
 
 use super::{gemm, im2col, Par};
 use crate::backend::{ConvBatch, Transpose};
