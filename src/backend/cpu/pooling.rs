@@ -237,6 +237,8 @@ mod tests {
                 (3, 1, 1),
                 (2, 3, 0),
                 (5, 3, 2),
+                // In ceil mode, a last window past the image.
+                (1, 3, 0),
             ] {
                 for ceil in [true, false] {
                     let round = |n: usize| {
@@ -276,12 +278,14 @@ mod tests {
         out
     }
 
-    /// Coarse values (many ties), with a NaN and infinities among them.
+    /// Coarse values (many ties), with NaN, -inf, -FLT_MAX and -0 among them.
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
             .map(|i| match (i * 7919 + seed * 104729) % 23 {
                 0 if i % 5 == 0 => f32::NAN,
+                0 => f32::MIN,
                 1 => f32::NEG_INFINITY,
+                2 if i % 2 == 0 => -0.0,
                 r => r as f32 * 0.25 - 2.0,
             })
             .collect()
