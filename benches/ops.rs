@@ -270,18 +270,22 @@ fn bench_conv(c: &mut Criterion) {
 
 fn bench_lrn(c: &mut Criterion) {
     let be = backend();
-    // AlexNet's norm1 and norm2 at batch 10, cifar10_full's norm1 at batch 100.
-    let cases = [
+    // ACROSS_CHANNELS: AlexNet's norm1 and norm2 at batch 10.
+    let across = [
         ("alexnet_norm1_b10", 10, 96, 55 * 55),
         ("alexnet_norm2_b10", 10, 256, 27 * 27),
-        ("cifar_full_norm1_b100", 100, 32, 16 * 16),
+    ];
+    // WITHIN_CHANNEL: cifar10_full's norm1 and norm2 at batch 100 (local_size 3).
+    let within = [
+        ("cifar_full_norm1_b100", 100 * 32, 16),
+        ("cifar_full_norm2_b100", 100 * 32, 8),
     ];
     let mut group = c.benchmark_group(format!("lrn_{}t", be.threads()));
     group
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    for (name, num, channels, spatial) in cases {
+    for (name, num, channels, spatial) in across {
         let g = LrnGeom {
             num,
             channels,
@@ -297,17 +301,43 @@ fn bench_lrn(c: &mut Criterion) {
         let mut y = be.alloc(g.len()).unwrap();
         let mut dx = be.alloc(g.len()).unwrap();
         group.throughput(Throughput::Bytes((4 * g.len()) as u64));
-        group.bench_function(BenchmarkId::new("forward", name), |bench| {
+        group.bench_function(BenchmarkId::new("across_forward", name), |bench| {
             bench.iter(|| {
                 be.lrn_across_forward(&g, &x, 0, &mut scale, 0, &mut y, 0)
                     .unwrap();
                 black_box(&y);
             })
         });
-        group.bench_function(BenchmarkId::new("backward", name), |bench| {
+        group.bench_function(BenchmarkId::new("across_backward", name), |bench| {
             bench.iter(|| {
                 be.lrn_across_backward(&g, &x, 0, &y, 0, &scale, 0, &dy, 0, &mut dx, 0)
                     .unwrap();
+                black_box(&dx);
+            })
+        });
+    }
+    for (name, planes, size) in within {
+        let g = PoolGeom::lrn_window(planes, size, size, 3);
+        let (alpha, beta) = (5e-5, 0.75);
+        let n = g.in_len();
+        let x = random(&be, n, 11);
+        let dy = random(&be, n, 12);
+        let [mut mean, mut power, mut y, mut a, mut b, mut dx] =
+            std::array::from_fn(|_| be.alloc(n).unwrap());
+        group.throughput(Throughput::Bytes((4 * n) as u64));
+        group.bench_function(BenchmarkId::new("within_forward", name), |bench| {
+            bench.iter(|| {
+                be.lrn_within_forward(&g, alpha, beta, &x, &mut mean, &mut power, &mut y, &mut a)
+                    .unwrap();
+                black_box(&y);
+            })
+        });
+        group.bench_function(BenchmarkId::new("within_backward", name), |bench| {
+            bench.iter(|| {
+                be.lrn_within_backward(
+                    &g, alpha, beta, &x, &mean, &power, &dy, &mut dx, &mut a, &mut b,
+                )
+                .unwrap();
                 black_box(&dx);
             })
         });
