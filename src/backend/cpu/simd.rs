@@ -22,7 +22,7 @@ pub(super) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// `dst = src` for the short rows of im2col and pooling (8 to 64 floats), as whole 8-float
+/// `dst = src` for im2col's short rows (8 to 64 floats), as whole 8-float
 /// blocks and a tail: a call to `memcpy` per row costs more than the copy itself.
 #[inline(always)]
 pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
