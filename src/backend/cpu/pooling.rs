@@ -143,52 +143,11 @@ pub(super) fn ave_backward(par: Par<'_>, g: &PoolGeom, dy: &[f32], dx: &mut [f32
     });
 }
 
-/// Max pooling as first written (a libm `fract` per mask entry in backward), kept as the
-/// tests' reference.
+/// Max-pooling backward as first written (a libm `fract` per mask entry), kept as the tests'
+/// reference.
 #[cfg(test)]
 mod reference {
     use super::*;
-
-    pub(super) fn max_forward(
-        par: Par<'_>,
-        g: &PoolGeom,
-        x: &[f32],
-        y: &mut [f32],
-        mask: &mut [f32],
-    ) {
-        let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
-        let work = pp * g.kernel_h * g.kernel_w;
-        par.rows2_mut(y, pp, mask, pp, work, |p, yp, mp| {
-            let xp = &x[p * hw..(p + 1) * hw];
-            for ph in 0..g.pooled_h {
-                let (hs, he) = window(ph, g.stride_h, g.pad_h, g.kernel_h, g.height as i64);
-                for pw in 0..g.pooled_w {
-                    let (ws, we) = window(pw, g.stride_w, g.pad_w, g.kernel_w, g.width as i64);
-                    let mut best = -f32::MAX;
-                    let mut arg = -1i64;
-                    // An empty window (start past the image) leaves best and arg as they are.
-                    let rows = if ws < we {
-                        hs as usize..he.max(hs) as usize
-                    } else {
-                        0..0
-                    };
-                    for h in rows {
-                        let row_start = h * g.width + ws as usize;
-                        let row = &xp[row_start..h * g.width + we as usize];
-                        for (k, &v) in row.iter().enumerate() {
-                            if v > best {
-                                best = v;
-                                arg = (row_start + k) as i64;
-                            }
-                        }
-                    }
-                    let q = ph * g.pooled_w + pw;
-                    yp[q] = best;
-                    mp[q] = arg as f32;
-                }
-            }
-        });
-    }
 
     /// Returns false if the mask held an index outside the plane (other than -1).
     pub(super) fn max_backward(
@@ -291,6 +250,37 @@ mod tests {
             .collect()
     }
 
+    /// Upstream's rule stated as a definition rather than a scan: among the window's elements
+    /// (clipped to the image) greater than -FLT_MAX, the largest value, at the first position
+    /// holding it in row-major order; -FLT_MAX and -1 when there is none.
+    fn max_by_definition(g: &PoolGeom, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (mut y, mut mask) = (Vec::new(), Vec::new());
+        for plane in x.chunks_exact(g.height * g.width) {
+            for ph in 0..g.pooled_h {
+                for pw in 0..g.pooled_w {
+                    let (hs, he) = window(ph, g.stride_h, g.pad_h, g.kernel_h, g.height as i64);
+                    let (ws, we) = window(pw, g.stride_w, g.pad_w, g.kernel_w, g.width as i64);
+                    let candidates: Vec<usize> = (hs..he)
+                        .flat_map(|h| (ws..we).map(move |w| (h * g.width as i64 + w) as usize))
+                        .filter(|&i| plane[i] > -f32::MAX)
+                        .collect();
+                    let top = candidates.iter().map(|&i| plane[i]).reduce(f32::max);
+                    match top.and_then(|top| candidates.iter().find(|&&i| plane[i] == top)) {
+                        Some(&i) => {
+                            y.push(plane[i]);
+                            mask.push(i as f32);
+                        }
+                        None => {
+                            y.push(-f32::MAX);
+                            mask.push(-1.0);
+                        }
+                    }
+                }
+            }
+        }
+        (y, mask)
+    }
+
     fn same_bits(a: &[f32], b: &[f32]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
     }
@@ -309,9 +299,8 @@ mod tests {
                 .collect::<Vec<_>>();
 
             let (mut y, mut m) = (vec![0.0; n_out], vec![0.0; n_out]);
-            let (mut y_ref, mut m_ref) = (vec![1.0; n_out], vec![1.0; n_out]);
             max_forward(SERIAL, &g, &x, &mut y, &mut m);
-            reference::max_forward(SERIAL, &g, &x, &mut y_ref, &mut m_ref);
+            let (y_ref, m_ref) = max_by_definition(&g, &x);
             assert!(
                 same_bits(&y, &y_ref) && same_bits(&m, &m_ref),
                 "max forward {g:?}"
