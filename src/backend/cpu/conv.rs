@@ -94,36 +94,25 @@ const SERIAL: Par<'static> = Par {
 const CHUNK_COL_FLOATS: usize = 1 << 16;
 
 /// The output rows of one image cut into chunks of about equal size whose columns fit
-/// [`CHUNK_COL_FLOATS`] (one chunk for a 1x1 convolution, which needs no columns).
+/// [`CHUNK_COL_FLOATS`].
 fn row_chunks(c: &ConvBatch) -> impl DoubleEndedIterator<Item = Range<usize>> {
     let out_h = c.geom.out_h();
-    let per_row = c.groups * c.kernel_dim() * c.geom.out_w();
-    let chunks = if c.is_1x1() || per_row == 0 {
-        1
-    } else {
-        out_h.div_ceil((CHUNK_COL_FLOATS / per_row).max(1)).max(1)
-    };
+    let per_row = (c.groups * c.kernel_dim() * c.geom.out_w()).max(1);
+    let chunks = out_h.div_ceil((CHUNK_COL_FLOATS / per_row).max(1)).max(1);
     let rows = out_h.div_ceil(chunks).max(1);
     (0..out_h)
         .step_by(rows)
         .map(move |r| r..(r + rows).min(out_h))
 }
 
-/// The GEMM operand for the output rows `rows`: the image itself for a 1x1 stride-1 unpadded
-/// kernel (then `rows` is all of them), else their im2col written into `col`.
-fn chunk_columns<'a>(
-    par: Par<'_>,
-    c: &ConvBatch,
-    x: &'a [f32],
-    rows: Range<usize>,
-    col: &'a mut [f32],
-) -> &'a [f32] {
+/// One image's GEMM operand: the image itself for a 1x1 stride-1 unpadded kernel, else its
+/// im2col expansion written into `col`.
+fn columns<'a>(par: Par<'_>, c: &ConvBatch, x: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
     if c.is_1x1() {
         x
     } else {
-        let len = c.groups * c.kernel_dim() * rows.len() * c.geom.out_w();
-        im2col::im2col_rows(par, &c.geom, x, rows, &mut col[..len]);
-        &col[..len]
+        im2col::im2col(par, &c.geom, x, col);
+        col
     }
 }
 
@@ -144,7 +133,7 @@ fn forward_image(
     col: &mut [f32],
 ) {
     let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
-    let cols = chunk_columns(par, c, x, 0..c.geom.out_h(), col);
+    let cols = columns(par, c, x, col);
     for g in 0..c.groups {
         gemm::gemm(
             par,
@@ -221,7 +210,7 @@ fn backward_image(
     if let Some((dw, beta)) = dw {
         // One product over the whole image, as forward (chunks would add their products in
         // turn: a change of summation order).
-        let cols = chunk_columns(par, c, x, 0..c.geom.out_h(), col);
+        let cols = columns(par, c, x, col);
         for g in 0..c.groups {
             gemm::gemm(
                 par,
@@ -242,16 +231,16 @@ fn backward_image(
         }
     }
     if let Some(dx) = dx {
-        // The columns of `W^T dy` for the output rows `rows`, into `cols` (`ld` = their count).
-        let data_columns = |rows: Range<usize>, cols: &mut [f32], ld: usize| {
-            let n0 = rows.start * c.geom.out_w();
+        // The columns of `W^T dy` for the output rows `rows`, into `cols`.
+        let data_columns = |rows: Range<usize>, cols: &mut [f32]| {
+            let (n0, ld) = (rows.start * c.geom.out_w(), rows.len() * c.geom.out_w());
             for g in 0..c.groups {
                 gemm::gemm(
                     par,
                     Transpose::Trans,
                     Transpose::NoTrans,
                     kd,
-                    rows.len() * c.geom.out_w(),
+                    ld,
                     go,
                     1.0,
                     &w[g * go * kd..],
@@ -266,15 +255,11 @@ fn backward_image(
         };
         let all_rows = 0..c.geom.out_h();
         if c.is_1x1() {
-            data_columns(all_rows, dx, sp);
+            data_columns(all_rows, dx);
         } else if c.geom.stride_w == 1 {
-            let ow = c.geom.out_w();
-            im2col::col2im_by_rows(&c.geom, row_chunks(c), col, dx, |rows, cols| {
-                let ld = rows.len() * ow;
-                data_columns(rows, cols, ld)
-            });
+            im2col::col2im_by_rows(&c.geom, row_chunks(c), col, dx, data_columns);
         } else {
-            data_columns(all_rows, col, sp);
+            data_columns(all_rows, col);
             im2col::col2im(par, &c.geom, col, dx);
         }
     }

@@ -11,7 +11,7 @@
 //! falls inside the image form one contiguous range, computed up front; the rest are padding.
 
 use super::simd::{add_short, copy_short, with_simd};
-use super::Par;
+use super::{with_zeroed, Par};
 use crate::backend::ConvGeom;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -26,12 +26,35 @@ thread_local! {
 /// Calls `f(padded plane, padded width)` with this thread's plane for `g`, zeroed.
 fn with_padded_plane<R>(g: &ConvGeom, f: impl FnOnce(&mut [f32], usize) -> R) -> R {
     let (hp, wp) = (g.height + 2 * g.pad_h, g.width + 2 * g.pad_w);
-    PADDED.with(|cell| {
-        let mut plane = cell.borrow_mut();
-        plane.clear();
-        plane.resize(hp * wp, 0.0);
-        f(&mut plane, wp)
-    })
+    with_zeroed(&PADDED, hp * wp, |plane| f(plane, wp))
+}
+
+/// Copies the plane `src` into the interior of the padded plane `padded` (row length `wp`).
+fn pad_into(g: &ConvGeom, src: &[f32], padded: &mut [f32], wp: usize) {
+    for (h, row) in src.chunks_exact(g.width.max(1)).enumerate() {
+        let at = (h + g.pad_h) * wp + g.pad_w;
+        copy_short(&mut padded[at..at + g.width], row);
+    }
+}
+
+/// Copies the interior of the padded plane `padded` (row length `wp`) into the plane `dst`.
+fn unpad_into(g: &ConvGeom, padded: &[f32], wp: usize, dst: &mut [f32]) {
+    for (h, row) in dst.chunks_exact_mut(g.width.max(1)).enumerate() {
+        let at = (h + g.pad_h) * wp + g.pad_w;
+        copy_short(row, &padded[at..at + g.width]);
+    }
+}
+
+/// Adds one channel's columns `cc` of the output rows `rows` onto the pixels they came from in
+/// its padded plane (stride_w 1), in (kernel row, kernel column, output row) order.
+fn add_columns(g: &ConvGeom, rows: Range<usize>, cc: &[f32], padded: &mut [f32], wp: usize) {
+    let out_w = g.out_w();
+    for_each_unit_stride_row(g, wp, rows, |row, at| {
+        add_short(
+            &mut padded[at..at + out_w],
+            &cc[row * out_w..(row + 1) * out_w],
+        );
+    });
 }
 
 /// Calls `f(block_row, padded_start)` for every column row of one channel (stride_w 1) for the
@@ -77,25 +100,20 @@ fn valid_cols(
     (lo.min(hi), hi)
 }
 
-/// Calls `f(out_row, ih, lo, hi, iw0)` for every kernel offset `(i, j)` and output row in `rows`:
-/// `out_row` is the index of the column row (`(i kw + j) rows.len() + oh - rows.start`), `ih`
-/// the input row or `None` in the padding, `lo..hi` the valid output columns and `iw0` the input
-/// column of `lo`.
-fn for_each_row(
-    g: &ConvGeom,
-    rows: Range<usize>,
-    mut f: impl FnMut(usize, Option<usize>, usize, usize, usize),
-) {
-    let (n, out_w) = (rows.len(), g.out_w());
+/// Calls `f(out_row, ih, lo, hi, iw0)` for every kernel offset `(i, j)` and output row: `out_row`
+/// is the index of the column row (`(i kw + j) out_h + oh`), `ih` the input row or `None` in the
+/// padding, `lo..hi` the valid output columns and `iw0` the input column of `lo`.
+fn for_each_row(g: &ConvGeom, mut f: impl FnMut(usize, Option<usize>, usize, usize, usize)) {
+    let (out_h, out_w) = (g.out_h(), g.out_w());
     for i in 0..g.kernel_h {
         for j in 0..g.kernel_w {
             let off_w = j * g.dilation_w;
             let (lo, hi) = valid_cols(out_w, g.width, g.pad_w, g.stride_w, off_w);
             let iw0 = (lo * g.stride_w + off_w).saturating_sub(g.pad_w);
-            for (k, oh) in rows.clone().enumerate() {
+            for oh in 0..out_h {
                 let pos = oh * g.stride_h + i * g.dilation_h;
                 let ih = pos.checked_sub(g.pad_h).filter(|&ih| ih < g.height);
-                f((i * g.kernel_w + j) * n + k, ih, lo, hi, iw0);
+                f((i * g.kernel_w + j) * out_h + oh, ih, lo, hi, iw0);
             }
         }
     }
@@ -103,38 +121,22 @@ fn for_each_row(
 
 /// Unrolls `im` (`channels x height x width`) into `col`.
 pub(super) fn im2col(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
-    im2col_rows(par, g, im, 0..g.out_h(), col);
-}
-
-/// The columns of the output rows `rows` only: `col` is `channels kernel_h kernel_w` rows of
-/// `rows.len() out_w` (the full im2col's columns for those output positions).
-pub(super) fn im2col_rows(
-    par: Par<'_>,
-    g: &ConvGeom,
-    im: &[f32],
-    rows: Range<usize>,
-    col: &mut [f32],
-) {
     if g.stride_w == 1 {
-        im2col_unit_stride(par, g, im, rows, col);
+        im2col_unit_stride(par, g, im, col);
     } else {
-        im2col_general(par, g, im, rows, col);
+        im2col_general(par, g, im, col);
     }
 }
 
-fn im2col_unit_stride(par: Par<'_>, g: &ConvGeom, im: &[f32], rows: Range<usize>, col: &mut [f32]) {
+fn im2col_unit_stride(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
     let out_w = g.out_w();
     let plane = g.height * g.width;
-    let per_channel = g.kernel_h * g.kernel_w * rows.len() * out_w;
+    let per_channel = g.kernel_h * g.kernel_w * g.out_h() * out_w;
     par.rows_mut(col, per_channel, per_channel, |c, cc| {
-        let src = &im[c * plane..(c + 1) * plane];
         with_simd(|| {
             with_padded_plane(g, |padded, wp| {
-                for (h, row) in src.chunks_exact(g.width.max(1)).enumerate() {
-                    let at = (h + g.pad_h) * wp + g.pad_w;
-                    copy_short(&mut padded[at..at + g.width], row);
-                }
-                for_each_unit_stride_row(g, wp, rows.clone(), |row, at| {
+                pad_into(g, &im[c * plane..(c + 1) * plane], padded, wp);
+                for_each_unit_stride_row(g, wp, 0..g.out_h(), |row, at| {
                     copy_short(
                         &mut cc[row * out_w..(row + 1) * out_w],
                         &padded[at..at + out_w],
@@ -145,13 +147,13 @@ fn im2col_unit_stride(par: Par<'_>, g: &ConvGeom, im: &[f32], rows: Range<usize>
     });
 }
 
-fn im2col_general(par: Par<'_>, g: &ConvGeom, im: &[f32], rows: Range<usize>, col: &mut [f32]) {
+fn im2col_general(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
     let out_w = g.out_w();
     let plane = g.height * g.width;
-    let per_channel = g.kernel_h * g.kernel_w * rows.len() * out_w;
+    let per_channel = g.kernel_h * g.kernel_w * g.out_h() * out_w;
     par.rows_mut(col, per_channel, per_channel, |c, cc| {
         let src = &im[c * plane..(c + 1) * plane];
-        for_each_row(g, rows.clone(), |row, ih, lo, hi, iw0| {
+        for_each_row(g, |row, ih, lo, hi, iw0| {
             let out = &mut cc[row * out_w..(row + 1) * out_w];
             let Some(ih) = ih else {
                 out.fill(0.0);
@@ -186,23 +188,14 @@ pub(super) fn col2im(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
 /// Each pixel receives its terms in the same (kernel row, kernel column, output row) order as
 /// in [`col2im_general`], so both give the same bits.
 fn col2im_unit_stride(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
-    let out_w = g.out_w();
     let plane = g.height * g.width;
-    let per_channel = g.kernel_h * g.kernel_w * g.out_h() * out_w;
+    let per_channel = g.kernel_h * g.kernel_w * g.out_h() * g.out_w();
     par.rows_mut(im, plane, per_channel, |c, dst| {
         let cc = &col[c * per_channel..(c + 1) * per_channel];
         with_simd(|| {
             with_padded_plane(g, |padded, wp| {
-                for_each_unit_stride_row(g, wp, 0..g.out_h(), |row, at| {
-                    add_short(
-                        &mut padded[at..at + out_w],
-                        &cc[row * out_w..(row + 1) * out_w],
-                    );
-                });
-                for (h, row) in dst.chunks_exact_mut(g.width.max(1)).enumerate() {
-                    let at = (h + g.pad_h) * wp + g.pad_w;
-                    copy_short(row, &padded[at..at + g.width]);
-                }
+                add_columns(g, 0..g.out_h(), cc, padded, wp);
+                unpad_into(g, padded, wp, dst);
             })
         })
     });
@@ -210,7 +203,7 @@ fn col2im_unit_stride(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
 
 /// Stride-1 col2im of one image whose columns come chunk by chunk of output rows, on the
 /// calling thread: `fill(rows, col)` writes the columns of the output rows `rows` into `col`
-/// (as [`im2col_rows`] lays them out) and they are added into a zero-padded copy of the image.
+/// (as [`im2col`] lays out the columns of those rows) and they are added into a zero-padded copy of the image.
 ///
 /// The chunks are taken last first. A pixel's terms from a later chunk come from smaller kernel
 /// rows (output row and kernel row add up to the pixel's row), so each pixel still receives its
@@ -225,38 +218,28 @@ pub(super) fn col2im_by_rows(
 ) {
     assert_eq!(g.stride_w, 1, "col2im_by_rows: horizontal stride 1 only");
     let (hp, wp, out_w) = (g.height + 2 * g.pad_h, g.width + 2 * g.pad_w, g.out_w());
+    let (plane, padded_plane) = ((g.height * g.width).max(1), (hp * wp).max(1));
     let taps = g.kernel_h * g.kernel_w;
-    PADDED_IMAGE.with(|cell| {
-        let mut padded = cell.borrow_mut();
-        padded.clear();
-        padded.resize(g.channels * hp * wp, 0.0);
+    with_zeroed(&PADDED_IMAGE, g.channels * hp * wp, |padded| {
         for rows in chunks.rev() {
             let n = rows.len() * out_w;
             let chunk = &mut col[..g.channels * taps * n];
             fill(rows.clone(), chunk);
             with_simd(|| {
-                for (plane, cc) in padded
-                    .chunks_exact_mut((hp * wp).max(1))
+                for (p, cc) in padded
+                    .chunks_exact_mut(padded_plane)
                     .zip(chunk.chunks_exact(taps * n).take(g.channels))
                 {
-                    for_each_unit_stride_row(g, wp, rows.clone(), |row, at| {
-                        add_short(
-                            &mut plane[at..at + out_w],
-                            &cc[row * out_w..(row + 1) * out_w],
-                        );
-                    });
+                    add_columns(g, rows.clone(), cc, p, wp);
                 }
             });
         }
         with_simd(|| {
-            for (dst, plane) in im
-                .chunks_exact_mut((g.height * g.width).max(1))
-                .zip(padded.chunks_exact((hp * wp).max(1)))
+            for (dst, p) in im
+                .chunks_exact_mut(plane)
+                .zip(padded.chunks_exact(padded_plane))
             {
-                for (h, row) in dst.chunks_exact_mut(g.width.max(1)).enumerate() {
-                    let at = (h + g.pad_h) * wp + g.pad_w;
-                    copy_short(row, &plane[at..at + g.width]);
-                }
+                unpad_into(g, p, wp, dst);
             }
         });
     });
@@ -269,7 +252,7 @@ fn col2im_general(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
     par.rows_mut(im, plane, per_channel, |c, dst| {
         dst.fill(0.0);
         let cc = &col[c * per_channel..(c + 1) * per_channel];
-        for_each_row(g, 0..g.out_h(), |row, ih, lo, hi, iw0| {
+        for_each_row(g, |row, ih, lo, hi, iw0| {
             let Some(ih) = ih.filter(|_| lo < hi) else {
                 return;
             };
@@ -339,29 +322,15 @@ mod tests {
         ] {
             let im = values(g.im_len(), 7);
             let (mut fast, mut general) = (vec![f32::NAN; g.col_len()], vec![0.0; g.col_len()]);
-            im2col_unit_stride(serial, &g, &im, 0..g.out_h(), &mut fast);
-            im2col_general(serial, &g, &im, 0..g.out_h(), &mut general);
+            im2col_unit_stride(serial, &g, &im, &mut fast);
+            im2col_general(serial, &g, &im, &mut general);
             assert!(
                 fast.iter()
                     .zip(&general)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{g:?}"
             );
-            // Row ranges give the matching columns of the whole.
             let (oh, ow) = (g.out_h(), g.out_w());
-            for rows in [
-                0..oh.min(1),
-                oh / 2..oh,
-                1.min(oh)..oh.saturating_sub(1).max(1.min(oh)),
-            ] {
-                let n = rows.len() * ow;
-                let mut part = vec![f32::NAN; g.channels * g.kernel_h * g.kernel_w * n];
-                im2col_rows(serial, &g, &im, rows.clone(), &mut part);
-                for (r, chunk) in part.chunks_exact(n.max(1)).enumerate() {
-                    let whole = &fast[r * oh * ow + rows.start * ow..][..n];
-                    assert!(n == 0 || chunk == whole, "{g:?} rows {rows:?}");
-                }
-            }
             let col = values(g.col_len(), 9);
             // Chunk by chunk of output rows, any chunking: the whole col2im's bits.
             let mut whole = vec![0.0; g.im_len()];

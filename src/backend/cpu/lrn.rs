@@ -13,7 +13,7 @@
 //! output still adds its window in row-major order, each input its shares in output order.
 
 use super::simd::{add_short, with_simd};
-use super::{power_step, Par};
+use super::{power_step, with_zeroed, Par};
 use crate::backend::{LrnGeom, PoolGeom};
 use std::cell::RefCell;
 
@@ -27,12 +27,7 @@ thread_local! {
 /// Calls `f(padded, padded_width)` with this thread's zeroed padded plane for `g`.
 fn with_padded<R>(g: &PoolGeom, f: impl FnOnce(&mut [f32], usize) -> R) -> R {
     let (hp, wp) = (g.height + 2 * g.pad_h, g.width + 2 * g.pad_w);
-    PADDED.with(|cell| {
-        let mut plane = cell.borrow_mut();
-        plane.clear();
-        plane.resize(hp * wp, 0.0);
-        f(&mut plane, wp)
-    })
+    with_zeroed(&PADDED, hp * wp, |plane| f(plane, wp))
 }
 
 /// WITHIN_CHANNEL forward up to the power: `mean = avepool(x^2)` and
@@ -215,17 +210,14 @@ pub(super) fn across_backward(
                 .zip(dy[r.clone()].iter().zip(&y[r.clone()]).zip(&scale[r]))
                 .for_each(|(a, ((&d, &t), &s))| *a += sign * (d * t / s));
         };
-        ACCUM.with(|cell| {
-            let mut acc = cell.borrow_mut();
-            acc.clear();
-            acc.resize(s_n, 0.0);
+        with_zeroed(&ACCUM, s_n, |acc| {
             // The window of channel 0 without its last channel: channels 0..pre.
             for c in 0..pre.min(c_n) {
-                add_ratio(&mut acc, c, 1.0);
+                add_ratio(acc, c, 1.0);
             }
             for (c, dxc) in dxi.chunks_mut(s_n.max(1)).enumerate() {
                 if c + pre < c_n {
-                    add_ratio(&mut acc, c + pre, 1.0);
+                    add_ratio(acc, c + pre, 1.0);
                 }
                 let r = at(c);
                 dxc.iter_mut()
@@ -235,7 +227,7 @@ pub(super) fn across_backward(
                         *o = d * pow_neg_beta(s, g.beta) - cache_ratio * (v * ac);
                     });
                 if c >= pre {
-                    add_ratio(&mut acc, c - pre, -1.0);
+                    add_ratio(acc, c - pre, -1.0);
                 }
             }
         });

@@ -139,6 +139,21 @@ impl CpuBackend {
     }
 }
 
+/// Calls `f` with `slot`'s buffer of this thread, `len` zeros long: per-thread scratch that
+/// only grows, so the hot loops allocate nothing once warm.
+fn with_zeroed<R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    slot.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        buf.resize(len, 0.0);
+        f(&mut buf)
+    })
+}
+
 /// How a kernel may spread its work: the pool (if any) and its size.
 #[derive(Clone, Copy)]
 pub(crate) struct Par<'a> {
