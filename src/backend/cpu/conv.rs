@@ -7,6 +7,11 @@
 //! im2col and a serial GEMM in its own column buffer, so every image is computed exactly as a
 //! single-threaded run computes it.
 //!
+//! With a horizontal stride of 1 (every convolution of the zoo's small nets) the forward
+//! product and the weight gradient skip the column buffer: [`direct`] reads the padded image
+//! through an offset table and sums each output exactly as the GEMM does, so the bits are the
+//! same either way. The data gradient keeps `W^T dy` and col2im.
+//!
 //! Determinism of the weight gradient: `dW += sum_n dy[n] col(x[n])^T` is a sum over images,
 //! and the order of a float sum changes its value. The images are cut into
 //! [`WGRAD_PARTS`] fixed contiguous parts (fewer when the batch is smaller); part 0 accumulates
@@ -24,7 +29,7 @@
 //! first iteration a convolution allocates no buffer, only a few pointer-sized lists per call
 //! (one lock per worker's column buffer, one entry per gradient part).
 
-use super::{gemm, im2col, Par};
+use super::{direct, gemm, im2col, Par};
 use crate::backend::{ConvBatch, Transpose};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -51,6 +56,13 @@ fn workers(par: Par<'_>, c: &ConvBatch) -> usize {
     } else {
         1
     }
+}
+
+/// Whether the images go through the direct kernels ([`direct`]: the same bits as im2col and
+/// the GEMM). They run an image on one thread, so a single image on a pool keeps the GEMM,
+/// which can split it.
+fn use_direct(par: Par<'_>, c: &ConvBatch, n_workers: usize) -> bool {
+    direct::applies(c) && (n_workers > 1 || par.pool.is_none() || par.threads <= 1)
 }
 
 /// Grows `scratch` to at least `len` elements (never shrinks: no allocation once warm).
@@ -123,12 +135,38 @@ fn columns<'a>(par: Par<'_>, c: &ConvBatch, x: &'a [f32], col: &'a mut [f32]) ->
 /// conv2) moved the chaotic cifar10_quick triangular2 parity run off upstream one iteration
 /// before its measured horizon (tests/parity.rs). Adopting it needs `rounding_sensitivity`
 /// measured again.
+#[allow(clippy::too_many_arguments)]
 fn forward_image(
+    par: Par<'_>,
+    c: &ConvBatch,
+    use_direct: bool,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    col: &mut [f32],
+) {
+    let sp = c.out_spatial();
+    if use_direct {
+        direct::forward_image(c, x, w, y);
+    } else {
+        image_product(par, c, x, w, y, col);
+    }
+    // The bias is added while the image's output is still in cache; the same single rounding
+    // as upstream's separate bias GEMM with a ones vector (one product, one add per element).
+    if let Some(bias) = bias {
+        for (row, &b) in y.chunks_exact_mut(sp).zip(bias) {
+            row.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+/// `y = W col(x)` per group through im2col and the GEMM.
+fn image_product(
     par: Par<'_>,
     c: &ConvBatch,
     x: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
     y: &mut [f32],
     col: &mut [f32],
 ) {
@@ -152,13 +190,6 @@ fn forward_image(
             sp,
         );
     }
-    // The bias is added while the image's output is still in cache; the same single rounding
-    // as upstream's separate bias GEMM with a ones vector (one product, one add per element).
-    if let Some(bias) = bias {
-        for (row, &b) in y.chunks_exact_mut(sp).zip(bias) {
-            row.iter_mut().for_each(|v| *v += b);
-        }
-    }
 }
 
 /// `y[n] = W col(x[n]) (+ bias)` for every image; slices are checked by the caller.
@@ -176,10 +207,12 @@ pub(super) fn forward(
         return;
     }
     let n_workers = workers(par, c);
+    let use_direct = use_direct(par, c, n_workers);
+    let cl = if use_direct { 0 } else { cl };
     let buf = scratch_of(scratch, n_workers * cl);
     if n_workers == 1 {
         for (xi, yi) in x.chunks_exact(il).zip(y.chunks_exact_mut(ol)) {
-            forward_image(par, c, xi, w, bias, yi, buf);
+            forward_image(par, c, use_direct, xi, w, bias, yi, buf);
         }
         return;
     }
@@ -188,7 +221,9 @@ pub(super) fn forward(
         x.par_chunks_exact(il)
             .zip(y.par_chunks_exact_mut(ol))
             .for_each(|(xi, yi)| {
-                with_slot(&slots, |col| forward_image(SERIAL, c, xi, w, bias, yi, col))
+                with_slot(&slots, |col| {
+                    forward_image(SERIAL, c, use_direct, xi, w, bias, yi, col)
+                })
             })
     });
 }
@@ -312,13 +347,30 @@ pub(super) fn backward(
     };
 
     // With the weight gradient: fixed parts of the batch, each summed image by image into its
-    // own accumulator (part 0: `dw` itself), then the partials added in part order.
+    // own accumulator (part 0: `dw` itself), then the partials added in part order. The direct
+    // kernels accumulate in their transposed layout, part 0 starting from `dw` transposed.
     let parts = WGRAD_PARTS.min(c.num);
-    let buf = scratch_of(scratch, n_workers * cl + (parts - 1) * wl);
+    let use_direct = use_direct(par, c, n_workers);
+    let acc_len = if use_direct {
+        direct::transposed_len(c)
+    } else {
+        wl
+    };
+    let own_accumulators = if use_direct { parts } else { parts - 1 };
+    let buf = scratch_of(scratch, n_workers * cl + own_accumulators * acc_len);
     let (cols, partials) = buf.split_at_mut(n_workers * cl);
+    if use_direct {
+        direct::transpose_in(c, dw, partials);
+    }
     let mut accumulators: Vec<&mut [f32]> = Vec::with_capacity(parts);
-    accumulators.push(&mut *dw);
-    accumulators.extend(partials.chunks_exact_mut(wl.max(1)).take(parts - 1));
+    if !use_direct {
+        accumulators.push(&mut *dw);
+    }
+    accumulators.extend(
+        partials
+            .chunks_exact_mut(acc_len.max(1))
+            .take(own_accumulators),
+    );
     let mut dx_parts: Vec<Option<&mut [f32]>> = Vec::with_capacity(parts);
     let mut dx_rest = dx;
     for p in 0..parts {
@@ -343,16 +395,15 @@ pub(super) fn backward(
             let dxi = dxp
                 .as_deref_mut()
                 .map(|d| &mut d[(n - lo) * il..(n - lo + 1) * il]);
-            backward_image(
-                kernel_par,
-                c,
-                &x[n * il..(n + 1) * il],
-                w,
-                &dy[n * ol..(n + 1) * ol],
-                Some((&mut *acc, beta)),
-                dxi,
-                col,
-            );
+            let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
+            if use_direct {
+                direct::weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
+                if dxi.is_some() {
+                    backward_image(kernel_par, c, xi, w, dyi, None, dxi, col);
+                }
+            } else {
+                backward_image(kernel_par, c, xi, w, dyi, Some((&mut *acc, beta)), dxi, col);
+            }
         }
     };
     if n_workers == 1 {
@@ -370,8 +421,17 @@ pub(super) fn backward(
                 .for_each(|(p, (acc, dxp))| with_slot(&slots, |col| run_part(p, acc, dxp, col)))
         });
     }
-    for partial in partials.chunks_exact(wl.max(1)).take(parts - 1) {
-        dw.iter_mut().zip(partial).for_each(|(d, &s)| *d += s);
+    let add_partials = |total: &mut [f32], rest: &[f32]| {
+        for partial in rest.chunks_exact(acc_len.max(1)).take(parts - 1) {
+            total.iter_mut().zip(partial).for_each(|(d, &s)| *d += s);
+        }
+    };
+    if use_direct {
+        let (total, rest) = partials.split_at_mut(acc_len);
+        add_partials(total, rest);
+        direct::transpose_out(c, total, dw);
+    } else {
+        add_partials(dw, partials);
     }
 }
 
@@ -400,8 +460,9 @@ mod tests {
         usize,
     );
 
-    const CASES: [Case; 6] = [
+    const CASES: [Case; 7] = [
         (7, 3, 9, 4, 1, 3, 1, 1, 1),
+        (2, 4, 9, 18, 1, 3, 1, 1, 1),
         (5, 4, 8, 6, 2, 3, 0, 2, 1),
         (6, 4, 6, 8, 1, 1, 0, 1, 1),
         (3, 2, 10, 3, 1, 3, 2, 1, 2),
@@ -467,6 +528,107 @@ mod tests {
             }
         }
         y
+    }
+
+    /// `(channels, height, width, out_channels, groups, kernel, pad, stride_h, dilation)`.
+    type DirectCase = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+
+    /// Shapes the direct kernels take (`direct::applies`), around the GEMM's depth blocks.
+    const DIRECT_CASES: [DirectCase; 8] = [
+        (20, 12, 12, 50, 1, 5, 0, 1, 1), // LeNet conv2: one block, 50 = 8 x 6 + 2 channels
+        (32, 16, 16, 32, 1, 5, 2, 1, 1), // cifar10 conv2: forward in two blocks of 400
+        (3, 32, 32, 32, 1, 5, 2, 1, 1),  // cifar10 conv1: weight gradient in two blocks of 512
+        (24, 8, 8, 20, 1, 5, 2, 1, 1),   // small product, depth 600: blocks of 512 and 88
+        (2, 30, 30, 18, 1, 3, 1, 1, 1),  // small product, 900 outputs: blocks of 512 and 388
+        (40, 13, 13, 48, 2, 3, 1, 1, 1), // AlexNet-like: rows of 13, two groups
+        (6, 17, 20, 19, 1, 3, 2, 2, 2),  // vertical stride 2, dilation 2
+        (5, 9, 40, 17, 1, 4, 0, 1, 1),   // even kernel, rows of 37
+    ];
+
+    fn direct_batch(case: DirectCase) -> ConvBatch {
+        let (channels, height, width, out_channels, groups, k, pad, stride_h, dil) = case;
+        ConvBatch {
+            geom: ConvGeom {
+                channels,
+                height,
+                width,
+                kernel_h: k,
+                kernel_w: k,
+                pad_h: pad,
+                pad_w: pad,
+                stride_h,
+                stride_w: 1,
+                dilation_h: dil,
+                dilation_w: dil,
+            },
+            num: 3,
+            groups,
+            out_channels,
+        }
+    }
+
+    #[test]
+    fn direct_kernels_give_the_gemm_paths_bits() {
+        use super::{backward_image, direct, forward_image, SERIAL};
+        for case in DIRECT_CASES {
+            let c = direct_batch(case);
+            if !direct::applies(&c) {
+                eprintln!("skipped: the CPU lacks AVX2 and FMA");
+                return;
+            }
+            let be = CpuBackend::new(1).unwrap();
+            let x = random(&be, c.num * c.in_len(), 1).into_vec();
+            let w = random(&be, c.weight_len(), 2).into_vec();
+            let dy = random(&be, c.num * c.out_len(), 4).into_vec();
+            let dw0 = random(&be, c.weight_len(), 5).into_vec();
+            let (il, ol) = (c.in_len(), c.out_len());
+            let mut col = vec![0.0; c.geom.col_len()];
+            for n in 0..c.num {
+                let xi = &x[n * il..(n + 1) * il];
+                let mut by_gemm = vec![0.0; ol];
+                let mut direct_y = vec![f32::NAN; ol];
+                forward_image(SERIAL, &c, false, xi, &w, None, &mut by_gemm, &mut col);
+                forward_image(SERIAL, &c, true, xi, &w, None, &mut direct_y, &mut col);
+                let same = by_gemm
+                    .iter()
+                    .zip(&direct_y)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{case:?}: forward of image {n}");
+            }
+            // Images summed onto the gradient (beta 1), and onto nothing (beta 0 first).
+            for start_from_zero in [false, true] {
+                let mut by_gemm = dw0.clone();
+                let mut dw_t = vec![f32::NAN; direct::transposed_len(&c)];
+                direct::transpose_in(&c, &dw0, &mut dw_t);
+                for n in 0..c.num {
+                    let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
+                    let beta = if start_from_zero && n == 0 { 0.0 } else { 1.0 };
+                    let dw = Some((&mut by_gemm[..], beta));
+                    backward_image(SERIAL, &c, xi, &w, dyi, dw, None, &mut col);
+                    direct::weight_gradient_image(&c, xi, dyi, &mut dw_t, beta != 0.0);
+                }
+                let mut direct_dw = vec![f32::NAN; c.weight_len()];
+                direct::transpose_out(&c, &dw_t, &mut direct_dw);
+                let same = by_gemm
+                    .iter()
+                    .zip(&direct_dw)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{case:?}: weight gradient (from zero: {start_from_zero})"
+                );
+            }
+        }
     }
 
     type Run = (Vec<f32>, Vec<f32>, Vec<f32>);

@@ -12,6 +12,7 @@
 #![allow(clippy::too_many_arguments)]
 
 mod conv;
+mod direct;
 mod elementwise;
 mod gemm;
 mod im2col;
