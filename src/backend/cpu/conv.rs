@@ -318,30 +318,53 @@ pub(super) fn backward(
     dw: Option<&mut [f32]>,
     dx: Option<&mut [f32]>,
 ) {
-    let (il, ol, cl, wl) = (c.in_len(), c.out_len(), col_len(c), c.weight_len());
+    let (il, ol, wl) = (c.in_len(), c.out_len(), c.weight_len());
     if c.num == 0 || (dw.is_none() && dx.is_none()) {
         return;
     }
     let n_workers = workers(par, c);
+    // Which products skip the column buffer (the same bits either way, see [`direct`]).
+    let direct_dw = dw.is_some() && use_direct(par, c, n_workers);
+    let direct_dx =
+        dx.is_some() && use_direct(par, c, n_workers) && direct::data_gradient_applies(c);
+    let needs_columns = (dw.is_some() && !direct_dw) || (dx.is_some() && !direct_dx);
+    let cl = if needs_columns { col_len(c) } else { 0 };
+    let wt_len = if direct_dx {
+        direct::transposed_weights_len(c)
+    } else {
+        0
+    };
+    // Serial kernels inside a task when images run side by side; otherwise the kernels may use
+    // the pool themselves.
+    let kernel_par = if n_workers == 1 { par } else { SERIAL };
+    let data_gradient = |wt: &[f32], dyi: &[f32], dxi: &mut [f32], col: &mut [f32]| {
+        if direct_dx {
+            direct::data_gradient_image(c, wt, dyi, dxi);
+        } else {
+            backward_image(kernel_par, c, &[], w, dyi, None, Some(dxi), col);
+        }
+    };
+
     let Some(dw) = dw else {
         // Data gradient only: every image on its own, as in forward.
         let dx = dx.expect("checked above");
-        let buf = scratch_of(scratch, n_workers * cl);
+        let buf = scratch_of(scratch, wt_len + n_workers * cl);
+        let (wt, cols) = buf.split_at_mut(wt_len);
+        if direct_dx {
+            direct::transpose_weights(c, w, wt);
+        }
+        let wt = &*wt;
         if n_workers == 1 {
             for (dyi, dxi) in dy.chunks_exact(ol).zip(dx.chunks_exact_mut(il)) {
-                backward_image(par, c, &[], w, dyi, None, Some(dxi), buf);
+                data_gradient(wt, dyi, dxi, cols);
             }
             return;
         }
-        let slots = slots(buf, cl, n_workers);
+        let slots = slots(cols, cl, n_workers);
         par.install(|| {
             dy.par_chunks_exact(ol)
                 .zip(dx.par_chunks_exact_mut(il))
-                .for_each(|(dyi, dxi)| {
-                    with_slot(&slots, |col| {
-                        backward_image(SERIAL, c, &[], w, dyi, None, Some(dxi), col)
-                    })
-                })
+                .for_each(|(dyi, dxi)| with_slot(&slots, |col| data_gradient(wt, dyi, dxi, col)))
         });
         return;
     };
@@ -350,20 +373,27 @@ pub(super) fn backward(
     // own accumulator (part 0: `dw` itself), then the partials added in part order. The direct
     // kernels accumulate in their transposed layout, part 0 starting from `dw` transposed.
     let parts = WGRAD_PARTS.min(c.num);
-    let use_direct = use_direct(par, c, n_workers);
-    let acc_len = if use_direct {
+    let acc_len = if direct_dw {
         direct::transposed_len(c)
     } else {
         wl
     };
-    let own_accumulators = if use_direct { parts } else { parts - 1 };
-    let buf = scratch_of(scratch, n_workers * cl + own_accumulators * acc_len);
-    let (cols, partials) = buf.split_at_mut(n_workers * cl);
-    if use_direct {
+    let own_accumulators = if direct_dw { parts } else { parts - 1 };
+    let buf = scratch_of(
+        scratch,
+        wt_len + n_workers * cl + own_accumulators * acc_len,
+    );
+    let (wt, rest) = buf.split_at_mut(wt_len);
+    let (cols, partials) = rest.split_at_mut(n_workers * cl);
+    if direct_dx {
+        direct::transpose_weights(c, w, wt);
+    }
+    let wt = &*wt;
+    if direct_dw {
         direct::transpose_in(c, dw, partials);
     }
     let mut accumulators: Vec<&mut [f32]> = Vec::with_capacity(parts);
-    if !use_direct {
+    if !direct_dw {
         accumulators.push(&mut *dw);
     }
     accumulators.extend(
@@ -384,9 +414,6 @@ pub(super) fn backward(
             None => None,
         });
     }
-    // Serial kernels inside a part when parts run side by side; otherwise the kernels may use
-    // the pool themselves.
-    let kernel_par = if n_workers == 1 { par } else { SERIAL };
     let run_part = |p: usize, acc: &mut [f32], mut dxp: Option<&mut [f32]>, col: &mut [f32]| {
         let (lo, hi) = part_range(c.num, parts, p);
         for n in lo..hi {
@@ -396,10 +423,24 @@ pub(super) fn backward(
                 .as_deref_mut()
                 .map(|d| &mut d[(n - lo) * il..(n - lo + 1) * il]);
             let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
-            if use_direct {
+            if direct_dw {
                 direct::weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
-                if dxi.is_some() {
-                    backward_image(kernel_par, c, xi, w, dyi, None, dxi, col);
+                if let Some(dxi) = dxi {
+                    data_gradient(wt, dyi, dxi, col);
+                }
+            } else if direct_dx {
+                backward_image(
+                    kernel_par,
+                    c,
+                    xi,
+                    w,
+                    dyi,
+                    Some((&mut *acc, beta)),
+                    None,
+                    col,
+                );
+                if let Some(dxi) = dxi {
+                    data_gradient(wt, dyi, dxi, col);
                 }
             } else {
                 backward_image(kernel_par, c, xi, w, dyi, Some((&mut *acc, beta)), dxi, col);
@@ -407,9 +448,8 @@ pub(super) fn backward(
         }
     };
     if n_workers == 1 {
-        let col = &mut cols[..cl];
         for (p, (acc, dxp)) in accumulators.into_iter().zip(dx_parts).enumerate() {
-            run_part(p, acc, dxp, col);
+            run_part(p, acc, dxp, cols);
         }
     } else {
         let slots = slots(cols, cl, n_workers);
@@ -426,7 +466,7 @@ pub(super) fn backward(
             total.iter_mut().zip(partial).for_each(|(d, &s)| *d += s);
         }
     };
-    if use_direct {
+    if direct_dw {
         let (total, rest) = partials.split_at_mut(acc_len);
         add_partials(total, rest);
         direct::transpose_out(c, total, dw);
@@ -545,7 +585,7 @@ mod tests {
 
     /// Shapes the direct kernels take (`direct::applies`), around the GEMM's depth blocks.
     const DIRECT_CASES: [DirectCase; 8] = [
-        (20, 12, 12, 50, 1, 5, 0, 1, 1), // LeNet conv2: one block, 50 = 8 x 6 + 2 channels
+        (20, 12, 12, 50, 1, 5, 0, 1, 1), // LeNet conv2: one block, tiles of 5 and 6 channels
         (32, 16, 16, 32, 1, 5, 2, 1, 1), // cifar10 conv2: forward in two blocks of 400
         (3, 32, 32, 32, 1, 5, 2, 1, 1),  // cifar10 conv1: weight gradient in two blocks of 512
         (24, 8, 8, 20, 1, 5, 2, 1, 1),   // small product, depth 600: blocks of 512 and 88
@@ -579,6 +619,7 @@ mod tests {
 
     #[test]
     fn direct_kernels_give_the_gemm_paths_bits() {
+        let mut data_gradients = 0;
         use super::{backward_image, direct, forward_image, SERIAL};
         for case in DIRECT_CASES {
             let c = direct_batch(case);
@@ -605,6 +646,23 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{case:?}: forward of image {n}");
             }
+            if direct::data_gradient_fits(&c) {
+                data_gradients += 1;
+                let mut wt = vec![f32::NAN; direct::transposed_weights_len(&c)];
+                direct::transpose_weights(&c, &w, &mut wt);
+                for n in 0..c.num {
+                    let dyi = &dy[n * ol..(n + 1) * ol];
+                    let mut by_gemm = vec![f32::NAN; il];
+                    let mut direct_dx = vec![f32::NAN; il];
+                    backward_image(SERIAL, &c, &[], &w, dyi, None, Some(&mut by_gemm), &mut col);
+                    direct::data_gradient_image(&c, &wt, dyi, &mut direct_dx);
+                    let same = by_gemm
+                        .iter()
+                        .zip(&direct_dx)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{case:?}: data gradient of image {n}");
+                }
+            }
             // Images summed onto the gradient (beta 1), and onto nothing (beta 0 first).
             for start_from_zero in [false, true] {
                 let mut by_gemm = dw0.clone();
@@ -629,6 +687,10 @@ mod tests {
                 );
             }
         }
+        assert_eq!(
+            data_gradients, 7,
+            "every case but the vertical stride checks dx"
+        );
     }
 
     type Run = (Vec<f32>, Vec<f32>, Vec<f32>);

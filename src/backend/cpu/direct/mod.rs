@@ -20,6 +20,13 @@ use super::with_zeroed;
 use crate::backend::ConvBatch;
 use std::cell::RefCell;
 
+mod data_gradient;
+#[cfg(test)]
+pub(super) use data_gradient::data_gradient_fits;
+pub(super) use data_gradient::{
+    data_gradient_applies, data_gradient_image, transpose_weights, transposed_weights_len,
+};
+
 thread_local! {
     /// The zero-padded image, for convolutions with padding.
     static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -69,6 +76,13 @@ fn depth_block(m: usize, n: usize, k: usize) -> usize {
         gemm_common::cache::kernel_params(m, n, k, MR, NR, size_of::<f32>()).kc
     };
     kc.max(1)
+}
+
+/// `0..n` cut into the fewest ranges of at most `max`, their sizes differing by one at most:
+/// a last tile of 2 rows after tiles of 6 would spend its loads on a third of the work.
+fn balanced(n: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let parts = n.div_ceil(max);
+    (0..parts).map(move |t| t * n / parts..(t + 1) * n / parts)
 }
 
 /// Where the padded image and the outputs are, for one convolution.
@@ -268,7 +282,7 @@ pub(super) fn weight_gradient_image(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{LANES, NR};
+    use super::{balanced, LANES, NR};
     use std::arch::x86_64::*;
 
     /// `y = W col(image)` for one group: tiles of up to [`NR`] output channels by two output
@@ -286,9 +300,8 @@ mod avx2 {
         let kd = offsets.len();
         let go = w.len() / kd;
         let (image, y) = (image.as_ptr(), y.as_mut_ptr());
-        let mut m0 = 0;
-        while m0 < go {
-            let rows = (go - m0).min(NR);
+        for channels in balanced(go, NR) {
+            let (m0, rows) = (channels.start, channels.len());
             let w = w.as_ptr().add(m0 * kd);
             let y = y.add(m0 * sp);
             for pair in segments.chunks(2) {
@@ -312,7 +325,6 @@ mod avx2 {
                     _ => tile!(1, 1),
                 }
             }
-            m0 += rows;
         }
     }
 
@@ -381,8 +393,9 @@ mod avx2 {
         let mut m0 = 0;
         while m0 < gop {
             let vectors = ((gop - m0) / LANES).min(2);
-            for (t, taps) in offsets.chunks(NR).enumerate() {
-                let out = dw_t.add(t * NR * gop + m0);
+            for taps in balanced(offsets.len(), NR) {
+                let out = dw_t.add(taps.start * gop + m0);
+                let taps = &offsets[taps];
                 let dy = dy_t.add(m0);
                 macro_rules! tile {
                     ($r:literal, $v:literal) => {
