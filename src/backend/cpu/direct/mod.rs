@@ -21,8 +21,6 @@ use crate::backend::ConvBatch;
 use std::cell::RefCell;
 
 mod data_gradient;
-#[cfg(test)]
-pub(super) use data_gradient::data_gradient_fits;
 pub(super) use data_gradient::{
     data_gradient_applies, data_gradient_image, transpose_weights, transposed_weights_len,
 };
