@@ -118,7 +118,7 @@ fn store(c: &mut f32, acc: f32, alpha: f32, beta: f32) {
 /// `sum_p a[p] b[p]` in eight interleaved partial sums (lane `l` takes `p = l mod 8`), added
 /// pairwise at the end: a fixed order, whatever the SIMD width the compiler picks.
 #[inline(always)]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
+fn dot8_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
     let (b8, b_tail) = b.split_at(a8.len());
@@ -184,7 +184,7 @@ fn dot_task(
 
 /// [`dot8`] of four rows against one, each summed exactly as [`dot8`] sums it.
 #[inline(always)]
-fn dot8x4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+fn dot8x4_portable(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
     let mut acc = [[0.0f32; 8]; 4];
     let full = b.len() / 8 * 8;
     let mut p = 0;
@@ -204,6 +204,95 @@ fn dot8x4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
         }
     }
     acc.map(|acc| ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])))
+}
+
+/// `sum_p a[p] b[p]` in eight interleaved partial sums (lane `l` takes `p = l mod 8`), added
+/// pairwise at the end. The AVX2 kernel takes the same steps eight lanes at a time (explicitly:
+/// the compiler does not carry [`with_simd`] into these loops), so both give the same bits.
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { avx2::dot8_rows([a], b)[0] };
+    }
+    dot8_portable(a, b)
+}
+
+/// [`dot8`] of four rows against one.
+#[inline(always)]
+fn dot8x4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { avx2::dot8_rows(a, b) };
+    }
+    dot8x4_portable(a, b)
+}
+
+/// `c += s x`, each element one product and one sum (no fused multiply-add).
+#[inline(always)]
+fn axpy(c: &mut [f32], s: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { avx2::axpy(c, s, x) };
+    }
+    c.iter_mut().zip(x).for_each(|(c, &x)| *c += s * x);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    /// `R` rows' dot products with `b`, each in the order of `dot8_portable`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot8_rows<const R: usize>(a: [&[f32]; R], b: &[f32]) -> [f32; R] {
+        let full = b.len() / 8 * 8;
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut p = 0;
+        while p < full {
+            let y = _mm256_loadu_ps(b.as_ptr().add(p));
+            for (acc, a) in acc.iter_mut().zip(&a) {
+                let x = _mm256_loadu_ps(a.as_ptr().add(p));
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
+            }
+            p += 8;
+        }
+        let mut out = [0.0; R];
+        for ((out, acc), a) in out.iter_mut().zip(acc).zip(&a) {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            for (l, (x, y)) in a[full..b.len()].iter().zip(&b[full..]).enumerate() {
+                lanes[l] += x * y;
+            }
+            *out = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+                + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+        }
+        out
+    }
+
+    /// `c += s x` eight at a time, then the tail.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn axpy(c: &mut [f32], s: f32, x: &[f32]) {
+        let n = c.len().min(x.len());
+        let full = n / 8 * 8;
+        let sv = _mm256_set1_ps(s);
+        let mut j = 0;
+        while j < full {
+            let at = c.as_mut_ptr().add(j);
+            let prod = _mm256_mul_ps(sv, _mm256_loadu_ps(x.as_ptr().add(j)));
+            _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), prod));
+            j += 8;
+        }
+        for (c, &x) in c[full..n].iter_mut().zip(&x[full..n]) {
+            *c += s * x;
+        }
+    }
 }
 
 /// `c_i = beta c_i + sum_p (alpha op(A)[i][p]) B_p` over this task's columns of every row: each
@@ -231,7 +320,7 @@ fn axpy_task(
         let b_seg = &b[p * ldb + j0..p * ldb + j0 + width];
         for (i, row) in rows.iter_mut().enumerate() {
             let s = alpha * a_at(i, p);
-            row.iter_mut().zip(b_seg).for_each(|(c, &x)| *c += s * x);
+            axpy(row, s, b_seg);
         }
     }
 }
@@ -372,6 +461,34 @@ mod tests {
                     - 1.0
             })
             .collect()
+    }
+
+    /// The explicit AVX2 loops take the portable loops' steps: the same bits, tails included.
+    #[test]
+    fn avx2_loops_give_the_portable_bits() {
+        if !cfg!(target_arch = "x86_64") || !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: the CPU lacks AVX2");
+            return;
+        }
+        for len in [1, 7, 8, 9, 64, 1001] {
+            let rows: Vec<Vec<f32>> = (0..4).map(|r| values(len, 10 + r)).collect();
+            let b = values(len, 20);
+            let a = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+            let want = dot8x4_portable(a, &b);
+            assert_eq!(dot8x4(a, &b).map(f32::to_bits), want.map(f32::to_bits));
+            assert_eq!(dot8(a[2], &b).to_bits(), dot8_portable(a[2], &b).to_bits());
+            let mut c = values(len, 30);
+            let mut c_portable = c.clone();
+            axpy(&mut c, 0.7, &b);
+            c_portable
+                .iter_mut()
+                .zip(&b)
+                .for_each(|(c, &x)| *c += 0.7 * x);
+            assert!(c
+                .iter()
+                .zip(&c_portable)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
     }
 
     /// The skinny paths against the definition, in f64, for every transpose, alpha and beta,
