@@ -128,13 +128,8 @@ fn columns<'a>(par: Par<'_>, c: &ConvBatch, x: &'a [f32], col: &'a mut [f32]) ->
     }
 }
 
-/// One image's forward pass: `y = W col(x)` per group, then `+ bias`.
-///
-/// One product for the whole image, not one per chunk of rows: the GEMM kernel blocks its sums
-/// differently for a narrower product, and the chunked forward (about 12 % faster on cifar's
-/// conv2) moved the chaotic cifar10_quick triangular2 parity run off upstream one iteration
-/// before its measured horizon (tests/parity.rs). Adopting it needs `rounding_sensitivity`
-/// measured again.
+/// One image's forward pass: `y = W col(x)` per group (directly, or through im2col and the
+/// GEMM), then `+ bias`.
 #[allow(clippy::too_many_arguments)]
 fn forward_image(
     par: Par<'_>,
@@ -161,7 +156,8 @@ fn forward_image(
     }
 }
 
-/// `y = W col(x)` per group through im2col and the GEMM.
+/// `y = W col(x)` per group through im2col and the GEMM: one product for the whole image (the
+/// GEMM kernel blocks its sums differently for a narrower product).
 fn image_product(
     par: Par<'_>,
     c: &ConvBatch,
