@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::{rcaffe, stderr, stdout};
 use rcaffe::backend::CpuBackend;
 use rcaffe::caffe_log::compare::{compare_logs, Quantity};
 use rcaffe::caffe_log::{parse_log, read_log, CaffeLog};
@@ -12,7 +13,6 @@ use rcaffe::proto::caffe::SolverParameter;
 use rcaffe::proto::{parse_text, read_solver};
 use rcaffe::solver::Solver;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 const UPSTREAM: &str = "../shared/reference/upstream";
 
@@ -358,23 +358,6 @@ fn our_solver_logs_parse_into_the_figures_it_recorded() {
             );
         }
     }
-}
-
-// --- the binary ------------------------------------------------------------------------
-
-fn rcaffe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
-        .args(args)
-        .output()
-        .expect("the rcaffe binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Decodes a PNG, returning its size and how many pixels are neither white nor grey: the

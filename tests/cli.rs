@@ -1,24 +1,10 @@
 //! The `rcaffe` binary, run as a user runs it.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use common::{rcaffe, rcaffe_in, stderr, stdout};
 
 const UPSTREAM: &str = "../shared/reference/upstream";
-
-fn rcaffe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
-        .args(args)
-        .output()
-        .expect("the rcaffe binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[test]
 fn plot_lr_writes_every_iteration_with_caffe_spelling() {
@@ -192,15 +178,6 @@ fn converters_and_mean_reproduce_upstreams_mean_file() {
         "{}",
         stdout(&output)
     );
-}
-
-/// Runs `rcaffe` in `folder`.
-fn rcaffe_in(folder: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
-        .args(args)
-        .current_dir(folder)
-        .output()
-        .expect("the rcaffe binary runs")
 }
 
 #[test]

@@ -3,22 +3,12 @@
 //! CPU fallback with one warning. On a machine with a device these tests say they skipped;
 //! `scripts/gpu-check.sh` covers that side.
 
+mod common;
+
+use common::{rcaffe_in, stderr};
 use std::path::Path;
-use std::process::{Command, Output};
 
 use rcaffe::backend::cuda::device;
-
-fn rcaffe_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("the rcaffe binary runs")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// Whether this machine has a usable device, in which case the no-device tests skip.
 fn device_present(test: &str) -> bool {

@@ -1,4 +1,34 @@
-//! Fixtures shared by test files (`mod common;`).
+//! Fixtures shared by test files (`mod common;`). Each test file uses some of them, so the rest
+//! are dead code there.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the `rcaffe` binary as a user runs it.
+pub fn rcaffe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
+        .args(args)
+        .output()
+        .expect("the rcaffe binary runs")
+}
+
+/// Runs the `rcaffe` binary in `folder`.
+pub fn rcaffe_in(folder: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
+        .args(args)
+        .current_dir(folder)
+        .output()
+        .expect("the rcaffe binary runs")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
 
 /// A solver with an inline two-layer net on DummyData that trains in milliseconds, tests every
 /// 3 iterations and logs every iteration: for tests that need a real training log.
