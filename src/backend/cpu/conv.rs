@@ -7,10 +7,10 @@
 //! im2col and a serial GEMM in its own column buffer, so every image is computed exactly as a
 //! single-threaded run computes it.
 //!
-//! With a horizontal stride of 1 (every convolution of the zoo's small nets) the forward
-//! product and the weight gradient skip the column buffer: [`direct`] reads the padded image
-//! through an offset table and sums each output exactly as the GEMM does, so the bits are the
-//! same either way. The data gradient keeps `W^T dy` and col2im.
+//! With a horizontal stride of 1 (every convolution of the zoo's small nets) all three products
+//! skip the column buffer: [`direct`] reads the padded image through an offset table (forward,
+//! weight gradient) and scatters column entries onto their pixels (data gradient), summing each
+//! output exactly as the GEMM path does, so the bits are the same either way.
 //!
 //! Determinism of the weight gradient: `dW += sum_n dy[n] col(x[n])^T` is a sum over images,
 //! and the order of a float sum changes its value. The images are cut into
@@ -21,7 +21,8 @@
 //! images one by one into `dW`; this differs from that only in rounding (see
 //! docs/benchmarks.md for the measured effect).
 //!
-//! The data gradient runs by chunks of output rows whose columns fit in L2 (`W^T dy` for the
+//! Through the GEMM (other strides, narrow products), the data gradient runs by chunks of
+//! output rows whose columns fit in L2 (`W^T dy` for the
 //! chunk, then its col2im into a padded image), last chunk first so that every pixel still
 //! receives its terms in upstream's order: the same bits as the whole-image col2im.
 //!
@@ -582,8 +583,8 @@ mod tests {
     /// Shapes the direct kernels take (`direct::applies`), around the GEMM's depth blocks.
     const DIRECT_CASES: [DirectCase; 8] = [
         (20, 12, 12, 50, 1, 5, 0, 1, 1), // LeNet conv2: one block, tiles of 5 and 6 channels
-        (32, 16, 16, 32, 1, 5, 2, 1, 1), // cifar10 conv2: forward in two blocks of 400
-        (3, 32, 32, 32, 1, 5, 2, 1, 1),  // cifar10 conv1: weight gradient in two blocks of 512
+        (32, 16, 16, 32, 1, 5, 2, 1, 1), // cifar10 conv2: forward depth 800 (two blocks of 400 here)
+        (3, 32, 32, 32, 1, 5, 2, 1, 1),  // cifar10 conv1: weight gradient over 1024 outputs
         (24, 8, 8, 20, 1, 5, 2, 1, 1),   // small product, depth 600: blocks of 512 and 88
         (2, 30, 30, 18, 1, 3, 1, 1, 1),  // small product, 900 outputs: blocks of 512 and 388
         (40, 13, 13, 48, 2, 3, 1, 1, 1), // AlexNet-like: rows of 13, two groups
@@ -613,16 +614,30 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn direct_kernels_give_the_gemm_paths_bits() {
         let mut data_gradients = 0;
         use super::{backward_image, direct, forward_image, SERIAL};
-        for case in DIRECT_CASES {
-            let c = direct_batch(case);
-            if !direct::applies(&c) {
+        // Plus a rectangular kernel with unequal pads and dilations, in three groups.
+        let mut rectangular = direct_batch((6, 11, 21, 60, 3, 1, 0, 1, 1));
+        (rectangular.geom.kernel_h, rectangular.geom.kernel_w) = (2, 5);
+        (rectangular.geom.pad_h, rectangular.geom.pad_w) = (3, 1);
+        (rectangular.geom.dilation_h, rectangular.geom.dilation_w) = (2, 1);
+        let batches: Vec<ConvBatch> = DIRECT_CASES
+            .iter()
+            .map(|&case| direct_batch(case))
+            .chain([rectangular])
+            .collect();
+        for c in batches.iter().copied() {
+            let case = c.geom;
+            if !(std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"))
+            {
                 eprintln!("skipped: the CPU lacks AVX2 and FMA");
                 return;
             }
+            assert!(direct::applies(&c), "{case:?} is not a direct shape");
             let be = CpuBackend::new(1).unwrap();
             let x = random(&be, c.num * c.in_len(), 1).into_vec();
             let w = random(&be, c.weight_len(), 2).into_vec();
@@ -683,7 +698,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(data_gradients, DIRECT_CASES.len(), "every case checks dx");
+        assert_eq!(data_gradients, batches.len(), "every case checks dx");
     }
 
     type Run = (Vec<f32>, Vec<f32>, Vec<f32>);

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// (AlexNet's fc6 at batch 10 is 10 x 4096 x 9216). It is bound by streaming the large operand
 /// from memory, which the general kernel, built for blocks of both large dimensions, does
 /// several times slower than the direct loops in [`skinny`].
-const SKINNY: usize = 16;
+pub(super) const SKINNY: usize = 16;
 /// Skinny products smaller than this many multiply-adds go to the general kernel.
 const SKINNY_MIN_WORK: usize = 1 << 18;
 
@@ -252,6 +252,9 @@ mod avx2 {
     /// `R` rows' dot products with `b`, each in the order of `dot8_portable`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn dot8_rows<const R: usize>(a: [&[f32]; R], b: &[f32]) -> [f32; R] {
+        for a in &a {
+            assert_eq!(a.len(), b.len(), "dot product of unequal lengths");
+        }
         let full = b.len() / 8 * 8;
         let mut acc = [_mm256_setzero_ps(); R];
         let mut p = 0;
@@ -464,9 +467,10 @@ mod tests {
     }
 
     /// The explicit AVX2 loops take the portable loops' steps: the same bits, tails included.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_loops_give_the_portable_bits() {
-        if !cfg!(target_arch = "x86_64") || !std::arch::is_x86_feature_detected!("avx2") {
+        if !std::arch::is_x86_feature_detected!("avx2") {
             eprintln!("skipped: the CPU lacks AVX2");
             return;
         }

@@ -57,6 +57,10 @@ pub(in crate::backend::cpu) fn data_gradient_image(
     dy: &[f32],
     dx: &mut [f32],
 ) {
+    assert!(
+        data_gradient_applies(c),
+        "direct data gradient called outside its shapes"
+    );
     let g = &c.geom;
     let (kd, go, sp) = (c.kernel_dim(), c.group_out(), c.out_spatial());
     let (hp, wp) = (g.height + 2 * g.pad_h, g.width + 2 * g.pad_w);

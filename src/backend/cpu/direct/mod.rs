@@ -1,5 +1,6 @@
-//! Convolution with a horizontal stride of 1 straight from the (zero-padded) image: the
-//! forward product and the weight gradient without a column buffer ("implicit GEMM").
+//! Convolution with a horizontal stride of 1 without a column buffer: the forward product and
+//! the weight gradient straight from the (zero-padded) image ("implicit GEMM"), the data
+//! gradient by scattering column entries onto their pixels ([`data_gradient`]).
 //!
 //! With stride 1, column row `k = (c, i, j)` of the im2col matrix restricted to eight outputs
 //! of one output row is eight consecutive floats of the padded image, starting at a fixed
@@ -15,7 +16,11 @@
 //! the block, so the kernels follow it on any machine; the tests compare every bit with the
 //! GEMM path. Only the products that path hands to the crate's general kernel, with both sides
 //! wider than 16 (narrower ones go to other kernels that sum in other orders), come here.
+//!
+//! The crate is pinned to one version in Cargo.toml, and its AVX-512 kernels (feature `x86-v4`,
+//! with other block sizes) stay off: a change there would show in the bit-for-bit test.
 
+use super::gemm::SKINNY;
 use super::with_zeroed;
 use crate::backend::ConvBatch;
 use std::cell::RefCell;
@@ -41,16 +46,18 @@ const NR: usize = 6;
 const LANES: usize = 8;
 
 /// Whether the direct kernels take this convolution: x86-64 with AVX2 and FMA, stride 1
-/// across, output rows at least one vector wide, and GEMMs the `gemm` crate's general kernel
-/// would run (more than 16 output channels per group and more than 16 kernel taps).
+/// across, output rows at least one vector wide, and products the GEMM path hands to the
+/// crate's general kernel. That needs more than [`SKINNY`] output channels per group (fewer go
+/// to the repository's own skinny loops), and more than 16 column rows (`kernel_dim`), which
+/// with the channels keeps the weight gradient off the crate's kernel for products of at most
+/// 16 x 16 outputs.
 pub(super) fn applies(c: &ConvBatch) -> bool {
     let g = &c.geom;
     cpu_has_avx2_fma()
         && !c.is_1x1()
         && g.stride_w == 1
         && g.out_w() >= LANES
-        && g.out_h() > 0
-        && c.group_out() > 16
+        && c.group_out() > SKINNY
         && c.kernel_dim() > 16
 }
 
@@ -164,6 +171,8 @@ fn with_image<R>(c: &ConvBatch, x: &[f32], f: impl FnOnce(&[f32], &Plan) -> R) -
 
 /// `y = W col(x)` for one image, every group (no bias); `applies(c)` holds.
 pub(super) fn forward_image(c: &ConvBatch, x: &[f32], w: &[f32], y: &mut [f32]) {
+    // The kernels' reads and writes stay in bounds (and use AVX2) only then.
+    assert!(applies(c), "direct convolution called outside its shapes");
     let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
     // The crate's product runs its vectors along the outputs (`m` = spatial), as here.
     let kc = depth_block(sp, go, kd);
@@ -235,13 +244,14 @@ pub(super) fn weight_gradient_image(
     dw_t: &mut [f32],
     accumulate: bool,
 ) {
+    assert!(applies(c), "direct convolution called outside its shapes");
     let (kd, sp, go, gop) = (
         c.kernel_dim(),
         c.out_spatial(),
         c.group_out(),
         padded_out(c),
     );
-    // The crate's product runs its vectors along the kernel taps (`m` = kernel_dim) and sums
+    // The crate's product runs its vectors along the column rows (`m` = kernel_dim) and sums
     // over the outputs.
     let kc = depth_block(kd, go, sp);
     let (hp, wp) = padded_size(c);
@@ -373,7 +383,7 @@ mod avx2 {
         }
     }
 
-    /// `dw_t (+)= dy col(image)^T` for one group, transposed: tiles of up to [`NR`] kernel taps
+    /// `dw_t (+)= dy col(image)^T` for one group, transposed: tiles of up to [`NR`] column rows
     /// by two vectors of output channels.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
@@ -391,18 +401,18 @@ mod avx2 {
         let mut m0 = 0;
         while m0 < gop {
             let vectors = ((gop - m0) / LANES).min(2);
-            for taps in balanced(offsets.len(), NR) {
-                let out = dw_t.add(taps.start * gop + m0);
-                let taps = &offsets[taps];
+            for rows in balanced(offsets.len(), NR) {
+                let out = dw_t.add(rows.start * gop + m0);
+                let rows = &offsets[rows];
                 let dy = dy_t.add(m0);
                 macro_rules! tile {
                     ($r:literal, $v:literal) => {
                         weight_gradient_tile::<$r, $v>(
-                            image, taps, positions, kc, dy, gop, out, accumulate,
+                            image, rows, positions, kc, dy, gop, out, accumulate,
                         )
                     };
                 }
-                match (taps.len(), vectors) {
+                match (rows.len(), vectors) {
                     (6, 2) => tile!(6, 2),
                     (5, 2) => tile!(5, 2),
                     (4, 2) => tile!(4, 2),
@@ -421,7 +431,7 @@ mod avx2 {
         }
     }
 
-    /// `R` kernel taps by `V` vectors of output channels: one multiply-add chain per weight
+    /// `R` column rows by `V` vectors of output channels: one multiply-add chain per weight
     /// and depth block of `kc` outputs, the blocks' sums added in order onto `out` (or, without
     /// `accumulate`, the first block's sum stored).
     #[target_feature(enable = "avx2,fma")]
@@ -429,7 +439,7 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     unsafe fn weight_gradient_tile<const R: usize, const V: usize>(
         image: *const f32,
-        taps: &[usize],
+        rows: &[usize],
         positions: &[usize],
         kc: usize,
         dy: *const f32,
@@ -437,7 +447,7 @@ mod avx2 {
         out: *mut f32,
         accumulate: bool,
     ) {
-        let src: [*const f32; R] = std::array::from_fn(|r| image.add(taps[r]));
+        let src: [*const f32; R] = std::array::from_fn(|r| image.add(rows[r]));
         let mut total = [[_mm256_setzero_ps(); V]; R];
         if accumulate {
             for (r, t) in total.iter_mut().enumerate() {
