@@ -326,11 +326,7 @@ pub(super) fn backward(
         dx.is_some() && use_direct(par, c, n_workers) && direct::data_gradient_applies(c);
     let needs_columns = (dw.is_some() && !direct_dw) || (dx.is_some() && !direct_dx);
     let cl = if needs_columns { col_len(c) } else { 0 };
-    let wt_len = if direct_dx {
-        direct::transposed_weights_len(c)
-    } else {
-        0
-    };
+    let wt_len = if direct_dx { c.weight_len() } else { 0 };
     // Serial kernels inside a task when images run side by side; otherwise the kernels may use
     // the pool themselves.
     let kernel_par = if n_workers == 1 { par } else { SERIAL };
@@ -659,7 +655,7 @@ mod tests {
             }
             if direct::data_gradient_applies(&c) {
                 data_gradients += 1;
-                let mut wt = vec![f32::NAN; direct::transposed_weights_len(&c)];
+                let mut wt = vec![f32::NAN; c.weight_len()];
                 direct::transpose_weights(&c, &w, &mut wt);
                 for n in 0..c.num {
                     let dyi = &dy[n * ol..(n + 1) * ol];

@@ -8,15 +8,14 @@
 //! whose width is no multiple of 8 end with a segment overlapping the one before; its lanes
 //! already added are masked to an exact `+0` (the sums start at `+0` and never become `-0`).
 
-use super::{applies, balanced, with_zeroed, LANES};
+use super::{applies, balanced, output_segments, padded_size, transpose_groups, with_zeroed};
 use crate::backend::ConvBatch;
 use std::cell::RefCell;
 
 thread_local! {
     /// One group's `dx`, zero-padded.
     static DX_PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Eight-output segments of the output rows: `[first output, position in padded dx,
-    /// leading lanes an earlier segment already covers]`.
+    /// The [`output_segments`] as `[first output, start in the padded dx, lanes covered]`.
     static OUTPUT_SEGMENTS: RefCell<Vec<[usize; 3]>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -29,24 +28,10 @@ pub(in crate::backend::cpu) fn data_gradient_applies(c: &ConvBatch) -> bool {
     applies(c) && c.group_out() <= 512
 }
 
-/// Floats of [`transpose_weights`]'s output.
-pub(in crate::backend::cpu) fn transposed_weights_len(c: &ConvBatch) -> usize {
-    c.weight_len()
-}
-
-/// `wt = W^T` per group (`kernel_dim x group_out`): each tap's weights over the output
-/// channels contiguous, as the kernel walks them.
+/// `wt = W^T` per group (`kernel_dim x group_out`, `weight_len` floats): each column row's
+/// weights over the output channels contiguous, as the kernel walks them.
 pub(in crate::backend::cpu) fn transpose_weights(c: &ConvBatch, w: &[f32], wt: &mut [f32]) {
-    let (kd, go) = (c.kernel_dim(), c.group_out());
-    for grp in 0..c.groups {
-        let src = &w[grp * go * kd..(grp + 1) * go * kd];
-        let dst = &mut wt[grp * kd * go..(grp + 1) * kd * go];
-        for (m, row) in src.chunks_exact(kd).enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                dst[k * go + m] = v;
-            }
-        }
-    }
+    transpose_groups(c, w, wt, c.group_out());
 }
 
 /// `dx = col2im(W^T dy)` for one image, every group, from `wt` ([`transpose_weights`]);
@@ -63,20 +48,13 @@ pub(in crate::backend::cpu) fn data_gradient_image(
     );
     let g = &c.geom;
     let (kd, go, sp) = (c.kernel_dim(), c.group_out(), c.out_spatial());
-    let (hp, wp) = (g.height + 2 * g.pad_h, g.width + 2 * g.pad_w);
+    let (hp, wp) = padded_size(c);
     let cin = g.channels / c.groups;
-    let (plane, out_w) = (g.height * g.width, g.out_w());
+    let plane = g.height * g.width;
     OUTPUT_SEGMENTS.with(|segments| {
         let mut segments = segments.borrow_mut();
         segments.clear();
-        for oh in 0..g.out_h() {
-            let mut ow = 0;
-            while ow < out_w {
-                let start = ow.min(out_w - LANES);
-                segments.push([oh * out_w + start, oh * g.stride_h * wp + start, ow - start]);
-                ow += LANES;
-            }
-        }
+        segments.extend(output_segments(c, wp).map(|(first, at, skip)| [first, at, skip]));
         let shape = Shape {
             channels: cin,
             outputs: go,
@@ -153,20 +131,7 @@ mod avx2 {
                             scatter_tile::<$r, $v>(dy, wt, taps, pair, shift, shape, dx)
                         };
                     }
-                    match (channels, pair.len()) {
-                        (6, 2) => tile!(6, 2),
-                        (5, 2) => tile!(5, 2),
-                        (4, 2) => tile!(4, 2),
-                        (3, 2) => tile!(3, 2),
-                        (2, 2) => tile!(2, 2),
-                        (1, 2) => tile!(1, 2),
-                        (6, _) => tile!(6, 1),
-                        (5, _) => tile!(5, 1),
-                        (4, _) => tile!(4, 1),
-                        (3, _) => tile!(3, 1),
-                        (2, _) => tile!(2, 1),
-                        _ => tile!(1, 1),
-                    }
+                    by_tile_size!(channels, pair.len(), tile)
                 }
             }
         }

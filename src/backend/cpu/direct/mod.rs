@@ -25,10 +25,29 @@ use super::with_zeroed;
 use crate::backend::ConvBatch;
 use std::cell::RefCell;
 
+/// Calls `$tile!(R, V)` with the compile-time tile size for `rows` (1 to 6) by `vectors` (1 or
+/// 2, anything else taken as 1).
+macro_rules! by_tile_size {
+    ($rows:expr, $vectors:expr, $tile:ident) => {
+        match ($rows, $vectors) {
+            (6, 2) => $tile!(6, 2),
+            (5, 2) => $tile!(5, 2),
+            (4, 2) => $tile!(4, 2),
+            (3, 2) => $tile!(3, 2),
+            (2, 2) => $tile!(2, 2),
+            (1, 2) => $tile!(1, 2),
+            (6, _) => $tile!(6, 1),
+            (5, _) => $tile!(5, 1),
+            (4, _) => $tile!(4, 1),
+            (3, _) => $tile!(3, 1),
+            (2, _) => $tile!(2, 1),
+            _ => $tile!(1, 1),
+        }
+    };
+}
+
 mod data_gradient;
-pub(super) use data_gradient::{
-    data_gradient_applies, data_gradient_image, transpose_weights, transposed_weights_len,
-};
+pub(super) use data_gradient::{data_gradient_applies, data_gradient_image, transpose_weights};
 
 thread_local! {
     /// The zero-padded image, for convolutions with padding.
@@ -95,9 +114,8 @@ struct Plan {
     /// `off[k]`: where column row `k` of one group starts in the padded image, relative to
     /// the output segment's own start.
     offsets: Vec<usize>,
-    /// Eight-output segments of the output rows: `[start in the padded image, first output]`.
-    /// A row whose width is no multiple of 8 ends with a segment overlapping the one before
-    /// (its overlapping outputs are computed twice, the same way).
+    /// The [`output_segments`] as `[start in the padded image, first output]` (an overlapping
+    /// segment's outputs are computed twice, the same way).
     segments: Vec<[usize; 2]>,
     /// Where each output starts in the padded image.
     positions: Vec<usize>,
@@ -125,20 +143,15 @@ impl Plan {
                 }
             }
         }
-        self.segments.clear();
         self.positions.clear();
         let out_w = g.out_w();
         for oh in 0..g.out_h() {
             let row = oh * g.stride_h * wp;
             self.positions.extend(row..row + out_w);
-            let mut ow = 0;
-            while ow < out_w {
-                let start = ow.min(out_w - LANES);
-                self.segments
-                    .push([oh * g.stride_h * wp + start, oh * out_w + start]);
-                ow += LANES;
-            }
         }
+        self.segments.clear();
+        self.segments
+            .extend(output_segments(c, wp).map(|(first, start, _)| [start, first]));
     }
 }
 
@@ -208,16 +221,7 @@ pub(super) fn transposed_len(c: &ConvBatch) -> usize {
 /// Copies the weight gradient `dw` (per group `out x kernel_dim`) into `dw_t` (per group
 /// `kernel_dim x padded_out`), the layout [`weight_gradient_image`] accumulates into.
 pub(super) fn transpose_in(c: &ConvBatch, dw: &[f32], dw_t: &mut [f32]) {
-    let (kd, go, gop) = (c.kernel_dim(), c.group_out(), padded_out(c));
-    for grp in 0..c.groups {
-        let src = &dw[grp * go * kd..(grp + 1) * go * kd];
-        let dst = &mut dw_t[grp * kd * gop..(grp + 1) * kd * gop];
-        for (m, row) in src.chunks_exact(kd).enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                dst[k * gop + m] = v;
-            }
-        }
-    }
+    transpose_groups(c, dw, dw_t, padded_out(c));
 }
 
 /// The inverse of [`transpose_in`]: `dw = dw_t` back in the weights' layout.
@@ -232,6 +236,35 @@ pub(super) fn transpose_out(c: &ConvBatch, dw_t: &[f32], dw: &mut [f32]) {
             }
         }
     }
+}
+
+/// Per group, the `group_out x kernel_dim` matrix of `src` transposed into the first
+/// `group_out` columns of a `kernel_dim x cols` matrix of `dst`.
+fn transpose_groups(c: &ConvBatch, src: &[f32], dst: &mut [f32], cols: usize) {
+    let (kd, go) = (c.kernel_dim(), c.group_out());
+    for grp in 0..c.groups {
+        let src = &src[grp * go * kd..(grp + 1) * go * kd];
+        let dst = &mut dst[grp * kd * cols..(grp + 1) * kd * cols];
+        for (m, row) in src.chunks_exact(kd).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                dst[k * cols + m] = v;
+            }
+        }
+    }
+}
+
+/// Eight-output segments of the output rows, as `(first output, start in a padded plane of row
+/// length wp, leading lanes the segment before already covers)`. A row whose width is no
+/// multiple of 8 ends with a segment overlapping the one before.
+fn output_segments(c: &ConvBatch, wp: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let g = c.geom;
+    let out_w = g.out_w();
+    (0..g.out_h()).flat_map(move |oh| {
+        (0..out_w).step_by(LANES).map(move |ow| {
+            let start = ow.min(out_w - LANES);
+            (oh * out_w + start, oh * g.stride_h * wp + start, ow - start)
+        })
+    })
 }
 
 /// `dw_t += (dy col(x)^T)^T` for one image, every group, in the transposed layout of
@@ -318,20 +351,7 @@ mod avx2 {
                         forward_tile::<$r, $v>(image, offsets, kc, pair, w, kd, y, sp)
                     };
                 }
-                match (rows, pair.len()) {
-                    (6, 2) => tile!(6, 2),
-                    (5, 2) => tile!(5, 2),
-                    (4, 2) => tile!(4, 2),
-                    (3, 2) => tile!(3, 2),
-                    (2, 2) => tile!(2, 2),
-                    (1, 2) => tile!(1, 2),
-                    (6, _) => tile!(6, 1),
-                    (5, _) => tile!(5, 1),
-                    (4, _) => tile!(4, 1),
-                    (3, _) => tile!(3, 1),
-                    (2, _) => tile!(2, 1),
-                    _ => tile!(1, 1),
-                }
+                by_tile_size!(rows, pair.len(), tile)
             }
         }
     }
@@ -412,20 +432,7 @@ mod avx2 {
                         )
                     };
                 }
-                match (rows.len(), vectors) {
-                    (6, 2) => tile!(6, 2),
-                    (5, 2) => tile!(5, 2),
-                    (4, 2) => tile!(4, 2),
-                    (3, 2) => tile!(3, 2),
-                    (2, 2) => tile!(2, 2),
-                    (1, 2) => tile!(1, 2),
-                    (6, _) => tile!(6, 1),
-                    (5, _) => tile!(5, 1),
-                    (4, _) => tile!(4, 1),
-                    (3, _) => tile!(3, 1),
-                    (2, _) => tile!(2, 1),
-                    _ => tile!(1, 1),
-                }
+                by_tile_size!(rows.len(), vectors, tile)
             }
             m0 += vectors * LANES;
         }
