@@ -321,9 +321,9 @@ pub(super) fn backward(
     }
     let n_workers = workers(par, c);
     // Which products skip the column buffer (the same bits either way, see [`direct`]).
-    let direct_dw = dw.is_some() && use_direct(par, c, n_workers);
-    let direct_dx =
-        dx.is_some() && use_direct(par, c, n_workers) && direct::data_gradient_applies(c);
+    let direct = use_direct(par, c, n_workers);
+    let direct_dw = dw.is_some() && direct;
+    let direct_dx = dx.is_some() && direct && direct::data_gradient_applies(c);
     let needs_columns = (dw.is_some() && !direct_dw) || (dx.is_some() && !direct_dx);
     let cl = if needs_columns { col_len(c) } else { 0 };
     let wt_len = if direct_dx { c.weight_len() } else { 0 };
@@ -416,12 +416,11 @@ pub(super) fn backward(
                 .as_deref_mut()
                 .map(|d| &mut d[(n - lo) * il..(n - lo + 1) * il]);
             let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
+            // The two gradients are independent: computed one after the other, each by its
+            // own path.
             if direct_dw {
                 direct::weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
-                if let Some(dxi) = dxi {
-                    data_gradient(wt, dyi, dxi, col);
-                }
-            } else if direct_dx {
+            } else {
                 backward_image(
                     kernel_par,
                     c,
@@ -432,11 +431,9 @@ pub(super) fn backward(
                     None,
                     col,
                 );
-                if let Some(dxi) = dxi {
-                    data_gradient(wt, dyi, dxi, col);
-                }
-            } else {
-                backward_image(kernel_par, c, xi, w, dyi, Some((&mut *acc, beta)), dxi, col);
+            }
+            if let Some(dxi) = dxi {
+                data_gradient(wt, dyi, dxi, col);
             }
         }
     };
@@ -627,9 +624,7 @@ mod tests {
             .collect();
         for c in batches.iter().copied() {
             let case = c.geom;
-            if !(std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma"))
-            {
+            if !super::super::simd::has_avx2_fma() {
                 eprintln!("skipped: the CPU lacks AVX2 and FMA");
                 return;
             }

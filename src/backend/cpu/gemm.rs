@@ -5,7 +5,7 @@
 //! as swapped row/column strides, so no operand is copied. The crate splits large products over
 //! the rayon pool the call runs in (we install ours); it keeps small ones on one thread.
 
-use super::simd::with_simd;
+use super::simd::{has_avx2, with_simd};
 use super::Par;
 use crate::backend::Transpose;
 use rayon::prelude::*;
@@ -212,7 +212,7 @@ fn dot8x4_portable(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
 #[inline(always)]
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if has_avx2() {
         // SAFETY: the CPU has AVX2.
         return unsafe { avx2::dot8_rows([a], b)[0] };
     }
@@ -223,7 +223,7 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 fn dot8x4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if has_avx2() {
         // SAFETY: the CPU has AVX2.
         return unsafe { avx2::dot8_rows(a, b) };
     }
@@ -234,7 +234,7 @@ fn dot8x4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
 #[inline(always)]
 fn axpy(c: &mut [f32], s: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if has_avx2() {
         // SAFETY: the CPU has AVX2.
         return unsafe { avx2::axpy(c, s, x) };
     }
@@ -244,10 +244,6 @@ fn axpy(c: &mut [f32], s: f32, x: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
-
-    pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
 
     /// `R` rows' dot products with `b`, each in the order of `dot8_portable`.
     #[target_feature(enable = "avx2")]
@@ -470,7 +466,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_loops_give_the_portable_bits() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
+        if !has_avx2() {
             eprintln!("skipped: the CPU lacks AVX2");
             return;
         }

@@ -5,6 +5,22 @@
 //! function compiled with AVX2 enabled when the CPU has it. The loops spell out their order of
 //! operations and never ask for fused multiply-adds, so the result is the same bits either way.
 
+/// Whether the CPU has AVX2 (false off x86-64).
+pub(super) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the CPU has AVX2 and FMA (false off x86-64).
+pub(super) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return has_avx2() && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Runs `f` with AVX2 enabled when the CPU supports it, else as it is.
 #[inline(always)]
 pub(super) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
@@ -14,7 +30,7 @@ pub(super) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if has_avx2() {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe { avx2(f) };
         }

@@ -21,6 +21,7 @@
 //! with other block sizes) stay off: a change there would show in the bit-for-bit test.
 
 use super::gemm::SKINNY;
+use super::simd::has_avx2_fma;
 use super::with_zeroed;
 use crate::backend::ConvBatch;
 use std::cell::RefCell;
@@ -72,23 +73,12 @@ const LANES: usize = 8;
 /// 16 x 16 outputs.
 pub(super) fn applies(c: &ConvBatch) -> bool {
     let g = &c.geom;
-    cpu_has_avx2_fma()
+    has_avx2_fma()
         && !c.is_1x1()
         && g.stride_w == 1
         && g.out_w() >= LANES
         && c.group_out() > SKINNY
         && c.kernel_dim() > 16
-}
-
-fn cpu_has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// The depth block of the `gemm` crate's kernel for its `m x n x k` product (`m` the side its
@@ -326,6 +316,26 @@ mod avx2 {
     use super::{balanced, LANES, NR};
     use std::arch::x86_64::*;
 
+    /// A depth block's sums into the running totals: stored when `first` (the GEMM's first
+    /// block without `beta`), else added lane by lane, one rounding each.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) fn merge_block<const R: usize, const V: usize>(
+        total: &mut [[__m256; V]; R],
+        acc: &[[__m256; V]; R],
+        first: bool,
+    ) {
+        if first {
+            *total = *acc;
+            return;
+        }
+        for (t, a) in total.iter_mut().zip(acc) {
+            for (t, &a) in t.iter_mut().zip(a) {
+                *t = _mm256_add_ps(*t, a);
+            }
+        }
+    }
+
     /// `y = W col(image)` for one group: tiles of up to [`NR`] output channels by two output
     /// segments.
     #[target_feature(enable = "avx2,fma")]
@@ -386,15 +396,7 @@ mod avx2 {
                     }
                 }
             }
-            if b == 0 {
-                total = acc;
-            } else {
-                for (t, a) in total.iter_mut().zip(&acc) {
-                    for v in 0..V {
-                        t[v] = _mm256_add_ps(t[v], a[v]);
-                    }
-                }
-            }
+            merge_block(&mut total, &acc, b == 0);
         }
         for (r, t) in total.iter().enumerate() {
             for v in 0..V {
@@ -476,15 +478,7 @@ mod avx2 {
                 }
                 d = d.add(gop);
             }
-            if b == 0 && !accumulate {
-                total = acc;
-            } else {
-                for (t, a) in total.iter_mut().zip(&acc) {
-                    for v in 0..V {
-                        t[v] = _mm256_add_ps(t[v], a[v]);
-                    }
-                }
-            }
+            merge_block(&mut total, &acc, b == 0 && !accumulate);
         }
         for (r, t) in total.iter().enumerate() {
             for (v, &t) in t.iter().enumerate() {
