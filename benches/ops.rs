@@ -118,15 +118,17 @@ fn bench_im2col(c: &mut Criterion) {
 fn bench_pooling(c: &mut Criterion) {
     let be = backend();
     // (name, planes, size, kernel, stride, pad): AlexNet pool1 at batch 16, cifar pool1 at
-    // batch 100, LeNet pool1; for average pooling cifar10_full's pool2 and the 3x3 stride-1
-    // window of its WITHIN_CHANNEL LRN.
+    // batch 100, LeNet's two; for average pooling cifar10_quick's pool2 and pool3 and the 3x3
+    // stride-1 window of cifar10_full's WITHIN_CHANNEL LRN.
     let max_cases = [
         ("alexnet_pool1_b16", 16 * 96, 55, 3, 2, 0),
         ("cifar_pool1_b100", 100 * 32, 32, 3, 2, 0),
         ("lenet_pool1_b64", 64 * 20, 24, 2, 2, 0),
+        ("lenet_pool2_b64", 64 * 50, 8, 2, 2, 0),
     ];
     let ave_cases = [
         ("cifar_pool2_b100", 100 * 32, 16, 3, 2, 0),
+        ("cifar_pool3_b100", 100 * 64, 8, 3, 2, 0),
         ("cifar_lrn_within_b100", 100 * 32, 16, 3, 1, 1),
     ];
     let mut group = c.benchmark_group(format!("pool_{}t", be.threads()));

@@ -1,14 +1,298 @@
-//! Max and average pooling, parallel over planes (upstream: src/caffe/layers/pooling_layer.cpp).
+//! Max and average pooling, parallel over groups of planes (upstream:
+//! src/caffe/layers/pooling_layer.cpp).
 //!
 //! Window of output `(ph, pw)`: rows from `ph * stride_h - pad_h` for `kernel_h` rows (columns
 //! likewise). Max pooling looks only at the part inside the image. Average pooling sums the part
 //! inside the image but divides by the size of the window clipped to the *padded* image, so
 //! padded positions count as zeros. A window entirely outside the image (possible only when
 //! the stride exceeds the kernel) gives `-f32::MAX` with mask -1 (max) or 0 (average).
+//!
+//! The loops run over all outputs of a group of planes at once, one window tap after another,
+//! so that they vectorise. The planes are first copied into a [`Layout`]: padded on every
+//! side (with `-inf` for max, `+0` for average) and split into their `stride_h x stride_w`
+//! phases, in which a tap's inputs for consecutive outputs are consecutive floats. Padding
+//! changes no bit: `-inf` never beats the running maximum (the comparison is strict and starts
+//! from `-f32::MAX`), and a sum that starts at `+0` is never `-0`, so adding `+0` leaves it as
+//! it was. Each output still sees its taps in row-major order, and each input of the average's
+//! backward pass still receives its shares in output order, as in upstream's loops.
 
+use super::simd::{has_avx2, with_simd};
 use super::Par;
 use crate::backend::PoolGeom;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
+}
+
+/// Output slots a group of planes aims at: enough for long vector loops, few enough that the
+/// group's layout stays in L1.
+const GROUP_SLOTS: usize = 512;
+
+/// A group of planes padded on every side to cover every window and split into their
+/// `stride_h x stride_w` phases: phase `(a, b)` holds, plane after plane, the padded rows
+/// `a, a + stride_h, ...` by the padded columns `b, b + stride_w, ...`, `rows x cols` of them.
+/// Output `(ph, pw)` of the group's plane `i` is slot `(i * rows + ph) * cols + pw`, and window
+/// tap `(kh, kw)` of every slot is where padded position `(kh, kw)` of plane 0 is, plus the
+/// slot: one phase, shifted. Other slots (`ph >= pooled_h` or `pw >= pooled_w`) are spare:
+/// computed, never read.
+#[derive(Clone, Copy)]
+struct Layout {
+    stride: (usize, usize),
+    rows: usize,
+    cols: usize,
+    planes: usize,
+    /// Slots rounded up to whole vectors.
+    slots: usize,
+}
+
+impl Layout {
+    fn of(g: &PoolGeom) -> Self {
+        // Windows reach at most this far; the image itself may reach further (floor mode).
+        let rows = ((g.pooled_h.max(1) - 1) * g.stride_h + g.kernel_h).max(g.height + g.pad_h);
+        let cols = ((g.pooled_w.max(1) - 1) * g.stride_w + g.kernel_w).max(g.width + g.pad_w);
+        let (rows, cols) = (rows.div_ceil(g.stride_h), cols.div_ceil(g.stride_w));
+        let planes = (GROUP_SLOTS / (rows * cols)).clamp(1, g.planes.max(1));
+        Layout {
+            stride: (g.stride_h, g.stride_w),
+            rows,
+            cols,
+            planes,
+            slots: (planes * rows * cols).next_multiple_of(8),
+        }
+    }
+
+    /// Floats of one plane in one phase, and of one phase.
+    fn plane_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    fn phase_len(&self) -> usize {
+        self.planes * self.plane_len()
+    }
+
+    /// The phases, then room for the spare slots' reads past the last one.
+    fn len(&self) -> usize {
+        self.stride.0 * self.stride.1 * self.phase_len() + self.plane_len() + 8
+    }
+
+    /// Where padded position `(r, c)` of plane 0 is.
+    fn at(&self, r: usize, c: usize) -> usize {
+        let (sh, sw) = self.stride;
+        ((r % sh) * sw + c % sw) * self.phase_len() + (r / sh) * self.cols + c / sw
+    }
+}
+
+/// One worker's buffers, and the tables for the geometry they were last made for (so that the
+/// loops over a group do no integer division).
+struct Scratch {
+    geom: Option<PoolGeom>,
+    lay: Layout,
+    /// A group of planes in its [`Layout`].
+    planes: Vec<f32>,
+    /// One value per slot, and for max its argmax.
+    values: Vec<f32>,
+    arg: Vec<i32>,
+    /// Per slot: the image index of its window's first tap (max), its divisor or 0 for an
+    /// empty window or a spare slot (average).
+    origins: Vec<i32>,
+    divisors: Vec<f32>,
+    /// Per window tap in row-major order: where it is for slot 0, and its image index
+    /// relative to the window's first tap.
+    taps: Vec<(usize, i32)>,
+    /// Per image row of plane 0: where it is. Per column phase holding some of the image:
+    /// where it starts relative to that, its first image column, and how many it holds.
+    row_starts: Vec<usize>,
+    column_phases: Vec<(usize, usize, usize)>,
+}
+
+impl Scratch {
+    const fn new() -> Self {
+        Scratch {
+            geom: None,
+            lay: Layout {
+                stride: (1, 1),
+                rows: 0,
+                cols: 0,
+                planes: 0,
+                slots: 0,
+            },
+            planes: Vec::new(),
+            values: Vec::new(),
+            arg: Vec::new(),
+            origins: Vec::new(),
+            divisors: Vec::new(),
+            taps: Vec::new(),
+            row_starts: Vec::new(),
+            column_phases: Vec::new(),
+        }
+    }
+
+    fn make_tables(&mut self, g: &PoolGeom) {
+        let lay = Layout::of(g);
+        self.geom = Some(*g);
+        self.lay = lay;
+        self.planes.resize(lay.len(), 0.0);
+        self.values.resize(lay.slots, 0.0);
+        self.arg.resize(lay.slots, 0);
+        self.origins.clear();
+        self.divisors.clear();
+        for slot in 0..lay.slots {
+            let (ph, pw) = ((slot / lay.cols) % lay.rows, slot % lay.cols);
+            // Plane indices fit an i32: `PoolGeom::validate` bounds a plane by 2^24 elements.
+            let row = (ph * g.stride_h) as i32 - g.pad_h as i32;
+            let col = (pw * g.stride_w) as i32 - g.pad_w as i32;
+            self.origins.push(row * g.width as i32 + col);
+            let real = ph < g.pooled_h && pw < g.pooled_w;
+            let divisor = ave_divisor(ph, g.stride_h, g.pad_h, g.kernel_h, g.height)
+                * ave_divisor(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
+            self.divisors.push(if real { divisor } else { 0.0 });
+        }
+        self.taps.clear();
+        for kh in 0..g.kernel_h {
+            for kw in 0..g.kernel_w {
+                self.taps.push((lay.at(kh, kw), (kh * g.width + kw) as i32));
+            }
+        }
+        self.row_starts.clear();
+        self.row_starts
+            .extend((0..g.height).map(|h| lay.at(h + g.pad_h, 0)));
+        self.column_phases.clear();
+        let (s, pad) = (g.stride_w, g.pad_w);
+        for phase in 0..s {
+            // The phase's first padded column inside the image.
+            let first = pad.saturating_sub(phase).div_ceil(s) * s + phase;
+            let w0 = first - pad;
+            if w0 < g.width {
+                let n = (g.width - w0).div_ceil(s);
+                self.column_phases.push((lay.at(0, first), w0, n));
+            }
+        }
+    }
+
+    /// Copies `planes` (at most a group) into the layout, the padding set to `fill`.
+    #[inline(always)]
+    fn fill(&mut self, g: &PoolGeom, planes: &[f32], fill: f32) {
+        self.planes.fill(fill);
+        let plane_len = self.lay.plane_len();
+        for (i, plane) in planes.chunks_exact(g.height * g.width).enumerate() {
+            for (src, &row) in plane.chunks_exact(g.width).zip(&self.row_starts) {
+                let row = i * plane_len + row;
+                if let [(at_a, 0, _), (at_b, 1, _)] | [(at_b, 1, _), (at_a, 0, _)] =
+                    self.column_phases[..]
+                {
+                    if g.stride_w == 2 {
+                        // The common stride 2 in one pass over the row: even columns to one
+                        // phase, odd columns to the other.
+                        let (even, odd) = two_mut(&mut self.planes, row + at_a, row + at_b);
+                        let pairs = src.chunks_exact(2);
+                        if let [last] = pairs.remainder() {
+                            even[src.len() / 2] = *last;
+                        }
+                        for (pair, (e, o)) in pairs.zip(even.iter_mut().zip(odd)) {
+                            (*e, *o) = (pair[0], pair[1]);
+                        }
+                        continue;
+                    }
+                }
+                for &(at, w0, n) in &self.column_phases {
+                    let dst = &mut self.planes[row + at..][..n];
+                    let src = &src[w0..];
+                    for (t, d) in dst.iter_mut().enumerate() {
+                        *d = src[t * g.stride_w];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`Scratch::fill`]: the image part of the layout into `planes`.
+    #[inline(always)]
+    fn read(&self, g: &PoolGeom, planes: &mut [f32]) {
+        let plane_len = self.lay.plane_len();
+        for (i, plane) in planes.chunks_exact_mut(g.height * g.width).enumerate() {
+            for (dst, &row) in plane.chunks_exact_mut(g.width).zip(&self.row_starts) {
+                for &(at, w0, n) in &self.column_phases {
+                    let src = &self.planes[i * plane_len + row + at..][..n];
+                    let dst = &mut dst[w0..];
+                    for (t, &v) in src.iter().enumerate() {
+                        dst[t * g.stride_w] = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The real slots of `slots` into the outputs `out` (at most a group's), through `f`.
+    #[inline(always)]
+    fn read_slots<T: Copy>(
+        &self,
+        g: &PoolGeom,
+        slots: &[T],
+        out: &mut [f32],
+        f: impl Fn(T) -> f32,
+    ) {
+        let plane_slots = slots.chunks(self.lay.plane_len());
+        for (out, slots) in out
+            .chunks_exact_mut(g.pooled_h * g.pooled_w)
+            .zip(plane_slots)
+        {
+            for (row, slots) in out
+                .chunks_exact_mut(g.pooled_w)
+                .zip(slots.chunks(self.lay.cols))
+            {
+                row.iter_mut().zip(slots).for_each(|(o, &v)| *o = f(v));
+            }
+        }
+    }
+
+    /// Each real slot's value `f(per_output, divisor)` from a value per output (at most a
+    /// group's), the others 0.
+    #[inline(always)]
+    fn write_slots(&mut self, g: &PoolGeom, per_output: &[f32], f: impl Fn(f32, f32) -> f32) {
+        self.values.fill(0.0);
+        let plane_len = self.lay.plane_len();
+        let plane_slots = self
+            .values
+            .chunks_mut(plane_len)
+            .zip(self.divisors.chunks(plane_len));
+        let planes = per_output.chunks_exact(g.pooled_h * g.pooled_w);
+        for (out, (slots, divisors)) in planes.zip(plane_slots) {
+            let rows = slots
+                .chunks_mut(self.lay.cols)
+                .zip(divisors.chunks(self.lay.cols));
+            for (out, (slots, divisors)) in out.chunks_exact(g.pooled_w).zip(rows) {
+                for ((s, &d), &o) in slots.iter_mut().zip(divisors).zip(out) {
+                    *s = f(o, d);
+                }
+            }
+        }
+    }
+}
+
+/// `v[a..]` and `v[b..]` as two slices that do not overlap (`a != b`), each as long as it can
+/// be without reaching the other.
+fn two_mut(v: &mut [f32], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
+    if a < b {
+        let (head, tail) = v.split_at_mut(b);
+        (&mut head[a..], tail)
+    } else {
+        let (head, tail) = v.split_at_mut(a);
+        (tail, &mut head[b..])
+    }
+}
+
+/// Runs `f` with this thread's scratch, sized and tabulated for `g`.
+fn with_scratch<R>(g: &PoolGeom, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut s = cell.borrow_mut();
+        if s.geom != Some(*g) {
+            s.make_tables(g);
+        }
+        f(&mut s)
+    })
+}
 
 /// Start and end (exclusive) of window `p` along one axis, clipped to `0..limit`, as i64.
 fn window(p: usize, stride: usize, pad: usize, kernel: usize, limit: i64) -> (i64, i64) {
@@ -16,63 +300,104 @@ fn window(p: usize, stride: usize, pad: usize, kernel: usize, limit: i64) -> (i6
     ((start).max(0), (start + kernel as i64).min(limit))
 }
 
-/// The input rows `hs..he` of output row `ph` inside the image (empty when none).
-fn rows_of(g: &PoolGeom, ph: usize) -> std::ops::Range<usize> {
-    let (hs, he) = window(ph, g.stride_h, g.pad_h, g.kernel_h, g.height as i64);
-    hs as usize..he.max(hs) as usize
+/// Average pooling's divisor along one axis for window `p`: its extent in the padded image
+/// (the padding before the image counts: the start is not clipped at 0), or 0 when none of it
+/// lies inside the image. A window's divisor is the product of its two axes' (an exact
+/// integer product, as upstream's).
+fn ave_divisor(p: usize, stride: usize, pad: usize, kernel: usize, size: usize) -> f32 {
+    let (start, end) = window(p, stride, pad, kernel, (size + pad) as i64);
+    let raw_start = (p * stride) as i64 - pad as i64;
+    if start < end.min(size as i64) {
+        (end - raw_start) as f32
+    } else {
+        0.0
+    }
 }
 
-/// Rows `hs..he` and columns `ws..we` of the window of output `(ph, pw)` inside the image, and
-/// the average-pooling divisor.
-fn ave_window(g: &PoolGeom, ph: usize, pw: usize) -> (usize, usize, usize, usize, f32) {
-    let (h, w) = (g.height as i64, g.width as i64);
-    let (hs_pad, he_pad) = window(ph, g.stride_h, g.pad_h, g.kernel_h, h + g.pad_h as i64);
-    let (ws_pad, we_pad) = window(pw, g.stride_w, g.pad_w, g.kernel_w, w + g.pad_w as i64);
-    // The divisor uses the window clipped to the padded image, before clipping to the image:
-    // the start was not clipped at 0 there (the padding before the image counts).
-    let hs_raw = (ph * g.stride_h) as i64 - g.pad_h as i64;
-    let ws_raw = (pw * g.stride_w) as i64 - g.pad_w as i64;
-    let size = (he_pad - hs_raw) * (we_pad - ws_raw);
-    let (hs, he) = (hs_pad, he_pad.min(h));
-    let (ws, we) = (ws_pad, we_pad.min(w));
-    (
-        hs as usize,
-        he.max(hs) as usize,
-        ws as usize,
-        we.max(ws) as usize,
-        size as f32,
-    )
+/// Max pooling of the group in the layout into the slots (`s.values`, `s.arg`), tap by tap:
+/// strictly greater wins, so the first maximum in row-major order does and NaN never.
+#[inline(always)]
+fn max_slots(s: &mut Scratch) {
+    s.values.fill(-f32::MAX);
+    s.arg.fill(-1);
+    for &(tap, shift) in &s.taps {
+        let src = &s.planes[tap..tap + s.lay.slots];
+        let slots = s.values.iter_mut().zip(s.arg.iter_mut());
+        for (((best, arg), &v), &origin) in slots.zip(src).zip(&s.origins) {
+            if v > *best {
+                (*best, *arg) = (v, origin + shift);
+            }
+        }
+    }
 }
 
 pub(super) fn max_forward(par: Par<'_>, g: &PoolGeom, x: &[f32], y: &mut [f32], mask: &mut [f32]) {
-    let (hw, pp, pw_n) = (g.height * g.width, g.pooled_h * g.pooled_w, g.pooled_w);
-    let work = pp * g.kernel_h * g.kernel_w;
-    par.rows2_mut(y, pp, mask, pp, work, |p, yp, mp| {
-        let xp = &x[p * hw..(p + 1) * hw];
-        for (ph, (yr, mr)) in yp
-            .chunks_exact_mut(pw_n)
-            .zip(mp.chunks_exact_mut(pw_n))
-            .enumerate()
-        {
-            let rows = rows_of(g, ph);
-            for (pw, (y, m)) in yr.iter_mut().zip(mr.iter_mut()).enumerate() {
-                let (ws, we) = window(pw, g.stride_w, g.pad_w, g.kernel_w, g.width as i64);
-                let (mut best, mut arg) = (-f32::MAX, -1i64);
-                for h in rows.clone() {
-                    for w in ws..we {
-                        let v = xp[h * g.width + w as usize];
-                        // Strictly greater: the first maximum in row-major order wins and NaN
-                        // never does, as upstream. (A branch: selects measured slower here,
-                        // the compare-select chain being longer than a mispredict on average.)
-                        if v > best {
-                            (best, arg) = (v, (h * g.width) as i64 + w);
-                        }
-                    }
-                }
-                (*y, *m) = (best, arg as f32);
+    max_forward_with(par, g, x, y, mask, has_avx2());
+}
+
+/// [`max_forward`] with or without the AVX2 loops (for the tests: with is the same bits).
+fn max_forward_with(
+    par: Par<'_>,
+    g: &PoolGeom,
+    x: &[f32],
+    y: &mut [f32],
+    mask: &mut [f32],
+    use_avx2: bool,
+) {
+    let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
+    let group = Layout::of(g).planes;
+    let work = group * pp * g.kernel_h * g.kernel_w;
+    par.rows2_mut(y, group * pp, mask, group * pp, work, |i, yg, mg| {
+        let first = i * group;
+        let xg = &x[first * hw..(first + yg.len() / pp.max(1)) * hw];
+        with_scratch(g, |s| {
+            if use_avx2 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `use_avx2` only where the CPU has AVX2.
+                unsafe {
+                    avx2::max_group(g, s, xg)
+                };
+            } else {
+                s.fill(g, xg, f32::NEG_INFINITY);
+                max_slots(s);
             }
-        }
+            s.read_slots(g, &s.values, yg, |v| v);
+            s.read_slots(g, &s.arg, mg, |a| a as f32);
+        })
     });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{PoolGeom, Scratch};
+    use std::arch::x86_64::*;
+
+    /// The planes into the layout, then [`super::max_slots`] eight slots at a time, the
+    /// running maxima kept in registers over all taps (an ordered greater-than, false for NaN,
+    /// chooses each lane).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn max_group(g: &PoolGeom, s: &mut Scratch, x: &[f32]) {
+        s.fill(g, x, f32::NEG_INFINITY);
+        let planes = s.planes.as_ptr();
+        for block in (0..s.lay.slots).step_by(8) {
+            let origin = _mm256_loadu_si256(s.origins.as_ptr().add(block) as *const __m256i);
+            let mut best = _mm256_set1_ps(-f32::MAX);
+            let mut arg = _mm256_set1_epi32(-1);
+            for &(tap, shift) in &s.taps {
+                let v = _mm256_loadu_ps(planes.add(tap + block));
+                let at = _mm256_add_epi32(origin, _mm256_set1_epi32(shift));
+                let larger = _mm256_cmp_ps::<_CMP_GT_OQ>(v, best);
+                best = _mm256_blendv_ps(best, v, larger);
+                arg = _mm256_castps_si256(_mm256_blendv_ps(
+                    _mm256_castsi256_ps(arg),
+                    _mm256_castsi256_ps(at),
+                    larger,
+                ));
+            }
+            _mm256_storeu_ps(s.values.as_mut_ptr().add(block), best);
+            _mm256_storeu_si256(s.arg.as_mut_ptr().add(block) as *mut __m256i, arg);
+        }
+    }
 }
 
 /// Returns false if the mask held an index outside the plane (other than -1).
@@ -102,49 +427,71 @@ pub(super) fn max_backward(
     !bad.load(Ordering::Relaxed)
 }
 
+/// Average pooling of the group in the layout into the slots (`s.values`).
+#[inline(always)]
+fn ave_slots(s: &mut Scratch) {
+    s.values.fill(0.0);
+    for &(tap, _) in &s.taps {
+        let src = &s.planes[tap..tap + s.lay.slots];
+        s.values.iter_mut().zip(src).for_each(|(a, &v)| *a += v);
+    }
+    for (v, &d) in s.values.iter_mut().zip(&s.divisors) {
+        *v = if d > 0.0 { *v / d } else { 0.0 };
+    }
+}
+
+/// The average's backward pass for the group: each slot's share (`s.values`) onto its
+/// window's inputs, in the layout.
+#[inline(always)]
+fn ave_shares(s: &mut Scratch) {
+    s.planes.fill(0.0);
+    // Last tap first: an input that several windows share then receives their shares in
+    // output order, as in upstream's loop over outputs (a later window reaches it through an
+    // earlier tap).
+    for &(tap, _) in s.taps.iter().rev() {
+        let dst = &mut s.planes[tap..tap + s.lay.slots];
+        dst.iter_mut().zip(&s.values).for_each(|(a, &v)| *a += v);
+    }
+}
+
 pub(super) fn ave_forward(par: Par<'_>, g: &PoolGeom, x: &[f32], y: &mut [f32]) {
     let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
-    par.rows_mut(y, pp, pp * g.kernel_h * g.kernel_w, |p, yp| {
-        let xp = &x[p * hw..(p + 1) * hw];
-        for ph in 0..g.pooled_h {
-            for pw in 0..g.pooled_w {
-                let (hs, he, ws, we, size) = ave_window(g, ph, pw);
-                let mut sum = 0f32;
-                for h in hs..he {
-                    sum = xp[h * g.width + ws..h * g.width + we]
-                        .iter()
-                        .fold(sum, |s, &v| s + v);
-                }
-                yp[ph * g.pooled_w + pw] = if hs < he && ws < we { sum / size } else { 0.0 };
-            }
-        }
+    let group = Layout::of(g).planes;
+    let work = group * pp * g.kernel_h * g.kernel_w;
+    par.rows_mut(y, group * pp, work, |i, yg| {
+        let first = i * group;
+        let xg = &x[first * hw..(first + yg.len() / pp.max(1)) * hw];
+        with_scratch(g, |s| {
+            with_simd(|| {
+                s.fill(g, xg, 0.0);
+                ave_slots(s);
+                s.read_slots(g, &s.values, yg, |v| v);
+            })
+        })
     });
 }
 
 pub(super) fn ave_backward(par: Par<'_>, g: &PoolGeom, dy: &[f32], dx: &mut [f32]) {
     let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
-    par.rows_mut(dx, hw, pp * g.kernel_h * g.kernel_w, |p, dxp| {
-        dxp.fill(0.0);
-        let dyp = &dy[p * pp..(p + 1) * pp];
-        for ph in 0..g.pooled_h {
-            for pw in 0..g.pooled_w {
-                let (hs, he, ws, we, size) = ave_window(g, ph, pw);
-                if hs >= he || ws >= we {
-                    continue;
-                }
-                let share = dyp[ph * g.pooled_w + pw] / size;
-                for h in hs..he {
-                    dxp[h * g.width + ws..h * g.width + we]
-                        .iter_mut()
-                        .for_each(|v| *v += share);
-                }
-            }
-        }
+    let group = Layout::of(g).planes;
+    let work = group * pp * g.kernel_h * g.kernel_w;
+    par.rows_mut(dx, group * hw, work, |i, dxg| {
+        let first = i * group;
+        let dyg = &dy[first * pp..(first + dxg.len() / hw.max(1)) * pp];
+        with_scratch(g, |s| {
+            with_simd(|| {
+                // Spare slots and empty windows pass nothing back (a spare slot's taps may
+                // reach the image).
+                s.write_slots(g, dyg, |dv, d| if d > 0.0 { dv / d } else { 0.0 });
+                ave_shares(s);
+                s.read(g, dxg);
+            })
+        })
     });
 }
 
-/// Max-pooling backward as first written (a libm `fract` per mask entry), kept as the tests'
-/// reference.
+/// Pooling as first written, kept as the tests' reference: max-pooling backward with a libm
+/// `fract` per mask entry, and average pooling window by window, as upstream's loops.
 #[cfg(test)]
 mod reference {
     use super::*;
@@ -175,11 +522,75 @@ mod reference {
         });
         !bad.load(Ordering::Relaxed)
     }
+
+    /// Rows `hs..he` and columns `ws..we` of the window of output `(ph, pw)` inside the image, and
+    /// the average-pooling divisor.
+    fn ave_window(g: &PoolGeom, ph: usize, pw: usize) -> (usize, usize, usize, usize, f32) {
+        let (h, w) = (g.height as i64, g.width as i64);
+        let (hs_pad, he_pad) = window(ph, g.stride_h, g.pad_h, g.kernel_h, h + g.pad_h as i64);
+        let (ws_pad, we_pad) = window(pw, g.stride_w, g.pad_w, g.kernel_w, w + g.pad_w as i64);
+        // The divisor uses the window clipped to the padded image, before clipping to the image:
+        // the start was not clipped at 0 there (the padding before the image counts).
+        let hs_raw = (ph * g.stride_h) as i64 - g.pad_h as i64;
+        let ws_raw = (pw * g.stride_w) as i64 - g.pad_w as i64;
+        let size = (he_pad - hs_raw) * (we_pad - ws_raw);
+        let (hs, he) = (hs_pad, he_pad.min(h));
+        let (ws, we) = (ws_pad, we_pad.min(w));
+        (
+            hs as usize,
+            he.max(hs) as usize,
+            ws as usize,
+            we.max(ws) as usize,
+            size as f32,
+        )
+    }
+
+    pub(super) fn ave_forward(par: Par<'_>, g: &PoolGeom, x: &[f32], y: &mut [f32]) {
+        let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
+        par.rows_mut(y, pp, pp * g.kernel_h * g.kernel_w, |p, yp| {
+            let xp = &x[p * hw..(p + 1) * hw];
+            for ph in 0..g.pooled_h {
+                for pw in 0..g.pooled_w {
+                    let (hs, he, ws, we, size) = ave_window(g, ph, pw);
+                    let mut sum = 0f32;
+                    for h in hs..he {
+                        sum = xp[h * g.width + ws..h * g.width + we]
+                            .iter()
+                            .fold(sum, |s, &v| s + v);
+                    }
+                    yp[ph * g.pooled_w + pw] = if hs < he && ws < we { sum / size } else { 0.0 };
+                }
+            }
+        });
+    }
+
+    pub(super) fn ave_backward(par: Par<'_>, g: &PoolGeom, dy: &[f32], dx: &mut [f32]) {
+        let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
+        par.rows_mut(dx, hw, pp * g.kernel_h * g.kernel_w, |p, dxp| {
+            dxp.fill(0.0);
+            let dyp = &dy[p * pp..(p + 1) * pp];
+            for ph in 0..g.pooled_h {
+                for pw in 0..g.pooled_w {
+                    let (hs, he, ws, we, size) = ave_window(g, ph, pw);
+                    if hs >= he || ws >= we {
+                        continue;
+                    }
+                    let share = dyp[ph * g.pooled_w + pw] / size;
+                    for h in hs..he {
+                        dxp[h * g.width + ws..h * g.width + we]
+                            .iter_mut()
+                            .for_each(|v| *v += share);
+                    }
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::RoundMode;
 
     const SERIAL: Par<'static> = Par {
         pool: None,
@@ -234,6 +645,18 @@ mod tests {
                 }
             }
         }
+        // Rectangular windows, strides and padding, and a global pooling.
+        for (size, kernel, stride, pad, round) in [
+            ((9, 11), (3, 2), (2, 3), (1, 1), RoundMode::Ceil),
+            ((10, 7), (2, 5), (1, 3), (1, 2), RoundMode::Floor),
+            ((8, 13), (4, 3), (3, 2), (0, 1), RoundMode::Ceil),
+            ((6, 5), (6, 5), (1, 1), (0, 0), RoundMode::Floor),
+        ] {
+            out.push(PoolGeom::new(2, size, kernel, stride, pad, round).unwrap());
+        }
+        // Small planes, more than a group of them (the last group partial).
+        out.push(PoolGeom::new(61, (5, 5), (2, 2), (2, 2), (0, 0), RoundMode::Ceil).unwrap());
+        out.push(PoolGeom::new(70, (4, 6), (3, 3), (1, 2), (1, 1), RoundMode::Floor).unwrap());
         out
     }
 
@@ -298,16 +721,18 @@ mod tests {
                 .map(|v| if v.is_finite() { *v + 0.1 } else { 0.3 })
                 .collect::<Vec<_>>();
 
-            let (mut y, mut m) = (vec![0.0; n_out], vec![0.0; n_out]);
-            max_forward(SERIAL, &g, &x, &mut y, &mut m);
             let (y_ref, m_ref) = max_by_definition(&g, &x);
-            assert!(
-                same_bits(&y, &y_ref) && same_bits(&m, &m_ref),
-                "max forward {g:?}"
-            );
+            for use_avx2 in [false, has_avx2()] {
+                let (mut y, mut m) = (vec![0.0; n_out], vec![0.0; n_out]);
+                max_forward_with(SERIAL, &g, &x, &mut y, &mut m, use_avx2);
+                assert!(
+                    same_bits(&y, &y_ref) && same_bits(&m, &m_ref),
+                    "max forward {g:?}, AVX2 {use_avx2}"
+                );
+            }
 
             let (mut dx, mut dx_ref) = (vec![f32::NAN; n_in], vec![0.0; n_in]);
-            assert!(max_backward(SERIAL, &g, &dy, &m, &mut dx));
+            assert!(max_backward(SERIAL, &g, &dy, &m_ref, &mut dx));
             assert!(reference::max_backward(
                 SERIAL,
                 &g,
@@ -331,6 +756,25 @@ mod tests {
                 !max_backward(SERIAL, g, &vec![1.0; n_out], &mask, &mut dx),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn average_pooling_gives_the_window_loops_bits() {
+        for g in geoms() {
+            let (n_in, n_out) = (g.in_len(), g.out_len());
+            let x = values(n_in, 3);
+            let (mut y, mut y_ref) = (vec![f32::NAN; n_out], vec![0.0; n_out]);
+            ave_forward(SERIAL, &g, &x, &mut y);
+            reference::ave_forward(SERIAL, &g, &x, &mut y_ref);
+            assert!(same_bits(&y, &y_ref), "average forward {g:?}");
+
+            // Values that do not round exactly, so the order of each input's shares shows.
+            let dy: Vec<f32> = (0..n_out).map(|i| 0.1 + (i % 7) as f32 * 0.37).collect();
+            let (mut dx, mut dx_ref) = (vec![f32::NAN; n_in], vec![0.0; n_in]);
+            ave_backward(SERIAL, &g, &dy, &mut dx);
+            reference::ave_backward(SERIAL, &g, &dy, &mut dx_ref);
+            assert!(same_bits(&dx, &dx_ref), "average backward {g:?}");
         }
     }
 }
