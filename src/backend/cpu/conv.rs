@@ -322,9 +322,11 @@ pub(super) fn backward(
     let n_workers = workers(par, c);
     // Which products skip the column buffer (the same bits either way, see [`direct`]).
     let direct = use_direct(par, c, n_workers);
-    let direct_dw = dw.is_some() && direct;
+    // A weight gradient from a mostly zero `dy` skips the zeros (the same bits again).
+    let sparse_dw = dw.is_some() && direct && direct::sparse_worth_it(c, x, dy);
+    let direct_dw = dw.is_some() && direct && !sparse_dw;
     let direct_dx = dx.is_some() && direct && direct::data_gradient_applies(c);
-    let needs_columns = (dw.is_some() && !direct_dw) || (dx.is_some() && !direct_dx);
+    let needs_columns = (dw.is_some() && !direct_dw && !sparse_dw) || (dx.is_some() && !direct_dx);
     let cl = if needs_columns { col_len(c) } else { 0 };
     let wt_len = if direct_dx { c.weight_len() } else { 0 };
     // Serial kernels inside a task when images run side by side; otherwise the kernels may use
@@ -418,7 +420,9 @@ pub(super) fn backward(
             let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
             // The two gradients are independent: computed one after the other, each by its
             // own path.
-            if direct_dw {
+            if sparse_dw {
+                direct::sparse_weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
+            } else if direct_dw {
                 direct::weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
             } else {
                 backward_image(
@@ -688,6 +692,44 @@ mod tests {
                     "{case:?}: weight gradient (from zero: {start_from_zero})"
                 );
             }
+            // A mostly zero `dy` (some zeros negative), as behind a max pooling: the sparse
+            // weight gradient skips its zeros and gives the same bits.
+            let sparse_dy: Vec<f32> = dy
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| match i % 7 {
+                    0 | 3 => v,
+                    5 => -0.0,
+                    _ => 0.0,
+                })
+                .collect();
+            // Taken for a sparse `dy` with enough column rows per weight (LeNet's conv2).
+            let worth_it = direct::sparse_worth_it(&c, &x, &sparse_dy);
+            assert_eq!(worth_it, c.kernel_dim() >= 256, "{case:?}");
+            assert!(!direct::sparse_worth_it(&c, &x, &dy), "{case:?}: dense dy");
+            for start_from_zero in [false, true] {
+                let (mut by_gemm, mut sparse) = (dw0.clone(), dw0.clone());
+                for n in 0..c.num {
+                    let xi = &x[n * il..(n + 1) * il];
+                    let dyi = &sparse_dy[n * ol..(n + 1) * ol];
+                    let beta = if start_from_zero && n == 0 { 0.0 } else { 1.0 };
+                    let dw = Some((&mut by_gemm[..], beta));
+                    backward_image(SERIAL, &c, xi, &w, dyi, dw, None, &mut col);
+                    direct::sparse_weight_gradient_image(&c, xi, dyi, &mut sparse, beta != 0.0);
+                }
+                let same = by_gemm
+                    .iter()
+                    .zip(&sparse)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{case:?}: sparse weight gradient (from zero: {start_from_zero})"
+                );
+            }
+            // A non-finite input keeps the dense kernels (it would make the skipped terms NaN).
+            let mut x_inf = x.clone();
+            x_inf[il / 2] = f32::INFINITY;
+            assert!(!direct::sparse_worth_it(&c, &x_inf, &sparse_dy));
         }
         assert_eq!(data_gradients, batches.len(), "every case checks dx");
     }

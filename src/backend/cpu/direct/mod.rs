@@ -48,7 +48,11 @@ macro_rules! by_tile_size {
 }
 
 mod data_gradient;
+mod sparse;
 pub(super) use data_gradient::{data_gradient_applies, data_gradient_image, transpose_weights};
+pub(super) use sparse::{
+    weight_gradient_image as sparse_weight_gradient_image, worth_it as sparse_worth_it,
+};
 
 thread_local! {
     /// The zero-padded image, for convolutions with padding.

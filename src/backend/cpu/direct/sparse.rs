@@ -1,0 +1,367 @@
+//! The weight gradient when most of `dy` is zero: behind a max pooling (a quarter of its
+//! input positions receive a gradient, at most) or a ReLU, the products with `dy = 0` are most
+//! of the work and add nothing. Here each output channel's nonzero entries of `dy` are listed
+//! and only they are multiplied, eight column rows at a time, from a copy of the image's
+//! columns laid out position by position.
+//!
+//! The same bits as the dense kernels: each weight is the same chain of fused multiply-adds
+//! over the outputs in ascending order, in the same depth blocks, less the terms whose `dy` is
+//! zero. Such a term is `x * (+-0) = +-0` when `x` is finite, and adding a zero to a chain
+//! leaves it as it was, because a chain that starts at `+0` is `-0` only if it underflowed to
+//! it: so leaving the term out changes nothing, except that an entry which underflows to zero
+//! may end with the other sign of zero. A non-finite `x` would make the term NaN, so
+//! [`worth_it`] keeps batches with a non-finite input on the dense kernels.
+
+use super::{applies, depth_block, with_image, LANES};
+use crate::backend::ConvBatch;
+use std::cell::RefCell;
+
+/// `dy` must have at most this share of nonzeros: above it, listing the entries and the
+/// column copy cost more than the dense kernel's multiplications that the list saves.
+const MAX_DENSITY: f32 = 0.35;
+
+/// Column rows the weights must have: each listed entry is then worth a few dozen vectors of
+/// multiply-adds. With fewer (a first layer's 25 or 75) listing and copying cost more than
+/// they save, as measured on LeNet's and cifar10's conv1 (docs/benchmarks.md).
+const MIN_KERNEL_DIM: usize = 256;
+
+thread_local! {
+    /// The image's columns position by position: `spatial x padded kernel_dim`.
+    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each output channel's nonzero entries of `dy` (position, value), channel after channel.
+    static ENTRIES: RefCell<Vec<(u32, f32)>> = const { RefCell::new(Vec::new()) };
+    static ROW_ENDS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether the weight gradient of this batch goes through [`weight_gradient_image`]: the
+/// direct kernels take the convolution, its weights have enough column rows, `dy` is sparse
+/// enough, and the input is all finite.
+pub(in crate::backend::cpu) fn worth_it(c: &ConvBatch, x: &[f32], dy: &[f32]) -> bool {
+    if !applies(c)
+        || c.kernel_dim() < MIN_KERNEL_DIM
+        || dy.is_empty()
+        || c.out_spatial() > u32::MAX as usize
+    {
+        return false;
+    }
+    // Folds rather than a search that stops early: these vectorise.
+    let nonzero: usize = dy.iter().map(|&v| usize::from(v != 0.0)).sum();
+    nonzero as f32 <= MAX_DENSITY * dy.len() as f32
+        && x.iter().fold(true, |finite, v| finite & v.is_finite())
+}
+
+/// Column rows padded to whole vectors.
+fn padded_kernel_dim(c: &ConvBatch) -> usize {
+    c.kernel_dim().next_multiple_of(LANES)
+}
+
+/// `dw (+)= dy col(x)^T` for one image, every group, `dw` in the weights' layout (per group
+/// `out x kernel_dim`); with `accumulate` false `dw` is overwritten (the GEMM's `beta = 0`).
+/// `worth_it` held for the batch.
+pub(in crate::backend::cpu) fn weight_gradient_image(
+    c: &ConvBatch,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(
+        applies(c),
+        "sparse weight gradient called outside its shapes"
+    );
+    let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+    let kdp = padded_kernel_dim(c);
+    // As the dense kernel: the crate's product runs along the column rows, over the outputs.
+    let kc = depth_block(kd, go, sp);
+    let (hp, wp) = super::padded_size(c);
+    let group_image = c.geom.channels / c.groups * hp * wp;
+    with_image(c, x, |image, plan| {
+        COLUMNS.with(|columns| {
+            ENTRIES.with(|entries| {
+                ROW_ENDS.with(|row_ends| {
+                    let (mut columns, mut entries, mut row_ends) = (
+                        columns.borrow_mut(),
+                        entries.borrow_mut(),
+                        row_ends.borrow_mut(),
+                    );
+                    columns.resize(sp * kdp, 0.0);
+                    for grp in 0..c.groups {
+                        let image = &image[grp * group_image..(grp + 1) * group_image];
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `applies` checked AVX2. Reads: each segment's eight outputs
+                        // at each offset lie in the image (`Plan::fill`); writes: rows `first
+                        // ..first + 8` of `columns` (`sp x kdp`), each segment inside `0..sp`.
+                        unsafe {
+                            avx2::transpose_columns(
+                                image,
+                                &plan.offsets,
+                                &plan.segments,
+                                &mut columns,
+                                kdp,
+                            )
+                        };
+                        let dy = &dy[grp * go * sp..(grp + 1) * go * sp];
+                        list_nonzeros(dy, sp, &mut entries, &mut row_ends);
+                        let dw = &mut dw[grp * go * kd..(grp + 1) * go * kd];
+                        let lists = Lists {
+                            entries: &entries,
+                            row_ends: &row_ends,
+                        };
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `applies` checked AVX2 and FMA. Reads: `columns` rows of
+                        // `kdp` floats at listed positions (< sp); writes: `dw` (`go x kd`).
+                        unsafe {
+                            avx2::weight_gradient(&columns, kdp, lists, kc, sp, dw, kd, accumulate)
+                        };
+                    }
+                })
+            })
+        })
+    })
+}
+
+/// Lists each row's nonzero entries of `dy` (rows of `sp`) as (position, value), row after
+/// row, and where each row's list ends. Without a branch per entry: every entry is written
+/// and the end moves on only past a nonzero one (about half of the branches on `dy`'s zeros
+/// would be mispredicted).
+fn list_nonzeros(dy: &[f32], sp: usize, entries: &mut Vec<(u32, f32)>, row_ends: &mut Vec<usize>) {
+    entries.resize(dy.len() + 1, (0, 0.0));
+    row_ends.clear();
+    let mut end = 0;
+    for row in dy.chunks_exact(sp) {
+        for (p, &v) in row.iter().enumerate() {
+            entries[end] = (p as u32, v);
+            end += usize::from(v != 0.0);
+        }
+        row_ends.push(end);
+    }
+    entries.truncate(end);
+}
+
+/// Each output channel's nonzero `dy` entries, by position.
+#[derive(Clone, Copy)]
+struct Lists<'a> {
+    entries: &'a [(u32, f32)],
+    row_ends: &'a [usize],
+}
+
+impl Lists<'_> {
+    fn row(&self, m: usize) -> &[(u32, f32)] {
+        let start = if m == 0 { 0 } else { self.row_ends[m - 1] };
+        &self.entries[start..self.row_ends[m]]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::LANES;
+    use super::Lists;
+    use std::arch::x86_64::*;
+
+    /// Column-row vectors per tile.
+    const VECTORS: usize = 8;
+
+    /// `columns[p][k] = image[position of p + offsets[k]]`, eight outputs (one segment) by
+    /// eight column rows at a time: eight loads along the outputs, transposed in registers.
+    /// Column rows past the last (up to `kdp`) get copies of it.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_columns(
+        image: &[f32],
+        offsets: &[usize],
+        segments: &[[usize; 2]],
+        columns: &mut [f32],
+        kdp: usize,
+    ) {
+        let kd = offsets.len();
+        let (image, columns) = (image.as_ptr(), columns.as_mut_ptr());
+        for &[start, first] in segments {
+            let src = image.add(start);
+            let dst = columns.add(first * kdp);
+            for k0 in (0..kd).step_by(LANES) {
+                let rows: [__m256; 8] = std::array::from_fn(|r| {
+                    _mm256_loadu_ps(src.add(offsets[(k0 + r).min(kd - 1)]))
+                });
+                for (lane, v) in transpose8(rows).into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(lane * kdp + k0), v);
+                }
+            }
+        }
+    }
+
+    /// The 8 x 8 transpose: lane `j` of row `i` to lane `i` of row `j`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ]
+    }
+
+    /// `dw (+)= dy col^T` from the listed entries: tiles of up to [`VECTORS`] vectors of
+    /// column rows, by two output channels when the tile is narrow (so that enough chains
+    /// run side by side to hide the multiply-add's latency), else by one.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn weight_gradient(
+        columns: &[f32],
+        kdp: usize,
+        lists: Lists<'_>,
+        kc: usize,
+        sp: usize,
+        dw: &mut [f32],
+        kd: usize,
+        accumulate: bool,
+    ) {
+        let go = lists.row_ends.len();
+        let job = Job {
+            columns,
+            kdp,
+            lists,
+            kc,
+            sp,
+            kd,
+            accumulate,
+        };
+        let mut k0 = 0;
+        while k0 < kd {
+            let vectors = (kd - k0).div_ceil(LANES).min(VECTORS);
+            let pair = vectors <= VECTORS / 2;
+            let mut m = 0;
+            while m < go {
+                let channels = if pair && m + 1 < go { 2 } else { 1 };
+                macro_rules! tile {
+                    ($r:literal, $v:literal) => {
+                        tile::<$r, $v>(job, k0, m, dw)
+                    };
+                }
+                match (channels, vectors) {
+                    (2, 4) => tile!(2, 4),
+                    (2, 3) => tile!(2, 3),
+                    (2, 2) => tile!(2, 2),
+                    (2, _) => tile!(2, 1),
+                    (_, 8) => tile!(1, 8),
+                    (_, 7) => tile!(1, 7),
+                    (_, 6) => tile!(1, 6),
+                    (_, 5) => tile!(1, 5),
+                    (_, 4) => tile!(1, 4),
+                    (_, 3) => tile!(1, 3),
+                    (_, 2) => tile!(1, 2),
+                    _ => tile!(1, 1),
+                }
+                m += channels;
+            }
+            k0 += vectors * LANES;
+        }
+    }
+
+    /// What every tile reads.
+    #[derive(Clone, Copy)]
+    struct Job<'a> {
+        columns: &'a [f32],
+        kdp: usize,
+        lists: Lists<'a>,
+        kc: usize,
+        sp: usize,
+        kd: usize,
+        accumulate: bool,
+    }
+
+    /// Column rows `k0..k0 + 8 V` of output channels `m0..m0 + R`: per depth block of `kc`
+    /// outputs one multiply-add chain per weight over its channel's listed entries (the `R`
+    /// channels' chains advanced side by side), the blocks' sums added in order onto `dw` (or,
+    /// without `accumulate`, the first stored).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<const R: usize, const V: usize>(
+        job: Job<'_>,
+        k0: usize,
+        m0: usize,
+        dw: &mut [f32],
+    ) {
+        let Job {
+            columns,
+            kdp,
+            lists,
+            kc,
+            sp,
+            kd,
+            accumulate,
+        } = job;
+        let width = (kd - k0).min(V * LANES);
+        let columns = columns.as_ptr().add(k0);
+        // The running totals, in memory: whole vectors, the last of which may reach past the
+        // row's end in `dw`.
+        let mut totals = [[0f32; VECTORS * LANES]; R];
+        if accumulate {
+            for (r, total) in totals.iter_mut().enumerate() {
+                let at = (m0 + r) * kd + k0;
+                total[..width].copy_from_slice(&dw[at..at + width]);
+            }
+        }
+        let mut rest: [&[(u32, f32)]; R] = std::array::from_fn(|r| lists.row(m0 + r));
+        let fma = |acc: &mut [__m256; V], &(p, d): &(u32, f32)| {
+            let x = columns.add(p as usize * kdp);
+            let d = _mm256_set1_ps(d);
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(v * LANES)), d, *a);
+            }
+        };
+        for (b, block_start) in (0..sp).step_by(kc).enumerate() {
+            let block_end = (block_start + kc) as u32;
+            let block: [&[(u32, f32)]; R] = std::array::from_fn(|r| {
+                let (head, tail) = rest[r].split_at(rest[r].partition_point(|e| e.0 < block_end));
+                rest[r] = tail;
+                head
+            });
+            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            let common = block.iter().map(|b| b.len()).min().unwrap_or(0);
+            for i in 0..common {
+                for (acc, block) in acc.iter_mut().zip(&block) {
+                    fma(acc, &block[i]);
+                }
+            }
+            for (acc, block) in acc.iter_mut().zip(&block) {
+                block[common..].iter().for_each(|e| fma(acc, e));
+            }
+            let first = b == 0 && !accumulate;
+            for (total, acc) in totals.iter_mut().zip(&acc) {
+                for (v, &a) in acc.iter().enumerate() {
+                    let t = total.as_mut_ptr().add(v * LANES);
+                    let sum = if first {
+                        a
+                    } else {
+                        _mm256_add_ps(_mm256_loadu_ps(t), a)
+                    };
+                    _mm256_storeu_ps(t, sum);
+                }
+            }
+        }
+        for (r, total) in totals.iter().enumerate() {
+            let at = (m0 + r) * kd + k0;
+            dw[at..at + width].copy_from_slice(&total[..width]);
+        }
+    }
+}
