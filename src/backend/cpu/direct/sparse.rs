@@ -1,8 +1,9 @@
 //! The weight gradient when most of `dy` is zero: behind a max pooling (a quarter of its
 //! input positions receive a gradient, at most) or a ReLU, the products with `dy = 0` are most
 //! of the work and add nothing. Here each output channel's nonzero entries of `dy` are listed
-//! and only they are multiplied, eight column rows at a time, from a copy of the image's
-//! columns laid out position by position.
+//! (eight at a time, one permutation packing the nonzero lanes) and only they are multiplied,
+//! eight column rows at a time, from a copy of the image's columns laid out position by
+//! position (eight by eight, transposed in registers).
 //!
 //! The same bits as the dense kernels: each weight is the same chain of fused multiply-adds
 //! over the outputs in ascending order, in the same depth blocks, less the terms whose `dy` is
@@ -12,6 +13,7 @@
 //! may end with the other sign of zero. A non-finite `x` would make the term NaN, so
 //! [`worth_it`] keeps batches with a non-finite input on the dense kernels.
 
+use super::super::simd::with_simd;
 use super::{applies, depth_block, with_image, LANES};
 use crate::backend::ConvBatch;
 use std::cell::RefCell;
@@ -19,11 +21,6 @@ use std::cell::RefCell;
 /// `dy` must have at most this share of nonzeros: above it, listing the entries and the
 /// column copy cost more than the dense kernel's multiplications that the list saves.
 const MAX_DENSITY: f32 = 0.35;
-
-/// Column rows the weights must have: each listed entry is then worth a few dozen vectors of
-/// multiply-adds. With fewer (a first layer's 25 or 75) listing and copying cost more than
-/// they save, as measured on LeNet's and cifar10's conv1 (docs/benchmarks.md).
-const MIN_KERNEL_DIM: usize = 256;
 
 thread_local! {
     /// The image's columns position by position: `spatial x padded kernel_dim`.
@@ -34,20 +31,32 @@ thread_local! {
 }
 
 /// Whether the weight gradient of this batch goes through [`weight_gradient_image`]: the
-/// direct kernels take the convolution, its weights have enough column rows, `dy` is sparse
-/// enough, and the input is all finite.
+/// direct kernels take the convolution, `dy` is sparse enough, and the input is all finite.
 pub(in crate::backend::cpu) fn worth_it(c: &ConvBatch, x: &[f32], dy: &[f32]) -> bool {
-    if !applies(c)
-        || c.kernel_dim() < MIN_KERNEL_DIM
-        || dy.is_empty()
-        || c.out_spatial() > u32::MAX as usize
-    {
+    if !applies(c) || dy.is_empty() || c.out_spatial() > u32::MAX as usize {
         return false;
     }
-    // Folds rather than a search that stops early: these vectorise.
-    let nonzero: usize = dy.iter().map(|&v| usize::from(v != 0.0)).sum();
-    nonzero as f32 <= MAX_DENSITY * dy.len() as f32
-        && x.iter().fold(true, |finite, v| finite & v.is_finite())
+    nonzero_share(dy) <= MAX_DENSITY && with_simd(|| all_finite(x))
+}
+
+/// The share of nonzeros in `dy`, from every 16th block of 64 floats (all of a small `dy`):
+/// it only chooses the faster path, the results are the same bits either way, and reading
+/// all of a large `dy` once more (cifar10's conv1: 13 MB) would cost more than the choice.
+fn nonzero_share(dy: &[f32]) -> f32 {
+    const BLOCK: usize = 64;
+    let step = if dy.len() < 16 * 1024 { 1 } else { 16 };
+    let (mut seen, mut nonzero) = (0, 0);
+    for block in dy.chunks(BLOCK).step_by(step) {
+        seen += block.len();
+        nonzero += block.iter().map(|&v| usize::from(v != 0.0)).sum::<usize>();
+    }
+    nonzero as f32 / seen.max(1) as f32
+}
+
+/// A fold rather than a search that stops early, so that it vectorises.
+#[inline(always)]
+fn all_finite(v: &[f32]) -> bool {
+    v.iter().fold(true, |finite, v| finite & v.is_finite())
 }
 
 /// Column rows padded to whole vectors.
@@ -121,21 +130,24 @@ pub(in crate::backend::cpu) fn weight_gradient_image(
 }
 
 /// Lists each row's nonzero entries of `dy` (rows of `sp`) as (position, value), row after
-/// row, and where each row's list ends. Without a branch per entry: every entry is written
-/// and the end moves on only past a nonzero one (about half of the branches on `dy`'s zeros
-/// would be mispredicted).
+/// row, into `entries` (grown, never shrunk: no allocation once warm), and where each row's
+/// list ends into `row_ends`.
 fn list_nonzeros(dy: &[f32], sp: usize, entries: &mut Vec<(u32, f32)>, row_ends: &mut Vec<usize>) {
-    entries.resize(dy.len() + 1, (0, 0.0));
+    // Whole vectors of entries are written past the end.
+    if entries.len() < dy.len() + LANES {
+        entries.resize(dy.len() + LANES, (0, 0.0));
+    }
     row_ends.clear();
     let mut end = 0;
     for row in dy.chunks_exact(sp) {
-        for (p, &v) in row.iter().enumerate() {
-            entries[end] = (p as u32, v);
-            end += usize::from(v != 0.0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the sparse path runs only where the CPU has AVX2 (`applies`); `entries`
+        // has room for the row's entries and a vector more.
+        unsafe {
+            end = avx2::list_row(row, &mut entries[end..]) + end;
         }
         row_ends.push(end);
     }
-    entries.truncate(end);
 }
 
 /// Each output channel's nonzero `dy` entries, by position.
@@ -160,6 +172,58 @@ mod avx2 {
 
     /// Column-row vectors per tile.
     const VECTORS: usize = 8;
+
+    /// For each 8-bit mask, the lanes whose bit is set, in order (then zeros).
+    static LEFT_PACK: [[u32; 8]; 256] = {
+        let mut table = [[0; 8]; 256];
+        let mut mask = 0;
+        while mask < 256 {
+            let (mut lane, mut n) = (0, 0);
+            while lane < 8 {
+                if mask >> lane & 1 == 1 {
+                    table[mask][n] = lane as u32;
+                    n += 1;
+                }
+                lane += 1;
+            }
+            mask += 1;
+        }
+        table
+    };
+
+    /// Writes the row's nonzero entries (position, value) in order to the front of
+    /// `entries`, which has room for them and eight more; returns how many there are. Eight
+    /// at a time: the nonzero lanes packed to the front by one permutation from [`LEFT_PACK`].
+    #[target_feature(enable = "avx2,popcnt")]
+    pub(super) unsafe fn list_row(row: &[f32], entries: &mut [(u32, f32)]) -> usize {
+        assert!(entries.len() >= row.len() + LANES);
+        let out = entries.as_mut_ptr() as *mut f32;
+        let mut n = 0;
+        let blocks = row.len() / LANES;
+        for b in 0..blocks {
+            let v = _mm256_loadu_ps(row.as_ptr().add(b * LANES));
+            let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(v, _mm256_setzero_ps());
+            let mask = _mm256_movemask_ps(nonzero) as usize;
+            let pack = _mm256_loadu_si256(LEFT_PACK[mask].as_ptr() as *const __m256i);
+            let positions = _mm256_add_epi32(pack, _mm256_set1_epi32((b * LANES) as i32));
+            let values = _mm256_permutevar8x32_ps(v, pack);
+            let positions = _mm256_castsi256_ps(positions);
+            // Pairs (position, value): interleave, then put the halves in order.
+            let low = _mm256_unpacklo_ps(positions, values);
+            let high = _mm256_unpackhi_ps(positions, values);
+            let at = out.add(2 * n);
+            _mm256_storeu_ps(at, _mm256_permute2f128_ps::<0x20>(low, high));
+            _mm256_storeu_ps(at.add(LANES), _mm256_permute2f128_ps::<0x31>(low, high));
+            n += mask.count_ones() as usize;
+        }
+        for (p, &v) in row.iter().enumerate().skip(blocks * LANES) {
+            if v != 0.0 {
+                entries[n] = (p as u32, v);
+                n += 1;
+            }
+        }
+        n
+    }
 
     /// `columns[p][k] = image[position of p + offsets[k]]`, eight outputs (one segment) by
     /// eight column rows at a time: eight loads along the outputs, transposed in registers.
