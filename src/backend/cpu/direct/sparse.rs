@@ -23,11 +23,23 @@ use std::cell::RefCell;
 const MAX_DENSITY: f32 = 0.35;
 
 thread_local! {
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            columns: Vec::new(),
+            entries: Vec::new(),
+            row_ends: Vec::new(),
+        })
+    };
+}
+
+/// One worker's buffers (they only grow: no allocation once warm).
+struct Scratch {
     /// The image's columns position by position: `spatial x padded kernel_dim`.
-    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Each output channel's nonzero entries of `dy` (position, value), channel after channel.
-    static ENTRIES: RefCell<Vec<(u32, f32)>> = const { RefCell::new(Vec::new()) };
-    static ROW_ENDS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    columns: Vec<f32>,
+    /// Each output channel's nonzero entries of `dy` (position, value), channel after
+    /// channel, and where each channel's end.
+    entries: Vec<(u32, f32)>,
+    row_ends: Vec<usize>,
 }
 
 /// Whether the weight gradient of this batch goes through [`weight_gradient_image`]: the
@@ -85,46 +97,40 @@ pub(in crate::backend::cpu) fn weight_gradient_image(
     let (hp, wp) = super::padded_size(c);
     let group_image = c.geom.channels / c.groups * hp * wp;
     with_image(c, x, |image, plan| {
-        COLUMNS.with(|columns| {
-            ENTRIES.with(|entries| {
-                ROW_ENDS.with(|row_ends| {
-                    let (mut columns, mut entries, mut row_ends) = (
-                        columns.borrow_mut(),
-                        entries.borrow_mut(),
-                        row_ends.borrow_mut(),
-                    );
-                    columns.resize(sp * kdp, 0.0);
-                    for grp in 0..c.groups {
-                        let image = &image[grp * group_image..(grp + 1) * group_image];
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `applies` checked AVX2. Reads: each segment's eight outputs
-                        // at each offset lie in the image (`Plan::fill`); writes: rows `first
-                        // ..first + 8` of `columns` (`sp x kdp`), each segment inside `0..sp`.
-                        unsafe {
-                            avx2::transpose_columns(
-                                image,
-                                &plan.offsets,
-                                &plan.segments,
-                                &mut columns,
-                                kdp,
-                            )
-                        };
-                        let dy = &dy[grp * go * sp..(grp + 1) * go * sp];
-                        list_nonzeros(dy, sp, &mut entries, &mut row_ends);
-                        let dw = &mut dw[grp * go * kd..(grp + 1) * go * kd];
-                        let lists = Lists {
-                            entries: &entries,
-                            row_ends: &row_ends,
-                        };
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `applies` checked AVX2 and FMA. Reads: `columns` rows of
-                        // `kdp` floats at listed positions (< sp); writes: `dw` (`go x kd`).
-                        unsafe {
-                            avx2::weight_gradient(&columns, kdp, lists, kc, sp, dw, kd, accumulate)
-                        };
-                    }
-                })
-            })
+        SCRATCH.with(|scratch| {
+            let s = &mut *scratch.borrow_mut();
+            if s.columns.len() < sp * kdp {
+                s.columns.resize(sp * kdp, 0.0);
+            }
+            for grp in 0..c.groups {
+                let image = &image[grp * group_image..(grp + 1) * group_image];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `applies` checked AVX2. Reads: each segment's eight outputs at each
+                // offset lie in the image (`Plan::fill`); writes: rows `first..first + 8` of
+                // `columns` (`sp x kdp`), each segment inside `0..sp`.
+                unsafe {
+                    avx2::transpose_columns(
+                        image,
+                        &plan.offsets,
+                        &plan.segments,
+                        &mut s.columns,
+                        kdp,
+                    )
+                };
+                let dy = &dy[grp * go * sp..(grp + 1) * go * sp];
+                list_nonzeros(dy, sp, &mut s.entries, &mut s.row_ends);
+                let dw = &mut dw[grp * go * kd..(grp + 1) * go * kd];
+                let lists = Lists {
+                    entries: &s.entries,
+                    row_ends: &s.row_ends,
+                };
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `applies` checked AVX2 and FMA. Reads: `columns` rows of `kdp`
+                // floats at listed positions (< sp); writes: `dw` (`go x kd`).
+                unsafe {
+                    avx2::weight_gradient(&s.columns, kdp, lists, kc, sp, dw, kd, accumulate)
+                };
+            }
         })
     })
 }
