@@ -322,7 +322,8 @@ pub(super) fn backward(
     let n_workers = workers(par, c);
     // Which products skip the column buffer (the same bits either way, see [`direct`]).
     let direct = use_direct(par, c, n_workers);
-    // A weight gradient from a mostly zero `dy` skips the zeros (the same bits again).
+    // A weight gradient from a mostly zero `dy` skips the zeros (the same bits, but for the
+    // sign of an entry that underflows to zero: see [`direct::sparse_worth_it`]'s module).
     let sparse_dw = dw.is_some() && direct && direct::sparse_worth_it(c, x, dy);
     let direct_dw = dw.is_some() && direct && !sparse_dw;
     let direct_dx = dx.is_some() && direct && direct::data_gradient_applies(c);

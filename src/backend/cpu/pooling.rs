@@ -26,13 +26,15 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
 }
 
-/// Output slots a group of planes aims at: enough for long vector loops, few enough that the
-/// group's layout stays in L1.
+/// Output slots a group of planes aims at: enough for long vector loops, few enough that a
+/// group of small planes stays in L1 (a large plane makes a group of its own).
 const GROUP_SLOTS: usize = 512;
 
 /// A group of planes padded on every side to cover every window and split into their
 /// `stride_h x stride_w` phases: phase `(a, b)` holds, plane after plane, the padded rows
 /// `a, a + stride_h, ...` by the padded columns `b, b + stride_w, ...`, `rows x cols` of them.
+/// Only the phases some window tap reads are kept (`a < kernel_h`, `b < kernel_w`): with a
+/// stride above the kernel the others hold inputs no window covers.
 /// Output `(ph, pw)` of the group's plane `i` is slot `(i * rows + ph) * cols + pw`, and window
 /// tap `(kh, kw)` of every slot is where padded position `(kh, kw)` of plane 0 is, plus the
 /// slot: one phase, shifted. Other slots (`ph >= pooled_h` or `pw >= pooled_w`) are spare:
@@ -40,6 +42,8 @@ const GROUP_SLOTS: usize = 512;
 #[derive(Clone, Copy)]
 struct Layout {
     stride: (usize, usize),
+    /// Phases kept along each axis: `min(stride, kernel)`.
+    phases: (usize, usize),
     rows: usize,
     cols: usize,
     planes: usize,
@@ -56,6 +60,7 @@ impl Layout {
         let planes = (GROUP_SLOTS / (rows * cols)).clamp(1, g.planes.max(1));
         Layout {
             stride: (g.stride_h, g.stride_w),
+            phases: (g.stride_h.min(g.kernel_h), g.stride_w.min(g.kernel_w)),
             rows,
             cols,
             planes,
@@ -74,13 +79,15 @@ impl Layout {
 
     /// The phases, then room for the spare slots' reads past the last one.
     fn len(&self) -> usize {
-        self.stride.0 * self.stride.1 * self.phase_len() + self.plane_len() + 8
+        self.phases.0 * self.phases.1 * self.phase_len() + self.plane_len() + 8
     }
 
-    /// Where padded position `(r, c)` of plane 0 is.
-    fn at(&self, r: usize, c: usize) -> usize {
-        let (sh, sw) = self.stride;
-        ((r % sh) * sw + c % sw) * self.phase_len() + (r / sh) * self.cols + c / sw
+    /// Where padded position `(r, c)` of plane 0 is, if its phase is kept.
+    fn at(&self, r: usize, c: usize) -> Option<usize> {
+        let ((sh, sw), (kept_h, kept_w)) = (self.stride, self.phases);
+        let (a, b) = (r % sh, c % sw);
+        (a < kept_h && b < kept_w)
+            .then(|| (a * kept_w + b) * self.phase_len() + (r / sh) * self.cols + c / sw)
     }
 }
 
@@ -94,16 +101,17 @@ struct Scratch {
     /// One value per slot, and for max its argmax.
     values: Vec<f32>,
     arg: Vec<i32>,
-    /// Per slot: the image index of its window's first tap (max), its divisor or 0 for an
-    /// empty window or a spare slot (average).
+    /// Per slot: the image index of its window's first tap (for max pooling's argmax).
     origins: Vec<i32>,
+    /// Per slot: its divisor, or 0 for an empty window or a spare slot (average pooling).
     divisors: Vec<f32>,
     /// Per window tap in row-major order: where it is for slot 0, and its image index
     /// relative to the window's first tap.
     taps: Vec<(usize, i32)>,
-    /// Per image row of plane 0: where it is. Per column phase holding some of the image:
-    /// where it starts relative to that, its first image column, and how many it holds.
-    row_starts: Vec<usize>,
+    /// Per image row of plane 0: where it is (if its phase is kept). Per kept column phase
+    /// holding some of the image: where it starts relative to that, its first image column,
+    /// and how many it holds.
+    row_starts: Vec<Option<usize>>,
     column_phases: Vec<(usize, usize, usize)>,
 }
 
@@ -113,6 +121,7 @@ impl Scratch {
             geom: None,
             lay: Layout {
                 stride: (1, 1),
+                phases: (1, 1),
                 rows: 0,
                 cols: 0,
                 planes: 0,
@@ -140,10 +149,12 @@ impl Scratch {
         self.divisors.clear();
         for slot in 0..lay.slots {
             let (ph, pw) = ((slot / lay.cols) % lay.rows, slot % lay.cols);
-            // Plane indices fit an i32: `PoolGeom::validate` bounds a plane by 2^24 elements.
-            let row = (ph * g.stride_h) as i32 - g.pad_h as i32;
-            let col = (pw * g.stride_w) as i32 - g.pad_w as i32;
-            self.origins.push(row * g.width as i32 + col);
+            // A real slot's indices fit an i32 (`PoolGeom::validate` bounds a plane by 2^24
+            // elements); a spare slot's may wrap, and are never read.
+            let row = ((ph * g.stride_h) as i32).wrapping_sub(g.pad_h as i32);
+            let col = ((pw * g.stride_w) as i32).wrapping_sub(g.pad_w as i32);
+            self.origins
+                .push(row.wrapping_mul(g.width as i32).wrapping_add(col));
             let real = ph < g.pooled_h && pw < g.pooled_w;
             let divisor = ave_divisor(ph, g.stride_h, g.pad_h, g.kernel_h, g.height)
                 * ave_divisor(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
@@ -152,7 +163,8 @@ impl Scratch {
         self.taps.clear();
         for kh in 0..g.kernel_h {
             for kw in 0..g.kernel_w {
-                self.taps.push((lay.at(kh, kw), (kh * g.width + kw) as i32));
+                let at = lay.at(kh, kw).expect("a tap's phase is kept");
+                self.taps.push((at, (kh * g.width + kw) as i32));
             }
         }
         self.row_starts.clear();
@@ -160,13 +172,14 @@ impl Scratch {
             .extend((0..g.height).map(|h| lay.at(h + g.pad_h, 0)));
         self.column_phases.clear();
         let (s, pad) = (g.stride_w, g.pad_w);
-        for phase in 0..s {
+        for phase in 0..lay.phases.1 {
             // The phase's first padded column inside the image.
             let first = pad.saturating_sub(phase).div_ceil(s) * s + phase;
             let w0 = first - pad;
             if w0 < g.width {
                 let n = (g.width - w0).div_ceil(s);
-                self.column_phases.push((lay.at(0, first), w0, n));
+                let at = lay.at(0, first).expect("a kept phase");
+                self.column_phases.push((at, w0, n));
             }
         }
     }
@@ -175,9 +188,13 @@ impl Scratch {
     #[inline(always)]
     fn fill(&mut self, g: &PoolGeom, planes: &[f32], fill: f32) {
         self.planes.fill(fill);
-        let plane_len = self.lay.plane_len();
-        for (i, plane) in planes.chunks_exact(g.height * g.width).enumerate() {
+        let (plane_len, image_len) = (self.lay.plane_len(), g.height * g.width);
+        if image_len == 0 {
+            return;
+        }
+        for (i, plane) in planes.chunks_exact(image_len).enumerate() {
             for (src, &row) in plane.chunks_exact(g.width).zip(&self.row_starts) {
+                let Some(row) = row else { continue };
                 let row = i * plane_len + row;
                 if let [(at_a, 0, _), (at_b, 1, _)] | [(at_b, 1, _), (at_a, 0, _)] =
                     self.column_phases[..]
@@ -210,9 +227,17 @@ impl Scratch {
     /// The inverse of [`Scratch::fill`]: the image part of the layout into `planes`.
     #[inline(always)]
     fn read(&self, g: &PoolGeom, planes: &mut [f32]) {
-        let plane_len = self.lay.plane_len();
-        for (i, plane) in planes.chunks_exact_mut(g.height * g.width).enumerate() {
+        let (plane_len, image_len) = (self.lay.plane_len(), g.height * g.width);
+        if image_len == 0 {
+            return;
+        }
+        if self.lay.phases != self.lay.stride {
+            // Inputs in the phases not kept are under no window.
+            planes.fill(0.0);
+        }
+        for (i, plane) in planes.chunks_exact_mut(image_len).enumerate() {
             for (dst, &row) in plane.chunks_exact_mut(g.width).zip(&self.row_starts) {
+                let Some(row) = row else { continue };
                 for &(at, w0, n) in &self.column_phases {
                     let src = &self.planes[i * plane_len + row + at..][..n];
                     let dst = &mut dst[w0..];
@@ -233,6 +258,9 @@ impl Scratch {
         out: &mut [f32],
         f: impl Fn(T) -> f32,
     ) {
+        if g.pooled_h * g.pooled_w == 0 {
+            return;
+        }
         let plane_slots = slots.chunks(self.lay.plane_len());
         for (out, slots) in out
             .chunks_exact_mut(g.pooled_h * g.pooled_w)
@@ -252,6 +280,9 @@ impl Scratch {
     #[inline(always)]
     fn write_slots(&mut self, g: &PoolGeom, per_output: &[f32], f: impl Fn(f32, f32) -> f32) {
         self.values.fill(0.0);
+        if g.pooled_h * g.pooled_w == 0 {
+            return;
+        }
         let plane_len = self.lay.plane_len();
         let plane_slots = self
             .values
@@ -325,7 +356,7 @@ fn max_slots(s: &mut Scratch) {
         let slots = s.values.iter_mut().zip(s.arg.iter_mut());
         for (((best, arg), &v), &origin) in slots.zip(src).zip(&s.origins) {
             if v > *best {
-                (*best, *arg) = (v, origin + shift);
+                (*best, *arg) = (v, origin.wrapping_add(shift));
             }
         }
     }
@@ -553,7 +584,7 @@ mod reference {
                 for pw in 0..g.pooled_w {
                     let (hs, he, ws, we, size) = ave_window(g, ph, pw);
                     let mut sum = 0f32;
-                    for h in hs..he {
+                    for h in (hs..he).filter(|_| ws < we) {
                         sum = xp[h * g.width + ws..h * g.width + we]
                             .iter()
                             .fold(sum, |s, &v| s + v);
@@ -654,6 +685,10 @@ mod tests {
         ] {
             out.push(PoolGeom::new(2, size, kernel, stride, pad, round).unwrap());
         }
+        // A stride far above the plane (only the phases a tap reads are kept).
+        out.push(
+            PoolGeom::new(3, (32, 32), (2, 2), (4096, 4096), (0, 0), RoundMode::Ceil).unwrap(),
+        );
         // Small planes, more than a group of them (the last group partial).
         out.push(PoolGeom::new(61, (5, 5), (2, 2), (2, 2), (0, 0), RoundMode::Ceil).unwrap());
         out.push(PoolGeom::new(70, (4, 6), (3, 3), (1, 2), (1, 1), RoundMode::Floor).unwrap());
@@ -776,5 +811,20 @@ mod tests {
             reference::ave_backward(SERIAL, &g, &dy, &mut dx_ref);
             assert!(same_bits(&dx, &dx_ref), "average backward {g:?}");
         }
+    }
+
+    #[test]
+    fn planes_without_rows_pool_to_empty_windows() {
+        // Height 0 is a valid input when the padding alone covers the kernel.
+        let g = PoolGeom::new(4, (0, 5), (2, 2), (1, 1), (1, 1), RoundMode::Floor).unwrap();
+        let n_out = g.out_len();
+        assert!(n_out > 0);
+        let (mut y, mut mask) = (vec![0.0; n_out], vec![0.0; n_out]);
+        max_forward(SERIAL, &g, &[], &mut y, &mut mask);
+        assert!(y.iter().all(|&v| v == -f32::MAX) && mask.iter().all(|&m| m == -1.0));
+        let mut y = vec![f32::NAN; n_out];
+        ave_forward(SERIAL, &g, &[], &mut y);
+        assert!(y.iter().all(|&v| v.to_bits() == 0));
+        ave_backward(SERIAL, &g, &vec![1.0; n_out], &mut []);
     }
 }

@@ -2,8 +2,8 @@
 //! input positions receive a gradient, at most) or a ReLU, the products with `dy = 0` are most
 //! of the work and add nothing. Here each output channel's nonzero entries of `dy` are listed
 //! (eight at a time, one permutation packing the nonzero lanes) and only they are multiplied,
-//! eight column rows at a time, from a copy of the image's columns laid out position by
-//! position (eight by eight, transposed in registers).
+//! up to 64 column rows (eight vectors) at a time, from a copy of the image's columns laid
+//! out position by position (eight by eight, transposed in registers).
 //!
 //! The same bits as the dense kernels: each weight is the same chain of fused multiply-adds
 //! over the outputs in ascending order, in the same depth blocks, less the terms whose `dy` is
@@ -36,9 +36,9 @@ thread_local! {
 struct Scratch {
     /// The image's columns position by position: `spatial x padded kernel_dim`.
     columns: Vec<f32>,
-    /// Each output channel's nonzero entries of `dy` (position, value), channel after
-    /// channel, and where each channel's end.
-    entries: Vec<(u32, f32)>,
+    /// Each output channel's nonzero entries of `dy`, channel after channel, and where each
+    /// channel's list ends.
+    entries: Vec<Entry>,
     row_ends: Vec<usize>,
 }
 
@@ -135,13 +135,26 @@ pub(in crate::backend::cpu) fn weight_gradient_image(
     })
 }
 
+/// One nonzero entry of `dy`: its position among the outputs, and its value. `repr(C)`:
+/// the AVX2 listing writes the two fields as neighbouring lanes, position first.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Entry {
+    position: u32,
+    value: f32,
+}
+
 /// Lists each row's nonzero entries of `dy` (rows of `sp`) as (position, value), row after
 /// row, into `entries` (grown, never shrunk: no allocation once warm), and where each row's
 /// list ends into `row_ends`.
-fn list_nonzeros(dy: &[f32], sp: usize, entries: &mut Vec<(u32, f32)>, row_ends: &mut Vec<usize>) {
+fn list_nonzeros(dy: &[f32], sp: usize, entries: &mut Vec<Entry>, row_ends: &mut Vec<usize>) {
     // Whole vectors of entries are written past the end.
     if entries.len() < dy.len() + LANES {
-        entries.resize(dy.len() + LANES, (0, 0.0));
+        let zero = Entry {
+            position: 0,
+            value: 0.0,
+        };
+        entries.resize(dy.len() + LANES, zero);
     }
     row_ends.clear();
     let mut end = 0;
@@ -159,12 +172,12 @@ fn list_nonzeros(dy: &[f32], sp: usize, entries: &mut Vec<(u32, f32)>, row_ends:
 /// Each output channel's nonzero `dy` entries, by position.
 #[derive(Clone, Copy)]
 struct Lists<'a> {
-    entries: &'a [(u32, f32)],
+    entries: &'a [Entry],
     row_ends: &'a [usize],
 }
 
 impl Lists<'_> {
-    fn row(&self, m: usize) -> &[(u32, f32)] {
+    fn row(&self, m: usize) -> &[Entry] {
         let start = if m == 0 { 0 } else { self.row_ends[m - 1] };
         &self.entries[start..self.row_ends[m]]
     }
@@ -173,7 +186,7 @@ impl Lists<'_> {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::LANES;
-    use super::Lists;
+    use super::{Entry, Lists};
     use std::arch::x86_64::*;
 
     /// Column-row vectors per tile.
@@ -200,8 +213,8 @@ mod avx2 {
     /// Writes the row's nonzero entries (position, value) in order to the front of
     /// `entries`, which has room for them and eight more; returns how many there are. Eight
     /// at a time: the nonzero lanes packed to the front by one permutation from [`LEFT_PACK`].
-    #[target_feature(enable = "avx2,popcnt")]
-    pub(super) unsafe fn list_row(row: &[f32], entries: &mut [(u32, f32)]) -> usize {
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn list_row(row: &[f32], entries: &mut [Entry]) -> usize {
         assert!(entries.len() >= row.len() + LANES);
         let out = entries.as_mut_ptr() as *mut f32;
         let mut n = 0;
@@ -224,7 +237,10 @@ mod avx2 {
         }
         for (p, &v) in row.iter().enumerate().skip(blocks * LANES) {
             if v != 0.0 {
-                entries[n] = (p as u32, v);
+                entries[n] = Entry {
+                    position: p as u32,
+                    value: v,
+                };
                 n += 1;
             }
         }
@@ -391,18 +407,19 @@ mod avx2 {
                 total[..width].copy_from_slice(&dw[at..at + width]);
             }
         }
-        let mut rest: [&[(u32, f32)]; R] = std::array::from_fn(|r| lists.row(m0 + r));
-        let fma = |acc: &mut [__m256; V], &(p, d): &(u32, f32)| {
-            let x = columns.add(p as usize * kdp);
-            let d = _mm256_set1_ps(d);
+        let mut rest: [&[Entry]; R] = std::array::from_fn(|r| lists.row(m0 + r));
+        let fma = |acc: &mut [__m256; V], e: &Entry| {
+            let x = columns.add(e.position as usize * kdp);
+            let d = _mm256_set1_ps(e.value);
             for (v, a) in acc.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(v * LANES)), d, *a);
             }
         };
         for (b, block_start) in (0..sp).step_by(kc).enumerate() {
-            let block_end = (block_start + kc) as u32;
-            let block: [&[(u32, f32)]; R] = std::array::from_fn(|r| {
-                let (head, tail) = rest[r].split_at(rest[r].partition_point(|e| e.0 < block_end));
+            let block_end = block_start + kc;
+            let block: [&[Entry]; R] = std::array::from_fn(|r| {
+                let (head, tail) = rest[r]
+                    .split_at(rest[r].partition_point(|e| (e.position as usize) < block_end));
                 rest[r] = tail;
                 head
             });
