@@ -196,23 +196,6 @@ impl Scratch {
             for (src, &row) in plane.chunks_exact(g.width).zip(&self.row_starts) {
                 let Some(row) = row else { continue };
                 let row = i * plane_len + row;
-                if let [(at_a, 0, _), (at_b, 1, _)] | [(at_b, 1, _), (at_a, 0, _)] =
-                    self.column_phases[..]
-                {
-                    if g.stride_w == 2 {
-                        // The common stride 2 in one pass over the row: even columns to one
-                        // phase, odd columns to the other.
-                        let (even, odd) = two_mut(&mut self.planes, row + at_a, row + at_b);
-                        let pairs = src.chunks_exact(2);
-                        if let [last] = pairs.remainder() {
-                            even[src.len() / 2] = *last;
-                        }
-                        for (pair, (e, o)) in pairs.zip(even.iter_mut().zip(odd)) {
-                            (*e, *o) = (pair[0], pair[1]);
-                        }
-                        continue;
-                    }
-                }
                 for &(at, w0, n) in &self.column_phases {
                     let dst = &mut self.planes[row + at..][..n];
                     let src = &src[w0..];
@@ -299,18 +282,6 @@ impl Scratch {
                 }
             }
         }
-    }
-}
-
-/// `v[a..]` and `v[b..]` as two slices that do not overlap (`a != b`), each as long as it can
-/// be without reaching the other.
-fn two_mut(v: &mut [f32], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
-    if a < b {
-        let (head, tail) = v.split_at_mut(b);
-        (&mut head[a..], tail)
-    } else {
-        let (head, tail) = v.split_at_mut(a);
-        (tail, &mut head[b..])
     }
 }
 

@@ -120,15 +120,23 @@ pub(in crate::backend::cpu) fn weight_gradient_image(
                 let dy = &dy[grp * go * sp..(grp + 1) * go * sp];
                 list_nonzeros(dy, sp, &mut s.entries, &mut s.row_ends);
                 let dw = &mut dw[grp * go * kd..(grp + 1) * go * kd];
-                let lists = Lists {
-                    entries: &s.entries,
-                    row_ends: &s.row_ends,
+                let job = Job {
+                    columns: &s.columns,
+                    kdp,
+                    lists: Lists {
+                        entries: &s.entries,
+                        row_ends: &s.row_ends,
+                    },
+                    kc,
+                    sp,
+                    kd,
+                    accumulate,
                 };
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `applies` checked AVX2 and FMA. Reads: `columns` rows of `kdp`
                 // floats at listed positions (< sp); writes: `dw` (`go x kd`).
                 unsafe {
-                    avx2::weight_gradient(&s.columns, kdp, lists, kc, sp, dw, kd, accumulate)
+                    avx2::weight_gradient(job, dw)
                 };
             }
         })
@@ -169,6 +177,20 @@ fn list_nonzeros(dy: &[f32], sp: usize, entries: &mut Vec<Entry>, row_ends: &mut
     }
 }
 
+/// One group's weight-gradient product, as the kernel reads it: the columns (`sp` rows of
+/// `kdp`), the listed entries, the depth block `kc`, the column rows `kd`, and whether to add
+/// onto `dw` (the GEMM's `beta = 1`).
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    columns: &'a [f32],
+    kdp: usize,
+    lists: Lists<'a>,
+    kc: usize,
+    sp: usize,
+    kd: usize,
+    accumulate: bool,
+}
+
 /// Each output channel's nonzero `dy` entries, by position.
 #[derive(Clone, Copy)]
 struct Lists<'a> {
@@ -186,7 +208,7 @@ impl Lists<'_> {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::LANES;
-    use super::{Entry, Lists};
+    use super::{Entry, Job};
     use std::arch::x86_64::*;
 
     /// Column-row vectors per tile.
@@ -310,27 +332,8 @@ mod avx2 {
     /// column rows, by two output channels when the tile is narrow (so that enough chains
     /// run side by side to hide the multiply-add's latency), else by one.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn weight_gradient(
-        columns: &[f32],
-        kdp: usize,
-        lists: Lists<'_>,
-        kc: usize,
-        sp: usize,
-        dw: &mut [f32],
-        kd: usize,
-        accumulate: bool,
-    ) {
-        let go = lists.row_ends.len();
-        let job = Job {
-            columns,
-            kdp,
-            lists,
-            kc,
-            sp,
-            kd,
-            accumulate,
-        };
+    pub(super) unsafe fn weight_gradient(job: Job<'_>, dw: &mut [f32]) {
+        let (go, kd) = (job.lists.row_ends.len(), job.kd);
         let mut k0 = 0;
         while k0 < kd {
             let vectors = (kd - k0).div_ceil(LANES).min(VECTORS);
@@ -361,18 +364,6 @@ mod avx2 {
             }
             k0 += vectors * LANES;
         }
-    }
-
-    /// What every tile reads.
-    #[derive(Clone, Copy)]
-    struct Job<'a> {
-        columns: &'a [f32],
-        kdp: usize,
-        lists: Lists<'a>,
-        kc: usize,
-        sp: usize,
-        kd: usize,
-        accumulate: bool,
     }
 
     /// Column rows `k0..k0 + 8 V` of output channels `m0..m0 + R`: per depth block of `kc`
