@@ -29,14 +29,21 @@ extern "C" __global__ void axpy(int n, float alpha, const float* x, float* y) {
   }
 }
 
+// A scalar argument passed as (alpha_at, alpha) is *alpha_at when alpha_at is not null (a value
+// the host writes before a recorded graph is replayed), alpha otherwise.
+
 // beta == 0 does not read y (BLAS convention).
-extern "C" __global__ void axpby(int n, float alpha, const float* x, float beta, float* y) {
+extern "C" __global__ void axpby(int n, const float* alpha_at, float alpha, const float* x,
+                                 float beta, float* y) {
+  if (alpha_at) alpha = *alpha_at;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
     y[i] = beta == 0.0f ? alpha * x[i] : alpha * x[i] + beta * y[i];
   }
 }
 
-extern "C" __global__ void scale(int n, float alpha, const float* x, float* y) {
+extern "C" __global__ void scale(int n, const float* alpha_at, float alpha, const float* x,
+                                 float* y) {
+  if (alpha_at) alpha = *alpha_at;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
     y[i] = alpha * x[i];
   }

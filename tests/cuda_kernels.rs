@@ -17,8 +17,8 @@
 
 use rcaffe::backend::cuda::{nvrtc, CudaBackend};
 use rcaffe::backend::{
-    rng_from_seed, Backend, ConvGeom, CpuBackend, CpuBuffer, LrnGeom, PoolGeom, RoundMode, Src,
-    Transpose,
+    rng_from_seed, Backend, ConvGeom, CpuBackend, CpuBuffer, LrnGeom, PoolGeom, RoundMode, Scalar,
+    Src, Transpose,
 };
 use rcaffe_kernel_emu::{k, launch};
 use std::os::raw::c_int;
@@ -382,6 +382,9 @@ fn blas1_and_binary_ops_match_cpu() {
     emu!(k::axpy(int(n), 0.3, x.as_ptr(), y.as_mut_ptr()));
     check("axpy", &y, want.as_slice(), Tol::Exact);
 
+    // A scalar given by value (a null pointer) and read from memory (the pointer wins).
+    let scalars = buf(&[0.5, -1.7]);
+    let null = std::ptr::null::<f32>();
     for beta in [0.0f32, 0.9] {
         let mut want = buf(&y0);
         c.axpby(n, 0.3, &xb, 0, beta, &mut want, 0).unwrap();
@@ -390,14 +393,34 @@ fn blas1_and_binary_ops_match_cpu() {
             y[0] = f32::NAN; // not read when beta == 0
             want.as_mut_slice()[0] = 0.3 * x[0];
         }
-        emu!(k::axpby(int(n), 0.3, x.as_ptr(), beta, y.as_mut_ptr()));
+        emu!(k::axpby(
+            int(n),
+            null,
+            0.3,
+            x.as_ptr(),
+            beta,
+            y.as_mut_ptr()
+        ));
         check("axpby", &y, want.as_slice(), Tol::Exact);
+
+        let mut want = buf(&y0);
+        c.axpby(n, Scalar::At(&scalars, 1), &xb, 0, beta, &mut want, 0)
+            .unwrap();
+        let mut y = y0.clone();
+        let at = &scalars.as_slice()[1];
+        emu!(k::axpby(int(n), at, 0.3, x.as_ptr(), beta, y.as_mut_ptr()));
+        check("axpby (alpha in memory)", &y, want.as_slice(), Tol::Exact);
     }
 
     let mut want = buf(&y0);
     c.scale(n, -1.7, Src::At(&xb, 0), &mut want, 0).unwrap();
-    emu!(k::scale(int(n), -1.7, x.as_ptr(), y.as_mut_ptr()));
+    emu!(k::scale(int(n), null, -1.7, x.as_ptr(), y.as_mut_ptr()));
     check("scale", &y, want.as_slice(), Tol::Exact);
+    c.scale(n, Scalar::At(&scalars, 0), Src::At(&xb, 0), &mut want, 0)
+        .unwrap();
+    let at = &scalars.as_slice()[0];
+    emu!(k::scale(int(n), at, -1.7, x.as_ptr(), y.as_mut_ptr()));
+    check("scale (alpha in memory)", &y, want.as_slice(), Tol::Exact);
 
     c.copy(n, &xb, 0, &mut want, 0).unwrap();
     emu!(k::copy(int(n), x.as_ptr(), y.as_mut_ptr()));
@@ -1754,8 +1777,10 @@ fn cuda_graph_capture_records_replays_and_refuses_host_ops_on_device() {
 /// The solver replays whole iterations as a CUDA graph and ends where the CPU ends: a net with
 /// a gaussian DummyData refilled every iteration (drawn on the host from the same seed on both
 /// backends), two InnerProducts around a ReLU and a loss weight on the last top (no loss layer,
-/// whose host-side sum would refuse the capture), SGD with momentum and weight decay at a
-/// fixed rate. Device only.
+/// whose host-side sum would refuse the capture), with weight decay, under learning-rate
+/// policies that change the rate every iteration and update rules whose step depends on the
+/// iteration (Adam): the replayed graph reads each iteration's step scales from device memory.
+/// Device only.
 #[test]
 fn solver_replays_iterations_as_a_cuda_graph_on_device() {
     use rcaffe::solver::{read_train_solver, Solver, TrainOptions};
@@ -1763,69 +1788,81 @@ fn solver_replays_iterations_as_a_cuda_graph_on_device() {
         eprintln!("SKIPPED: no CUDA device");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("graph.solver.prototxt");
-    std::fs::write(
-        &path,
-        r#"
-net_param {
-  name: "graph"
-  layer {
-    name: "data" type: "DummyData" top: "x"
-    dummy_data_param { shape { dim: 16 dim: 32 } data_filler { type: "gaussian" std: 1 } }
-  }
-  layer {
-    name: "ip1" type: "InnerProduct" bottom: "x" top: "h"
-    inner_product_param { num_output: 24 weight_filler { type: "gaussian" std: 0.1 }
-                          bias_filler { type: "constant" value: 0.1 } }
-  }
-  layer { name: "relu" type: "ReLU" bottom: "h" top: "h" }
-  layer {
-    name: "ip2" type: "InnerProduct" bottom: "h" top: "out" loss_weight: 0.01
-    inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.1 } }
-  }
-}
-base_lr: 0.01 lr_policy: "fixed" momentum: 0.9 weight_decay: 0.0005
-max_iter: 30 display: 10 random_seed: 5 snapshot_after_train: false
-"#,
-    )
-    .unwrap();
-    let param = read_train_solver(&path, &TrainOptions::default()).unwrap();
-    let mut on_cpu = Solver::new(param.clone(), &path, &cpu()).unwrap();
-    on_cpu.solve(None).unwrap();
+    let schedules = [
+        r#"type: "SGD" lr_policy: "fixed" momentum: 0.9"#,
+        r#"type: "Nesterov" lr_policy: "triangular2" max_lr: 0.05 stepsize: 4 momentum: 0.9"#,
+        r#"type: "Adam" lr_policy: "inv" gamma: 0.1 power: 0.75 momentum: 0.9 momentum2: 0.999"#,
+        r#"type: "AdaDelta" lr_policy: "exp_range" max_lr: 0.05 stepsize: 5 gamma: 0.99
+           momentum: 0.95 delta: 1e-6"#,
+    ];
     let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
-    let mut on_gpu = Solver::new_recording(param, &path, &gpu).unwrap();
-    on_gpu.solve(None).unwrap();
-    let log = on_gpu.take_log();
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with("CUDA graph: iteration 1 captured")),
-        "the solver did not capture: {log:#?}"
-    );
-    assert!(
-        !log.iter().any(|l| l.starts_with("CUDA graph not used")),
-        "{log:#?}"
-    );
-    for (i, (c, g)) in on_cpu
-        .net()
-        .learnable_params()
-        .iter()
-        .zip(on_gpu.net().learnable_params())
-        .enumerate()
-    {
-        check(
-            &format!("parameter {i} after 30 replayed iterations"),
-            &g.data_to_vec().unwrap(),
-            &c.data_to_vec().unwrap(),
-            Tol::RelAbs(1e-4, 1e-5),
+    for schedule in schedules {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("graph.solver.prototxt");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+net_param {{
+  name: "graph"
+  layer {{
+    name: "data" type: "DummyData" top: "x"
+    dummy_data_param {{ shape {{ dim: 16 dim: 32 }} data_filler {{ type: "gaussian" std: 1 }} }}
+  }}
+  layer {{
+    name: "ip1" type: "InnerProduct" bottom: "x" top: "h"
+    inner_product_param {{ num_output: 24 weight_filler {{ type: "gaussian" std: 0.1 }}
+                          bias_filler {{ type: "constant" value: 0.1 }} }}
+    param {{ lr_mult: 1 }} param {{ lr_mult: 2 decay_mult: 0 }}
+  }}
+  layer {{ name: "relu" type: "ReLU" bottom: "h" top: "h" }}
+  layer {{
+    name: "ip2" type: "InnerProduct" bottom: "h" top: "out" loss_weight: 0.01
+    inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }}
+  }}
+}}
+base_lr: 0.01 weight_decay: 0.0005 {schedule}
+max_iter: 30 display: 10 random_seed: 5 snapshot_after_train: false
+"#
+            ),
+        )
+        .unwrap();
+        let param = read_train_solver(&path, &TrainOptions::default()).unwrap();
+        let mut on_cpu = Solver::new(param.clone(), &path, &cpu()).unwrap();
+        on_cpu.solve(None).unwrap();
+        let mut on_gpu = Solver::new_recording(param, &path, &gpu).unwrap();
+        on_gpu.solve(None).unwrap();
+        let log = on_gpu.take_log();
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("CUDA graph: iteration 1 captured")),
+            "{schedule}: the solver did not capture: {log:#?}"
         );
+        assert!(
+            !log.iter().any(|l| l.starts_with("CUDA graph not used")),
+            "{schedule}: {log:#?}"
+        );
+        for (i, (c, g)) in on_cpu
+            .net()
+            .learnable_params()
+            .iter()
+            .zip(on_gpu.net().learnable_params())
+            .enumerate()
+        {
+            check(
+                &format!("{schedule}: parameter {i} after 30 replayed iterations"),
+                &g.data_to_vec().unwrap(),
+                &c.data_to_vec().unwrap(),
+                Tol::RelAbs(1e-4, 1e-5),
+            );
+        }
+        let (cpu_loss, gpu_loss) = (on_cpu.smoothed_loss(), on_gpu.smoothed_loss());
+        assert!(
+            (cpu_loss - gpu_loss).abs() <= 1e-4 * cpu_loss.abs() + 1e-5,
+            "{schedule}: smoothed loss: CPU {cpu_loss}, GPU {gpu_loss}"
+        );
+        eprintln!("solver CUDA graph, {schedule}: 30 iterations match the CPU (loss {gpu_loss})");
     }
-    let (cpu_loss, gpu_loss) = (on_cpu.smoothed_loss(), on_gpu.smoothed_loss());
-    assert!(
-        (cpu_loss - gpu_loss).abs() <= 1e-4 * cpu_loss.abs() + 1e-5,
-        "smoothed loss: CPU {cpu_loss}, GPU {gpu_loss}"
-    );
-    eprintln!("solver CUDA graph: 30 iterations match the CPU (loss {gpu_loss})");
 }
 
 /// A batch-sized upload (pinned staging on the copy stream) lands before the next kernel reads

@@ -1,7 +1,7 @@
 //! The six update rules, applied directly to blobs: a two-step example worked by hand for each,
 //! and random parameters against upstream's formulas evaluated in f64.
 
-use rcaffe::backend::CpuBackend;
+use rcaffe::backend::{Backend, CpuBackend, Scalar};
 use rcaffe::blob::Blob;
 use rcaffe::proto::caffe::SolverParameter;
 use rcaffe::solver::update_rules::{
@@ -28,6 +28,7 @@ fn run(rule: &UpdateRule, w0: &[f32], grads: &[Vec<f32>], rate: f32, iter0: i32)
     let mut h2 = Blob::new(&be, &shape).unwrap();
     let mut update = Blob::new(&be, &shape).unwrap();
     let mut temp = Blob::new(&be, &shape).unwrap();
+    let mut step_scale = be.alloc(1).unwrap();
     let mut out = Vec::new();
     for (k, g) in grads.iter().enumerate() {
         param.set_diff(g).unwrap();
@@ -41,7 +42,10 @@ fn run(rule: &UpdateRule, w0: &[f32], grads: &[Vec<f32>], rate: f32, iter0: i32)
             update: &mut update,
             temp: &mut temp,
         };
-        compute_update_value(rule, &be, &mut param, bufs, rate, iter0 + k as i32).unwrap();
+        // As the solver does: the step scale from device memory.
+        let step = rule.step_scale(rate, iter0 + k as i32);
+        be.upload(&[step], &mut step_scale, 0).unwrap();
+        compute_update_value(rule, &be, &mut param, bufs, Scalar::At(&step_scale, 0)).unwrap();
         param.update().unwrap();
         out.push(param.data_to_vec().unwrap());
     }

@@ -134,6 +134,28 @@ pub enum Src<'a, T: ?Sized> {
     InPlace,
 }
 
+/// A scalar argument: a value fixed when the op is issued, or one element of a buffer, read when
+/// the op runs. Recorded work (a CUDA graph) keeps the element's address, so writing a new value
+/// there before a replay changes what the replayed op uses (the solver's learning rate).
+pub enum Scalar<'a, T: ?Sized> {
+    Value(f32),
+    At(&'a T, usize),
+}
+
+impl<T: ?Sized> Clone for Scalar<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: ?Sized> Copy for Scalar<'_, T> {}
+
+impl<T: ?Sized> From<f32> for Scalar<'_, T> {
+    fn from(value: f32) -> Self {
+        Self::Value(value)
+    }
+}
+
 impl<T: ?Sized> Clone for Src<'_, T> {
     fn clone(&self) -> Self {
         *self
@@ -683,11 +705,11 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         y: &mut Self::Buffer,
         y_off: usize,
     ) -> Result<()>;
-    /// `y[i] = alpha x[i] + beta y[i]`.
-    fn axpby(
+    /// `y[i] = alpha x[i] + beta y[i]`; `y` is not read when `beta` is 0.
+    fn axpby<'a>(
         &self,
         n: usize,
-        alpha: f32,
+        alpha: impl Into<Scalar<'a, Self::Buffer>>,
         x: &Self::Buffer,
         x_off: usize,
         beta: f32,
@@ -695,10 +717,10 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         y_off: usize,
     ) -> Result<()>;
     /// `y[i] = alpha x[i]` (upstream's `caffe_scal` when in place, `caffe_cpu_scale` otherwise).
-    fn scale(
+    fn scale<'a>(
         &self,
         n: usize,
-        alpha: f32,
+        alpha: impl Into<Scalar<'a, Self::Buffer>>,
         x: Src<'_, Self::Buffer>,
         y: &mut Self::Buffer,
         y_off: usize,

@@ -13,18 +13,19 @@
 //!   capturing, every op that needs the host (a reduction returning a value, a label check, a
 //!   host-drawn random fill, an allocation); the first refusal is logged as one info line,
 //!   `CUDA graph not used: …`, the iteration finishes directly, and so do all later ones.
-//! * A graph bakes in its scalar arguments: the learning rate and, for Adam, the iteration. It
-//!   is kept with those and the data tops' shapes, and captured again when they change. When a
-//!   graph is outdated after a single use (the rate changes every iteration: `inv`, the cyclic
-//!   policies; or Adam), replay is switched off with an info line: capturing every iteration
-//!   costs more than it saves.
+//! * A graph bakes in the addresses it touches and its scalar arguments, so what changes from
+//!   one iteration to the next is read from device memory instead: the update multiplies by
+//!   each parameter's step scale (the learning rate times `lr_mult`, for Adam with the bias
+//!   correction), which the host writes into a small buffer before every replay. So every
+//!   learning-rate policy and every update rule replays the same graph. A graph is kept with the
+//!   data tops' shapes and captured again when they change.
 //!
 //! The loss is read from the loss tops after the replay ([`Net::loss`]).
 //!
 //! [`Backend::begin_capture`]: crate::backend::Backend::begin_capture
 //! [`Net::loss`]: crate::net::Net::loss
 
-use super::{Result, Solver, UpdateRule};
+use super::{Result, Solver};
 use crate::backend::{Backend, CapturedWork};
 
 /// What [`Solver::graph_iteration`] did this iteration.
@@ -40,13 +41,10 @@ pub(super) enum Outcome {
     Replayed(f32),
 }
 
-/// What a graph bakes in besides buffer addresses, which stay fixed once every blob has its
-/// size: the scalars of the update and the shapes of the batch.
+/// What a graph depends on besides buffer addresses, which stay fixed once every blob has its
+/// size: the shapes of the batch.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Key {
-    rate_bits: u32,
-    /// The iteration, for update rules whose scalars depend on it (Adam).
-    iter: Option<i32>,
     data_shapes: Vec<Vec<usize>>,
 }
 
@@ -108,14 +106,14 @@ impl<B: Backend> Solver<B> {
             self.net.backward()?;
             return Ok(Outcome::ForwardBackward(self.net.loss()?));
         }
-        // The rate this iteration's update will use, without advancing the schedule's state or
-        // logging (the update's host side does both after the replay).
+        // The update reads this iteration's rate from the step scales, written before the
+        // replay (or the capture) on the same stream. The rate is computed without advancing
+        // the schedule's state or logging: the update's host side does both afterwards.
         let rate = self
             .schedule
             .rate(self.iter as u32, &mut self.lr_state.clone());
+        self.write_step_scales(rate)?;
         let key = Key {
-            rate_bits: rate.to_bits(),
-            iter: matches!(self.rule, UpdateRule::Adam { .. }).then_some(self.iter),
             data_shapes: (0..inputs)
                 .flat_map(|i| self.net.top_ids(i).to_vec())
                 .map(|id| self.net.blobs()[id].shape().to_vec())
@@ -134,18 +132,11 @@ impl<B: Backend> Solver<B> {
                 return Ok(Outcome::Replayed(self.net.loss()?));
             }
             if *uses <= 1 {
-                let why = if key.iter.is_some() {
-                    "Adam's bias correction changes every iteration".to_string()
-                } else {
-                    format!(
-                        "the learning rate changes every iteration (lr_policy {})",
-                        self.param.lr_policy()
-                    )
-                };
-                self.log.info(format!(
-                    "CUDA graph not used: {why}, so a graph would be captured for every \
-                     iteration; running directly"
-                ));
+                self.log.info(
+                    "CUDA graph not used: the data's shapes change every iteration, so a graph \
+                     would be captured for every iteration; running directly"
+                        .to_string(),
+                );
                 self.graph = IterationGraph::Off;
                 return self.finish_directly(inputs);
             }
@@ -156,7 +147,7 @@ impl<B: Backend> Solver<B> {
             self.graph = IterationGraph::Off;
             return self.finish_directly(inputs);
         }
-        let recorded = self.record_rest(inputs, rate);
+        let recorded = self.record_rest(inputs);
         let ended = self.backend.end_capture();
         match (recorded, ended) {
             (Ok(()), Ok(Some(mut work))) => {
@@ -209,10 +200,10 @@ impl<B: Backend> Solver<B> {
     }
 
     /// The device work of the iteration after the data layers: what a capture records.
-    fn record_rest(&mut self, inputs: usize, rate: f32) -> Result<()> {
+    fn record_rest(&mut self, inputs: usize) -> Result<()> {
         self.net.forward_from_on_device(inputs)?;
         self.net.backward()?;
-        self.update_parameters(rate)
+        self.update_from_step_scales()
     }
 
     /// Forward (after the data layers, which ran) and backward, directly.

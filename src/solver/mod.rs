@@ -23,7 +23,7 @@ pub mod update_rules;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::backend::{rng_from_seed, Backend, BackendError, CpuBackend, Rng};
+use crate::backend::{rng_from_seed, Backend, BackendError, CpuBackend, Rng, Scalar};
 use crate::blob::{Blob, BlobError};
 use crate::lr_policy::{LrPolicyError, LrSchedule, LrState};
 use crate::net::{cpp_float, Net, NetError};
@@ -137,6 +137,9 @@ pub struct Solver<B: Backend> {
     history: Vec<Blob<B>>,
     update: Vec<Blob<B>>,
     temp: Vec<Blob<B>>,
+    /// Each learnable parameter's [`UpdateRule::step_scale`] for the iteration being applied,
+    /// written before the update runs (or a recorded one is replayed).
+    step_scales: B::Buffer,
     losses: Vec<f32>,
     smoothed_loss: f32,
     iterations_last: i32,
@@ -284,6 +287,7 @@ impl<B: Backend> Solver<B> {
         }
         let update = alloc_like(params)?;
         let temp = alloc_like(params)?;
+        let step_scales = backend.alloc(params.len())?;
         Ok(Self {
             param,
             backend: backend.clone(),
@@ -297,6 +301,7 @@ impl<B: Backend> Solver<B> {
             history,
             update,
             temp,
+            step_scales,
             losses: Vec::new(),
             smoothed_loss: 0.0,
             iterations_last: 0,
@@ -609,8 +614,27 @@ impl<B: Backend> Solver<B> {
     /// parameter normalise, regularise and compute the update, then `data -= diff`.
     fn update_parameters(&mut self, rate: f32) -> Result<()> {
         self.clip_gradients()?;
+        self.write_step_scales(rate)?;
+        self.update_from_step_scales()
+    }
+
+    /// Writes each parameter's step scale for this iteration at learning rate `rate` (upstream's
+    /// `local_rate = rate * lr_mult`, for Adam with the bias correction).
+    fn write_step_scales(&mut self, rate: f32) -> Result<()> {
+        let scales: Vec<f32> = self
+            .net
+            .params_lr()
+            .iter()
+            .map(|&lr_mult| self.rule.step_scale(rate * lr_mult, self.iter))
+            .collect();
+        self.backend.upload(&scales, &mut self.step_scales, 0)?;
+        Ok(())
+    }
+
+    /// Per parameter normalise, regularise and compute the update with the step scales
+    /// written, then `data -= diff`: device work only, so a CUDA graph can record it.
+    fn update_from_step_scales(&mut self) -> Result<()> {
         let count = self.net.learnable_params().len();
-        let lr_mults = self.net.params_lr().to_vec();
         let decay_mults = self.net.params_weight_decay().to_vec();
         let weight_decay = self.param.weight_decay();
         let iter_size = self.param.iter_size();
@@ -646,8 +670,7 @@ impl<B: Backend> Solver<B> {
                 &self.backend,
                 param,
                 bufs,
-                rate * lr_mults[i],
-                self.iter,
+                Scalar::At(&self.step_scales, i),
             )?;
         }
         self.net.update()?;

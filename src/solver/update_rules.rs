@@ -9,7 +9,7 @@
 //! for AdaDelta and Adam a second set appended after the first (AdaDelta: the accumulated squared
 //! updates; Adam: the second moment). A `.solverstate` stores them in that order.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{Backend, Scalar, Src};
 use crate::blob::Blob;
 use crate::proto::caffe::SolverParameter;
 
@@ -99,6 +99,22 @@ impl UpdateRule {
         }
     }
 
+    /// The factor of the rule's last multiplication: `local_rate` (the rate times the
+    /// parameter's `lr_mult`), for Adam times the bias correction of iteration `iter` (at
+    /// `t = iter + 1`). Upstream computes the correction with pow(float, int), which C++
+    /// evaluates in double, stores it as float, then multiplies in float: so do we.
+    pub fn step_scale(&self, local_rate: f32, iter: i32) -> f32 {
+        match *self {
+            Self::Adam { beta1, beta2, .. } => {
+                let t = iter + 1;
+                let correction = ((1.0 - f64::from(beta2).powi(t)).sqrt()
+                    / (1.0 - f64::from(beta1).powi(t))) as f32;
+                local_rate * correction
+            }
+            _ => local_rate,
+        }
+    }
+
     /// How many history blobs the rule keeps per learnable parameter (1 or 2).
     pub fn history_sets(&self) -> usize {
         match self {
@@ -123,15 +139,15 @@ fn second<'a, B: Backend>(h: &'a mut Option<&mut Blob<B>>, rule: &str) -> Result
 }
 
 /// Replaces `param`'s diff with the value to subtract from its data (upstream's
-/// `ComputeUpdateValue`), `local_rate` being the rate times the parameter's `lr_mult` and `iter`
-/// the iteration being applied (Adam's bias correction uses `iter + 1`).
+/// `ComputeUpdateValue`). `step` is [`UpdateRule::step_scale`] of this parameter's rate and
+/// iteration; the solver keeps it in a device buffer, so that recorded work (a CUDA graph)
+/// reads each iteration's value when replayed.
 pub fn compute_update_value<B: Backend>(
     rule: &UpdateRule,
     backend: &B,
     param: &mut Blob<B>,
     bufs: UpdateBuffers<'_, B>,
-    local_rate: f32,
-    iter: i32,
+    step: Scalar<'_, B::Buffer>,
 ) -> Result<()> {
     let n = param.count();
     let UpdateBuffers {
@@ -142,31 +158,15 @@ pub fn compute_update_value<B: Backend>(
     } = bufs;
     match *rule {
         UpdateRule::Sgd { momentum } => {
-            // history = local_rate * g + momentum * history; g = history.
-            backend.axpby(
-                n,
-                local_rate,
-                param.diff(),
-                0,
-                momentum,
-                history.data_mut(),
-                0,
-            )?;
+            // history = step * g + momentum * history; g = history.
+            backend.axpby(n, step, param.diff(), 0, momentum, history.data_mut(), 0)?;
             backend.copy(n, history.data(), 0, param.diff_mut(), 0)?;
         }
         UpdateRule::Nesterov { momentum } => {
             // Keep the old history, take the momentum step, then step from the new history
             // corrected by the old: (1 + m) h_new - m h_old.
             backend.copy(n, history.data(), 0, update.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                local_rate,
-                param.diff(),
-                0,
-                momentum,
-                history.data_mut(),
-                0,
-            )?;
+            backend.axpby(n, step, param.diff(), 0, momentum, history.data_mut(), 0)?;
             backend.axpby(
                 n,
                 1.0 + momentum,
@@ -188,7 +188,7 @@ pub fn compute_update_value<B: Backend>(
                 history.data_mut(),
                 0,
             )?;
-            scaled_gradient_over_root(backend, n, param, history, update, delta, local_rate)?;
+            scaled_gradient_over_root(backend, n, param, history, update, delta, step)?;
         }
         UpdateRule::RmsProp { delta, rms_decay } => {
             // Leaky average of g^2, then the same step as AdaGrad.
@@ -202,7 +202,7 @@ pub fn compute_update_value<B: Backend>(
                 history.data_mut(),
                 0,
             )?;
-            scaled_gradient_over_root(backend, n, param, history, update, delta, local_rate)?;
+            scaled_gradient_over_root(backend, n, param, history, update, delta, step)?;
         }
         UpdateRule::AdaDelta { delta, momentum } => {
             let update_history = second(&mut history2, "AdaDelta")?;
@@ -261,7 +261,7 @@ pub fn compute_update_value<B: Backend>(
                 0,
             )?;
             // Upstream scales AdaDelta's step by the learning rate too.
-            backend.scale(n, local_rate, Src::InPlace, param.diff_mut(), 0)?;
+            backend.scale(n, step, Src::InPlace, param.diff_mut(), 0)?;
         }
         UpdateRule::Adam {
             beta1,
@@ -270,11 +270,6 @@ pub fn compute_update_value<B: Backend>(
         } => {
             let second_moment = second(&mut history2, "Adam")?;
             let m = history;
-            // Upstream computes the correction with pow(float, int), which C++ evaluates in
-            // double, and stores the result as float.
-            let t = iter + 1;
-            let correction =
-                ((1.0 - f64::from(beta2).powi(t)).sqrt() / (1.0 - f64::from(beta1).powi(t))) as f32;
             backend.axpby(n, 1.0 - beta1, param.diff(), 0, beta1, m.data_mut(), 0)?;
             backend.mul(
                 n,
@@ -295,19 +290,14 @@ pub fn compute_update_value<B: Backend>(
             backend.powx(n, Src::At(second_moment.data(), 0), 0.5, temp.data_mut(), 0)?;
             backend.add_scalar(n, eps_hat, temp.data_mut(), 0)?;
             backend.div(n, Src::At(m.data(), 0), Src::InPlace, temp.data_mut(), 0)?;
-            backend.scale(
-                n,
-                local_rate * correction,
-                Src::At(temp.data(), 0),
-                param.diff_mut(),
-                0,
-            )?;
+            // The step is the rate times the bias correction.
+            backend.scale(n, step, Src::At(temp.data(), 0), param.diff_mut(), 0)?;
         }
     }
     Ok(())
 }
 
-/// AdaGrad's and RMSProp's common tail: `g = local_rate * g / (sqrt(history) + delta)`.
+/// AdaGrad's and RMSProp's common tail: `g = step * g / (sqrt(history) + delta)`.
 fn scaled_gradient_over_root<B: Backend>(
     backend: &B,
     n: usize,
@@ -315,7 +305,7 @@ fn scaled_gradient_over_root<B: Backend>(
     history: &Blob<B>,
     update: &mut Blob<B>,
     delta: f32,
-    local_rate: f32,
+    step: Scalar<'_, B::Buffer>,
 ) -> Result<()> {
     backend.powx(n, Src::At(history.data(), 0), 0.5, update.data_mut(), 0)?;
     backend.add_scalar(n, delta, update.data_mut(), 0)?;
@@ -326,7 +316,7 @@ fn scaled_gradient_over_root<B: Backend>(
         update.data_mut(),
         0,
     )?;
-    backend.axpby(n, local_rate, update.data(), 0, 0.0, param.diff_mut(), 0)?;
+    backend.axpby(n, step, update.data(), 0, 0.0, param.diff_mut(), 0)?;
     Ok(())
 }
 

@@ -26,7 +26,7 @@ mod simd;
 
 use super::{
     check_range, invalid, Backend, ConvBatch, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result,
-    Rng, Src, Transpose,
+    Rng, Scalar, Src, Transpose,
 };
 use elementwise::Operand;
 use rayon::prelude::*;
@@ -269,6 +269,14 @@ fn rd<'a>(
     len: usize,
 ) -> Result<&'a [f32]> {
     Ok(&buf.data[check_range(op, arg, buf.len(), off, len)?])
+}
+
+/// The value of a scalar argument.
+fn scalar(op: &'static str, arg: &'static str, s: Scalar<'_, CpuBuffer>) -> Result<f32> {
+    match s {
+        Scalar::Value(v) => Ok(v),
+        Scalar::At(buf, off) => Ok(rd(op, arg, buf, off, 1)?[0]),
+    }
 }
 
 /// The range `off..off + len` of `buf` for writing.
@@ -549,16 +557,17 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn axpby(
+    fn axpby<'a>(
         &self,
         n: usize,
-        alpha: f32,
+        alpha: impl Into<Scalar<'a, CpuBuffer>>,
         x: &CpuBuffer,
         x_off: usize,
         beta: f32,
         y: &mut CpuBuffer,
         y_off: usize,
     ) -> Result<()> {
+        let alpha = scalar("axpby", "alpha", alpha.into())?;
         let x = rd("axpby", "x", x, x_off, n)?;
         let y = wr("axpby", "y", y, y_off, n)?;
         if beta == 0.0 {
@@ -571,14 +580,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn scale(
+    fn scale<'a>(
         &self,
         n: usize,
-        alpha: f32,
+        alpha: impl Into<Scalar<'a, CpuBuffer>>,
         x: Src<'_, CpuBuffer>,
         y: &mut CpuBuffer,
         y_off: usize,
     ) -> Result<()> {
+        let alpha = scalar("scale", "alpha", alpha.into())?;
         let x = operand("scale", "x", x, n)?;
         let y = wr("scale", "y", y, y_off, n)?;
         elementwise::map1(self.par(), x, y, |v| alpha * v);

@@ -34,7 +34,7 @@
 use super::nvrtc;
 use crate::backend::{
     check_range, invalid, Backend, BackendError, CapturedWork, ConvGeom, DeviceBuffer, LrnGeom,
-    PoolGeom, Result, Rng, Src, Transpose,
+    PoolGeom, Result, Rng, Scalar, Src, Transpose,
 };
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::sys::{CUdeviceptr, CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -378,6 +378,15 @@ impl CudaBackend {
         match s {
             Src::At(b, off) => Self::ptr(op, arg, b, off, len),
             Src::InPlace => Ok(out),
+        }
+    }
+
+    /// A scalar as the kernel arguments `(const float* at, float value)`: the kernel reads `*at`
+    /// when it is not null, `value` otherwise.
+    fn scalar(op: &'static str, arg: &'static str, s: Scalar<'_, CudaBuffer>) -> Result<[Arg; 2]> {
+        match s {
+            Scalar::Value(v) => Ok([Arg::P(0), Arg::F(v)]),
+            Scalar::At(buf, off) => Ok([Self::ptr(op, arg, buf, off, 1)?, Arg::F(0.0)]),
         }
     }
 
@@ -943,10 +952,10 @@ impl Backend for CudaBackend {
         self.launch(OP, "axpy", n, &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp])
     }
 
-    fn axpby(
+    fn axpby<'a>(
         &self,
         n: usize,
-        alpha: f32,
+        alpha: impl Into<Scalar<'a, CudaBuffer>>,
         x: &CudaBuffer,
         x_off: usize,
         beta: f32,
@@ -954,32 +963,34 @@ impl Backend for CudaBackend {
         y_off: usize,
     ) -> Result<()> {
         const OP: &str = "axpby";
+        let [alpha_at, alpha] = Self::scalar(OP, "alpha", alpha.into())?;
         let yp = Self::ptr(OP, "y", y, y_off, n)?;
         let xp = Self::ptr(OP, "x", x, x_off, n)?;
         self.launch(
             OP,
             "axpby",
             n,
-            &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, Arg::F(beta), yp],
+            &[Arg::I(int(OP, n)?), alpha_at, alpha, xp, Arg::F(beta), yp],
         )
     }
 
-    fn scale(
+    fn scale<'a>(
         &self,
         n: usize,
-        alpha: f32,
+        alpha: impl Into<Scalar<'a, CudaBuffer>>,
         x: Src<'_, CudaBuffer>,
         y: &mut CudaBuffer,
         y_off: usize,
     ) -> Result<()> {
         const OP: &str = "scale";
+        let [alpha_at, alpha] = Self::scalar(OP, "alpha", alpha.into())?;
         let yp = Self::ptr(OP, "y", y, y_off, n)?;
         let xp = Self::src(OP, "x", x, n, yp)?;
         self.launch(
             OP,
             "scale",
             n,
-            &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp],
+            &[Arg::I(int(OP, n)?), alpha_at, alpha, xp, yp],
         )
     }
 

@@ -39,8 +39,21 @@ pub mod k {
         pub fn set(n: c_int, value: c_float, y: *mut c_float);
         pub fn add_scalar(n: c_int, value: c_float, y: *mut c_float);
         pub fn axpy(n: c_int, alpha: c_float, x: *const c_float, y: *mut c_float);
-        pub fn axpby(n: c_int, alpha: c_float, x: *const c_float, beta: c_float, y: *mut c_float);
-        pub fn scale(n: c_int, alpha: c_float, x: *const c_float, y: *mut c_float);
+        pub fn axpby(
+            n: c_int,
+            alpha_at: *const c_float,
+            alpha: c_float,
+            x: *const c_float,
+            beta: c_float,
+            y: *mut c_float,
+        );
+        pub fn scale(
+            n: c_int,
+            alpha_at: *const c_float,
+            alpha: c_float,
+            x: *const c_float,
+            y: *mut c_float,
+        );
         pub fn add(n: c_int, a: *const c_float, b: *const c_float, y: *mut c_float);
         pub fn sub(n: c_int, a: *const c_float, b: *const c_float, y: *mut c_float);
         pub fn mul(n: c_int, a: *const c_float, b: *const c_float, y: *mut c_float);
