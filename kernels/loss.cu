@@ -2,10 +2,18 @@
 // grid-stride. Labels are floats read as upstream's static_cast<int> (truncation); positions
 // p = o inner + j of an (outer, dim, inner) view index the labels. `has_ignore` says whether
 // `ignore_label` is set. Labels outside 0..dim that are not ignored are an error the host
-// checks before launching (the CPU op's error); the kernels skip such positions.
+// checks before launching (the CPU op's error); the kernels skip such positions. Inside a
+// CUDA graph the host cannot check, so the kernels that index by label also report a bad one
+// in `error` ({1, label, dim}), which the host reads after each replay.
 
 static __device__ __forceinline__ bool is_ignored(int cls, int has_ignore, int ignore_label) {
   return has_ignore != 0 && cls == ignore_label;
+}
+
+static __device__ __forceinline__ void report_label(float* error, float label, int dim) {
+  error[0] = 1.0f;
+  error[1] = label;
+  error[2] = (float)dim;
 }
 
 extern "C" __global__ void label_mask(int n, const float* label, int has_ignore,
@@ -18,7 +26,7 @@ extern "C" __global__ void label_mask(int n, const float* label, int has_ignore,
 // y[o, j] = x[o, l, j], or `fill` where l is ignored.
 extern "C" __global__ void gather_at_label(int outer, int dim, int inner, const float* x,
                                            const float* label, int has_ignore, int ignore_label,
-                                           float fill, float* y) {
+                                           float fill, float* y, float* error) {
   int n = outer * inner;
   for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < n; p += blockDim.x * gridDim.x) {
     int cls = (int)label[p];
@@ -27,6 +35,8 @@ extern "C" __global__ void gather_at_label(int outer, int dim, int inner, const 
     } else if (cls >= 0 && cls < dim) {
       int o = p / inner, j = p % inner;
       y[p] = x[((long long)o * dim + cls) * inner + j];
+    } else {
+      report_label(error, label[p], dim);
     }
   }
 }
@@ -35,7 +45,7 @@ extern "C" __global__ void gather_at_label(int outer, int dim, int inner, const 
 // owns one position's column, so no two threads write the same element.
 extern "C" __global__ void affine_at_label(int outer, int dim, int inner, const float* label,
                                            int has_ignore, int ignore_label, float alpha,
-                                           float beta, float* y) {
+                                           float beta, float* y, float* error) {
   int n = outer * inner;
   for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < n; p += blockDim.x * gridDim.x) {
     int cls = (int)label[p];
@@ -46,6 +56,8 @@ extern "C" __global__ void affine_at_label(int outer, int dim, int inner, const 
     } else if (cls >= 0 && cls < dim) {
       float* v = y + base + (long long)cls * inner;
       *v = alpha * *v + beta;
+    } else {
+      report_label(error, label[p], dim);
     }
   }
 }
@@ -54,7 +66,7 @@ extern "C" __global__ void affine_at_label(int outer, int dim, int inner, const 
 // score, else 0; 0 where ignored (upstream: src/caffe/layers/accuracy_layer.cu).
 extern "C" __global__ void top_k_hits(int outer, int dim, int inner, int top_k, const float* x,
                                       const float* label, int has_ignore, int ignore_label,
-                                      float* y) {
+                                      float* y, float* error) {
   int n = outer * inner;
   for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < n; p += blockDim.x * gridDim.x) {
     int cls = (int)label[p];
@@ -62,7 +74,10 @@ extern "C" __global__ void top_k_hits(int outer, int dim, int inner, int top_k, 
       y[p] = 0.0f;
       continue;
     }
-    if (cls < 0 || cls >= dim) continue;
+    if (cls < 0 || cls >= dim) {
+      report_label(error, label[p], dim);
+      continue;
+    }
     int o = p / inner, j = p % inner;
     const float* xp = x + (long long)o * dim * inner + j;
     float truth = xp[(long long)cls * inner];

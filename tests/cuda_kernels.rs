@@ -1031,6 +1031,9 @@ fn loss_ops_match_cpu() {
     for l in label.iter_mut().step_by(4) {
         *l = 255.0;
     }
+    // The label-indexed kernels' report of a bad label ({1, label, dim}), read by the host
+    // after a replayed graph.
+    let mut error = [0f32; 3];
     for ignore in [Some(255), None] {
         // Without an ignore label, 255 is out of range: use only valid labels then.
         let labels: Vec<f32> = match ignore {
@@ -1068,7 +1071,8 @@ fn loss_ops_match_cpu() {
             has,
             il,
             -9.0,
-            y.as_mut_ptr()
+            y.as_mut_ptr(),
+            error.as_mut_ptr()
         ));
         check("gather_at_label", &y, want.as_slice(), Tol::Exact);
 
@@ -1086,7 +1090,8 @@ fn loss_ops_match_cpu() {
                 labels.as_ptr(),
                 has,
                 il,
-                y.as_mut_ptr()
+                y.as_mut_ptr(),
+                error.as_mut_ptr()
             ));
             check("top_k_hits", &y, want.as_slice(), Tol::Exact);
         }
@@ -1104,9 +1109,11 @@ fn loss_ops_match_cpu() {
             il,
             0.5,
             -1.0,
-            y.as_mut_ptr()
+            y.as_mut_ptr(),
+            error.as_mut_ptr()
         ));
         check("affine_at_label", &y, want.as_slice(), Tol::Exact);
+        assert_eq!(error, [0.0; 3], "a valid label was reported");
 
         let v = rand_vec(92, np, -1.0, 1.0);
         let mut want = buf(&vec![0.0; dim]);
@@ -1128,6 +1135,43 @@ fn loss_ops_match_cpu() {
             want.as_slice(),
             Tol::Abs(1e-6 * np as f32),
         );
+    }
+
+    // Without an ignore label, 255 is a bad label: each kernel that indexes by label reports
+    // it, leaves what it would have indexed alone and goes on with the other positions.
+    let before = vec![5.0f32; outer * dim * inner];
+    type LabelKernel<'a> = &'a dyn Fn(*mut f32, *mut f32);
+    let kernels: [(&str, LabelKernel); 3] = [
+        ("gather_at_label", &|y, e| unsafe {
+            k::gather_at_label(o, d, i, x.as_ptr(), label.as_ptr(), 0, 0, -9.0, y, e)
+        }),
+        ("top_k_hits", &|y, e| unsafe {
+            k::top_k_hits(o, d, i, 1, x.as_ptr(), label.as_ptr(), 0, 0, y, e)
+        }),
+        ("affine_at_label", &|y, e| unsafe {
+            k::affine_at_label(o, d, i, label.as_ptr(), 0, 0, 0.5, -1.0, y, e)
+        }),
+    ];
+    for (name, kernel) in kernels {
+        let mut y = before.clone();
+        let mut error = [0f32; 3];
+        let (yp, ep) = (y.as_mut_ptr(), error.as_mut_ptr());
+        // SAFETY: see `emu!`.
+        unsafe { launch(GRID, BLOCK, || kernel(yp, ep)) };
+        assert_eq!(
+            error,
+            [1.0, 255.0, dim as f32],
+            "{name}: the bad label's report"
+        );
+        for (p, _) in label.iter().enumerate().filter(|(_, &l)| l == 255.0) {
+            // gather_at_label and top_k_hits write y[p]; affine_at_label p's column.
+            let (o, j) = (p / inner, p % inner);
+            let untouched = match name {
+                "affine_at_label" => (0..dim).all(|c| y[(o * dim + c) * inner + j] == 5.0),
+                _ => y[p] == 5.0,
+            };
+            assert!(untouched, "{name}: position {p} (bad label) was written");
+        }
     }
 
     let n = 1000;
@@ -1775,12 +1819,12 @@ fn cuda_graph_capture_records_replays_and_refuses_host_ops_on_device() {
 }
 
 /// The solver replays whole iterations as a CUDA graph and ends where the CPU ends: a net with
-/// a gaussian DummyData refilled every iteration (drawn on the host from the same seed on both
-/// backends), two InnerProducts around a ReLU and a loss weight on the last top (no loss layer,
-/// whose host-side sum would refuse the capture), with weight decay, under learning-rate
-/// policies that change the rate every iteration and update rules whose step depends on the
-/// iteration (Adam): the replayed graph reads each iteration's step scales from device memory.
-/// Device only.
+/// DummyData refilled every iteration (gaussian data, uniform labels in 0..4, drawn on the host
+/// from the same seed on both backends), two InnerProducts around a ReLU and a SoftmaxWithLoss
+/// that ignores label 3 (its loss, normalizer and label checks stay on the device), with weight
+/// decay, under learning-rate policies that change the rate every iteration and update rules
+/// whose step depends on the iteration (Adam): the replayed graph reads each iteration's step
+/// scales from device memory. Device only.
 #[test]
 fn solver_replays_iterations_as_a_cuda_graph_on_device() {
     use rcaffe::solver::{read_train_solver, Solver, TrainOptions};
@@ -1806,8 +1850,11 @@ fn solver_replays_iterations_as_a_cuda_graph_on_device() {
 net_param {{
   name: "graph"
   layer {{
-    name: "data" type: "DummyData" top: "x"
-    dummy_data_param {{ shape {{ dim: 16 dim: 32 }} data_filler {{ type: "gaussian" std: 1 }} }}
+    name: "data" type: "DummyData" top: "x" top: "label"
+    dummy_data_param {{
+      shape {{ dim: 16 dim: 32 }} data_filler {{ type: "gaussian" std: 1 }}
+      shape {{ dim: 16 }} data_filler {{ type: "uniform" min: 0 max: 3.99 }}
+    }}
   }}
   layer {{
     name: "ip1" type: "InnerProduct" bottom: "x" top: "h"
@@ -1817,8 +1864,12 @@ net_param {{
   }}
   layer {{ name: "relu" type: "ReLU" bottom: "h" top: "h" }}
   layer {{
-    name: "ip2" type: "InnerProduct" bottom: "h" top: "out" loss_weight: 0.01
+    name: "ip2" type: "InnerProduct" bottom: "h" top: "out"
     inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }}
+  }}
+  layer {{
+    name: "loss" type: "SoftmaxWithLoss" bottom: "out" bottom: "label" top: "loss"
+    loss_param {{ ignore_label: 3 }}
   }}
 }}
 base_lr: 0.01 weight_decay: 0.0005 {schedule}

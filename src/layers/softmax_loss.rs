@@ -8,10 +8,9 @@
 //! or the legacy `normalize`. An optional top 1 receives the probabilities. The labels get no
 //! gradient.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{Backend, Scalar, Src};
 use crate::layers::loss::{
-    check_first_dims, ignore_label, label_backprop_error, loss_weight, scratch, write_scalar,
-    Normalization,
+    check_first_dims, ignore_label, label_backprop_error, scratch, Normalization,
 };
 use crate::layers::softmax::{softmax_forward, AxisView};
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
@@ -29,8 +28,9 @@ pub struct SoftmaxWithLossLayer<B: Backend> {
     scale: Option<B::Buffer>,
     /// Per-position `log(max(p[label], FLT_MIN))`.
     picked: Option<B::Buffer>,
-    /// Positions counted in the last forward pass (not ignored).
-    valid: usize,
+    /// The normalizer of the last forward pass, one element: it stays on the device (as does
+    /// everything this layer computes), so that a CUDA graph can record the layer.
+    normalizer: Option<B::Buffer>,
 }
 
 impl<B: Backend> SoftmaxWithLossLayer<B> {
@@ -45,13 +45,8 @@ impl<B: Backend> SoftmaxWithLossLayer<B> {
             prob: None,
             scale: None,
             picked: None,
-            valid: 0,
+            normalizer: None,
         })
-    }
-
-    fn normalizer(&self) -> f32 {
-        self.normalization
-            .normalizer(self.view.outer, self.view.inner, self.valid)
     }
 }
 
@@ -105,8 +100,9 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         }
         let be = ctx.backend;
         scratch(be, &mut self.prob, view.count())?;
-        scratch(be, &mut self.scale, view.positions())?;
+        scratch(be, &mut self.scale, view.positions().max(1))?;
         scratch(be, &mut self.picked, view.positions())?;
+        scratch(be, &mut self.normalizer, 1)?;
         Ok(())
     }
 
@@ -120,7 +116,7 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         let v = self.view;
         let (n, positions) = (v.count(), v.positions());
         let prob = scratch(be, &mut self.prob, n)?;
-        let scale = scratch(be, &mut self.scale, positions)?;
+        let scale = scratch(be, &mut self.scale, positions.max(1))?;
         let picked = scratch(be, &mut self.picked, positions)?;
         let (data, label) = (blobs.bottom(0), blobs.bottom(1));
         softmax_forward(be, v, Src::At(data.data(), 0), prob, scale)?;
@@ -143,16 +139,28 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         be.set(positions, f32::MIN_POSITIVE, scale, 0)?;
         be.max(positions, Src::InPlace, Src::At(scale, 0), picked, 0)?;
         be.log(positions, Src::InPlace, picked, 0)?;
-        let loss = -be.sum(positions, picked, 0)?;
-        self.valid = match self.ignore_label {
-            None => positions,
-            Some(_) => {
+        // The normalizer: for VALID with an ignore label, the count of the other positions.
+        let normalizer = scratch(be, &mut self.normalizer, 1)?;
+        match (self.normalization, self.ignore_label) {
+            (Normalization::Valid, Some(_)) => {
                 be.label_mask(positions, label.data(), 0, self.ignore_label, scale, 0)?;
-                be.sum(positions, scale, 0)? as usize
+                be.sum_per_channel(1, 1, positions, 1.0, scale, 0, 0.0, normalizer, 0)?;
+                // At least 1, so that a batch whose labels are all ignored gives 0, not NaN.
+                be.set(1, 1.0, scale, 0)?;
+                be.max(1, Src::InPlace, Src::At(scale, 0), normalizer, 0)?;
             }
-        };
-        let normalizer = self.normalizer();
-        write_scalar(be, blobs.top_mut(0), loss / normalizer)?;
+            (mode, _) => {
+                be.set(
+                    1,
+                    mode.normalizer(v.outer, v.inner, positions),
+                    normalizer,
+                    0,
+                )?;
+            }
+        }
+        let loss = blobs.top_mut(0).data_mut();
+        be.sum_per_channel(1, 1, positions, -1.0, picked, 0, 0.0, loss, 0)?;
+        be.div(1, Src::InPlace, Src::At(normalizer, 0), loss, 0)?;
         if blobs.num_top() > 1 {
             let prob = scratch(be, &mut self.prob, n)?;
             be.copy(n, prob, 0, blobs.top_mut(1).data_mut(), 0)?;
@@ -175,7 +183,11 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         }
         let be = ctx.backend;
         let v = self.view;
-        let weight = loss_weight(be, blobs.top(0))? / self.normalizer();
+        // The step's scale, loss weight / normalizer, computed on the device.
+        let weight = scratch(be, &mut self.scale, v.positions().max(1))?;
+        let normalizer = scratch(be, &mut self.normalizer, 1)?;
+        let loss_weight = Src::At(blobs.top(0).diff(), 0);
+        be.div(1, loss_weight, Src::At(normalizer, 0), weight, 0)?;
         let prob = scratch(be, &mut self.prob, v.count())?;
         let (_, mut bottoms) = blobs.backward_all()?;
         let (data, label) = bottoms.split_at_mut(1);
@@ -195,7 +207,7 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
             dx,
             0,
         )?;
-        be.scale(v.count(), weight, Src::InPlace, dx, 0)?;
+        be.scale(v.count(), Scalar::At(weight, 0), Src::InPlace, dx, 0)?;
         Ok(())
     }
 }

@@ -20,7 +20,10 @@
 //!   learning-rate policy and every update rule replays the same graph. A graph is kept with the
 //!   data tops' shapes and captured again when they change.
 //!
-//! The loss is read from the loss tops after the replay ([`Net::loss`]).
+//! The loss is read from the loss tops after the replay ([`Net::loss`]). So a loss layer must
+//! leave its loss on the device: SoftmaxWithLoss does (the zoo's training nets end with it);
+//! the others still read theirs back, and a net ending with one of them runs directly. So does
+//! a net with Dropout in training, whose mask is drawn on the host.
 //!
 //! [`Backend::begin_capture`]: crate::backend::Backend::begin_capture
 //! [`Net::loss`]: crate::net::Net::loss

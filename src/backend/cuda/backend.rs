@@ -9,7 +9,10 @@
 //! which also gives the in-place form ([`Src::InPlace`]: the output address for the input).
 //!
 //! Label-indexed ops validate their labels on the host first (a download of the label blob,
-//! `outer * inner` values), so an out-of-range label is the same error as on the CPU.
+//! `outer * inner` values), so an out-of-range label is the same error as on the CPU. While a
+//! graph is captured they cannot: `gather_at_label`, `affine_at_label` and `top_k_hits` then
+//! leave the check to their kernels, which report a bad label in a word of device memory that
+//! every replay reads back (and fails on).
 //! `max_pool_backward` does not validate its mask (the CPU op rejects an index outside the
 //! plane): a mask written by `max_pool_forward` is always valid, and any other entry is skipped.
 //!
@@ -23,7 +26,7 @@
 //! Whole-iteration replay: [`Backend::begin_capture`] starts a CUDA graph capture of the
 //! compute stream, [`Backend::end_capture`] instantiates it. While capturing, every op that
 //! needs the host (an upload or download, a reduction returning a value, a host-drawn random
-//! fill, a label check, an allocation, a synchronisation) fails with a
+//! fill, `sum_by_label`'s label check, an allocation, a synchronisation) fails with a
 //! [`BackendError::Device`] naming itself, before touching anything, so the caller can end the
 //! capture and run the work directly instead.
 //!
@@ -55,6 +58,8 @@ pub const STAGED_MIN: usize = 64 * 1024;
 /// cuBLAS's workspace, set explicitly so that a captured GEMM never allocates (NVIDIA's
 /// recommendation for graph capture; 32 MiB is what it suggests for Hopper).
 const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+/// `{reported, label, dim}`: see [`Inner::label_error`].
+const LABEL_ERROR_LEN: usize = 3;
 
 /// `len` f32 on the device.
 pub struct CudaBuffer {
@@ -102,6 +107,9 @@ struct Inner {
     staging: Mutex<Staging>,
     /// Whether the compute stream is being captured into a graph.
     capturing: AtomicBool,
+    /// Where the label-indexed kernels report a bad label (`{1, label, dim}`, zeros when none):
+    /// the host check cannot run inside a graph, so each replay reads this instead.
+    label_error: CudaBuffer,
 }
 
 /// The CUDA backend on one device. Cloning is cheap and shares the context and stream.
@@ -204,6 +212,7 @@ impl CudaBackend {
             slots: [slot()?, slot()?],
             next: 0,
         };
+        let label_error = Self::alloc_on(&stream, LABEL_ERROR_LEN)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ctx,
@@ -214,8 +223,27 @@ impl CudaBackend {
                 functions: Mutex::new(HashMap::new()),
                 staging: Mutex::new(staging),
                 capturing: AtomicBool::new(false),
+                label_error,
             }),
         })
+    }
+
+    /// `len` zeroed f32 on `stream`'s device.
+    fn alloc_on(stream: &Arc<CudaStream>, len: usize) -> Result<CudaBuffer> {
+        let slice = stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|e| dev_err("alloc", e))?;
+        let base = slice.device_ptr(stream).0;
+        Ok(CudaBuffer {
+            _alloc: slice,
+            base,
+            len,
+        })
+    }
+
+    /// Whether the compute stream is being captured into a graph.
+    fn capturing(&self) -> bool {
+        self.inner.capturing.load(Ordering::Acquire)
     }
 
     /// The device ordinal.
@@ -237,7 +265,7 @@ impl CudaBackend {
     /// Fails when a graph capture is under way: `op` needs the host, which a graph cannot
     /// record. Called before the op changes anything (a host RNG draw included).
     fn host_guard(&self, op: &'static str) -> Result<()> {
-        if self.inner.capturing.load(Ordering::Acquire) {
+        if self.capturing() {
             return Err(BackendError::Device {
                 op,
                 message: "needs the host in the middle of the work being captured (a CUDA \
@@ -504,6 +532,54 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// For the kernels that report a bad label themselves: [`Self::check_labels`], except
+    /// while capturing, when the kernel's report stands in for it (see [`Inner::label_error`]).
+    /// Returns the report's address, the kernel's last argument.
+    fn check_labels_unless_capturing(
+        &self,
+        op: &'static str,
+        label: &CudaBuffer,
+        off: usize,
+        n: usize,
+        ignore: Option<i32>,
+        dim: usize,
+    ) -> Result<Arg> {
+        if !self.capturing() {
+            self.check_labels(op, label, off, n, ignore, dim)?;
+        }
+        Self::ptr(
+            op,
+            "label_error",
+            &self.inner.label_error,
+            0,
+            LABEL_ERROR_LEN,
+        )
+    }
+
+    /// Fails when a label-indexed kernel reported a bad label since the last call, and clears
+    /// the report. Waits for the stream.
+    fn take_label_error(&self, op: &'static str) -> Result<()> {
+        let mut report = [0f32; LABEL_ERROR_LEN];
+        self.download(&self.inner.label_error, 0, &mut report)?;
+        if report[0] == 0.0 {
+            return Ok(());
+        }
+        let [_, label, dim] = report;
+        let word = Self::ptr(
+            op,
+            "label_error",
+            &self.inner.label_error,
+            0,
+            LABEL_ERROR_LEN,
+        )?;
+        let len = Arg::I(LABEL_ERROR_LEN as i32);
+        self.launch(op, "set", LABEL_ERROR_LEN, &[len, Arg::F(0.0), word])?;
+        Err(invalid(
+            op,
+            format!("label {label} is outside 0..{dim} (found by a kernel of the replayed graph)"),
+        ))
+    }
+
     fn blas(&self, op: &'static str) -> Result<&cudarc::cublas::CudaBlas> {
         self.inner
             .blas
@@ -576,7 +652,7 @@ impl CudaBackend {
 struct CudaReplay {
     graph: CudaGraph,
     /// Keeps the context, the stream and the kernels' modules alive as long as the graph.
-    _backend: CudaBackend,
+    backend: CudaBackend,
 }
 
 // SAFETY: a CUDA graph may be used from any thread as long as calls on it are serialised
@@ -585,8 +661,12 @@ struct CudaReplay {
 unsafe impl Send for CudaReplay {}
 
 impl CapturedWork for CudaReplay {
+    /// Launches the graph and waits for it: the labels its kernels met are checked then, as
+    /// the host checks them before each op outside a graph. (The caller reads the loss next,
+    /// which waits anyway.)
     fn replay(&mut self) -> Result<()> {
-        self.graph.launch().map_err(|e| dev_err("replay", e))
+        self.graph.launch().map_err(|e| dev_err("replay", e))?;
+        self.backend.take_label_error("replay")
     }
 }
 
@@ -627,20 +707,9 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuffer> {
-        const OP: &str = "alloc";
         // An allocation inside a capture would become graph-owned memory.
-        self.host_guard(OP)?;
-        let slice = self
-            .inner
-            .stream
-            .alloc_zeros::<f32>(len.max(1))
-            .map_err(|e| dev_err(OP, e))?;
-        let base = slice.device_ptr(&self.inner.stream).0;
-        Ok(CudaBuffer {
-            _alloc: slice,
-            base,
-            len,
-        })
+        self.host_guard("alloc")?;
+        Self::alloc_on(&self.inner.stream, len)
     }
 
     fn upload(&self, src: &[f32], dst: &mut CudaBuffer, dst_off: usize) -> Result<()> {
@@ -730,7 +799,7 @@ impl Backend for CudaBackend {
         Ok(graph.map(|graph| {
             Box::new(CudaReplay {
                 graph,
-                _backend: self.clone(),
+                backend: self.clone(),
             }) as Box<dyn CapturedWork>
         }))
     }
@@ -1727,11 +1796,18 @@ impl Backend for CudaBackend {
         const OP: &str = "gather_at_label";
         let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
         let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
-        self.check_labels(OP, label, label_off, outer * inner, ignore_label, dim)?;
+        let error = self.check_labels_unless_capturing(
+            OP,
+            label,
+            label_off,
+            outer * inner,
+            ignore_label,
+            dim,
+        )?;
         let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
         let [h, il] = Self::ignore_args(ignore_label);
         let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([xp, lp, h, il, Arg::F(fill), yp]);
+        args.extend([xp, lp, h, il, Arg::F(fill), yp, error]);
         self.launch(OP, OP, outer * inner, &args)
     }
 
@@ -1750,11 +1826,18 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         const OP: &str = "affine_at_label";
         let yp = Self::ptr(OP, "y", y, y_off, outer * dim * inner)?;
-        self.check_labels(OP, label, label_off, outer * inner, ignore_label, dim)?;
+        let error = self.check_labels_unless_capturing(
+            OP,
+            label,
+            label_off,
+            outer * inner,
+            ignore_label,
+            dim,
+        )?;
         let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
         let [h, il] = Self::ignore_args(ignore_label);
         let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([lp, h, il, Arg::F(alpha), Arg::F(beta), yp]);
+        args.extend([lp, h, il, Arg::F(alpha), Arg::F(beta), yp, error]);
         self.launch(OP, OP, outer * inner, &args)
     }
 
@@ -1775,11 +1858,18 @@ impl Backend for CudaBackend {
         const OP: &str = "top_k_hits";
         let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
         let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
-        self.check_labels(OP, label, label_off, outer * inner, ignore_label, dim)?;
+        let error = self.check_labels_unless_capturing(
+            OP,
+            label,
+            label_off,
+            outer * inner,
+            ignore_label,
+            dim,
+        )?;
         let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
         let [h, il] = Self::ignore_args(ignore_label);
         let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([Arg::I(int(OP, top_k.min(dim))?), xp, lp, h, il, yp]);
+        args.extend([Arg::I(int(OP, top_k.min(dim))?), xp, lp, h, il, yp, error]);
         self.launch(OP, OP, outer * inner, &args)
     }
 

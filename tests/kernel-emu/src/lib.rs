@@ -358,6 +358,7 @@ pub mod k {
             ignore_label: c_int,
             fill: c_float,
             y: *mut c_float,
+            error: *mut c_float,
         );
         pub fn affine_at_label(
             outer: c_int,
@@ -369,6 +370,7 @@ pub mod k {
             alpha: c_float,
             beta: c_float,
             y: *mut c_float,
+            error: *mut c_float,
         );
         pub fn top_k_hits(
             outer: c_int,
@@ -380,6 +382,7 @@ pub mod k {
             has_ignore: c_int,
             ignore_label: c_int,
             y: *mut c_float,
+            error: *mut c_float,
         );
         pub fn sum_by_label(
             n: c_int,
