@@ -30,9 +30,9 @@
 //! [`BackendError::Device`] naming itself, before touching anything, so the caller can end the
 //! capture and run the work directly instead.
 //!
-//! Still to do for speed: the whole-buffer reductions allocate and download one partial sum per
-//! thread (a block reduction in shared memory, or cuBLAS `sasum`/`sdot`, would avoid that), and
-//! the RNG fills draw on the host and upload.
+//! Still to do for speed: the whole-buffer reductions download one partial sum per thread (a
+//! block reduction in shared memory would avoid that), and the RNG fills draw on the host and
+//! upload.
 
 use super::nvrtc;
 use crate::backend::{
@@ -107,6 +107,9 @@ struct Inner {
     staging: Mutex<Staging>,
     /// Whether the compute stream is being captured into a graph.
     capturing: AtomicBool,
+    /// The per-thread partial sums of the host-returning reductions (one launch's worth of
+    /// threads), allocated once: an allocation per reduction would cost more than the sum.
+    partials: Mutex<CudaBuffer>,
     /// Where the label-indexed kernels report a bad label (`{1, label, dim}`, zeros when none):
     /// the host check cannot run inside a graph, so each replay reads this instead.
     label_error: CudaBuffer,
@@ -213,6 +216,7 @@ impl CudaBackend {
             next: 0,
         };
         let label_error = Self::alloc_on(&stream, LABEL_ERROR_LEN)?;
+        let partials = Self::alloc_on(&stream, MAX_BLOCKS * BLOCK as usize)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ctx,
@@ -223,6 +227,7 @@ impl CudaBackend {
                 functions: Mutex::new(HashMap::new()),
                 staging: Mutex::new(staging),
                 capturing: AtomicBool::new(false),
+                partials: Mutex::new(partials),
                 label_error,
             }),
         })
@@ -489,9 +494,14 @@ impl CudaBackend {
             Some((b, off)) => Self::ptr(op, "y", b, off, n)?,
             None => xp,
         };
+        // `launch` runs this many threads for `n` items, each writing its partial sum.
         let threads = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) * BLOCK as usize;
-        let partial = self.alloc(threads)?;
-        let pp = Self::ptr(op, "partial", &partial, 0, threads)?;
+        let partials = self
+            .inner
+            .partials
+            .lock()
+            .map_err(|_| dev_err(op, "partial sums poisoned"))?;
+        let pp = Self::ptr(op, "partial", &partials, 0, threads)?;
         self.launch(
             op,
             "reduce_partial",
@@ -499,7 +509,7 @@ impl CudaBackend {
             &[Arg::I(int(op, n)?), Arg::I(kind), xp, yp, pp],
         )?;
         let mut host = vec![0f32; threads];
-        self.download(&partial, 0, &mut host)?;
+        self.download(&partials, 0, &mut host)?;
         Ok(host.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
     }
 
