@@ -44,4 +44,20 @@ static inline float __int_as_float(int i) {
   return f;
 }
 
+static inline unsigned int __float_as_uint(float f) {
+  unsigned int u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+static inline float __uint_as_float(unsigned int u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// The high 32 bits of a 32 x 32-bit unsigned product (CUDA intrinsic).
+static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+  return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
+
 #endif

@@ -1842,6 +1842,74 @@ fn rng_fills_distribution_and_reproducibility() {
     assert!(be.rng_bernoulli(1, 1.5, &mut rng, &mut y, 0).is_err());
 }
 
+/// The counter-based Bernoulli stream: element `i` of draw `d` is word `i % 4` of Philox at
+/// counter `{i / 4, 0, d}` (the generator itself is checked against Random123's known answers
+/// in src/backend/philox.rs), below `p` at the stated rate; each draw advances the counter by
+/// one, and the parallel fill gives the serial fill's values.
+#[test]
+fn bernoulli_stream_draws_philox_words_below_p() {
+    use rcaffe::backend::philox::{new_state, philox4x32_10, STATE_LEN};
+    let key = 0xfeed_beef_0123_4567u64;
+    let n = 100_003; // above the parallel threshold, not a multiple of 4
+    let (serial, parallel) = (CpuBackend::new(1).unwrap(), CpuBackend::new(2).unwrap());
+    let mut state = CpuBuffer::from_vec(new_state(key).to_vec());
+    let mut y = serial.alloc(n).unwrap();
+    let mut previous: Option<Vec<f32>> = None;
+    for draw in 0..3u32 {
+        let mut twin_state = CpuBuffer::from_vec(state.as_slice().to_vec());
+        let mut twin = parallel.alloc(n).unwrap();
+        serial
+            .rng_bernoulli_stream(n, 0.3, &mut state, 0, &mut y, 0)
+            .unwrap();
+        parallel
+            .rng_bernoulli_stream(n, 0.3, &mut twin_state, 0, &mut twin, 0)
+            .unwrap();
+        assert_eq!(y.as_slice(), twin.as_slice(), "draw {draw}: parallel fill");
+        let words = state
+            .as_slice()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>();
+        assert_eq!(words, [key as u32, (key >> 32) as u32, draw + 1, 0]);
+        for i in [0, 1, 2, 3, 4, 77_777, n - 1] {
+            let word = philox4x32_10(
+                [(i / 4) as u32, 0, draw, 0],
+                [key as u32, (key >> 32) as u32],
+            )[i % 4];
+            let u = (word >> 8) as f32 / (1u32 << 24) as f32;
+            let want = if u < 0.3 { 1.0 } else { 0.0 };
+            assert_eq!(y.as_slice()[i], want, "draw {draw}, element {i}");
+        }
+        let v = y.as_slice();
+        assert!(v.iter().all(|&b| b == 0.0 || b == 1.0));
+        let frac = v.iter().map(|&b| f64::from(b)).sum::<f64>() / n as f64;
+        assert!(
+            (frac - 0.3).abs() < 6.0 * (0.21 / n as f64).sqrt(),
+            "draw {draw}: fraction {frac}"
+        );
+        assert_ne!(
+            previous.as_deref(),
+            Some(v),
+            "draw {draw} repeats the one before"
+        );
+        previous = Some(v.to_vec());
+    }
+
+    for (p, want) in [(0.0, 0.0), (1.0, 1.0)] {
+        serial
+            .rng_bernoulli_stream(100, p, &mut state, 0, &mut y, 0)
+            .unwrap();
+        assert!(y.as_slice()[..100].iter().all(|&b| b == want), "p = {p}");
+    }
+    assert!(serial
+        .rng_bernoulli_stream(1, 1.5, &mut state, 0, &mut y, 0)
+        .is_err());
+    let mut short = serial.alloc(STATE_LEN - 1).unwrap();
+    assert!(serial
+        .rng_bernoulli_stream(1, 0.5, &mut short, 0, &mut y, 0)
+        .is_err());
+}
+
 #[test]
 fn pooling_windows_past_the_image_are_empty() {
     // Stride above the kernel without padding: ceil((5 - 1) / 3) + 1 = 3 windows per axis,

@@ -1213,8 +1213,10 @@ fn solver_updates_match_reference() {
         (g, h)
     };
     let (m, lr, delta) = (0.9f32, 0.01f32, 1e-8f32);
+    // The step scale by value (a null pointer) and from memory (the pointer wins over 0).
+    let null = std::ptr::null::<f32>();
 
-    let (g, h) = run2(&|g, h| unsafe { k::sgd_update(pn, g, h, m, lr) });
+    let (g, h) = run2(&|g, h| unsafe { k::sgd_update(pn, g, h, m, null, lr) });
     let want_h: Vec<f32> = g0.iter().zip(&h0).map(|(&g, &h)| m * h + lr * g).collect();
     check("sgd_update h", &h, &want_h, Tol::Exact);
     check("sgd_update g", &g, &want_h, Tol::Exact);
@@ -1224,7 +1226,7 @@ fn solver_updates_match_reference() {
     c.axpby(n, lr, &buf(&g0), 0, m, &mut hb, 0).unwrap();
     check("sgd_update vs CPU axpby", &h, hb.as_slice(), Tol::Exact);
 
-    let (g, h) = run2(&|g, h| unsafe { k::nesterov_update(pn, g, h, m, lr) });
+    let (g, h) = run2(&|g, h| unsafe { k::nesterov_update(pn, g, h, m, &lr, 0.0) });
     let want_h: Vec<f32> = g0.iter().zip(&h0).map(|(&g, &h)| m * h + lr * g).collect();
     let want_g: Vec<f32> = h0
         .iter()
@@ -1234,7 +1236,7 @@ fn solver_updates_match_reference() {
     check("nesterov_update h", &h, &want_h, Tol::Exact);
     check("nesterov_update g", &g, &want_g, Tol::Exact);
 
-    let (g, h) = run2(&|g, h| unsafe { k::adagrad_update(pn, g, h, delta, lr) });
+    let (g, h) = run2(&|g, h| unsafe { k::adagrad_update(pn, g, h, delta, null, lr) });
     let want_h: Vec<f32> = g0.iter().zip(&h0).map(|(&g, &h)| h + g * g).collect();
     let want_g: Vec<f32> = g0
         .iter()
@@ -1245,7 +1247,7 @@ fn solver_updates_match_reference() {
     check("adagrad_update g", &g, &want_g, Tol::Exact);
 
     let decay = 0.98f32;
-    let (g, h) = run2(&|g, h| unsafe { k::rmsprop_update(pn, g, h, decay, delta, lr) });
+    let (g, h) = run2(&|g, h| unsafe { k::rmsprop_update(pn, g, h, decay, delta, &lr, 0.0) });
     let want_h: Vec<f32> = g0
         .iter()
         .zip(&h0)
@@ -1261,7 +1263,7 @@ fn solver_updates_match_reference() {
 
     let (mut g, mut h, mut h2) = (g0.clone(), h0.clone(), h20.clone());
     let (gp, hp, h2p) = (g.as_mut_ptr(), h.as_mut_ptr(), h2.as_mut_ptr());
-    emu!(k::adadelta_update(pn, gp, hp, h2p, 0.95, 1e-6, 1.0));
+    emu!(k::adadelta_update(pn, gp, hp, h2p, 0.95, 1e-6, null, 1.0));
     for i in 0..n {
         let (gi, mo, de) = (g0[i], 0.95f32, 1e-6f32);
         let hi = mo * h0[i] + (1.0 - mo) * gi * gi;
@@ -1278,7 +1280,7 @@ fn solver_updates_match_reference() {
     let (mut g, mut mm, mut vv) = (g0.clone(), h0.clone(), h20.clone());
     let (gp, mp, vp) = (g.as_mut_ptr(), mm.as_mut_ptr(), vv.as_mut_ptr());
     let (b1, b2, eps, rate) = (0.9f32, 0.999f32, 1e-8f32, 0.001f32);
-    emu!(k::adam_update(pn, gp, mp, vp, b1, b2, eps, rate));
+    emu!(k::adam_update(pn, gp, mp, vp, b1, b2, eps, &rate, 0.0));
     for i in 0..n {
         let gi = g0[i];
         let mi = b1 * h0[i] + (1.0 - b1) * gi;
@@ -1290,6 +1292,42 @@ fn solver_updates_match_reference() {
             &[mi, vi, step],
             Tol::Exact,
         );
+    }
+}
+
+/// The counter-based Bernoulli stream against the CPU op, value for value: sizes that are and
+/// are not multiples of 4, a draw counter about to carry into its high word, and the advance.
+#[test]
+fn random_stream_matches_cpu() {
+    use rcaffe::backend::philox;
+    let c = cpu();
+    for (n, p, key) in [(1000, 0.3f32, 7u64), (1003, 0.5, u64::MAX), (3, 0.9, 0)] {
+        let mut state = philox::new_state(key);
+        state[2] = f32::from_bits(u32::MAX - 1); // two draws from a carry
+        let mut cpu_state = buf(&state);
+        for draw in 0..3 {
+            let mut want = buf(&vec![f32::NAN; n]);
+            c.rng_bernoulli_stream(n, p, &mut cpu_state, 0, &mut want, 0)
+                .unwrap();
+            let mut y = vec![f32::NAN; n];
+            let groups = int(n.div_ceil(4));
+            emu!(k::bernoulli_stream(
+                int(n),
+                groups,
+                p,
+                state.as_ptr(),
+                y.as_mut_ptr()
+            ));
+            emu!(k::advance_stream(1, state.as_mut_ptr()));
+            check(
+                &format!("bernoulli_stream n {n} draw {draw}"),
+                &y,
+                want.as_slice(),
+                Tol::Exact,
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&state), bits(cpu_state.as_slice()), "advance_stream");
+        }
     }
 }
 
@@ -1412,6 +1450,17 @@ fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         down(&y)[..n].to_vec(),
         Tol::Exact,
     ));
+    // Two draws of a counter-based stream (the second after the counter's advance), and the
+    // state they leave.
+    let mut stream = up(&rcaffe::backend::philox::new_state(0x0123_4567_89ab_cdef));
+    for draw in 0..2 {
+        b.rng_bernoulli_stream(n, 0.3, &mut stream, 0, &mut y, 1)
+            .unwrap();
+        let name = format!("rng_bernoulli_stream draw {draw}");
+        out.push((name, down(&y)[1..n + 1].to_vec(), Tol::Exact));
+    }
+    let state = down(&stream).iter().map(|v| v.to_bits() as f32).collect();
+    out.push(("rng_bernoulli_stream state".into(), state, Tol::Exact));
     b.relu_backward(n, 0.1, &x, 0, Src::At(&dy, 0), &mut y, 0)
         .unwrap();
     out.push(("relu_backward".into(), down(&y)[..n].to_vec(), Tol::Exact));
@@ -1679,6 +1728,63 @@ fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         down(&y)[..n].to_vec(),
         Tol::RelAbs(4e-6, 2e-6),
     ));
+    // The six update rules (fused on the GPU, composed from the ops on the CPU): two steps from
+    // random gradients and histories, the step scale read from memory.
+    {
+        use rcaffe::blob::Blob;
+        use rcaffe::solver::update_rules::{compute_update_value, UpdateBuffers};
+        use rcaffe::solver::UpdateRule;
+        let rules = [
+            UpdateRule::Sgd { momentum: 0.9 },
+            UpdateRule::Nesterov { momentum: 0.9 },
+            UpdateRule::AdaGrad { delta: 1e-8 },
+            UpdateRule::RmsProp {
+                delta: 1e-8,
+                rms_decay: 0.98,
+            },
+            UpdateRule::AdaDelta {
+                delta: 1e-6,
+                momentum: 0.95,
+            },
+            UpdateRule::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps_hat: 1e-8,
+            },
+        ];
+        let m = 10_007;
+        let blob = |seed: u64, lo: f32, hi: f32| {
+            let mut blob = Blob::new(b, &[m]).unwrap();
+            blob.set_data(&rand_vec(seed, m, lo, hi)).unwrap();
+            blob
+        };
+        let step = up(&[0.01 * 0.9f32.sqrt()]);
+        for rule in rules {
+            let mut param = blob(300, -1.0, 1.0);
+            let (mut h1, mut h2) = (blob(301, 0.0, 1.0), blob(302, 0.0, 1.0));
+            let (mut update, mut temp) = (blob(303, 0.0, 1.0), blob(304, 0.0, 1.0));
+            for pass in 0..2u64 {
+                param.set_diff(&rand_vec(305 + pass, m, -1.0, 1.0)).unwrap();
+                let bufs = UpdateBuffers {
+                    history: &mut h1,
+                    history2: (rule.history_sets() == 2).then_some(&mut h2),
+                    update: &mut update,
+                    temp: &mut temp,
+                };
+                compute_update_value(&rule, b, &mut param, bufs, Scalar::At(&step, 0)).unwrap();
+                param.update().unwrap();
+            }
+            let name = rule.type_name();
+            let mut state = param.data_to_vec().unwrap();
+            state.extend(h1.data_to_vec().unwrap());
+            if rule.history_sets() == 2 {
+                state.extend(h2.data_to_vec().unwrap());
+            }
+            // Upstream's GPU kernels and CPU ops round differently (an FMA, a product taken
+            // before or after a division): a few ulps.
+            out.push((format!("{name} update"), state, Tol::RelAbs(4e-6, 1e-7)));
+        }
+    }
     b.synchronize().unwrap();
     out
 }

@@ -795,22 +795,55 @@ fn dropout_is_the_identity_in_test() {
     }
 }
 
+/// Dropout in TRAIN: each output is the input times 0 or `1 / (1 - ratio)`, the gradient is
+/// the top's times the same factor (the mask the forward pass drew, read back from its output),
+/// in place as out of place; each pass draws a new mask (the layer's stream advances), so a
+/// numerical gradient check, which reruns the forward pass, does not apply.
 #[test]
-fn dropout_in_place_matches_out_of_place_and_gradient() {
+fn dropout_in_place_matches_out_of_place_and_its_own_mask() {
     let shape: &[usize] = &[2, 3, 4, 5];
-    let mut a = harness(&neuron_text("Dropout", "", false), &[shape]);
-    let mut b = harness(&neuron_text("Dropout", "", true), &[shape]);
-    a.forward().unwrap();
-    b.forward().unwrap();
-    assert_eq!(top(&a, 0), top(&b, 0));
-    let dy = gaussian(120, 6);
-    a.top_mut(0).set_diff(&dy).unwrap();
-    b.top_mut(0).set_diff(&dy).unwrap();
-    a.backward(&[true]).unwrap();
-    b.backward(&[true]).unwrap();
-    assert_eq!(bottom_diff(&a, 0), bottom_diff(&b, 0));
-    for mut h in [a, b] {
-        check_eltwise(GradientChecker::new(1e-2, 1e-3), &mut h).unwrap();
+    let ratio = 0.3f32;
+    let p = format!("dropout_param {{ dropout_ratio: {ratio} }}");
+    let scale = (1.0 / (1.0 - f64::from(ratio))) as f32;
+    let mut a = harness(&neuron_text("Dropout", &p, false), &[shape]);
+    let mut b = harness(&neuron_text("Dropout", &p, true), &[shape]);
+    let mut previous_mask = None;
+    for pass in 0..2 {
+        // The in-place layer overwrote its input: give it the input again.
+        b.set_bottom(0, &bottom(&a, 0)).unwrap();
+        a.forward().unwrap();
+        b.forward().unwrap();
+        assert_eq!(top(&a, 0), top(&b, 0), "pass {pass}");
+        let x = bottom(&a, 0);
+        let mask: Vec<f32> = top(&a, 0)
+            .iter()
+            .zip(&x)
+            .map(|(&y, &x)| {
+                assert!(
+                    y == 0.0 || y == x * scale,
+                    "pass {pass}: output {y} from {x}"
+                );
+                if y == 0.0 {
+                    0.0
+                } else {
+                    scale
+                }
+            })
+            .collect();
+        let dy = gaussian(120, 6);
+        a.top_mut(0).set_diff(&dy).unwrap();
+        b.top_mut(0).set_diff(&dy).unwrap();
+        a.backward(&[true]).unwrap();
+        b.backward(&[true]).unwrap();
+        let want: Vec<f32> = dy.iter().zip(&mask).map(|(d, m)| d * m).collect();
+        assert_eq!(bottom_diff(&a, 0), want, "pass {pass}");
+        assert_eq!(bottom_diff(&b, 0), want, "pass {pass}");
+        assert_ne!(
+            previous_mask.as_ref(),
+            Some(&mask),
+            "pass {pass} repeats the mask"
+        );
+        previous_mask = Some(mask);
     }
 }
 

@@ -43,6 +43,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod philox;
 
 use std::fmt;
 
@@ -571,6 +572,28 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    // ---- solver updates ---------------------------------------------------------------------
+
+    /// One parameter's update rule as a single pass over its `n` elements, in place on the
+    /// gradient `g` and the history (upstream's `*_update_gpu` kernels), where the backend has
+    /// it; `step` is [`UpdateRule::step_scale`]. `Ok(false)` (the default, and the CPU backend)
+    /// when it does not: the caller then composes the rule from the ops above, as upstream's CPU
+    /// path does.
+    ///
+    /// [`UpdateRule::step_scale`]: crate::solver::UpdateRule::step_scale
+    fn fused_update(
+        &self,
+        rule: &crate::solver::UpdateRule,
+        n: usize,
+        step: Scalar<'_, Self::Buffer>,
+        g: &mut Self::Buffer,
+        history: &mut Self::Buffer,
+        history2: Option<&mut Self::Buffer>,
+    ) -> Result<bool> {
+        let _ = (rule, n, step, g, history, history2);
+        Ok(false)
+    }
+
     // ---- recording work for replay (CUDA graphs) ------------------------------------------
 
     /// Starts recording the ops issued from now on instead of running them, for
@@ -618,6 +641,19 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         mean: f32,
         std: f32,
         rng: &mut Rng,
+        y: &mut Self::Buffer,
+        y_off: usize,
+    ) -> Result<()>;
+    /// `y[i] = 1` with probability `p`, else `0`, from the counter-based stream whose state is
+    /// `state[state_off..][..philox::STATE_LEN]` (see [`philox`]), then advances the stream:
+    /// the same values on every backend, and a recorded graph draws anew on each replay;
+    /// needs `0 <= p <= 1`.
+    fn rng_bernoulli_stream(
+        &self,
+        n: usize,
+        p: f32,
+        state: &mut Self::Buffer,
+        state_off: usize,
         y: &mut Self::Buffer,
         y_off: usize,
     ) -> Result<()>;

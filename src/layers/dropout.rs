@@ -1,14 +1,21 @@
 //! Dropout (upstream: src/caffe/layers/dropout_layer.cpp). In TRAIN each element is kept with
-//! probability `1 - dropout_param.dropout_ratio` and scaled by `1 / (1 - ratio)`, the mask
-//! drawn from the net's RNG; in TEST the layer is the identity. Runs in place.
+//! probability `1 - dropout_param.dropout_ratio` and scaled by `1 / (1 - ratio)`; in TEST the
+//! layer is the identity. Runs in place.
+//!
+//! The masks come from a counter-based stream of the layer's own ([`philox`]), keyed from the
+//! net's RNG at the first TRAIN pass: drawn in parallel, the same on the CPU and the GPU, and
+//! drawn on the device, so a CUDA graph can record the layer.
+//!
+//! [`philox`]: crate::backend::philox
 //!
 //! Upstream's `DropoutParameter` has no `scale_train` (that is a fork's field), so scaling at
 //! train time is the only mode; this project's schema matches upstream's.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{philox, Backend, Src};
 use crate::blob::Blob;
 use crate::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
 use crate::proto::caffe::{LayerParameter, Phase};
+use rand::Rng as _;
 
 /// The Dropout layer.
 pub struct DropoutLayer<B: Backend> {
@@ -17,6 +24,8 @@ pub struct DropoutLayer<B: Backend> {
     scale: f32,
     /// The last TRAIN mask, already scaled: each element 0 or `scale`.
     mask: Option<Blob<B>>,
+    /// The masks' random stream, created at the first TRAIN pass.
+    stream: Option<B::Buffer>,
 }
 
 impl<B: Backend> DropoutLayer<B> {
@@ -32,6 +41,7 @@ impl<B: Backend> DropoutLayer<B> {
             ratio,
             scale: (1.0 / (1.0 - f64::from(ratio))) as f32,
             mask: None,
+            stream: None,
         })
     }
 
@@ -92,7 +102,13 @@ impl<B: Backend> Layer<B> for DropoutLayer<B> {
             .mask
             .as_mut()
             .ok_or_else(|| LayerError::invalid("Dropout run before reshape"))?;
-        b.rng_bernoulli(n, keep, ctx.rng, mask.data_mut(), 0)?;
+        if self.stream.is_none() {
+            let mut stream = b.alloc(philox::STATE_LEN)?;
+            b.upload(&philox::new_state(ctx.rng.next_u64()), &mut stream, 0)?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("the stream was just created");
+        b.rng_bernoulli_stream(n, keep, stream, 0, mask.data_mut(), 0)?;
         b.scale(n, self.scale, Src::InPlace, mask.data_mut(), 0)?;
         let m = Src::At(mask.data(), 0);
         match blobs.forward_io(0) {

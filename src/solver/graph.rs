@@ -22,8 +22,9 @@
 //!
 //! The loss is read from the loss tops after the replay ([`Net::loss`]). So a loss layer must
 //! leave its loss on the device: SoftmaxWithLoss does (the zoo's training nets end with it);
-//! the others still read theirs back, and a net ending with one of them runs directly. So does
-//! a net with Dropout in training, whose mask is drawn on the host.
+//! the others still read theirs back, and a net ending with one of them runs directly.
+//! Dropout draws its masks on the device from a counter-based stream whose counter lives in
+//! device memory, so each replay draws new masks.
 //!
 //! [`Backend::begin_capture`]: crate::backend::Backend::begin_capture
 //! [`Net::loss`]: crate::net::Net::loss

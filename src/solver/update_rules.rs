@@ -4,6 +4,8 @@
 //! Each rule follows upstream's CPU path (src/caffe/solvers/{sgd,nesterov,adagrad,rmsprop,
 //! adadelta,adam}_solver.cpp) op by op, in f32, through the backend's ops, so that the rounding
 //! is the same as upstream's: the order of the operations below is part of the specification.
+//! A backend with the rules fused ([`Backend::fused_update`], the CUDA backend: upstream's
+//! `*_update_gpu` kernels) runs each in one pass instead, as upstream's GPU path does.
 //!
 //! History blobs are laid out as upstream's `history_` vector: one per learnable parameter, and
 //! for AdaDelta and Adam a second set appended after the first (AdaDelta: the accumulated squared
@@ -156,6 +158,11 @@ pub fn compute_update_value<B: Backend>(
         update,
         temp,
     } = bufs;
+    let history2_data = history2.as_deref_mut().map(Blob::data_mut);
+    let (g, h) = (param.diff_mut(), history.data_mut());
+    if backend.fused_update(rule, n, step, g, h, history2_data)? {
+        return Ok(());
+    }
     match *rule {
         UpdateRule::Sgd { momentum } => {
             // history = step * g + momentum * history; g = history.

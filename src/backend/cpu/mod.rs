@@ -25,8 +25,8 @@ mod rng;
 mod simd;
 
 use super::{
-    check_range, invalid, Backend, ConvBatch, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result,
-    Rng, Scalar, Src, Transpose,
+    check_range, invalid, philox, Backend, ConvBatch, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom,
+    Result, Rng, Scalar, Src, Transpose,
 };
 use elementwise::Operand;
 use rayon::prelude::*;
@@ -36,6 +36,10 @@ use std::sync::{Arc, Mutex};
 const PAR_MIN_ELEMS: usize = 1 << 15;
 /// Element-wise parallel work is split in chunks of this many elements.
 const PAR_CHUNK: usize = 1 << 14;
+const _: () = assert!(
+    PAR_CHUNK.is_multiple_of(4),
+    "stream draws split chunks into groups of 4"
+);
 /// Row-structured ops (pooling, im2col, per-channel) with less estimated work than this run
 /// serially; parallel tasks get at least a quarter of it each.
 const PAR_MIN_WORK: usize = 1 << 15;
@@ -271,6 +275,14 @@ fn rd<'a>(
     Ok(&buf.data[check_range(op, arg, buf.len(), off, len)?])
 }
 
+/// A Bernoulli fill's `p`, checked to lie in `[0, 1]`.
+fn check_probability(op: &'static str, p: f32) -> Result<()> {
+    if !(0.0..=1.0).contains(&p) {
+        return Err(invalid(op, format!("needs 0 <= p <= 1, got {p}")));
+    }
+    Ok(())
+}
+
 /// The value of a scalar argument.
 fn scalar(op: &'static str, arg: &'static str, s: Scalar<'_, CpuBuffer>) -> Result<f32> {
     match s {
@@ -451,13 +463,37 @@ impl Backend for CpuBackend {
         y: &mut CpuBuffer,
         y_off: usize,
     ) -> Result<()> {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(invalid(
-                "rng_bernoulli",
-                format!("needs 0 <= p <= 1, got {p}"),
-            ));
-        }
+        check_probability("rng_bernoulli", p)?;
         rng::bernoulli(rng, p, wr("rng_bernoulli", "y", y, y_off, n)?);
+        Ok(())
+    }
+
+    fn rng_bernoulli_stream(
+        &self,
+        n: usize,
+        p: f32,
+        state: &mut CpuBuffer,
+        state_off: usize,
+        y: &mut CpuBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "rng_bernoulli_stream";
+        check_probability(OP, p)?;
+        let state = wr(OP, "state", state, state_off, philox::STATE_LEN)?;
+        let y = wr(OP, "y", y, y_off, n)?;
+        philox::group_count(OP, n)?;
+        let (key, draw) = philox::read_state(state);
+        // Chunks start at multiples of 4 (PAR_CHUNK is), so each holds whole groups.
+        self.par().chunks_mut(y, |start, chunk| {
+            for (g, out) in chunk.chunks_mut(4).enumerate() {
+                let group = ((start / 4) + g) as u32;
+                let draws = philox::uniform_group(key, draw, group);
+                for (v, u) in out.iter_mut().zip(draws) {
+                    *v = if u < p { 1.0 } else { 0.0 };
+                }
+            }
+        });
+        philox::advance(state);
         Ok(())
     }
 

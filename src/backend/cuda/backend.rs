@@ -31,14 +31,16 @@
 //! capture and run the work directly instead.
 //!
 //! Still to do for speed: the whole-buffer reductions download one partial sum per thread (a
-//! block reduction in shared memory would avoid that), and the RNG fills draw on the host and
-//! upload.
+//! block reduction in shared memory would avoid that). The fills that take the host's [`Rng`]
+//! (weight fillers, at setup) draw on the host and upload; Dropout's masks come from
+//! `rng_bernoulli_stream`, drawn on the device.
 
 use super::nvrtc;
 use crate::backend::{
-    check_range, invalid, Backend, BackendError, CapturedWork, ConvGeom, DeviceBuffer, LrnGeom,
-    PoolGeom, Result, Rng, Scalar, Src, Transpose,
+    check_range, invalid, philox, Backend, BackendError, CapturedWork, ConvGeom, DeviceBuffer,
+    LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
 };
+use crate::solver::UpdateRule;
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::sys::{CUdeviceptr, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream};
@@ -774,6 +776,88 @@ impl Backend for CudaBackend {
             .map_err(|e| dev_err("synchronize", e))
     }
 
+    fn fused_update(
+        &self,
+        rule: &UpdateRule,
+        n: usize,
+        step: Scalar<'_, CudaBuffer>,
+        g: &mut CudaBuffer,
+        history: &mut CudaBuffer,
+        history2: Option<&mut CudaBuffer>,
+    ) -> Result<bool> {
+        const OP: &str = "fused_update";
+        let [step_at, step] = Self::scalar(OP, "step", step)?;
+        let gp = Self::ptr(OP, "g", g, 0, n)?;
+        let hp = Self::ptr(OP, "history", history, 0, n)?;
+        let count = Arg::I(int(OP, n)?);
+        let second_history = || match history2.as_deref() {
+            Some(h2) => Self::ptr(OP, "history2", h2, 0, n),
+            None => Err(invalid(
+                OP,
+                format!("{} needs a second history", rule.type_name()),
+            )),
+        };
+        let (kernel, args) = match *rule {
+            UpdateRule::Sgd { momentum } => (
+                "sgd_update",
+                vec![count, gp, hp, Arg::F(momentum), step_at, step],
+            ),
+            UpdateRule::Nesterov { momentum } => (
+                "nesterov_update",
+                vec![count, gp, hp, Arg::F(momentum), step_at, step],
+            ),
+            UpdateRule::AdaGrad { delta } => (
+                "adagrad_update",
+                vec![count, gp, hp, Arg::F(delta), step_at, step],
+            ),
+            UpdateRule::RmsProp { delta, rms_decay } => (
+                "rmsprop_update",
+                vec![
+                    count,
+                    gp,
+                    hp,
+                    Arg::F(rms_decay),
+                    Arg::F(delta),
+                    step_at,
+                    step,
+                ],
+            ),
+            UpdateRule::AdaDelta { delta, momentum } => (
+                "adadelta_update",
+                vec![
+                    count,
+                    gp,
+                    hp,
+                    second_history()?,
+                    Arg::F(momentum),
+                    Arg::F(delta),
+                    step_at,
+                    step,
+                ],
+            ),
+            UpdateRule::Adam {
+                beta1,
+                beta2,
+                eps_hat,
+            } => (
+                "adam_update",
+                vec![
+                    count,
+                    gp,
+                    hp,
+                    second_history()?,
+                    Arg::F(beta1),
+                    Arg::F(beta2),
+                    Arg::F(eps_hat),
+                    step_at,
+                    step,
+                ],
+            ),
+        };
+        self.launch(OP, kernel, n, &args)?;
+        Ok(true)
+    }
+
     fn begin_capture(&self) -> Result<bool> {
         const OP: &str = "begin_capture";
         if self.inner.capturing.load(Ordering::Acquire) {
@@ -862,6 +946,32 @@ impl Backend for CudaBackend {
         let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
         crate::backend::CpuBackend::new(1)?.rng_gaussian(n, mean, std, rng, &mut host, 0)?;
         self.upload(host.as_slice(), y, y_off)
+    }
+
+    fn rng_bernoulli_stream(
+        &self,
+        n: usize,
+        p: f32,
+        state: &mut CudaBuffer,
+        state_off: usize,
+        y: &mut CudaBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        const OP: &str = "rng_bernoulli_stream";
+        if !(0.0..=1.0).contains(&p) {
+            return Err(invalid(OP, format!("needs 0 <= p <= 1, got {p}")));
+        }
+        let groups = philox::group_count(OP, n)? as usize;
+        let sp = Self::ptr(OP, "state", state, state_off, philox::STATE_LEN)?;
+        let yp = Self::ptr(OP, "y", y, y_off, n)?;
+        let (n_arg, groups_arg) = (Arg::I(int(OP, n)?), Arg::I(int(OP, groups)?));
+        self.launch(
+            OP,
+            "bernoulli_stream",
+            groups,
+            &[n_arg, groups_arg, Arg::F(p), sp, yp],
+        )?;
+        self.launch(OP, "advance_stream", 1, &[Arg::I(1), sp])
     }
 
     fn rng_bernoulli(

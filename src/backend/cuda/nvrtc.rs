@@ -31,6 +31,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("lrn", include_str!("../../../kernels/lrn.cu")),
     ("plumbing", include_str!("../../../kernels/plumbing.cu")),
     ("pooling", include_str!("../../../kernels/pooling.cu")),
+    ("random", include_str!("../../../kernels/random.cu")),
     ("solver", include_str!("../../../kernels/solver.cu")),
 ];
 

@@ -430,28 +430,43 @@ pub mod k {
         );
     }
 
-    // kernels/solver.cu
+    // kernels/random.cu: `state` is a stream's 4 words (see src/backend/philox.rs).
+    extern "C" {
+        pub fn bernoulli_stream(
+            n: c_int,
+            groups: c_int,
+            p: c_float,
+            state: *const c_float,
+            y: *mut c_float,
+        );
+        pub fn advance_stream(n: c_int, state: *mut c_float);
+    }
+
+    // kernels/solver.cu: the step scale as (step_at, step), see elementwise's scalars.
     extern "C" {
         pub fn sgd_update(
             n: c_int,
             g: *mut c_float,
             h: *mut c_float,
             momentum: c_float,
-            rate: c_float,
+            step_at: *const c_float,
+            step: c_float,
         );
         pub fn nesterov_update(
             n: c_int,
             g: *mut c_float,
             h: *mut c_float,
             momentum: c_float,
-            rate: c_float,
+            step_at: *const c_float,
+            step: c_float,
         );
         pub fn adagrad_update(
             n: c_int,
             g: *mut c_float,
             h: *mut c_float,
             delta: c_float,
-            rate: c_float,
+            step_at: *const c_float,
+            step: c_float,
         );
         pub fn rmsprop_update(
             n: c_int,
@@ -459,7 +474,8 @@ pub mod k {
             h: *mut c_float,
             rms_decay: c_float,
             delta: c_float,
-            rate: c_float,
+            step_at: *const c_float,
+            step: c_float,
         );
         pub fn adadelta_update(
             n: c_int,
@@ -468,7 +484,8 @@ pub mod k {
             h2: *mut c_float,
             momentum: c_float,
             delta: c_float,
-            rate: c_float,
+            step_at: *const c_float,
+            step: c_float,
         );
         pub fn adam_update(
             n: c_int,
@@ -478,7 +495,8 @@ pub mod k {
             beta1: c_float,
             beta2: c_float,
             eps_hat: c_float,
-            corrected_rate: c_float,
+            step_at: *const c_float,
+            step: c_float,
         );
     }
 }
