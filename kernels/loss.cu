@@ -4,7 +4,9 @@
 // `ignore_label` is set. Labels outside 0..dim that are not ignored are an error the host
 // checks before launching (the CPU op's error); the kernels skip such positions. Inside a
 // CUDA graph the host cannot check, so the kernels that index by label also report a bad one
-// in `error` ({1, label, dim}), which the host reads after each replay.
+// in `error` ({1, label, dim}), which the host reads after each replay. Threads that meet bad
+// labels race on `error`: harmless, as any one bad label makes the report (and the emulation,
+// running threads in turn, keeps the last).
 
 static __device__ __forceinline__ bool is_ignored(int cls, int has_ignore, int ignore_label) {
   return has_ignore != 0 && cls == ignore_label;

@@ -1459,7 +1459,11 @@ fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         let name = format!("rng_bernoulli_stream draw {draw}");
         out.push((name, down(&y)[1..n + 1].to_vec(), Tol::Exact));
     }
-    let state = down(&stream).iter().map(|v| v.to_bits() as f32).collect();
+    // Each u32 word as two exactly representable halves.
+    let state = down(&stream)
+        .iter()
+        .flat_map(|v| [(v.to_bits() >> 16) as f32, (v.to_bits() & 0xffff) as f32])
+        .collect();
     out.push(("rng_bernoulli_stream state".into(), state, Tol::Exact));
     b.relu_backward(n, 0.1, &x, 0, Src::At(&dy, 0), &mut y, 0)
         .unwrap();
@@ -1926,7 +1930,8 @@ fn cuda_graph_capture_records_replays_and_refuses_host_ops_on_device() {
 
 /// The solver replays whole iterations as a CUDA graph and ends where the CPU ends: a net with
 /// DummyData refilled every iteration (gaussian data, uniform labels in 0..4, drawn on the host
-/// from the same seed on both backends), two InnerProducts around a ReLU and a SoftmaxWithLoss
+/// from the same seed on both backends), two InnerProducts around a ReLU and a Dropout (its
+/// masks drawn on the device, the CPU's masks, new on each replay), and a SoftmaxWithLoss
 /// that ignores label 3 (its loss, normalizer and label checks stay on the device), with weight
 /// decay, under learning-rate policies that change the rate every iteration and update rules
 /// whose step depends on the iteration (Adam): the replayed graph reads each iteration's step
@@ -1969,6 +1974,7 @@ net_param {{
     param {{ lr_mult: 1 }} param {{ lr_mult: 2 decay_mult: 0 }}
   }}
   layer {{ name: "relu" type: "ReLU" bottom: "h" top: "h" }}
+  layer {{ name: "drop" type: "Dropout" bottom: "h" top: "h" }}
   layer {{
     name: "ip2" type: "InnerProduct" bottom: "h" top: "out"
     inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }}

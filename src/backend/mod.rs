@@ -97,6 +97,14 @@ pub fn invalid(op: &'static str, message: impl Into<String>) -> BackendError {
     }
 }
 
+/// A Bernoulli fill's `p`, checked to lie in `[0, 1]`.
+pub(crate) fn check_probability(op: &'static str, p: f32) -> Result<()> {
+    if !(0.0..=1.0).contains(&p) {
+        return Err(invalid(op, format!("needs 0 <= p <= 1, got {p}")));
+    }
+    Ok(())
+}
+
 /// Checks that `off..off + len` lies inside a buffer of `buf_len` elements and returns the range.
 pub fn check_range(
     op: &'static str,

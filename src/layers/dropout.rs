@@ -102,12 +102,14 @@ impl<B: Backend> Layer<B> for DropoutLayer<B> {
             .mask
             .as_mut()
             .ok_or_else(|| LayerError::invalid("Dropout run before reshape"))?;
-        if self.stream.is_none() {
-            let mut stream = b.alloc(philox::STATE_LEN)?;
-            b.upload(&philox::new_state(ctx.rng.next_u64()), &mut stream, 0)?;
-            self.stream = Some(stream);
-        }
-        let stream = self.stream.as_mut().expect("the stream was just created");
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let mut stream = b.alloc(philox::STATE_LEN)?;
+                b.upload(&philox::new_state(ctx.rng.next_u64()), &mut stream, 0)?;
+                self.stream.insert(stream)
+            }
+        };
         b.rng_bernoulli_stream(n, keep, stream, 0, mask.data_mut(), 0)?;
         b.scale(n, self.scale, Src::InPlace, mask.data_mut(), 0)?;
         let m = Src::At(mask.data(), 0);

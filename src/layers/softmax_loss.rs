@@ -102,7 +102,10 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         scratch(be, &mut self.prob, view.count())?;
         scratch(be, &mut self.scale, view.positions().max(1))?;
         scratch(be, &mut self.picked, view.positions())?;
-        scratch(be, &mut self.normalizer, 1)?;
+        if self.normalizer.is_none() {
+            // 1 until a forward pass counts it, as the normalizer's floor.
+            be.set(1, 1.0, scratch(be, &mut self.normalizer, 1)?, 0)?;
+        }
         Ok(())
     }
 

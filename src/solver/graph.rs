@@ -10,7 +10,7 @@
 //!   size); the second is captured, then launched.
 //! * Replay needs `iter_size: 1`, no gradient clipping, and no `debug_info` on the iteration
 //!   (those read values back to the host mid-iteration). Beyond that, the backend refuses, while
-//!   capturing, every op that needs the host (a reduction returning a value, a label check, a
+//!   capturing, every op that needs the host (a reduction returning a value, a host-side label check, a
 //!   host-drawn random fill, an allocation); the first refusal is logged as one info line,
 //!   `CUDA graph not used: …`, the iteration finishes directly, and so do all later ones.
 //! * A graph bakes in the addresses it touches and its scalar arguments, so what changes from
@@ -19,6 +19,10 @@
 //!   correction), which the host writes into a small buffer before every replay. So every
 //!   learning-rate policy and every update rule replays the same graph. A graph is kept with the
 //!   data tops' shapes and captured again when they change.
+//!
+//! A bad label met inside a replay is reported when the replay ends (the kernels flag it in
+//! device memory; see the CUDA backend), so unlike the direct path, where the label check comes
+//! first, that iteration's update has been applied by then. The run stops with the error.
 //!
 //! The loss is read from the loss tops after the replay ([`Net::loss`]). So a loss layer must
 //! leave its loss on the device: SoftmaxWithLoss does (the zoo's training nets end with it);

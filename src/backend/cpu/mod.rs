@@ -25,8 +25,8 @@ mod rng;
 mod simd;
 
 use super::{
-    check_range, invalid, philox, Backend, ConvBatch, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom,
-    Result, Rng, Scalar, Src, Transpose,
+    check_probability, check_range, invalid, philox, Backend, ConvBatch, ConvGeom, DeviceBuffer,
+    LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
 };
 use elementwise::Operand;
 use rayon::prelude::*;
@@ -273,14 +273,6 @@ fn rd<'a>(
     len: usize,
 ) -> Result<&'a [f32]> {
     Ok(&buf.data[check_range(op, arg, buf.len(), off, len)?])
-}
-
-/// A Bernoulli fill's `p`, checked to lie in `[0, 1]`.
-fn check_probability(op: &'static str, p: f32) -> Result<()> {
-    if !(0.0..=1.0).contains(&p) {
-        return Err(invalid(op, format!("needs 0 <= p <= 1, got {p}")));
-    }
-    Ok(())
 }
 
 /// The value of a scalar argument.

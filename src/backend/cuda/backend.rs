@@ -37,8 +37,8 @@
 
 use super::nvrtc;
 use crate::backend::{
-    check_range, invalid, philox, Backend, BackendError, CapturedWork, ConvGeom, DeviceBuffer,
-    LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
+    check_probability, check_range, invalid, philox, Backend, BackendError, CapturedWork, ConvGeom,
+    DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
 };
 use crate::solver::UpdateRule;
 use cudarc::cublas::sys::cublasOperation_t;
@@ -789,7 +789,6 @@ impl Backend for CudaBackend {
         let [step_at, step] = Self::scalar(OP, "step", step)?;
         let gp = Self::ptr(OP, "g", g, 0, n)?;
         let hp = Self::ptr(OP, "history", history, 0, n)?;
-        let count = Arg::I(int(OP, n)?);
         let second_history = || match history2.as_deref() {
             Some(h2) => Self::ptr(OP, "history2", h2, 0, n),
             None => Err(invalid(
@@ -797,63 +796,40 @@ impl Backend for CudaBackend {
                 format!("{} needs a second history", rule.type_name()),
             )),
         };
-        let (kernel, args) = match *rule {
-            UpdateRule::Sgd { momentum } => (
-                "sgd_update",
-                vec![count, gp, hp, Arg::F(momentum), step_at, step],
-            ),
-            UpdateRule::Nesterov { momentum } => (
-                "nesterov_update",
-                vec![count, gp, hp, Arg::F(momentum), step_at, step],
-            ),
-            UpdateRule::AdaGrad { delta } => (
-                "adagrad_update",
-                vec![count, gp, hp, Arg::F(delta), step_at, step],
-            ),
-            UpdateRule::RmsProp { delta, rms_decay } => (
-                "rmsprop_update",
-                vec![
-                    count,
-                    gp,
-                    hp,
-                    Arg::F(rms_decay),
-                    Arg::F(delta),
-                    step_at,
-                    step,
-                ],
-            ),
-            UpdateRule::AdaDelta { delta, momentum } => (
-                "adadelta_update",
-                vec![
-                    count,
-                    gp,
-                    hp,
-                    second_history()?,
-                    Arg::F(momentum),
-                    Arg::F(delta),
-                    step_at,
-                    step,
-                ],
-            ),
+        // (n, g, h, [h2,] the rule's hyper-parameters, step_at, step): kernels/solver.cu.
+        let mut args = vec![Arg::I(int(OP, n)?), gp, hp];
+        let kernel = match *rule {
+            UpdateRule::Sgd { momentum } => {
+                args.push(Arg::F(momentum));
+                "sgd_update"
+            }
+            UpdateRule::Nesterov { momentum } => {
+                args.push(Arg::F(momentum));
+                "nesterov_update"
+            }
+            UpdateRule::AdaGrad { delta } => {
+                args.push(Arg::F(delta));
+                "adagrad_update"
+            }
+            UpdateRule::RmsProp { delta, rms_decay } => {
+                args.extend([Arg::F(rms_decay), Arg::F(delta)]);
+                "rmsprop_update"
+            }
+            UpdateRule::AdaDelta { delta, momentum } => {
+                args.extend([second_history()?, Arg::F(momentum), Arg::F(delta)]);
+                "adadelta_update"
+            }
             UpdateRule::Adam {
                 beta1,
                 beta2,
                 eps_hat,
-            } => (
-                "adam_update",
-                vec![
-                    count,
-                    gp,
-                    hp,
-                    second_history()?,
-                    Arg::F(beta1),
-                    Arg::F(beta2),
-                    Arg::F(eps_hat),
-                    step_at,
-                    step,
-                ],
-            ),
+            } => {
+                let h2 = second_history()?;
+                args.extend([h2, Arg::F(beta1), Arg::F(beta2), Arg::F(eps_hat)]);
+                "adam_update"
+            }
         };
+        args.extend([step_at, step]);
         self.launch(OP, kernel, n, &args)?;
         Ok(true)
     }
@@ -958,9 +934,7 @@ impl Backend for CudaBackend {
         y_off: usize,
     ) -> Result<()> {
         const OP: &str = "rng_bernoulli_stream";
-        if !(0.0..=1.0).contains(&p) {
-            return Err(invalid(OP, format!("needs 0 <= p <= 1, got {p}")));
-        }
+        check_probability(OP, p)?;
         let groups = philox::group_count(OP, n)? as usize;
         let sp = Self::ptr(OP, "state", state, state_off, philox::STATE_LEN)?;
         let yp = Self::ptr(OP, "y", y, y_off, n)?;
