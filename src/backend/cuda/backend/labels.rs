@@ -1,0 +1,83 @@
+//! Label checks for the label-indexed ops: on the host before each op, or, inside a CUDA
+//! graph, by the kernels themselves (see the [parent module](super)).
+
+use super::*;
+
+impl CudaBackend {
+    /// Labels of `labels[off..off + n]` on the host, each checked to be ignored or in `0..dim`.
+    pub(super) fn check_labels(
+        &self,
+        op: &'static str,
+        label: &CudaBuffer,
+        off: usize,
+        n: usize,
+        ignore: Option<i32>,
+        dim: usize,
+    ) -> Result<()> {
+        self.host_guard(op)?;
+        check_range(op, "label", label.len(), off, n)?;
+        let mut host = vec![0f32; n];
+        self.download(label, off, &mut host)?;
+        for (p, &l) in host.iter().enumerate() {
+            let class = l as i32;
+            if ignore == Some(class) {
+                continue;
+            }
+            if class < 0 || class as usize >= dim {
+                return Err(invalid(
+                    op,
+                    format!("label {l} at position {p} is outside 0..{dim}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// For the kernels that report a bad label themselves: [`Self::check_labels`], except
+    /// while capturing, when the kernel's report stands in for it (see [`Inner::label_error`]).
+    /// Returns the report's address, the kernel's last argument.
+    pub(super) fn check_labels_unless_capturing(
+        &self,
+        op: &'static str,
+        label: &CudaBuffer,
+        off: usize,
+        n: usize,
+        ignore: Option<i32>,
+        dim: usize,
+    ) -> Result<Arg> {
+        if !self.capturing() {
+            self.check_labels(op, label, off, n, ignore, dim)?;
+        }
+        Self::ptr(
+            op,
+            "label_error",
+            &self.inner.label_error,
+            0,
+            LABEL_ERROR_LEN,
+        )
+    }
+
+    /// Fails when a label-indexed kernel reported a bad label since the last call, and clears
+    /// the report. Waits for the stream.
+    pub(super) fn take_label_error(&self, op: &'static str) -> Result<()> {
+        let mut report = [0f32; LABEL_ERROR_LEN];
+        self.download(&self.inner.label_error, 0, &mut report)?;
+        if report[0] == 0.0 {
+            return Ok(());
+        }
+        let [_, label, dim] = report;
+        let word = Self::ptr(
+            op,
+            "label_error",
+            &self.inner.label_error,
+            0,
+            LABEL_ERROR_LEN,
+        )?;
+        let len = Arg::I(LABEL_ERROR_LEN as i32);
+        self.launch(op, "set", LABEL_ERROR_LEN, &[len, Arg::F(0.0), word])?;
+        Err(invalid(
+            op,
+            format!("label {label} is outside 0..{dim} (found by a kernel of the replayed graph)"),
+        ))
+    }
+}
