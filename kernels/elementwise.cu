@@ -151,3 +151,12 @@ extern "C" __global__ void reduce_partial(int n, int kind, const float* x, const
   }
   partial[t] = (float)acc;
 }
+
+// y[0] = alpha * (partial[0] + ... + partial[parts - 1]), added in double by one thread: the
+// second step of a sum that stays on the device (sum_into). Launched for 1 item.
+extern "C" __global__ void sum_partials(int parts, const float* partial, float alpha, float* y) {
+  if (blockIdx.x * blockDim.x + threadIdx.x != 0) return;
+  double s = 0.0;
+  for (int i = 0; i < parts; ++i) s += (double)partial[i];
+  y[0] = (float)((double)alpha * s);
+}

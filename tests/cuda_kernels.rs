@@ -456,7 +456,8 @@ fn blas1_and_binary_ops_match_cpu() {
 }
 
 /// The whole-buffer reductions: partial sums per emulated thread, added on the host, as the
-/// CUDA backend does.
+/// CUDA backend does (and, for `sum_into`, by one more kernel, which leaves the sum on the
+/// device).
 #[test]
 fn reductions_match_cpu() {
     let n = 5000;
@@ -484,6 +485,21 @@ fn reductions_match_cpu() {
         ));
         let got = partial.iter().map(|&v| f64::from(v)).sum::<f64>() as f32;
         check(name, &[got], &[want], Tol::Abs(1e-6 * magnitude));
+
+        if kind == 0 {
+            // sum_into's second step, on the device: the partials added by one thread.
+            let mut want = buf(&[f32::NAN; 2]);
+            c.sum_into(n, -0.5, &xb, 0, &mut want, 1).unwrap();
+            let mut got = [f32::NAN];
+            emu!(k::sum_partials(
+                int(threads),
+                partial.as_ptr(),
+                -0.5,
+                got.as_mut_ptr()
+            ));
+            let want = &want.as_slice()[1..];
+            check("sum_into", &got, want, Tol::Abs(0.5e-6 * magnitude));
+        }
     }
 }
 
@@ -1487,6 +1503,9 @@ fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
     ] {
         out.push((name.into(), vec![v.unwrap()], Tol::Abs(1e-6 * mag * 4.0)));
     }
+    b.sum_into(n, -0.5, &x, 0, &mut y, 3).unwrap();
+    let sum_tol = Tol::Abs(0.5e-6 * mag * 4.0);
+    out.push(("sum_into".into(), down(&y)[3..4].to_vec(), sum_tol));
 
     // Axis and per-channel ops on (outer, dim, inner) = (32, 10, 300).
     let (o, d, i) = (32, 10, 300);

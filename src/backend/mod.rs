@@ -992,6 +992,17 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
 
     /// `sum_i x[i]`.
     fn sum(&self, n: usize, x: &Self::Buffer, x_off: usize) -> Result<f32>;
+    /// `y[y_off] = alpha sum_i x[i]`, left on the device (a loss a CUDA graph can record): the
+    /// sum accumulated in f64 as [`Backend::sum`]'s, times `alpha`, then rounded to f32.
+    fn sum_into(
+        &self,
+        n: usize,
+        alpha: f32,
+        x: &Self::Buffer,
+        x_off: usize,
+        y: &mut Self::Buffer,
+        y_off: usize,
+    ) -> Result<()>;
     /// `sum_i |x[i]|`.
     fn asum(&self, n: usize, x: &Self::Buffer, x_off: usize) -> Result<f32>;
     /// `sum_i x[i]^2`.

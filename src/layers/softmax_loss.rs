@@ -147,7 +147,7 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         match (self.normalization, self.ignore_label) {
             (Normalization::Valid, Some(_)) => {
                 be.label_mask(positions, label.data(), 0, self.ignore_label, scale, 0)?;
-                be.sum_per_channel(1, 1, positions, 1.0, scale, 0, 0.0, normalizer, 0)?;
+                be.sum_into(positions, 1.0, scale, 0, normalizer, 0)?;
                 // At least 1, so that a batch whose labels are all ignored gives 0, not NaN.
                 be.set(1, 1.0, scale, 0)?;
                 be.max(1, Src::InPlace, Src::At(scale, 0), normalizer, 0)?;
@@ -162,7 +162,7 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
             }
         }
         let loss = blobs.top_mut(0).data_mut();
-        be.sum_per_channel(1, 1, positions, -1.0, picked, 0, 0.0, loss, 0)?;
+        be.sum_into(positions, -1.0, picked, 0, loss, 0)?;
         be.div(1, Src::InPlace, Src::At(normalizer, 0), loss, 0)?;
         if blobs.num_top() > 1 {
             let prob = scratch(be, &mut self.prob, n)?;

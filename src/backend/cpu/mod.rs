@@ -880,6 +880,21 @@ impl Backend for CpuBackend {
         Ok(reductions::reduce(self.par(), x, x, |a, _| a) as f32)
     }
 
+    fn sum_into(
+        &self,
+        n: usize,
+        alpha: f32,
+        x: &CpuBuffer,
+        x_off: usize,
+        y: &mut CpuBuffer,
+        y_off: usize,
+    ) -> Result<()> {
+        let x = rd("sum_into", "x", x, x_off, n)?;
+        let sum = reductions::reduce(self.par(), x, x, |a, _| a);
+        wr("sum_into", "y", y, y_off, 1)?[0] = (f64::from(alpha) * sum) as f32;
+        Ok(())
+    }
+
     fn asum(&self, n: usize, x: &CpuBuffer, x_off: usize) -> Result<f32> {
         let x = rd("asum", "x", x, x_off, n)?;
         Ok(reductions::reduce(self.par(), x, x, |a, _| a.abs()) as f32)

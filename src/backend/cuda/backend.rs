@@ -60,6 +60,9 @@ use staging::{Staging, StagingSlot};
 const BLOCK: u32 = 256;
 /// The most blocks a launch uses; grid-stride loops cover the rest.
 const MAX_BLOCKS: usize = 4096;
+/// The most blocks of `sum_into`'s first step: its second step, one thread, adds one partial
+/// sum per thread of the first.
+const SUM_INTO_BLOCKS: usize = 32;
 /// Uploads of at least this many elements (256 KiB) go through pinned staging; smaller ones
 /// (a label vector, a parameter) are not worth the extra host copy and events.
 pub const STAGED_MIN: usize = 64 * 1024;
@@ -316,10 +319,21 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
+        let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS);
+        self.launch_blocks(op, kernel, blocks, args)
+    }
+
+    /// Launches `kernel` on `blocks` blocks of [`BLOCK`] threads with `args`.
+    fn launch_blocks(
+        &self,
+        op: &'static str,
+        kernel: &'static str,
+        blocks: usize,
+        args: &[Arg],
+    ) -> Result<()> {
         let f = self.function(op, kernel)?;
-        let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
         let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
+            grid_dim: (blocks as u32, 1, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -81,6 +81,7 @@ pub mod k {
             y: *const c_float,
             partial: *mut c_float,
         );
+        pub fn sum_partials(parts: c_int, partial: *const c_float, alpha: c_float, y: *mut c_float);
     }
 
     // kernels/activations.cu
