@@ -1947,6 +1947,69 @@ fn cuda_graph_capture_records_replays_and_refuses_host_ops_on_device() {
     eprintln!("CUDA graph: recorded, refused host ops, replayed twice on new inputs");
 }
 
+/// Inside a CUDA graph the label-indexed kernels check the labels themselves: a replay that met
+/// a bad label fails naming it, the report is cleared, and a replay with good labels succeeds
+/// again (with the same results as the op run directly). Device only.
+#[test]
+fn a_bad_label_inside_a_replayed_graph_is_reported_on_device() {
+    if !CudaBackend::device_available() {
+        eprintln!("SKIPPED: no CUDA device");
+        return;
+    }
+    let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
+    let (outer, dim, inner) = (8, 5, 3);
+    let labels: Vec<f32> = (0..outer * inner).map(|p| (p % dim) as f32).collect();
+    let mut bad = labels.clone();
+    bad[7] = 9.0;
+    let up = |v: &[f32]| {
+        let mut b = gpu.alloc(v.len()).unwrap();
+        gpu.upload(v, &mut b, 0).unwrap();
+        b
+    };
+    let x = up(&rand_vec(11, outer * dim * inner, -1.0, 1.0));
+    let mut label = up(&labels);
+    let mut y = gpu.alloc(outer * inner).unwrap();
+    let mut direct = gpu.alloc(outer * inner).unwrap();
+    gpu.gather_at_label(
+        outer,
+        dim,
+        inner,
+        &x,
+        0,
+        &label,
+        0,
+        None,
+        0.0,
+        &mut direct,
+        0,
+    )
+    .unwrap();
+    assert!(gpu.begin_capture().unwrap());
+    gpu.gather_at_label(outer, dim, inner, &x, 0, &label, 0, None, 0.0, &mut y, 0)
+        .unwrap();
+    let mut work = gpu.end_capture().unwrap().expect("a graph");
+    for (round, values, ok) in [(0, &labels, true), (1, &bad, false), (2, &labels, true)] {
+        gpu.upload(values, &mut label, 0).unwrap();
+        match (work.replay(), ok) {
+            (Ok(()), true) => {
+                let (mut got, mut want) = (vec![0f32; outer * inner], vec![0f32; outer * inner]);
+                gpu.download(&y, 0, &mut got).unwrap();
+                gpu.download(&direct, 0, &mut want).unwrap();
+                check(&format!("replay {round}"), &got, &want, Tol::Exact);
+            }
+            (Err(e), false) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("label 9") && message.contains("0..5"),
+                    "{message}"
+                );
+            }
+            (result, _) => panic!("replay {round}: {result:?}"),
+        }
+    }
+    eprintln!("CUDA graph: a bad label inside a replay is reported and cleared");
+}
+
 /// The solver replays whole iterations as a CUDA graph and ends where the CPU ends: a net with
 /// DummyData refilled every iteration (gaussian data, uniform labels in 0..4, drawn on the host
 /// from the same seed on both backends), two InnerProducts around a ReLU and a Dropout (its
