@@ -8,7 +8,7 @@
 //!
 //! # Writing a layer
 //!
-//! Adding a layer is one file in `src/layers/` and one line in the [`registry!`] list at the
+//! Adding a layer is one file in `src/layers/` and one line in the `registry!` list at the
 //! bottom of this module. The file holds a struct, a `new(param: &LayerParameter) ->
 //! Result<Self, LayerError>` constructor that reads and validates the layer's parameters, and an
 //! `impl<B: Backend> Layer<B> for ...`. A layer that keeps device buffers of its own (an

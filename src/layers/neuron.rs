@@ -1,5 +1,5 @@
 //! The element-wise neuron layers: ReLU, Sigmoid, TanH, ELU, AbsVal, Power, Exp, Log and BNLL
-//! (upstream: src/caffe/layers/<name>_layer.cpp, all `NeuronLayer`s: one bottom, one top of
+//! (upstream: `src/caffe/layers/<name>_layer.cpp`, all `NeuronLayer`s: one bottom, one top of
 //! the same shape).
 //!
 //! Each is a [`NeuronLayer`] around an [`Activation`] that reads its parameters and computes

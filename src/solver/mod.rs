@@ -12,7 +12,7 @@
 //! upstream's `-sigint_effect`/`-sighup_effect`; `rcaffe train` also shows a progress bar when
 //! stderr is a terminal.
 //!
-//! [`train`] and [`test`] are the `rcaffe train` and `rcaffe test` commands as library calls.
+//! [`train`] and [`test()`] are the `rcaffe train` and `rcaffe test` commands as library calls.
 
 mod graph;
 mod progress;
@@ -964,7 +964,7 @@ pub fn test(
     )
 }
 
-/// [`test`] on `backend`.
+/// [`test()`] on `backend`.
 pub fn test_on<B: Backend>(
     backend: &B,
     model: &Path,
