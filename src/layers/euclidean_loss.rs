@@ -3,8 +3,8 @@
 //! Two bottoms of the same first dimension and count; either or both get a gradient
 //! (`±(a - b) loss_weight / num`), and force_backward reaches both.
 
-use crate::backend::{Backend, Src};
-use crate::layers::loss::{check_first_dims, loss_weight, scratch, write_scalar};
+use crate::backend::{Backend, Scalar, Src};
+use crate::layers::loss::{check_first_dims, scratch};
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
@@ -12,6 +12,13 @@ use crate::proto::caffe::LayerParameter;
 pub struct EuclideanLossLayer<B: Backend> {
     /// `a - b` from the forward pass.
     diff: Option<B::Buffer>,
+    /// `(a - b)^2`.
+    squares: Option<B::Buffer>,
+    /// Divisors on the device (the layer never reads back to the host, so that a CUDA graph
+    /// can record it): `num`, then 2, in the forward pass; `num` twice in the backward.
+    divisor: Option<B::Buffer>,
+    /// The gradients' scales, `±loss_weight / num`.
+    factors: Option<B::Buffer>,
     count: usize,
 }
 
@@ -20,6 +27,9 @@ impl<B: Backend> EuclideanLossLayer<B> {
     pub fn new(_param: &LayerParameter) -> Result<Self, LayerError> {
         Ok(EuclideanLossLayer {
             diff: None,
+            squares: None,
+            divisor: None,
+            factors: None,
             count: 0,
         })
     }
@@ -56,7 +66,11 @@ impl<B: Backend> Layer<B> for EuclideanLossLayer<B> {
         }
         self.count = a.count();
         blobs.top_mut(0).reshape(&[])?;
-        scratch(ctx.backend, &mut self.diff, self.count)?;
+        let be = ctx.backend;
+        scratch(be, &mut self.diff, self.count)?;
+        scratch(be, &mut self.squares, self.count)?;
+        scratch(be, &mut self.divisor, 2)?;
+        scratch(be, &mut self.factors, 2)?;
         Ok(())
     }
 
@@ -71,9 +85,18 @@ impl<B: Backend> Layer<B> for EuclideanLossLayer<B> {
         let diff = scratch(be, &mut self.diff, n)?;
         let (a, b) = (blobs.bottom(0), blobs.bottom(1));
         be.sub(n, Src::At(a.data(), 0), Src::At(b.data(), 0), diff, 0)?;
-        let dot = be.dot(n, diff, 0, diff, 0)?;
-        let loss = dot / a.num()? as f32 / 2.0;
-        write_scalar(be, blobs.top_mut(0), loss)
+        let num = a.num()? as f32;
+        // dot(diff, diff) / num / 2, in upstream's order, on the device.
+        let squares = scratch(be, &mut self.squares, n)?;
+        be.mul(n, Src::At(diff, 0), Src::At(diff, 0), squares, 0)?;
+        let loss = blobs.top_mut(0).data_mut();
+        be.sum_into(n, 1.0, squares, 0, loss, 0)?;
+        let divisor = scratch(be, &mut self.divisor, 1)?;
+        for by in [num, 2.0] {
+            be.set(1, by, divisor, 0)?;
+            be.div(1, Src::InPlace, Src::At(divisor, 0), loss, 0)?;
+        }
+        Ok(())
     }
 
     fn backward(
@@ -85,13 +108,22 @@ impl<B: Backend> Layer<B> for EuclideanLossLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let n = self.count;
-        let weight = loss_weight(be, blobs.top(0))?;
+        // factors = (loss_weight, -loss_weight) / num, on the device.
+        let num = blobs.bottom(0).num()? as f32;
+        let (divisor, factors) = (
+            scratch(be, &mut self.divisor, 2)?,
+            scratch(be, &mut self.factors, 2)?,
+        );
+        be.set(2, num, divisor, 0)?;
+        let loss_weight = blobs.top(0).diff();
+        be.copy(1, loss_weight, 0, factors, 0)?;
+        be.scale(1, -1.0, Src::At(loss_weight, 0), factors, 1)?;
+        be.div(2, Src::InPlace, Src::At(divisor, 0), factors, 0)?;
         let diff = scratch(be, &mut self.diff, n)?;
-        for (i, sign) in [(0, 1.0f32), (1, -1.0)] {
-            if propagate_down[i] {
-                let bottom = blobs.bottom_mut(i);
-                let alpha = sign * weight / bottom.num()? as f32;
-                be.axpby(n, alpha, diff, 0, 0.0, bottom.diff_mut(), 0)?;
+        for (i, &down) in propagate_down.iter().enumerate().take(2) {
+            if down {
+                let alpha = Scalar::At(&*factors, i);
+                be.axpby(n, alpha, diff, 0, 0.0, blobs.bottom_mut(i).diff_mut(), 0)?;
             }
         }
         Ok(())

@@ -2,8 +2,13 @@
 //! check, the loss normalisation of SoftmaxWithLoss and SigmoidCrossEntropyLoss
 //! (`get_normalizer` in src/caffe/layers/softmax_loss_layer.cpp), reading the loss weight from
 //! the top's diff, and a layer-owned scratch buffer.
+//!
+//! SoftmaxWithLoss, SigmoidCrossEntropyLoss and EuclideanLoss compute their loss and gradient
+//! scale with device ops only ([`write_normalizer`], [`weight_over_normalizer`],
+//! `Backend::sum_into`), so that a CUDA graph can record a training iteration; HingeLoss
+//! still reads back to the host.
 
-use crate::backend::{Backend, DeviceBuffer};
+use crate::backend::{Backend, DeviceBuffer, Src};
 use crate::blob::Blob;
 use crate::layers::LayerError;
 use crate::proto::caffe::loss_parameter::NormalizationMode;
@@ -103,6 +108,46 @@ pub fn write_scalar<B: Backend>(
     value: f32,
 ) -> Result<(), LayerError> {
     backend.upload(&[value], top.data_mut(), 0)?;
+    Ok(())
+}
+
+/// Writes a loss's normalizer into `normalizer[0]` with device ops, so that a CUDA graph can
+/// record the layer: for VALID with an ignore label, the number of ones in `valid_mask` (a 0/1
+/// mask of the `outer * inner` positions), at least 1; otherwise
+/// [`Normalization::normalizer`] of the shape. `temp` is one element of scratch.
+pub fn write_normalizer<B: Backend>(
+    backend: &B,
+    normalization: Normalization,
+    (outer, inner): (usize, usize),
+    valid_mask: Option<&B::Buffer>,
+    temp: &mut B::Buffer,
+    normalizer: &mut B::Buffer,
+) -> Result<(), LayerError> {
+    let positions = outer * inner;
+    match (normalization, valid_mask) {
+        (Normalization::Valid, Some(mask)) => {
+            backend.sum_into(positions, 1.0, mask, 0, normalizer, 0)?;
+            backend.set(1, 1.0, temp, 0)?;
+            backend.max(1, Src::InPlace, Src::At(temp, 0), normalizer, 0)?;
+        }
+        (mode, _) => {
+            let constant = mode.normalizer(outer, inner, positions);
+            backend.set(1, constant, normalizer, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// `factor[0] = loss weight / normalizer[0]` with device ops: the scale of a normalised loss's
+/// gradient (upstream's `top[0]->cpu_diff()[0] / normalizer`).
+pub fn weight_over_normalizer<B: Backend>(
+    backend: &B,
+    top: &Blob<B>,
+    normalizer: &B::Buffer,
+    factor: &mut B::Buffer,
+) -> Result<(), LayerError> {
+    let loss_weight = Src::At(top.diff(), 0);
+    backend.div(1, loss_weight, Src::At(normalizer, 0), factor, 0)?;
     Ok(())
 }
 

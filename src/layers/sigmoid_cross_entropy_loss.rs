@@ -8,10 +8,10 @@
 //! `normalize`. The gradient is `(sigmoid(x) - t) loss_weight / normalizer`, 0 where ignored;
 //! the targets get none.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{Backend, Scalar, Src};
 use crate::layers::loss::{
-    check_first_dims, ignore_label, label_backprop_error, loss_weight, scratch, write_scalar,
-    Normalization,
+    check_first_dims, ignore_label, label_backprop_error, scratch, weight_over_normalizer,
+    write_normalizer, Normalization,
 };
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
@@ -22,8 +22,10 @@ pub struct SigmoidCrossEntropyLossLayer<B: Backend> {
     normalization: Normalization,
     outer: usize,
     inner: usize,
-    /// The normalizer of the last forward pass.
-    normalizer: f32,
+    /// The normalizer of the last forward pass, one element on the device.
+    normalizer: Option<B::Buffer>,
+    /// One element: scratch in the forward pass, loss weight / normalizer in the backward.
+    factor: Option<B::Buffer>,
     /// `sigmoid(x)` from the forward pass.
     sigmoid: Option<B::Buffer>,
     /// Per-element loss terms.
@@ -40,7 +42,8 @@ impl<B: Backend> SigmoidCrossEntropyLossLayer<B> {
             normalization: Normalization::from_param(param, Normalization::BatchSize)?,
             outer: 0,
             inner: 0,
-            normalizer: 1.0,
+            normalizer: None,
+            factor: None,
             sigmoid: None,
             terms: None,
             mask: None,
@@ -91,6 +94,11 @@ impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
         if self.ignore_label.is_some() {
             scratch(be, &mut self.mask, n)?;
         }
+        scratch(be, &mut self.factor, 1)?;
+        if self.normalizer.is_none() {
+            // 1 until a forward pass sets it.
+            be.set(1, 1.0, scratch(be, &mut self.normalizer, 1)?, 0)?;
+        }
         Ok(())
     }
 
@@ -107,18 +115,30 @@ impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
         let (x, t) = (blobs.bottom(0).data(), blobs.bottom(1).data());
         be.sigmoid_forward(n, Src::At(x, 0), sigmoid, 0)?;
         be.sigmoid_cross_entropy(n, x, 0, t, 0, terms, 0)?;
-        let valid = match self.ignore_label {
-            None => n,
+        let valid_mask = match self.ignore_label {
+            None => None,
             Some(_) => {
                 let mask = scratch(be, &mut self.mask, n)?;
                 be.label_mask(n, t, 0, self.ignore_label, mask, 0)?;
                 be.mul(n, Src::InPlace, Src::At(mask, 0), terms, 0)?;
-                be.sum(n, mask, 0)? as usize
+                Some(&*mask)
             }
         };
-        let loss = be.sum(n, terms, 0)?;
-        self.normalizer = self.normalization.normalizer(self.outer, self.inner, valid);
-        write_scalar(be, blobs.top_mut(0), loss / self.normalizer)
+        let factor = scratch(be, &mut self.factor, 1)?;
+        let normalizer = scratch(be, &mut self.normalizer, 1)?;
+        let shape = (self.outer, self.inner);
+        write_normalizer(
+            be,
+            self.normalization,
+            shape,
+            valid_mask,
+            factor,
+            normalizer,
+        )?;
+        let loss = blobs.top_mut(0).data_mut();
+        be.sum_into(n, 1.0, terms, 0, loss, 0)?;
+        be.div(1, Src::InPlace, Src::At(normalizer, 0), loss, 0)?;
+        Ok(())
     }
 
     fn backward(
@@ -136,7 +156,9 @@ impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
         }
         let be = ctx.backend;
         let n = self.outer * self.inner;
-        let weight = loss_weight(be, blobs.top(0))? / self.normalizer;
+        let weight = scratch(be, &mut self.factor, 1)?;
+        let normalizer = scratch(be, &mut self.normalizer, 1)?;
+        weight_over_normalizer(be, blobs.top(0), normalizer, weight)?;
         let sigmoid = scratch(be, &mut self.sigmoid, n)?;
         let (_, mut bottoms) = blobs.backward_all()?;
         let (x, t) = bottoms.split_at_mut(1);
@@ -146,7 +168,7 @@ impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
             let mask = scratch(be, &mut self.mask, n)?;
             be.mul(n, Src::InPlace, Src::At(mask, 0), dx, 0)?;
         }
-        be.scale(n, weight, Src::InPlace, dx, 0)?;
+        be.scale(n, Scalar::At(weight, 0), Src::InPlace, dx, 0)?;
         Ok(())
     }
 }

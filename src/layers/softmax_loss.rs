@@ -10,7 +10,8 @@
 
 use crate::backend::{Backend, Scalar, Src};
 use crate::layers::loss::{
-    check_first_dims, ignore_label, label_backprop_error, scratch, Normalization,
+    check_first_dims, ignore_label, label_backprop_error, scratch, weight_over_normalizer,
+    write_normalizer, Normalization,
 };
 use crate::layers::softmax::{softmax_forward, AxisView};
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
@@ -31,6 +32,8 @@ pub struct SoftmaxWithLossLayer<B: Backend> {
     /// The normalizer of the last forward pass, one element: it stays on the device (as does
     /// everything this layer computes), so that a CUDA graph can record the layer.
     normalizer: Option<B::Buffer>,
+    /// One element: scratch in the forward pass, loss weight / normalizer in the backward.
+    factor: Option<B::Buffer>,
 }
 
 impl<B: Backend> SoftmaxWithLossLayer<B> {
@@ -46,6 +49,7 @@ impl<B: Backend> SoftmaxWithLossLayer<B> {
             scale: None,
             picked: None,
             normalizer: None,
+            factor: None,
         })
     }
 }
@@ -100,7 +104,8 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         }
         let be = ctx.backend;
         scratch(be, &mut self.prob, view.count())?;
-        scratch(be, &mut self.scale, view.positions().max(1))?;
+        scratch(be, &mut self.scale, view.positions())?;
+        scratch(be, &mut self.factor, 1)?;
         scratch(be, &mut self.picked, view.positions())?;
         if self.normalizer.is_none() {
             // 1 until a forward pass counts it, as the normalizer's floor.
@@ -119,7 +124,7 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         let v = self.view;
         let (n, positions) = (v.count(), v.positions());
         let prob = scratch(be, &mut self.prob, n)?;
-        let scale = scratch(be, &mut self.scale, positions.max(1))?;
+        let scale = scratch(be, &mut self.scale, positions)?;
         let picked = scratch(be, &mut self.picked, positions)?;
         let (data, label) = (blobs.bottom(0), blobs.bottom(1));
         softmax_forward(be, v, Src::At(data.data(), 0), prob, scale)?;
@@ -143,24 +148,24 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         be.max(positions, Src::InPlace, Src::At(scale, 0), picked, 0)?;
         be.log(positions, Src::InPlace, picked, 0)?;
         // The normalizer: for VALID with an ignore label, the count of the other positions.
+        let factor = scratch(be, &mut self.factor, 1)?;
         let normalizer = scratch(be, &mut self.normalizer, 1)?;
-        match (self.normalization, self.ignore_label) {
-            (Normalization::Valid, Some(_)) => {
+        let valid_mask = match self.ignore_label {
+            Some(_) => {
                 be.label_mask(positions, label.data(), 0, self.ignore_label, scale, 0)?;
-                be.sum_into(positions, 1.0, scale, 0, normalizer, 0)?;
-                // At least 1, so that a batch whose labels are all ignored gives 0, not NaN.
-                be.set(1, 1.0, scale, 0)?;
-                be.max(1, Src::InPlace, Src::At(scale, 0), normalizer, 0)?;
+                Some(&*scale)
             }
-            (mode, _) => {
-                be.set(
-                    1,
-                    mode.normalizer(v.outer, v.inner, positions),
-                    normalizer,
-                    0,
-                )?;
-            }
-        }
+            None => None,
+        };
+        let shape = (v.outer, v.inner);
+        write_normalizer(
+            be,
+            self.normalization,
+            shape,
+            valid_mask,
+            factor,
+            normalizer,
+        )?;
         let loss = blobs.top_mut(0).data_mut();
         be.sum_into(positions, -1.0, picked, 0, loss, 0)?;
         be.div(1, Src::InPlace, Src::At(normalizer, 0), loss, 0)?;
@@ -186,11 +191,9 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         }
         let be = ctx.backend;
         let v = self.view;
-        // The step's scale, loss weight / normalizer, computed on the device.
-        let weight = scratch(be, &mut self.scale, v.positions().max(1))?;
+        let weight = scratch(be, &mut self.factor, 1)?;
         let normalizer = scratch(be, &mut self.normalizer, 1)?;
-        let loss_weight = Src::At(blobs.top(0).diff(), 0);
-        be.div(1, loss_weight, Src::At(normalizer, 0), weight, 0)?;
+        weight_over_normalizer(be, blobs.top(0), normalizer, weight)?;
         let prob = scratch(be, &mut self.prob, v.count())?;
         let (_, mut bottoms) = blobs.backward_all()?;
         let (data, label) = bottoms.split_at_mut(1);

@@ -25,8 +25,9 @@
 //! first, that iteration's update has been applied by then. The run stops with the error.
 //!
 //! The loss is read from the loss tops after the replay ([`Net::loss`]). So a loss layer must
-//! leave its loss on the device: SoftmaxWithLoss does (the zoo's training nets end with it);
-//! the others still read theirs back, and a net ending with one of them runs directly.
+//! leave its loss on the device: SoftmaxWithLoss (the zoo's classifiers end with it),
+//! SigmoidCrossEntropyLoss and EuclideanLoss (the autoencoder's) do; HingeLoss and a TRAIN
+//! Accuracy still read back, and a net with one of them runs directly.
 //! Dropout draws its masks on the device from a counter-based stream whose counter lives in
 //! device memory, so each replay draws new masks.
 //!
