@@ -143,6 +143,30 @@ pub enum Src<'a, T: ?Sized> {
     InPlace,
 }
 
+/// A solver's update rule with its hyper-parameters: what [`Backend::fused_update`] runs. The
+/// solver reads it from its parameters and composes it from the other ops where no fused form
+/// exists (`solver::update_rules`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UpdateRule {
+    /// `h = lr g + momentum h; step = h`.
+    Sgd { momentum: f32 },
+    /// Nesterov's accelerated gradient in Sutskever's form: the step is
+    /// `(1 + momentum) h_new - momentum h_old`.
+    Nesterov { momentum: f32 },
+    /// `h += g^2; step = lr g / (sqrt(h) + delta)`.
+    AdaGrad { delta: f32 },
+    /// `h = rms_decay h + (1 - rms_decay) g^2; step = lr g / (sqrt(h) + delta)`.
+    RmsProp { delta: f32, rms_decay: f32 },
+    /// Zeiler's AdaDelta, scaled by the learning rate as upstream does.
+    AdaDelta { delta: f32, momentum: f32 },
+    /// Kingma & Ba's Adam with upstream's bias correction at `t = iter + 1`.
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        eps_hat: f32,
+    },
+}
+
 /// A scalar argument: a value fixed when the op is issued, or one element of a buffer, read when
 /// the op runs. Recorded work (a CUDA graph) keeps the element's address, so writing a new value
 /// there before a replay changes what the replayed op uses (the solver's learning rate).
@@ -588,10 +612,9 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
     /// when it does not: the caller then composes the rule from the ops above, as upstream's CPU
     /// path does.
     ///
-    /// [`UpdateRule::step_scale`]: crate::solver::UpdateRule::step_scale
     fn fused_update(
         &self,
-        rule: &crate::solver::UpdateRule,
+        rule: &UpdateRule,
         n: usize,
         step: Scalar<'_, Self::Buffer>,
         g: &mut Self::Buffer,

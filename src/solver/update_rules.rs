@@ -11,6 +11,7 @@
 //! for AdaDelta and Adam a second set appended after the first (AdaDelta: the accumulated squared
 //! updates; Adam: the second moment). A `.solverstate` stores them in that order.
 
+pub use crate::backend::UpdateRule;
 use crate::backend::{Backend, Scalar, Src};
 use crate::blob::Blob;
 use crate::proto::caffe::SolverParameter;
@@ -19,28 +20,6 @@ use super::{Result, SolverError};
 
 /// The solver types this build knows, as `SolverParameter.type` names them.
 pub const SOLVER_TYPES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"];
-
-/// An update rule with the hyper-parameters it reads from the solver.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum UpdateRule {
-    /// `h = lr g + momentum h; step = h`.
-    Sgd { momentum: f32 },
-    /// Nesterov's accelerated gradient in Sutskever's form: the step is
-    /// `(1 + momentum) h_new - momentum h_old`.
-    Nesterov { momentum: f32 },
-    /// `h += g^2; step = lr g / (sqrt(h) + delta)`.
-    AdaGrad { delta: f32 },
-    /// `h = rms_decay h + (1 - rms_decay) g^2; step = lr g / (sqrt(h) + delta)`.
-    RmsProp { delta: f32, rms_decay: f32 },
-    /// Zeiler's AdaDelta, scaled by the learning rate as upstream does.
-    AdaDelta { delta: f32, momentum: f32 },
-    /// Kingma & Ba's Adam with upstream's bias correction at `t = iter + 1`.
-    Adam {
-        beta1: f32,
-        beta2: f32,
-        eps_hat: f32,
-    },
-}
 
 impl UpdateRule {
     /// Reads `param.type` and the fields the rule uses, with upstream's constructor checks

@@ -38,9 +38,8 @@
 use super::nvrtc;
 use crate::backend::{
     check_probability, check_range, invalid, philox, Backend, BackendError, CapturedWork, ConvGeom,
-    DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
+    DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose, UpdateRule,
 };
-use crate::solver::UpdateRule;
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::sys::{CUdeviceptr, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream};
