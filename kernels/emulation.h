@@ -1,6 +1,6 @@
 // Host emulation of the few CUDA features the kernels in this folder use, so that each `.cu`
 // file also compiles as plain C++ (g++ -x c++ -include emulation.h) and its kernels run on the
-// CPU in tests (tests/kernel-emu, tests/cuda_kernels.rs).
+// CPU in tests (tests/kernel-emu, tests/cuda_kernels/).
 //
 // Model: a launch of `grid x block` threads runs every (block, thread) pair one after another
 // on the calling OS thread; the launcher sets the index variables below before each call. This

@@ -9,7 +9,7 @@
 #   1. nvidia-smi and `rcaffe device-query -gpu 0`;
 #   2. every backend op on the GPU against the CPU backend, CUDA graph capture and replay, the
 #      solver replaying iterations as a graph against the CPU, pinned staged uploads
-#      (tests/cuda_kernels.rs, the `*_on_device` tests);
+#      (tests/cuda_kernels/, the `*_on_device` tests);
 #   3. LMDBs of the bundled data made by rcaffe itself (convert-mnist, convert-cifar), then 300
 #      training iterations of LeNet (sgd_inv) and cifar10_quick (sgd_fixed) from upstream's
 #      initial weights (shared/reference/upstream/*/init.caffemodel), on the GPU and on the CPU,
