@@ -136,10 +136,10 @@ extern "C" __global__ void sign(int n, const float* x, float* y) {
   }
 }
 
-// Reductions (sum, asum, sumsq, dot) in two steps without shared memory: each thread of the
-// launch adds its grid-stride share of the input in double and writes it to
-// partial[thread] (the partial buffer holds gridDim.x * blockDim.x floats); the host, or a
-// second launch with one thread, adds the partials. `kind`: 0 sum, 1 |x|, 2 x^2, 3 x*y.
+// Reductions (sum, asum, sumsq, dot, sum_into) in two steps without shared memory: each thread
+// of the launch adds its grid-stride share of the input in double and writes it to
+// partial[thread] (the partial buffer holds gridDim.x * blockDim.x floats); a second launch
+// with one thread (sum_partials) adds the partials. `kind`: 0 sum, 1 |x|, 2 x^2, 3 x*y.
 extern "C" __global__ void reduce_partial(int n, int kind, const float* x, const float* y,
                                           float* partial) {
   int t = blockIdx.x * blockDim.x + threadIdx.x;
@@ -153,7 +153,8 @@ extern "C" __global__ void reduce_partial(int n, int kind, const float* x, const
 }
 
 // y[0] = alpha * (partial[0] + ... + partial[parts - 1]), added in double by one thread: the
-// second step of a sum that stays on the device (sum_into). Launched for 1 item.
+// second step of every reduction (the host reads y when it wants the value). Launched for 1
+// item.
 extern "C" __global__ void sum_partials(int parts, const float* partial, float alpha, float* y) {
   if (blockIdx.x * blockDim.x + threadIdx.x != 0) return;
   double s = 0.0;

@@ -30,8 +30,9 @@
 //! [`BackendError::Device`] naming itself, before touching anything, so the caller can end the
 //! capture and run the work directly instead.
 //!
-//! Still to do for speed: the whole-buffer reductions download one partial sum per thread (a
-//! block reduction in shared memory would avoid that). The fills that take the host's [`Rng`]
+//! Whole-buffer reductions run in two launches (per-thread partial sums, then one thread adds
+//! them) and leave their result on the device; those that return a value download just it. The
+//! fills that take the host's [`Rng`]
 //! (weight fillers, at setup) draw on the host and upload; Dropout's masks come from
 //! `rng_bernoulli_stream`, drawn on the device.
 
@@ -47,7 +48,7 @@ use cudarc::driver::{DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 mod labels;
 mod ops;
@@ -59,9 +60,11 @@ use staging::{Staging, StagingSlot};
 const BLOCK: u32 = 256;
 /// The most blocks a launch uses; grid-stride loops cover the rest.
 const MAX_BLOCKS: usize = 4096;
-/// The most blocks of `sum_into`'s first step: its second step, one thread, adds one partial
-/// sum per thread of the first.
-const SUM_INTO_BLOCKS: usize = 32;
+/// The most blocks of a whole-buffer reduction's first step: its second step, one thread, adds
+/// one partial sum per thread of the first.
+const REDUCE_BLOCKS: usize = 32;
+/// Partial sums of a reduction's first step at most.
+const PARTIALS: usize = REDUCE_BLOCKS * BLOCK as usize;
 /// Uploads of at least this many elements (256 KiB) go through pinned staging; smaller ones
 /// (a label vector, a parameter) are not worth the extra host copy and events.
 pub const STAGED_MIN: usize = 64 * 1024;
@@ -103,8 +106,9 @@ struct Inner {
     staging: Mutex<Staging>,
     /// Whether the compute stream is being captured into a graph.
     capturing: AtomicBool,
-    /// The per-thread partial sums of the host-returning reductions (one launch's worth of
-    /// threads), allocated once: an allocation per reduction would cost more than the sum.
+    /// The whole-buffer reductions' partial sums ([`PARTIALS`] of them), then one slot for a
+    /// result the host reads; allocated once, as an allocation per reduction would cost more
+    /// than the sum.
     partials: Mutex<CudaBuffer>,
     /// Where the label-indexed kernels report a bad label (`{1, label, dim}`, zeros when none):
     /// the host check cannot run inside a graph, so each replay reads this instead.
@@ -212,7 +216,7 @@ impl CudaBackend {
             next: 0,
         };
         let label_error = Self::alloc_on(&stream, LABEL_ERROR_LEN)?;
-        let partials = Self::alloc_on(&stream, MAX_BLOCKS * BLOCK as usize)?;
+        let partials = Self::alloc_on(&stream, PARTIALS + 1)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ctx,
@@ -438,6 +442,39 @@ impl CudaBackend {
     }
 
     /// `sum_i f(x[i], y[i])` by per-thread partial sums added on the host in f64.
+    /// The whole-buffer reductions' scratch (see [`Inner::partials`]).
+    fn partials(&self, op: &'static str) -> Result<MutexGuard<'_, CudaBuffer>> {
+        self.inner
+            .partials
+            .lock()
+            .map_err(|_| dev_err(op, "partial sums poisoned"))
+    }
+
+    /// `*out = alpha sum_i term(x[i], y[i])` on the device (`kind` as `reduce_partial` takes
+    /// it: 0 sum, 1 |x|, 2 x^2, 3 x y): partial sums on at most [`REDUCE_BLOCKS`] blocks, then
+    /// one thread adds them in double. `partials` is the locked scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_into(
+        &self,
+        op: &'static str,
+        kind: i32,
+        n: usize,
+        (xp, yp): (Arg, Arg),
+        alpha: f32,
+        out: Arg,
+        partials: &CudaBuffer,
+    ) -> Result<()> {
+        let blocks = n.div_ceil(BLOCK as usize).clamp(1, REDUCE_BLOCKS);
+        let parts = blocks * BLOCK as usize;
+        let pp = Self::ptr(op, "partial", partials, 0, parts)?;
+        let args = [Arg::I(int(op, n)?), Arg::I(kind), xp, yp, pp];
+        self.launch_blocks(op, "reduce_partial", blocks, &args)?;
+        let parts = Arg::I(int(op, parts)?);
+        self.launch(op, "sum_partials", 1, &[parts, pp, Arg::F(alpha), out])
+    }
+
+    /// A reduction returned to the host: [`Self::reduce_into`] the scratch's result slot, then
+    /// one value downloaded.
     fn reduce(
         &self,
         op: &'static str,
@@ -456,23 +493,12 @@ impl CudaBackend {
             Some((b, off)) => Self::ptr(op, "y", b, off, n)?,
             None => xp,
         };
-        // `launch` runs this many threads for `n` items, each writing its partial sum.
-        let threads = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) * BLOCK as usize;
-        let partials = self
-            .inner
-            .partials
-            .lock()
-            .map_err(|_| dev_err(op, "partial sums poisoned"))?;
-        let pp = Self::ptr(op, "partial", &partials, 0, threads)?;
-        self.launch(
-            op,
-            "reduce_partial",
-            n,
-            &[Arg::I(int(op, n)?), Arg::I(kind), xp, yp, pp],
-        )?;
-        let mut host = vec![0f32; threads];
-        self.download(&partials, 0, &mut host)?;
-        Ok(host.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+        let partials = self.partials(op)?;
+        let slot = Self::ptr(op, "result", &partials, PARTIALS, 1)?;
+        self.reduce_into(op, kind, n, (xp, yp), 1.0, slot, &partials)?;
+        let mut value = [0f32];
+        self.download(&partials, PARTIALS, &mut value)?;
+        Ok(value[0])
     }
 
     fn blas(&self, op: &'static str) -> Result<&cudarc::cublas::CudaBlas> {

@@ -719,19 +719,8 @@ impl Backend for CudaBackend {
         const OP: &str = "sum_into";
         let xp = Self::ptr(OP, "x", x, x_off, n)?;
         let yp = Self::ptr(OP, "y", y, y_off, 1)?;
-        // Few enough partial sums for one thread to add them at once.
-        let blocks = n.div_ceil(BLOCK as usize).clamp(1, SUM_INTO_BLOCKS);
-        let parts = blocks * BLOCK as usize;
-        let partials = self
-            .inner
-            .partials
-            .lock()
-            .map_err(|_| dev_err(OP, "partial sums poisoned"))?;
-        let pp = Self::ptr(OP, "partial", &partials, 0, parts)?;
-        let (count, sum_kind) = (Arg::I(int(OP, n)?), Arg::I(0));
-        self.launch_blocks(OP, "reduce_partial", blocks, &[count, sum_kind, xp, xp, pp])?;
-        let parts = Arg::I(int(OP, parts)?);
-        self.launch(OP, "sum_partials", 1, &[parts, pp, Arg::F(alpha), yp])
+        let partials = self.partials(OP)?;
+        self.reduce_into(OP, 0, n, (xp, xp), alpha, yp, &partials)
     }
 
     fn asum(&self, n: usize, x: &CudaBuffer, x_off: usize) -> Result<f32> {
