@@ -10,9 +10,9 @@
 //!   size); the second is captured, then launched.
 //! * Replay needs `iter_size: 1`, no gradient clipping, and no `debug_info` on the iteration
 //!   (those read values back to the host mid-iteration). Beyond that, the backend refuses, while
-//!   capturing, every op that needs the host (a reduction returning a value, a host-side label check, a
-//!   host-drawn random fill, an allocation); the first refusal is logged as one info line,
-//!   `CUDA graph not used: …`, the iteration finishes directly, and so do all later ones.
+//!   capturing, every op that needs the host (a reduction returning a value, a host-side label
+//!   check, a host-drawn random fill, an allocation); the first refusal is logged as one info
+//!   line, `CUDA graph not used: …`, the iteration finishes directly, and so do all later ones.
 //! * A graph bakes in the addresses it touches and its scalar arguments, so what changes from
 //!   one iteration to the next is read from device memory instead: the update multiplies by
 //!   each parameter's step scale (the learning rate times `lr_mult`, for Adam with the bias
