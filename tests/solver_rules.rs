@@ -5,7 +5,7 @@ use rcaffe::backend::{Backend, CpuBackend, Scalar};
 use rcaffe::blob::Blob;
 use rcaffe::proto::caffe::SolverParameter;
 use rcaffe::solver::update_rules::{
-    compute_update_value, regularize, Regularization, UpdateBuffers, UpdateRule,
+    compute_update_value, regularize, Regularization, Scratch, UpdateBuffers, UpdateRule,
 };
 use rcaffe::solver::SolverError;
 
@@ -39,8 +39,10 @@ fn run(rule: &UpdateRule, w0: &[f32], grads: &[Vec<f32>], rate: f32, iter0: i32)
             } else {
                 None
             },
-            update: &mut update,
-            temp: &mut temp,
+            scratch: Some(Scratch {
+                update: &mut update,
+                temp: &mut temp,
+            }),
         };
         // As the solver does: the step scale from device memory.
         let step = rule.step_scale(rate, iter0 + k as i32);
@@ -292,12 +294,15 @@ fn regularization_l2_and_l1() {
     let mut temp = Blob::new(&be, &[3]).unwrap();
     param.set_data(&[2.0, -4.0, 0.0]).unwrap();
     param.set_diff(&[1.0, 1.0, 1.0]).unwrap();
-    regularize(&be, Regularization::L2, 0.5, &mut param, &mut temp).unwrap();
+    // L2 needs no scratch.
+    regularize(&be, Regularization::L2, 0.5, &mut param, None).unwrap();
     assert_eq!(param.diff_to_vec().unwrap(), [2.0, -1.0, 1.0]);
-    regularize(&be, Regularization::L1, 0.5, &mut param, &mut temp).unwrap();
+    regularize(&be, Regularization::L1, 0.5, &mut param, Some(&mut temp)).unwrap();
     assert_eq!(param.diff_to_vec().unwrap(), [2.5, -1.5, 1.0]);
+    // L1 without its scratch is refused.
+    assert!(regularize(&be, Regularization::L1, 0.5, &mut param, None).is_err());
     // A zero decay leaves the diff alone.
-    regularize(&be, Regularization::L2, 0.0, &mut param, &mut temp).unwrap();
+    regularize(&be, Regularization::L2, 0.0, &mut param, None).unwrap();
     assert_eq!(param.diff_to_vec().unwrap(), [2.5, -1.5, 1.0]);
     assert!(Regularization::from_param(&solver_param("regularization_type: 'L3'")).is_err());
 }

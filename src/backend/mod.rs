@@ -606,12 +606,16 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
 
     // ---- solver updates ---------------------------------------------------------------------
 
+    /// Whether [`Backend::fused_update`] runs every [`UpdateRule`]. The solver then allocates
+    /// no scratch for the composed rules; the CPU backend composes them, as upstream's CPU path.
+    fn has_fused_updates(&self) -> bool {
+        false
+    }
+
     /// One parameter's update rule as a single pass over its `n` elements, in place on the
-    /// gradient `g` and the history (upstream's `*_update_gpu` kernels), where the backend has
-    /// it; `step` is [`UpdateRule::step_scale`]. `Ok(false)` (the default, and the CPU backend)
-    /// when it does not: the caller then composes the rule from the ops above, as upstream's CPU
-    /// path does.
-    ///
+    /// gradient `g` and the history (upstream's `*_update_gpu` kernels); `step` is
+    /// [`UpdateRule::step_scale`]. Only where [`Backend::has_fused_updates`]; elsewhere the
+    /// caller composes the rule from the ops above.
     fn fused_update(
         &self,
         rule: &UpdateRule,
@@ -620,9 +624,12 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         g: &mut Self::Buffer,
         history: &mut Self::Buffer,
         history2: Option<&mut Self::Buffer>,
-    ) -> Result<bool> {
-        let _ = (rule, n, step, g, history, history2);
-        Ok(false)
+    ) -> Result<()> {
+        let _ = (n, step, g, history, history2);
+        Err(invalid(
+            "fused_update",
+            format!("this backend has no fused {} update", rule.type_name()),
+        ))
     }
 
     // ---- recording work for replay (CUDA graphs) ------------------------------------------

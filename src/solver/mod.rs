@@ -135,7 +135,11 @@ pub struct Solver<B: Backend> {
     /// Upstream's `history_`: one blob per learnable parameter, then, for AdaDelta and Adam, a
     /// second set.
     history: Vec<Blob<B>>,
+    /// Scratch per learnable parameter for the update rules composed from ops; empty where the
+    /// backend fuses them.
     update: Vec<Blob<B>>,
+    /// Scratch per learnable parameter for the composed rules and L1 regularization; empty
+    /// where neither runs.
     temp: Vec<Blob<B>>,
     /// Each learnable parameter's [`UpdateRule::step_scale`] for the iteration being applied,
     /// written before the update runs (or a recorded one is replayed).
@@ -285,8 +289,19 @@ impl<B: Backend> Solver<B> {
         for _ in 0..rule.history_sets() {
             history.extend(alloc_like(params)?);
         }
-        let update = alloc_like(params)?;
-        let temp = alloc_like(params)?;
+        // Scratch for the update rules composed from ops, and for L1's sign(data); a backend
+        // with fused updates needs neither (on a GPU they would double the parameters' memory).
+        let composed = !backend.has_fused_updates();
+        let update = if composed {
+            alloc_like(params)?
+        } else {
+            Vec::new()
+        };
+        let temp = if composed || regularization == Regularization::L1 {
+            alloc_like(params)?
+        } else {
+            Vec::new()
+        };
         let step_scales = backend.alloc(params.len())?;
         Ok(Self {
             param,
@@ -657,13 +672,16 @@ impl<B: Backend> Solver<B> {
                 self.regularization,
                 weight_decay * decay_mults[i],
                 param,
-                &mut self.temp[i],
+                self.temp.get_mut(i),
             )?;
+            let scratch = match (self.update.get_mut(i), self.temp.get_mut(i)) {
+                (Some(update), Some(temp)) => Some(update_rules::Scratch { update, temp }),
+                _ => None,
+            };
             let bufs = update_rules::UpdateBuffers {
                 history: &mut first[i],
                 history2: second.get_mut(i),
-                update: &mut self.update[i],
-                temp: &mut self.temp[i],
+                scratch,
             };
             update_rules::compute_update_value(
                 &self.rule,

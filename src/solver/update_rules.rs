@@ -106,10 +106,16 @@ impl UpdateRule {
 }
 
 /// The per-parameter buffers a rule works with. `history2` is the second history blob of
-/// AdaDelta and Adam (`history_[N + i]` upstream); `update` and `temp` are scratch.
+/// AdaDelta and Adam (`history_[N + i]` upstream); `scratch` is the rules' composition from ops
+/// needs, `None` on a backend that fuses them ([`Backend::has_fused_updates`]).
 pub struct UpdateBuffers<'a, B: Backend> {
     pub history: &'a mut Blob<B>,
     pub history2: Option<&'a mut Blob<B>>,
+    pub scratch: Option<Scratch<'a, B>>,
+}
+
+/// Two scratch blobs of a parameter's shape, for the composed update rules.
+pub struct Scratch<'a, B: Backend> {
     pub update: &'a mut Blob<B>,
     pub temp: &'a mut Blob<B>,
 }
@@ -134,14 +140,20 @@ pub fn compute_update_value<B: Backend>(
     let UpdateBuffers {
         history,
         mut history2,
-        update,
-        temp,
+        scratch,
     } = bufs;
-    let history2_data = history2.as_deref_mut().map(Blob::data_mut);
-    let (g, h) = (param.diff_mut(), history.data_mut());
-    if backend.fused_update(rule, n, step, g, h, history2_data)? {
+    if backend.has_fused_updates() {
+        let history2_data = history2.as_deref_mut().map(Blob::data_mut);
+        let (g, h) = (param.diff_mut(), history.data_mut());
+        backend.fused_update(rule, n, step, g, h, history2_data)?;
         return Ok(());
     }
+    let Scratch { update, temp } = scratch.ok_or_else(|| {
+        SolverError::Config(format!(
+            "{}: the update composed from ops needs scratch blobs",
+            rule.type_name()
+        ))
+    })?;
     match *rule {
         UpdateRule::Sgd { momentum } => {
             // history = step * g + momentum * history; g = history.
@@ -307,13 +319,14 @@ fn scaled_gradient_over_root<B: Backend>(
 }
 
 /// Upstream's `Regularize`: adds the weight decay's gradient to `param`'s diff. `local_decay` is
-/// `weight_decay * decay_mult`; nothing happens when it is 0. `temp` receives `sign(data)` for L1.
+/// `weight_decay * decay_mult`; nothing happens when it is 0. `temp` receives `sign(data)` for L1
+/// (needed only then).
 pub fn regularize<B: Backend>(
     backend: &B,
     regularization: Regularization,
     local_decay: f32,
     param: &mut Blob<B>,
-    temp: &mut Blob<B>,
+    temp: Option<&mut Blob<B>>,
 ) -> Result<()> {
     if local_decay == 0.0 {
         return Ok(());
@@ -325,6 +338,9 @@ pub fn regularize<B: Backend>(
             backend.axpy(n, local_decay, data, 0, diff, 0)?;
         }
         Regularization::L1 => {
+            let temp = temp.ok_or_else(|| {
+                SolverError::Config("L1 regularization needs a scratch blob".to_string())
+            })?;
             backend.sign(n, Src::At(param.data(), 0), temp.data_mut(), 0)?;
             backend.axpy(n, local_decay, temp.data(), 0, param.diff_mut(), 0)?;
         }

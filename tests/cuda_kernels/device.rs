@@ -378,7 +378,7 @@ fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
     // random gradients and histories, the step scale read from memory.
     {
         use rcaffe::blob::Blob;
-        use rcaffe::solver::update_rules::{compute_update_value, UpdateBuffers};
+        use rcaffe::solver::update_rules::{compute_update_value, Scratch, UpdateBuffers};
         use rcaffe::solver::UpdateRule;
         let rules = [
             UpdateRule::Sgd { momentum: 0.9 },
@@ -414,8 +414,10 @@ fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
                 let bufs = UpdateBuffers {
                     history: &mut h1,
                     history2: (rule.history_sets() == 2).then_some(&mut h2),
-                    update: &mut update,
-                    temp: &mut temp,
+                    scratch: (!b.has_fused_updates()).then_some(Scratch {
+                        update: &mut update,
+                        temp: &mut temp,
+                    }),
                 };
                 compute_update_value(&rule, b, &mut param, bufs, Scalar::At(&step, 0)).unwrap();
                 param.update().unwrap();

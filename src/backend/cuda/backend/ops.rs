@@ -119,6 +119,10 @@ impl Backend for CudaBackend {
             .map_err(|e| dev_err("synchronize", e))
     }
 
+    fn has_fused_updates(&self) -> bool {
+        true
+    }
+
     fn fused_update(
         &self,
         rule: &UpdateRule,
@@ -127,7 +131,7 @@ impl Backend for CudaBackend {
         g: &mut CudaBuffer,
         history: &mut CudaBuffer,
         history2: Option<&mut CudaBuffer>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         const OP: &str = "fused_update";
         let [step_at, step] = Self::scalar(OP, "step", step)?;
         let gp = Self::ptr(OP, "g", g, 0, n)?;
@@ -173,8 +177,7 @@ impl Backend for CudaBackend {
             }
         };
         args.extend([step_at, step]);
-        self.launch(OP, kernel, n, &args)?;
-        Ok(true)
+        self.launch(OP, kernel, n, &args)
     }
 
     fn begin_capture(&self) -> Result<bool> {
