@@ -151,6 +151,18 @@ pub fn weight_over_normalizer<B: Backend>(
     Ok(())
 }
 
+/// A loss layer's one-element normalizer buffer, allocated on first use holding 1: the
+/// normalizer's floor, what the backward reads if no forward pass has counted yet.
+pub fn normalizer_slot<B: Backend>(
+    backend: &B,
+    slot: &mut Option<B::Buffer>,
+) -> Result<(), LayerError> {
+    if slot.is_none() {
+        backend.set(1, 1.0, scratch(backend, slot, 1)?, 0)?;
+    }
+    Ok(())
+}
+
 /// A layer-owned device buffer of at least `len` elements, allocated (zeroed) on first use and
 /// reallocated only when it is too small.
 pub fn scratch<'a, B: Backend>(

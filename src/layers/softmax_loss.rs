@@ -10,8 +10,8 @@
 
 use crate::backend::{Backend, Scalar, Src};
 use crate::layers::loss::{
-    check_first_dims, ignore_label, label_backprop_error, scratch, weight_over_normalizer,
-    write_normalizer, Normalization,
+    check_first_dims, ignore_label, label_backprop_error, normalizer_slot, scratch,
+    weight_over_normalizer, write_normalizer, Normalization,
 };
 use crate::layers::softmax::{softmax_forward, AxisView};
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
@@ -107,11 +107,7 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         scratch(be, &mut self.scale, view.positions())?;
         scratch(be, &mut self.factor, 1)?;
         scratch(be, &mut self.picked, view.positions())?;
-        if self.normalizer.is_none() {
-            // 1 until a forward pass counts it, as the normalizer's floor.
-            be.set(1, 1.0, scratch(be, &mut self.normalizer, 1)?, 0)?;
-        }
-        Ok(())
+        normalizer_slot(be, &mut self.normalizer)
     }
 
     fn forward(
