@@ -14,10 +14,13 @@
 #      training iterations of LeNet (sgd_inv) and cifar10_quick (sgd_fixed) from upstream's
 #      initial weights (shared/reference/upstream/*/init.caffemodel), on the GPU and on the CPU,
 #      comparing the loss of every iteration (and with upstream's log where it has one);
-#   4. `rcaffe time -gpu 0` on LeNet, cifar10_quick, cifar10_full and AlexNet (batch 256);
-#   5. when `python3 -c "import torch"` works there, the same nets in PyTorch, timed the same way
+#   4. `rcaffe time -gpu 0` on LeNet, cifar10_quick, cifar10_full and AlexNet (batch 256): with
+#      -model, forward and backward layer by layer (upstream's `caffe time`); with -solver, whole
+#      training iterations as `rcaffe train` runs them (a replayed CUDA graph where captured);
+#   5. when `python3 -c "import torch"` works there, the same nets in PyTorch, timed both ways
 #      (scripts/torch_time.py);
-# then one table: net, ours ms/iter, PyTorch ms/iter, ratio, and the loss comparisons.
+# then one table: per net, ours and PyTorch's ms/iter and their ratio, forward-backward and
+# training iteration; and the loss comparisons.
 # The exit status is non-zero when a check failed (a missing PyTorch is not a failure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -214,53 +217,111 @@ EOF
   done
 fi
 
-# ---- 4. rcaffe time -gpu 0 ----------------------------------------------------------------------
-declare -A ours theirs
-time_ours() { # net model iterations
-  STEP_DIR=$(dirname "$2") STEP_LOG=$work/time-$1.log run_step "time -gpu 0: $1" 60 \
-    "$rcaffe" time -model "$2" -gpu 0 -iterations "$3"
-  grep -E "GPU|Average Forward-Backward|error" "$work/time-$1.log" | tail -n 4
-  ours[$1]=$(sed -n 's/.*Average Forward-Backward: \([0-9.]*\) ms.*/\1/p' "$work/time-$1.log" | tail -n 1)
+# ---- 4. rcaffe time -gpu 0: layer by layer (-model), whole training iterations (-solver) --
+declare -A ours ours_train theirs theirs_train
+time_ours() { # net model solver iterations
+  local net=$1 dir; dir=$(dirname "$2")
+  STEP_DIR=$dir STEP_LOG=$work/time-$net.log run_step "time -gpu 0 -model: $net" 60 \
+    "$rcaffe" time -model "$2" -gpu 0 -iterations "$4"
+  grep -E "GPU|Average Forward-Backward|error" "$work/time-$net.log" | tail -n 4
+  ours[$net]=$(sed -n 's/.*Average Forward-Backward: \([0-9.]*\) ms.*/\1/p' "$work/time-$net.log" | tail -n 1)
+  STEP_DIR=$dir STEP_LOG=$work/train-time-$net.log run_step "time -gpu 0 -solver: $net" 60 \
+    "$rcaffe" time -solver "$3" -gpu 0 -iterations "$((4 * $4))"
+  grep -E "CUDA graph|Average training iteration|error" "$work/train-time-$net.log" | tail -n 4
+  ours_train[$net]=$(sed -n 's/.*Average training iteration: \([0-9.]*\) ms.*/\1/p' "$work/train-time-$net.log" | tail -n 1)
 }
 if [ -n "$shared" ]; then
-  time_ours lenet "$work/lenet/lenet_train_test.prototxt" 50
-  time_ours cifar10_quick "$work/cifar10_quick/cifar10_quick_train_test.prototxt" 50
-  mkdir -p "$work/cifar10_full"
-  cp "$shared/reference/upstream/cifar10_full/cifar10_full_train_test.prototxt" "$work/cifar10_full/"
-  ln -sf "$work/data"/fcifar_mini_* "$work/cifar10_full/"
-  time_ours cifar10_full "$work/cifar10_full/cifar10_full_train_test.prototxt" 50
+  for net in lenet cifar10_quick cifar10_full; do
+    mkdir -p "$work/$net"
+    cp "$shared/reference/upstream/$net/"*_train_test.prototxt \
+      "$shared/reference/upstream/$net/"*.solver.prototxt "$work/$net/"
+    ln -sf "$work/data"/fmnist_mini_* "$work/data"/fcifar_mini_* "$work/$net/"
+  done
+  time_ours lenet "$work/lenet/lenet_train_test.prototxt" "$work/lenet/sgd_inv.solver.prototxt" 50
+  time_ours cifar10_quick "$work/cifar10_quick/cifar10_quick_train_test.prototxt" \
+    "$work/cifar10_quick/sgd_fixed.solver.prototxt" 50
+  time_ours cifar10_full "$work/cifar10_full/cifar10_full_train_test.prototxt" \
+    "$work/cifar10_full/sgd_fixed.solver.prototxt" 50
+  # AlexNet: deploy.prototxt at batch 256; for training, the same net from constant DummyData
+  # (the zoo's train_val reads ImageNet) into a SoftmaxWithLoss, with the zoo solver's SGD.
   mkdir -p "$work/alexnet"
   sed 's/dim: 10 dim: 3 dim: 227 dim: 227/dim: 256 dim: 3 dim: 227 dim: 227/' \
     "$shared/caffe-zoo/models/bvlc_alexnet/deploy.prototxt" > "$work/alexnet/deploy.prototxt"
   grep -q "dim: 256" "$work/alexnet/deploy.prototxt" || failures+=("AlexNet batch 256 edit")
-  time_ours alexnet "$work/alexnet/deploy.prototxt" 10
+  python3 - "$work/alexnet/deploy.prototxt" > "$work/alexnet/train.prototxt" <<'EOF' ||
+import re, sys
+text = open(sys.argv[1]).read()
+data = """layer {
+  name: "data"
+  type: "DummyData"
+  top: "data"
+  top: "label"
+  dummy_data_param {
+    shape { dim: 256 dim: 3 dim: 227 dim: 227 }
+    shape { dim: 256 }
+    data_filler { type: "constant" value: 0.5 }
+    data_filler { type: "constant" value: 0 }
+  }
+}"""
+loss = """layer {
+  name: "loss"
+  type: "SoftmaxWithLoss"
+  bottom: "fc8"
+  bottom: "label"
+  top: "loss"
+}"""
+text, inputs = re.subn(r'layer \{\s*name: "data"\s*type: "Input".*?\n\}', data, text, count=1,
+                       flags=re.S)
+text, outputs = re.subn(r'layer \{\s*name: "prob"\s*type: "Softmax"[^}]*\}', loss, text)
+if (inputs, outputs) != (1, 1):
+    sys.exit(f"deploy.prototxt: {inputs} Input and {outputs} Softmax layers replaced, not 1 and 1")
+print(text, end="")
+EOF
+    failures+=("AlexNet training net")
+  cat > "$work/alexnet/solver.prototxt" <<'EOF'
+net: "train.prototxt"
+base_lr: 0.001
+lr_policy: "step"
+gamma: 0.1
+stepsize: 100000
+momentum: 0.9
+weight_decay: 0.0005
+max_iter: 450000
+EOF
+  time_ours alexnet "$work/alexnet/deploy.prototxt" "$work/alexnet/solver.prototxt" 10
 fi
 
 # ---- 5. PyTorch, when the machine has it ---------------------------------------------------
 torch_note="PyTorch: not installed here"
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   torch_note="PyTorch $(python3 -c 'import torch; print(torch.__version__)'): FP32, TF32 off, cuDNN autotuned, random input on the device"
-  STEP_LOG=$work/torch.err run_step "the same nets in PyTorch" 120 \
+  STEP_LOG=$work/torch.err run_step "the same nets in PyTorch" 150 \
     bash -c "python3 scripts/torch_time.py --iterations 20 > '$work/torch.out'"
   tail -n 3 "$work/torch.err"
   cat "$work/torch.out"
-  while IFS=$'\t' read -r net ms; do
-    [ -n "$net" ] && theirs[$net]=$ms
-  done < <(grep -E $'^[a-z0-9_]+\t[0-9.]+$' "$work/torch.out")
+  while IFS=$'\t' read -r net ms train_ms; do
+    [ -n "$net" ] && theirs[$net]=$ms && theirs_train[$net]=$train_ms
+  done < <(grep -E $'^[a-z0-9_]+\t[0-9.]+\t[0-9.]+$' "$work/torch.out")
 fi
 
 # ---- the table -----------------------------------------------------------------------------
 echo
 echo "== summary ($((SECONDS - start)) s) =="
-printf '%-15s %16s %18s %14s\n' net "ours ms/iter" "PyTorch ms/iter" "ours/PyTorch"
+ratio() { # ours theirs
+  if [ -n "$1" ] && [ -n "$2" ]; then awk -v o="$1" -v t="$2" 'BEGIN { printf "%.2f", o / t }'; else echo -; fi
+}
+printf '%-14s | %-31s | %-31s\n' "" "forward-backward, ms/iter" "training iteration, ms/iter"
+printf '%-14s | %9s %9s %11s | %9s %9s %11s\n' net ours PyTorch ours/PyTorch ours PyTorch ours/PyTorch
 for net in lenet cifar10_quick cifar10_full alexnet; do
-  o=${ours[$net]:-} t=${theirs[$net]:-}
-  ratio=-
-  if [ -n "$o" ] && [ -n "$t" ]; then ratio=$(awk -v o="$o" -v t="$t" 'BEGIN { printf "%.2f", o / t }'); fi
-  printf '%-15s %16s %18s %14s\n' "$net" "${o:-n/a}" "${t:-n/a}" "$ratio"
+  o=${ours[$net]:-} t=${theirs[$net]:-} ot=${ours_train[$net]:-} tt=${theirs_train[$net]:-}
+  printf '%-14s | %9s %9s %11s | %9s %9s %11s\n' "$net" "${o:-n/a}" "${t:-n/a}" "$(ratio "$o" "$t")" \
+    "${ot:-n/a}" "${tt:-n/a}" "$(ratio "$ot" "$tt")"
 done
-echo "(ours: rcaffe time -gpu 0, Average Forward-Backward, per-layer synchronised, Data layers"
-echo " uploading an LMDB batch each forward; AlexNet: deploy.prototxt at batch 256; $torch_note)"
+echo "(forward-backward: rcaffe time -gpu 0 -model, Average Forward-Backward, synchronised after"
+echo " every layer; AlexNet: deploy.prototxt at batch 256. Training iteration: rcaffe time -gpu 0"
+echo " -solver, Average training iteration: forward, backward and SGD update, a replayed CUDA graph"
+echo " where captured; AlexNet from constant DummyData into SoftmaxWithLoss. Data layers upload an"
+echo " LMDB batch each iteration. $torch_note)"
 for net in lenet cifar10_quick; do
   echo "training $net: ${loss_rows[$net]:-not run}"
 done

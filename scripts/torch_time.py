@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
-"""The nets `scripts/gpu-check.sh` times with `rcaffe time -gpu 0`, built layer for layer in
-PyTorch and timed the same way: the average of forward + backward over N iterations, after a
-warm-up, in FP32 (TF32 off: rcaffe's cuBLAS SGEMM does not use it), cuDNN autotuning on.
+"""The nets `scripts/gpu-check.sh` times with rcaffe, built layer for layer in PyTorch and
+timed the same two ways, in FP32 (TF32 off: rcaffe's cuBLAS SGEMM does not use it), cuDNN
+autotuning on, each the average over N iterations after a warm-up:
 
-Differences from `rcaffe time` (stated in the table's notes): the input is a random tensor
-already on the device (rcaffe's Data layers upload an LMDB batch each forward), and only the
-whole iteration is timed (rcaffe also synchronises after every layer to time it).
+- forward + backward, beside `rcaffe time -model` (AlexNet: deploy.prototxt, batch 256, its
+  Softmax output summed so that backward runs through every layer, as `caffe time` does);
+- a whole training iteration, beside `rcaffe time -solver`: zero the gradients, forward,
+  cross-entropy loss, backward, SGD step with momentum 0.9 and weight decay (torch.optim.SGD's
+  default multi-tensor form). AlexNet ends in its loss here, as a train net does.
 
-Usage: scripts/torch_time.py [--iterations N] [NET ...]; prints one `net<TAB>ms` line per net.
+Differences from rcaffe (stated in the table's notes): the input is a random tensor already on
+the device (rcaffe's Data layers upload an LMDB batch each iteration; its AlexNet training net
+has constant DummyData), and only whole iterations are timed (`rcaffe time -model` also
+synchronises after every layer to time it).
+
+Usage: scripts/torch_time.py [--iterations N] [NET ...]; prints one line per net:
+`net<TAB>forward-backward ms<TAB>training iteration ms`.
 """
 
 import argparse
@@ -71,7 +79,7 @@ def cifar10_full():
 
 def alexnet():
     # models/bvlc_alexnet/deploy.prototxt with batch 256 of 3x227x227 (grouped conv2/4/5,
-    # cross-channel LRN, dropout, softmax output).
+    # cross-channel LRN, dropout), up to fc8; its Softmax is added for the deploy timing.
     net = nn.Sequential(
         nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(inplace=True),
         nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0),
@@ -84,38 +92,51 @@ def alexnet():
         nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, ceil_mode=True),
         nn.Flatten(), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(4096, 1000),
-        nn.Softmax(dim=1))
-    return net, (256, 3, 227, 227), None
+        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(4096, 1000))
+    return net, (256, 3, 227, 227), 1000
 
 
 NETS = {"lenet": lenet, "cifar10_quick": cifar10_quick, "cifar10_full": cifar10_full,
         "alexnet": alexnet}
+# Timed forward-backward as their deploy.prototxt: a Softmax output and no loss layer.
+DEPLOY = {"alexnet"}
 
 
-def time_net(name, iterations, device):
-    net, shape, classes = NETS[name]()
-    net = net.to(device).train()
-    x = torch.randn(*shape, device=device)
-    labels = (torch.randint(0, classes, (shape[0],), device=device)
-              if classes is not None else None)
-
-    def iteration():
-        out = net(x)
-        # A loss layer where the prototxt has one; a sum where it has none (deploy), so that
-        # backward runs through every layer as `caffe time`'s does.
-        loss = F.cross_entropy(out, labels) if labels is not None else out.sum()
-        net.zero_grad(set_to_none=False)
-        loss.backward()
-
+def average_ms(step, iterations):
     for _ in range(5):
-        iteration()
+        step()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(iterations):
-        iteration()
+        step()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1000.0 / iterations
+
+
+def time_net(name, iterations, device):
+    """(forward-backward ms, training iteration ms) of net `name`."""
+    net, shape, classes = NETS[name]()
+    net = net.to(device).train()
+    x = torch.randn(*shape, device=device)
+    labels = torch.randint(0, classes, (shape[0],), device=device)
+
+    def forward_backward():
+        out = net(x)
+        if name in DEPLOY:
+            loss = F.softmax(out, dim=1).sum()
+        else:
+            loss = F.cross_entropy(out, labels)
+        net.zero_grad(set_to_none=False)
+        loss.backward()
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+
+    def training_iteration():
+        optimizer.zero_grad(set_to_none=False)
+        F.cross_entropy(net(x), labels).backward()
+        optimizer.step()
+
+    return average_ms(forward_backward, iterations), average_ms(training_iteration, iterations)
 
 
 def main():
@@ -131,7 +152,8 @@ def main():
     torch.backends.cudnn.benchmark = True
     device = torch.device("cuda:0")
     for name in args.nets:
-        print(f"{name}\t{time_net(name, args.iterations, device):.3f}", flush=True)
+        forward_backward, training = time_net(name, args.iterations, device)
+        print(f"{name}\t{forward_backward:.3f}\t{training:.3f}", flush=True)
     return 0
 
 

@@ -11,6 +11,10 @@
 //! Deconvolution, InnerProduct) the FLOPs of its products (two per multiply-add, the usual GEMM
 //! count) over its time, forward and backward, and the same over the whole iteration. The other
 //! layers move memory rather than compute and get no rate.
+//!
+//! `rcaffe time -solver` times whole training iterations instead ([`training`]).
+
+pub mod training;
 
 use crate::backend::Backend;
 use crate::blob::BlobError;

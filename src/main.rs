@@ -85,16 +85,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         level: i32,
     },
-    /// Time a net's forward and backward passes, layer by layer (Caffe's `caffe time`).
+    /// Time a net's forward and backward passes, layer by layer (Caffe's `caffe time`), or
+    /// with -solver whole training iterations.
+    #[command(group(clap::ArgGroup::new("timed").required(true).args(["model", "solver"])))]
     Time {
         /// The net prototxt.
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
+        /// A solver prototxt instead: time whole training iterations of its train net
+        /// (forward, backward, update; on a GPU the replayed CUDA graph), no test passes.
+        #[arg(long)]
+        solver: Option<PathBuf>,
         /// Number of iterations to time.
         #[arg(long, default_value_t = 50)]
         iterations: u32,
-        /// The phase to build the net in: TRAIN or TEST.
-        #[arg(long)]
+        /// The phase to build the net in: TRAIN or TEST (with -model).
+        #[arg(long, conflicts_with = "solver")]
         phase: Option<String>,
         /// Net stages, for layers' include/exclude rules (repeatable).
         #[arg(long)]
@@ -391,19 +397,29 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Time {
             model,
+            solver,
             iterations,
             phase,
             stage,
             level,
             gpu,
-        } => time(
-            &model,
-            iterations,
-            phase.as_deref(),
-            &stage,
-            level,
-            gpu.as_deref(),
-        ),
+        } => {
+            let what = match (model, solver) {
+                (_, Some(solver)) => Timed::Training { solver },
+                (Some(model), None) => Timed::Net {
+                    model,
+                    phase: parse_phase(phase.as_deref())?,
+                },
+                (None, None) => bail!("time needs -model or -solver"),
+            };
+            time(
+                &what,
+                iterations,
+                &stage,
+                level.unwrap_or(0),
+                gpu.as_deref(),
+            )
+        }
         Command::Demo { out } => {
             rcaffe::demo::run_demo(&out.unwrap_or_else(|| PathBuf::from("demo-output")))?;
             Ok(())
@@ -690,47 +706,54 @@ fn parse_phase(phase: Option<&str>) -> Result<Phase> {
     }
 }
 
+/// What `rcaffe time` times.
+enum Timed {
+    /// A net's forward and backward passes, layer by layer (upstream's `caffe time`).
+    Net { model: PathBuf, phase: Phase },
+    /// Whole training iterations of a solver's train net.
+    Training { solver: PathBuf },
+}
+
 fn time(
-    model: &std::path::Path,
+    what: &Timed,
     iterations: u32,
-    phase: Option<&str>,
     stages: &[String],
-    level: Option<i32>,
+    level: i32,
     gpu: Option<&str>,
 ) -> Result<()> {
     match choose_gpu(gpu, None, false)? {
-        Some(backend) => time_on(&backend, model, iterations, phase, stages, level),
+        Some(backend) => time_on(&backend, what, iterations, stages, level),
         None => {
             log::info!("Use CPU.");
-            time_on(
-                &CpuBackend::default(),
-                model,
-                iterations,
-                phase,
-                stages,
-                level,
-            )
+            time_on(&CpuBackend::default(), what, iterations, stages, level)
         }
     }
 }
 
 fn time_on<B: Backend>(
     backend: &B,
-    model: &std::path::Path,
+    what: &Timed,
     iterations: u32,
-    phase: Option<&str>,
     stages: &[String],
-    level: Option<i32>,
+    level: i32,
 ) -> Result<()> {
-    let mut net = Net::from_file(
-        model,
-        parse_phase(phase)?,
-        level.unwrap_or(0),
-        stages,
-        backend,
-        rng_from_seed(0),
-    )?;
-    rcaffe::benchmark::time_net(&mut net, iterations)?;
+    match what {
+        Timed::Net { model, phase } => {
+            let mut net = Net::from_file(model, *phase, level, stages, backend, rng_from_seed(0))?;
+            rcaffe::benchmark::time_net(&mut net, iterations)?;
+        }
+        Timed::Training { solver: path } => {
+            use rcaffe::benchmark::training::{time_training, training_only};
+            let options = solver::TrainOptions {
+                level,
+                stages: stages.to_vec(),
+                ..solver::TrainOptions::default()
+            };
+            let param = training_only(solver::read_train_solver(path, &options)?);
+            let mut training = solver::Solver::new(param, path, backend)?;
+            time_training(&mut training, iterations)?;
+        }
+    }
     Ok(())
 }
 

@@ -142,6 +142,61 @@ fn time_prints_upstreams_per_layer_table_and_totals() {
 }
 
 #[test]
+fn time_with_a_solver_times_whole_training_iterations() {
+    let dir = tempfile::tempdir().unwrap();
+    let solver = dir.path().join("solver.prototxt");
+    std::fs::write(
+        &solver,
+        r#"net_param {
+  layer {
+    name: "data" type: "DummyData" top: "data" top: "label"
+    dummy_data_param {
+      shape { dim: 8 dim: 1 dim: 12 dim: 12 } shape { dim: 8 }
+      data_filler { type: "uniform" } data_filler { type: "constant" value: 1 }
+    }
+  }
+  layer {
+    name: "conv" type: "Convolution" bottom: "data" top: "conv"
+    convolution_param { num_output: 4 kernel_size: 5 weight_filler { type: "xavier" } }
+  }
+  layer {
+    name: "ip" type: "InnerProduct" bottom: "conv" top: "ip"
+    inner_product_param { num_output: 3 weight_filler { type: "xavier" } }
+  }
+  layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+}
+base_lr: 0.01 lr_policy: "triangular2" max_lr: 0.1 stepsize: 2 momentum: 0.9
+test_iter: 1 test_interval: 1 display: 1 snapshot: 1 max_iter: 100
+"#,
+    )
+    .unwrap();
+    let output = rcaffe(&[
+        "time",
+        "-solver",
+        solver.to_str().unwrap(),
+        "-iterations",
+        "3",
+    ]);
+    let log = stderr(&output);
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("2 untimed iterations, then 3 timed"), "{log}");
+    assert!(log.contains("Average training iteration: "), "{log}");
+    // Training only: the solver's test passes, displays and snapshots are off.
+    assert!(!log.contains("Testing net"), "{log}");
+    assert!(!log.contains("loss = "), "{log}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    // One of -model and -solver, not both.
+    let neither = rcaffe(&["time"]);
+    assert!(!neither.status.success());
+    assert!(
+        stderr(&neither).contains("--solver"),
+        "{}",
+        stderr(&neither)
+    );
+}
+
+#[test]
 fn converters_and_mean_reproduce_upstreams_mean_file() {
     let folder = tempfile::tempdir().unwrap();
     let out = folder.path().to_str().unwrap();

@@ -798,3 +798,32 @@ fn printed_rates_of_the_lenet_runs() {
     }
     assert_eq!(total, 0);
 }
+
+// ---- `rcaffe time -solver` ------------------------------------------------------------------
+
+#[test]
+fn time_training_runs_the_iterations_training_runs_and_nothing_else() {
+    use rcaffe::benchmark::training::{time_training, training_only, WARMUP_ITERATIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let param = solver_param(
+        "lr_policy: 'triangular' base_lr: 0.01 max_lr: 0.3 stepsize: 3 momentum: 0.9 \
+         test_iter: 1 test_interval: 1 display: 1 snapshot: 1",
+        &dir.path().join("tiny"),
+    );
+    let mut timed = build(training_only(param.clone()));
+    let timing = time_training(&mut timed, 4).unwrap();
+    assert_eq!(timing.iterations, 4);
+    assert_eq!(timed.iter(), WARMUP_ITERATIONS + 4);
+    assert!(timing.total > std::time::Duration::ZERO);
+    // No test pass, display or snapshot fell inside.
+    let log = timed.take_log();
+    assert!(!log.iter().any(|l| l.contains("Testing net")), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("loss = ")), "{log:#?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // The same iterations as training proper: the weights match bit for bit.
+    let mut trained = build(param);
+    trained.step(WARMUP_ITERATIONS + 4).unwrap();
+    assert_eq!(weights(&timed), weights(&trained));
+    assert!(trained.take_log().iter().any(|l| l.contains("Testing net")));
+}
