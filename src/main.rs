@@ -516,9 +516,9 @@ fn run(command: Command) -> Result<()> {
             let param = proto::read_solver(&solver)?;
             rcaffe::lr_policy::write_lr_schedule(&param, iterations, &output).map_err(|error| {
                 match error {
-                    // Policy errors are about the solver file; name it.
+                    // Policy errors are about the solver file; name it and the line.
                     rcaffe::lr_policy::ScheduleError::Policy(policy) => {
-                        anyhow::anyhow!("{}: {policy}", solver.display())
+                        anyhow::Error::from(solver::FieldError::from(policy).in_file(&solver))
                     }
                     other => other.into(),
                 }

@@ -142,6 +142,43 @@ fn time_prints_upstreams_per_layer_table_and_totals() {
 }
 
 #[test]
+fn a_solver_field_that_cannot_be_used_is_named_with_its_file_and_line() {
+    let folder = tempfile::tempdir().unwrap();
+    let solver = folder.path().join("s.prototxt");
+    let net = "net_param { layer { name: 'x' type: 'Input' top: 'x' \
+               input_param { shape { dim: 1 } } } }";
+    for (body, place) in [
+        // A typo in the policy: its line.
+        (
+            "base_lr: 0.01\n# a comment\nlr_policy: \"trianglar\"\n",
+            ":4: lr_policy: unknown lr_policy \"trianglar\"",
+        ),
+        // A rule's check on another field: that field's line.
+        (
+            "type: \"AdaGrad\"\nbase_lr: 0.01\nmomentum: 0.9\n",
+            ":4: momentum: Momentum cannot be used with AdaGrad",
+        ),
+        // The second stepvalue out of order.
+        (
+            "lr_policy: \"multistep\"\nstepvalue: 100\nstepvalue: 50\ngamma: 0.1\n",
+            ":4: stepvalue: lr_policy \"multistep\" needs increasing stepvalues",
+        ),
+        // A field the policy needs and the file lacks: no line to give.
+        (
+            "lr_policy: \"triangular\"\nstepsize: 10\nbase_lr: 0.01\n",
+            ": max_lr: lr_policy \"triangular\" needs max_lr",
+        ),
+    ] {
+        std::fs::write(&solver, format!("{net}\n{body}")).unwrap();
+        let output = rcaffe(&["train", "-solver", solver.to_str().unwrap()]);
+        assert!(!output.status.success());
+        let message = stderr(&output);
+        let want = format!("{}{place}", solver.display());
+        assert!(message.contains(&want), "{want}\n{message}");
+    }
+}
+
+#[test]
 fn time_with_a_solver_times_whole_training_iterations() {
     let dir = tempfile::tempdir().unwrap();
     let solver = dir.path().join("solver.prototxt");

@@ -68,6 +68,20 @@ pub enum LrPolicyError {
     MaxIterNotPositive { max_iter: i32 },
 }
 
+impl LrPolicyError {
+    /// The solver field at fault and which of its values (0-based; `stepvalue` repeats).
+    pub fn field(&self) -> (&'static str, usize) {
+        match self {
+            Self::UnknownPolicy { .. } => ("lr_policy", 0),
+            Self::StepsizeNotPositive { .. } => ("stepsize", 0),
+            Self::MissingMaxLr { .. } | Self::MaxLrBelowBaseLr { .. } => ("max_lr", 0),
+            Self::NegativeGamma { .. } => ("gamma", 0),
+            Self::StepvaluesNotIncreasing { index, .. } => ("stepvalue", *index),
+            Self::MaxIterNotPositive { .. } => ("max_iter", 0),
+        }
+    }
+}
+
 /// What the schedule carries from one iteration to the next: Caffe's `current_step_`, which a
 /// `.solverstate` saves (`SolverState.current_step`) and a restore puts back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

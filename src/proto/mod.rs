@@ -12,7 +12,7 @@ pub use binary::{
 };
 pub use print::{format_g, print_text};
 pub use solver_nets::{resolve_solver_nets, NetSource, SolverNets};
-pub use text::parse_text;
+pub use text::{field_line, parse_text};
 
 use caffe::{NetParameter, SolverParameter};
 use prost_reflect::DescriptorPool;

@@ -40,6 +40,53 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// The 1-based line where top-level field `field` is written for the `occurrence`-th time
+/// (0-based) in prototxt `text`; fields inside nested messages, comments and strings do not
+/// count. `None` when it is not written there. For errors about a value that parsed but cannot
+/// be used, which the parsed message no longer places.
+pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
+    let mut chars = text.char_indices().peekable();
+    let (mut line, mut depth, mut seen) = (1, 0usize, 0);
+    while let Some((start, c)) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            '#' => while chars.next_if(|&(_, c)| c != '\n').is_some() {},
+            '"' | '\'' => {
+                while let Some((_, inner)) = chars.next() {
+                    match inner {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '\n' => line += 1,
+                        _ if inner == c => break,
+                        _ => {}
+                    }
+                }
+            }
+            '{' | '<' => depth += 1,
+            '}' | '>' => depth = depth.saturating_sub(1),
+            _ if c.is_ascii_alphabetic() || c == '_' => {
+                let mut end = start + c.len_utf8();
+                while let Some((i, next)) =
+                    chars.next_if(|&(_, next)| next.is_ascii_alphanumeric() || next == '_')
+                {
+                    end = i + next.len_utf8();
+                }
+                let rest = text[end..].trim_start_matches([' ', '\t']);
+                let names_a_field = rest.starts_with([':', '{', '<']);
+                if depth == 0 && names_a_field && &text[start..end] == field {
+                    if seen == occurrence {
+                        return Some(line);
+                    }
+                    seen += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Adds what a user needs to fix the error: the valid choices for a misspelt name.
 fn explain(message: &str, text: &str, offset: usize) -> String {
     let pool = &*super::DESCRIPTOR_POOL;
@@ -123,6 +170,25 @@ mod tests {
     fn line_and_column_count_from_one() {
         assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn field_line_finds_top_level_fields_only() {
+        let text = "# lr_policy: \"step\" in a comment\nnet_param {\n  name: \"lr_policy\"\n  \
+                    layer { lr_policy: 1 }\n}\nbase_lr: 0.1 # stepvalue: 3\n\
+                    lr_policy : \"multistep\"\nstepvalue: 10\nstepvalue: 5\ntype: 'it''s'\n";
+        assert_eq!(field_line(text, "lr_policy", 0), Some(7));
+        assert_eq!(field_line(text, "base_lr", 0), Some(6));
+        assert_eq!(field_line(text, "stepvalue", 0), Some(8));
+        assert_eq!(field_line(text, "stepvalue", 1), Some(9));
+        assert_eq!(field_line(text, "stepvalue", 2), None);
+        assert_eq!(field_line(text, "type", 0), Some(10));
+        assert_eq!(field_line(text, "name", 0), None);
+        assert_eq!(field_line(text, "max_lr", 0), None);
+        // A message field written with braces, and an escaped quote inside a string.
+        let text = "train_state { level: 1 }\nsnapshot_prefix: \"a\\\"b\"\nlevel: 2\n";
+        assert_eq!(field_line(text, "train_state", 0), Some(1));
+        assert_eq!(field_line(text, "level", 0), Some(3));
     }
 
     #[test]

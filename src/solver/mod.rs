@@ -49,9 +49,18 @@ pub enum SolverError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Blob(#[from] BlobError),
-    /// The solver's settings cannot be used (unknown type, momentum with AdaGrad, …).
+    /// The solver's settings cannot be used (a snapshot prefix that cannot be written, …).
     #[error("solver: {0}")]
     Config(String),
+    /// A field of the solver file cannot be used (unknown type, momentum with AdaGrad, an
+    /// lr_policy without its stepsize, …): the file, the line where the field is written (when
+    /// it is), the field and why.
+    #[error("{}{}: {error}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Field {
+        path: PathBuf,
+        line: Option<usize>,
+        error: FieldError,
+    },
     /// `-sigint_effect`/`-sighup_effect` named no effect.
     #[error(transparent)]
     SignalEffect(#[from] InvalidSignalEffect),
@@ -72,6 +81,50 @@ pub enum SolverError {
 
 /// Result of a solver operation.
 pub type Result<T> = std::result::Result<T, SolverError>;
+
+/// A solver field whose value cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    /// Which of the field's values (0-based), for a repeated field.
+    pub occurrence: usize,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            occurrence: 0,
+            message: message.into(),
+        }
+    }
+
+    /// The error placed in solver file `path`, at the field's line when the file can be read
+    /// and the field is written in it.
+    pub fn in_file(self, path: &Path) -> SolverError {
+        let line = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| crate::proto::field_line(&text, self.field, self.occurrence));
+        SolverError::Field {
+            path: path.to_path_buf(),
+            line,
+            error: self,
+        }
+    }
+}
+
+impl From<LrPolicyError> for FieldError {
+    fn from(error: LrPolicyError) -> Self {
+        let (field, occurrence) = error.field();
+        Self {
+            field,
+            occurrence,
+            message: error.to_string(),
+        }
+    }
+}
 
 impl From<crate::layers::Error> for SolverError {
     fn from(e: crate::layers::Error) -> Self {
@@ -201,6 +254,29 @@ impl<B: Backend> Solver<B> {
         )
     }
 
+    /// The solver fields read before anything is built, with upstream's checks.
+    fn check_fields(
+        param: &SolverParameter,
+    ) -> std::result::Result<(UpdateRule, Regularization, LrSchedule), FieldError> {
+        if param.average_loss() < 1 {
+            return Err(FieldError::new(
+                "average_loss",
+                format!("should be at least 1 (it is {})", param.average_loss()),
+            ));
+        }
+        if param.iter_size() < 1 {
+            return Err(FieldError::new(
+                "iter_size",
+                format!("should be at least 1 (it is {})", param.iter_size()),
+            ));
+        }
+        Ok((
+            UpdateRule::from_param(param)?,
+            Regularization::from_param(param)?,
+            LrSchedule::new(param)?,
+        ))
+    }
+
     fn with_log(
         param: SolverParameter,
         origin: &Path,
@@ -211,21 +287,8 @@ impl<B: Backend> Solver<B> {
             "Initializing solver from parameters: \n{}",
             print_text(&param)
         ));
-        if param.average_loss() < 1 {
-            return Err(SolverError::Config(format!(
-                "average_loss should be at least 1 (it is {})",
-                param.average_loss()
-            )));
-        }
-        if param.iter_size() < 1 {
-            return Err(SolverError::Config(format!(
-                "iter_size should be at least 1 (it is {})",
-                param.iter_size()
-            )));
-        }
-        let rule = UpdateRule::from_param(&param)?;
-        let regularization = Regularization::from_param(&param)?;
-        let schedule = LrSchedule::new(&param)?;
+        let (rule, regularization, schedule) =
+            Self::check_fields(&param).map_err(|e| e.in_file(origin))?;
         if param.snapshot_format() == SnapshotFormat::Hdf5 {
             log.warn(
                 "snapshot_format: HDF5 is not supported; snapshots are written as BINARYPROTO"

@@ -16,7 +16,7 @@ use crate::backend::{Backend, Scalar, Src};
 use crate::blob::Blob;
 use crate::proto::caffe::SolverParameter;
 
-use super::{Result, SolverError};
+use super::{FieldError, Result, SolverError};
 
 /// The solver types this build knows, as `SolverParameter.type` names them.
 pub const SOLVER_TYPES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"];
@@ -24,33 +24,39 @@ pub const SOLVER_TYPES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "A
 impl UpdateRule {
     /// Reads `param.type` and the fields the rule uses, with upstream's constructor checks
     /// (AdaGrad and RMSProp refuse momentum; RMSProp needs `0 <= rms_decay < 1`).
-    pub fn from_param(param: &SolverParameter) -> Result<Self> {
+    pub fn from_param(param: &SolverParameter) -> std::result::Result<Self, FieldError> {
         let momentum = param.momentum();
         let delta = param.delta();
-        let config = |message: String| Err(SolverError::Config(message));
         match param.r#type() {
             "SGD" => Ok(Self::Sgd { momentum }),
             "Nesterov" => Ok(Self::Nesterov { momentum }),
             "AdaGrad" => {
                 if momentum != 0.0 {
-                    return config(format!(
-                        "Momentum cannot be used with AdaGrad (momentum is {momentum}; remove it \
-                         or set it to 0)"
+                    return Err(FieldError::new(
+                        "momentum",
+                        format!(
+                            "Momentum cannot be used with AdaGrad (momentum is {momentum}; \
+                             remove it or set it to 0)"
+                        ),
                     ));
                 }
                 Ok(Self::AdaGrad { delta })
             }
             "RMSProp" => {
                 if momentum != 0.0 {
-                    return config(format!(
-                        "Momentum cannot be used with RMSProp (momentum is {momentum}; remove it \
-                         or set it to 0)"
+                    return Err(FieldError::new(
+                        "momentum",
+                        format!(
+                            "Momentum cannot be used with RMSProp (momentum is {momentum}; \
+                             remove it or set it to 0)"
+                        ),
                     ));
                 }
                 let rms_decay = param.rms_decay();
                 if !(0.0..1.0).contains(&rms_decay) {
-                    return config(format!(
-                        "rms_decay should lie between 0 and 1 (it is {rms_decay})"
+                    return Err(FieldError::new(
+                        "rms_decay",
+                        format!("should lie between 0 and 1 (it is {rms_decay})"),
                     ));
                 }
                 Ok(Self::RmsProp { delta, rms_decay })
@@ -61,9 +67,12 @@ impl UpdateRule {
                 beta2: param.momentum2(),
                 eps_hat: delta,
             }),
-            other => config(format!(
-                "unknown solver type \"{other}\"; valid types: {}",
-                SOLVER_TYPES.join(", ")
+            other => Err(FieldError::new(
+                "type",
+                format!(
+                    "unknown solver type \"{other}\"; valid types: {}",
+                    SOLVER_TYPES.join(", ")
+                ),
             )),
         }
     }
@@ -357,13 +366,14 @@ pub enum Regularization {
 
 impl Regularization {
     /// Reads `param.regularization_type` ("L2" by default).
-    pub fn from_param(param: &SolverParameter) -> Result<Self> {
+    pub fn from_param(param: &SolverParameter) -> std::result::Result<Self, FieldError> {
         match param.regularization_type() {
             "L2" => Ok(Self::L2),
             "L1" => Ok(Self::L1),
-            other => Err(SolverError::Config(format!(
-                "Unknown regularization type: \"{other}\"; valid types: L2, L1"
-            ))),
+            other => Err(FieldError::new(
+                "regularization_type",
+                format!("Unknown regularization type: \"{other}\"; valid types: L2, L1"),
+            )),
         }
     }
 }
