@@ -243,7 +243,8 @@ if [ -n "$shared" ]; then
   time_ours cifar10_full "$work/cifar10_full/cifar10_full_train_test.prototxt" \
     "$work/cifar10_full/sgd_fixed.solver.prototxt" 50
   # AlexNet: deploy.prototxt at batch 256; for training, the same net from constant DummyData
-  # (the zoo's train_val reads ImageNet) into a SoftmaxWithLoss, with the zoo solver's SGD.
+  # (the zoo's train_val reads ImageNet) into a SoftmaxWithLoss, with the zoo's weight filler
+  # and solver (SGD, momentum, weight decay; a lower rate for the constant input).
   mkdir -p "$work/alexnet"
   sed 's/dim: 10 dim: 3 dim: 227 dim: 227/dim: 256 dim: 3 dim: 227 dim: 227/' \
     "$shared/caffe-zoo/models/bvlc_alexnet/deploy.prototxt" > "$work/alexnet/deploy.prototxt"
@@ -273,6 +274,9 @@ loss = """layer {
 text, inputs = re.subn(r'layer \{\s*name: "data"\s*type: "Input".*?\n\}', data, text, count=1,
                        flags=re.S)
 text, outputs = re.subn(r'layer \{\s*name: "prob"\s*type: "Softmax"[^}]*\}', loss, text)
+# deploy.prototxt has no fillers (its weights come from a .caffemodel): the zoo's.
+text = re.sub(r'(convolution_param|inner_product_param) \{',
+              r'\1 {\n    weight_filler { type: "gaussian" std: 0.01 }', text)
 if (inputs, outputs) != (1, 1):
     sys.exit(f"deploy.prototxt: {inputs} Input and {outputs} Softmax layers replaced, not 1 and 1")
 print(text, end="")

@@ -93,7 +93,8 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
         /// A solver prototxt instead: time whole training iterations of its train net
-        /// (forward, backward, update; on a GPU the replayed CUDA graph), no test passes.
+        /// (forward, backward, update; on a GPU the replayed CUDA graph), no test passes, on
+        /// the device `train` would use (-gpu, else the solver's solver_mode and device_id).
         #[arg(long)]
         solver: Option<PathBuf>,
         /// Number of iterations to time.
@@ -361,11 +362,7 @@ fn run(command: Command) -> Result<()> {
                 progress: true,
             };
             let param = solver::read_train_solver(&solver, &options)?;
-            // Upstream: -gpu wins; without it, solver_mode: GPU asks for device_id.
-            let solver_gpu = (param.solver_mode.is_some()
-                && param.solver_mode() == proto::caffe::solver_parameter::SolverMode::Gpu)
-                .then(|| param.device_id());
-            match choose_gpu(gpu.as_deref(), solver_gpu, true)? {
+            match choose_gpu(gpu.as_deref(), solver_gpu(&param), true)? {
                 Some(backend) => {
                     solver::train_on(param, &solver, &options, &backend)?;
                 }
@@ -404,21 +401,27 @@ fn run(command: Command) -> Result<()> {
             level,
             gpu,
         } => {
+            let level = level.unwrap_or(0);
             let what = match (model, solver) {
-                (_, Some(solver)) => Timed::Training { solver },
+                (_, Some(path)) => {
+                    let options = solver::TrainOptions {
+                        level,
+                        stages: stage.clone(),
+                        ..solver::TrainOptions::default()
+                    };
+                    let param = solver::read_train_solver(&path, &options)?;
+                    Timed::Training {
+                        param: Box::new(rcaffe::benchmark::training::training_only(param)),
+                        path,
+                    }
+                }
                 (Some(model), None) => Timed::Net {
                     model,
                     phase: parse_phase(phase.as_deref())?,
                 },
                 (None, None) => bail!("time needs -model or -solver"),
             };
-            time(
-                &what,
-                iterations,
-                &stage,
-                level.unwrap_or(0),
-                gpu.as_deref(),
-            )
+            time(&what, iterations, &stage, level, gpu.as_deref())
         }
         Command::Demo { out } => {
             rcaffe::demo::run_demo(&out.unwrap_or_else(|| PathBuf::from("demo-output")))?;
@@ -517,9 +520,9 @@ fn run(command: Command) -> Result<()> {
             rcaffe::lr_policy::write_lr_schedule(&param, iterations, &output).map_err(|error| {
                 match error {
                     // Policy errors are about the solver file; name it and the line.
-                    rcaffe::lr_policy::ScheduleError::Policy(policy) => {
-                        anyhow::Error::from(solver::FieldError::from(policy).in_file(&solver))
-                    }
+                    rcaffe::lr_policy::ScheduleError::Policy(policy) => anyhow::Error::from(
+                        solver::FieldError::from(policy).in_file(&solver, &param),
+                    ),
                     other => other.into(),
                 }
             })?;
@@ -706,14 +709,27 @@ fn parse_phase(phase: Option<&str>) -> Result<Phase> {
     }
 }
 
+/// The device a solver file asks for: `device_id` when `solver_mode: GPU` (upstream: a `-gpu`
+/// flag wins over it).
+fn solver_gpu(param: &proto::caffe::SolverParameter) -> Option<i32> {
+    let mode = proto::caffe::solver_parameter::SolverMode::Gpu;
+    (param.solver_mode.is_some() && param.solver_mode() == mode).then(|| param.device_id())
+}
+
 /// What `rcaffe time` times.
 enum Timed {
     /// A net's forward and backward passes, layer by layer (upstream's `caffe time`).
     Net { model: PathBuf, phase: Phase },
-    /// Whole training iterations of a solver's train net.
-    Training { solver: PathBuf },
+    /// Whole training iterations of a solver's train net: `param`, read from `path` with
+    /// everything but training turned off.
+    Training {
+        path: PathBuf,
+        param: Box<proto::caffe::SolverParameter>,
+    },
 }
 
+/// Times on the device `-gpu` names; for training, as `rcaffe train`, else on the one the
+/// solver's `solver_mode: GPU` asks for (the CPU, with a warning, when it is not usable).
 fn time(
     what: &Timed,
     iterations: u32,
@@ -721,7 +737,11 @@ fn time(
     level: i32,
     gpu: Option<&str>,
 ) -> Result<()> {
-    match choose_gpu(gpu, None, false)? {
+    let wanted = match what {
+        Timed::Training { param, .. } => solver_gpu(param),
+        Timed::Net { .. } => None,
+    };
+    match choose_gpu(gpu, wanted, false)? {
         Some(backend) => time_on(&backend, what, iterations, stages, level),
         None => {
             log::info!("Use CPU.");
@@ -742,16 +762,9 @@ fn time_on<B: Backend>(
             let mut net = Net::from_file(model, *phase, level, stages, backend, rng_from_seed(0))?;
             rcaffe::benchmark::time_net(&mut net, iterations)?;
         }
-        Timed::Training { solver: path } => {
-            use rcaffe::benchmark::training::{time_training, training_only};
-            let options = solver::TrainOptions {
-                level,
-                stages: stages.to_vec(),
-                ..solver::TrainOptions::default()
-            };
-            let param = training_only(solver::read_train_solver(path, &options)?);
-            let mut training = solver::Solver::new(param, path, backend)?;
-            time_training(&mut training, iterations)?;
+        Timed::Training { path, param } => {
+            let mut training = solver::Solver::new(param.as_ref().clone(), path, backend)?;
+            rcaffe::benchmark::training::time_training(&mut training, iterations)?;
         }
     }
     Ok(())

@@ -176,6 +176,13 @@ fn a_solver_field_that_cannot_be_used_is_named_with_its_file_and_line() {
         let want = format!("{}{place}", solver.display());
         assert!(message.contains(&want), "{want}\n{message}");
     }
+    // A value the command line overrode: the file's line would point at another value.
+    let body = "lr_policy: \"poly\"\npower: 1\nmax_iter: 100\n";
+    std::fs::write(&solver, format!("{net}\n{body}")).unwrap();
+    let path = solver.to_str().unwrap();
+    let output = rcaffe(&["train", "-solver", path, "--max-iter", "0"]);
+    let want = format!("{path}: max_iter: lr_policy \"poly\" needs max_iter > 0");
+    assert!(stderr(&output).contains(&want), "{}", stderr(&output));
 }
 
 #[test]
@@ -203,7 +210,7 @@ fn time_with_a_solver_times_whole_training_iterations() {
   layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 }
 base_lr: 0.01 lr_policy: "triangular2" max_lr: 0.1 stepsize: 2 momentum: 0.9
-test_iter: 1 test_interval: 1 display: 1 snapshot: 1 max_iter: 100
+test_iter: 1 test_interval: 1 display: 1 snapshot: 1 max_iter: 100 solver_mode: GPU
 "#,
     )
     .unwrap();
@@ -218,6 +225,11 @@ test_iter: 1 test_interval: 1 display: 1 snapshot: 1 max_iter: 100
     assert!(output.status.success(), "{log}");
     assert!(log.contains("2 untimed iterations, then 3 timed"), "{log}");
     assert!(log.contains("Average training iteration: "), "{log}");
+    // As train: solver_mode GPU asks for its device, or falls back to the CPU saying why.
+    assert!(
+        log.contains("solver_mode: GPU requested, but") || log.contains("Use GPU with device ID 0"),
+        "{log}"
+    );
     // Training only: the solver's test passes, displays and snapshots are off.
     assert!(!log.contains("Testing net"), "{log}");
     assert!(!log.contains("loss = "), "{log}");

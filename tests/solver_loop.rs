@@ -827,3 +827,20 @@ fn time_training_runs_the_iterations_training_runs_and_nothing_else() {
     assert_eq!(weights(&timed), weights(&trained));
     assert!(trained.take_log().iter().any(|l| l.contains("Testing net")));
 }
+
+#[test]
+fn time_training_refuses_to_run_poly_past_max_iter() {
+    use rcaffe::benchmark::training::{time_training, training_only};
+    let dir = tempfile::tempdir().unwrap();
+    let param = solver_param(
+        "lr_policy: 'poly' base_lr: 0.1 power: 1 max_iter: 5",
+        &dir.path().join("tiny"),
+    );
+    let mut solver = build(training_only(param));
+    // 2 warm-up + 3 reach max_iter exactly: fine; one more has no rate.
+    time_training(&mut solver, 3).unwrap();
+    let mut solver = build(training_only(solver.param().clone()));
+    let message = time_training(&mut solver, 4).unwrap_err().to_string();
+    assert!(message.contains("past max_iter (5)"), "{message}");
+    assert_eq!(solver.iter(), 0);
+}

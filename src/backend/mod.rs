@@ -614,8 +614,8 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
 
     /// One parameter's update rule as a single pass over its `n` elements, in place on the
     /// gradient `g` and the history (upstream's `*_update_gpu` kernels); `step` is
-    /// [`UpdateRule::step_scale`]. Only where [`Backend::has_fused_updates`]; elsewhere the
-    /// caller composes the rule from the ops above.
+    /// [`UpdateRule::step_scale`]. Only where [`Backend::has_fused_updates`]; elsewhere (the
+    /// default) it is refused, and the caller composes the rule from the ops above.
     fn fused_update(
         &self,
         rule: &UpdateRule,

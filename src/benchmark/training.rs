@@ -10,7 +10,7 @@ use super::milliseconds;
 use crate::backend::Backend;
 use crate::data::prefetch::LoadStats;
 use crate::proto::caffe::SolverParameter;
-use crate::solver::{Result, Solver};
+use crate::solver::{Result, Solver, SolverError};
 use std::time::{Duration, Instant};
 
 /// Iterations run before the timing starts: in the first, allocations settle and the prefetch
@@ -61,7 +61,17 @@ pub fn time_training<B: Backend>(
     solver: &mut Solver<B>,
     iterations: u32,
 ) -> Result<TrainingTiming> {
-    let iterations = iterations.clamp(1, i32::MAX as u32);
+    let iterations = iterations.clamp(1, (i32::MAX - WARMUP_ITERATIONS) as u32);
+    let last = WARMUP_ITERATIONS + iterations as i32;
+    let param = solver.param();
+    if param.lr_policy() == "poly" && last > param.max_iter() {
+        // Upstream's poly rate is NaN past max_iter, which would stop the run as a diverged one.
+        return Err(SolverError::Config(format!(
+            "timing runs {last} iterations, past max_iter ({}), where lr_policy \"poly\" has no \
+             rate: lower -iterations or raise max_iter",
+            param.max_iter()
+        )));
+    }
     let backend = solver.net().backend().clone();
     log::info!("Timing training of {}", solver.net().name());
     log::info!(

@@ -57,9 +57,11 @@ pub enum LrPolicyError {
     NegativeGamma { policy: &'static str, gamma: f32 },
     #[error(
         "lr_policy \"multistep\" needs increasing stepvalues, but stepvalue {value} \
-         (number {index}) follows {previous}"
+         (number {}) follows {previous}",
+        .index + 1
     )]
     StepvaluesNotIncreasing {
+        /// The 0-based index of the stepvalue at fault.
         index: usize,
         previous: i32,
         value: i32,

@@ -41,9 +41,10 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The 1-based line where top-level field `field` is written for the `occurrence`-th time
-/// (0-based) in prototxt `text`; fields inside nested messages, comments and strings do not
-/// count. `None` when it is not written there. For errors about a value that parsed but cannot
-/// be used, which the parsed message no longer places.
+/// (0-based; each element of a list `field: [a, b]` counts once) in prototxt `text`; fields
+/// inside nested messages, comments and strings do not count. `None` when it is not written
+/// there. For errors about a value that parsed but cannot be used, which the parsed message no
+/// longer places.
 pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
     let mut chars = text.char_indices().peekable();
     let (mut line, mut depth, mut seen) = (1, 0usize, 0);
@@ -51,18 +52,7 @@ pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
         match c {
             '\n' => line += 1,
             '#' => while chars.next_if(|&(_, c)| c != '\n').is_some() {},
-            '"' | '\'' => {
-                while let Some((_, inner)) = chars.next() {
-                    match inner {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '\n' => line += 1,
-                        _ if inner == c => break,
-                        _ => {}
-                    }
-                }
-            }
+            '"' | '\'' => skip_string(&mut chars, c, &mut line),
             '{' | '<' => depth += 1,
             '}' | '>' => depth = depth.saturating_sub(1),
             _ if c.is_ascii_alphabetic() || c == '_' => {
@@ -74,17 +64,71 @@ pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
                 }
                 let rest = text[end..].trim_start_matches([' ', '\t']);
                 let names_a_field = rest.starts_with([':', '{', '<']);
-                if depth == 0 && names_a_field && &text[start..end] == field {
+                if depth > 0 || !names_a_field || &text[start..end] != field {
+                    continue;
+                }
+                let is_list = rest
+                    .strip_prefix(':')
+                    .is_some_and(|value| value.trim_start().starts_with('['));
+                if !is_list {
                     if seen == occurrence {
                         return Some(line);
                     }
                     seen += 1;
+                    continue;
+                }
+                // Up to the '[', then one occurrence per element, on the line it starts.
+                for (_, c) in chars.by_ref() {
+                    match c {
+                        '\n' => line += 1,
+                        '[' => break,
+                        _ => {}
+                    }
+                }
+                let mut element_starts = true;
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        ']' => break,
+                        ',' => element_starts = true,
+                        '\n' => line += 1,
+                        _ if c.is_whitespace() => {}
+                        _ => {
+                            if element_starts {
+                                if seen == occurrence {
+                                    return Some(line);
+                                }
+                                seen += 1;
+                                element_starts = false;
+                            }
+                            if c == '"' || c == '\'' {
+                                skip_string(&mut chars, c, &mut line);
+                            }
+                        }
+                    }
                 }
             }
             _ => {}
         }
     }
     None
+}
+
+/// Consumes a string literal's rest up to its closing `quote`, counting the lines it spans.
+fn skip_string(
+    chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+    quote: char,
+    line: &mut usize,
+) {
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '\n' => *line += 1,
+            _ if c == quote => return,
+            _ => {}
+        }
+    }
 }
 
 /// Adds what a user needs to fix the error: the valid choices for a misspelt name.
@@ -185,6 +229,14 @@ mod tests {
         assert_eq!(field_line(text, "type", 0), Some(10));
         assert_eq!(field_line(text, "name", 0), None);
         assert_eq!(field_line(text, "max_lr", 0), None);
+        // Lists: each element counts, on the line it starts, then the field written again.
+        let text = "stepvalue: [100,\n  50]\nstepvalue: 300\nstepvalue : [ 'a,b', 7 ]\n";
+        assert_eq!(field_line(text, "stepvalue", 0), Some(1));
+        assert_eq!(field_line(text, "stepvalue", 1), Some(2));
+        assert_eq!(field_line(text, "stepvalue", 2), Some(3));
+        assert_eq!(field_line(text, "stepvalue", 3), Some(4));
+        assert_eq!(field_line(text, "stepvalue", 4), Some(4));
+        assert_eq!(field_line(text, "stepvalue", 5), None);
         // A message field written with braces, and an escaped quote inside a string.
         let text = "train_state { level: 1 }\nsnapshot_prefix: \"a\\\"b\"\nlevel: 2\n";
         assert_eq!(field_line(text, "train_state", 0), Some(1));

@@ -101,12 +101,24 @@ impl FieldError {
         }
     }
 
-    /// The error placed in solver file `path`, at the field's line when the file can be read
-    /// and the field is written in it.
-    pub fn in_file(self, path: &Path) -> SolverError {
-        let line = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| crate::proto::field_line(&text, self.field, self.occurrence));
+    /// The error placed in solver file `path`, at the field's line when the file can be read,
+    /// the field is written in it and `param` (what was checked) still has the file's value
+    /// there: not after a command-line or tool override.
+    pub fn in_file(self, path: &Path, param: &SolverParameter) -> SolverError {
+        use prost_reflect::ReflectMessage;
+        let line = std::fs::read_to_string(path).ok().and_then(|text| {
+            let written: SolverParameter = crate::proto::parse_text(&text, path).ok()?;
+            let value = |p: &SolverParameter| {
+                let message = p.transcode_to_dynamic();
+                message
+                    .get_field_by_name(self.field)
+                    .map(|v| v.into_owned())
+            };
+            if value(&written) != value(param) {
+                return None;
+            }
+            crate::proto::field_line(&text, self.field, self.occurrence)
+        });
         SolverError::Field {
             path: path.to_path_buf(),
             line,
@@ -288,7 +300,7 @@ impl<B: Backend> Solver<B> {
             print_text(&param)
         ));
         let (rule, regularization, schedule) =
-            Self::check_fields(&param).map_err(|e| e.in_file(origin))?;
+            Self::check_fields(&param).map_err(|e| e.in_file(origin, &param))?;
         if param.snapshot_format() == SnapshotFormat::Hdf5 {
             log.warn(
                 "snapshot_format: HDF5 is not supported; snapshots are written as BINARYPROTO"

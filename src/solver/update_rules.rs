@@ -115,8 +115,8 @@ impl UpdateRule {
 }
 
 /// The per-parameter buffers a rule works with. `history2` is the second history blob of
-/// AdaDelta and Adam (`history_[N + i]` upstream); `scratch` is the rules' composition from ops
-/// needs, `None` on a backend that fuses them ([`Backend::has_fused_updates`]).
+/// AdaDelta and Adam (`history_[N + i]` upstream); `scratch` is what composing the rule from
+/// ops needs, `None` on a backend that fuses the rules ([`Backend::has_fused_updates`]).
 pub struct UpdateBuffers<'a, B: Backend> {
     pub history: &'a mut Blob<B>,
     pub history2: Option<&'a mut Blob<B>>,

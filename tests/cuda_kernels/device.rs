@@ -651,7 +651,7 @@ fn solver_replays_iterations_as_a_cuda_graph_on_device() {
         return;
     }
     let schedules = [
-        r#"type: "SGD" lr_policy: "fixed" momentum: 0.9"#,
+        r#"type: "SGD" lr_policy: "fixed" momentum: 0.9 regularization_type: "L1""#,
         r#"type: "Nesterov" lr_policy: "triangular2" max_lr: 0.05 stepsize: 4 momentum: 0.9"#,
         r#"type: "Adam" lr_policy: "inv" gamma: 0.1 power: 0.75 momentum: 0.9 momentum2: 0.999"#,
         r#"type: "AdaDelta" lr_policy: "exp_range" max_lr: 0.05 stepsize: 5 gamma: 0.99
