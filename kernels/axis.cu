@@ -84,7 +84,8 @@ extern "C" __global__ void mul_per_channel(int outer, int channels, int inner, c
 
 // One thread per channel: y[c] = alpha sum_{o, j} x[o, c, j] + beta y[c], summed in double
 // (the CPU op sums in f32 lanes and f64 totals; both are within a few ulps of the exact sum).
-// beta == 0 does not read y.
+// beta == 0 does not read y. For short channels; long ones (a convolution's bias gradient:
+// batch x spatial values per channel) take the two steps below.
 extern "C" __global__ void sum_per_channel(int outer, int channels, int inner, float alpha,
                                            const float* x, float beta, float* y) {
   for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels;
@@ -94,6 +95,37 @@ extern "C" __global__ void sum_per_channel(int outer, int channels, int inner, f
       const float* row = x + ((long long)o * channels + c) * inner;
       for (int j = 0; j < inner; ++j) s += (double)row[j];
     }
+    float sum = (float)((double)alpha * s);
+    y[c] = beta == 0.0f ? sum : sum + beta * y[c];
+  }
+}
+
+// sum_per_channel's first step on long channels: partial[c * parts + k] is the sum, in double
+// stored as float, of channel c's values at the flattened positions q = o * inner + j with
+// q = k, k + parts, k + 2 parts, ...; neighbouring threads read neighbouring positions.
+extern "C" __global__ void sum_per_channel_partial(int outer, int channels, int inner, int parts,
+                                                   const float* x, float* partial) {
+  int n = channels * parts;
+  int positions = outer * inner;
+  for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += blockDim.x * gridDim.x) {
+    int c = t / parts;
+    double s = 0.0;
+    for (int q = t - c * parts; q < positions; q += parts) {
+      int o = q / inner;
+      s += (double)x[((long long)o * channels + c) * inner + (q - o * inner)];
+    }
+    partial[t] = (float)s;
+  }
+}
+
+// sum_per_channel's second step, one thread per channel: y[c] = alpha (partial[c * parts] + ...
+// + partial[c * parts + parts - 1]) + beta y[c], added in double; beta == 0 does not read y.
+extern "C" __global__ void sum_per_channel_parts(int channels, int parts, const float* partial,
+                                                 float alpha, float beta, float* y) {
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels;
+       c += blockDim.x * gridDim.x) {
+    double s = 0.0;
+    for (int k = 0; k < parts; ++k) s += (double)partial[c * parts + k];
     float sum = (float)((double)alpha * s);
     y[c] = beta == 0.0f ? sum : sum + beta * y[c];
   }

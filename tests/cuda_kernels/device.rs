@@ -1,6 +1,8 @@
 //! On a CUDA device (skipped without one): the backend's ops against the CPU, CUDA graphs,
 //! the solver replaying iterations, staged uploads. `scripts/gpu-check.sh` runs these (the
-//! tests whose names end in `on_device`).
+//! tests whose names end in `on_device`) with `--test-threads 1`: they share the device's
+//! primary context, and a backend created or dropped on one thread synchronises that context,
+//! which another thread's capture cannot survive.
 
 use super::*;
 
@@ -166,6 +168,17 @@ fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         "sum_per_channel".into(),
         down(&chy),
         Tol::Abs(1e-6 * (o * i) as f32 * 4.0),
+    ));
+    // Channels long enough to be summed in parts first (a convolution's bias gradient).
+    let (lo, ld, li) = (16, 6, 3000);
+    let long = up(&rand_vec(212, lo * ld * li, -1.0, 1.0));
+    let mut chy = up(&rand_vec(213, ld, -1.0, 1.0));
+    b.sum_per_channel(lo, ld, li, 0.5, &long, 0, 0.25, &mut chy, 0)
+        .unwrap();
+    out.push((
+        "sum_per_channel, long channels".into(),
+        down(&chy),
+        Tol::Abs(1e-6 * (lo * li) as f32),
     ));
     b.prelu_forward(o, d, i, &ch, 0, Src::At(&x, 0), &mut y, 0)
         .unwrap();
@@ -499,6 +512,26 @@ fn cuda_graph_capture_records_replays_and_refuses_host_ops_on_device() {
     gpu.upload(&x0, &mut x, 0).unwrap();
     gpu.upload(&rand_vec(9, 4 * n, -1.0, 1.0), &mut a, 0)
         .unwrap();
+
+    // A warm-up outside the capture, as the solver's first iteration is: cuBLAS loads the
+    // kernels of a product on its first call, which a capture cannot record.
+    let (mut y_warm, mut c_warm) = (gpu.alloc(n).unwrap(), gpu.alloc(4).unwrap());
+    gpu.scale(n, 2.0, Src::At(&x, 0), &mut y_warm, 0).unwrap();
+    gpu.gemv(
+        Transpose::NoTrans,
+        4,
+        n,
+        1.0,
+        &a,
+        0,
+        &y_warm,
+        0,
+        0.0,
+        &mut c_warm,
+        0,
+    )
+    .unwrap();
+    gpu.synchronize().unwrap();
 
     assert!(gpu.can_capture());
     assert!(gpu.begin_capture().unwrap());

@@ -104,6 +104,48 @@ fn axis_and_per_channel_ops_match_cpu() {
             Tol::Abs(1e-6 * magnitude),
         );
     }
+
+    // Long channels: partial sums over interleaved positions, then one thread per channel;
+    // parts from 2 to more than there are positions (the extra parts sum nothing).
+    let (outer, dim, inner) = (4, 5, 700);
+    let x = rand_vec(19, outer * dim * inner, -1.0, 1.0);
+    let xb = buf(&x);
+    let magnitude: f32 = x.iter().map(|v| v.abs()).sum();
+    for (parts, beta) in [
+        (2usize, 0.0f32),
+        (7, 0.5),
+        (64, 0.0),
+        (outer * inner + 3, 0.5),
+    ] {
+        let y0 = rand_vec(20, dim, -1.0, 1.0);
+        let mut want = buf(&y0);
+        c.sum_per_channel(outer, dim, inner, 0.5, &xb, 0, beta, &mut want, 0)
+            .unwrap();
+        let mut partial = vec![f32::NAN; dim * parts];
+        emu!(k::sum_per_channel_partial(
+            int(outer),
+            int(dim),
+            int(inner),
+            int(parts),
+            x.as_ptr(),
+            partial.as_mut_ptr()
+        ));
+        let mut y = y0.clone();
+        emu!(k::sum_per_channel_parts(
+            int(dim),
+            int(parts),
+            partial.as_ptr(),
+            0.5,
+            beta,
+            y.as_mut_ptr()
+        ));
+        check(
+            &format!("sum_per_channel in {parts} parts"),
+            &y,
+            want.as_slice(),
+            Tol::Abs(1e-6 * magnitude),
+        );
+    }
 }
 
 fn conv_geoms() -> Vec<ConvGeom> {

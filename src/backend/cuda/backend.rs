@@ -65,6 +65,12 @@ const MAX_BLOCKS: usize = 4096;
 const REDUCE_BLOCKS: usize = 32;
 /// Partial sums of a reduction's first step at most.
 const PARTIALS: usize = REDUCE_BLOCKS * BLOCK as usize;
+/// Partial sums of a long-channel `sum_per_channel`'s first step at most (one thread each):
+/// enough threads to keep the device's memory busy on a convolution's bias gradient.
+const CHANNEL_PARTIALS: usize = 1 << 16;
+/// Values a thread of that first step sums at least; fewer per channel take one thread each.
+const VALUES_PER_PART: usize = 256;
+const _: () = assert!(PARTIALS < CHANNEL_PARTIALS);
 /// Uploads of at least this many elements (256 KiB) go through pinned staging; smaller ones
 /// (a label vector, a parameter) are not worth the extra host copy and events.
 pub const STAGED_MIN: usize = 64 * 1024;
@@ -107,8 +113,8 @@ struct Inner {
     /// Whether the compute stream is being captured into a graph.
     capturing: AtomicBool,
     /// The whole-buffer reductions' partial sums ([`PARTIALS`] of them), then one slot for a
-    /// result the host reads; allocated once, as an allocation per reduction would cost more
-    /// than the sum.
+    /// result the host reads; or a long-channel `sum_per_channel`'s ([`CHANNEL_PARTIALS`] at
+    /// most). Allocated once, as an allocation per reduction would cost more than the sum.
     partials: Mutex<CudaBuffer>,
     /// Where the label-indexed kernels report a bad label (`{1, label, dim}`, zeros when none):
     /// the host check cannot run inside a graph, so each replay reads this instead.
@@ -216,7 +222,7 @@ impl CudaBackend {
             next: 0,
         };
         let label_error = Self::alloc_on(&stream, LABEL_ERROR_LEN)?;
-        let partials = Self::alloc_on(&stream, PARTIALS + 1)?;
+        let partials = Self::alloc_on(&stream, CHANNEL_PARTIALS)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ctx,

@@ -303,6 +303,22 @@ pub mod k {
             beta: c_float,
             y: *mut c_float,
         );
+        pub fn sum_per_channel_partial(
+            outer: c_int,
+            channels: c_int,
+            inner: c_int,
+            parts: c_int,
+            x: *const c_float,
+            partial: *mut c_float,
+        );
+        pub fn sum_per_channel_parts(
+            channels: c_int,
+            parts: c_int,
+            partial: *const c_float,
+            alpha: c_float,
+            beta: c_float,
+            y: *mut c_float,
+        );
     }
 
     // kernels/plumbing.cu

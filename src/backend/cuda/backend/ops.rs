@@ -185,6 +185,9 @@ impl Backend for CudaBackend {
         if self.inner.capturing.load(Ordering::Acquire) {
             return Err(invalid(OP, "a capture is already under way"));
         }
+        // Loading a module cannot be recorded: every kernel file is loaded before (a no-op
+        // once they are).
+        self.load_all_kernels()?;
         // Thread-local mode: only this thread's unsafe calls (an allocation, a synchronous
         // copy) invalidate the capture; a prefetch thread's pinned allocation elsewhere does
         // not.
@@ -892,9 +895,24 @@ impl Backend for CudaBackend {
         const OP: &str = "sum_per_channel";
         let xp = Self::ptr(OP, "x", x, x_off, outer * channels * inner)?;
         let yp = Self::ptr(OP, "y", y, y_off, channels)?;
-        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
-        args.extend([Arg::F(alpha), xp, Arg::F(beta), yp]);
-        self.launch(OP, OP, channels, &args)
+        let ocd = Self::ocd(OP, outer, channels, inner)?;
+        // A long channel summed by one thread would leave the device idle (AlexNet's conv1
+        // bias gradient: 96 threads of 774400 values): split it into parts first.
+        let parts = (CHANNEL_PARTIALS / channels.max(1)).min(outer * inner / VALUES_PER_PART);
+        if parts < 2 {
+            let mut args = ocd.to_vec();
+            args.extend([Arg::F(alpha), xp, Arg::F(beta), yp]);
+            return self.launch(OP, OP, channels, &args);
+        }
+        int(OP, outer * inner)?;
+        let partials = self.partials(OP)?;
+        let pp = Self::ptr(OP, "partial", &partials, 0, channels * parts)?;
+        let parts_arg = Arg::I(int(OP, parts)?);
+        let mut args = ocd.to_vec();
+        args.extend([parts_arg, xp, pp]);
+        self.launch(OP, "sum_per_channel_partial", channels * parts, &args)?;
+        let args = [ocd[1], parts_arg, pp, Arg::F(alpha), Arg::F(beta), yp];
+        self.launch(OP, "sum_per_channel_parts", channels, &args)
     }
 
     fn im2col(
