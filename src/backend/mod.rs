@@ -167,6 +167,20 @@ pub enum UpdateRule {
     },
 }
 
+impl UpdateRule {
+    /// The rule's name as `SolverParameter.type` spells it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Sgd { .. } => "SGD",
+            Self::Nesterov { .. } => "Nesterov",
+            Self::AdaGrad { .. } => "AdaGrad",
+            Self::RmsProp { .. } => "RMSProp",
+            Self::AdaDelta { .. } => "AdaDelta",
+            Self::Adam { .. } => "Adam",
+        }
+    }
+}
+
 /// A scalar argument: a value fixed when the op is issued, or one element of a buffer, read when
 /// the op runs. Recorded work (a CUDA graph) keeps the element's address, so writing a new value
 /// there before a replay changes what the replayed op uses (the solver's learning rate).

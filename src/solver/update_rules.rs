@@ -77,18 +77,6 @@ impl UpdateRule {
         }
     }
 
-    /// The rule's name as `SolverParameter.type` spells it.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Sgd { .. } => "SGD",
-            Self::Nesterov { .. } => "Nesterov",
-            Self::AdaGrad { .. } => "AdaGrad",
-            Self::RmsProp { .. } => "RMSProp",
-            Self::AdaDelta { .. } => "AdaDelta",
-            Self::Adam { .. } => "Adam",
-        }
-    }
-
     /// The factor of the rule's last multiplication: `local_rate` (the rate times the
     /// parameter's `lr_mult`), for Adam times the bias correction of iteration `iter` (at
     /// `t = iter + 1`). Upstream computes the correction with pow(float, int), which C++

@@ -904,7 +904,7 @@ impl Backend for CudaBackend {
             args.extend([Arg::F(alpha), xp, Arg::F(beta), yp]);
             return self.launch(OP, OP, channels, &args);
         }
-        int(OP, outer * inner)?;
+        int(OP, outer * inner)?; // the kernel counts a channel's positions in an int
         let partials = self.partials(OP)?;
         let pp = Self::ptr(OP, "partial", &partials, 0, channels * parts)?;
         let parts_arg = Arg::I(int(OP, parts)?);
