@@ -4,7 +4,7 @@
 //! the top's diff, and a layer-owned scratch buffer.
 //!
 //! SoftmaxWithLoss, SigmoidCrossEntropyLoss and EuclideanLoss compute their loss and gradient
-//! scale with device ops only ([`write_normalizer`], [`weight_over_normalizer`],
+//! scale with device ops only ([`normalize_loss`], [`weight_over_normalizer`],
 //! `Backend::sum_into`), so that a CUDA graph can record a training iteration; HingeLoss
 //! still reads back to the host.
 
@@ -111,17 +111,18 @@ pub fn write_scalar<B: Backend>(
     Ok(())
 }
 
-/// Writes a loss's normalizer into `normalizer[0]` with device ops, so that a CUDA graph can
+/// Divides the summed loss in `loss[0]` by its normalizer, which it first writes into
+/// `normalizer[0]` (the backward reads it there), all with device ops so that a CUDA graph can
 /// record the layer: for VALID with an ignore label, the number of ones in `valid_mask` (a 0/1
 /// mask of the `outer * inner` positions), at least 1; otherwise
 /// [`Normalization::normalizer`] of the shape. `temp` is one element of scratch.
-pub fn write_normalizer<B: Backend>(
+pub fn normalize_loss<B: Backend>(
     backend: &B,
     normalization: Normalization,
     (outer, inner): (usize, usize),
     valid_mask: Option<&B::Buffer>,
-    temp: &mut B::Buffer,
-    normalizer: &mut B::Buffer,
+    (temp, normalizer): (&mut B::Buffer, &mut B::Buffer),
+    loss: &mut B::Buffer,
 ) -> Result<(), LayerError> {
     let positions = outer * inner;
     match (normalization, valid_mask) {
@@ -135,6 +136,7 @@ pub fn write_normalizer<B: Backend>(
             backend.set(1, constant, normalizer, 0)?;
         }
     }
+    backend.div(1, Src::InPlace, Src::At(normalizer, 0), loss, 0)?;
     Ok(())
 }
 

@@ -10,8 +10,8 @@
 
 use crate::backend::{Backend, Scalar, Src};
 use crate::layers::loss::{
-    check_first_dims, ignore_label, label_backprop_error, normalizer_slot, scratch,
-    weight_over_normalizer, write_normalizer, Normalization,
+    check_first_dims, ignore_label, label_backprop_error, normalize_loss, normalizer_slot, scratch,
+    weight_over_normalizer, Normalization,
 };
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
@@ -122,18 +122,16 @@ impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
         };
         let factor = scratch(be, &mut self.factor, 1)?;
         let normalizer = scratch(be, &mut self.normalizer, 1)?;
-        let shape = (self.outer, self.inner);
-        write_normalizer(
-            be,
-            self.normalization,
-            shape,
-            valid_mask,
-            factor,
-            normalizer,
-        )?;
         let loss = blobs.top_mut(0).data_mut();
         be.sum_into(n, 1.0, terms, 0, loss, 0)?;
-        be.div(1, Src::InPlace, Src::At(normalizer, 0), loss, 0)?;
+        normalize_loss(
+            be,
+            self.normalization,
+            (self.outer, self.inner),
+            valid_mask,
+            (factor, normalizer),
+            loss,
+        )?;
         Ok(())
     }
 

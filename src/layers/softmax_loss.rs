@@ -10,8 +10,8 @@
 
 use crate::backend::{Backend, Scalar, Src};
 use crate::layers::loss::{
-    check_first_dims, ignore_label, label_backprop_error, normalizer_slot, scratch,
-    weight_over_normalizer, write_normalizer, Normalization,
+    check_first_dims, ignore_label, label_backprop_error, normalize_loss, normalizer_slot, scratch,
+    weight_over_normalizer, Normalization,
 };
 use crate::layers::softmax::{softmax_forward, AxisView};
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
@@ -153,18 +153,16 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
             }
             None => None,
         };
-        let shape = (v.outer, v.inner);
-        write_normalizer(
-            be,
-            self.normalization,
-            shape,
-            valid_mask,
-            factor,
-            normalizer,
-        )?;
         let loss = blobs.top_mut(0).data_mut();
         be.sum_into(positions, -1.0, picked, 0, loss, 0)?;
-        be.div(1, Src::InPlace, Src::At(normalizer, 0), loss, 0)?;
+        normalize_loss(
+            be,
+            self.normalization,
+            (v.outer, v.inner),
+            valid_mask,
+            (factor, normalizer),
+            loss,
+        )?;
         if blobs.num_top() > 1 {
             let prob = scratch(be, &mut self.prob, n)?;
             be.copy(n, prob, 0, blobs.top_mut(1).data_mut(), 0)?;
