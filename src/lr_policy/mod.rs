@@ -260,15 +260,10 @@ impl LrSchedule {
                 times_pow(base_lr, *gamma, f64::from(state.current_step))
             }
             Policy::Exp { gamma } => times_pow(base_lr, *gamma, f64::from(iter)),
-            // The base `1 + gamma * iter` is float arithmetic (iter converted to float);
-            // the pow and the product are double.
+            // All float: upstream's `pow(float, float)` resolves to `powf` (reference/README.md).
             Policy::Inv { gamma, power } => {
-                // The power is taken in double, as reference/lr_policies.csv requires (all its
-                // rows). Upstream's own logs (reference/upstream/lenet/sgd_inv.log) instead show
-                // a float `powf` at 6 of 300 iterations (e.g. 40: 0.00997011): the two
-                // references disagree in the last bit here; see the issue notes.
                 let base = 1.0 + gamma * iter as f32;
-                times_pow(base_lr, base, f64::from(-power))
+                base_lr * base.powf(-power)
             }
             Policy::MultiStep { gamma, stepvalues } => {
                 let next = usize::try_from(state.current_step)
@@ -279,18 +274,15 @@ impl LrSchedule {
                 }
                 times_pow(base_lr, *gamma, f64::from(state.current_step))
             }
-            // `1 - iter / max_iter` is float arithmetic; pow and product are double.
+            // All float, `powf` as for `inv`.
             Policy::Poly { power, max_iter } => {
                 let base = 1.0 - iter as f32 / *max_iter as f32;
-                times_pow(base_lr, base, f64::from(*power))
+                base_lr * base.powf(*power)
             }
-            // The exponent `-gamma * (iter - stepsize)` is float; exp, the reciprocal and the
-            // product are double (float exp or a float reciprocal would change the last bit of many
-            // rates).
+            // All float: upstream's `exp(float)` resolves to `expf`.
             Policy::Sigmoid { gamma, stepsize } => {
                 let exponent = -gamma * (iter as f32 - *stepsize as f32);
-                let sigmoid = 1.0 / (1.0 + f64::from(exponent).exp());
-                (f64::from(base_lr) * sigmoid) as f32
+                base_lr * (1.0 / (1.0 + exponent.exp()))
             }
             Policy::Triangular(cycle) => {
                 let (_, height) = cycle.triangle(iter);
@@ -333,8 +325,9 @@ impl LrSchedule {
     }
 }
 
-/// `base_lr * pow(base, exponent)` as Caffe's float build evaluates it: C++ picks the double
-/// `pow` for these arguments, so the power and the product are double, rounded to float once.
+/// `base_lr * pow(base, exponent)` for `step`, `exp` and `multistep`, whose exponent is an int:
+/// C++'s `pow(float, int)` promotes to double, so the power and the product are double, rounded
+/// to float once.
 fn times_pow(base_lr: f32, base: f32, exponent: f64) -> f32 {
     (f64::from(base_lr) * f64::from(base).powf(exponent)) as f32
 }
