@@ -7,6 +7,7 @@ pub mod caffe_log;
 pub mod data;
 pub mod demo;
 pub mod filler;
+pub mod gflags;
 pub mod inspect;
 pub mod layers;
 pub mod log;

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Also write the log to a file in this folder (glog's format, as on stderr).
-    #[arg(long, global = true, alias = "log_dir")]
+    #[arg(long, global = true)]
     log_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -43,19 +43,19 @@ enum Command {
         #[arg(long)]
         gpu: Option<String>,
         /// What SIGINT does: stop, snapshot or none.
-        #[arg(long, alias = "sigint_effect", default_value = "stop")]
+        #[arg(long, default_value = "stop")]
         sigint_effect: String,
         /// What SIGHUP does: stop, snapshot or none.
-        #[arg(long, alias = "sighup_effect", default_value = "snapshot")]
+        #[arg(long, default_value = "snapshot")]
         sighup_effect: String,
         /// Train for this many iterations instead of the solver's max_iter.
-        #[arg(long, alias = "max_iter")]
+        #[arg(long)]
         max_iter: Option<i32>,
         /// Display every N iterations instead of the solver's display.
         #[arg(long)]
         display: Option<i32>,
         /// Test every N iterations instead of the solver's test_interval.
-        #[arg(long, alias = "test_interval")]
+        #[arg(long)]
         test_interval: Option<i32>,
         /// Net stages for the train net's include/exclude rules (repeatable).
         #[arg(long)]
@@ -137,11 +137,21 @@ enum Command {
         images: PathBuf,
         labels: PathBuf,
         output: PathBuf,
+        /// The database to write (only lmdb).
+        #[arg(long, default_value = "lmdb")]
+        backend: data::DbBackend,
     },
     /// Convert every data_batch_*.bin and test_batch.bin in DIR (gzip or not) into
-    /// OUT_DIR/cifar10_train_lmdb and OUT_DIR/cifar10_test_lmdb, as upstream's convert_cifar_data.
+    /// OUT_DIR/cifar10_train_lmdb and OUT_DIR/cifar10_test_lmdb, as upstream's convert_cifar_data
+    /// (OUT_DIR is created if need be).
     #[command(alias = "convert_cifar_data")]
-    ConvertCifar { dir: PathBuf, out_dir: PathBuf },
+    ConvertCifar {
+        dir: PathBuf,
+        out_dir: PathBuf,
+        /// The database to write (only lmdb), upstream's third argument.
+        #[arg(default_value = "lmdb")]
+        backend: data::DbBackend,
+    },
     /// Convert a list of "path label" lines (paths under ROOT) into an LMDB of Datums, as
     /// upstream's convert_imageset.
     #[command(alias = "convert_imageset")]
@@ -150,10 +160,10 @@ enum Command {
         list: PathBuf,
         output: PathBuf,
         /// Resize images to this height (with --resize-width).
-        #[arg(long, alias = "resize_height", default_value_t = 0)]
+        #[arg(long, default_value_t = 0)]
         resize_height: u32,
         /// Resize images to this width (with --resize-height).
-        #[arg(long, alias = "resize_width", default_value_t = 0)]
+        #[arg(long, default_value_t = 0)]
         resize_width: u32,
         /// Shuffle the list before writing.
         #[arg(long)]
@@ -168,11 +178,14 @@ enum Command {
         #[arg(long)]
         encoded: bool,
         /// Re-encode as this type (png, jpg); implies --encoded.
-        #[arg(long, alias = "encode_type", default_value = "")]
+        #[arg(long, default_value = "")]
         encode_type: String,
         /// Check that all records have the same size.
-        #[arg(long, alias = "check_size")]
+        #[arg(long)]
         check_size: bool,
+        /// The database to write (only lmdb).
+        #[arg(long, default_value = "lmdb")]
+        backend: data::DbBackend,
     },
     /// Compute the mean image of an LMDB (and its per-channel means), as upstream's
     /// compute_image_mean.
@@ -181,6 +194,9 @@ enum Command {
         lmdb: PathBuf,
         /// Where to write the mean as a .binaryproto.
         output: Option<PathBuf>,
+        /// The database to read (only lmdb).
+        #[arg(long, default_value = "lmdb")]
+        backend: data::DbBackend,
     },
     /// Show the GPU's properties (Caffe's `caffe device_query`).
     #[command(alias = "device_query")]
@@ -239,10 +255,10 @@ enum Command {
         #[arg(long)]
         solver: PathBuf,
         /// The first rate (default 0).
-        #[arg(long, alias = "min_lr")]
+        #[arg(long)]
         min_lr: Option<f32>,
         /// The last rate (default 10 × the solver's base_lr or max_lr).
-        #[arg(long, alias = "max_lr")]
+        #[arg(long)]
         max_lr: Option<f32>,
         /// Length in epochs of the train net's data (default 8).
         #[arg(long, conflicts_with = "iterations")]
@@ -259,51 +275,8 @@ enum Command {
     },
 }
 
-/// Rewrites Caffe's single-dash long flags (`-solver x`, `-sigint_effect=stop`) into clap's
-/// double-dash form, so old `caffe` command lines run with `rcaffe` in its place. Only names
-/// that are long flags of some subcommand are rewritten; anything else is left for clap.
-fn normalize_caffe_flags(args: Vec<String>, known_long_flags: &[String]) -> Vec<String> {
-    args.into_iter()
-        .enumerate()
-        .map(|(index, arg)| {
-            if index == 0 || arg.starts_with("--") || !arg.starts_with('-') || arg.len() < 3 {
-                return arg;
-            }
-            let (name, value) = match arg[1..].split_once('=') {
-                Some((name, value)) => (name, Some(value)),
-                None => (&arg[1..], None),
-            };
-            if known_long_flags.iter().any(|flag| flag == name) {
-                match value {
-                    Some(value) => format!("--{name}={value}"),
-                    None => format!("--{name}"),
-                }
-            } else {
-                arg
-            }
-        })
-        .collect()
-}
-
-/// Every long flag name and alias of the command and its subcommands.
-fn long_flags(command: &clap::Command) -> Vec<String> {
-    let mut names: Vec<String> = command
-        .get_arguments()
-        .flat_map(|arg| {
-            arg.get_long()
-                .into_iter()
-                .chain(arg.get_all_aliases().unwrap_or_default())
-                .map(str::to_string)
-        })
-        .collect();
-    for sub in command.get_subcommands() {
-        names.extend(long_flags(sub));
-    }
-    names
-}
-
 fn main() -> ExitCode {
-    let args = normalize_caffe_flags(std::env::args().collect(), &long_flags(&Cli::command()));
+    let args = rcaffe::gflags::normalize(std::env::args().collect(), &Cli::command());
     let cli = Cli::parse_from(args);
     let log_file = match &cli.log_dir {
         Some(folder) => match open_log_file(folder) {
@@ -444,6 +417,7 @@ fn run(command: Command) -> Result<()> {
             images,
             labels,
             output,
+            backend: data::DbBackend::Lmdb,
         } => {
             let mut bar = ProgressBar::new();
             let written =
@@ -452,7 +426,11 @@ fn run(command: Command) -> Result<()> {
             println!("Wrote {written} records to {}", output.display());
             Ok(())
         }
-        Command::ConvertCifar { dir, out_dir } => {
+        Command::ConvertCifar {
+            dir,
+            out_dir,
+            backend: data::DbBackend::Lmdb,
+        } => {
             let mut bar = ProgressBar::new();
             let summary = data::convert_cifar_with(&dir, &out_dir, &mut |p| bar.show(p))?;
             bar.finish();
@@ -477,6 +455,7 @@ fn run(command: Command) -> Result<()> {
             encoded,
             encode_type,
             check_size,
+            backend: data::DbBackend::Lmdb,
         } => {
             let options = data::ImagesetOptions {
                 resize_height,
@@ -501,7 +480,11 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::ComputeImageMean { lmdb, output } => {
+        Command::ComputeImageMean {
+            lmdb,
+            output,
+            backend: data::DbBackend::Lmdb,
+        } => {
             let mean = data::compute_image_mean(&lmdb, output.as_deref())?;
             let means: Vec<String> = mean.channel_means.iter().map(|m| m.to_string()).collect();
             println!(
@@ -776,7 +759,7 @@ mod tests {
 
     fn parse(line: &str) -> Cli {
         let args = line.split_whitespace().map(String::from).collect();
-        Cli::try_parse_from(normalize_caffe_flags(args, &long_flags(&Cli::command()))).unwrap()
+        Cli::try_parse_from(rcaffe::gflags::normalize(args, &Cli::command())).unwrap()
     }
 
     #[test]
@@ -818,14 +801,5 @@ mod tests {
             parse("rcaffe device_query -gpu 0").command,
             Command::DeviceQuery { .. }
         ));
-    }
-
-    #[test]
-    fn short_flags_and_values_are_left_alone() {
-        let args: Vec<String> = ["rcaffe", "plot-lr", "-o", "x.csv", "--iterations", "-5"]
-            .map(String::from)
-            .into();
-        let normalized = normalize_caffe_flags(args.clone(), &long_flags(&Cli::command()));
-        assert_eq!(normalized, args);
     }
 }

@@ -245,43 +245,81 @@ test_iter: 1 test_interval: 1 display: 1 snapshot: 1 max_iter: 100 solver_mode: 
     );
 }
 
+/// Upstream's `create_mnist.sh`, `create_cifar10.sh` and `make_cifar10_mean.sh` call the tools
+/// with gflags' spellings; each line here is one of theirs with `rcaffe` in place of the tool.
 #[test]
-fn converters_and_mean_reproduce_upstreams_mean_file() {
+fn caffe_data_scripts_run_as_written() {
     let folder = tempfile::tempdir().unwrap();
-    let out = folder.path().to_str().unwrap();
-    let output = rcaffe(&["convert-cifar", "data/fashion-cifar-mini", out]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    let path = |name: &str| folder.path().join(name).to_str().unwrap().to_owned();
+    let images = "data/fashion-mnist-mini/t10k-images-idx3-ubyte.gz";
+    let labels = "data/fashion-mnist-mini/t10k-labels-idx1-ubyte.gz";
+    for (name, flag) in [
+        ("plain", vec![]),
+        ("a", vec!["--backend=lmdb"]),
+        ("b", vec!["-backend", "lmdb"]),
+        ("c", vec!["-backend=lmdb"]),
+    ] {
+        let output = path(name);
+        let mut args = vec!["convert_mnist_data", images, labels, &output];
+        args.extend(flag.iter().copied());
+        let run = rcaffe(&args);
+        assert!(run.status.success(), "{args:?}: {}", stderr(&run));
+        assert!(stdout(&run).contains("Wrote 1000 records"), "{args:?}");
+    }
+    let refused = rcaffe(&[
+        "convert-mnist",
+        images,
+        labels,
+        &path("d"),
+        "--backend=leveldb",
+    ]);
+    assert!(!refused.status.success());
     assert!(
-        stdout(&output).contains("Wrote 6000 records"),
+        stderr(&refused).contains("LevelDB is not supported; use lmdb"),
         "{}",
-        stdout(&output)
+        stderr(&refused)
     );
-    let mean = folder.path().join("mean.binaryproto");
-    let train = folder.path().join("cifar10_train_lmdb");
-    let output = rcaffe(&[
+    assert!(!folder.path().join("d").exists());
+
+    // create_cifar10.sh: the database type as a third argument, into a folder not made yet.
+    let cifar = folder.path().join("examples/cifar10");
+    let run = rcaffe(&[
+        "convert_cifar_data",
+        "data/fashion-cifar-mini",
+        cifar.to_str().unwrap(),
+        "lmdb",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(cifar.join("cifar10_train_lmdb").is_dir());
+    assert!(cifar.join("cifar10_test_lmdb").is_dir());
+
+    // make_cifar10_mean.sh: the flag before the positional arguments; upstream's mean, byte for
+    // byte.
+    let mean = cifar.join("mean.binaryproto");
+    let run = rcaffe(&[
         "compute_image_mean",
-        train.to_str().unwrap(),
+        "-backend=lmdb",
+        cifar.join("cifar10_train_lmdb").to_str().unwrap(),
         mean.to_str().unwrap(),
     ]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(
         std::fs::read(&mean).unwrap(),
         std::fs::read(format!("{UPSTREAM}/fcifar_mini_mean.binaryproto")).unwrap()
     );
+}
 
-    let mnist = folder.path().join("mnist_test_lmdb");
-    let output = rcaffe(&[
-        "convert-mnist",
-        "data/fashion-mnist-mini/t10k-images-idx3-ubyte.gz",
-        "data/fashion-mnist-mini/t10k-labels-idx1-ubyte.gz",
-        mnist.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert!(
-        stdout(&output).contains("Wrote 1000 records"),
-        "{}",
-        stdout(&output)
-    );
+#[test]
+fn version_takes_one_dash_or_two() {
+    for flag in ["-version", "--version"] {
+        let run = rcaffe(&[flag]);
+        assert!(run.status.success(), "{flag}: {}", stderr(&run));
+        assert_eq!(
+            stdout(&run).trim(),
+            format!("rcaffe {}", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
 }
 
 #[test]

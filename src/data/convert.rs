@@ -277,7 +277,8 @@ fn cifar_datum(record: &[u8]) -> Datum {
 }
 
 /// Converts the CIFAR-10 binary batches in `dir` into `out_dir/cifar10_train_lmdb` (every
-/// `data_batch_*` in order) and `out_dir/cifar10_test_lmdb` (`test_batch`).
+/// `data_batch_*` in order) and `out_dir/cifar10_test_lmdb` (`test_batch`), creating `out_dir`
+/// (and its parents) if need be.
 ///
 /// Keys count records across the training batches (`00000`, `00001`, ...); for CIFAR-10's
 /// batches of 10,000 that is upstream's `batch * 10000 + item`.
@@ -292,6 +293,7 @@ pub fn convert_cifar_with(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<CifarSummary> {
     let (train_files, test_file) = cifar_batches(dir)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| DataError::io(out_dir, e))?;
     let train_lmdb = out_dir.join("cifar10_train_lmdb");
     let test_lmdb = out_dir.join("cifar10_test_lmdb");
     for path in [&train_lmdb, &test_lmdb] {

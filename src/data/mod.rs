@@ -38,6 +38,27 @@ use std::path::{Path, PathBuf};
 
 use crate::proto::ProtoError;
 
+/// The database a converter writes or a tool reads: upstream's `--backend` flag (and
+/// `convert_cifar_data`'s third argument). Only LMDB is implemented; `leveldb` is named and
+/// refused with a pointer to LMDB rather than taken for an unknown word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DbBackend {
+    #[default]
+    Lmdb,
+}
+
+impl std::str::FromStr for DbBackend {
+    type Err = String;
+
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "lmdb" => Ok(DbBackend::Lmdb),
+            "leveldb" => Err("LevelDB is not supported; use lmdb".to_owned()),
+            other => Err(format!("unknown database backend \"{other}\"; use lmdb")),
+        }
+    }
+}
+
 /// What can go wrong reading, transforming or writing data. Every variant names the file,
 /// LMDB, record or parameter it is about.
 #[derive(Debug, thiserror::Error)]
