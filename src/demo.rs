@@ -173,8 +173,22 @@ pub fn summary_table(runs: &[RunSummary]) -> String {
     table
 }
 
-/// Runs the demo into `out`; returns the table it printed.
-pub fn run_demo(out: &Path) -> Result<String> {
+/// What the demo ran and printed.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    /// The range test's report; its solver snippet is the triangular2 run's solver.
+    pub range_report: String,
+    /// The fixed run, then the triangular2 run, each with the solver it trained with.
+    pub runs: Vec<(RunSummary, SolverParameter)>,
+    /// The summary table.
+    pub table: String,
+}
+
+/// The triangular2 solver, whose stepsize and max_iter the range test's snippet shows.
+const TRIANGULAR2_SOLVER: &str = "models/lenet/solver_triangular2.prototxt";
+
+/// Runs the demo into `out`; returns what it ran and printed.
+pub fn run_demo(out: &Path) -> Result<Demo> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     println!(
         "Converting the bundled Fashion-MNIST into LMDBs in {} ...",
@@ -183,7 +197,8 @@ pub fn run_demo(out: &Path) -> Result<String> {
     let (train, test) = prepare_data(out)?;
     let net = demo_net(&train, &test)?;
 
-    let (bounds, range_report) = range_test(&net, out)?;
+    let stepsize = demo_solver(TRIANGULAR2_SOLVER, &net, out)?.stepsize();
+    let (bounds, range_report) = range_test(&net, out, stepsize)?;
 
     let mut runs = Vec::new();
     let mut chart = Chart::new("LeNet on Fashion-MNIST: fixed vs triangular2")
@@ -192,7 +207,7 @@ pub fn run_demo(out: &Path) -> Result<String> {
         .secondary_y_label("learning rate");
     for (solver_file, run_bounds) in [
         ("models/lenet/solver_fixed.prototxt", None),
-        ("models/lenet/solver_triangular2.prototxt", bounds),
+        (TRIANGULAR2_SOLVER, bounds),
     ] {
         println!("Training LeNet with {solver_file} ...");
         let (run, param) = quietly(|| train_one(solver_file, &net, out, run_bounds))?;
@@ -214,22 +229,23 @@ pub fn run_demo(out: &Path) -> Result<String> {
         chart = chart
             .series(Series::new(format!("{} accuracy", run.policy), points))
             .series(Series::new(format!("{} lr", run.policy), rates).on_secondary_axis());
-        runs.push(run);
+        runs.push((run, param));
     }
-    if runs.len() != 2 || runs.iter().any(|r| r.accuracy.is_empty()) {
+    if runs.len() != 2 || runs.iter().any(|(r, _)| r.accuracy.is_empty()) {
         bail!("a demo run produced no test results");
     }
     let plot = out.join("accuracy.png");
     chart.write(&plot)?;
     let mut csv = String::from("policy,iteration,accuracy\n");
-    for run in &runs {
+    for (run, _) in &runs {
         for (iteration, accuracy) in &run.accuracy {
             let _ = writeln!(csv, "{},{iteration},{accuracy}", run.policy);
         }
     }
     let csv_path = out.join("accuracy.csv");
     std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
-    let table = summary_table(&runs);
+    let summaries: Vec<RunSummary> = runs.iter().map(|(run, _)| run.clone()).collect();
+    let table = summary_table(&summaries);
     let table_path = out.join("summary.md");
     std::fs::write(&table_path, format!("{range_report}\n{table}"))
         .with_context(|| format!("writing {}", table_path.display()))?;
@@ -239,7 +255,11 @@ pub fn run_demo(out: &Path) -> Result<String> {
          accuracy.csv, summary.md, the LMDBs and the trained models.",
         out.display()
     );
-    Ok(table)
+    Ok(Demo {
+        range_report,
+        runs,
+        table,
+    })
 }
 
 /// Runs `work` with the log at warnings only: the per-iteration log would bury the demo's own
@@ -259,8 +279,13 @@ const RANGE_EPOCHS: f64 = 4.0;
 
 /// The paper's section 3.3 on LeNet: returns the suggested (base_lr, max_lr), rounded as
 /// printed, or `None` when the curve gave none (the triangular2 run then keeps its file's
-/// bounds), and the report it printed. Writes `lr_range.{csv,png,svg}` into `out`.
-fn range_test(net: &NetParameter, out: &Path) -> Result<(Option<(f32, f32)>, String)> {
+/// bounds), and the report it printed, whose snippet has the triangular2 run's `stepsize`.
+/// Writes `lr_range.{csv,png,svg}` into `out`.
+fn range_test(
+    net: &NetParameter,
+    out: &Path,
+    stepsize: i32,
+) -> Result<(Option<(f32, f32)>, String)> {
     let solver_file = "models/lenet/solver_fixed.prototxt";
     println!(
         "Range test: LeNet with the rate rising from {RANGE_MIN_LR} to {RANGE_MAX_LR} over \
@@ -282,15 +307,22 @@ fn range_test(net: &NetParameter, out: &Path) -> Result<(Option<(f32, f32)>, Str
             "LeNet on Fashion-MNIST: learning-rate range test",
         )
     })?;
-    println!("{}", run.report);
+    // The snippet shows the stepsize the triangular2 run trains with, not lr-range's default.
+    let report = match &run.test.epoch {
+        Some(epoch) => {
+            let epochs = f64::from(stepsize) / epoch.iterations() as f64;
+            lr_range::report(&run.test, &run.suggestion, epochs)
+        }
+        None => run.report,
+    };
+    println!("{report}");
     let bounds = lr_range::rounded_bounds(&run.suggestion);
     if bounds.is_none() {
         println!(
-            "No bounds from the range test: triangular2 keeps the bounds in \
-             models/lenet/solver_triangular2.prototxt."
+            "No bounds from the range test: triangular2 keeps the bounds in {TRIANGULAR2_SOLVER}."
         );
     }
-    Ok((bounds, run.report))
+    Ok((bounds, report))
 }
 
 #[cfg(test)]

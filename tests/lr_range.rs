@@ -639,3 +639,54 @@ fn the_command_line_runs_a_range_test_with_caffe_spelling() {
     let csv = std::fs::read_to_string(dir.path().join("out.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 5);
 }
+
+// ---- the demo ------------------------------------------------------------------------------
+
+/// The value of the snippet line `field: value` in `report`.
+fn snippet_value<'a>(report: &'a str, field: &str) -> &'a str {
+    report
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}: ")))
+        .unwrap_or_else(|| panic!("no {field} in the snippet:\n{report}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+}
+
+/// `rcaffe demo`, whole (about 35 s on 2 cores): the solver snippet it prints is the one its
+/// triangular2 run trained with, and its table reports the runs it made.
+#[test]
+fn the_demo_prints_the_solver_it_trained_with() {
+    let out = tempfile::tempdir().unwrap();
+    let demo = rcaffe::demo::run_demo(out.path()).unwrap();
+    let [(fixed, fixed_param), (cyclic, cyclic_param)] = demo.runs.as_slice() else {
+        panic!("{} runs", demo.runs.len());
+    };
+    assert_eq!(cyclic_param.lr_policy(), "triangular2");
+    let report = &demo.range_report;
+    assert_eq!(snippet_value(report, "lr_policy"), "\"triangular2\"");
+    let rate = |field: &str| snippet_value(report, field).parse::<f32>().unwrap();
+    assert_eq!(rate("base_lr"), cyclic_param.base_lr());
+    assert_eq!(Some(rate("max_lr")), cyclic_param.max_lr);
+    let stepsize: i32 = snippet_value(report, "stepsize").parse().unwrap();
+    assert_eq!(stepsize, cyclic_param.stepsize());
+    // The run ends at a cycle's end, as the snippet advises.
+    assert_eq!(cyclic_param.max_iter() % (2 * stepsize), 0);
+    assert!(
+        report.contains(&format!("a multiple of {}", 2 * stepsize)),
+        "{report}"
+    );
+    for (run, param) in [(fixed, fixed_param), (cyclic, cyclic_param)] {
+        assert_eq!(run.iterations, param.max_iter());
+        assert_eq!(run.accuracy.last().unwrap().0, param.max_iter());
+        let row = format!(
+            "| {} | {} | {:.1}% |",
+            run.policy,
+            param.max_iter(),
+            run.final_accuracy() * 100.0
+        );
+        assert!(demo.table.contains(&row), "{row} in\n{}", demo.table);
+    }
+    let summary = std::fs::read_to_string(out.path().join("summary.md")).unwrap();
+    assert_eq!(summary, format!("{report}\n{}", demo.table));
+}

@@ -716,7 +716,14 @@ impl<B: Backend> Solver<B> {
         let mut loss = 0.0f32;
         let mut scores: Vec<(String, f32, f32)> = Vec::new();
         let mut snapshot_after_test = false;
+        let training = (self.iter, self.param.max_iter(), self.smoothed_loss);
+        if let Some(bar) = &mut self.log.progress {
+            bar.begin_test();
+        }
         for i in 0..test_iter {
+            if let Some(bar) = &mut self.log.progress {
+                bar.test_tick(training, id, i, test_iter);
+            }
             // Upstream drains every pending request before each batch.
             loop {
                 let request = match &mut self.action_source {
@@ -750,6 +757,9 @@ impl<B: Backend> Solver<B> {
                     score.1 += value;
                 }
             }
+        }
+        if let Some(bar) = &mut self.log.progress {
+            bar.end_test();
         }
         if snapshot_after_test {
             self.snapshot()?;

@@ -1,7 +1,8 @@
 //! A one-line progress bar on stderr during `rcaffe train`, shown only when stderr is a
 //! terminal (never in a log file or CI output): iteration/max_iter, rate, ETA and the smoothed
-//! loss, redrawn at most every 200 ms. The solver clears it before each of its log lines, and
-//! it ends with a newline.
+//! loss, redrawn at most every 200 ms, and during a test pass that pass's progress. The rate and
+//! the ETA count training time only. The solver clears it before each of its log lines, and it
+//! ends with a newline.
 
 use crate::progress::TerminalLine;
 use std::time::{Duration, Instant};
@@ -68,11 +69,54 @@ pub fn format_progress(
     )
 }
 
+/// Training time: wall time since a start, less the time spent in test passes, so that the
+/// rate and the ETA count only training iterations.
+#[derive(Debug, Clone, Copy)]
+struct TrainingClock {
+    start: Instant,
+    tested: Duration,
+    testing_since: Option<Instant>,
+}
+
+impl TrainingClock {
+    fn new(now: Instant) -> Self {
+        Self {
+            start: now,
+            tested: Duration::ZERO,
+            testing_since: None,
+        }
+    }
+
+    fn begin_test(&mut self, now: Instant) {
+        self.testing_since.get_or_insert(now);
+    }
+
+    fn end_test(&mut self, now: Instant) {
+        if let Some(since) = self.testing_since.take() {
+            self.tested += now.saturating_duration_since(since);
+        }
+    }
+
+    /// Time spent training up to `now`: a test pass under way counts as testing.
+    fn training(&self, now: Instant) -> Duration {
+        let testing = self
+            .testing_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        now.saturating_duration_since(self.start)
+            .saturating_sub(self.tested + testing)
+    }
+}
+
+/// What the bar adds while test net `net` runs batch `batch` of `batches`.
+fn testing_suffix(net: usize, batch: i32, batches: i32) -> String {
+    format!(" | testing net #{net}: {batch}/{batches}")
+}
+
 /// The bar's state.
 #[derive(Debug)]
 pub(super) struct Progress {
     line: TerminalLine,
-    start: Instant,
+    clock: TrainingClock,
     start_iter: i32,
 }
 
@@ -81,7 +125,7 @@ impl Progress {
     pub(super) fn if_terminal() -> Option<Self> {
         TerminalLine::if_terminal().map(|line| Self {
             line,
-            start: Instant::now(),
+            clock: TrainingClock::new(Instant::now()),
             start_iter: 0,
         })
     }
@@ -89,7 +133,7 @@ impl Progress {
     /// Counts the rate from iteration `iter` on, from now; the first draw comes 200 ms later,
     /// when the rate means something.
     pub(super) fn restart(&mut self, iter: i32) {
-        self.start = Instant::now();
+        self.clock = TrainingClock::new(Instant::now());
         self.start_iter = iter;
         self.line.defer();
     }
@@ -99,7 +143,7 @@ impl Progress {
             iter,
             max_iter,
             iter - self.start_iter,
-            self.start.elapsed(),
+            self.clock.training(Instant::now()),
             loss,
         )
     }
@@ -110,6 +154,25 @@ impl Progress {
             let text = self.text(iter, max_iter, loss);
             self.line.draw(&text);
         }
+    }
+
+    /// A test pass begins: its time is left out of the rate and the ETA.
+    pub(super) fn begin_test(&mut self) {
+        self.clock.begin_test(Instant::now());
+    }
+
+    /// Redraws the bar during a test pass, with the pass's progress, if a draw is due.
+    pub(super) fn test_tick(&mut self, training: (i32, i32, f32), net: usize, batch: i32, of: i32) {
+        if self.line.due() {
+            let (iter, max_iter, loss) = training;
+            let text = self.text(iter, max_iter, loss) + &testing_suffix(net, batch, of);
+            self.line.draw(&text);
+        }
+    }
+
+    /// The test pass is over; training time counts again.
+    pub(super) fn end_test(&mut self) {
+        self.clock.end_test(Instant::now());
     }
 
     /// Erases the bar's line, before a log line is written.
@@ -127,6 +190,33 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_passes_are_left_out_of_the_training_time() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut clock = TrainingClock::new(t0);
+        assert_eq!(clock.training(at(2)), Duration::from_secs(2));
+        clock.begin_test(at(2));
+        // During the pass the training time stands still.
+        assert_eq!(clock.training(at(7)), Duration::from_secs(2));
+        clock.end_test(at(10));
+        assert_eq!(clock.training(at(12)), Duration::from_secs(4));
+        // A second pass adds up; an unmatched end changes nothing.
+        clock.begin_test(at(12));
+        clock.end_test(at(14));
+        clock.end_test(at(20));
+        assert_eq!(clock.training(at(20)), Duration::from_secs(10));
+        // 40 iterations in those 10 s of training, 60 left: 15 s, not the 25 s the wall time
+        // (20 s) would give.
+        let line = format_progress(40, 100, 40, clock.training(at(20)), 1.0);
+        assert!(line.contains("| 4.00 iter/s | ETA 15s |"), "{line}");
+    }
+
+    #[test]
+    fn the_bar_shows_a_test_pass_under_way() {
+        assert_eq!(testing_suffix(1, 37, 100), " | testing net #1: 37/100");
+    }
 
     #[test]
     fn durations() {
