@@ -696,8 +696,11 @@ impl GradientChecker {
                 checked += 1;
                 let scale = computed.abs().max(estimated.abs()).max(1.0);
                 let tolerance = self.threshold * scale;
-                let bad = (computed - estimated).abs() > tolerance
-                    || computed.is_nan() != estimated.is_nan();
+                // A non-finite value on either side is a failure: NaN compares false with any
+                // tolerance, and an infinity would make the tolerance infinite.
+                let bad = !computed.is_finite()
+                    || !estimated.is_finite()
+                    || (computed - estimated).abs() > tolerance;
                 if bad {
                     count += 1;
                     if mismatches.len() < 5 {

@@ -381,6 +381,67 @@ impl<B: Backend> Layer<B> for ToyCubic {
     }
 }
 
+/// `y = factor * x`, backward `dx = factor * dy`: correct maths, but with a NaN or infinite
+/// factor every value on both sides of the gradient check is non-finite.
+struct ToyScale {
+    factor: f32,
+}
+
+impl<B: Backend> Layer<B> for ToyScale {
+    fn layer_type(&self) -> &'static str {
+        "ToyScale"
+    }
+    fn exact_num_bottom(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn exact_num_top(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn reshape(
+        &mut self,
+        _ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let shape = blobs.bottom(0).shape().to_vec();
+        blobs.top_mut(0).reshape(&shape)?;
+        Ok(())
+    }
+    fn forward(
+        &mut self,
+        _ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let y: Vec<f32> = blobs
+            .bottom(0)
+            .data_to_vec()?
+            .iter()
+            .map(|&x| self.factor * x)
+            .collect();
+        blobs.top_mut(0).set_data(&y)?;
+        Ok(())
+    }
+    fn backward(
+        &mut self,
+        _ctx: &mut Context<'_, B>,
+        blobs: &mut Blobs<'_, B>,
+        propagate_down: &[bool],
+        _params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        if propagate_down[0] {
+            let dx: Vec<f32> = blobs
+                .top(0)
+                .diff_to_vec()?
+                .iter()
+                .map(|&g| self.factor * g)
+                .collect();
+            blobs.bottom_mut(0).set_diff(&dx)?;
+        }
+        Ok(())
+    }
+}
+
 fn toy_layer<B: Backend>(p: &LayerParameter) -> Option<Result<Box<dyn Layer<B>>, LayerError>> {
     let layer: Box<dyn Layer<B>> = match p.r#type() {
         "ToyAffine" => {
@@ -1468,6 +1529,28 @@ fn gradient_checker_catches_a_wrong_gradient() {
     checker
         .check(&mut h, rcaffe::testing::CheckBottoms::ParamsOnly)
         .unwrap();
+}
+
+#[test]
+fn gradient_checker_fails_non_finite_gradients() {
+    let checker = GradientChecker::new(1e-2, 1e-3);
+    let param = layer_param(r#"name: "toy" type: "ToyScale""#).unwrap();
+    let harness = |factor: f32| {
+        let layer: Box<dyn Layer<CpuBackend>> = Box::new(ToyScale { factor });
+        LayerHarness::with_layer(&cpu(), param.clone(), layer, &[&[2, 3]], 1701).unwrap()
+    };
+    // The same check passes with a finite factor, so what fails below is the non-finite value.
+    checker.check(&mut harness(2.0), None).unwrap();
+    // NaN on both sides (NaN - NaN is no number above the tolerance); infinity on both sides
+    // (inf - inf is NaN, and an infinite value would scale the tolerance to infinity).
+    for factor in [f32::NAN, f32::INFINITY] {
+        match checker.check(&mut harness(factor), None) {
+            Err(GradientError::Mismatch { count, checked, .. }) => {
+                assert_eq!(count, checked, "factor {factor}: every element fails")
+            }
+            other => panic!("factor {factor}: expected a mismatch, got {other:?}"),
+        }
+    }
 }
 
 #[test]
