@@ -7,21 +7,148 @@
 //! Severity letter, month and day (no year: upstream's `tools/extra/parse_log.py` fails on the
 //! year-first prefix newer glog builds print), wall-clock time with microseconds, thread id,
 //! source file and line. Library code logs through the `log` facade; the binary installs
-//! [`GlogLogger`].
+//! [`GlogLogger`], configured as upstream's binary is by glog's environment variables
+//! ([`GlogEnv`]).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Mutex;
+
+/// glog's severities by number, as `GLOG_minloglevel` and `GLOG_stderrthreshold` give them.
+const SEVERITIES: &str = "0 INFO, 1 WARNING, 2 ERROR, 3 FATAL";
+
+/// What glog's environment variables ask of the log. rcaffe logs everything to stderr by
+/// default (as glog with `GLOG_alsologtostderr=1`), and to a file only when given a folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlogEnv {
+    /// `GLOG_minloglevel`: lines below this severity are dropped (0 when unset).
+    pub min_severity: u8,
+    /// `GLOG_v`: the verbosity of `VLOG`; 1 adds debug lines, 2 and above trace lines.
+    pub verbosity: i32,
+    /// `GLOG_log_dir`: the folder of the log file, when `--log-dir` does not name one.
+    pub log_dir: Option<PathBuf>,
+    /// `GLOG_logtostderr`: stderr only, no log file even with a folder.
+    pub to_stderr_only: bool,
+    /// `GLOG_alsologtostderr`: everything on stderr too when a log file is written (the
+    /// default already; it overrides `GLOG_stderrthreshold`).
+    pub also_to_stderr: bool,
+    /// `GLOG_stderrthreshold`: with a log file, only lines of this severity or above on stderr.
+    pub stderr_threshold: Option<u8>,
+    /// The variables that could not be read, each with why: for the log, once it is set up.
+    pub warnings: Vec<String>,
+}
+
+impl GlogEnv {
+    /// Reads the process's environment.
+    pub fn from_env() -> Self {
+        Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// Reads glog's variables through `var` (a variable's value, `None` when unset). An unset or
+    /// empty variable keeps its default; one that cannot be read keeps it too, with a warning.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let mut warnings = Vec::new();
+        let mut read = |name: &str, parse: fn(&str) -> Option<i32>, expected: &str| {
+            let value = var(name).filter(|v| !v.trim().is_empty())?;
+            let parsed = parse(value.trim());
+            if parsed.is_none() {
+                warnings.push(format!("{name}={value} is not {expected}; ignored"));
+            }
+            parsed
+        };
+        let severity = |v: &str| v.parse::<i32>().ok().filter(|n| (0..=3).contains(n));
+        let severity_help = format!("a glog severity ({SEVERITIES})");
+        let integer = |v: &str| v.parse::<i32>().ok();
+        let boolean = |v: &str| match v.to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" | "y" | "yes" => Some(1),
+            "0" | "f" | "false" | "n" | "no" => Some(0),
+            _ => None,
+        };
+        let boolean_help = "a boolean (1 or 0, true or false)";
+        let min_severity = read("GLOG_minloglevel", severity, &severity_help).unwrap_or(0) as u8;
+        let verbosity = read("GLOG_v", integer, "an integer").unwrap_or(0);
+        let to_stderr_only = read("GLOG_logtostderr", boolean, boolean_help) == Some(1);
+        let also_to_stderr = read("GLOG_alsologtostderr", boolean, boolean_help) == Some(1);
+        let stderr_threshold =
+            read("GLOG_stderrthreshold", severity, &severity_help).map(|n| n as u8);
+        let log_dir = var("GLOG_log_dir")
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from);
+        Self {
+            min_severity,
+            verbosity,
+            log_dir,
+            to_stderr_only,
+            also_to_stderr,
+            stderr_threshold,
+            warnings,
+        }
+    }
+
+    /// The folder to write the log file in: `flag` (`--log-dir`) if given, else `GLOG_log_dir`;
+    /// none with `GLOG_logtostderr=1`, which wins as in glog (with a warning when a folder was
+    /// asked for).
+    pub fn log_folder(&mut self, flag: Option<PathBuf>) -> Option<PathBuf> {
+        let folder = flag.or_else(|| self.log_dir.clone())?;
+        if self.to_stderr_only {
+            self.warnings.push(format!(
+                "GLOG_logtostderr=1: logging to stderr only, no log file in {}",
+                folder.display()
+            ));
+            return None;
+        }
+        Some(folder)
+    }
+
+    /// The most verbose level logged at all.
+    pub fn level(&self) -> log::LevelFilter {
+        match (self.min_severity, self.verbosity) {
+            (0, v) if v >= 2 => log::LevelFilter::Trace,
+            (0, 1) => log::LevelFilter::Debug,
+            (severity, _) => level_from(severity),
+        }
+    }
+
+    /// The most verbose level shown on stderr: everything logged, except that with a log file
+    /// (`to_file`) `GLOG_stderrthreshold` keeps the lines below it for the file.
+    pub fn stderr_level(&self, to_file: bool) -> log::LevelFilter {
+        match self.stderr_threshold {
+            Some(threshold) if to_file && !self.also_to_stderr => {
+                self.level().min(level_from(threshold))
+            }
+            _ => self.level(),
+        }
+    }
+}
+
+/// The most verbose level at or above glog severity `severity` (3, FATAL: none of `log`'s).
+fn level_from(severity: u8) -> log::LevelFilter {
+    match severity {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Warn,
+        2 => log::LevelFilter::Error,
+        _ => log::LevelFilter::Off,
+    }
+}
 
 /// Writes `log` records to stderr and, optionally, a file, in glog's format.
 pub struct GlogLogger {
+    /// The most verbose level written anywhere.
     level: log::LevelFilter,
+    /// The most verbose level written to stderr (at most `level`).
+    stderr_level: log::LevelFilter,
     file: Option<Mutex<std::fs::File>>,
 }
 
 impl GlogLogger {
-    pub fn new(level: log::LevelFilter, file: Option<std::fs::File>) -> Self {
+    pub fn new(
+        level: log::LevelFilter,
+        stderr_level: log::LevelFilter,
+        file: Option<std::fs::File>,
+    ) -> Self {
         Self {
             level,
+            stderr_level: stderr_level.min(level),
             file: file.map(Mutex::new),
         }
     }
@@ -46,7 +173,9 @@ impl log::Log for GlogLogger {
         }
         let line = format_line(record);
         // A failed write to stderr or the log file has nowhere better to be reported.
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        if record.level() <= self.stderr_level {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
         if let Some(file) = &self.file {
             if let Ok(mut file) = file.lock() {
                 let _ = file.write_all(line.as_bytes());
@@ -123,6 +252,85 @@ fn local_time_now() -> (u32, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use log::LevelFilter;
+
+    fn env(vars: &[(&str, &str)]) -> GlogEnv {
+        GlogEnv::from_vars(|name| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| value.to_string())
+        })
+    }
+
+    #[test]
+    fn minloglevel_and_v_set_the_level_as_in_glog() {
+        assert_eq!(env(&[]).level(), LevelFilter::Info);
+        for (minloglevel, level) in [
+            ("0", LevelFilter::Info),
+            ("1", LevelFilter::Warn),
+            ("2", LevelFilter::Error),
+            ("3", LevelFilter::Off),
+        ] {
+            assert_eq!(env(&[("GLOG_minloglevel", minloglevel)]).level(), level);
+        }
+        assert_eq!(env(&[("GLOG_v", "1")]).level(), LevelFilter::Debug);
+        assert_eq!(env(&[("GLOG_v", "3")]).level(), LevelFilter::Trace);
+        // VLOG lines are INFO lines: a higher minloglevel drops them.
+        let both = env(&[("GLOG_v", "2"), ("GLOG_minloglevel", "1")]);
+        assert_eq!(both.level(), LevelFilter::Warn);
+        assert!(env(&[("GLOG_minloglevel", "1")]).warnings.is_empty());
+    }
+
+    #[test]
+    fn unreadable_values_keep_the_default_with_a_warning() {
+        let read = env(&[
+            ("GLOG_minloglevel", "abc"),
+            ("GLOG_stderrthreshold", "4"),
+            ("GLOG_v", "1.5"),
+            ("GLOG_logtostderr", "maybe"),
+            ("GLOG_alsologtostderr", ""),
+        ]);
+        assert_eq!(read.level(), LevelFilter::Info);
+        assert_eq!(read.stderr_threshold, None);
+        assert!(!read.to_stderr_only);
+        assert_eq!(
+            read.warnings,
+            [
+                "GLOG_minloglevel=abc is not a glog severity (0 INFO, 1 WARNING, 2 ERROR, 3 \
+                 FATAL); ignored",
+                "GLOG_v=1.5 is not an integer; ignored",
+                "GLOG_logtostderr=maybe is not a boolean (1 or 0, true or false); ignored",
+                "GLOG_stderrthreshold=4 is not a glog severity (0 INFO, 1 WARNING, 2 ERROR, 3 \
+                 FATAL); ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn log_folder_flag_wins_and_logtostderr_writes_no_file() {
+        let mut read = env(&[("GLOG_log_dir", "/tmp/from-env")]);
+        assert_eq!(read.log_folder(None), Some(PathBuf::from("/tmp/from-env")));
+        let flag = Some(PathBuf::from("from-flag"));
+        assert_eq!(read.log_folder(flag.clone()), flag);
+        assert!(read.warnings.is_empty());
+        let mut stderr_only = env(&[("GLOG_logtostderr", "true")]);
+        assert_eq!(stderr_only.log_folder(None), None);
+        assert!(stderr_only.warnings.is_empty());
+        assert_eq!(stderr_only.log_folder(flag), None);
+        assert_eq!(stderr_only.warnings.len(), 1);
+    }
+
+    #[test]
+    fn stderrthreshold_keeps_lines_below_it_for_the_log_file() {
+        let read = env(&[("GLOG_stderrthreshold", "1")]);
+        assert_eq!(read.stderr_level(true), LevelFilter::Warn);
+        // Without a file every line stays on stderr; alsologtostderr overrides the threshold.
+        assert_eq!(read.stderr_level(false), LevelFilter::Info);
+        let also = env(&[("GLOG_stderrthreshold", "2"), ("GLOG_alsologtostderr", "1")]);
+        assert_eq!(also.stderr_level(true), LevelFilter::Info);
+        let quiet = env(&[("GLOG_stderrthreshold", "0"), ("GLOG_minloglevel", "2")]);
+        assert_eq!(quiet.stderr_level(true), LevelFilter::Error);
+    }
 
     #[test]
     fn line_has_glog_classic_prefix() {

@@ -19,7 +19,9 @@ use std::process::ExitCode;
                   flags work too: `rcaffe train -solver s.prototxt -gpu 0`."
 )]
 struct Cli {
-    /// Also write the log to a file in this folder (glog's format, as on stderr).
+    /// Also write the log to a file in this folder (glog's format, as on stderr); wins over
+    /// GLOG_log_dir. glog's GLOG_minloglevel, GLOG_v, GLOG_logtostderr, GLOG_alsologtostderr and
+    /// GLOG_stderrthreshold are read as upstream's caffe reads them.
     #[arg(long, global = true)]
     log_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -69,7 +71,7 @@ enum Command {
         /// The net prototxt.
         #[arg(long)]
         model: PathBuf,
-        /// The trained weights.
+        /// The trained weights: comma-separated .caffemodel files (required, as upstream).
         #[arg(long)]
         weights: Option<String>,
         /// Number of iterations to run.
@@ -278,8 +280,9 @@ enum Command {
 fn main() -> ExitCode {
     let args = rcaffe::gflags::normalize(std::env::args().collect(), &Cli::command());
     let cli = Cli::parse_from(args);
-    let log_file = match &cli.log_dir {
-        Some(folder) => match open_log_file(folder) {
+    let mut glog = rcaffe::log::GlogEnv::from_env();
+    let log_file = match glog.log_folder(cli.log_dir) {
+        Some(folder) => match open_log_file(&folder) {
             Ok(file) => Some(file),
             Err(error) => {
                 eprintln!("rcaffe: {error:#}");
@@ -288,7 +291,11 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    rcaffe::log::GlogLogger::new(log::LevelFilter::Info, log_file).install();
+    let stderr_level = glog.stderr_level(log_file.is_some());
+    rcaffe::log::GlogLogger::new(glog.level(), stderr_level, log_file).install();
+    for warning in &glog.warnings {
+        log::warn!("{warning}");
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -354,7 +361,8 @@ fn run(command: Command) -> Result<()> {
             stage,
             level,
         } => {
-            let weights = weights.as_deref();
+            // Absent or empty, the library refuses it with upstream's message.
+            let weights = weights.as_deref().unwrap_or_default();
             match choose_gpu(gpu.as_deref(), None, false)? {
                 Some(backend) => {
                     solver::test_on(&backend, &model, weights, iterations as i32, level, &stage)?;

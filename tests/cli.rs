@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{rcaffe, rcaffe_in, stderr, stdout};
+use common::{rcaffe, rcaffe_in, stderr, stdout, TINY_SOLVER};
+use std::path::Path;
+use std::process::{Command, Output};
 
 const UPSTREAM: &str = "../shared/reference/upstream";
 
@@ -373,4 +375,237 @@ fn train_runs_the_zoo_lenet_solver_unchanged_from_a_caffe_layout() {
     assert!(mnist.join("lenet_iter_500.caffemodel").exists());
     assert!(mnist.join("lenet_iter_500.solverstate").exists());
     assert!(log.contains("Optimization Done."), "{log}");
+}
+
+#[test]
+fn out_of_range_solver_values_are_refused_before_any_command_runs() {
+    let folder = tempfile::tempdir().unwrap();
+    let solver = folder.path().join("s.prototxt");
+    let path = solver.to_str().unwrap();
+    let plot = folder.path().join("lr.csv");
+    let plot = plot.to_str().unwrap();
+    for (setting, command, place) in [
+        (
+            "base_lr: -0.01",
+            vec!["train", "-solver", path],
+            ":2: base_lr: base_lr must be at least 0",
+        ),
+        (
+            "base_lr: -0.01",
+            vec!["plot-lr", "-solver", path, "-o", plot],
+            ":2: base_lr: base_lr must be at least 0",
+        ),
+        (
+            "momentum: 1",
+            vec!["time", "-solver", path, "-iterations", "1"],
+            ":2: momentum: should lie between 0 and 1, 1 excluded (it is 1)",
+        ),
+        (
+            "weight_decay: -1",
+            vec![
+                "lr-range",
+                "-solver",
+                path,
+                "--iterations",
+                "10",
+                "--tests",
+                "2",
+            ],
+            ":2: weight_decay: should be at least 0 and finite (it is -1)",
+        ),
+    ] {
+        // TINY_SOLVER's own value of the field gives way to the setting under test.
+        let field = setting.split(':').next().unwrap();
+        let rest: String = TINY_SOLVER
+            .lines()
+            .filter(|line| line.split(':').next() != Some(field))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        std::fs::write(&solver, format!("# under test\n{setting}\n{rest}")).unwrap();
+        let output = rcaffe_in(folder.path(), &command);
+        let log = stderr(&output);
+        assert!(!output.status.success(), "{command:?}: {log}");
+        let want = format!("rcaffe: error: {path}{place}");
+        assert!(log.contains(&want), "{command:?}: {want}\n{log}");
+        // Refused before a single iteration.
+        assert!(!log.contains("Iteration 0"), "{command:?}: {log}");
+    }
+}
+
+/// A net on DummyData whose loss layer reads a blob no layer makes.
+const NET_WITH_A_BAD_BOTTOM: &str = r#"
+name: "bad"
+layer {
+  name: "data" type: "DummyData" top: "x" top: "y"
+  dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 } }
+}
+layer {
+  name: "ip" type: "InnerProduct" bottom: "x" top: "p"
+  inner_product_param { num_output: 1 }
+}
+layer { name: "loss" type: "EuclideanLoss" bottom: "q" bottom: "y" top: "loss" }
+"#;
+
+#[test]
+fn test_without_weights_is_refused_as_upstream() {
+    let folder = tempfile::tempdir().unwrap();
+    let model = folder.path().join("net.prototxt");
+    std::fs::write(&model, NET_WITH_A_BAD_BOTTOM.replace("\"q\"", "\"p\"")).unwrap();
+    let model = model.to_str().unwrap();
+    for command in [
+        vec!["test", "-model", model],
+        vec!["test", "-model", model, "-weights", ""],
+    ] {
+        let output = rcaffe(&command);
+        let log = stderr(&output);
+        assert!(!output.status.success(), "{command:?}: {log}");
+        assert!(
+            log.contains("rcaffe: error: Need model weights to score"),
+            "{command:?}: {log}"
+        );
+        assert!(!log.contains("Batch 0"), "{command:?}: {log}");
+    }
+}
+
+/// Runs the `rcaffe` binary in `folder` with glog's variables `vars` set and no others.
+fn rcaffe_with_glog(folder: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rcaffe"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("GLOG_")) {
+        command.env_remove(name);
+    }
+    command
+        .args(args)
+        .envs(vars.iter().copied())
+        .current_dir(folder)
+        .output()
+        .expect("the rcaffe binary runs")
+}
+
+/// Whether `line` is a glog line of `severity` (`I`, `W`, `E`): the letter, then MMDD.
+fn is_glog_line(line: &str, severity: char) -> bool {
+    let mut chars = line.chars();
+    chars.next() == Some(severity) && chars.take(4).filter(char::is_ascii_digit).count() == 4
+}
+
+#[test]
+fn glog_minloglevel_drops_info_then_warnings_but_never_the_error() {
+    let folder = tempfile::tempdir().unwrap();
+    // A warning (HDF5 snapshots), then an error (the bad bottom).
+    let net = NET_WITH_A_BAD_BOTTOM.replace('\n', " ");
+    std::fs::write(
+        folder.path().join("s.prototxt"),
+        format!(
+            "net_param {{ {net} }}\nbase_lr: 0.1 lr_policy: \"fixed\" max_iter: 1\n\
+             snapshot_format: HDF5\n"
+        ),
+    )
+    .unwrap();
+    let error = "rcaffe: error: net 'bad': Unknown bottom blob 'q' (layer 'loss', bottom index 0)";
+    let hdf5 = "snapshot_format: HDF5 is not supported";
+    let train = ["train", "-solver", "s.prototxt"];
+    for (level, info, warning) in [
+        (None, true, true),
+        (Some("0"), true, true),
+        (Some("1"), false, true),
+        (Some("2"), false, false),
+        (Some("3"), false, false),
+    ] {
+        let vars: Vec<(&str, &str)> = level.map(|l| ("GLOG_minloglevel", l)).into_iter().collect();
+        let output = rcaffe_with_glog(folder.path(), &train, &vars);
+        let log = stderr(&output);
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.last(), Some(&error), "{level:?}: {log}");
+        assert_eq!(
+            lines.iter().any(|l| is_glog_line(l, 'I')),
+            info,
+            "{level:?}: {log}"
+        );
+        let warned = lines
+            .iter()
+            .any(|l| is_glog_line(l, 'W') && l.contains(hdf5));
+        assert_eq!(warned, warning, "{level:?}: {log}");
+    }
+    // A value glog would not read: a warning saying so, and the default (everything).
+    let output = rcaffe_with_glog(folder.path(), &train, &[("GLOG_minloglevel", "abc")]);
+    let log = stderr(&output);
+    assert!(
+        log.lines().any(|l| is_glog_line(l, 'W')
+            && l.ends_with("GLOG_minloglevel=abc is not a glog severity (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL); ignored")),
+        "{log}"
+    );
+    assert!(log.lines().any(|l| is_glog_line(l, 'I')), "{log}");
+}
+
+#[test]
+fn glog_log_dir_holds_the_log_file_and_the_flag_wins() {
+    let folder = tempfile::tempdir().unwrap();
+    let from_env = folder.path().join("from_env");
+    let from_flag = folder.path().join("from_flag");
+    std::fs::write(folder.path().join("net.prototxt"), NET_WITH_A_BAD_BOTTOM).unwrap();
+    let time = ["time", "-model", "net.prototxt"];
+    let log_files = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let env = [("GLOG_log_dir", from_env.to_str().unwrap())];
+    let output = rcaffe_with_glog(folder.path(), &time, &env);
+    let files = log_files(&from_env);
+    assert_eq!(files.len(), 1, "{}", stderr(&output));
+    // The file holds what stderr showed, in glog's format.
+    assert!(
+        files[0].contains("] Initializing net from parameters"),
+        "{}",
+        files[0]
+    );
+
+    let mut with_flag = time.to_vec();
+    with_flag.extend(["-log_dir", from_flag.to_str().unwrap()]);
+    rcaffe_with_glog(folder.path(), &with_flag, &env);
+    assert_eq!(log_files(&from_flag).len(), 1);
+    assert_eq!(log_files(&from_env).len(), 1);
+
+    // GLOG_logtostderr=1: stderr only, as glog, and a warning that no file is written.
+    let to_stderr = [env[0], ("GLOG_logtostderr", "1")];
+    let output = rcaffe_with_glog(folder.path(), &time, &to_stderr);
+    assert_eq!(log_files(&from_env).len(), 1);
+    assert!(
+        stderr(&output).contains("GLOG_logtostderr=1: logging to stderr only, no log file in"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_failure_building_a_zoo_net_ends_stderr_with_the_layer_and_reason() {
+    let folder = tempfile::tempdir().unwrap();
+    let zoo = std::fs::read_to_string("../shared/caffe-zoo/models/bvlc_googlenet/deploy.prototxt")
+        .unwrap();
+    let net = folder.path().join("deploy.prototxt");
+    std::fs::write(
+        &net,
+        zoo.replacen(
+            "bottom: \"inception_3a/output\"",
+            "bottom: \"inception_3a/outptu\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let output = rcaffe(&["time", "-model", net.to_str().unwrap(), "-iterations", "1"]);
+    let log = stderr(&output);
+    assert!(!output.status.success());
+    // Hundreds of lines of the net come first; the last says what is wrong, and where.
+    assert!(log.lines().count() > 1000, "{log}");
+    assert_eq!(
+        log.lines().last(),
+        Some(
+            "rcaffe: error: net 'GoogleNet': Unknown bottom blob 'inception_3a/outptu' (layer \
+             'inception_3b/1x1', bottom index 0)"
+        )
+    );
 }

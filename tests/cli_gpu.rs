@@ -61,7 +61,15 @@ fn gpu_flag_without_a_device_is_a_clear_error() {
     let solver = tiny_gpu_solver(dir.path());
     for args in [
         vec!["train", "-solver", solver, "-gpu", "0"],
-        vec!["test", "-model", solver, "-gpu", "0"],
+        vec![
+            "test",
+            "-model",
+            solver,
+            "-weights",
+            "w.caffemodel",
+            "-gpu",
+            "0",
+        ],
         vec!["time", "-model", solver, "-gpu", "0"],
     ] {
         let output = rcaffe_in(dir.path(), &args);

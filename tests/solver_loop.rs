@@ -716,10 +716,132 @@ fn train_and_test_entry_points() {
         .to_string();
     std::fs::write(&model, net_text.replace("random_seed: 1701", "")).unwrap();
     let caffemodel = dir.path().join("tiny_iter_10.caffemodel");
-    let (outputs, loss) = test(&model, Some(&caffemodel.display().to_string()), 3, 0, &[]).unwrap();
+    let (outputs, loss) = test(&model, &caffemodel.display().to_string(), 3, 0, &[]).unwrap();
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0].0, "loss");
     assert!((outputs[0].1 - loss).abs() <= 1e-6 * loss.abs().max(1.0));
+}
+
+#[test]
+fn test_refuses_to_score_without_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.prototxt");
+    let net_text = TINY_NET
+        .trim()
+        .trim_start_matches("net_param {")
+        .rsplit_once('}')
+        .unwrap()
+        .0
+        .replace("random_seed: 1701", "");
+    std::fs::write(&model, net_text).unwrap();
+    // Upstream's `caffe test` refuses too: random weights score nothing.
+    for weights in ["", " , "] {
+        let error = rcaffe::solver::test(&model, weights, 1, 0, &[]).unwrap_err();
+        assert!(matches!(error, SolverError::NoWeights), "{error}");
+        assert!(
+            error.to_string().starts_with("Need model weights to score"),
+            "{error}"
+        );
+    }
+}
+
+/// A solver file in `dir` with `setting` on its line 2, training the tiny net for an iteration.
+fn solver_file_with(dir: &Path, setting: &str) -> PathBuf {
+    let path = dir.join("checked.solver.prototxt");
+    let prefix = dir.join("checked");
+    std::fs::write(
+        &path,
+        format!(
+            "# the setting under test\n{setting}\n{TINY_NET}\nlr_policy: 'fixed' max_iter: 1 \
+             snapshot_after_train: false snapshot_prefix: \"{}\"\n",
+            prefix.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn out_of_range_solver_values_are_refused_with_file_line_and_field() {
+    use rcaffe::solver::{train, TrainOptions};
+    let dir = tempfile::tempdir().unwrap();
+    for (setting, field, reason) in [
+        (
+            "base_lr: -0.01",
+            "base_lr",
+            "base_lr must be at least 0 and finite, but base_lr is -0.01",
+        ),
+        (
+            "momentum: 1",
+            "momentum",
+            "should lie between 0 and 1, 1 excluded (it is 1)",
+        ),
+        (
+            "momentum: -0.5",
+            "momentum",
+            "should lie between 0 and 1, 1 excluded (it is -0.5)",
+        ),
+        (
+            "type: 'Nesterov' momentum: 1.5",
+            "momentum",
+            "should lie between 0 and 1, 1 excluded (it is 1.5)",
+        ),
+        (
+            "type: 'AdaDelta' momentum: 1",
+            "momentum",
+            "should lie between 0 and 1, 1 excluded (it is 1)",
+        ),
+        (
+            "type: 'Adam' momentum2: 1",
+            "momentum2",
+            "should lie between 0 and 1, 1 excluded (it is 1)",
+        ),
+        (
+            "type: 'Adam' delta: -0.5",
+            "delta",
+            "should be at least 0 and finite (it is -0.5)",
+        ),
+        (
+            "type: 'AdaGrad' delta: -0.5",
+            "delta",
+            "should be at least 0 and finite (it is -0.5)",
+        ),
+        (
+            "weight_decay: -0.0005",
+            "weight_decay",
+            "should be at least 0 and finite (it is -0.0005)",
+        ),
+    ] {
+        let path = solver_file_with(dir.path(), setting);
+        let Err(error) = train(&path, &TrainOptions::default()) else {
+            panic!("{setting}: trained instead of refusing");
+        };
+        assert!(
+            matches!(&error, SolverError::Field { line: Some(2), error, .. } if error.field == field),
+            "{setting}: {error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!("{}:2: {field}: {reason}", path.display()),
+            "{setting}"
+        );
+    }
+}
+
+#[test]
+fn edge_values_of_the_checked_solver_fields_still_train() {
+    let dir = tempfile::tempdir().unwrap();
+    for setting in [
+        "base_lr: 0 momentum: 0 weight_decay: 0",
+        "base_lr: 0.01 momentum: 0.999",
+        "base_lr: 0.01 type: 'Adam' momentum: 0 momentum2: 0",
+        "base_lr: 0.01 type: 'AdaGrad' delta: 0",
+    ] {
+        let path = solver_file_with(dir.path(), setting);
+        let trained = rcaffe::solver::train(&path, &Default::default())
+            .unwrap_or_else(|error| panic!("{setting}: {error}"));
+        assert_eq!(trained.iter(), 1, "{setting}");
+    }
 }
 
 /// A longer run (`cargo test --test solver_loop -- --ignored`): 100 iterations of

@@ -43,6 +43,9 @@ pub const POLICY_NAMES: [&str; 11] = [
 pub enum LrPolicyError {
     #[error("unknown lr_policy \"{name}\"; valid policies: {}", POLICY_NAMES.join(", "))]
     UnknownPolicy { name: String },
+    /// A negative rate would climb the loss instead of descending it.
+    #[error("base_lr must be at least 0 and finite, but base_lr is {base_lr}")]
+    BaseLrOutOfRange { base_lr: f32 },
     #[error("lr_policy \"{policy}\" needs stepsize > 0, but stepsize is {stepsize}")]
     StepsizeNotPositive { policy: &'static str, stepsize: i32 },
     #[error("lr_policy \"{policy}\" needs max_lr, the upper bound of the cycle")]
@@ -75,6 +78,7 @@ impl LrPolicyError {
     pub fn field(&self) -> (&'static str, usize) {
         match self {
             Self::UnknownPolicy { .. } => ("lr_policy", 0),
+            Self::BaseLrOutOfRange { .. } => ("base_lr", 0),
             Self::StepsizeNotPositive { .. } => ("stepsize", 0),
             Self::MissingMaxLr { .. } | Self::MaxLrBelowBaseLr { .. } => ("max_lr", 0),
             Self::NegativeGamma { .. } => ("gamma", 0),
@@ -123,10 +127,14 @@ struct Cycle {
 }
 
 impl LrSchedule {
-    /// Reads and checks `lr_policy` and the fields it uses, as upstream's CHECKs would (plus the
-    /// paper's policies' own requirements), so that a bad solver fails before training.
+    /// Reads and checks `lr_policy` and the fields it uses, as upstream's CHECKs would (plus a
+    /// `base_lr` of at least 0 and the paper's policies' own requirements), so that a bad solver
+    /// fails before training.
     pub fn new(param: &SolverParameter) -> Result<Self, LrPolicyError> {
         let base_lr = param.base_lr();
+        if !(base_lr.is_finite() && base_lr >= 0.0) {
+            return Err(LrPolicyError::BaseLrOutOfRange { base_lr });
+        }
         let gamma = param.gamma();
         let stepsize = param.stepsize();
         let name = param.lr_policy();

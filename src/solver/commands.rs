@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    loss_suffix, output_lines, ActionRequests, Result, SignalEffects, SignalHandler, Solver,
-    SolverAction, SolverError,
+    loss_suffix, output_lines, weight_list, ActionRequests, Result, SignalEffects, SignalHandler,
+    Solver, SolverAction, SolverError,
 };
 use crate::backend::{rng_from_seed, Backend, CpuBackend};
 use crate::net::{cpp_float, Net};
@@ -133,12 +133,13 @@ pub fn train_on<B: Backend>(
 }
 
 /// `rcaffe test`: builds `model` in the TEST phase on the CPU, loads `weights` (a
-/// comma-separated list) and runs `iterations` forward passes, logging each batch's outputs and
-/// their means as upstream's `caffe test`. Returns `(output name, mean)` per output element
-/// and the mean loss.
+/// comma-separated list, refused when it names no file, as upstream: random weights score
+/// nothing) and runs `iterations` forward passes, logging each batch's outputs and their means
+/// as upstream's `caffe test`. Returns `(output name, mean)` per output element and the mean
+/// loss.
 pub fn test(
     model: &Path,
-    weights: Option<&str>,
+    weights: &str,
     iterations: i32,
     level: i32,
     stages: &[String],
@@ -158,11 +159,15 @@ pub fn test(
 pub fn test_on<B: Backend>(
     backend: &B,
     model: &Path,
-    weights: Option<&str>,
+    weights: &str,
     iterations: i32,
     level: i32,
     stages: &[String],
 ) -> Result<(Vec<(String, f32)>, f32)> {
+    let weight_files: Vec<&str> = weight_list(weights).collect();
+    if weight_files.is_empty() {
+        return Err(SolverError::NoWeights);
+    }
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -175,12 +180,7 @@ pub fn test_on<B: Backend>(
         backend,
         rng_from_seed(seed),
     )?;
-    for file in weights
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|f| !f.is_empty())
-    {
+    for file in weight_files {
         net.copy_trained_layers_from_file(Path::new(file))?;
     }
     log::info!("Running for {iterations} iterations.");

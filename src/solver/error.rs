@@ -35,6 +35,9 @@ pub enum SolverError {
         line: Option<usize>,
         error: FieldError,
     },
+    /// `rcaffe test` without weights (upstream's words).
+    #[error("Need model weights to score: give -weights with one or more .caffemodel files")]
+    NoWeights,
     /// `-sigint_effect`/`-sighup_effect` named no effect.
     #[error(transparent)]
     SignalEffect(#[from] InvalidSignalEffect),

@@ -127,14 +127,21 @@ fn due(every: i32, iter: i32) -> bool {
     every > 0 && iter % every == 0
 }
 
+/// The file names of a comma-separated weights list (`-weights a.caffemodel,b.caffemodel`, an
+/// entry of the solver's `weights`).
+fn weight_list(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+}
+
 /// Splits upstream's `weights` entries (each a comma-separated list) into file names.
 fn weight_files(param: &SolverParameter) -> Vec<String> {
     param
         .weights
         .iter()
-        .flat_map(|list| list.split(','))
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
+        .flat_map(|list| weight_list(list))
+        .map(str::to_string)
         .collect()
 }
 

@@ -23,49 +23,38 @@ pub const SOLVER_TYPES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "A
 
 impl UpdateRule {
     /// Reads `param.type` and the fields the rule uses, with upstream's constructor checks
-    /// (AdaGrad and RMSProp refuse momentum; RMSProp needs `0 <= rms_decay < 1`).
+    /// (AdaGrad and RMSProp refuse momentum; RMSProp needs `0 <= rms_decay < 1`) and the same
+    /// range for every other decay rate (`momentum`, Adam's `momentum2`: at 1 or above the
+    /// history never fades) and `delta >= 0` where the rule divides by it.
     pub fn from_param(param: &SolverParameter) -> std::result::Result<Self, FieldError> {
-        let momentum = param.momentum();
-        let delta = param.delta();
+        let momentum = || decay_rate("momentum", param.momentum());
+        let delta = || at_least_zero("delta", param.delta());
         match param.r#type() {
-            "SGD" => Ok(Self::Sgd { momentum }),
-            "Nesterov" => Ok(Self::Nesterov { momentum }),
+            "SGD" => Ok(Self::Sgd {
+                momentum: momentum()?,
+            }),
+            "Nesterov" => Ok(Self::Nesterov {
+                momentum: momentum()?,
+            }),
             "AdaGrad" => {
-                if momentum != 0.0 {
-                    return Err(FieldError::new(
-                        "momentum",
-                        format!(
-                            "Momentum cannot be used with AdaGrad (momentum is {momentum}; \
-                             remove it or set it to 0)"
-                        ),
-                    ));
-                }
-                Ok(Self::AdaGrad { delta })
+                refuse_momentum(param, "AdaGrad")?;
+                Ok(Self::AdaGrad { delta: delta()? })
             }
             "RMSProp" => {
-                if momentum != 0.0 {
-                    return Err(FieldError::new(
-                        "momentum",
-                        format!(
-                            "Momentum cannot be used with RMSProp (momentum is {momentum}; \
-                             remove it or set it to 0)"
-                        ),
-                    ));
-                }
-                let rms_decay = param.rms_decay();
-                if !(0.0..1.0).contains(&rms_decay) {
-                    return Err(FieldError::new(
-                        "rms_decay",
-                        format!("should lie between 0 and 1 (it is {rms_decay})"),
-                    ));
-                }
-                Ok(Self::RmsProp { delta, rms_decay })
+                refuse_momentum(param, "RMSProp")?;
+                Ok(Self::RmsProp {
+                    delta: delta()?,
+                    rms_decay: decay_rate("rms_decay", param.rms_decay())?,
+                })
             }
-            "AdaDelta" => Ok(Self::AdaDelta { delta, momentum }),
+            "AdaDelta" => Ok(Self::AdaDelta {
+                delta: delta()?,
+                momentum: momentum()?,
+            }),
             "Adam" => Ok(Self::Adam {
-                beta1: momentum,
-                beta2: param.momentum2(),
-                eps_hat: delta,
+                beta1: momentum()?,
+                beta2: decay_rate("momentum2", param.momentum2())?,
+                eps_hat: delta()?,
             }),
             other => Err(FieldError::new(
                 "type",
@@ -99,6 +88,46 @@ impl UpdateRule {
             Self::AdaDelta { .. } | Self::Adam { .. } => 2,
             _ => 1,
         }
+    }
+}
+
+/// Upstream's check of AdaGrad and RMSProp, which have no momentum term.
+fn refuse_momentum(param: &SolverParameter, rule: &str) -> std::result::Result<(), FieldError> {
+    let momentum = param.momentum();
+    if momentum == 0.0 {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "momentum",
+        format!(
+            "Momentum cannot be used with {rule} (momentum is {momentum}; remove it or set it to \
+             0)"
+        ),
+    ))
+}
+
+/// `value` when it lies in [0, 1), as the fraction of a history kept from one iteration to the
+/// next must.
+fn decay_rate(field: &'static str, value: f32) -> std::result::Result<f32, FieldError> {
+    if (0.0..1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("should lie between 0 and 1, 1 excluded (it is {value})"),
+        ))
+    }
+}
+
+/// `value` when it is finite and at least 0.
+fn at_least_zero(field: &'static str, value: f32) -> std::result::Result<f32, FieldError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("should be at least 0 and finite (it is {value})"),
+        ))
     }
 }
 
@@ -353,8 +382,10 @@ pub enum Regularization {
 }
 
 impl Regularization {
-    /// Reads `param.regularization_type` ("L2" by default).
+    /// Reads `param.regularization_type` ("L2" by default) and checks `weight_decay`, its
+    /// strength: a negative one would push the weights away from 0.
     pub fn from_param(param: &SolverParameter) -> std::result::Result<Self, FieldError> {
+        at_least_zero("weight_decay", param.weight_decay())?;
         match param.regularization_type() {
             "L2" => Ok(Self::L2),
             "L1" => Ok(Self::L1),
