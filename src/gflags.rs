@@ -59,8 +59,8 @@ impl LongFlags {
     }
 }
 
-/// A gflags boolean's value, as gflags spells true and false.
-fn gflags_bool(value: &str) -> Option<bool> {
+/// A gflags boolean's value, as gflags (and glog's environment variables) spell true and false.
+pub fn parse_bool(value: &str) -> Option<bool> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "t" | "yes" | "y" | "1" => Some(true),
         "false" | "f" | "no" | "n" | "0" => Some(false),
@@ -99,7 +99,7 @@ pub fn normalize(args: Vec<String>, command: &clap::Command) -> Vec<String> {
             continue;
         }
         match flags.find(name) {
-            Some(long) if flags.is_switch(&long) => match value.map(gflags_bool) {
+            Some(long) if flags.is_switch(&long) => match value.map(parse_bool) {
                 None | Some(Some(true)) => normalized.push(format!("--{long}")),
                 Some(Some(false)) => {}
                 // Not a boolean: clap says so.

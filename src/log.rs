@@ -59,11 +59,7 @@ impl GlogEnv {
         let severity = |v: &str| v.parse::<i32>().ok().filter(|n| (0..=3).contains(n));
         let severity_help = format!("a glog severity ({SEVERITIES})");
         let integer = |v: &str| v.parse::<i32>().ok();
-        let boolean = |v: &str| match v.to_ascii_lowercase().as_str() {
-            "1" | "t" | "true" | "y" | "yes" => Some(1),
-            "0" | "f" | "false" | "n" | "no" => Some(0),
-            _ => None,
-        };
+        let boolean = |v: &str| crate::gflags::parse_bool(v).map(i32::from);
         let boolean_help = "a boolean (1 or 0, true or false)";
         let min_severity = read("GLOG_minloglevel", severity, &severity_help).unwrap_or(0) as u8;
         let verbosity = read("GLOG_v", integer, "an integer").unwrap_or(0);
