@@ -9,7 +9,7 @@
 #   1. nvidia-smi and `rcaffe device-query -gpu 0`;
 #   2. every backend op on the GPU against the CPU backend, CUDA graph capture and replay, the
 #      solver replaying iterations as a graph against the CPU, pinned staged uploads
-#      (tests/cuda_kernels/, the `*_on_device` tests);
+#      (tests/cuda_kernels/, the `*_on_device` tests, run with --ignored; all must pass);
 #   3. LMDBs of the bundled data made by rcaffe itself (convert-mnist, convert-cifar), then 300
 #      training iterations of LeNet (sgd_inv) and cifar10_quick (sgd_fixed) from upstream's
 #      initial weights (shared/reference/upstream/*/init.caffemodel), on the GPU and on the CPU,
@@ -53,8 +53,8 @@ if [ "${1:-}" = "--build" ]; then
   # Line tables are not needed there, and the carried folder must stay small.
   strip "$gpu_dir/cuda_kernels" "$gpu_dir/rcaffe" 2>/dev/null || true
   # PTX for a device machine without NVRTC (used only when libnvrtc cannot be loaded there).
-  RCAFFE_PTX_OUT="$gpu_dir/ptx" "$gpu_dir/cuda_kernels" --exact every_kernel_file_compiles_with_nvrtc \
-    --nocapture >/dev/null 2>&1 ||
+  RCAFFE_PTX_OUT="$gpu_dir/ptx" "$gpu_dir/cuda_kernels" --ignored --exact \
+    every_kernel_file_compiles_with_nvrtc --nocapture >/dev/null 2>&1 ||
     echo "gpu-check: no PTX written (NVRTC missing here?); the device then needs NVRTC" >&2
   # The reference files the device run needs, in shared/'s layout, in case the device machine
   # gets the working tree without the shared folder.
@@ -134,8 +134,17 @@ echo "== the device =="
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 run_step "device-query" 30 "$rcaffe" device-query -gpu 0
 
-run_step "ops, graphs and staging on the device" 200 \
-  "$kernels" --nocapture --test-threads 1 on_device
+# The `*_on_device` tests are ignored in a plain run; here every one of them must run and pass
+# (each fails, never skips, without a device), so the count passed must be the count listed.
+run_step "ops, graphs and staging on the device" 200 bash -c '
+  expected=$("$0" --list --ignored on_device | grep -c ": test$")
+  output=$("$0" --ignored --nocapture --test-threads 1 on_device 2>&1); status=$?
+  echo "$output"
+  passed=$(echo "$output" | sed -n "s/^test result: ok\. \([0-9]*\) passed.*/\1/p")
+  if [ "$status" -ne 0 ] || [ "$expected" -eq 0 ] || [ "${passed:-0}" -ne "$expected" ]; then
+    echo "device tests: $expected listed, ${passed:-0} passed" >&2
+    exit 1
+  fi' "$kernels"
 
 # ---- 3. training: GPU against CPU, from upstream's initial weights -------------------------
 declare -A loss_rows

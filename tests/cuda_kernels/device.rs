@@ -1,10 +1,19 @@
-//! On a CUDA device (skipped without one): the backend's ops against the CPU, CUDA graphs,
-//! the solver replaying iterations, staged uploads. `scripts/gpu-check.sh` runs these (the
-//! tests whose names end in `on_device`) with `--test-threads 1`: they share the device's
+//! On a CUDA device: the backend's ops against the CPU, CUDA graphs, the solver replaying
+//! iterations, staged uploads. Ignored in a plain `cargo test` (the reason says so), and failing,
+//! not skipping, when run without a device. `scripts/gpu-check.sh` runs these (the tests whose
+//! names end in `on_device`) with `--ignored --test-threads 1`: they share the device's
 //! primary context, and a backend created or dropped on one thread synchronises that context,
 //! which another thread's capture cannot survive.
 
 use super::*;
+
+/// Fails, never skips, without a usable device: these tests run only when asked for
+/// (`--ignored`), and a run on a machine without one must not pass.
+fn require_device() {
+    if let Err(reason) = rcaffe::backend::cuda::device::probe() {
+        panic!("this test needs a CUDA device: {reason}");
+    }
+}
 
 /// Runs a battery of ops on backend `b` from fixed random inputs and returns every output,
 /// downloaded, with its name and the tolerance a device result must meet against the CPU's.
@@ -453,11 +462,9 @@ fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
 /// Every op of the battery on the GPU against the CPU backend. Runs only where a CUDA device
 /// is present (never in CI); prints one line per op with its largest relative error.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --ignored"]
 fn cuda_backend_matches_cpu_on_device() {
-    if !CudaBackend::device_available() {
-        eprintln!("SKIPPED: no CUDA device");
-        return;
-    }
+    require_device();
     let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
     eprintln!(
         "device 0, kernels for {}, NVRTC loadable: {}, {}: {:?}",
@@ -496,11 +503,9 @@ fn cuda_backend_matches_cpu_on_device() {
 /// contents, and refuses every op that needs the host while recording (leaving the stream
 /// usable once the capture ends). Device only.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --ignored"]
 fn cuda_graph_capture_records_replays_and_refuses_host_ops_on_device() {
-    if !CudaBackend::device_available() {
-        eprintln!("SKIPPED: no CUDA device");
-        return;
-    }
+    require_device();
     let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
     let n = 1000;
     let x0 = rand_vec(7, n, -1.0, 1.0);
@@ -609,11 +614,9 @@ fn cuda_graph_capture_records_replays_and_refuses_host_ops_on_device() {
 /// a bad label fails naming it, the report is cleared, and a replay with good labels succeeds
 /// again (with the same results as the op run directly). Device only.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --ignored"]
 fn a_bad_label_inside_a_replayed_graph_is_reported_on_device() {
-    if !CudaBackend::device_available() {
-        eprintln!("SKIPPED: no CUDA device");
-        return;
-    }
+    require_device();
     let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
     let (outer, dim, inner) = (8, 5, 3);
     let labels: Vec<f32> = (0..outer * inner).map(|p| (p % dim) as f32).collect();
@@ -677,12 +680,10 @@ fn a_bad_label_inside_a_replayed_graph_is_reported_on_device() {
 /// whose step depends on the iteration (Adam): the replayed graph reads each iteration's step
 /// scales from device memory. Device only.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --ignored"]
 fn solver_replays_iterations_as_a_cuda_graph_on_device() {
     use rcaffe::solver::{read_train_solver, Solver, TrainOptions};
-    if !CudaBackend::device_available() {
-        eprintln!("SKIPPED: no CUDA device");
-        return;
-    }
+    require_device();
     let schedules = [
         r#"type: "SGD" lr_policy: "fixed" momentum: 0.9 regularization_type: "L1""#,
         r#"type: "Nesterov" lr_policy: "triangular2" max_lr: 0.05 stepsize: 4 momentum: 0.9"#,
@@ -772,11 +773,9 @@ max_iter: 30 display: 10 random_seed: 5 snapshot_after_train: false
 /// it, and a second one into the same buffer waits for the kernels reading the first. Device
 /// only.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --ignored"]
 fn staged_uploads_are_ordered_with_the_compute_stream_on_device() {
-    if !CudaBackend::device_available() {
-        eprintln!("SKIPPED: no CUDA device");
-        return;
-    }
+    require_device();
     let gpu = CudaBackend::new(0).expect("CUDA backend on device 0");
     let n = 3 * rcaffe::backend::cuda::STAGED_MIN + 5;
     let mut x = gpu.alloc(n).unwrap();

@@ -95,13 +95,15 @@ fn int(v: usize) -> c_int {
 }
 
 /// Every kernel file compiles with NVRTC for sm_90, through the code path the CUDA backend
-/// uses. Needs NVRTC's shared library (CI installs NVIDIA's wheel); skipped without it.
+/// uses. Needs NVRTC's shared library, so it is ignored in a plain `cargo test`; `.ci/run`
+/// installs NVIDIA's wheel and runs it with `--ignored`, and it fails without NVRTC.
 #[test]
+#[ignore = "needs NVRTC (libnvrtc.so.13 on the library path): .ci/run installs it and runs this"]
 fn every_kernel_file_compiles_with_nvrtc() {
-    if !nvrtc::available() {
-        eprintln!("SKIPPED: NVRTC not available (libnvrtc.so not found on the library path)");
-        return;
-    }
+    assert!(
+        nvrtc::available(),
+        "NVRTC not available: libnvrtc.so.13 is not on the library path"
+    );
     for (name, _) in nvrtc::KERNEL_SOURCES {
         let ptx = nvrtc::compile(name, "sm_90")
             .unwrap_or_else(|e| panic!("kernels/{name}.cu does not compile with NVRTC: {e}"));
