@@ -53,6 +53,15 @@ pub enum BlobError {
     },
     #[error("BlobProto has invalid dimension {dim} in shape {shape}")]
     InvalidDim { dim: i64, shape: String },
+    /// The memory for a blob's data or diff cannot be had. `blob` is "blob 'name'" for a blob
+    /// of the net, "a blob" for one without a name.
+    #[error("out of memory: the {buffer} of {blob} ({shape}) needs {bytes} bytes")]
+    OutOfMemory {
+        buffer: &'static str,
+        blob: String,
+        shape: String,
+        bytes: u128,
+    },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -103,6 +112,8 @@ pub fn checked_count(shape: &[usize]) -> Result<usize> {
 /// them (and their values), a larger one replaces both with zeroed buffers.
 pub struct Blob<B: Backend> {
     backend: B,
+    /// The net's name for the blob, for errors; `None` for a layer's own blobs.
+    name: Option<String>,
     shape: Vec<usize>,
     count: usize,
     capacity: usize,
@@ -127,6 +138,7 @@ impl<B: Backend> Blob<B> {
     pub fn empty(backend: &B) -> Result<Self> {
         Ok(Self {
             backend: backend.clone(),
+            name: None,
             shape: Vec::new(),
             count: 0,
             capacity: 0,
@@ -160,19 +172,41 @@ impl<B: Backend> Blob<B> {
         Self::new(backend, &[num, channels, height, width])
     }
 
+    /// Names the blob in its errors (the net names each blob it holds).
+    pub fn set_name(&mut self, name: &str) {
+        self.name = Some(name.to_string());
+    }
+
     /// Changes the shape. Buffers are reallocated (zeroed; old values lost) only when the new
     /// count exceeds the capacity; otherwise they are kept as they are.
     pub fn reshape(&mut self, shape: &[usize]) -> Result<()> {
         let count = checked_count(shape)?;
         if count > self.capacity {
-            self.data = self.backend.alloc(count)?;
-            self.diff = self.backend.alloc(count)?;
+            self.data = self.alloc("data", shape, count)?;
+            self.diff = self.alloc("diff", shape, count)?;
             self.capacity = count;
         }
         self.shape.clear();
         self.shape.extend_from_slice(shape);
         self.count = count;
         Ok(())
+    }
+
+    /// A `count`-element buffer for the `buffer` ("data", "diff") of shape `shape`; memory that
+    /// cannot be had is an error naming the blob.
+    fn alloc(&self, buffer: &'static str, shape: &[usize], count: usize) -> Result<B::Buffer> {
+        self.backend.alloc(count).map_err(|error| match error {
+            BackendError::OutOfMemory { bytes, .. } => BlobError::OutOfMemory {
+                buffer,
+                blob: self
+                    .name
+                    .as_ref()
+                    .map_or_else(|| "a blob".to_string(), |name| format!("blob '{name}'")),
+                shape: shape_string(shape, count),
+                bytes,
+            },
+            other => other.into(),
+        })
     }
 
     /// Reshapes to the legacy 4-D shape `(num, channels, height, width)`.

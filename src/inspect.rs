@@ -1,48 +1,53 @@
 //! `rcaffe inspect FILE`: what a Caffe file holds, without writing a pycaffe script.
 
-use crate::proto::caffe::{BlobProto, NetParameter, SolverState};
+use crate::proto::caffe::{BlobProto, NetParameter, SolverParameter, SolverState};
 use crate::proto::{
-    blob_proto_shape, read_blob_proto, read_caffemodel, read_net, read_solver, read_solverstate,
-    ProtoError,
+    blob_proto_shape, field_line, read_blob_proto, read_caffemodel, read_file, read_net,
+    read_solver, read_solverstate, FileKind, ProtoError,
 };
 use std::fmt::Write;
 use std::path::Path;
 
-/// The kinds of file `inspect` understands, chosen by extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
-    CaffeModel,
-    SolverState,
-    BinaryProto,
-    Prototxt,
-}
-
-impl FileKind {
-    pub fn from_path(path: &Path) -> Option<Self> {
-        let extension = path.extension()?.to_str()?.to_ascii_lowercase();
-        match extension.as_str() {
-            "caffemodel" => Some(Self::CaffeModel),
-            "solverstate" => Some(Self::SolverState),
-            "binaryproto" => Some(Self::BinaryProto),
-            "prototxt" | "pbtxt" => Some(Self::Prototxt),
-            _ => None,
-        }
-    }
-}
-
-/// A report of what `path` holds, as text.
+/// A report of what `path` holds, as text. Its contents say what kind of file it is; when they
+/// do not (a damaged file), its extension does, so that reading it says what is wrong.
 pub fn inspect(path: &Path) -> Result<String, ProtoError> {
-    let kind = FileKind::from_path(path).ok_or_else(|| ProtoError::Invalid {
-        path: path.to_path_buf(),
-        message: "unknown kind of file; inspect reads .caffemodel, .solverstate, .binaryproto \
-                  and .prototxt files"
-            .to_string(),
-    })?;
-    match kind {
-        FileKind::CaffeModel => Ok(describe_caffemodel(path, &read_caffemodel(path)?)),
-        FileKind::SolverState => Ok(describe_solverstate(path, &read_solverstate(path)?)),
-        FileKind::BinaryProto => Ok(describe_mean_blob(path, &read_blob_proto(path)?)),
-        FileKind::Prototxt => describe_prototxt(path),
+    let bytes = read_file(path, "file to inspect")?;
+    let kind = FileKind::of_contents(&bytes)
+        .or_else(|| kind_by_extension(path, &bytes))
+        .ok_or_else(|| ProtoError::Invalid {
+            path: path.to_path_buf(),
+            message: "not one of Caffe's files; inspect reads .caffemodel, .solverstate, \
+                      .binaryproto and .prototxt files"
+                .to_string(),
+        })?;
+    Ok(match kind {
+        FileKind::Weights => describe_caffemodel(path, &read_caffemodel(path)?),
+        FileKind::SolverState => describe_solverstate(path, &read_solverstate(path)?),
+        FileKind::Blob => describe_mean_blob(path, &read_blob_proto(path)?),
+        FileKind::NetPrototxt => describe_net_prototxt(path, &read_net(path)?),
+        FileKind::SolverPrototxt => describe_solver_prototxt(path, &read_solver(path)?),
+    })
+}
+
+/// The kind a file's extension names; a prototxt is a net when it writes layers.
+fn kind_by_extension(path: &Path, bytes: &[u8]) -> Option<FileKind> {
+    let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+    match extension.as_str() {
+        "caffemodel" => Some(FileKind::Weights),
+        "solverstate" => Some(FileKind::SolverState),
+        "binaryproto" => Some(FileKind::Blob),
+        "prototxt" | "pbtxt" => {
+            let text = String::from_utf8_lossy(bytes);
+            let has_layers = ["layer", "layers"]
+                .iter()
+                .any(|field| field_line(&text, field, 0).is_some());
+            Some(if has_layers {
+                FileKind::NetPrototxt
+            } else {
+                FileKind::SolverPrototxt
+            })
+        }
+        _ => None,
     }
 }
 
@@ -227,27 +232,19 @@ fn describe_mean_blob(path: &Path, blob: &BlobProto) -> String {
     report
 }
 
-fn describe_prototxt(path: &Path) -> Result<String, ProtoError> {
-    let text = crate::proto::read_text_file(path)?;
+fn describe_solver_prototxt(path: &Path, solver: &SolverParameter) -> String {
+    format!(
+        "{}: solver prototxt: type {}, lr_policy \"{}\", base_lr {}, max_iter {}\n",
+        path.display(),
+        solver.r#type(),
+        solver.lr_policy(),
+        solver.base_lr(),
+        solver.max_iter()
+    )
+}
+
+fn describe_net_prototxt(path: &Path, net: &NetParameter) -> String {
     let mut report = String::new();
-    // A solver names its nets and has no layers; try it first only when it looks like one.
-    let looks_like_solver = ["base_lr", "lr_policy", "max_iter", "train_net", "net:"]
-        .iter()
-        .any(|key| text.contains(key));
-    if looks_like_solver {
-        let solver = read_solver(path)?;
-        let _ = writeln!(
-            report,
-            "{}: solver prototxt: type {}, lr_policy \"{}\", base_lr {}, max_iter {}",
-            path.display(),
-            solver.r#type(),
-            solver.lr_policy(),
-            solver.base_lr(),
-            solver.max_iter()
-        );
-        return Ok(report);
-    }
-    let net = read_net(path)?;
     let _ = writeln!(
         report,
         "{}: net prototxt, net \"{}\": {} layers",
@@ -265,5 +262,5 @@ fn describe_prototxt(path: &Path) -> Result<String, ProtoError> {
             layer.top.join(", ")
         );
     }
-    Ok(report)
+    report
 }

@@ -45,11 +45,12 @@ pub enum RangeTestError {
     /// The solver or the options cannot give a range test; names the solver file.
     #[error("{}: {message}", path.display())]
     Setup { path: PathBuf, message: String },
-    #[error("{}: {source}", path.display())]
+    /// The cause's text is part of the message, so the cause is not also given as the error's
+    /// source.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -873,14 +874,14 @@ pub fn write_outputs(
     let paths = output_paths(prefix);
     let [csv, png, svg] = &paths;
     if let Some(folder) = csv.parent().filter(|f| !f.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder).map_err(|source| RangeTestError::Io {
+        std::fs::create_dir_all(folder).map_err(|error| RangeTestError::Io {
             path: folder.to_path_buf(),
-            source,
+            error,
         })?;
     }
-    std::fs::write(csv, test.to_csv()).map_err(|source| RangeTestError::Io {
+    std::fs::write(csv, test.to_csv()).map_err(|error| RangeTestError::Io {
         path: csv.clone(),
-        source,
+        error,
     })?;
     let chart = range_chart(test, suggestion, title);
     chart.write(png)?;

@@ -278,6 +278,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let args = rcaffe::gflags::normalize(std::env::args().collect(), &Cli::command());
     let cli = Cli::parse_from(args);
     let mut glog = rcaffe::log::GlogEnv::from_env();
@@ -302,6 +303,16 @@ fn main() -> ExitCode {
             eprintln!("rcaffe: error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Output into a closed pipe (`rcaffe inspect x | head -1`) ends the process quietly by SIGPIPE,
+/// as it ends upstream's `caffe` and other Unix tools. Rust ignores SIGPIPE, which would make
+/// such a write an error, and `print!` panic on it.
+fn restore_default_sigpipe() {
+    // SAFETY: runs first in main, before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -51,11 +51,12 @@ pub enum PlotError {
         ImageFormat::EXTENSIONS.join(", ")
     )]
     UnsupportedFormat { path: PathBuf },
-    #[error("{}: {source}", path.display())]
+    /// The cause's text is part of the message, so the cause is not also given as the error's
+    /// source.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: drawing the chart failed: {message}", path.display())]
     Render { path: PathBuf, message: String },
@@ -540,9 +541,9 @@ fn write_image(drawing: &impl Drawing, path: &Path) -> Result<(), PlotError> {
         ImageFormat::Png => png_of(drawing, path)?,
         ImageFormat::Svg => svg_of(drawing, path)?.into_bytes(),
     };
-    std::fs::write(path, bytes).map_err(|source| PlotError::Io {
+    std::fs::write(path, bytes).map_err(|error| PlotError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -102,7 +102,7 @@ impl<B: Backend> LayerHarness<B> {
             HarnessError::Layer(Error {
                 layer: name.clone(),
                 layer_type: kind.clone(),
-                source: Box::new(e),
+                error: Box::new(e),
             })
         };
         let phase = param.phase();

@@ -106,7 +106,7 @@ fn mnist_reads_uncompressed_idx_and_checks_headers() {
     let dir = tempfile::tempdir().unwrap();
     let mnist = bundled("fashion-mnist-mini");
     let gunzip = |name: &str| {
-        let bytes = rcaffe::data::convert::read_maybe_gzip(&mnist.join(name)).unwrap();
+        let bytes = rcaffe::data::convert::read_maybe_gzip(&mnist.join(name), "IDX file").unwrap();
         let out = dir.path().join(name.trim_end_matches(".gz"));
         std::fs::write(&out, bytes).unwrap();
         out

@@ -4,7 +4,7 @@ use prost::Message;
 use rcaffe::proto::caffe::{BlobProto, BlobShape, NetParameter, SolverParameter, SolverState};
 use rcaffe::proto::{
     blob_proto_shape, parse_text, print_text, read_blob_proto, read_caffemodel, read_net,
-    read_solver, read_solverstate, resolve_solver_nets, write_binary, ProtoError,
+    read_solver, read_solverstate, resolve_solver_nets, write_binary, FileKind, ProtoError,
 };
 use std::path::{Path, PathBuf};
 
@@ -238,12 +238,111 @@ fn malformed_text_names_the_token() {
 }
 
 #[test]
-fn a_missing_file_is_named() {
+fn a_missing_file_is_named_with_what_was_expected_there() {
     let error = read_net(Path::new("no/such/net.prototxt")).unwrap_err();
-    assert!(matches!(error, ProtoError::Io { .. }));
+    assert!(matches!(error, ProtoError::Read { .. }));
     assert!(
-        error.to_string().starts_with("no/such/net.prototxt: "),
+        error
+            .to_string()
+            .starts_with("no/such/net.prototxt: cannot read the net prototxt: "),
         "{error}"
+    );
+}
+
+#[test]
+fn every_reference_file_is_told_apart_by_its_contents() {
+    let upstream = Path::new(UPSTREAM);
+    for (file, kind) in [
+        ("lenet/init.caffemodel", FileKind::Weights),
+        ("lenet/sgd_inv_iter_150.caffemodel", FileKind::Weights),
+        ("lenet/sgd_inv_iter_150.solverstate", FileKind::SolverState),
+        ("fcifar_mini_mean.binaryproto", FileKind::Blob),
+        ("lenet/lenet_train_test.prototxt", FileKind::NetPrototxt),
+        ("lenet/sgd_inv.solver.prototxt", FileKind::SolverPrototxt),
+    ] {
+        let bytes = std::fs::read(upstream.join(file)).unwrap();
+        assert_eq!(FileKind::of_contents(&bytes), Some(kind), "{file}");
+    }
+    for path in prototxt_files(Path::new(ZOO)) {
+        let kind = if is_solver(&path) {
+            FileKind::SolverPrototxt
+        } else {
+            FileKind::NetPrototxt
+        };
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            FileKind::of_contents(&bytes),
+            Some(kind),
+            "{}",
+            path.display()
+        );
+    }
+    // None of Caffe's: nothing, other text, other bytes.
+    for bytes in [&b""[..], b"hello world\n", &[0xff, 0x00, 0x13]] {
+        assert_eq!(FileKind::of_contents(bytes), None, "{bytes:?}");
+    }
+}
+
+#[test]
+fn a_file_of_another_kind_is_refused_with_what_it_is() {
+    use FileKind::*;
+    let upstream = Path::new(UPSTREAM);
+    let model = upstream.join("lenet/init.caffemodel");
+    let state = upstream.join("lenet/sgd_inv_iter_150.solverstate");
+    let mean = upstream.join("fcifar_mini_mean.binaryproto");
+    let solver = upstream.join("lenet/sgd_inv.solver.prototxt");
+    let folder = tempfile::tempdir().unwrap();
+    let noise = write_bytes(folder.path(), "noise.prototxt", &[0x00, 0xff, 0xfe, 0x07]);
+    let kinds = |error: ProtoError| match error {
+        ProtoError::WrongKind {
+            found, expected, ..
+        } => (found, expected),
+        other => panic!("not refused for its kind: {other}"),
+    };
+    assert_eq!(
+        kinds(read_caffemodel(&state).unwrap_err()),
+        (Some(SolverState), Weights)
+    );
+    assert_eq!(
+        kinds(read_caffemodel(&mean).unwrap_err()),
+        (Some(Blob), Weights)
+    );
+    assert_eq!(
+        kinds(read_caffemodel(&solver).unwrap_err()),
+        (Some(SolverPrototxt), Weights)
+    );
+    assert_eq!(
+        kinds(read_solverstate(&model).unwrap_err()),
+        (Some(Weights), SolverState)
+    );
+    assert_eq!(
+        kinds(read_blob_proto(&model).unwrap_err()),
+        (Some(Weights), Blob)
+    );
+    assert_eq!(
+        kinds(read_net(&model).unwrap_err()),
+        (Some(Weights), NetPrototxt)
+    );
+    assert_eq!(
+        kinds(read_net(&solver).unwrap_err()),
+        (Some(SolverPrototxt), NetPrototxt)
+    );
+    assert_eq!(kinds(read_net(&noise).unwrap_err()), (None, NetPrototxt));
+    assert_eq!(
+        kinds(read_solver(&state).unwrap_err()),
+        (Some(SolverState), SolverPrototxt)
+    );
+    assert_eq!(
+        read_caffemodel(&state).unwrap_err().to_string(),
+        format!(
+            "{} is a solver state (.solverstate), not a model's weights (.caffemodel): resume \
+             from it with -snapshot",
+            state.display()
+        )
+    );
+    assert_eq!(
+        read_net(&noise).unwrap_err().to_string(),
+        format!("{} is not text, so not a net prototxt", noise.display())
     );
 }
 

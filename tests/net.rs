@@ -1645,3 +1645,32 @@ fn upstream_layers_we_lack_say_why() {
         "{error}"
     );
 }
+
+#[test]
+fn a_misspelt_layer_type_names_the_line_of_its_type_and_the_closest_type() {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("net.prototxt");
+    std::fs::write(
+        &path,
+        "name: 'n'\nlayer { name: 'x' type: 'Input' top: 'x' input_param { shape { dim: 2 } } }\n\
+         layer {\n  name: 'ip'\n  bottom: 'x' top: 'y'\n  type: 'InerProduct'\n}\n",
+    )
+    .unwrap();
+    let said = "layer 'ip' (type InerProduct): unknown layer type \"InerProduct\"; did you mean \
+                'InnerProduct'?";
+    let error = Net::from_file(&path, Phase::Train, 0, &[], &cpu(), rng_from_seed(0))
+        .err()
+        .unwrap()
+        .to_string();
+    let place = format!("{}:6: ", path.display());
+    assert!(error.starts_with(&format!("{place}{said} ")), "{error}");
+    assert_eq!(error.matches("SoftmaxWithLoss").count(), 1, "{error}");
+    // Built from a message: no file to name.
+    let param = read_net(&path).unwrap();
+    let error = Net::new(&param, &cpu(), rng_from_seed(0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.starts_with(&format!("{said} ")), "{error}");
+    assert_eq!(error.matches("SoftmaxWithLoss").count(), 1, "{error}");
+}

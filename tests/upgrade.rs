@@ -10,7 +10,10 @@ use rcaffe::proto::upgrade::{
     fold_v0_padding_layers, net_needs_upgrade, upgrade_net, upgrade_net_file, upgrade_net_report,
     upgrade_solver, upgrade_solver_file, v0_layer_type, v1_layer_type_name,
 };
-use rcaffe::proto::{parse_text, print_text, read_net, read_solver, read_text_file, ProtoError};
+use rcaffe::proto::{
+    parse_text, print_text, read_net, read_net_as_written, read_solver, read_solver_as_written,
+    ProtoError,
+};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -23,11 +26,11 @@ fn legacy(name: &str) -> PathBuf {
 
 /// Parses a net without upgrading it.
 fn parse_net(path: &Path) -> NetParameter {
-    parse_text(&read_text_file(path).unwrap(), path).unwrap()
+    read_net_as_written(path).unwrap()
 }
 
 fn parse_solver(path: &Path) -> SolverParameter {
-    parse_text(&read_text_file(path).unwrap(), path).unwrap()
+    read_solver_as_written(path).unwrap()
 }
 
 /// Compares as text first, for a readable diff, then field for field.
@@ -773,12 +776,12 @@ fn upgrade_file_tools_report_unreadable_input_and_output() {
     let missing = dir.join("missing.prototxt");
     assert!(matches!(
         upgrade_net_file(&missing, &dir.join("out.prototxt")),
-        Err(ProtoError::Io { path, .. }) if path == missing
+        Err(ProtoError::Read { path, .. }) if path == missing
     ));
     let nowhere = dir.join("no/such/dir/out.prototxt");
     assert!(matches!(
         upgrade_solver_file(&legacy("solver_legacy.prototxt"), &nowhere),
-        Err(ProtoError::Io { .. })
+        Err(ProtoError::Write { .. })
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -77,6 +77,9 @@ pub enum BackendError {
     /// The device itself failed (allocation, launch, transfer).
     #[error("{op}: device error: {message}")]
     Device { op: &'static str, message: String },
+    /// Memory (of the host or the device) for the op cannot be had.
+    #[error("{op}: out of memory: {bytes} bytes cannot be allocated")]
+    OutOfMemory { op: &'static str, bytes: u128 },
 }
 
 /// Result of a backend op.
@@ -87,6 +90,53 @@ pub type Result<T> = std::result::Result<T, BackendError>;
 pub trait CapturedWork: Send {
     /// Issues the recorded ops again, in order, after everything issued before.
     fn replay(&mut self) -> Result<()>;
+}
+
+/// [`BackendError::OutOfMemory`] for `len` values of `T`.
+pub fn out_of_memory<T>(op: &'static str, len: usize) -> BackendError {
+    BackendError::OutOfMemory {
+        op,
+        bytes: len as u128 * std::mem::size_of::<T>() as u128,
+    }
+}
+
+/// `len` zeroed `f32`s of host memory, or [`BackendError::OutOfMemory`] where the allocator
+/// cannot give them: an error to report rather than an abort. Zeroed by the allocator, as
+/// `vec![0.0; len]` is, so pages cost nothing until written (a test net's diffs never are).
+pub fn zeroed_host_buffer(op: &'static str, len: usize) -> Result<Vec<f32>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let layout =
+        std::alloc::Layout::array::<f32>(len).map_err(|_| out_of_memory::<f32>(op, len))?;
+    // SAFETY: `layout` has a non-zero size (`len > 0`).
+    let values = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    if values.is_null() {
+        return Err(out_of_memory::<f32>(op, len));
+    }
+    // SAFETY: `values` is `len` f32s, all zero bits (0.0), from the global allocator with the
+    // layout of `len` f32s: what a Vec of capacity and length `len` owns.
+    Ok(unsafe { Vec::from_raw_parts(values, len, len) })
+}
+
+/// Makes room in `buffer` for `len` values in all, or returns [`BackendError::OutOfMemory`]
+/// where the allocator cannot give the memory (the buffer is then left as it was).
+pub fn reserve_host_buffer<T>(op: &'static str, buffer: &mut Vec<T>, len: usize) -> Result<()> {
+    buffer
+        .try_reserve_exact(len.saturating_sub(buffer.len()))
+        .map_err(|_| out_of_memory::<T>(op, len))
+}
+
+/// Resizes `buffer` to `len` values, new ones `fill`, as [`reserve_host_buffer`] makes room.
+pub fn resize_host_buffer<T: Clone>(
+    op: &'static str,
+    buffer: &mut Vec<T>,
+    len: usize,
+    fill: T,
+) -> Result<()> {
+    reserve_host_buffer(op, buffer, len)?;
+    buffer.resize(len, fill);
+    Ok(())
 }
 
 /// Shorthand for an [`BackendError::InvalidArgument`].

@@ -37,9 +37,10 @@ pub struct Progress<'a> {
 /// Records per write transaction, as upstream's tools commit.
 const COMMIT_EVERY: u64 = 1000;
 
-/// Reads a whole file, gunzipping it when it starts with gzip's magic bytes.
-pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+/// Reads a whole file (`what` is expected there), gunzipping it when it starts with gzip's
+/// magic bytes.
+pub fn read_maybe_gzip(path: &Path, what: &'static str) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| DataError::read(path, what, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])
@@ -73,8 +74,8 @@ pub fn convert_mnist_with(
     out: &Path,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<u64> {
-    let image_bytes = read_maybe_gzip(images)?;
-    let label_bytes = read_maybe_gzip(labels)?;
+    let image_bytes = read_maybe_gzip(images, "MNIST images (IDX file)")?;
+    let label_bytes = read_maybe_gzip(labels, "MNIST labels (IDX file)")?;
     if image_bytes.len() < 16 {
         return Err(DataError::format(
             images,
@@ -194,11 +195,12 @@ pub struct CifarSummary {
 /// The batch files in `dir`: `data_batch_<n>.bin[.gz]` in order of `n`, and
 /// `test_batch.bin[.gz]`.
 fn cifar_batches(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
-    let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+    let unreadable = |e| DataError::read(dir, "folder of CIFAR-10 batches", e);
+    let entries = std::fs::read_dir(dir).map_err(unreadable)?;
     let mut train: Vec<(u64, PathBuf)> = Vec::new();
     let mut test: Vec<PathBuf> = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let entry = entry.map_err(unreadable)?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let stem = name
             .strip_suffix(".bin.gz")
@@ -252,7 +254,7 @@ fn cifar_batches(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
 
 /// Reads a CIFAR-10 batch file: a whole number of records.
 fn read_cifar_batch(path: &Path) -> Result<Vec<u8>> {
-    let bytes = read_maybe_gzip(path)?;
+    let bytes = read_maybe_gzip(path, "CIFAR-10 batch")?;
     if bytes.is_empty() || bytes.len() % CIFAR_RECORD_BYTES != 0 {
         return Err(DataError::format(
             path,
@@ -419,7 +421,7 @@ fn atoi(text: &str) -> i32 {
 /// Parses a list file: each line is `<file> <label>`, split at the last space (a line without
 /// one is all file name, label 0), as upstream reads it.
 pub fn read_image_list(list: &Path) -> Result<Vec<(String, i32)>> {
-    let text = std::fs::read_to_string(list).map_err(|e| DataError::io(list, e))?;
+    let text = std::fs::read_to_string(list).map_err(|e| DataError::read(list, "image list", e))?;
     Ok(text
         .lines()
         .map(|line| match line.rfind(' ') {
@@ -535,7 +537,7 @@ pub fn convert_imageset_with(
                 && rw == 0
                 && matches_extension(file, &encoding);
             let bytes = if keep_file {
-                std::fs::read(&path).map_err(|e| DataError::io(&path, e))?
+                std::fs::read(&path).map_err(|e| DataError::read(&path, "image", e))?
             } else {
                 encode_image(&image, &encoding).map_err(|e| {
                     DataError::format(&path, format!("cannot encode as {encoding}: {e}"))

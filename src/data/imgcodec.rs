@@ -124,7 +124,7 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> std::result::Result<Image,
 
 /// Reads and decodes an image file.
 pub fn read_image(path: &Path, mode: ColorMode) -> Result<Image> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| DataError::read(path, "image", e))?;
     decode_image(&bytes, mode)
         .map_err(|e| DataError::format(path, format!("not a readable image: {e}")))
 }

@@ -66,12 +66,13 @@ pub enum DataError {
     /// An LMDB could not be opened, read or written.
     #[error("LMDB {}: {message}", path.display())]
     Lmdb { path: PathBuf, message: String },
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
+    /// A file could not be read: says what was expected there. (The cause's text is part of
+    /// the message, so the cause is not also given as the error's source.)
+    #[error("{}: cannot read the {what}: {error}", path.display())]
+    Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        what: &'static str,
+        error: std::io::Error,
     },
     /// A dataset file (IDX, CIFAR batch, list file, image) is not what it should be.
     #[error("{}: {message}", path.display())]
@@ -98,11 +99,12 @@ impl DataError {
         DataError::Invalid(message.into())
     }
 
-    /// An [`DataError::Io`] for `path`.
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io {
+    /// A [`DataError::Read`] of `path`, where `what` was expected.
+    pub fn read(path: &Path, what: &'static str, error: std::io::Error) -> Self {
+        DataError::Read {
             path: path.to_path_buf(),
-            source,
+            what,
+            error,
         }
     }
 

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{DataError, Result};
+use crate::backend::resize_host_buffer;
 
 /// One host batch: the data with its shape, and one label per item (empty when the layer
 /// has no label top).
@@ -29,6 +30,23 @@ pub struct Batch {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
     pub labels: Vec<f32>,
+}
+
+impl Batch {
+    /// Shapes the batch: `shape` (records first) for the data and, `with_labels`, a label per
+    /// record. Memory that cannot be had is an error naming the bytes, as is a shape over a
+    /// blob's element limit (the batch is copied into the layer's top blob).
+    pub fn reshape(&mut self, shape: [usize; 4], with_labels: bool) -> Result<()> {
+        const OP: &str = "data batch";
+        let count = crate::blob::checked_count(&shape)
+            .map_err(|e| DataError::invalid(format!("{OP}: {e}")))?;
+        let labels = if with_labels { shape[0] } else { 0 };
+        let unavailable = |e: crate::backend::BackendError| DataError::invalid(e.to_string());
+        resize_host_buffer(OP, &mut self.data, count, 0.0).map_err(unavailable)?;
+        resize_host_buffer(OP, &mut self.labels, labels, 0.0).map_err(unavailable)?;
+        self.shape = shape.to_vec();
+        Ok(())
+    }
 }
 
 /// What fills batches on the prefetch thread.

@@ -149,13 +149,10 @@ impl BatchSource for DatumBatches {
                 None => {
                     // The batch takes its shape from its first record.
                     item_len = shape[1] * shape[2] * shape[3];
-                    batch.shape = vec![self.batch_size, shape[1], shape[2], shape[3]];
-                    batch.data.resize(self.batch_size * item_len, 0.0);
-                    if self.output_labels {
-                        batch.labels.resize(self.batch_size, 0.0);
-                    } else {
-                        batch.labels.clear();
-                    }
+                    batch.reshape(
+                        [self.batch_size, shape[1], shape[2], shape[3]],
+                        self.output_labels,
+                    )?;
                     first = Some((key.clone(), shape));
                 }
                 Some((first_key, first_shape)) if *first_shape != shape => {

@@ -102,7 +102,6 @@ impl BatchSource for ImageBatches {
     fn fill(&mut self, batch: &mut Batch) -> Result<(), DataError> {
         let mut first: Option<(String, [usize; 4])> = None;
         let mut item_len = 0;
-        batch.labels.resize(self.batch_size, 0.0);
         for item in 0..self.batch_size {
             let (file, label) = &self.lines[self.pos];
             let path = image_path(&self.root, file);
@@ -124,8 +123,7 @@ impl BatchSource for ImageBatches {
             match &first {
                 None => {
                     item_len = shape[1] * shape[2] * shape[3];
-                    batch.shape = vec![self.batch_size, shape[1], shape[2], shape[3]];
-                    batch.data.resize(self.batch_size * item_len, 0.0);
+                    batch.reshape([self.batch_size, shape[1], shape[2], shape[3]], true)?;
                     first = Some((file.clone(), shape));
                 }
                 Some((first_file, first_shape)) if *first_shape != shape => {

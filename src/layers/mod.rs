@@ -197,6 +197,14 @@ pub enum LayerError {
     /// The layer got a number of bottom or top blobs it does not take.
     #[error("{0}")]
     BlobCount(String),
+    /// No layer of this type is registered: the closest registered type when one is close,
+    /// and every registered type.
+    #[error(
+        "unknown layer type \"{kind}\"{} (known types: {})",
+        crate::proto::suggestion(kind, LAYER_TYPES),
+        sorted_layer_types().join(", ")
+    )]
+    UnknownType { kind: String },
     /// A top is the same blob as a bottom, and the layer cannot run in place.
     #[error("{layer_type} Layer does not allow in-place computation (top {index} '{blob}' is also bottom {index})")]
     InPlace {
@@ -219,25 +227,25 @@ impl LayerError {
     }
 }
 
-/// A [`LayerError`] with the layer it happened in.
+/// A [`LayerError`] with the layer it happened in. (Its message includes the error's, so the
+/// error is not also given as its source.)
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("layer '{layer}' (type {layer_type}): {source}")]
+#[error("layer '{layer}' (type {layer_type}): {error}")]
 pub struct Error {
     /// The layer's name.
     pub layer: String,
     /// The layer's type string ("Convolution").
     pub layer_type: String,
-    #[source]
-    pub source: Box<LayerError>,
+    pub error: Box<LayerError>,
 }
 
 impl Error {
-    /// Names `source` with the layer `param` describes.
-    pub fn new(param: &LayerParameter, source: LayerError) -> Self {
+    /// Names `error` with the layer `param` describes.
+    pub fn new(param: &LayerParameter, error: LayerError) -> Self {
         Error {
             layer: param.name().to_string(),
             layer_type: param.r#type().to_string(),
-            source: Box::new(source),
+            error: Box::new(error),
         }
     }
 }
@@ -781,20 +789,24 @@ pub fn create_layer_with<B: Backend>(
     match found {
         Some(result) => result.map_err(|e| Error::new(param, e)),
         None => {
-            let message = match not_supported(kind) {
-                Some(reason) => format!("layer type \"{kind}\" is not supported: {reason}"),
-                None => {
-                    let mut known: Vec<&str> = LAYER_TYPES.to_vec();
-                    known.sort_unstable();
-                    format!(
-                        "unknown layer type \"{kind}\" (known types: {})",
-                        known.join(", ")
-                    )
+            let error = match not_supported(kind) {
+                Some(reason) => {
+                    LayerError::invalid(format!("layer type \"{kind}\" is not supported: {reason}"))
                 }
+                None => LayerError::UnknownType {
+                    kind: kind.to_string(),
+                },
             };
-            Err(Error::new(param, LayerError::invalid(message)))
+            Err(Error::new(param, error))
         }
     }
+}
+
+/// Every layer type the registry can build, in alphabetical order.
+fn sorted_layer_types() -> Vec<&'static str> {
+    let mut types = LAYER_TYPES.to_vec();
+    types.sort_unstable();
+    types
 }
 
 /// Whether the registry knows `layer_type`.

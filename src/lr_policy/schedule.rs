@@ -26,11 +26,12 @@ pub enum ScheduleError {
         SCHEDULE_EXTENSIONS.join(", ")
     )]
     UnsupportedFormat { path: PathBuf },
-    #[error("{}: {source}", path.display())]
+    /// The cause's text is part of the message, so the cause is not also given as the error's
+    /// source.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Plot(#[from] PlotError),
@@ -64,9 +65,9 @@ pub fn write_lr_schedule(
     let rates = (0..=last).zip(schedule.rates());
 
     if is_csv {
-        let io_error = |source| ScheduleError::Io {
+        let io_error = |error| ScheduleError::Io {
             path: output.to_path_buf(),
-            source,
+            error,
         };
         let file = std::fs::File::create(output).map_err(io_error)?;
         let mut out = std::io::BufWriter::new(file);

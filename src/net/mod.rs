@@ -27,7 +27,7 @@ use crate::blob::{Blob, BlobError};
 use crate::layers::{self, Blobs, Context, Layer, LayerError, LayerFactory, Params};
 use crate::proto::caffe::param_spec::DimCheckMode;
 use crate::proto::caffe::{LayerParameter, NetParameter, NetState, ParamSpec, Phase};
-use crate::proto::ProtoError;
+use crate::proto::{NetOrigin, ProtoError};
 
 /// What can go wrong building or running a net.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,38 @@ pub enum NetError {
     Blob(#[from] BlobError),
     #[error(transparent)]
     Proto(#[from] ProtoError),
+    /// An error placed in the file the net was read from, at the line of the field at fault
+    /// when the file writes it there.
+    #[error("{}{}: {error}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    InFile {
+        path: std::path::PathBuf,
+        line: Option<usize>,
+        error: Box<NetError>,
+    },
+}
+
+impl NetError {
+    /// Places an unknown layer type in the file the net was read from, at its `type` field:
+    /// `param` is the net as read (before any state or split), `origin` where it is written.
+    /// Other errors are returned as they are.
+    pub fn placed_in(self, param: &NetParameter, origin: &NetOrigin) -> NetError {
+        let NetError::Layer(layer_error) = &self else {
+            return self;
+        };
+        if !matches!(*layer_error.error, LayerError::UnknownType { .. }) {
+            return self;
+        }
+        let line = param
+            .layer
+            .iter()
+            .position(|lp| lp.name() == layer_error.layer && lp.r#type() == layer_error.layer_type)
+            .and_then(|index| origin.layer_field_line(index, "type"));
+        NetError::InFile {
+            path: origin.path.clone(),
+            line,
+            error: Box::new(self),
+        }
+    }
 }
 
 /// Result of a net operation.
@@ -142,7 +174,7 @@ impl<B: Backend> Net<B> {
         state.phase = Some(phase as i32);
         state.stage.extend(stages.iter().cloned());
         state.level = Some(level);
-        Self::new(&param, backend, rng)
+        Self::new(&param, backend, rng).map_err(|e| e.placed_in(&param, &NetOrigin::file(path)))
     }
 
     /// Builds the net `param` describes, in the phase, level and stages of `param.state`, with
@@ -362,7 +394,9 @@ impl<B: Backend> Net<B> {
 
     fn new_blob(&mut self, name: &str) -> Result<usize> {
         let id = self.blobs.len();
-        self.blobs.push(Blob::empty(&self.backend)?);
+        let mut blob = Blob::empty(&self.backend)?;
+        blob.set_name(name);
+        self.blobs.push(blob);
         self.blob_names.push(name.to_string());
         self.blob_need_backward.push(false);
         self.blob_loss_weights.push(0.0);

@@ -2,21 +2,21 @@
 //! `.binaryproto` (BlobProto mean files), and Datum records.
 
 use super::caffe::{BlobProto, NetParameter, SolverState};
-use super::ProtoError;
+use super::{kind, read_file, FileKind, ProtoError};
 use prost::Message;
 use std::io::Write;
 use std::path::Path;
 
-/// Decodes a whole file as one protobuf message. `what` names the kind of file in errors.
-pub fn read_binary<M: Message + Default>(path: &Path, what: &'static str) -> Result<M, ProtoError> {
-    let bytes = std::fs::read(path).map_err(|source| ProtoError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    decode_binary(&bytes, path, what)
+/// Decodes a whole file, where a file of `kind` belongs, as one protobuf message. A file of
+/// another kind is refused with what it is.
+pub fn read_binary<M: Message + Default>(path: &Path, kind: FileKind) -> Result<M, ProtoError> {
+    let bytes = read_file(path, kind.noun())?;
+    kind::refuse_other_kind(&bytes, path, kind)?;
+    decode_binary(&bytes, path, kind.noun())
 }
 
-/// Decodes `bytes` (the contents of `path`) as one protobuf message.
+/// Decodes `bytes` (the contents of `path`) as one protobuf message. `what` names the kind of
+/// file in errors.
 pub fn decode_binary<M: Message + Default>(
     bytes: &[u8],
     path: &Path,
@@ -29,7 +29,7 @@ pub fn decode_binary<M: Message + Default>(
         binary_error(
             path,
             what,
-            &format!("{error} (truncated or not a {what} file?)"),
+            &format!("{error} (truncated, or not a {what}?)"),
         )
     })
 }
@@ -50,9 +50,9 @@ pub fn write_binary<M: Message>(path: &Path, message: &M) -> Result<(), ProtoErr
 
 /// Writes `bytes` to `path` through a temporary file and a rename (see [`write_binary`]).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ProtoError> {
-    let io_error = |source| ProtoError::Io {
+    let io_error = |error| ProtoError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let file_name = path
         .file_name()
@@ -137,8 +137,8 @@ pub fn check_blob_proto(
 /// Reads a `.caffemodel` (NetParameter with weights; legacy V0/V1 layers upgraded) and checks
 /// every blob holds the values its shape promises.
 pub fn read_caffemodel(path: &Path) -> Result<NetParameter, ProtoError> {
-    const WHAT: &str = "caffemodel";
-    let mut net: NetParameter = read_binary(path, WHAT)?;
+    const WHAT: &str = FileKind::Weights.noun();
+    let mut net: NetParameter = read_binary(path, FileKind::Weights)?;
     super::upgrade::upgrade_net(&mut net, path)?;
     if net.layer.is_empty() {
         return Err(binary_error(path, WHAT, "it holds no layers (truncated?)"));
@@ -158,8 +158,8 @@ pub fn read_caffemodel(path: &Path) -> Result<NetParameter, ProtoError> {
 
 /// Reads a `.solverstate` and checks its history blobs.
 pub fn read_solverstate(path: &Path) -> Result<SolverState, ProtoError> {
-    const WHAT: &str = "solverstate";
-    let state: SolverState = read_binary(path, WHAT)?;
+    const WHAT: &str = FileKind::SolverState.noun();
+    let state: SolverState = read_binary(path, FileKind::SolverState)?;
     for (index, blob) in state.history.iter().enumerate() {
         check_blob_proto(blob, path, WHAT, &format!("history blob {index}"))?;
     }
@@ -168,8 +168,8 @@ pub fn read_solverstate(path: &Path) -> Result<SolverState, ProtoError> {
 
 /// Reads a `.binaryproto` blob (a mean file), in either shape form.
 pub fn read_blob_proto(path: &Path) -> Result<BlobProto, ProtoError> {
-    const WHAT: &str = "binaryproto blob";
-    let blob: BlobProto = read_binary(path, WHAT)?;
+    const WHAT: &str = FileKind::Blob.noun();
+    let blob: BlobProto = read_binary(path, FileKind::Blob)?;
     check_blob_proto(&blob, path, WHAT, "blob")?;
     Ok(blob)
 }

@@ -1,6 +1,7 @@
 //! Caffe's schema as Rust types, and the files made of it.
 
 mod binary;
+mod kind;
 mod print;
 mod solver_nets;
 mod text;
@@ -10,8 +11,10 @@ pub use binary::{
     blob_proto_shape, check_blob_proto, decode_binary, read_binary, read_blob_proto,
     read_caffemodel, read_solverstate, write_atomically, write_binary,
 };
+pub use kind::FileKind;
 pub use print::{format_g, print_text};
-pub use solver_nets::{resolve_solver_nets, NetSource, SolverNets};
+pub use solver_nets::{resolve_solver_nets, NetOrigin, NetSource, SolverNets};
+pub(crate) use text::suggestion;
 pub use text::{field_line, parse_text};
 
 use caffe::{NetParameter, SolverParameter};
@@ -36,11 +39,18 @@ pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
 /// What can go wrong reading or writing Caffe's files. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
-    #[error("{}: {source}", path.display())]
-    Io {
+    /// A file could not be read: says what was expected there. (Here and below, the cause's
+    /// text is part of the message, so the cause is not also given as the error's source.)
+    #[error("{}: cannot read the {what}: {error}", path.display())]
+    Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        what: &'static str,
+        error: std::io::Error,
+    },
+    #[error("{}: {error}", path.display())]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
     },
     #[error("{}:{line}:{column}: {message}", path.display())]
     Text {
@@ -59,30 +69,65 @@ pub enum ProtoError {
     Decode { path: PathBuf, message: String },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    /// The file is another kind of Caffe file than the one expected there (`found`, `None`
+    /// for binary that is none of Caffe's where text belongs): says where it goes instead.
+    #[error("{}", kind::wrong_kind_message(path, *found, *expected))]
+    WrongKind {
+        path: PathBuf,
+        found: Option<FileKind>,
+        expected: FileKind,
+    },
 }
 
-/// Reads a whole file as UTF-8 text, naming the file on failure.
-pub fn read_text_file(path: &Path) -> Result<String, ProtoError> {
-    std::fs::read_to_string(path).map_err(|source| ProtoError::Io {
+/// Reads a whole file, naming the file and `what` was expected there on failure.
+pub(crate) fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, ProtoError> {
+    std::fs::read(path).map_err(|error| ProtoError::Read {
         path: path.to_path_buf(),
-        source,
+        what,
+        error,
     })
+}
+
+/// Reads prototxt `path`, where a file of `kind` belongs, as an `M`. A binary file, or a
+/// prototxt of the other kind, is refused with what it is.
+fn read_prototxt<M: prost_reflect::ReflectMessage + Default>(
+    path: &Path,
+    kind: FileKind,
+) -> Result<M, ProtoError> {
+    let bytes = read_file(path, kind.noun())?;
+    kind::refuse_other_kind(&bytes, path, kind)?;
+    let text = String::from_utf8(bytes).map_err(|_| ProtoError::WrongKind {
+        path: path.to_path_buf(),
+        found: None,
+        expected: kind,
+    })?;
+    parse_text(&text, path).map_err(|error| kind::refuse_other_prototxt(error, &text, path, kind))
 }
 
 /// Reads a net prototxt and upgrades legacy (V0/V1, top-level input) nets to the current format.
 pub fn read_net(path: &Path) -> Result<NetParameter, ProtoError> {
-    let mut net: NetParameter = parse_text(&read_text_file(path)?, path)?;
+    let mut net = read_net_as_written(path)?;
     upgrade::upgrade_net(&mut net, path)?;
     Ok(net)
+}
+
+/// Reads a net prototxt as it is written, legacy formats and all.
+pub fn read_net_as_written(path: &Path) -> Result<NetParameter, ProtoError> {
+    read_prototxt(path, FileKind::NetPrototxt)
 }
 
 /// Reads a solver prototxt, upgrading the legacy `solver_type` enum and any inline legacy nets,
 /// and settling `snapshot_prefix` as upstream's `ReadSolverParamsFromTextFileOrDie` does.
 pub fn read_solver(path: &Path) -> Result<SolverParameter, ProtoError> {
-    let mut solver: SolverParameter = parse_text(&read_text_file(path)?, path)?;
+    let mut solver = read_solver_as_written(path)?;
     upgrade::upgrade_solver(&mut solver, path)?;
     settle_snapshot_prefix(&mut solver, path);
     Ok(solver)
+}
+
+/// Reads a solver prototxt as it is written, legacy fields and all.
+pub fn read_solver_as_written(path: &Path) -> Result<SolverParameter, ProtoError> {
+    read_prototxt(path, FileKind::SolverPrototxt)
 }
 
 /// Without a `snapshot_prefix`, snapshots go beside the solver file, named after it; a prefix

@@ -7,8 +7,9 @@
 //! working directory, as Caffe opens them.
 
 use super::caffe::{NetParameter, NetState, Phase, SolverParameter};
+use super::text::nested_field_line;
 use super::{read_net, ProtoError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A net ready to build: its parameters, with `state` already merged, and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +17,35 @@ pub struct NetSource {
     pub param: NetParameter,
     /// "train_net file: lenet.prototxt", "net_param", … as upstream logs it.
     pub description: String,
+    pub origin: NetOrigin,
+}
+
+/// Where a net is written: a file, and the message fields of it that hold the net (a solver's
+/// `net_param`; none for a net file of its own). For errors that point at a line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetOrigin {
+    pub path: PathBuf,
+    /// Field name and occurrence of each enclosing message, outermost first.
+    pub blocks: Vec<(&'static str, usize)>,
+}
+
+impl NetOrigin {
+    /// A net file of its own.
+    pub fn file(path: &Path) -> Self {
+        NetOrigin {
+            path: path.to_path_buf(),
+            blocks: Vec::new(),
+        }
+    }
+
+    /// The line of field `field` of the net's `index`-th `layer`, when the file (read again)
+    /// writes it there.
+    pub fn layer_field_line(&self, index: usize, field: &str) -> Option<usize> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let mut blocks = self.blocks.clone();
+        blocks.push(("layer", index));
+        nested_field_line(&text, &blocks, field, 0)
+    }
 }
 
 /// The train net and the test nets of a solver, in upstream's order.
@@ -34,7 +64,18 @@ pub fn resolve_solver_nets(
         path: solver_path.to_path_buf(),
         message,
     };
-    let read = |file: &str| read_net_relative(file, solver_path);
+    let from_file = |file: &str, description: &str| -> Result<_, ProtoError> {
+        let param = read_net_relative(file, solver_path)?;
+        let origin = NetOrigin::file(Path::new(file));
+        Ok((param, format!("{description} file: {file}"), origin))
+    };
+    let inline = |param: &NetParameter, field: &'static str, index: usize| {
+        let origin = NetOrigin {
+            path: solver_path.to_path_buf(),
+            blocks: vec![(field, index)],
+        };
+        (param.clone(), field.to_string(), origin)
+    };
 
     let train_fields = [
         ("net", solver.net.is_some()),
@@ -58,21 +99,21 @@ pub fn resolve_solver_nets(
             }
         )));
     }
-    let (train_param, train_description) = if let Some(param) = &solver.train_net_param {
-        (param.clone(), "train_net_param".to_string())
+    let (param, description, origin) = if let Some(param) = &solver.train_net_param {
+        inline(param, "train_net_param", 0)
     } else if let Some(file) = &solver.train_net {
-        (read(file)?, format!("train_net file: {file}"))
+        from_file(file, "train_net")?
     } else if let Some(param) = &solver.net_param {
-        (param.clone(), "net_param".to_string())
+        inline(param, "net_param", 0)
     } else {
-        let file = solver.net();
-        (read(file)?, format!("net file: {file}"))
+        from_file(solver.net(), "net")?
     };
     let train = with_state(
-        train_param,
+        param,
         Phase::Train,
         solver.train_state.as_ref(),
-        train_description,
+        description,
+        origin,
     );
 
     let explicit_tests = solver.test_net_param.len() + solver.test_net.len();
@@ -99,30 +140,31 @@ pub fn resolve_solver_nets(
         )));
     }
 
-    let mut sources: Vec<(NetParameter, String)> = Vec::with_capacity(test_iters);
-    for param in &solver.test_net_param {
-        sources.push((param.clone(), "test_net_param".to_string()));
+    let mut sources = Vec::with_capacity(test_iters);
+    for (index, param) in solver.test_net_param.iter().enumerate() {
+        sources.push(inline(param, "test_net_param", index));
     }
     for file in &solver.test_net {
-        sources.push((read(file)?, format!("test_net file: {file}")));
+        sources.push(from_file(file, "test_net")?);
     }
     let generic_instances = test_iters - explicit_tests;
     if generic_instances > 0 {
-        let (param, description) = match &solver.net_param {
-            Some(param) => (param.clone(), "net_param".to_string()),
-            None => (read(solver.net())?, format!("net file: {}", solver.net())),
+        let generic = match &solver.net_param {
+            Some(param) => inline(param, "net_param", 0),
+            None => from_file(solver.net(), "net")?,
         };
-        sources.extend(std::iter::repeat_n((param, description), generic_instances));
+        sources.extend(std::iter::repeat_n(generic, generic_instances));
     }
     let tests = sources
         .into_iter()
         .enumerate()
-        .map(|(index, (param, description))| {
+        .map(|(index, (param, description, origin))| {
             with_state(
                 param,
                 Phase::Test,
                 solver.test_state.get(index),
                 description,
+                origin,
             )
         })
         .collect();
@@ -136,6 +178,7 @@ fn with_state(
     phase: Phase,
     solver_state: Option<&NetState>,
     description: String,
+    origin: NetOrigin,
 ) -> NetSource {
     let mut state = NetState::default();
     state.set_phase(phase);
@@ -149,7 +192,11 @@ fn with_state(
         state.stage.extend(overriding.stage.iter().cloned());
     }
     param.state = Some(state);
-    NetSource { param, description }
+    NetSource {
+        param,
+        description,
+        origin,
+    }
 }
 
 /// Reads a net file named in a solver. Caffe opens it relative to the working directory; when
@@ -157,7 +204,7 @@ fn with_state(
 fn read_net_relative(file: &str, solver_path: &Path) -> Result<NetParameter, ProtoError> {
     let path = Path::new(file);
     match read_net(path) {
-        Err(ProtoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(ProtoError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             // Zoo solvers name nets relative to Caffe's root: find the folder that would work.
             let root = solver_path
                 .parent()

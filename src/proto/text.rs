@@ -46,12 +46,36 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 /// there. For errors about a value that parsed but cannot be used, which the parsed message no
 /// longer places.
 pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
+    find_field(text, field, occurrence).map(|(line, _)| line)
+}
+
+/// [`field_line`] inside nested messages: `blocks` names each enclosing message field and its
+/// occurrence, outermost first (`[("layer", 2)]`: the third `layer { }` of a net). The line is
+/// counted from the start of `text`.
+pub fn nested_field_line(
+    text: &str,
+    blocks: &[(&str, usize)],
+    field: &str,
+    occurrence: usize,
+) -> Option<usize> {
+    let (mut first_line, mut inside) = (1, text);
+    for &(block, index) in blocks {
+        let (line, body) = message_body(inside, block, index)?;
+        first_line += line - 1;
+        inside = body;
+    }
+    Some(first_line - 1 + field_line(inside, field, occurrence)?)
+}
+
+/// The line and the byte offset just past the name where top-level field `field` is written
+/// for the `occurrence`-th time (see [`field_line`]).
+fn find_field(text: &str, field: &str, occurrence: usize) -> Option<(usize, usize)> {
     let mut chars = text.char_indices().peekable();
     let (mut line, mut depth, mut seen) = (1, 0usize, 0);
     while let Some((start, c)) = chars.next() {
         match c {
             '\n' => line += 1,
-            '#' => while chars.next_if(|&(_, c)| c != '\n').is_some() {},
+            '#' => skip_comment(&mut chars),
             '"' | '\'' => skip_string(&mut chars, c, &mut line),
             '{' | '<' => depth += 1,
             '}' | '>' => depth = depth.saturating_sub(1),
@@ -72,7 +96,7 @@ pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
                     .is_some_and(|value| value.trim_start().starts_with('['));
                 if !is_list {
                     if seen == occurrence {
-                        return Some(line);
+                        return Some((line, end));
                     }
                     seen += 1;
                     continue;
@@ -86,7 +110,7 @@ pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
                     }
                 }
                 let mut element_starts = true;
-                while let Some((_, c)) = chars.next() {
+                while let Some((i, c)) = chars.next() {
                     match c {
                         ']' => break,
                         ',' => element_starts = true,
@@ -95,7 +119,7 @@ pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
                         _ => {
                             if element_starts {
                                 if seen == occurrence {
-                                    return Some(line);
+                                    return Some((line, i));
                                 }
                                 seen += 1;
                                 element_starts = false;
@@ -111,6 +135,46 @@ pub fn field_line(text: &str, field: &str, occurrence: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The text between the braces of the `occurrence`-th top-level message field `field`
+/// (`field { ... }`, `field: < ... >`), and the line its opening brace is on.
+fn message_body<'t>(text: &'t str, field: &str, occurrence: usize) -> Option<(usize, &'t str)> {
+    let (line, after_name) = find_field(text, field, occurrence)?;
+    let rest = &text[after_name..];
+    let open = rest.find(['{', '<'])?;
+    if !rest[..open]
+        .trim_start()
+        .trim_start_matches(':')
+        .trim()
+        .is_empty()
+    {
+        return None;
+    }
+    let brace_line = line + rest[..open].matches('\n').count();
+    let body_start = after_name + open + 1;
+    let mut chars = text[body_start..].char_indices().peekable();
+    let (mut depth, mut lines_in_strings) = (1usize, 0);
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '#' => skip_comment(&mut chars),
+            '"' | '\'' => skip_string(&mut chars, c, &mut lines_in_strings),
+            '{' | '<' => depth += 1,
+            '}' | '>' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((brace_line, &text[body_start..body_start + i]));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Consumes a comment's rest, up to (not including) the end of its line.
+fn skip_comment(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>) {
+    while chars.next_if(|&(_, c)| c != '\n').is_some() {}
 }
 
 /// Consumes a string literal's rest up to its closing `quote`, counting the lines it spans.
@@ -177,11 +241,12 @@ fn explain(message: &str, text: &str, offset: usize) -> String {
     message.to_string()
 }
 
-/// "; did you mean 'x'?" for the closest of `candidates`, when one is close enough.
-fn suggestion(name: &str, candidates: &[String]) -> String {
+/// "; did you mean 'x'?" for the closest of `candidates`, when one is close enough (for a
+/// misspelt name: a field, a layer type).
+pub fn suggestion<S: AsRef<str>>(name: &str, candidates: &[S]) -> String {
     let best = candidates
         .iter()
-        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .map(|candidate| (edit_distance(name, candidate.as_ref()), candidate.as_ref()))
         .min();
     match best {
         Some((distance, candidate)) if distance <= name.len().max(3) / 3 + 1 => {
@@ -241,6 +306,21 @@ mod tests {
         let text = "train_state { level: 1 }\nsnapshot_prefix: \"a\\\"b\"\nlevel: 2\n";
         assert_eq!(field_line(text, "train_state", 0), Some(1));
         assert_eq!(field_line(text, "level", 0), Some(3));
+    }
+
+    #[test]
+    fn nested_field_line_finds_fields_inside_the_named_blocks() {
+        let text = "net_param {\n  layer { name: 'a' type: 'Input' }\n  # layer { type: 'x' }\n  \
+                    layer {\n    name: '}'\n    type:\n      'Poolling'\n  }\n}\n\
+                    test_net_param: <\n  layer <\n    type: 'ReLU' > >\n";
+        let at = |blocks: &[(&str, usize)], field| nested_field_line(text, blocks, field, 0);
+        assert_eq!(at(&[("net_param", 0), ("layer", 0)], "type"), Some(2));
+        assert_eq!(at(&[("net_param", 0), ("layer", 1)], "type"), Some(6));
+        assert_eq!(at(&[("net_param", 0), ("layer", 1)], "name"), Some(5));
+        assert_eq!(at(&[("test_net_param", 0), ("layer", 0)], "type"), Some(12));
+        assert_eq!(at(&[("net_param", 0), ("layer", 2)], "type"), None);
+        assert_eq!(at(&[("net_param", 1)], "layer"), None);
+        assert_eq!(at(&[], "net_param"), Some(1));
     }
 
     #[test]

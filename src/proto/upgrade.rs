@@ -25,7 +25,9 @@ use super::caffe::{
     BlobShape, InputParameter, LayerParameter, NetParameter, ParamSpec, SolverParameter,
     V0LayerParameter, V1LayerParameter,
 };
-use super::{parse_text, print_text, read_text_file, ProtoError};
+use super::{
+    print_text, read_net_as_written, read_solver_as_written, write_atomically, ProtoError,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -232,7 +234,7 @@ pub fn solver_type_name(solver_type: solver_parameter::SolverType) -> &'static s
 /// logged, as upstream does). If the upgrade had tolerated problems the output is still written
 /// and those problems are returned as an error, as upstream's tool exits non-zero after writing.
 pub fn upgrade_net_file(input: &Path, output: &Path) -> Result<(), ProtoError> {
-    let mut net: NetParameter = parse_text(&read_text_file(input)?, input)?;
+    let mut net = read_net_as_written(input)?;
     let mut report = UpgradeReport::default();
     if net_needs_upgrade(&net) {
         report = upgrade_net_report(&mut net, input)?;
@@ -242,7 +244,7 @@ pub fn upgrade_net_file(input: &Path, output: &Path) -> Result<(), ProtoError> {
     } else {
         log::error!("File already in latest proto format: {}", input.display());
     }
-    write_text_atomically(output, &print_text(&net))?;
+    write_atomically(output, print_text(&net).as_bytes())?;
     log::info!(
         "Wrote upgraded NetParameter text proto to {}",
         output.display()
@@ -255,7 +257,7 @@ pub fn upgrade_net_file(input: &Path, output: &Path) -> Result<(), ProtoError> {
 /// upgraded too (see [`upgrade_solver_report`]). A solver with both `solver_type` and `type` is
 /// refused and nothing is written.
 pub fn upgrade_solver_file(input: &Path, output: &Path) -> Result<(), ProtoError> {
-    let mut solver: SolverParameter = parse_text(&read_text_file(input)?, input)?;
+    let mut solver = read_solver_as_written(input)?;
     let mut report = UpgradeReport::default();
     if solver_needs_upgrade(&solver) {
         report = upgrade_solver_report(&mut solver, input)?;
@@ -265,7 +267,7 @@ pub fn upgrade_solver_file(input: &Path, output: &Path) -> Result<(), ProtoError
     } else {
         log::error!("File already in latest proto format: {}", input.display());
     }
-    write_text_atomically(output, &print_text(&solver))?;
+    write_atomically(output, print_text(&solver).as_bytes())?;
     log::info!(
         "Wrote upgraded SolverParameter text proto to {}",
         output.display()
@@ -288,34 +290,6 @@ fn problems_to_result(
             output.display(),
             problems.join("; ")
         ),
-    })
-}
-
-/// `OUTPUT.tmp`, in the same directory as `output`.
-fn tmp_path_for(output: &Path) -> PathBuf {
-    let mut name = output.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    output.with_file_name(name)
-}
-
-/// Writes `text` to `OUTPUT.tmp` beside `output`, then renames it over `output`.
-fn write_text_atomically(output: &Path, text: &str) -> Result<(), ProtoError> {
-    let tmp = tmp_path_for(output);
-    let io_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ProtoError::Io { path, source }
-    };
-    let written = std::fs::File::create(&tmp).and_then(|mut file| {
-        std::io::Write::write_all(&mut file, text.as_bytes())?;
-        file.sync_all()
-    });
-    if let Err(error) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_error(&tmp)(error));
-    }
-    std::fs::rename(&tmp, output).map_err(|error| {
-        let _ = std::fs::remove_file(&tmp);
-        io_error(output)(error)
     })
 }
 
@@ -1207,15 +1181,6 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn tmp_file_sits_beside_the_output() {
-        assert_eq!(
-            tmp_path_for(Path::new("dir/net.prototxt")),
-            Path::new("dir/net.prototxt.tmp")
-        );
-        assert_eq!(tmp_path_for(Path::new("net")), Path::new("net.tmp"));
     }
 
     #[test]

@@ -5,18 +5,23 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The `rcaffe` command with `args`, for a test that sets up more before running it.
+pub fn rcaffe_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rcaffe"));
+    command.args(args);
+    command
+}
+
 /// Runs the `rcaffe` binary as a user runs it.
 pub fn rcaffe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
-        .args(args)
+    rcaffe_command(args)
         .output()
         .expect("the rcaffe binary runs")
 }
 
 /// Runs the `rcaffe` binary in `folder`.
 pub fn rcaffe_in(folder: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rcaffe"))
-        .args(args)
+    rcaffe_command(args)
         .current_dir(folder)
         .output()
         .expect("the rcaffe binary runs")

@@ -31,7 +31,7 @@
 //! (one lock per worker's column buffer, one entry per gradient part).
 
 use super::{direct, gemm, im2col, Par};
-use crate::backend::{ConvBatch, Transpose};
+use crate::backend::{resize_host_buffer, ConvBatch, Result, Transpose};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -66,12 +66,17 @@ fn use_direct(par: Par<'_>, c: &ConvBatch, n_workers: usize) -> bool {
     direct::applies(c) && (n_workers > 1 || par.pool.is_none() || par.threads <= 1)
 }
 
-/// Grows `scratch` to at least `len` elements (never shrinks: no allocation once warm).
-fn scratch_of(scratch: &mut Vec<f32>, len: usize) -> &mut [f32] {
+/// Grows `scratch` to at least `len` elements (never shrinks: no allocation once warm), or
+/// says the memory cannot be had.
+fn scratch_of<'s>(
+    op: &'static str,
+    scratch: &'s mut Vec<f32>,
+    len: usize,
+) -> Result<&'s mut [f32]> {
     if scratch.len() < len {
-        scratch.resize(len, 0.0);
+        resize_host_buffer(op, scratch, len, 0.0)?;
     }
-    &mut scratch[..len]
+    Ok(&mut scratch[..len])
 }
 
 /// Cuts `buf` into `n` slices of `len`, one per worker, each behind its own lock.
@@ -198,20 +203,20 @@ pub(super) fn forward(
     w: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
-) {
+) -> Result<()> {
     let (il, ol, cl) = (c.in_len(), c.out_len(), col_len(c));
     if c.num == 0 || ol == 0 {
-        return;
+        return Ok(());
     }
     let n_workers = workers(par, c);
     let use_direct = use_direct(par, c, n_workers);
     let cl = if use_direct { 0 } else { cl };
-    let buf = scratch_of(scratch, n_workers * cl);
+    let buf = scratch_of("conv_forward", scratch, n_workers * cl)?;
     if n_workers == 1 {
         for (xi, yi) in x.chunks_exact(il).zip(y.chunks_exact_mut(ol)) {
             forward_image(par, c, use_direct, xi, w, bias, yi, buf);
         }
-        return;
+        return Ok(());
     }
     let slots = slots(buf, cl, n_workers);
     par.install(|| {
@@ -223,6 +228,7 @@ pub(super) fn forward(
                 })
             })
     });
+    Ok(())
 }
 
 /// One image's backward pass: `dw = beta dw + dy col(x)^T` per group (when given), then
@@ -314,10 +320,11 @@ pub(super) fn backward(
     dy: &[f32],
     dw: Option<&mut [f32]>,
     dx: Option<&mut [f32]>,
-) {
+) -> Result<()> {
+    const OP: &str = "conv_backward";
     let (il, ol, wl) = (c.in_len(), c.out_len(), c.weight_len());
     if c.num == 0 || (dw.is_none() && dx.is_none()) {
-        return;
+        return Ok(());
     }
     let n_workers = workers(par, c);
     // Which products skip the column buffer (the same bits either way, see [`direct`]).
@@ -344,7 +351,7 @@ pub(super) fn backward(
     let Some(dw) = dw else {
         // Data gradient only: every image on its own, as in forward.
         let dx = dx.expect("checked above");
-        let buf = scratch_of(scratch, wt_len + n_workers * cl);
+        let buf = scratch_of(OP, scratch, wt_len + n_workers * cl)?;
         let (wt, cols) = buf.split_at_mut(wt_len);
         if direct_dx {
             direct::transpose_weights(c, w, wt);
@@ -354,7 +361,7 @@ pub(super) fn backward(
             for (dyi, dxi) in dy.chunks_exact(ol).zip(dx.chunks_exact_mut(il)) {
                 data_gradient(wt, dyi, dxi, cols);
             }
-            return;
+            return Ok(());
         }
         let slots = slots(cols, cl, n_workers);
         par.install(|| {
@@ -362,7 +369,7 @@ pub(super) fn backward(
                 .zip(dx.par_chunks_exact_mut(il))
                 .for_each(|(dyi, dxi)| with_slot(&slots, |col| data_gradient(wt, dyi, dxi, col)))
         });
-        return;
+        return Ok(());
     };
 
     // With the weight gradient: fixed parts of the batch, each summed image by image into its
@@ -376,9 +383,10 @@ pub(super) fn backward(
     };
     let own_accumulators = if direct_dw { parts } else { parts - 1 };
     let buf = scratch_of(
+        OP,
         scratch,
         wt_len + n_workers * cl + own_accumulators * acc_len,
-    );
+    )?;
     let (wt, rest) = buf.split_at_mut(wt_len);
     let (cols, partials) = rest.split_at_mut(n_workers * cl);
     if direct_dx {
@@ -468,6 +476,7 @@ pub(super) fn backward(
     } else {
         add_partials(dw, partials);
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -368,7 +368,7 @@ impl Backend for CpuBackend {
 
     fn alloc(&self, len: usize) -> Result<CpuBuffer> {
         Ok(CpuBuffer {
-            data: vec![0.0; len],
+            data: crate::backend::zeroed_host_buffer("alloc", len)?,
         })
     }
 
@@ -1145,8 +1145,7 @@ impl Backend for CpuBackend {
         };
         let y = wr(OP, "y", y, y_off, c.num * c.out_len())?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        conv::forward(self.par(), &mut scratch, c, x, w, bias, y);
-        Ok(())
+        conv::forward(self.par(), &mut scratch, c, x, w, bias, y)
     }
 
     fn conv_backward(
@@ -1178,8 +1177,7 @@ impl Backend for CpuBackend {
             None => None,
         };
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        conv::backward(self.par(), &mut scratch, c, x, w, dy, dw, dx);
-        Ok(())
+        conv::backward(self.par(), &mut scratch, c, x, w, dy, dw, dx)
     }
 
     fn max_pool_forward(
@@ -1197,8 +1195,7 @@ impl Backend for CpuBackend {
         let x = rd(OP, "x", x, x_off, g.in_len())?;
         let y = wr(OP, "y", y, y_off, g.out_len())?;
         let mask = wr(OP, "mask", mask, mask_off, g.out_len())?;
-        pooling::max_forward(self.par(), g, x, y, mask);
-        Ok(())
+        pooling::max_forward(self.par(), g, x, y, mask)
     }
 
     fn max_pool_backward(
@@ -1240,8 +1237,7 @@ impl Backend for CpuBackend {
         g.validate(OP)?;
         let x = rd(OP, "x", x, x_off, g.in_len())?;
         let y = wr(OP, "y", y, y_off, g.out_len())?;
-        pooling::ave_forward(self.par(), g, x, y);
-        Ok(())
+        pooling::ave_forward(self.par(), g, x, y)
     }
 
     fn ave_pool_backward(
@@ -1256,8 +1252,7 @@ impl Backend for CpuBackend {
         g.validate(OP)?;
         let dy = rd(OP, "dy", dy, dy_off, g.out_len())?;
         let dx = wr(OP, "dx", dx, dx_off, g.in_len())?;
-        pooling::ave_backward(self.par(), g, dy, dx);
-        Ok(())
+        pooling::ave_backward(self.par(), g, dy, dx)
     }
 
     fn lrn_across_forward(

@@ -18,9 +18,12 @@
 
 use super::simd::{has_avx2, with_simd};
 use super::Par;
-use crate::backend::PoolGeom;
+use crate::backend::{
+    invalid, reserve_host_buffer, resize_host_buffer, BackendError, PoolGeom, Result,
+};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
@@ -52,20 +55,28 @@ struct Layout {
 }
 
 impl Layout {
-    fn of(g: &PoolGeom) -> Self {
+    /// The layout for `g`, or `None` when its sizes overflow (an absurd window or stride).
+    fn of(g: &PoolGeom) -> Option<Self> {
         // Windows reach at most this far; the image itself may reach further (floor mode).
-        let rows = ((g.pooled_h.max(1) - 1) * g.stride_h + g.kernel_h).max(g.height + g.pad_h);
-        let cols = ((g.pooled_w.max(1) - 1) * g.stride_w + g.kernel_w).max(g.width + g.pad_w);
-        let (rows, cols) = (rows.div_ceil(g.stride_h), cols.div_ceil(g.stride_w));
-        let planes = (GROUP_SLOTS / (rows * cols)).clamp(1, g.planes.max(1));
-        Layout {
+        let reach = |pooled: usize, stride: usize, kernel: usize, size: usize, pad: usize| {
+            let windows = (pooled.max(1) - 1)
+                .checked_mul(stride)?
+                .checked_add(kernel)?;
+            Some(windows.max(size.checked_add(pad)?).div_ceil(stride))
+        };
+        let rows = reach(g.pooled_h, g.stride_h, g.kernel_h, g.height, g.pad_h)?;
+        let cols = reach(g.pooled_w, g.stride_w, g.kernel_w, g.width, g.pad_w)?;
+        let plane_len = rows.checked_mul(cols)?;
+        let planes = (GROUP_SLOTS / plane_len).clamp(1, g.planes.max(1));
+        let layout = Layout {
             stride: (g.stride_h, g.stride_w),
             phases: (g.stride_h.min(g.kernel_h), g.stride_w.min(g.kernel_w)),
             rows,
             cols,
             planes,
-            slots: (planes * rows * cols).next_multiple_of(8),
-        }
+            slots: planes.checked_mul(plane_len)?.checked_next_multiple_of(8)?,
+        };
+        layout.checked_len().map(|_| layout)
     }
 
     /// Floats of one plane in one phase, and of one phase.
@@ -79,7 +90,16 @@ impl Layout {
 
     /// The phases, then room for the spare slots' reads past the last one.
     fn len(&self) -> usize {
-        self.phases.0 * self.phases.1 * self.phase_len() + self.plane_len() + 8
+        self.checked_len().expect("checked by Layout::of")
+    }
+
+    fn checked_len(&self) -> Option<usize> {
+        self.phases
+            .0
+            .checked_mul(self.phases.1)?
+            .checked_mul(self.phase_len())?
+            .checked_add(self.plane_len())?
+            .checked_add(8)
     }
 
     /// Where padded position `(r, c)` of plane 0 is, if its phase is kept.
@@ -138,15 +158,26 @@ impl Scratch {
         }
     }
 
-    fn make_tables(&mut self, g: &PoolGeom) {
-        let lay = Layout::of(g);
-        self.geom = Some(*g);
-        self.lay = lay;
-        self.planes.resize(lay.len(), 0.0);
-        self.values.resize(lay.slots, 0.0);
-        self.arg.resize(lay.slots, 0);
+    /// Sizes the buffers and makes the tables for `g`, or says they cannot be had.
+    fn make_tables(&mut self, g: &PoolGeom) -> Result<()> {
+        const OP: &str = "pooling scratch";
+        // The tables are made only once they all fit.
+        self.geom = None;
+        let lay = layout(g)?;
+        let taps = g
+            .kernel_h
+            .checked_mul(g.kernel_w)
+            .ok_or_else(|| too_large(g))?;
+        resize_host_buffer(OP, &mut self.planes, lay.len(), 0.0)?;
+        resize_host_buffer(OP, &mut self.values, lay.slots, 0.0)?;
+        resize_host_buffer(OP, &mut self.arg, lay.slots, 0)?;
         self.origins.clear();
         self.divisors.clear();
+        self.taps.clear();
+        reserve_host_buffer(OP, &mut self.origins, lay.slots)?;
+        reserve_host_buffer(OP, &mut self.divisors, lay.slots)?;
+        reserve_host_buffer(OP, &mut self.taps, taps)?;
+        self.lay = lay;
         for slot in 0..lay.slots {
             let (ph, pw) = ((slot / lay.cols) % lay.rows, slot % lay.cols);
             // A real slot's indices fit an i32 (`PoolGeom::validate` bounds a plane by 2^24
@@ -160,7 +191,6 @@ impl Scratch {
                 * ave_divisor(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
             self.divisors.push(if real { divisor } else { 0.0 });
         }
-        self.taps.clear();
         for kh in 0..g.kernel_h {
             for kw in 0..g.kernel_w {
                 let at = lay.at(kh, kw).expect("a tap's phase is kept");
@@ -182,6 +212,8 @@ impl Scratch {
                 self.column_phases.push((at, w0, n));
             }
         }
+        self.geom = Some(*g);
+        Ok(())
     }
 
     /// Copies `planes` (at most a group) into the layout, the padding set to `fill`.
@@ -285,15 +317,24 @@ impl Scratch {
     }
 }
 
-/// Runs `f` with this thread's scratch, sized and tabulated for `g`.
-fn with_scratch<R>(g: &PoolGeom, f: impl FnOnce(&mut Scratch) -> R) -> R {
+/// Runs `f` with this thread's scratch, sized and tabulated for `g`; a failure to size it goes
+/// to `failed` (the first of a parallel loop's failures is kept) and `f` is not run.
+fn with_scratch(g: &PoolGeom, failed: &OnceLock<BackendError>, f: impl FnOnce(&mut Scratch)) {
     SCRATCH.with(|cell| {
         let mut s = cell.borrow_mut();
         if s.geom != Some(*g) {
-            s.make_tables(g);
+            if let Err(error) = s.make_tables(g) {
+                let _ = failed.set(error);
+                return;
+            }
         }
         f(&mut s)
     })
+}
+
+/// `Err` with the failure a loop of [`with_scratch`] calls recorded, if any.
+fn first_failure(failed: OnceLock<BackendError>) -> Result<()> {
+    failed.into_inner().map_or(Ok(()), Err)
 }
 
 /// Start and end (exclusive) of window `p` along one axis, clipped to `0..limit`, as i64.
@@ -333,8 +374,26 @@ fn max_slots(s: &mut Scratch) {
     }
 }
 
-pub(super) fn max_forward(par: Par<'_>, g: &PoolGeom, x: &[f32], y: &mut [f32], mask: &mut [f32]) {
-    max_forward_with(par, g, x, y, mask, has_avx2());
+pub(super) fn max_forward(
+    par: Par<'_>,
+    g: &PoolGeom,
+    x: &[f32],
+    y: &mut [f32],
+    mask: &mut [f32],
+) -> Result<()> {
+    max_forward_with(par, g, x, y, mask, has_avx2())
+}
+
+/// The layout of `g`'s scratch, or an error when its sizes overflow.
+fn layout(g: &PoolGeom) -> Result<Layout> {
+    Layout::of(g).ok_or_else(|| too_large(g))
+}
+
+fn too_large(g: &PoolGeom) -> BackendError {
+    invalid(
+        "pooling scratch",
+        format!("the window and stride need more scratch than memory can hold: {g:?}"),
+    )
 }
 
 /// [`max_forward`] with or without the AVX2 loops (for the tests: with is the same bits).
@@ -345,14 +404,15 @@ fn max_forward_with(
     y: &mut [f32],
     mask: &mut [f32],
     use_avx2: bool,
-) {
+) -> Result<()> {
     let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
-    let group = Layout::of(g).planes;
-    let work = group * pp * g.kernel_h * g.kernel_w;
+    let group = layout(g)?.planes;
+    let work = window_work(g, group * pp);
+    let failed = OnceLock::new();
     par.rows2_mut(y, group * pp, mask, group * pp, work, |i, yg, mg| {
         let first = i * group;
         let xg = &x[first * hw..(first + yg.len() / pp.max(1)) * hw];
-        with_scratch(g, |s| {
+        with_scratch(g, &failed, |s| {
             if use_avx2 {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `use_avx2` only where the CPU has AVX2.
@@ -367,6 +427,12 @@ fn max_forward_with(
             s.read_slots(g, &s.arg, mg, |a| a as f32);
         })
     });
+    first_failure(failed)
+}
+
+/// The taps a group of `slots` output slots reads, as a parallel loop's work estimate.
+fn window_work(g: &PoolGeom, slots: usize) -> usize {
+    slots.saturating_mul(g.kernel_h).saturating_mul(g.kernel_w)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -456,14 +522,14 @@ fn ave_shares(s: &mut Scratch) {
     }
 }
 
-pub(super) fn ave_forward(par: Par<'_>, g: &PoolGeom, x: &[f32], y: &mut [f32]) {
+pub(super) fn ave_forward(par: Par<'_>, g: &PoolGeom, x: &[f32], y: &mut [f32]) -> Result<()> {
     let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
-    let group = Layout::of(g).planes;
-    let work = group * pp * g.kernel_h * g.kernel_w;
-    par.rows_mut(y, group * pp, work, |i, yg| {
+    let group = layout(g)?.planes;
+    let failed = OnceLock::new();
+    par.rows_mut(y, group * pp, window_work(g, group * pp), |i, yg| {
         let first = i * group;
         let xg = &x[first * hw..(first + yg.len() / pp.max(1)) * hw];
-        with_scratch(g, |s| {
+        with_scratch(g, &failed, |s| {
             with_simd(|| {
                 s.fill(g, xg, 0.0);
                 ave_slots(s);
@@ -471,16 +537,17 @@ pub(super) fn ave_forward(par: Par<'_>, g: &PoolGeom, x: &[f32], y: &mut [f32]) 
             })
         })
     });
+    first_failure(failed)
 }
 
-pub(super) fn ave_backward(par: Par<'_>, g: &PoolGeom, dy: &[f32], dx: &mut [f32]) {
+pub(super) fn ave_backward(par: Par<'_>, g: &PoolGeom, dy: &[f32], dx: &mut [f32]) -> Result<()> {
     let (hw, pp) = (g.height * g.width, g.pooled_h * g.pooled_w);
-    let group = Layout::of(g).planes;
-    let work = group * pp * g.kernel_h * g.kernel_w;
-    par.rows_mut(dx, group * hw, work, |i, dxg| {
+    let group = layout(g)?.planes;
+    let failed = OnceLock::new();
+    par.rows_mut(dx, group * hw, window_work(g, group * pp), |i, dxg| {
         let first = i * group;
         let dyg = &dy[first * pp..(first + dxg.len() / hw.max(1)) * pp];
-        with_scratch(g, |s| {
+        with_scratch(g, &failed, |s| {
             with_simd(|| {
                 // Spare slots and empty windows pass nothing back (a spare slot's taps may
                 // reach the image).
@@ -490,6 +557,7 @@ pub(super) fn ave_backward(par: Par<'_>, g: &PoolGeom, dy: &[f32], dx: &mut [f32
             })
         })
     });
+    first_failure(failed)
 }
 
 /// Pooling as first written, kept as the tests' reference: max-pooling backward with a libm
@@ -730,7 +798,7 @@ mod tests {
             let (y_ref, m_ref) = max_by_definition(&g, &x);
             for use_avx2 in [false, has_avx2()] {
                 let (mut y, mut m) = (vec![0.0; n_out], vec![0.0; n_out]);
-                max_forward_with(SERIAL, &g, &x, &mut y, &mut m, use_avx2);
+                max_forward_with(SERIAL, &g, &x, &mut y, &mut m, use_avx2).unwrap();
                 assert!(
                     same_bits(&y, &y_ref) && same_bits(&m, &m_ref),
                     "max forward {g:?}, AVX2 {use_avx2}"
@@ -748,6 +816,31 @@ mod tests {
             ));
             assert!(same_bits(&dx, &dx_ref), "max backward {g:?}");
         }
+    }
+
+    #[test]
+    fn a_window_whose_scratch_cannot_be_sized_is_an_error() {
+        let huge = u32::MAX as usize;
+        let g = PoolGeom {
+            planes: 1,
+            height: 4,
+            width: 4,
+            kernel_h: huge,
+            kernel_w: huge,
+            stride_h: huge,
+            stride_w: huge,
+            pad_h: 0,
+            pad_w: 0,
+            pooled_h: 1,
+            pooled_w: 1,
+        };
+        let (x, mut y, mut mask) = ([0.0; 16], [0.0], [0.0]);
+        let error = max_forward(SERIAL, &g, &x, &mut y, &mut mask).unwrap_err();
+        assert!(
+            error.to_string().starts_with("pooling scratch: "),
+            "{error}"
+        );
+        assert!(ave_forward(SERIAL, &g, &x, &mut y).is_err());
     }
 
     #[test]
@@ -771,14 +864,14 @@ mod tests {
             let (n_in, n_out) = (g.in_len(), g.out_len());
             let x = values(n_in, 3);
             let (mut y, mut y_ref) = (vec![f32::NAN; n_out], vec![0.0; n_out]);
-            ave_forward(SERIAL, &g, &x, &mut y);
+            ave_forward(SERIAL, &g, &x, &mut y).unwrap();
             reference::ave_forward(SERIAL, &g, &x, &mut y_ref);
             assert!(same_bits(&y, &y_ref), "average forward {g:?}");
 
             // Values that do not round exactly, so the order of each input's shares shows.
             let dy: Vec<f32> = (0..n_out).map(|i| 0.1 + (i % 7) as f32 * 0.37).collect();
             let (mut dx, mut dx_ref) = (vec![f32::NAN; n_in], vec![0.0; n_in]);
-            ave_backward(SERIAL, &g, &dy, &mut dx);
+            ave_backward(SERIAL, &g, &dy, &mut dx).unwrap();
             reference::ave_backward(SERIAL, &g, &dy, &mut dx_ref);
             assert!(same_bits(&dx, &dx_ref), "average backward {g:?}");
         }
@@ -791,11 +884,11 @@ mod tests {
         let n_out = g.out_len();
         assert!(n_out > 0);
         let (mut y, mut mask) = (vec![0.0; n_out], vec![0.0; n_out]);
-        max_forward(SERIAL, &g, &[], &mut y, &mut mask);
+        max_forward(SERIAL, &g, &[], &mut y, &mut mask).unwrap();
         assert!(y.iter().all(|&v| v == -f32::MAX) && mask.iter().all(|&m| m == -1.0));
         let mut y = vec![f32::NAN; n_out];
-        ave_forward(SERIAL, &g, &[], &mut y);
+        ave_forward(SERIAL, &g, &[], &mut y).unwrap();
         assert!(y.iter().all(|&v| v.to_bits() == 0));
-        ave_backward(SERIAL, &g, &vec![1.0; n_out], &mut []);
+        ave_backward(SERIAL, &g, &vec![1.0; n_out], &mut []).unwrap();
     }
 }

@@ -241,9 +241,14 @@ impl CudaBackend {
 
     /// `len` zeroed f32 on `stream`'s device.
     fn alloc_on(stream: &Arc<CudaStream>, len: usize) -> Result<CudaBuffer> {
-        let slice = stream
-            .alloc_zeros::<f32>(len.max(1))
-            .map_err(|e| dev_err("alloc", e))?;
+        const OP: &str = "alloc";
+        let slice = stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| {
+            if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                crate::backend::out_of_memory::<f32>(OP, len)
+            } else {
+                dev_err(OP, e)
+            }
+        })?;
         let base = slice.device_ptr(stream).0;
         Ok(CudaBuffer {
             _alloc: slice,
