@@ -74,7 +74,8 @@ pub enum DataError {
         what: &'static str,
         error: std::io::Error,
     },
-    /// A dataset file (IDX, CIFAR batch, list file, image) is not what it should be.
+    /// A dataset file (IDX, CIFAR batch, list file, image) is not what it should be, or an
+    /// output folder cannot be made.
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
     /// One record of an LMDB cannot be used.
