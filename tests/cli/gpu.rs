@@ -4,9 +4,7 @@
 //! and the CPU fallback with one warning. With one: the same commands run on device 0, with
 //! upstream's log lines.
 
-mod common;
-
-use common::{rcaffe_in, stderr, stdout};
+use crate::common::{rcaffe_in, stderr, stdout};
 use std::path::Path;
 
 use rcaffe::backend::cuda::device;

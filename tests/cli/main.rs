@@ -1,6 +1,9 @@
 //! The `rcaffe` binary, run as a user runs it.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod errors;
+mod gpu;
 
 use common::{rcaffe, rcaffe_in, stderr, stdout, TINY_SOLVER};
 use std::path::Path;

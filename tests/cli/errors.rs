@@ -2,14 +2,12 @@
 //! missing or of the wrong kind, a misspelt layer type, a blob too large for memory. Each error
 //! is one line that names the place and says everything once.
 
-mod common;
-
-use common::{rcaffe_command, rcaffe_in, stderr, stdout, TINY_SOLVER};
+use crate::common::{rcaffe_command, rcaffe_in, stderr, stdout, TINY_SOLVER};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-const UPSTREAM: &str = "../shared/reference/upstream";
+use crate::UPSTREAM;
 
 /// The message of `rcaffe: error: MESSAGE`, checked to be a failure that says nothing twice: no
 /// part of it between ": " separators appears again (as when an error prints its cause's text
@@ -137,7 +135,13 @@ fn a_missing_file_is_named_once_with_what_was_expected_there() {
             "solver state",
         ),
         (
-            &["test", "-model", "no_net.prototxt"],
+            &[
+                "test",
+                "-model",
+                "no_net.prototxt",
+                "-weights",
+                "w.caffemodel",
+            ],
             "no_net.prototxt",
             "net prototxt",
         ),
@@ -224,7 +228,7 @@ fn a_file_of_the_wrong_kind_is_named_with_the_flag_that_takes_it() {
             format!("{state} {state_is} a solver prototxt{to_snapshot}"),
         ),
         (
-            &["test", "-model", model],
+            &["test", "-model", model, "-weights", model],
             format!("{model} {model_is} a net prototxt{to_weights}"),
         ),
         (
@@ -238,7 +242,13 @@ fn a_file_of_the_wrong_kind_is_named_with_the_flag_that_takes_it() {
                 .to_string(),
         ),
         (
-            &["test", "-model", "solver.prototxt"],
+            &[
+                "test",
+                "-model",
+                "solver.prototxt",
+                "-weights",
+                "w.caffemodel",
+            ],
             "solver.prototxt is a solver prototxt, not a net prototxt: train from it with -solver"
                 .to_string(),
         ),
@@ -280,7 +290,10 @@ fn a_misspelt_layer_type_is_placed_at_its_line_with_the_closest_type() {
     )
     .unwrap();
     let cases: [(&[&str], &str); 4] = [
-        (&["test", "-model", "net.prototxt"], "net.prototxt:8: "),
+        (
+            &["test", "-model", "net.prototxt", "-weights", "w.caffemodel"],
+            "net.prototxt:8: ",
+        ),
         (&["time", "-model", "net.prototxt"], "net.prototxt:8: "),
         (&["train", "-solver", "solver.prototxt"], "net.prototxt:8: "),
         (
@@ -310,7 +323,13 @@ fn a_blob_too_large_for_memory_is_an_error_naming_layer_blob_and_bytes() {
          input_param { shape { dim: 2 dim: 1000 dim: 1000 dim: 1000 } } }\n",
     )
     .unwrap();
-    let mut command = rcaffe_command(&["test", "-model", "huge.prototxt"]);
+    let mut command = rcaffe_command(&[
+        "test",
+        "-model",
+        "huge.prototxt",
+        "-weights",
+        "w.caffemodel",
+    ]);
     command.current_dir(folder.path());
     // SAFETY: setrlimit is async-signal-safe, and it limits only the child.
     unsafe {
