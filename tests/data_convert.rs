@@ -254,7 +254,7 @@ fn write_png(path: &Path, image: &Image) {
 }
 
 #[test]
-fn imageset_raw_encoded_resized_and_shuffled() {
+fn imageset_raw_encoded_and_resized() {
     let root = tempfile::tempdir().unwrap();
     // 2x3 colour image: pixel (y, x) is BGR (10y + x, 100 + x, 200 - y).
     let colour = Image {
@@ -340,7 +340,8 @@ fn imageset_raw_encoded_resized_and_shuffled() {
     );
     drop(db);
 
-    // Resized: a new size, and (encode_type given) re-encoded.
+    // Resized: a new size, and (encode_type given) re-encoded; the pixels are checked against
+    // OpenCV's in `imageset_resize_matches_opencv`.
     let lmdb = out.path().join("resized");
     let options = ImagesetOptions {
         resize_height: 4,
@@ -358,28 +359,151 @@ fn imageset_raw_encoded_resized_and_shuffled() {
         (3, 4, 6)
     );
     drop(db);
+}
 
-    // Shuffled with a seed: the same order each time, keys numbered in the new order.
-    let keys = |seed: u64, name: &str| {
+/// Every key of an LMDB, in the database's (key) order.
+fn lmdb_keys(lmdb: &Path) -> Vec<String> {
+    let mut keys = Vec::new();
+    Lmdb::open(lmdb)
+        .unwrap()
+        .for_each(|k, _| {
+            keys.push(String::from_utf8(k.to_vec()).unwrap());
+            Ok(())
+        })
+        .unwrap();
+    keys
+}
+
+/// `--shuffle` as upstream's convert_imageset: the list is permuted before writing, and each key
+/// is the image's position in the permuted list (8 digits), `_`, its file name; the record under
+/// a key is that file's image and label.
+#[test]
+fn imageset_shuffle_writes_a_permutation_keyed_in_its_order() {
+    let root = tempfile::tempdir().unwrap();
+    let count = 30u8;
+    let mut list = String::new();
+    for i in 0..count {
+        let image = Image {
+            height: 1,
+            width: 1,
+            channels: 1,
+            data: vec![i],
+        };
+        write_png(&root.path().join(format!("img{i}.png")), &image);
+        list += &format!("img{i}.png {i}\n");
+    }
+    let list_file = root.path().join("list.txt");
+    std::fs::write(&list_file, &list).unwrap();
+    let in_order: Vec<String> = (0..count).map(|i| format!("img{i}.png")).collect();
+
+    let out = tempfile::tempdir().unwrap();
+    let shuffled = |seed: u64, name: &str| -> Vec<String> {
         let lmdb = out.path().join(name);
         let options = ImagesetOptions {
             shuffle: true,
             seed,
+            gray: true,
+            ..Default::default()
+        };
+        convert_imageset(root.path(), &list_file, &lmdb, &options).unwrap();
+        let db = Lmdb::open(&lmdb).unwrap();
+        let keys = lmdb_keys(&lmdb);
+        let mut files = Vec::new();
+        for (position, key) in keys.iter().enumerate() {
+            let (number, file) = key.split_once('_').unwrap();
+            assert_eq!(number, format!("{position:08}"), "{key}");
+            let datum = parse_datum(&db.get(key.as_bytes()).unwrap().unwrap()).unwrap();
+            let value: u8 = file["img".len()..file.len() - ".png".len()]
+                .parse()
+                .unwrap();
+            assert_eq!(datum.label(), i32::from(value), "{key}");
+            assert_eq!(datum.data.as_deref(), Some(&[value][..]), "{key}");
+            files.push(file.to_owned());
+        }
+        files
+    };
+    let first = shuffled(5, "s5");
+    assert_ne!(first, in_order, "shuffled");
+    let mut sorted = first.clone();
+    sorted.sort_by_key(|file| file["img".len()..file.len() - 4].parse::<u8>().unwrap());
+    assert_eq!(sorted, in_order, "a permutation of the list");
+    assert_eq!(
+        first,
+        shuffled(5, "s5_again"),
+        "the same seed, the same order"
+    );
+    assert_ne!(first, shuffled(6, "s6"), "another seed, another order");
+}
+
+/// The shuffle draws every permutation equally often, as upstream's (Fisher-Yates with a
+/// uniform draw from 0..=i at each step): over 60,000 shuffles of four items each of the 24
+/// orders comes about 2,500 times. A no-op shuffle, or the naive swap with any position (which
+/// favours some orders by up to 50%), is far outside the bound.
+#[test]
+fn the_shuffle_is_uniform_over_permutations() {
+    let mut rng = rcaffe::backend::rng_from_seed(1701);
+    let mut counts = std::collections::BTreeMap::new();
+    let draws = 60_000;
+    for _ in 0..draws {
+        let mut items = [0u8, 1, 2, 3];
+        rcaffe::data::convert::shuffle(&mut items, &mut rng);
+        *counts.entry(items).or_insert(0u32) += 1;
+    }
+    assert_eq!(counts.len(), 24, "every order occurs");
+    let expected = f64::from(draws) / 24.0;
+    // Pearson's chi-squared with 23 degrees of freedom: 49.7 is its 0.1% quantile.
+    let chi2: f64 = counts
+        .values()
+        .map(|&n| (f64::from(n) - expected).powi(2) / expected)
+        .sum();
+    assert!(chi2 < 49.7, "chi-squared {chi2:.1}: {counts:?}");
+}
+
+/// The resize of `--resize_height/--resize_width` against OpenCV's own `cv::resize` with
+/// `INTER_LINEAR` (the call upstream makes), for a 5x7 BGR image shrunk, enlarged and
+/// stretched: `tests/data/resize/` holds OpenCV's outputs (see its README).
+#[test]
+fn imageset_resize_matches_opencv() {
+    let root = tempfile::tempdir().unwrap();
+    // The same 5x7 image the reference was made from: BGR value (37x + 91y + 53c) mod 256.
+    let image = Image {
+        height: 5,
+        width: 7,
+        channels: 3,
+        data: (0..5)
+            .flat_map(|y| {
+                (0..7).flat_map(move |x| (0..3).map(move |c| (37 * x + 91 * y + 53 * c) % 256))
+            })
+            .map(|v| v as u8)
+            .collect(),
+    };
+    write_png(&root.path().join("image.png"), &image);
+    let list = root.path().join("list.txt");
+    std::fs::write(&list, "image.png 0\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (height, width) in [(4u32, 6u32), (9, 11), (3, 13)] {
+        let lmdb = out.path().join(format!("{height}x{width}"));
+        let options = ImagesetOptions {
+            resize_height: height,
+            resize_width: width,
             ..Default::default()
         };
         convert_imageset(root.path(), &list, &lmdb, &options).unwrap();
-        let mut keys = Vec::new();
-        Lmdb::open(&lmdb)
-            .unwrap()
-            .for_each(|k, _| {
-                keys.push(String::from_utf8(k.to_vec()).unwrap());
-                Ok(())
-            })
-            .unwrap();
-        keys
-    };
-    let first = keys(5, "s1");
-    assert_eq!(first, keys(5, "s2"));
-    assert_eq!(first.len(), 2);
-    assert!(first.iter().all(|k| k.len() > 9 && k.as_bytes()[8] == b'_'));
+        let db = Lmdb::open(&lmdb).unwrap();
+        let datum = parse_datum(&db.get(b"00000000_image.png").unwrap().unwrap()).unwrap();
+        let opencv = Image {
+            height: height as usize,
+            width: width as usize,
+            channels: 3,
+            data: std::fs::read(format!(
+                "tests/data/resize/opencv_linear_5x7_to_{height}x{width}.bgr"
+            ))
+            .unwrap(),
+        };
+        assert_eq!(
+            datum.data.as_deref().unwrap(),
+            &opencv.to_chw()[..],
+            "{height}x{width}"
+        );
+    }
 }
