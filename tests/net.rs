@@ -2,8 +2,8 @@
 //! parameters, loss weights, backward decisions, weights in and out; and the gradient checker.
 //!
 //! Most nets here are made of small toy layers defined below (host arithmetic, so they are easy
-//! to trust) and passed to the net with `Net::new_with_factory`; the tests that need the real
-//! layers of the zoo nets say so and are ignored until those layers are registered.
+//! to trust) and passed to the net with `Net::new_with_factory`; the tests that build the zoo
+//! nets with the real layers say so.
 
 use std::path::Path;
 
