@@ -19,7 +19,8 @@ pub mod training;
 use crate::backend::Backend;
 use crate::blob::BlobError;
 use crate::data::prefetch::LoadStats;
-use crate::net::{cpp_float, Net, Result};
+use crate::log::cpp_float;
+use crate::net::{Net, Result};
 use std::time::{Duration, Instant};
 
 /// Average times over the timed iterations.

@@ -14,6 +14,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+/// Formats a float as C++'s default `ostream <<` does (`%g` with 6 significant digits), so that
+/// logged numbers read as upstream's: `1`, `0.5`, `1e-05`, `1.23457e+06`.
+pub fn cpp_float(value: f64) -> String {
+    crate::proto::format_g(value, 6)
+}
+
 /// glog's severities by number, as `GLOG_minloglevel` and `GLOG_stderrthreshold` give them.
 const SEVERITIES: &str = "0 INFO, 1 WARNING, 2 ERROR, 3 FATAL";
 

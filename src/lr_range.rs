@@ -1,5 +1,5 @@
 //! The learning-rate range test of Smith's "Cyclical Learning Rates for Training Neural
-//! Networks" (section 3.3), and the guidance the train log gives for the cyclic policies.
+//! Networks" (section 3.3).
 //!
 //! The test trains the solver's net, from its weights, while the rate rises linearly from
 //! `min_lr` to `max_lr` over the run — the `triangular` policy with `stepsize = max_iter`, as
@@ -9,20 +9,18 @@
 //! curve (a running median, then a running mean), so one lucky or unlucky test does not move
 //! the answer, and it says so when the curve gives no bound rather than inventing one.
 //!
-//! [`cycle_guidance`] is what `Solver::solve` logs for a cyclic policy: the epoch length in
-//! iterations, a warning when `stepsize` is outside the paper's 2–10 epochs, and where the
-//! cycles end (where the paper stops training or tests).
+//! The epoch length it counts its run in, and the guidance the train log gives for the cyclic
+//! policies, are the solver's: [`crate::solver::guidance`].
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::backend::CpuBackend;
-use crate::data::Lmdb;
 use crate::lr_policy::{LrSchedule, LrState};
-use crate::net::filter::filter_net;
 use crate::plot::{Chart, PlotError, Series};
-use crate::proto::caffe::{LayerParameter, SolverParameter};
-use crate::proto::{read_solver, resolve_solver_nets, ProtoError};
+use crate::proto::caffe::SolverParameter;
+use crate::proto::{read_solver, ProtoError};
+use crate::solver::guidance::{epoch_of_solver, Epoch};
 use crate::solver::{Solver, SolverError};
 
 /// How many tests a range test runs over its length when not told otherwise.
@@ -30,8 +28,6 @@ pub const DEFAULT_TEST_POINTS: u32 = 40;
 /// The range test's length in epochs when neither iterations nor epochs are given (the paper
 /// runs "several epochs"; its CIFAR-10 test ran eight).
 pub const DEFAULT_EPOCHS: f64 = 8.0;
-/// The paper's recommended half-cycle length, in epochs.
-pub const STEPSIZE_EPOCHS: std::ops::RangeInclusive<f64> = 2.0..=10.0;
 
 /// What can stop a range test.
 #[derive(Debug, thiserror::Error)]
@@ -55,172 +51,6 @@ pub enum RangeTestError {
 }
 
 type Result<T> = std::result::Result<T, RangeTestError>;
-
-// ---- epochs --------------------------------------------------------------------------------
-
-/// The training set a train net reads, and how many iterations one pass over it takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Epoch {
-    /// The Data layer's LMDB (or the ImageData layer's list file).
-    pub source: String,
-    /// Records (images) in the source.
-    pub images: u64,
-    /// Images per forward pass.
-    pub batch_size: u64,
-    /// Forward passes per iteration (the solver's `iter_size`).
-    pub iter_size: u64,
-}
-
-impl Epoch {
-    /// Iterations per epoch: images / (batch size × iter_size), rounded up.
-    pub fn iterations(&self) -> u64 {
-        self.images
-            .div_ceil((self.batch_size * self.iter_size).max(1))
-    }
-}
-
-/// The epoch of the first `Data` (LMDB) or `ImageData` layer among `layers` (a train net's, after
-/// its include/exclude rules), with `iter_size` passes per iteration; `None` when no such layer
-/// has a source that can be counted. Sources are opened relative to the working directory, as
-/// the layers open them.
-pub fn epoch_of_layers<'a>(
-    layers: impl IntoIterator<Item = &'a LayerParameter>,
-    iter_size: i32,
-) -> Option<Epoch> {
-    let iter_size = u64::try_from(iter_size.max(1)).unwrap_or(1);
-    layers
-        .into_iter()
-        .find_map(|layer| match layer.r#type() {
-            "Data" => {
-                let data = layer.data_param.as_ref()?;
-                let images = Lmdb::open(Path::new(data.source())).ok()?.len().ok()?;
-                Some(Epoch {
-                    source: data.source().to_string(),
-                    images,
-                    batch_size: u64::from(data.batch_size()),
-                    iter_size,
-                })
-            }
-            "ImageData" => {
-                let image_data = layer.image_data_param.as_ref()?;
-                let list = std::fs::read_to_string(image_data.source()).ok()?;
-                Some(Epoch {
-                    source: image_data.source().to_string(),
-                    images: list.lines().filter(|l| !l.trim().is_empty()).count() as u64,
-                    batch_size: u64::from(image_data.batch_size()),
-                    iter_size,
-                })
-            }
-            _ => None,
-        })
-        .filter(|epoch| epoch.images > 0 && epoch.batch_size > 0)
-}
-
-/// The epoch of the train net `param` names (resolved and filtered as the solver would).
-pub fn epoch_of_solver(param: &SolverParameter, origin: &Path) -> Option<Epoch> {
-    let nets = resolve_solver_nets(param, origin).ok()?;
-    let (train, _) = filter_net(&nets.train.param).ok()?;
-    epoch_of_layers(&train.layer, param.iter_size())
-}
-
-// ---- guidance in the train log -------------------------------------------------------------
-
-/// One line of [`cycle_guidance`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuidanceLine {
-    /// Log it as a warning rather than as information.
-    pub warning: bool,
-    pub text: String,
-}
-
-/// The paper's advice for a solver with a cyclic policy (`triangular`, `triangular2`,
-/// `exp_range`, `decay`), given its train set's `epoch`: the epoch length, a warning when
-/// `stepsize` is outside 2–10 epochs, and the iterations where cycles end. Empty for other
-/// policies. No line starts with "Iteration ", so log parsers do not mistake them.
-pub fn cycle_guidance(param: &SolverParameter, epoch: Option<&Epoch>) -> Vec<GuidanceLine> {
-    let policy = param.lr_policy();
-    if !["triangular", "triangular2", "exp_range", "decay"].contains(&policy) {
-        return Vec::new();
-    }
-    let info = |text: String| GuidanceLine {
-        warning: false,
-        text,
-    };
-    let stepsize = i64::from(param.stepsize().max(1));
-    let mut lines = Vec::new();
-    match epoch {
-        Some(epoch) => {
-            let per_epoch = epoch.iterations();
-            let epochs = stepsize as f64 / per_epoch as f64;
-            let passes = if epoch.iter_size > 1 {
-                format!(" × iter_size {}", epoch.iter_size)
-            } else {
-                String::new()
-            };
-            lines.push(info(format!(
-                "Cyclic learning rate ({policy}): an epoch is {per_epoch} iterations ({} images \
-                 in {}, batch {}{passes}); stepsize {stepsize} is {epochs:.1} epochs",
-                epoch.images, epoch.source, epoch.batch_size
-            )));
-            if !STEPSIZE_EPOCHS.contains(&epochs) {
-                lines.push(GuidanceLine {
-                    warning: true,
-                    text: format!(
-                        "stepsize {stepsize} is {epochs:.1} epochs, outside the 2-10 epochs the \
-                         paper recommends ({}-{} iterations here)",
-                        2 * per_epoch,
-                        10 * per_epoch
-                    ),
-                });
-            }
-        }
-        None => lines.push(info(format!(
-            "Cyclic learning rate ({policy}): epoch length unknown (no Data or ImageData layer \
-             with a readable source in the train net); the paper sets stepsize to 2-10 epochs"
-        ))),
-    }
-    let start = f64::from(param.start_lr_policy()).ceil().max(0.0) as i64;
-    let max_iter = i64::from(param.max_iter());
-    if policy == "decay" {
-        lines.push(info(format!(
-            "decay: the rate falls from max_lr to base_lr over iterations {start}-{}, then stays \
-             at base_lr",
-            start + stepsize
-        )));
-        return lines;
-    }
-    let cycle = 2 * stepsize;
-    let ends: Vec<i64> = (1..)
-        .map(|k| start + k * cycle)
-        .take_while(|&end| end <= max_iter)
-        .collect();
-    const SHOWN: usize = 8;
-    let listed: Vec<String> = ends.iter().take(SHOWN).map(i64::to_string).collect();
-    let more = if ends.len() > SHOWN {
-        format!(", ... ({} in all)", ends.len())
-    } else {
-        String::new()
-    };
-    let text = if ends.is_empty() {
-        format!(
-            "No cycle ends by max_iter {max_iter} (a cycle is {cycle} iterations from \
-             {start}); the paper stops training at the end of a cycle"
-        )
-    } else {
-        let off_cycle = if ends.last() != Some(&max_iter) {
-            format!("; max_iter {max_iter} is not at a cycle end")
-        } else {
-            String::new()
-        };
-        format!(
-            "Cycles end at iterations {}{more}: where the rate is lowest, the paper stops \
-             training or tests{off_cycle}",
-            listed.join(", ")
-        )
-    };
-    lines.push(info(text));
-    lines
-}
 
 // ---- running the test ----------------------------------------------------------------------
 
@@ -963,21 +793,5 @@ mod tests {
         );
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
         assert_eq!(argmin(&[2.0, 1.0, 1.0]), 1);
-    }
-
-    #[test]
-    fn epoch_rounds_up() {
-        let epoch = Epoch {
-            source: "x".into(),
-            images: 6000,
-            batch_size: 64,
-            iter_size: 1,
-        };
-        assert_eq!(epoch.iterations(), 94);
-        let doubled = Epoch {
-            iter_size: 2,
-            ..epoch
-        };
-        assert_eq!(doubled.iterations(), 47);
     }
 }

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use rcaffe::lr_range::{
-    cycle_guidance, report, run_range_test_with, suggest_bounds, write_outputs, Divergence, Epoch,
-    NoBound, RangeLength, RangePoint, RangeTest, RangeTestOptions,
+    report, run_range_test_with, suggest_bounds, write_outputs, Divergence, NoBound, RangeLength,
+    RangePoint, RangeTest, RangeTestOptions,
 };
 use rcaffe::proto::caffe::{NetParameter, SolverParameter};
 use rcaffe::proto::{parse_text, read_net, read_solver};
+use rcaffe::solver::guidance::{cycle_guidance, Epoch};
 
 // ---- synthetic curves ----------------------------------------------------------------------
 

@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use rcaffe::lr_policy::{LrSchedule, LrState};
-use rcaffe::lr_range::{cycle_guidance, Epoch};
 use rcaffe::net::filter::filter_net;
 use rcaffe::proto::caffe::SolverParameter;
 use rcaffe::proto::{read_solver, resolve_solver_nets};
+use rcaffe::solver::guidance::{cycle_guidance, Epoch};
 use rcaffe::solver::{Regularization, UpdateRule};
 
 const MODELS: &str = "models/cifar10_clr";

@@ -12,7 +12,8 @@ use rcaffe::blob::Blob;
 use rcaffe::layers::{
     is_registered, Blobs, Context, InOut, Layer, LayerError, LayerFactory, Params,
 };
-use rcaffe::net::{cpp_float, filter, splits, Net, NetError};
+use rcaffe::log::cpp_float;
+use rcaffe::net::{filter, splits, Net, NetError};
 use rcaffe::proto::caffe::{LayerParameter, NetParameter, Phase};
 use rcaffe::proto::{parse_text, read_caffemodel, read_net};
 use rcaffe::testing::{cpu, layer_param, GradientChecker, GradientError, LayerHarness};

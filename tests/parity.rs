@@ -498,7 +498,7 @@ fn lenet_sgd_inv_resumed_from_upstream_snapshot() {
     let first = resumed.train.first().unwrap();
     assert_eq!(first.iteration, 150);
     // The log prints six significant digits: the same float prints the same.
-    let printed: f64 = rcaffe::net::cpp_float(expected).parse().unwrap();
+    let printed: f64 = rcaffe::log::cpp_float(expected).parse().unwrap();
     assert_eq!(
         first.loss,
         Some(printed),

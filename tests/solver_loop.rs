@@ -494,7 +494,7 @@ fn inv_rates_digit_for_digit() {
     for message in upstream_solver_messages(&upstream_log) {
         if let Some((head, rate)) = message.split_once(", lr = ") {
             let iter: u32 = head.trim_start_matches("Iteration ").parse().unwrap();
-            let ours = rcaffe::net::cpp_float(f64::from(schedule.rate(iter, &mut state)));
+            let ours = rcaffe::log::cpp_float(f64::from(schedule.rate(iter, &mut state)));
             assert_eq!(ours, rate, "iteration {iter}");
         }
     }
@@ -897,7 +897,7 @@ fn printed_rates_of_the_lenet_runs() {
         for message in upstream_solver_messages(&log) {
             if let Some((head, rate)) = message.split_once(", lr = ") {
                 let iter: u32 = head.trim_start_matches("Iteration ").parse().unwrap();
-                let ours = rcaffe::net::cpp_float(f64::from(schedule.rate(iter, &mut state)));
+                let ours = rcaffe::log::cpp_float(f64::from(schedule.rate(iter, &mut state)));
                 if ours != rate {
                     bad.push(format!("{iter}: {ours} vs {rate}"));
                 }

@@ -134,7 +134,7 @@ pub fn compute_image_mean_with(
         let mean = total / dim as f32;
         log::info!(
             "mean_value channel [{c}]: {}",
-            crate::net::cpp_float(f64::from(mean))
+            crate::log::cpp_float(f64::from(mean))
         );
         channel_means.push(mean);
     }

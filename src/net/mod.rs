@@ -25,6 +25,7 @@ use std::path::Path;
 use crate::backend::{Backend, Rng};
 use crate::blob::{Blob, BlobError};
 use crate::layers::{self, Blobs, Context, Layer, LayerError, LayerFactory, Params};
+use crate::log::cpp_float;
 use crate::proto::caffe::param_spec::DimCheckMode;
 use crate::proto::caffe::{LayerParameter, NetParameter, NetState, ParamSpec, Phase};
 use crate::proto::{NetOrigin, ProtoError};
@@ -82,12 +83,6 @@ impl NetError {
 
 /// Result of a net operation.
 pub type Result<T> = std::result::Result<T, NetError>;
-
-/// Formats a float as C++'s default `ostream <<` does (`%g` with 6 significant digits), so that
-/// logged numbers read as upstream's: `1`, `0.5`, `1e-05`, `1.23457e+06`.
-pub fn cpp_float(value: f64) -> String {
-    crate::proto::format_g(value, 6)
-}
 
 /// Whether upstream's version of this layer builds an inner layer through its registry during
 /// setup, which logs a second "Creating layer X" line before "Setting up X": SoftmaxWithLoss and

@@ -7,7 +7,8 @@ use super::{
     Solver, SolverAction, SolverError,
 };
 use crate::backend::{rng_from_seed, Backend, CpuBackend};
-use crate::net::{cpp_float, Net};
+use crate::log::cpp_float;
+use crate::net::Net;
 use crate::proto::caffe::solver_parameter::SolverMode;
 use crate::proto::caffe::{NetState, Phase, SolverParameter};
 

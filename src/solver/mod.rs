@@ -17,6 +17,7 @@
 mod commands;
 mod error;
 mod graph;
+pub mod guidance;
 mod progress;
 pub mod signals;
 mod snapshot;
@@ -27,8 +28,9 @@ use std::time::Instant;
 
 use crate::backend::{rng_from_seed, Backend, Rng, Scalar};
 use crate::blob::Blob;
+use crate::log::cpp_float;
 use crate::lr_policy::{LrSchedule, LrState};
-use crate::net::{cpp_float, Net};
+use crate::net::Net;
 use crate::proto::caffe::solver_parameter::SnapshotFormat;
 use crate::proto::caffe::SolverParameter;
 use crate::proto::{print_text, resolve_solver_nets};
@@ -406,8 +408,8 @@ impl<B: Backend> Solver<B> {
             .info(format!("Learning Rate Policy: {}", self.param.lr_policy()));
         // The paper's advice for cyclic policies: epoch length, stepsize range, cycle ends.
         let layers = (0..self.net.num_layers()).map(|i| self.net.layer_param(i));
-        let epoch = crate::lr_range::epoch_of_layers(layers, self.param.iter_size());
-        for line in crate::lr_range::cycle_guidance(&self.param, epoch.as_ref()) {
+        let epoch = guidance::epoch_of_layers(layers, self.param.iter_size());
+        for line in guidance::cycle_guidance(&self.param, epoch.as_ref()) {
             if line.warning {
                 self.log.warn(line.text);
             } else {
