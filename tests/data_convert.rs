@@ -451,7 +451,7 @@ fn the_shuffle_is_uniform_over_permutations() {
     }
     assert_eq!(counts.len(), 24, "every order occurs");
     let expected = f64::from(draws) / 24.0;
-    // Pearson's chi-squared with 23 degrees of freedom: 49.7 is its 0.1% quantile.
+    // Pearson's chi-squared with 23 degrees of freedom: 49.7 is its 99.9th percentile.
     let chi2: f64 = counts
         .values()
         .map(|&n| (f64::from(n) - expected).powi(2) / expected)
@@ -460,8 +460,10 @@ fn the_shuffle_is_uniform_over_permutations() {
 }
 
 /// The resize of `--resize_height/--resize_width` against OpenCV's own `cv::resize` with
-/// `INTER_LINEAR` (the call upstream makes), for a 5x7 BGR image shrunk, enlarged and
-/// stretched: `tests/data/resize/` holds OpenCV's outputs (see its README).
+/// `INTER_LINEAR` (the call upstream makes), for a 5x7 BGR image shrunk, enlarged, stretched,
+/// doubled exactly (a size OpenCV may route to a special path) and widened to rows of 291 values
+/// (not a whole number of vector blocks): `tests/data/resize/` holds OpenCV's outputs (see its
+/// README).
 #[test]
 fn imageset_resize_matches_opencv() {
     let root = tempfile::tempdir().unwrap();
@@ -481,7 +483,7 @@ fn imageset_resize_matches_opencv() {
     let list = root.path().join("list.txt");
     std::fs::write(&list, "image.png 0\n").unwrap();
     let out = tempfile::tempdir().unwrap();
-    for (height, width) in [(4u32, 6u32), (9, 11), (3, 13)] {
+    for (height, width) in [(4u32, 6u32), (9, 11), (3, 13), (10, 14), (7, 97)] {
         let lmdb = out.path().join(format!("{height}x{width}"));
         let options = ImagesetOptions {
             resize_height: height,

@@ -14,7 +14,9 @@
 //! * [`resize_linear`] is OpenCV's `INTER_LINEAR` for 8-bit images pixel for pixel (checked
 //!   against OpenCV 5.1's output): pixel-centre mapping, 11-bit fixed-point weights, columns
 //!   clamped and rows clipped at the borders as OpenCV does, and the rounding of its vectorised
-//!   vertical pass (the scalar fallback, which non-SIMD builds run, can differ by one level).
+//!   vertical pass, which 5.1 applies to whole rows (exact doubling and row ends included).
+//!   OpenCV builds without SIMD, and older ones for the values at the end of a row, round as
+//!   its scalar path does and can differ there by one level.
 
 use std::io::Cursor as IoCursor;
 use std::path::Path;
@@ -186,7 +188,7 @@ fn row_taps(src: usize, dst: usize) -> Vec<(usize, usize, i32, i32)> {
 
 /// One output value from two horizontally interpolated rows (scale 2^11) and the row weights,
 /// in the arithmetic of OpenCV's vectorised vertical pass (`VResizeLinearVec_32s8u`), which
-/// every x86 build runs: each row value shifted down 4 bits into 16 bits, multiplied by its
+/// x86 builds run: each row value shifted down 4 bits into 16 bits, multiplied by its
 /// weight keeping the high 16 bits of the product, the two added, rounded off 2 bits.
 fn vertical_blend(upper: i32, lower: i32, w0: i32, w1: i32) -> u8 {
     let high_product = |value: i32, weight: i32| ((value >> 4).clamp(-32768, 32767) * weight) >> 16;
