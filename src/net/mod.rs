@@ -58,21 +58,16 @@ pub enum NetError {
 }
 
 impl NetError {
-    /// Places an unknown layer type in the file the net was read from, at its `type` field:
-    /// `param` is the net as read (before any state or split), `origin` where it is written.
-    /// Other errors are returned as they are.
-    pub fn placed_in(self, param: &NetParameter, origin: &NetOrigin) -> NetError {
+    /// Places an unknown layer type in the file the net was read from (`origin`), at its `type`
+    /// field. Other errors are returned as they are.
+    pub fn placed_in(self, origin: &NetOrigin) -> NetError {
         let NetError::Layer(layer_error) = &self else {
             return self;
         };
         if !matches!(*layer_error.error, LayerError::UnknownType { .. }) {
             return self;
         }
-        let line = param
-            .layer
-            .iter()
-            .position(|lp| lp.name() == layer_error.layer && lp.r#type() == layer_error.layer_type)
-            .and_then(|index| origin.layer_field_line(index, "type"));
+        let line = origin.layer_type_line(&layer_error.layer, &layer_error.layer_type);
         NetError::InFile {
             path: origin.path.clone(),
             line,
@@ -169,7 +164,7 @@ impl<B: Backend> Net<B> {
         state.phase = Some(phase as i32);
         state.stage.extend(stages.iter().cloned());
         state.level = Some(level);
-        Self::new(&param, backend, rng).map_err(|e| e.placed_in(&param, &NetOrigin::file(path)))
+        Self::new(&param, backend, rng).map_err(|e| e.placed_in(&NetOrigin::file(path)))
     }
 
     /// Builds the net `param` describes, in the phase, level and stages of `param.state`, with

@@ -38,13 +38,29 @@ impl NetOrigin {
         }
     }
 
-    /// The line of field `field` of the net's `index`-th `layer`, when the file (read again)
-    /// writes it there.
-    pub fn layer_field_line(&self, index: usize, field: &str) -> Option<usize> {
+    /// The line of the `type:` field of the `layer` named `name` whose type is `layer_type`, when
+    /// the file (read again) writes it there. Found by name and type, not by position: an upgrade
+    /// may have put layers first that the file does not have (an `Input` for `input:` fields).
+    pub fn layer_type_line(&self, name: &str, layer_type: &str) -> Option<usize> {
         let text = std::fs::read_to_string(&self.path).ok()?;
-        let mut blocks = self.blocks.clone();
-        blocks.push(("layer", index));
-        nested_field_line(&text, &blocks, field, 0)
+        let lines: Vec<&str> = text.lines().collect();
+        let holds = |line: usize, value: &str| {
+            lines.get(line.wrapping_sub(1)).is_some_and(|text| {
+                text.contains(&format!("\"{value}\"")) || text.contains(&format!("'{value}'"))
+            })
+        };
+        let field_of = |index: usize, field: &str| {
+            let mut blocks = self.blocks.clone();
+            blocks.push(("layer", index));
+            nested_field_line(&text, &blocks, field, 0)
+        };
+        (0..)
+            .map(|index| (field_of(index, "name"), field_of(index, "type")))
+            .take_while(|fields| *fields != (None, None))
+            .find_map(|(name_line, type_line)| {
+                let type_line = type_line?;
+                (holds(name_line?, name) && holds(type_line, layer_type)).then_some(type_line)
+            })
     }
 }
 

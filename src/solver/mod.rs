@@ -238,7 +238,7 @@ impl<B: Backend> Solver<B> {
             describe(&nets.train.description)
         ));
         let mut net = Net::new(&nets.train.param, backend, net_rng(0))
-            .map_err(|e| e.placed_in(&nets.train.param, &nets.train.origin))?;
+            .map_err(|e| e.placed_in(&nets.train.origin))?;
         for file in &weights {
             log.info(format!("Finetuning from {file}"));
             net.copy_trained_layers_from_file(Path::new(file))?;
@@ -250,7 +250,7 @@ impl<B: Backend> Solver<B> {
                 source.description
             ));
             let mut test_net = Net::new(&source.param, backend, net_rng(1 + i as u64))
-                .map_err(|e| e.placed_in(&source.param, &source.origin))?;
+                .map_err(|e| e.placed_in(&source.origin))?;
             test_net.set_debug_info(param.debug_info());
             for file in &weights {
                 log.info(format!("Finetuning from {file}"));

@@ -289,7 +289,19 @@ fn a_misspelt_layer_type_is_placed_at_its_line_with_the_closest_type() {
         format!("{solver_tail}net_param {{\n  name: \"n\"\n{layers}}}\n"),
     )
     .unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    // Top-level input fields: the upgrade puts an Input layer first, which the file does not
+    // have; the type is on line 5.
+    std::fs::write(
+        dir.join("input_fields.prototxt"),
+        "name: \"n\"\ninput: \"x\"\ninput_shape { dim: 1 dim: 1 dim: 4 dim: 4 }\n\
+         layer {\n  name: \"pool\" type: \"Poolling\"\n  bottom: \"x\" top: \"y\"\n}\n",
+    )
+    .unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["time", "-model", "input_fields.prototxt"],
+            "input_fields.prototxt:5: ",
+        ),
         (
             &["test", "-model", "net.prototxt", "-weights", "w.caffemodel"],
             "net.prototxt:8: ",
