@@ -6,10 +6,10 @@
 //! a space or `=`, names with underscores (`-resize_height`), and booleans as `-shuffle`,
 //! `-shuffle=true`, `-shuffle=false` or `-noshuffle`. clap takes `--resize-height`, and a
 //! boolean only as `--shuffle`. [`normalize`] rewrites the first into the second for the flags
-//! the command actually has, and leaves everything else (short flags, values, positional
-//! arguments, unknown flags) for clap to accept or refuse.
+//! the (sub)command being run actually has, and leaves everything else (short flags, values,
+//! positional arguments, flags it does not have) for clap to accept or refuse.
 
-/// The long flags of a command and all its subcommands.
+/// The long flags one (sub)command takes.
 struct LongFlags {
     /// Every long name and alias.
     names: Vec<String>,
@@ -18,33 +18,29 @@ struct LongFlags {
 }
 
 impl LongFlags {
-    fn of(command: &clap::Command) -> Self {
+    /// The flags of `command` itself, with the global ones of `parent` when it is a subcommand.
+    fn of(command: &clap::Command, parent: Option<&clap::Command>) -> Self {
+        let globals = parent
+            .into_iter()
+            .flat_map(clap::Command::get_arguments)
+            .filter(|arg| arg.is_global_set());
         let mut flags = LongFlags {
             names: Vec::new(),
             switches: Vec::new(),
         };
-        flags.collect(command);
-        flags
-    }
-
-    fn collect(&mut self, command: &clap::Command) {
-        for arg in command.get_arguments() {
-            let names = arg
+        for arg in command.get_arguments().chain(globals) {
+            let names: Vec<String> = arg
                 .get_long()
                 .into_iter()
                 .chain(arg.get_all_aliases().unwrap_or_default())
-                .map(str::to_owned);
+                .map(str::to_owned)
+                .collect();
             if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
-                let names: Vec<String> = names.collect();
-                self.switches.extend(names.iter().cloned());
-                self.names.extend(names);
-            } else {
-                self.names.extend(names);
+                flags.switches.extend(names.iter().cloned());
             }
+            flags.names.extend(names);
         }
-        for sub in command.get_subcommands() {
-            self.collect(sub);
-        }
+        flags
     }
 
     /// The clap name of gflags' `name`: itself, or with its underscores as dashes.
@@ -75,14 +71,27 @@ pub fn normalize(args: Vec<String>, command: &clap::Command) -> Vec<String> {
     let mut command = command.clone();
     // Building adds clap's own `--help` and `--version`, so `-help` and `-version` work too.
     command.build();
-    let flags = LongFlags::of(&command);
+    // Before the subcommand's name, the command's own flags; after it, the subcommand's (a flag
+    // of another subcommand is left for clap to refuse, as gflags refuses an unknown flag).
+    let subcommand = args
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find_map(|(index, arg)| Some((index, command.find_subcommand(arg)?)));
+    let own_flags = LongFlags::of(&command, None);
+    let subcommand_flags =
+        subcommand.map(|(index, sub)| (index, LongFlags::of(sub, Some(&command))));
     let mut normalized = Vec::with_capacity(args.len());
     let mut rest_is_positional = false;
-    for (index, arg) in args.into_iter().enumerate() {
+    for (index, arg) in args.iter().cloned().enumerate() {
         if index == 0 || rest_is_positional || !arg.starts_with('-') {
             normalized.push(arg);
             continue;
         }
+        let flags = match &subcommand_flags {
+            Some((at, flags)) if index > *at => flags,
+            _ => &own_flags,
+        };
         if arg == "--" {
             rest_is_positional = true;
             normalized.push(arg);
@@ -182,6 +191,26 @@ mod tests {
         ] {
             assert_eq!(normalized(line), want, "{line}");
         }
+    }
+
+    #[test]
+    fn only_the_flags_of_the_subcommand_run_are_rewritten() {
+        let command = command().subcommand(clap::Command::new("train"));
+        let normalized = |line: &str| {
+            let args = line.split_whitespace().map(String::from).collect();
+            normalize(args, &command).join(" ")
+        };
+        // convert's switch is not train's: left for clap to refuse, not dropped or rewritten.
+        assert_eq!(normalized("tool train -noshuffle"), "tool train -noshuffle");
+        assert_eq!(
+            normalized("tool train -shuffle=false"),
+            "tool train -shuffle=false"
+        );
+        // The global flag works before and after the subcommand's name.
+        assert_eq!(
+            normalized("tool -log_dir x train -log_dir y"),
+            "tool --log-dir x train --log-dir y"
+        );
     }
 
     #[test]
