@@ -20,9 +20,6 @@ pub fn cpp_float(value: f64) -> String {
     crate::proto::format_g(value, 6)
 }
 
-/// glog's severities by number, as `GLOG_minloglevel` and `GLOG_stderrthreshold` give them.
-const SEVERITIES: &str = "0 INFO, 1 WARNING, 2 ERROR, 3 FATAL";
-
 /// What glog's environment variables ask of the log. rcaffe logs everything to stderr by
 /// default (as glog with `GLOG_alsologtostderr=1`), and to a file only when given a folder.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,29 +47,30 @@ impl GlogEnv {
         Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
 
-    /// Reads glog's variables through `var` (a variable's value, `None` when unset). An unset or
-    /// empty variable keeps its default; one that cannot be read keeps it too, with a warning.
+    /// Reads glog's variables through `var` (a variable's value, `None` when unset) as glog reads
+    /// them: a number by its leading integer (`strtol`: none is 0), with a warning when there is
+    /// more to the value; a boolean by its first character (`t`, `T`, `y`, `Y`, `1`, or an empty
+    /// value, is true).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let mut warnings = Vec::new();
-        let mut read = |name: &str, parse: fn(&str) -> Option<i32>, expected: &str| {
-            let value = var(name).filter(|v| !v.trim().is_empty())?;
-            let parsed = parse(value.trim());
-            if parsed.is_none() {
-                warnings.push(format!("{name}={value} is not {expected}; ignored"));
+        let mut number = |name: &str| -> Option<i64> {
+            let value = var(name)?;
+            let (read, whole) = leading_integer(&value);
+            if !whole {
+                warnings.push(format!(
+                    "{name}={value} is read as {read}, as glog reads it (its leading integer)"
+                ));
             }
-            parsed
+            Some(read)
         };
-        let severity = |v: &str| v.parse::<i32>().ok().filter(|n| (0..=3).contains(n));
-        let severity_help = format!("a glog severity ({SEVERITIES})");
-        let integer = |v: &str| v.parse::<i32>().ok();
-        let boolean = |v: &str| crate::gflags::parse_bool(v).map(i32::from);
-        let boolean_help = "a boolean (1 or 0, true or false)";
-        let min_severity = read("GLOG_minloglevel", severity, &severity_help).unwrap_or(0) as u8;
-        let verbosity = read("GLOG_v", integer, "an integer").unwrap_or(0);
-        let to_stderr_only = read("GLOG_logtostderr", boolean, boolean_help) == Some(1);
-        let also_to_stderr = read("GLOG_alsologtostderr", boolean, boolean_help) == Some(1);
-        let stderr_threshold =
-            read("GLOG_stderrthreshold", severity, &severity_help).map(|n| n as u8);
+        // Severities past FATAL (3) leave nothing to log, as in glog.
+        let severity = |n: i64| n.clamp(0, 4) as u8;
+        let min_severity = number("GLOG_minloglevel").map_or(0, severity);
+        let verbosity = number("GLOG_v").map_or(0, |v| v.clamp(0, i64::from(i32::MAX)) as i32);
+        let stderr_threshold = number("GLOG_stderrthreshold").map(severity);
+        let boolean = |name: &str| var(name).is_some_and(|value| glog_bool(&value));
+        let to_stderr_only = boolean("GLOG_logtostderr");
+        let also_to_stderr = boolean("GLOG_alsologtostderr");
         let log_dir = var("GLOG_log_dir")
             .filter(|v| !v.trim().is_empty())
             .map(PathBuf::from);
@@ -94,7 +92,7 @@ impl GlogEnv {
         let folder = flag.or_else(|| self.log_dir.clone())?;
         if self.to_stderr_only {
             self.warnings.push(format!(
-                "GLOG_logtostderr=1: logging to stderr only, no log file in {}",
+                "GLOG_logtostderr is set: logging to stderr only, no log file in {}",
                 folder.display()
             ));
             return None;
@@ -121,6 +119,40 @@ impl GlogEnv {
             _ => self.level(),
         }
     }
+}
+
+/// A glog boolean from the environment: true when its first character is one of `tTyY1`, or
+/// when it is empty (glog's `EnvToBool`).
+fn glog_bool(value: &str) -> bool {
+    matches!(
+        value.bytes().next(),
+        None | Some(b't' | b'T' | b'y' | b'Y' | b'1')
+    )
+}
+
+/// `value`'s leading integer as C's `strtol` reads it (leading white space, a sign, digits;
+/// 0 without any), and whether that was all of it (but trailing white space).
+fn leading_integer(value: &str) -> (i64, bool) {
+    let start = value.trim_start();
+    let sign_len = usize::from(start.starts_with(['+', '-']));
+    let digits = start[sign_len..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    let number = &start[..sign_len + digits];
+    let read = if digits == 0 {
+        0
+    } else {
+        number.parse::<i64>().unwrap_or(if number.starts_with('-') {
+            i64::MIN
+        } else {
+            i64::MAX
+        })
+    };
+    (
+        read,
+        digits > 0 && start[sign_len + digits..].trim().is_empty(),
+    )
 }
 
 /// The most verbose level at or above glog severity `severity` (3, FATAL: none of `log`'s).
@@ -284,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_values_keep_the_default_with_a_warning() {
+    fn values_are_read_as_glog_reads_them() {
         let read = env(&[
             ("GLOG_minloglevel", "abc"),
             ("GLOG_stderrthreshold", "4"),
@@ -292,20 +324,27 @@ mod tests {
             ("GLOG_logtostderr", "maybe"),
             ("GLOG_alsologtostderr", ""),
         ]);
-        assert_eq!(read.level(), LevelFilter::Info);
-        assert_eq!(read.stderr_threshold, None);
+        // strtol: "abc" is 0, "1.5" is 1; 4 is past FATAL.
+        assert_eq!(read.min_severity, 0);
+        assert_eq!(read.verbosity, 1);
+        assert_eq!(read.stderr_threshold, Some(4));
+        // alsologtostderr (set, empty) keeps every line on stderr despite the threshold.
+        assert_eq!(read.stderr_level(true), LevelFilter::Debug);
+        // First character: "maybe" is false; an empty value is true.
         assert!(!read.to_stderr_only);
+        assert!(read.also_to_stderr);
         assert_eq!(
             read.warnings,
             [
-                "GLOG_minloglevel=abc is not a glog severity (0 INFO, 1 WARNING, 2 ERROR, 3 \
-                 FATAL); ignored",
-                "GLOG_v=1.5 is not an integer; ignored",
-                "GLOG_logtostderr=maybe is not a boolean (1 or 0, true or false); ignored",
-                "GLOG_stderrthreshold=4 is not a glog severity (0 INFO, 1 WARNING, 2 ERROR, 3 \
-                 FATAL); ignored",
+                "GLOG_minloglevel=abc is read as 0, as glog reads it (its leading integer)",
+                "GLOG_v=1.5 is read as 1, as glog reads it (its leading integer)",
             ]
         );
+        for (value, yes) in [("true", true), ("Yes", true), ("1", true), ("0", false)] {
+            assert_eq!(glog_bool(value), yes, "{value}");
+        }
+        assert_eq!(leading_integer(" -2 "), (-2, true));
+        assert_eq!(leading_integer("+3x"), (3, false));
     }
 
     #[test]
