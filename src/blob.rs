@@ -182,8 +182,11 @@ impl<B: Backend> Blob<B> {
     pub fn reshape(&mut self, shape: &[usize]) -> Result<()> {
         let count = checked_count(shape)?;
         if count > self.capacity {
-            self.data = self.alloc("data", shape, count)?;
-            self.diff = self.alloc("diff", shape, count)?;
+            // Both or neither: a diff that cannot be had leaves the blob as it was.
+            let data = self.alloc("data", shape, count)?;
+            let diff = self.alloc("diff", shape, count)?;
+            self.data = data;
+            self.diff = diff;
             self.capacity = count;
         }
         self.shape.clear();

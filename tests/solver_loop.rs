@@ -491,13 +491,16 @@ fn inv_rates_digit_for_digit() {
     .unwrap();
     let schedule = rcaffe::lr_policy::LrSchedule::new(&param).unwrap();
     let mut state = rcaffe::lr_policy::LrState::default();
+    let mut compared = 0;
     for message in upstream_solver_messages(&upstream_log) {
         if let Some((head, rate)) = message.split_once(", lr = ") {
             let iter: u32 = head.trim_start_matches("Iteration ").parse().unwrap();
             let ours = rcaffe::log::cpp_float(f64::from(schedule.rate(iter, &mut state)));
             assert_eq!(ours, rate, "iteration {iter}");
+            compared += 1;
         }
     }
+    assert_eq!(compared, 300, "every iteration's printed rate");
 }
 
 // ---- end to end against upstream's LeNet runs ---------------------------------------------

@@ -295,8 +295,11 @@ pub fn convert_cifar_with(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<CifarSummary> {
     let (train_files, test_file) = cifar_batches(dir)?;
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| DataError::format(out_dir, format!("cannot create the output folder: {e}")))?;
+    std::fs::create_dir_all(out_dir).map_err(|error| DataError::Write {
+        path: out_dir.to_path_buf(),
+        what: "output folder",
+        error,
+    })?;
     let train_lmdb = out_dir.join("cifar10_train_lmdb");
     let test_lmdb = out_dir.join("cifar10_test_lmdb");
     for path in [&train_lmdb, &test_lmdb] {

@@ -74,8 +74,14 @@ pub enum DataError {
         what: &'static str,
         error: std::io::Error,
     },
-    /// A dataset file (IDX, CIFAR batch, list file, image) is not what it should be, or an
-    /// output folder cannot be made.
+    /// A file or folder could not be written or made: says what it was to be.
+    #[error("{}: cannot write the {what}: {error}", path.display())]
+    Write {
+        path: PathBuf,
+        what: &'static str,
+        error: std::io::Error,
+    },
+    /// A dataset file (IDX, CIFAR batch, list file, image) is not what it should be.
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
     /// One record of an LMDB cannot be used.
