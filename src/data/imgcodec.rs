@@ -197,7 +197,7 @@ fn vertical_blend(upper: i32, lower: i32, w0: i32, w1: i32) -> u8 {
 }
 
 /// Resizes to `height x width` with OpenCV's bilinear interpolation (`cv::resize`,
-/// `INTER_LINEAR`, 8-bit): pixel for pixel what OpenCV 5.1 gives (`tests/data_convert.rs`,
+/// `INTER_LINEAR`, 8-bit): pixel for pixel what OpenCV 5.1 gives (`tests/datasets/data_convert.rs`,
 /// `imageset_resize_matches_opencv`).
 pub fn resize_linear(image: &Image, height: usize, width: usize) -> Image {
     let (sh, sw, c) = (image.height, image.width, image.channels);

@@ -526,7 +526,7 @@ fn snapshot_prefix_is_settled_as_upstream_settles_it() {
 #[test]
 fn the_projects_own_models_parse_and_their_schedules_validate() {
     // models/cifar10_clr/ names the zoo nets by their paths from Caffe's source root:
-    // tests/models_clr.rs checks those solvers.
+    // tests/schedules/models_clr.rs checks those solvers.
     let files: Vec<_> = prototxt_files(Path::new("models"))
         .into_iter()
         .filter(|path| !path.starts_with("models/cifar10_clr"))

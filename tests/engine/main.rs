@@ -1,0 +1,13 @@
+//! The engine below the solver: the CPU backend's ops, fillers, layers, net construction, and
+//! net initialisation against upstream's logs.
+//!
+//! One test binary for these modules, so CI links a handful of binaries rather than one per
+//! file.
+
+mod backend_cpu;
+mod filler;
+mod layers_loss;
+mod layers_neuron;
+mod layers_vision;
+mod net;
+mod netinit;
