@@ -1,9 +1,17 @@
-//! Convolution (upstream: src/caffe/layers/conv_layer.cpp): for each image, im2col then one
-//! GEMM per group with the weights `(num_output, channels / group, kernel_h, kernel_w)`, plus an
-//! optional bias per output channel. Several bottoms are convolved with the same weights, each
-//! into the top of the same index. Output size per spatial axis:
-//! `(size + 2 pad - (dilation (kernel - 1) + 1)) / stride + 1`. The shared logic (parameters,
-//! shapes, GEMMs, the 1x1 fast path) is in [`base_conv`](super::base_conv).
+//! Convolution and Deconvolution, one layer parameterised by direction (upstream:
+//! src/caffe/layers/conv_layer.cpp and deconv_layer.cpp). The shared logic (parameters, shapes,
+//! GEMMs, the 1x1 fast path) is in [`base_conv`](super::base_conv).
+//!
+//! Convolution: for each image, im2col then one GEMM per group with the weights
+//! `(num_output, channels / group, kernel_h, kernel_w)`, plus an optional bias per output
+//! channel. Several bottoms are convolved with the same weights, each into the top of the same
+//! index. Output size per spatial axis: `(size + 2 pad - (dilation (kernel - 1) + 1)) / stride +
+//! 1`.
+//!
+//! Deconvolution, the transposed convolution: the forward pass is Convolution's input-gradient
+//! pass and the backward pass its forward pass, with weights
+//! `(channels, num_output / group, kernel_h, kernel_w)`. Output size per spatial axis:
+//! `stride (size - 1) + dilation (kernel - 1) + 1 - 2 pad`.
 
 use crate::backend::Backend;
 use crate::blob::Blob;
@@ -11,23 +19,34 @@ use crate::layers::base_conv::ConvBase;
 use crate::layers::{Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
-/// The Convolution layer.
-pub struct ConvolutionLayer<B: Backend> {
+/// A convolution layer; `TRANSPOSED` makes it a Deconvolution.
+pub struct ConvLayer<B: Backend, const TRANSPOSED: bool> {
     base: ConvBase<B>,
 }
 
-impl<B: Backend> ConvolutionLayer<B> {
+/// The Convolution layer.
+pub type ConvolutionLayer<B> = ConvLayer<B, false>;
+/// The Deconvolution layer.
+pub type DeconvolutionLayer<B> = ConvLayer<B, true>;
+
+impl<B: Backend, const TRANSPOSED: bool> ConvLayer<B, TRANSPOSED> {
+    const TYPE: &'static str = if TRANSPOSED {
+        "Deconvolution"
+    } else {
+        "Convolution"
+    };
+
     /// Reads `convolution_param`.
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
-        Ok(ConvolutionLayer {
-            base: ConvBase::new(param, "Convolution", false)?,
+        Ok(ConvLayer {
+            base: ConvBase::new(param, Self::TYPE, TRANSPOSED)?,
         })
     }
 }
 
-impl<B: Backend> Layer<B> for ConvolutionLayer<B> {
+impl<B: Backend, const TRANSPOSED: bool> Layer<B> for ConvLayer<B, TRANSPOSED> {
     fn layer_type(&self) -> &'static str {
-        "Convolution"
+        Self::TYPE
     }
     fn min_num_bottom(&self) -> Option<usize> {
         Some(1)
@@ -67,9 +86,19 @@ impl<B: Backend> Layer<B> for ConvolutionLayer<B> {
         let base = &mut self.base;
         let (bottoms, mut tops) = blobs.forward_all()?;
         let weight = params.get(0).data();
-        let bias = base.bias_term().then(|| params.get(1).data());
         for (bottom, top) in bottoms.iter().zip(tops.iter_mut()) {
-            base.conv_forward(be, bottom.data(), weight, bias, top.data_mut())?;
+            if TRANSPOSED {
+                // The convolution's data gradient, with the bottom as its output's gradient (the
+                // first buffer, the convolution's input, is not read without a weight gradient).
+                let (b, out) = (bottom.data(), top.data_mut());
+                base.conv_backward(be, b, weight, b, None, Some(out))?;
+                if base.bias_term() {
+                    base.forward_bias(be, params.get(1).data(), top.data_mut())?;
+                }
+            } else {
+                let bias = base.bias_term().then(|| params.get(1).data());
+                base.conv_forward(be, bottom.data(), weight, bias, top.data_mut())?;
+            }
         }
         Ok(())
     }
@@ -89,6 +118,21 @@ impl<B: Backend> Layer<B> for ConvolutionLayer<B> {
         for (i, (top, bottom)) in tops.iter().zip(bottoms.iter_mut()).enumerate() {
             if bias_down {
                 base.backward_bias(be, top.diff(), params.get_mut(1).diff_mut())?;
+            }
+            if TRANSPOSED {
+                if weight_down {
+                    // dW += bottom col(top_diff)^T: the convolution's weight gradient with the
+                    // top's diff as its input and the bottom as its output's gradient.
+                    let (weight, weight_diff) = params.get_mut(0).data_diff_mut();
+                    let (input, out_diff) = (top.diff(), bottom.data());
+                    base.conv_backward(be, input, weight, out_diff, Some(weight_diff), None)?;
+                }
+                if propagate_down[i] {
+                    // bottom_diff = W col(top_diff): the convolution's forward pass.
+                    let weight = params.get(0).data();
+                    base.conv_forward(be, top.diff(), weight, None, bottom.diff_mut())?;
+                }
+                continue;
             }
             if !(weight_down || propagate_down[i]) {
                 continue;

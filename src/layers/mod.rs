@@ -157,7 +157,6 @@ pub mod concat;
 pub mod convolution;
 pub mod crop;
 pub mod data;
-pub mod deconvolution;
 pub mod dropout;
 pub mod dummy_data;
 pub mod eltwise;
@@ -721,7 +720,7 @@ registry! {
     "Silence" => silence::SilenceLayer,
     "ArgMax" => argmax::ArgMaxLayer,
     "Convolution" => convolution::ConvolutionLayer,
-    "Deconvolution" => deconvolution::DeconvolutionLayer,
+    "Deconvolution" => convolution::DeconvolutionLayer,
     "Pooling" => pooling::PoolingLayer,
     "LRN" => lrn::LrnLayer,
     "InnerProduct" => inner_product::InnerProductLayer,
