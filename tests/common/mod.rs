@@ -12,6 +12,46 @@ pub fn rcaffe_command(args: &[&str]) -> Command {
     command
 }
 
+/// How close a computed `f32` must be to its `f64` reference: within
+/// `max(absolute, relative × |reference|)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    pub relative: f64,
+    pub absolute: f64,
+}
+
+impl Tolerance {
+    /// `relative` of the reference's magnitude, and never less than `relative × floor` (for
+    /// references near zero).
+    pub const fn relative(relative: f64, floor: f64) -> Self {
+        Tolerance {
+            relative,
+            absolute: relative * floor,
+        }
+    }
+}
+
+/// A bare number is a relative tolerance with a floor of 1: `tol × max(|reference|, 1)`.
+impl From<f64> for Tolerance {
+    fn from(relative: f64) -> Self {
+        Tolerance::relative(relative, 1.0)
+    }
+}
+
+/// Asserts that `got` has `want`'s length and that every element is within `tolerance` of the
+/// reference; a failure names `what`, the element and both values. A NaN on either side fails.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: impl Into<Tolerance>) {
+    let Tolerance { relative, absolute } = tolerance.into();
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let g = f64::from(g);
+        assert!(
+            (g - w).abs() <= absolute.max(relative * w.abs()),
+            "{what}: element {i}: got {g}, want {w}"
+        );
+    }
+}
+
 /// Runs the `rcaffe` binary as a user runs it.
 pub fn rcaffe(args: &[&str]) -> Output {
     rcaffe_command(args)

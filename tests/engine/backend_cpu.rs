@@ -2,6 +2,7 @@
 //! op's definition), on random inputs, odd sizes, offsets, in-place forms, and 1 and 3 threads;
 //! pooling and LRN also against hand-worked cases and finite differences.
 
+use crate::common::{assert_close, Tolerance};
 use rand::RngExt;
 use rcaffe::backend::{
     rng_from_seed, Backend, BackendError, ConvGeom, CpuBackend, CpuBuffer, LrnGeom, PoolGeom, Rng,
@@ -48,17 +49,6 @@ fn check_window(what: &str, buf: &CpuBuffer, off: usize, want: &[f64], rtol: f64
                 "{what}: element {i} outside the output range was written"
             );
         }
-    }
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let g = f64::from(g);
-        assert!(
-            (g - w).abs() <= atol + rtol * w.abs(),
-            "{what}: element {i}: got {g}, want {w}"
-        );
     }
 }
 
@@ -710,7 +700,15 @@ fn gemm_packed_and_k_zero() {
                 0,
             )
             .unwrap();
-            assert_close("gemm_packed", cb.as_slice(), &want, 1e-5, 1e-5);
+            assert_close(
+                "gemm_packed",
+                cb.as_slice(),
+                &want,
+                Tolerance {
+                    relative: 1e-5,
+                    absolute: 1e-5,
+                },
+            );
         }
     }
     // k = 0: C = beta C.
@@ -1360,7 +1358,15 @@ fn ave_pool_hand_worked() {
     let mut y = be.alloc(9).unwrap();
     be.ave_pool_forward(&g, &x, 0, &mut y, 0).unwrap();
     let want = [12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0].map(|s: f64| s / 9.0);
-    assert_close("ave 3x3 pad 1", y.as_slice(), &want, 1e-6, 0.0);
+    assert_close(
+        "ave 3x3 pad 1",
+        y.as_slice(),
+        &want,
+        Tolerance {
+            relative: 1e-6,
+            absolute: 0.0,
+        },
+    );
 
     // 4x4 input, 3x3 kernel, stride 2, pad 1 -> 3x3 output. The last window starts at row 3
     // and is clipped by the padded bound 4 + 1 = 5 to rows 3..5 (size 2), then by the image
@@ -1386,7 +1392,15 @@ fn ave_pool_hand_worked() {
         (at(3, 1) + at(3, 2) + at(3, 3)) / 6.0,
         at(3, 3) / 4.0,
     ];
-    assert_close("ave 4x4 k3 s2 pad 1", y.as_slice(), &want, 1e-6, 0.0);
+    assert_close(
+        "ave 4x4 k3 s2 pad 1",
+        y.as_slice(),
+        &want,
+        Tolerance {
+            relative: 1e-6,
+            absolute: 0.0,
+        },
+    );
 
     // Backward: each input gets dy / divisor from every window covering it.
     let dy = CpuBuffer::from_vec(vec![9.0, 9.0, 6.0, 9.0, 9.0, 6.0, 6.0, 6.0, 4.0]);

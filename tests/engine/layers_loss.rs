@@ -2,6 +2,7 @@
 //! values worked out here (in f64 where it matters), gradients against finite differences, and
 //! the label-indexed backend ops against naive loops.
 
+use crate::common::assert_close;
 use rcaffe::backend::{rng_from_seed, Backend, CpuBackend, CpuBuffer};
 use rcaffe::layers::create_layer;
 use rcaffe::proto::caffe::LayerParameter;
@@ -52,21 +53,6 @@ fn scalar(h: &Harness) -> f32 {
     let v = data(h, 0);
     assert_eq!(v.len(), 1, "a scalar top");
     v[0]
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let g = f64::from(g);
-        assert!(
-            (g - w).abs() <= tol * w.abs().max(1.0),
-            "{what}: element {i}: got {g}, want {w}"
-        );
-    }
-}
-
-fn assert_close1(what: &str, got: f32, want: f64, tol: f64) {
-    assert_close(what, &[got], &[want], tol);
 }
 
 /// Checks the diffs of `bottoms` after one backward pass against central differences of the
@@ -365,7 +351,7 @@ fn op_sigmoid_cross_entropy_matches_the_naive_form() {
         let (xi, ti) = (f64::from(x[i]), f64::from(t[i]));
         let p = 1.0 / (1.0 + (-xi).exp());
         let want = -(ti * p.ln() + (1.0 - ti) * (1.0 - p).ln());
-        assert_close1("sigmoid_cross_entropy", y.as_slice()[i], want, 1e-5);
+        assert_close("sigmoid_cross_entropy", &[y.as_slice()[i]], &[want], 1e-5);
     }
     // No overflow at large |x|.
     let mut y = buf(&[0.0; 2]);
@@ -521,8 +507,8 @@ fn softmax_with_loss_forward_for_every_normalization() {
     for (param, want) in cases {
         let mut h = swl(param);
         let weighted = h.forward().unwrap();
-        assert_close1(param, scalar(&h), want, 1e-6);
-        assert_close1(param, weighted, want, 1e-6);
+        assert_close(param, &[scalar(&h)], &[want], 1e-6);
+        assert_close(param, &[weighted], &[want], 1e-6);
     }
     // A label that is ignored everywhere: VALID divides by max(1, 0).
     let mut h = swl("loss_param { ignore_label: 1 }");
@@ -539,10 +525,10 @@ fn softmax_with_loss_clamps_probabilities_at_flt_min() {
     h.forward().unwrap();
     let loss = scalar(&h);
     assert!(loss.is_finite());
-    assert_close1(
+    assert_close(
         "clamped loss",
-        loss,
-        -f64::from(f32::MIN_POSITIVE).ln(),
+        &[loss],
+        &[-f64::from(f32::MIN_POSITIVE).ln()],
         1e-6,
     );
 }
@@ -565,7 +551,7 @@ fn softmax_with_loss_second_top_holds_the_probabilities() {
         1e-6,
     );
     let all: f64 = swl_terms().iter().sum();
-    assert_close1("loss", scalar(&h), all / 4.0, 1e-6);
+    assert_close("loss", &[scalar(&h)], &[all / 4.0], 1e-6);
 }
 
 #[test]
@@ -790,7 +776,7 @@ fn accuracy_forward_with_axes_ignore_label_and_per_class() {
         h.set_bottom(1, &l).unwrap();
         h.forward().unwrap();
         let (acc, per) = accuracy_naive(&x, (outer, dim, inner), &l, top_k, ignore);
-        assert_close1(param, scalar(&h), acc, 1e-6);
+        assert_close(param, &[scalar(&h)], &[acc], 1e-6);
         assert_eq!(h.top(1).shape(), &[dim]);
         assert_close(param, &data(&h, 1), &per, 1e-6);
         assert!(
@@ -895,10 +881,10 @@ fn batch_norm_forward_and_running_statistics_over_two_passes() {
     let maf = f64::from(0.9f32);
     let m = (num * spatial) as f64;
     let c = m / (m - 1.0);
-    assert_close1(
+    assert_close(
         "scale factor",
-        h.param_blob(2).data_to_vec().unwrap()[0],
-        maf + 1.0,
+        &[h.param_blob(2).data_to_vec().unwrap()[0]],
+        &[maf + 1.0],
         1e-6,
     );
     let mean: Vec<f64> = (0..2).map(|k| maf * m1[k] + m2[k]).collect();
@@ -1356,7 +1342,7 @@ fn euclidean_loss_forward_and_gradient() {
         / 5.0
         / 2.0;
     h.forward().unwrap();
-    assert_close1("euclidean", scalar(&h), want, 1e-6);
+    assert_close("euclidean", &[scalar(&h)], &[want], 1e-6);
     let checker = GradientChecker::new(1e-2, 1e-2);
     checker.check_exhaustive(&mut h, None).unwrap();
     for text in [
@@ -1427,7 +1413,7 @@ fn sigmoid_cross_entropy_loss_forward_for_every_normalization() {
         h.set_bottom(0, &x).unwrap();
         h.set_bottom(1, if ignore { &t } else { &all_t }).unwrap();
         h.forward().unwrap();
-        assert_close1(param, scalar(&h), want, 1e-5);
+        assert_close(param, &[scalar(&h)], &[want], 1e-5);
     }
     // Large scores stay finite.
     let mut h = harness(
@@ -1437,7 +1423,7 @@ fn sigmoid_cross_entropy_loss_forward_for_every_normalization() {
     h.set_bottom(0, &[100.0, -100.0]).unwrap();
     h.set_bottom(1, &[0.0, 1.0]).unwrap();
     h.forward().unwrap();
-    assert_close1("large scores", scalar(&h), 200.0, 1e-6);
+    assert_close("large scores", &[scalar(&h)], &[200.0], 1e-6);
 }
 
 #[test]
@@ -1514,7 +1500,7 @@ fn hinge_loss_forward_l1_and_l2() {
         h.set_bottom(0, &x).unwrap();
         h.set_bottom(1, &l).unwrap();
         h.forward().unwrap();
-        assert_close1(param, scalar(&h), hinge_naive(&x, &l, 6, 5, l2), 1e-6);
+        assert_close(param, &[scalar(&h)], &[hinge_naive(&x, &l, 6, 5, l2)], 1e-6);
     }
 }
 

@@ -4,6 +4,7 @@
 //! layer's definition, and small cases worked by hand), gradients against finite differences
 //! (`rcaffe::testing::GradientChecker`), and the parameter errors.
 
+use crate::common::assert_close;
 use rcaffe::backend::CpuBackend;
 use rcaffe::testing::{cpu, GradientChecker, HarnessError, LayerHarness};
 
@@ -25,17 +26,6 @@ fn setup_error(text: &str, shapes: &[&[usize]]) -> String {
 fn assert_err_contains(err: &str, parts: &[&str]) {
     for p in parts {
         assert!(err.contains(p), "error {err:?} should contain {p:?}");
-    }
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let g = f64::from(g);
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}: element {i}: got {g}, want {w}"
-        );
     }
 }
 

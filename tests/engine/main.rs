@@ -5,6 +5,8 @@
 //! file.
 
 mod backend_cpu;
+#[path = "../common/mod.rs"]
+mod common;
 mod filler;
 mod layers_loss;
 mod layers_neuron;

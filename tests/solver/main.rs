@@ -4,5 +4,7 @@
 //! One test binary for these modules, so CI links a handful of binaries rather than one per
 //! file.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod solver_loop;
 mod solver_rules;

@@ -1,6 +1,7 @@
 //! The six update rules, applied directly to blobs: a two-step example worked by hand for each,
 //! and random parameters against upstream's formulas evaluated in f64.
 
+use crate::common::{assert_close, Tolerance};
 use rcaffe::backend::{Backend, CpuBackend, Scalar};
 use rcaffe::blob::Blob;
 use rcaffe::proto::caffe::SolverParameter;
@@ -51,20 +52,6 @@ fn run(rule: &UpdateRule, w0: &[f32], grads: &[Vec<f32>], rate: f32, iter0: i32)
         out.push(param.data_to_vec().unwrap());
     }
     out
-}
-
-fn close(a: f64, b: f64, rel: f64) -> bool {
-    (a - b).abs() <= rel * b.abs().max(0.1)
-}
-
-fn assert_close(got: &[f32], want: &[f64], rel: f64, what: &str) {
-    assert_eq!(got.len(), want.len());
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            close(f64::from(g), w, rel),
-            "{what}: element {i}: got {g}, want {w}"
-        );
-    }
 }
 
 // ---- two steps worked by hand: w0 = 1, g1 = 0.5, g2 = -0.25, rate 0.1 ------------------------
@@ -244,7 +231,7 @@ fn every_rule_matches_the_f64_formula_on_random_params() {
                     "{text}: step {step}, element {i}: moved {m}, want {wm}"
                 );
             }
-            assert_close(g, w, 1e-5, text);
+            assert_close(text, g, w, Tolerance::relative(1e-5, 0.1));
         }
     }
 }
