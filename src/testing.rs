@@ -132,11 +132,7 @@ impl<B: Backend> LayerHarness<B> {
             store.push(blob);
         }
         if param.top.is_empty() {
-            let n = layer
-                .exact_num_top()
-                .or(layer.min_num_top())
-                .unwrap_or(1)
-                .max(1);
+            let n = layer.counts().tops.least().max(1);
             param.top = (0..n).map(|i| format!("top{i}")).collect();
         }
         let num_top = layers::num_tops_with_auto(layer.as_ref(), param.top.len());

@@ -10,7 +10,7 @@
 use crate::backend::{Backend, Src};
 use crate::layers::loss::{scratch, write_scalar};
 use crate::layers::softmax::AxisView;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Accuracy layer.
@@ -50,14 +50,8 @@ impl<B: Backend> Layer<B> for AccuracyLayer<B> {
     fn layer_type(&self) -> &'static str {
         "Accuracy"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn max_num_top(&self) -> Option<usize> {
-        Some(2)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Exactly(2), Count::Range(1, 2))
     }
 
     fn reshape(

@@ -8,7 +8,7 @@
 
 use crate::backend::Backend;
 use crate::blob::Blob;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The ArgMax layer.
@@ -80,11 +80,8 @@ impl<B: Backend> Layer<B> for ArgMaxLayer<B> {
     fn layer_type(&self) -> &'static str {
         "ArgMax"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
 
     fn reshape(

@@ -12,7 +12,7 @@ use crate::blob::Blob;
 use crate::filler::Filler;
 use crate::layers::loss::scratch;
 use crate::layers::softmax::AxisView;
-use crate::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, InOut, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The shape of a learned operand (Bias, Scale) applied to `bottom` from `axis` over
@@ -125,14 +125,8 @@ impl<B: Backend> Layer<B> for BiasLayer<B> {
     fn layer_type(&self) -> &'static str {
         "Bias"
     }
-    fn min_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn max_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Range(1, 2), Count::Exactly(1))
     }
     fn supports_in_place(&self) -> bool {
         true

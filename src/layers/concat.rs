@@ -5,7 +5,7 @@
 
 use crate::backend::Backend;
 use crate::blob::Blob;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Concat layer.
@@ -64,11 +64,8 @@ impl<B: Backend> Layer<B> for ConcatLayer {
     fn layer_type(&self) -> &'static str {
         "Concat"
     }
-    fn min_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::AtLeast(1), Count::Exactly(1))
     }
 
     fn reshape(

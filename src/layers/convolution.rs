@@ -16,7 +16,7 @@
 use crate::backend::Backend;
 use crate::blob::Blob;
 use crate::layers::base_conv::ConvBase;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// A convolution layer; `TRANSPOSED` makes it a Deconvolution.
@@ -48,14 +48,8 @@ impl<B: Backend, const TRANSPOSED: bool> Layer<B> for ConvLayer<B, TRANSPOSED> {
     fn layer_type(&self) -> &'static str {
         Self::TYPE
     }
-    fn min_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn equal_num_bottom_top(&self) -> bool {
-        true
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::AtLeast(1), Count::AtLeast(1)).with_equal_bottom_top()
     }
 
     fn layer_setup(

@@ -9,7 +9,7 @@
 
 use crate::backend::Backend;
 use crate::blob::Blob;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Crop layer.
@@ -78,11 +78,8 @@ impl<B: Backend> Layer<B> for CropLayer {
     fn layer_type(&self) -> &'static str {
         "Crop"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(2, 1)
     }
 
     fn layer_setup(

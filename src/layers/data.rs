@@ -35,7 +35,7 @@ use crate::data::datum::parse_datum;
 use crate::data::lmdb::{leveldb_refusal, looks_like_leveldb, Cursor, Lmdb};
 use crate::data::prefetch::{Batch, BatchSource, LoadStats, Prefetcher};
 use crate::data::{key_string, DataError, DataTransformer};
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::data_parameter::Db;
 use crate::proto::caffe::{LayerParameter, TransformationParameter};
 
@@ -196,14 +196,8 @@ impl<B: Backend> Layer<B> for DataLayer {
     fn layer_type(&self) -> &'static str {
         "Data"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(0)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn max_num_top(&self) -> Option<usize> {
-        Some(2)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Exactly(0), Count::Range(1, 2))
     }
 
     fn layer_setup(

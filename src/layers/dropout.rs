@@ -13,7 +13,7 @@
 
 use crate::backend::{philox, Backend, Src};
 use crate::blob::Blob;
-use crate::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
 use crate::proto::caffe::{LayerParameter, Phase};
 use rand::Rng as _;
 
@@ -56,11 +56,8 @@ impl<B: Backend> Layer<B> for DropoutLayer<B> {
     fn layer_type(&self) -> &'static str {
         "Dropout"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
     fn supports_in_place(&self) -> bool {
         true

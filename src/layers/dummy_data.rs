@@ -10,7 +10,7 @@
 use crate::backend::Backend;
 use crate::blob::Blob;
 use crate::filler::Filler;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::{DummyDataParameter, FillerParameter, LayerParameter};
 
 /// The DummyData layer.
@@ -76,11 +76,8 @@ impl<B: Backend> Layer<B> for DummyDataLayer {
     fn layer_type(&self) -> &'static str {
         "DummyData"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(0)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Exactly(0), Count::AtLeast(1))
     }
 
     fn layer_setup(

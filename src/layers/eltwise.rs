@@ -6,7 +6,7 @@
 
 use crate::backend::{Backend, Src};
 use crate::blob::Blob;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::eltwise_parameter::EltwiseOp;
 use crate::proto::caffe::LayerParameter;
 
@@ -60,11 +60,8 @@ impl<B: Backend> Layer<B> for EltwiseLayer<B> {
     fn layer_type(&self) -> &'static str {
         "Eltwise"
     }
-    fn min_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::AtLeast(2), Count::Exactly(1))
     }
 
     fn layer_setup(

@@ -5,7 +5,7 @@
 
 use crate::backend::{Backend, Scalar, Src};
 use crate::layers::loss::{check_first_dims, scratch};
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The EuclideanLoss layer.
@@ -39,14 +39,8 @@ impl<B: Backend> Layer<B> for EuclideanLossLayer<B> {
     fn layer_type(&self) -> &'static str {
         "EuclideanLoss"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn auto_top_blobs(&self) -> bool {
-        true
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(2, 1).with_auto_top_blobs()
     }
 
     fn reshape(

@@ -4,7 +4,7 @@
 //! is a copy, and the gradient is copied back. Never in place.
 
 use crate::backend::Backend;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Flatten layer.
@@ -28,11 +28,8 @@ impl<B: Backend> Layer<B> for FlattenLayer {
     fn layer_type(&self) -> &'static str {
         "Flatten"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
 
     fn reshape(

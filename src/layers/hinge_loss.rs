@@ -10,7 +10,7 @@ use crate::backend::{Backend, Src};
 use crate::layers::loss::{
     check_first_dims, label_backprop_error, loss_weight, scratch, write_scalar,
 };
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::hinge_loss_parameter::Norm;
 use crate::proto::caffe::LayerParameter;
 
@@ -48,14 +48,8 @@ impl<B: Backend> Layer<B> for HingeLossLayer<B> {
     fn layer_type(&self) -> &'static str {
         "HingeLoss"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn auto_top_blobs(&self) -> bool {
-        true
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(2, 1).with_auto_top_blobs()
     }
     fn allow_force_backward(&self, bottom_index: usize) -> bool {
         bottom_index != 1

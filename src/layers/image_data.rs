@@ -18,7 +18,7 @@ use crate::data::convert::{read_image_list, shuffle};
 use crate::data::imgcodec::{read_image, resize_linear, ColorMode, Image};
 use crate::data::prefetch::{Batch, BatchSource, Prefetcher};
 use crate::data::{DataError, DataTransformer};
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::{ImageDataParameter, LayerParameter, TransformationParameter};
 
 /// The ImageData layer.
@@ -168,11 +168,8 @@ impl<B: Backend> Layer<B> for ImageDataLayer {
     fn layer_type(&self) -> &'static str {
         "ImageData"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(0)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(2)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(0, 2)
     }
 
     fn layer_setup(

@@ -7,7 +7,7 @@
 use crate::backend::{Backend, Transpose};
 use crate::blob::Blob;
 use crate::filler::Filler;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::{FillerParameter, LayerParameter};
 
 /// The InnerProduct layer.
@@ -74,11 +74,8 @@ impl<B: Backend> Layer<B> for InnerProductLayer {
     fn layer_type(&self) -> &'static str {
         "InnerProduct"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
 
     fn layer_setup(

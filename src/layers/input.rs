@@ -6,7 +6,7 @@
 
 use crate::backend::Backend;
 use crate::blob::Blob;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::{BlobShape, LayerParameter};
 
 /// The Input layer.
@@ -37,11 +37,8 @@ impl<B: Backend> Layer<B> for InputLayer {
     fn layer_type(&self) -> &'static str {
         "Input"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(0)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Exactly(0), Count::AtLeast(1))
     }
 
     fn layer_setup(

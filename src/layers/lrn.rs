@@ -10,7 +10,7 @@
 //!   `lrn_within_*` ops run that composition (the CPU backend fused, with the same bits).
 
 use crate::backend::{Backend, DeviceBuffer, LrnGeom, PoolGeom};
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::lrn_parameter::NormRegion;
 use crate::proto::caffe::LayerParameter;
 
@@ -83,11 +83,8 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
     fn layer_type(&self) -> &'static str {
         "LRN"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
 
     fn reshape(

@@ -45,8 +45,7 @@
 //!   with `?`, bad parameters are [`LayerError::invalid`] with a message naming the field
 //!   (`"pooling_param.kernel_size must be positive"`). The net and the test harness wrap it in
 //!   an [`Error`] naming the layer and its type. Never panic on input: a wrong bottom count is
-//!   caught before setup from [`Layer::exact_num_bottom`] and friends, a wrong shape is an
-//!   error from `reshape`.
+//!   caught before setup from [`Layer::counts`], a wrong shape is an error from `reshape`.
 //! * **Context.** Every call gets a [`Context`]: the backend, the phase (TRAIN/TEST) and the
 //!   net's RNG.
 //!
@@ -57,7 +56,7 @@
 //! ```
 //! use rcaffe::backend::{Backend, Src};
 //! use rcaffe::blob::Blob;
-//! use rcaffe::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
+//! use rcaffe::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
 //! use rcaffe::proto::caffe::LayerParameter;
 //!
 //! pub struct DoubleLayer;
@@ -72,11 +71,8 @@
 //!     fn layer_type(&self) -> &'static str {
 //!         "Double"
 //!     }
-//!     fn exact_num_bottom(&self) -> Option<usize> {
-//!         Some(1)
-//!     }
-//!     fn exact_num_top(&self) -> Option<usize> {
-//!         Some(1)
+//!     fn counts(&self) -> BlobCounts {
+//!         BlobCounts::exactly(1, 1)
 //!     }
 //!     fn supports_in_place(&self) -> bool {
 //!         true
@@ -465,46 +461,107 @@ impl<'a, B: Backend> Params<'a, B> {
     }
 }
 
+/// How many bottoms (or tops) a layer takes: one of upstream's `ExactNum…Blobs`,
+/// `MinNum…Blobs` and `MaxNum…Blobs`, or both of the last two ([`Count::Range`]); [`Count::Any`]
+/// is upstream's -1 for all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Count {
+    /// No constraint.
+    #[default]
+    Any,
+    /// Exactly `n`.
+    Exactly(usize),
+    /// `n` or more.
+    AtLeast(usize),
+    /// `n` or fewer.
+    AtMost(usize),
+    /// From `min` to `max`, both included.
+    Range(usize, usize),
+}
+
+impl Count {
+    /// The fewest allowed (0 when there is no lower bound).
+    pub const fn least(self) -> usize {
+        match self {
+            Count::Exactly(n) | Count::AtLeast(n) | Count::Range(n, _) => n,
+            Count::Any | Count::AtMost(_) => 0,
+        }
+    }
+
+    /// Whether `n` is allowed; if not, the bound it breaks as the words upstream's message
+    /// puts before the number (`""`, `"at least "`, `"at most "`) and the number.
+    fn violation(self, n: usize) -> Option<(&'static str, usize)> {
+        match self {
+            Count::Exactly(e) if n != e => Some(("", e)),
+            Count::AtLeast(min) | Count::Range(min, _) if n < min => Some(("at least ", min)),
+            Count::AtMost(max) | Count::Range(_, max) if n > max => Some(("at most ", max)),
+            _ => None,
+        }
+    }
+}
+
+/// A layer's bottom and top counts ([`Layer::counts`]), stated in one expression:
+/// `BlobCounts::exactly(1, 1)`, or
+/// `BlobCounts::new(Count::Exactly(2), Count::Range(1, 2)).with_auto_top_blobs()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlobCounts {
+    /// How many bottoms the layer takes.
+    pub bottoms: Count,
+    /// How many tops the layer produces.
+    pub tops: Count,
+    /// Whether the layer produces exactly one top per bottom (upstream's
+    /// `EqualNumBottomTopBlobs`).
+    pub equal_bottom_top: bool,
+    /// Whether the net should create anonymous tops up to [`Count::least`] of `tops` when the
+    /// prototxt lists fewer (upstream's `AutoTopBlobs`).
+    pub auto_top_blobs: bool,
+}
+
+impl BlobCounts {
+    /// Any number of bottoms and tops (the default).
+    pub const ANY: BlobCounts = BlobCounts::new(Count::Any, Count::Any);
+
+    /// `bottoms` and `tops`, with neither flag.
+    pub const fn new(bottoms: Count, tops: Count) -> Self {
+        BlobCounts {
+            bottoms,
+            tops,
+            equal_bottom_top: false,
+            auto_top_blobs: false,
+        }
+    }
+
+    /// Exactly `bottoms` bottoms and exactly `tops` tops.
+    pub const fn exactly(bottoms: usize, tops: usize) -> Self {
+        BlobCounts::new(Count::Exactly(bottoms), Count::Exactly(tops))
+    }
+
+    /// The same, with one top per bottom required.
+    pub const fn with_equal_bottom_top(self) -> Self {
+        BlobCounts {
+            equal_bottom_top: true,
+            ..self
+        }
+    }
+
+    /// The same, with anonymous tops created up to the least top count.
+    pub const fn with_auto_top_blobs(self) -> Self {
+        BlobCounts {
+            auto_top_blobs: true,
+            ..self
+        }
+    }
+}
+
 /// A layer type. See the [module documentation](self) for how to write one.
-///
-/// Counts follow upstream's `ExactNumBottomBlobs` and friends, with `None` for upstream's -1
-/// ("no constraint").
 pub trait Layer<B: Backend>: Send {
     /// The type string the registry knows this layer by ("Convolution").
     fn layer_type(&self) -> &'static str;
 
-    /// The exact number of bottoms this layer takes, if fixed.
-    fn exact_num_bottom(&self) -> Option<usize> {
-        None
-    }
-    /// The least number of bottoms this layer takes.
-    fn min_num_bottom(&self) -> Option<usize> {
-        None
-    }
-    /// The greatest number of bottoms this layer takes.
-    fn max_num_bottom(&self) -> Option<usize> {
-        None
-    }
-    /// The exact number of tops this layer produces, if fixed.
-    fn exact_num_top(&self) -> Option<usize> {
-        None
-    }
-    /// The least number of tops this layer produces.
-    fn min_num_top(&self) -> Option<usize> {
-        None
-    }
-    /// The greatest number of tops this layer produces.
-    fn max_num_top(&self) -> Option<usize> {
-        None
-    }
-    /// Whether the layer produces exactly one top per bottom.
-    fn equal_num_bottom_top(&self) -> bool {
-        false
-    }
-    /// Whether the net should create anonymous tops up to `max(min_num_top, exact_num_top)`
-    /// when the prototxt lists fewer.
-    fn auto_top_blobs(&self) -> bool {
-        false
+    /// How many bottoms and tops this layer takes (upstream's `ExactNumBottomBlobs` and
+    /// friends, as one value); the default takes any number of each.
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::ANY
     }
     /// Whether `force_backward` may make the net propagate into bottom `bottom_index` (false
     /// for labels).
@@ -576,50 +633,19 @@ pub fn check_blob_counts<B: Backend>(
     num_top: usize,
 ) -> Result<(), LayerError> {
     let kind = layer.layer_type();
+    let counts = layer.counts();
     let fail = |message: String| Err(LayerError::BlobCount(message));
-    if let Some(n) = layer.exact_num_bottom() {
-        if num_bottom != n {
-            return fail(format!(
-                "{kind} Layer takes {n} bottom blob(s) as input; got {num_bottom}"
-            ));
-        }
+    if let Some((bound, n)) = counts.bottoms.violation(num_bottom) {
+        return fail(format!(
+            "{kind} Layer takes {bound}{n} bottom blob(s) as input; got {num_bottom}"
+        ));
     }
-    if let Some(n) = layer.min_num_bottom() {
-        if num_bottom < n {
-            return fail(format!(
-                "{kind} Layer takes at least {n} bottom blob(s) as input; got {num_bottom}"
-            ));
-        }
+    if let Some((bound, n)) = counts.tops.violation(num_top) {
+        return fail(format!(
+            "{kind} Layer produces {bound}{n} top blob(s) as output; got {num_top}"
+        ));
     }
-    if let Some(n) = layer.max_num_bottom() {
-        if num_bottom > n {
-            return fail(format!(
-                "{kind} Layer takes at most {n} bottom blob(s) as input; got {num_bottom}"
-            ));
-        }
-    }
-    if let Some(n) = layer.exact_num_top() {
-        if num_top != n {
-            return fail(format!(
-                "{kind} Layer produces {n} top blob(s) as output; got {num_top}"
-            ));
-        }
-    }
-    if let Some(n) = layer.min_num_top() {
-        if num_top < n {
-            return fail(format!(
-                "{kind} Layer produces at least {n} top blob(s) as output; got {num_top}"
-            ));
-        }
-    }
-    if let Some(n) = layer.max_num_top() {
-        if num_top > n {
-            return fail(format!(
-                "{kind} Layer produces at most {n} top blob(s) as output; got {num_top}"
-            ));
-        }
-    }
-    if layer.equal_num_bottom_top() && num_bottom != num_top {
+    if counts.equal_bottom_top && num_bottom != num_top {
         return fail(format!(
             "{kind} Layer produces one top blob as output for each bottom blob input; got \
              {num_bottom} bottom(s) and {num_top} top(s)"
@@ -628,15 +654,12 @@ pub fn check_blob_counts<B: Backend>(
     Ok(())
 }
 
-/// The number of tops a layer ends up with: the listed ones, plus anonymous ones up to
-/// `max(min_num_top, exact_num_top)` when the layer has [`Layer::auto_top_blobs`].
+/// The number of tops a layer ends up with: the listed ones, plus anonymous ones up to the
+/// least top count when the layer's [`BlobCounts::auto_top_blobs`] is set.
 pub fn num_tops_with_auto<B: Backend>(layer: &dyn Layer<B>, listed: usize) -> usize {
-    if layer.auto_top_blobs() {
-        let needed = layer
-            .min_num_top()
-            .unwrap_or(0)
-            .max(layer.exact_num_top().unwrap_or(0));
-        listed.max(needed)
+    let counts = layer.counts();
+    if counts.auto_top_blobs {
+        listed.max(counts.tops.least())
     } else {
         listed
     }

@@ -10,7 +10,7 @@
 
 use crate::backend::{Backend, BackendError, Src};
 use crate::blob::Blob;
-use crate::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// What one element-wise neuron computes.
@@ -96,11 +96,8 @@ impl<A: Activation, B: Backend> Layer<B> for NeuronLayer<A, B> {
     fn layer_type(&self) -> &'static str {
         A::TYPE
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
     fn supports_in_place(&self) -> bool {
         A::IN_PLACE

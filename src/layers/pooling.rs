@@ -15,7 +15,7 @@
 //!   `NOT_IMPLEMENTED`).
 
 use crate::backend::{Backend, PoolGeom};
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::pooling_parameter::{PoolMethod, RoundMode};
 use crate::proto::caffe::LayerParameter;
 
@@ -170,14 +170,11 @@ impl<B: Backend> Layer<B> for PoolingLayer<B> {
     fn layer_type(&self) -> &'static str {
         "Pooling"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn max_num_top(&self) -> Option<usize> {
-        Some(if self.method == PoolMethod::Max { 2 } else { 1 })
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(
+            Count::Exactly(1),
+            Count::Range(1, if self.method == PoolMethod::Max { 2 } else { 1 }),
+        )
     }
 
     fn reshape(

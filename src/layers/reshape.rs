@@ -6,7 +6,7 @@
 //! place.
 
 use crate::backend::Backend;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Reshape layer.
@@ -119,11 +119,8 @@ impl<B: Backend> Layer<B> for ReshapeLayer {
     fn layer_type(&self) -> &'static str {
         "Reshape"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
 
     fn reshape(

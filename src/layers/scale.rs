@@ -16,7 +16,7 @@ use crate::filler::Filler;
 use crate::layers::bias::{broadcast_view, learned_shape};
 use crate::layers::loss::scratch;
 use crate::layers::softmax::AxisView;
-use crate::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, InOut, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Scale layer.
@@ -69,14 +69,8 @@ impl<B: Backend> Layer<B> for ScaleLayer<B> {
     fn layer_type(&self) -> &'static str {
         "Scale"
     }
-    fn min_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn max_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Range(1, 2), Count::Exactly(1))
     }
     fn supports_in_place(&self) -> bool {
         true

@@ -13,7 +13,7 @@ use crate::layers::loss::{
     check_first_dims, ignore_label, label_backprop_error, normalize_loss, normalizer_slot, scratch,
     weight_over_normalizer, Normalization,
 };
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The SigmoidCrossEntropyLoss layer.
@@ -55,14 +55,8 @@ impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
     fn layer_type(&self) -> &'static str {
         "SigmoidCrossEntropyLoss"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn auto_top_blobs(&self) -> bool {
-        true
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(2, 1).with_auto_top_blobs()
     }
     fn allow_force_backward(&self, bottom_index: usize) -> bool {
         bottom_index != 1

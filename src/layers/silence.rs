@@ -2,7 +2,7 @@
 //! as net outputs (upstream: src/caffe/layers/silence_layer.cpp). Its gradient is zero.
 
 use crate::backend::Backend;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Silence layer.
@@ -19,11 +19,8 @@ impl<B: Backend> Layer<B> for SilenceLayer {
     fn layer_type(&self) -> &'static str {
         "Silence"
     }
-    fn min_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(0)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::AtLeast(1), Count::Exactly(0))
     }
 
     fn reshape(

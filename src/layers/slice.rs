@@ -5,7 +5,7 @@
 
 use crate::backend::Backend;
 use crate::layers::concat::legacy_or_axis;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Slice layer.
@@ -86,11 +86,8 @@ impl<B: Backend> Layer<B> for SliceLayer {
     fn layer_type(&self) -> &'static str {
         "Slice"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Exactly(1), Count::AtLeast(1))
     }
 
     fn reshape(

@@ -7,7 +7,7 @@
 use crate::backend::{Backend, Src};
 use crate::blob::Blob;
 use crate::layers::loss::scratch;
-use crate::layers::{Blobs, Context, InOut, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// A blob viewed as `(outer, dim, inner)` around one axis.
@@ -101,11 +101,8 @@ impl<B: Backend> Layer<B> for SoftmaxLayer<B> {
     fn layer_type(&self) -> &'static str {
         "Softmax"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
     fn supports_in_place(&self) -> bool {
         true

@@ -14,7 +14,7 @@ use crate::layers::loss::{
     weight_over_normalizer, Normalization,
 };
 use crate::layers::softmax::{softmax_forward, AxisView};
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The SoftmaxWithLoss layer.
@@ -58,17 +58,8 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
     fn layer_type(&self) -> &'static str {
         "SoftmaxWithLoss"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn max_num_top(&self) -> Option<usize> {
-        Some(2)
-    }
-    fn auto_top_blobs(&self) -> bool {
-        true
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Exactly(2), Count::Range(1, 2)).with_auto_top_blobs()
     }
     fn allow_force_backward(&self, bottom_index: usize) -> bool {
         bottom_index != 1

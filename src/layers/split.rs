@@ -6,7 +6,7 @@
 //! arena has one buffer per blob). The values and the memory figure the net logs are the same.
 
 use crate::backend::Backend;
-use crate::layers::{Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Split layer.
@@ -23,11 +23,8 @@ impl<B: Backend> Layer<B> for SplitLayer {
     fn layer_type(&self) -> &'static str {
         "Split"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn min_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::Exactly(1), Count::AtLeast(1))
     }
 
     fn reshape(

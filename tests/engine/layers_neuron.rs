@@ -5,7 +5,7 @@
 
 use rcaffe::backend::{rng_from_seed, Backend, CpuBackend, CpuBuffer, Src};
 use rcaffe::blob::Blob;
-use rcaffe::layers::{create_layer, Blobs, Context, Params};
+use rcaffe::layers::{create_layer, BlobCounts, Blobs, Context, Count, Params};
 use rcaffe::proto::caffe::Phase;
 use rcaffe::testing::{
     cpu, layer_param, CheckBottoms, GradientChecker, GradientError, LayerHarness,
@@ -1403,8 +1403,10 @@ fn silence_takes_bottoms_and_zeroes_their_gradient() {
     let b = cpu();
     let param = layer_param(r#"name: "s" type: "Silence" bottom: "a" bottom: "b""#).unwrap();
     let mut layer = create_layer::<CpuBackend>(&param).unwrap();
-    assert_eq!(layer.exact_num_top(), Some(0));
-    assert_eq!(layer.min_num_bottom(), Some(1));
+    assert_eq!(
+        layer.counts(),
+        BlobCounts::new(Count::AtLeast(1), Count::Exactly(0))
+    );
     let mut store = vec![
         Blob::new(&b, &[2, 3]).unwrap(),
         Blob::new(&b, &[4]).unwrap(),

@@ -10,7 +10,8 @@ use std::path::Path;
 use rcaffe::backend::{rng_from_seed, Backend, CpuBackend};
 use rcaffe::blob::Blob;
 use rcaffe::layers::{
-    is_registered, Blobs, Context, InOut, Layer, LayerError, LayerFactory, Params,
+    is_registered, BlobCounts, Blobs, Context, Count, InOut, Layer, LayerError, LayerFactory,
+    Params,
 };
 use rcaffe::log::cpp_float;
 use rcaffe::net::{filter, splits, Net, NetError};
@@ -30,11 +31,8 @@ impl<B: Backend> Layer<B> for ToyAffine {
     fn layer_type(&self) -> &'static str {
         "ToyAffine"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
     fn layer_setup(
         &mut self,
@@ -120,11 +118,8 @@ impl<B: Backend> Layer<B> for ToyRelu {
     fn layer_type(&self) -> &'static str {
         "ToyRelu"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
     fn supports_in_place(&self) -> bool {
         true
@@ -188,11 +183,8 @@ impl<B: Backend> Layer<B> for ToySquareLoss {
     fn layer_type(&self) -> &'static str {
         "ToySquareLoss"
     }
-    fn min_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::new(Count::AtLeast(1), Count::Exactly(1))
     }
     fn allow_force_backward(&self, bottom_index: usize) -> bool {
         bottom_index == 0
@@ -255,11 +247,8 @@ impl<B: Backend> Layer<B> for ToyData {
     fn layer_type(&self) -> &'static str {
         "ToyData"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(0)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(2)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(0, 2)
     }
     fn layer_setup(
         &mut self,
@@ -311,11 +300,8 @@ impl<B: Backend> Layer<B> for ToyCubic {
     fn layer_type(&self) -> &'static str {
         "ToyCubic"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
     fn layer_setup(
         &mut self,
@@ -392,11 +378,8 @@ impl<B: Backend> Layer<B> for ToyScale {
     fn layer_type(&self) -> &'static str {
         "ToyScale"
     }
-    fn exact_num_bottom(&self) -> Option<usize> {
-        Some(1)
-    }
-    fn exact_num_top(&self) -> Option<usize> {
-        Some(1)
+    fn counts(&self) -> BlobCounts {
+        BlobCounts::exactly(1, 1)
     }
     fn reshape(
         &mut self,
