@@ -11,15 +11,18 @@ use std::path::Path;
 /// A report of what `path` holds, as text. Its contents say what kind of file it is; when they
 /// do not (a damaged file), its extension does, so that reading it says what is wrong.
 pub fn inspect(path: &Path) -> Result<String, ProtoError> {
-    let bytes = read_file(path, "file to inspect")?;
-    let kind = FileKind::of_contents(&bytes)
-        .or_else(|| kind_by_extension(path, &bytes))
-        .ok_or_else(|| ProtoError::Invalid {
-            path: path.to_path_buf(),
-            message: "not one of Caffe's files; inspect reads .caffemodel, .solverstate, \
+    // The bytes only say which reader to use; they are dropped before it reads the file, so a
+    // large .caffemodel is not held twice.
+    let kind = {
+        let bytes = read_file(path, "file to inspect")?;
+        FileKind::of_contents(&bytes).or_else(|| kind_by_extension(path, &bytes))
+    };
+    let kind = kind.ok_or_else(|| ProtoError::Invalid {
+        path: path.to_path_buf(),
+        message: "not one of Caffe's files; inspect reads .caffemodel, .solverstate, \
                       .binaryproto and .prototxt files"
-                .to_string(),
-        })?;
+            .to_string(),
+    })?;
     Ok(match kind {
         FileKind::Weights => describe_caffemodel(path, &read_caffemodel(path)?),
         FileKind::SolverState => describe_solverstate(path, &read_solverstate(path)?),
