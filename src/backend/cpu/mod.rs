@@ -25,8 +25,8 @@ mod rng;
 mod simd;
 
 use super::{
-    check_probability, check_range, invalid, philox, Backend, ConvBatch, ConvGeom, DeviceBuffer,
-    LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
+    check_probability, check_range, gemm_spans, invalid, philox, Backend, ConvBatch, ConvGeom,
+    DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
 };
 use elementwise::Operand;
 use rayon::prelude::*;
@@ -308,21 +308,6 @@ fn operand<'a>(
     })
 }
 
-/// Elements a row-major `rows x cols` matrix with row stride `ld` spans.
-fn matrix_span(op: &'static str, name: &str, rows: usize, cols: usize, ld: usize) -> Result<usize> {
-    if ld < cols.max(1) {
-        return Err(invalid(
-            op,
-            format!("leading dimension of {name} is {ld}, less than its {cols} columns"),
-        ));
-    }
-    Ok(if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * ld + cols
-    })
-}
-
 macro_rules! unary_op {
     ($name:ident, $op:literal, |$v:ident| $body:expr) => {
         fn $name(
@@ -509,19 +494,11 @@ impl Backend for CpuBackend {
         ldc: usize,
     ) -> Result<()> {
         const OP: &str = "gemm";
-        let (ar, ac) = if trans_a == Transpose::NoTrans {
-            (m, k)
-        } else {
-            (k, m)
-        };
-        let (br, bc) = if trans_b == Transpose::NoTrans {
-            (k, n)
-        } else {
-            (n, k)
-        };
-        let a = rd(OP, "a", a, a_off, matrix_span(OP, "A", ar, ac, lda)?)?;
-        let b = rd(OP, "b", b, b_off, matrix_span(OP, "B", br, bc, ldb)?)?;
-        let c = wr(OP, "c", c, c_off, matrix_span(OP, "C", m, n, ldc)?)?;
+        let [a_span, b_span, c_span] =
+            gemm_spans(OP, (trans_a, trans_b), (m, n, k), (lda, ldb, ldc))?;
+        let a = rd(OP, "a", a, a_off, a_span)?;
+        let b = rd(OP, "b", b, b_off, b_span)?;
+        let c = wr(OP, "c", c, c_off, c_span)?;
         gemm::gemm(
             self.par(),
             trans_a,

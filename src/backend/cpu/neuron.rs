@@ -4,7 +4,7 @@
 
 use super::elementwise::{self, Operand};
 use super::{operand, rd, wr, CpuBackend, CpuBuffer};
-use crate::backend::{invalid, Result, Src};
+use crate::backend::{copy_2d_spans, invalid, Result, Src};
 
 /// 1 when `cond`, else 0: keeps upstream's `dy * (x > 0)` arithmetic, NaN included.
 #[inline]
@@ -118,23 +118,11 @@ impl CpuBackend {
         y_stride: usize,
     ) -> Result<()> {
         const OP: &str = "copy_2d";
-        if rows == 0 || cols == 0 {
+        let Some((x_span, y_span)) = copy_2d_spans(OP, (rows, cols), x_stride, y_stride)? else {
             return Ok(());
-        }
-        if rows > 1 && y_stride < cols {
-            return Err(invalid(
-                OP,
-                format!("y_stride {y_stride} is less than the {cols} columns copied per row"),
-            ));
-        }
-        let span = |stride: usize| {
-            (rows - 1)
-                .checked_mul(stride)
-                .and_then(|s| s.checked_add(cols))
         };
-        let too_big = || invalid(OP, "the copied region overflows usize");
-        let x = rd(OP, "x", x, x_off, span(x_stride).ok_or_else(too_big)?)?;
-        let y = wr(OP, "y", y, y_off, span(y_stride).ok_or_else(too_big)?)?;
+        let x = rd(OP, "x", x, x_off, x_span)?;
+        let y = wr(OP, "y", y, y_off, y_span)?;
         for r in 0..rows {
             let (xs, ys) = (r * x_stride, r * y_stride);
             y[ys..ys + cols].copy_from_slice(&x[xs..xs + cols]);

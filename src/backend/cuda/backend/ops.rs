@@ -2,6 +2,7 @@
 //! through the helpers of the [parent module](super).
 
 use super::*;
+use crate::backend::{copy_2d_spans, gemm_spans};
 
 /// A captured CUDA graph, instantiated, with the backend whose buffers it addresses.
 struct CudaReplay {
@@ -331,40 +332,18 @@ impl Backend for CudaBackend {
         ldc: usize,
     ) -> Result<()> {
         const OP: &str = "gemm";
+        let [a_span, b_span, c_span] =
+            gemm_spans(OP, (trans_a, trans_b), (m, n, k), (lda, ldb, ldc))?;
         if m == 0 || n == 0 {
             return Ok(());
         }
-        // Stored extents (rows x cols) of A and B as the row-major operands are laid out.
-        let (ar, ac) = if trans_a == Transpose::NoTrans {
-            (m, k)
-        } else {
-            (k, m)
-        };
-        let (br, bc) = if trans_b == Transpose::NoTrans {
-            (k, n)
-        } else {
-            (n, k)
-        };
-        let span = |rows: usize, cols: usize, ld: usize| {
-            if rows == 0 {
-                0
-            } else {
-                (rows - 1) * ld + cols
-            }
-        };
-        if lda < ac.max(1) || ldb < bc.max(1) || ldc < n {
-            return Err(invalid(
-                OP,
-                format!("leading dimensions {lda}, {ldb}, {ldc} too small"),
-            ));
-        }
-        let Arg::P(ap) = Self::ptr(OP, "a", a, a_off, span(ar, ac, lda))? else {
+        let Arg::P(ap) = Self::ptr(OP, "a", a, a_off, a_span)? else {
             unreachable!()
         };
-        let Arg::P(bp) = Self::ptr(OP, "b", b, b_off, span(br, bc, ldb))? else {
+        let Arg::P(bp) = Self::ptr(OP, "b", b, b_off, b_span)? else {
             unreachable!()
         };
-        let Arg::P(cp) = Self::ptr(OP, "c", c, c_off, span(m, n, ldc))? else {
+        let Arg::P(cp) = Self::ptr(OP, "c", c, c_off, c_span)? else {
             unreachable!()
         };
         let blas = self.blas(OP)?;
@@ -1148,17 +1127,11 @@ impl Backend for CudaBackend {
         y_stride: usize,
     ) -> Result<()> {
         const OP: &str = "copy_2d";
-        if rows == 0 || cols == 0 {
+        let Some((x_span, y_span)) = copy_2d_spans(OP, (rows, cols), x_stride, y_stride)? else {
             return Ok(());
-        }
-        if rows > 1 && y_stride < cols {
-            return Err(invalid(
-                OP,
-                format!("y_stride {y_stride} is less than the {cols} columns copied per row"),
-            ));
-        }
-        let xp = Self::ptr(OP, "x", x, x_off, (rows - 1) * x_stride + cols)?;
-        let yp = Self::ptr(OP, "y", y, y_off, (rows - 1) * y_stride + cols)?;
+        };
+        let xp = Self::ptr(OP, "x", x, x_off, x_span)?;
+        let yp = Self::ptr(OP, "y", y, y_off, y_span)?;
         let args = [
             Arg::I(int(OP, rows)?),
             Arg::I(int(OP, cols)?),
