@@ -72,10 +72,10 @@ extern "C" __global__ void bnll_forward(int n, const float* x, float* y) {
   }
 }
 
-// The input is clamped at 50 before exp, as upstream's kBNLL_THRESHOLD.
+// The input is clamped at BNLL_THRESHOLD (kernels/constants.h) before exp, as upstream.
 extern "C" __global__ void bnll_backward(int n, const float* x, const float* dy, float* dx) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float e = expf(fminf(x[i], 50.0f));
+    float e = expf(fminf(x[i], BNLL_THRESHOLD));
     dx[i] = dy[i] * e / (e + 1.0f);
   }
 }

@@ -228,6 +228,11 @@ pub(crate) fn copy_2d_spans(
     Ok(Some((span(x_stride)?, span(y_stride)?)))
 }
 
+/// The numbers the CUDA kernels and the CPU backend share, from kernels/constants.h.
+pub mod kernel_constants {
+    include!(concat!(env!("OUT_DIR"), "/kernel_constants.rs"));
+}
+
 /// A Bernoulli fill's `p`, checked to lie in `[0, 1]`.
 pub(crate) fn check_probability(op: &'static str, p: f32) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {

@@ -8,8 +8,10 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let kernels = manifest.join("../../kernels");
     let header = kernels.join("emulation.h");
+    let constants = kernels.join("constants.h");
     println!("cargo:rerun-if-changed={}", kernels.display());
     println!("cargo:rerun-if-changed={}", header.display());
+    println!("cargo:rerun-if-changed={}", constants.display());
     println!("cargo:rerun-if-changed=src/runtime.cpp");
 
     let mut sources: Vec<PathBuf> = std::fs::read_dir(&kernels)
@@ -31,6 +33,9 @@ fn main() {
         .extra_warnings(true)
         .flag("-include")
         .flag(header.to_str().expect("UTF-8 path"))
+        // The constants the kernels share with the CPU backend, as NVRTC sees them.
+        .flag("-include")
+        .flag(constants.to_str().expect("UTF-8 path"))
         // IEEE semantics as on the device with default NVRTC flags (no fast math), and no
         // contraction of a * b + c into an FMA, which would change rounding against the CPU op.
         .flag("-ffp-contract=off")

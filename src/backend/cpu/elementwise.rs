@@ -5,10 +5,6 @@
 
 use super::Par;
 
-/// BNLL's backward clamps its input at this value before `exp`, as upstream
-/// (src/caffe/layers/bnll_layer.cpp, `kBNLL_THRESHOLD`).
-pub(super) const BNLL_THRESHOLD: f32 = 50.0;
-
 /// An input of a map: another slice (same length as the output) or the output itself.
 #[derive(Clone, Copy)]
 pub(super) enum Operand<'a> {

@@ -25,8 +25,8 @@ mod rng;
 mod simd;
 
 use super::{
-    check_probability, check_range, gemm_spans, invalid, philox, Backend, ConvBatch, ConvGeom,
-    DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
+    check_probability, check_range, gemm_spans, invalid, kernel_constants, philox, Backend,
+    ConvBatch, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
 };
 use elementwise::Operand;
 use rayon::prelude::*;
@@ -846,7 +846,7 @@ impl Backend for CpuBackend {
         let dy = operand(OP, "dy", dy, n)?;
         let dx = wr(OP, "dx", dx, dx_off, n)?;
         elementwise::map2(self.par(), Operand::Slice(x), dy, dx, |x, d| {
-            let e = x.min(elementwise::BNLL_THRESHOLD).exp();
+            let e = x.min(kernel_constants::BNLL_THRESHOLD).exp();
             d * e / (e + 1.0)
         });
         Ok(())

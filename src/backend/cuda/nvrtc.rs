@@ -15,6 +15,10 @@ use crate::backend::{BackendError, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// The numbers the kernels share with the CPU backend (kernels/constants.h), seen by every
+/// kernel file ahead of its own text.
+pub const CONSTANTS: &str = include_str!("../../../kernels/constants.h");
+
 /// Every kernel file, by family name: `(name, source)` for `kernels/<name>.cu`.
 pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     (
@@ -105,6 +109,9 @@ pub fn compile(name: &str, arch: &str) -> Result<Arc<String>> {
         options: vec![format!("--gpu-architecture={arch}")],
         ..Default::default()
     };
+    // The shared constants ahead of the file's own text; `#line` keeps the compiler's line
+    // numbers those of the file.
+    let src = format!("{CONSTANTS}\n#line 1 \"{name}.cu\"\n{src}");
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
         let message = match e {
             cudarc::nvrtc::CompileError::CompileError {
