@@ -233,6 +233,30 @@ pub mod kernel_constants {
     include!(concat!(env!("OUT_DIR"), "/kernel_constants.rs"));
 }
 
+/// Checks that every label that is not `ignore_label` names a class in `0..dim`, before a
+/// label-indexed op writes anything: the one label check of both backends (the CUDA backend
+/// runs it on the labels it downloads). A label's class is upstream's `static_cast<int>`.
+pub(crate) fn check_labels(
+    op: &'static str,
+    labels: &[f32],
+    ignore_label: Option<i32>,
+    dim: usize,
+) -> Result<()> {
+    for (position, &label) in labels.iter().enumerate() {
+        let class = label as i32;
+        if ignore_label == Some(class) {
+            continue;
+        }
+        if usize::try_from(class).map_or(true, |class| class >= dim) {
+            return Err(invalid(
+                op,
+                format!("label {label} at position {position} is outside 0..{dim}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A Bernoulli fill's `p`, checked to lie in `[0, 1]`.
 pub(crate) fn check_probability(op: &'static str, p: f32) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {
@@ -1810,6 +1834,20 @@ mod tests {
             gemm_spans("gemm", (no, no), (0, 5, 3), (3, 5, 5)).unwrap(),
             [0, 15, 0]
         );
+    }
+
+    #[test]
+    fn labels_are_classes_in_range_unless_ignored() {
+        // Truncated toward zero, as upstream's static_cast<int>: 2.9 is class 2, -0.5 class 0.
+        check_labels("op", &[0.0, 2.9, -0.5], None, 3).unwrap();
+        check_labels("op", &[1.0, 7.0], Some(7), 3).unwrap();
+        let high = message(check_labels("op", &[1.0, 3.0], None, 3));
+        assert!(
+            high.contains("label 3 at position 1 is outside 0..3"),
+            "{high}"
+        );
+        let negative = message(check_labels("op", &[-1.0], Some(7), 3));
+        assert!(negative.contains("label -1 at position 0"), "{negative}");
     }
 
     #[test]

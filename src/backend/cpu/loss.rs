@@ -7,7 +7,7 @@
 
 use super::elementwise::{self, Operand};
 use super::{rd, wr, CpuBackend, CpuBuffer, Par};
-use crate::backend::{invalid, Result};
+use crate::backend::{check_labels, Result};
 
 impl CpuBackend {
     pub(super) fn label_mask_cpu(
@@ -123,33 +123,6 @@ fn ignored(class: i32, ignore_label: Option<i32>) -> bool {
     ignore_label == Some(class)
 }
 
-/// The class of the label at position `p`, which must lie in `0..dim`.
-fn checked_class(op: &'static str, label: f32, p: usize, dim: usize) -> Result<usize> {
-    let class = class_of(label);
-    match usize::try_from(class) {
-        Ok(c) if c < dim => Ok(c),
-        _ => Err(invalid(
-            op,
-            format!("label {label} at position {p} is outside 0..{dim}"),
-        )),
-    }
-}
-
-/// Checks every label that is not ignored, before an op writes anything.
-fn check_all(
-    op: &'static str,
-    labels: &[f32],
-    ignore_label: Option<i32>,
-    dim: usize,
-) -> Result<()> {
-    for (p, &l) in labels.iter().enumerate() {
-        if !ignored(class_of(l), ignore_label) {
-            checked_class(op, l, p, dim)?;
-        }
-    }
-    Ok(())
-}
-
 /// `y[i] = 0` where the label is `ignore_label`, else 1.
 fn label_mask(labels: &[f32], ignore_label: Option<i32>, y: &mut [f32]) {
     for (y, &l) in y.iter_mut().zip(labels) {
@@ -172,7 +145,7 @@ fn gather_at_label(
     fill: f32,
     y: &mut [f32],
 ) -> Result<()> {
-    check_all(op, labels, ignore_label, dim)?;
+    check_labels(op, labels, ignore_label, dim)?;
     for (p, (y, &l)) in y.iter_mut().zip(labels).enumerate() {
         let class = class_of(l);
         *y = if ignored(class, ignore_label) {
@@ -196,7 +169,7 @@ fn affine_at_label(
     beta: f32,
     y: &mut [f32],
 ) -> Result<()> {
-    check_all(op, labels, ignore_label, dim)?;
+    check_labels(op, labels, ignore_label, dim)?;
     for (p, &l) in labels.iter().enumerate() {
         let class = class_of(l);
         let (o, j) = (p / inner, p % inner);
@@ -225,7 +198,7 @@ fn top_k_hits(
     ignore_label: Option<i32>,
     y: &mut [f32],
 ) -> Result<()> {
-    check_all(op, labels, ignore_label, dim)?;
+    check_labels(op, labels, ignore_label, dim)?;
     for (p, (y, &l)) in y.iter_mut().zip(labels).enumerate() {
         let class = class_of(l);
         if ignored(class, ignore_label) {
@@ -259,7 +232,7 @@ fn sum_by_label(
     y: &mut [f32],
 ) -> Result<()> {
     let classes = y.len();
-    check_all(op, labels, ignore_label, classes)?;
+    check_labels(op, labels, ignore_label, classes)?;
     let mut sums = vec![0f64; classes];
     for (&v, &l) in x.iter().zip(labels) {
         let class = class_of(l);

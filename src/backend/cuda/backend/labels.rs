@@ -4,7 +4,8 @@
 use super::*;
 
 impl CudaBackend {
-    /// Labels of `labels[off..off + n]` on the host, each checked to be ignored or in `0..dim`.
+    /// Labels of `labels[off..off + n]`, downloaded and checked on the host as the CPU backend
+    /// checks them ([`crate::backend::check_labels`]).
     pub(super) fn check_labels(
         &self,
         op: &'static str,
@@ -18,19 +19,7 @@ impl CudaBackend {
         check_range(op, "label", label.len(), off, n)?;
         let mut host = vec![0f32; n];
         self.download(label, off, &mut host)?;
-        for (p, &l) in host.iter().enumerate() {
-            let class = l as i32;
-            if ignore == Some(class) {
-                continue;
-            }
-            if class < 0 || class as usize >= dim {
-                return Err(invalid(
-                    op,
-                    format!("label {l} at position {p} is outside 0..{dim}"),
-                ));
-            }
-        }
-        Ok(())
+        crate::backend::check_labels(op, &host, ignore, dim)
     }
 
     /// For the kernels that report a bad label themselves: [`Self::check_labels`], except
