@@ -197,7 +197,7 @@ pub fn run_demo(out: &Path) -> Result<Demo> {
     let (train, test) = prepare_data(out)?;
     let net = demo_net(&train, &test)?;
 
-    let stepsize = demo_solver(TRIANGULAR2_SOLVER, &net, out)?.stepsize();
+    let stepsize = read_solver(&project_path(TRIANGULAR2_SOLVER))?.stepsize();
     let (bounds, range_report) = range_test(&net, out, stepsize)?;
 
     let mut runs = Vec::new();

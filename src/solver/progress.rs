@@ -214,11 +214,6 @@ mod tests {
     }
 
     #[test]
-    fn the_bar_shows_a_test_pass_under_way() {
-        assert_eq!(testing_suffix(1, 37, 100), " | testing net #1: 37/100");
-    }
-
-    #[test]
     fn durations() {
         assert_eq!(format_duration(0.0), "0s");
         assert_eq!(format_duration(44.6), "45s");
