@@ -1,53 +1,69 @@
-//! The op set every device implements, and the geometry types its ops take.
+//! The op set every device implements, and the views and geometry its ops take.
 //!
-//! Layers are written only with these ops; they never touch device memory themselves.
+//! Layers are written only with these ops; they never touch device memory themselves. The way
+//! data flows: a prototxt becomes a `Net` of layers; each layer's forward and backward passes
+//! call the ops of [`Backend`] on views of its blobs; the CPU backend (`cpu/`) runs each op as a
+//! loop over host memory, the CUDA backend (`cuda/`) as a kernel from `kernels/*.cu` (or
+//! cuBLAS for GEMM).
 //!
-//! # Buffers, offsets and in-place ops
+//! # Views and in-place ops
 //!
-//! A backend owns memory through its associated [`Backend::Buffer`] type: host memory on
-//! the CPU, a device allocation on CUDA. A generic buffer never hands out host slices; data
-//! crosses with [`Backend::upload`] and [`Backend::download`]. (The CPU buffer additionally
-//! has zero-copy slice accessors, see `cpu::CpuBuffer`.)
+//! A backend owns memory through its associated [`Backend::Buffer`] type: host memory on the
+//! CPU, a device allocation on CUDA. A generic buffer never hands out host slices; data crosses
+//! with [`Backend::upload`] and [`Backend::download`]. (The CPU buffer additionally has
+//! zero-copy slice accessors, see `cpu::CpuBuffer`.)
 //!
-//! Every op addresses its buffers as `(buffer, element offset)` pairs, so a layer can work
-//! per image or per group inside a blob, as Caffe's layers do with pointer arithmetic. Each op
-//! checks that every range it touches lies inside its buffer and returns
-//! [`BackendError::OutOfBounds`] otherwise.
+//! Ops take typed views ([`view`]): a [`Slice`] (buffer, offset, length) to read, a
+//! [`SliceMut`] to write, so a layer can work per image or per group inside a blob, as Caffe's
+//! layers do with pointer arithmetic. Each op checks every view against its buffer and its own
+//! geometry and returns [`BackendError`] otherwise.
 //!
 //! Inputs are borrowed shared and outputs exclusively, so Rust's borrow rules keep an op from
 //! reading a range another op is writing. An op whose output may also be one of its inputs
 //! (ReLU forward `x -> x`, ReLU backward `dy -> dx` on the same diff, `y = y * mask`) takes that
-//! input as a [`Src`]: either another buffer at an offset, or [`Src::InPlace`], which means
-//! "read the op's own output range". Element-wise ops are defined element by element, so the
-//! in-place form gives the same result as the out-of-place one.
+//! input as a [`Src`]: either a view, or [`Src::InPlace`], which means "read the op's own
+//! output". Element-wise ops are defined element by element, so the in-place form gives the
+//! same result as the out-of-place one.
 //!
 //! # Adding a backend
 //!
-//! A CUDA backend implements this trait with `Buffer` = a device allocation; each op becomes a
-//! kernel launch of the same name taking the same arguments (in-place: the same device pointer
-//! for input and output), GEMM goes to cuBLAS. Tests run the CPU op and the device op on the
-//! same inputs and compare. The RNG fills take the host [`Rng`]; a device backend may draw on
-//! the host and upload, or seed a device generator from it: only the distribution is specified.
+//! A backend implements [`Backend`] with `Buffer` = its memory; each op becomes a kernel (the
+//! element-wise families one kernel per op kind), GEMM goes to a BLAS. Tests run the CPU op and
+//! the device op on the same inputs and compare. The RNG fills take the host [`Rng`]; a device
+//! backend may draw on the host and upload, or seed a device generator from it: only the
+//! distribution is specified.
 //!
 //! # Conventions
 //!
-//! * `n` is an element count; shapes follow Caffe's row-major `(num, channels, height, width)`.
-//! * "axis" ops view a blob as `(outer, dim, inner)`: `outer = count(0, axis)`,
-//!   `dim = shape(axis)`, `inner = count(axis + 1)`, as upstream's softmax does.
-//! * "per channel" ops view a blob as `(outer, channels, inner)` and apply a vector of length
-//!   `channels` (a bias, a scale) to every `(outer, inner)` position.
+//! * Shapes follow Caffe's row-major `(num, channels, height, width)`.
+//! * "axis" ops view a blob as an [`Axis`], `outer x dim x inner`: `outer = count(0, axis)`,
+//!   `dim = shape(axis)`, `inner = count(axis + 1)`, as upstream's softmax does; "per channel"
+//!   ops read it as `outer x channels x inner` and apply a vector of length `channels` (a bias,
+//!   a scale) to every `(outer, inner)` position.
 //! * Where a `beta` multiplies an output that is also read, `beta == 0` means the output is not
 //!   read (BLAS convention: NaN or garbage there does not propagate).
 
-#![allow(clippy::too_many_arguments)]
-
+mod args;
+mod checks;
 pub mod cpu;
 pub mod cuda;
+mod geometry;
 pub mod philox;
+pub mod view;
 
 use std::fmt;
 
+pub use args::{
+    Activation, AxisReduction, Binary, Broadcast, Capabilities, Distribution, Pooling, Reduction,
+    Scalar, Unary, UpdateRule,
+};
+pub(crate) use checks::{check_labels, check_probability, copy_2d_spans, gemm_spans};
+pub use checks::{check_range, invalid};
 pub use cpu::{CpuBackend, CpuBuffer};
+pub use geometry::{
+    Block, ConvBatch, ConvGeom, Gemm, Gemv, LrnGeom, LrnWithin, PoolGeom, RoundMode, Transpose,
+};
+pub use view::{Axis, ConvGrads, Labels, LrnSaved, Slice, SliceMut, Src, Views};
 
 /// The random number generator every fill takes explicitly: a net is reproducible from its seed.
 ///
@@ -139,150 +155,9 @@ pub fn resize_host_buffer<T: Clone>(
     Ok(())
 }
 
-/// Shorthand for an [`BackendError::InvalidArgument`].
-pub fn invalid(op: &'static str, message: impl Into<String>) -> BackendError {
-    BackendError::InvalidArgument {
-        op,
-        message: message.into(),
-    }
-}
-
-/// The elements a `rows × cols` row-major matrix with leading dimension `ld` spans (its last
-/// element's offset plus one; 0 when it is empty), with `ld` checked to hold a row and the span
-/// to fit a `usize`. `name` names the matrix in the error.
-pub(crate) fn matrix_span(
-    op: &'static str,
-    name: &str,
-    rows: usize,
-    cols: usize,
-    ld: usize,
-) -> Result<usize> {
-    if ld < cols.max(1) {
-        return Err(invalid(
-            op,
-            format!("leading dimension of {name} is {ld}, less than its {cols} columns"),
-        ));
-    }
-    if rows == 0 || cols == 0 {
-        return Ok(0);
-    }
-    (rows - 1)
-        .checked_mul(ld)
-        .and_then(|span| span.checked_add(cols))
-        .ok_or_else(|| {
-            invalid(
-                op,
-                format!("matrix {name} ({rows} x {cols}, ld {ld}) overflows usize"),
-            )
-        })
-}
-
-/// The spans of a GEMM's A, B and C (`C = op(A) op(B)`, `m × n` from `k`), checked as
-/// [`matrix_span`] checks each: the one argument check both backends' `gemm` make.
-pub(crate) fn gemm_spans(
-    op: &'static str,
-    (trans_a, trans_b): (Transpose, Transpose),
-    (m, n, k): (usize, usize, usize),
-    (lda, ldb, ldc): (usize, usize, usize),
-) -> Result<[usize; 3]> {
-    // Stored extents (rows x cols) of A and B as the row-major operands are laid out.
-    let (a_rows, a_cols) = match trans_a {
-        Transpose::NoTrans => (m, k),
-        Transpose::Trans => (k, m),
-    };
-    let (b_rows, b_cols) = match trans_b {
-        Transpose::NoTrans => (k, n),
-        Transpose::Trans => (n, k),
-    };
-    Ok([
-        matrix_span(op, "A", a_rows, a_cols, lda)?,
-        matrix_span(op, "B", b_rows, b_cols, ldb)?,
-        matrix_span(op, "C", m, n, ldc)?,
-    ])
-}
-
-/// The spans of `copy_2d`'s source and destination (`rows` rows of `cols` values, rows
-/// `x_stride` and `y_stride` apart), or `None` when there is nothing to copy: destination rows
-/// may not overlap (`y_stride >= cols`), and neither region may overflow a `usize`.
-pub(crate) fn copy_2d_spans(
-    op: &'static str,
-    (rows, cols): (usize, usize),
-    x_stride: usize,
-    y_stride: usize,
-) -> Result<Option<(usize, usize)>> {
-    if rows == 0 || cols == 0 {
-        return Ok(None);
-    }
-    if rows > 1 && y_stride < cols {
-        return Err(invalid(
-            op,
-            format!("y_stride {y_stride} is less than the {cols} columns copied per row"),
-        ));
-    }
-    let span = |stride: usize| {
-        (rows - 1)
-            .checked_mul(stride)
-            .and_then(|s| s.checked_add(cols))
-            .ok_or_else(|| invalid(op, "the copied region overflows usize"))
-    };
-    Ok(Some((span(x_stride)?, span(y_stride)?)))
-}
-
 /// The numbers the CUDA kernels and the CPU backend share, from kernels/constants.h.
 pub mod kernel_constants {
     include!(concat!(env!("OUT_DIR"), "/kernel_constants.rs"));
-}
-
-/// Checks that every label that is not `ignore_label` names a class in `0..dim`, before a
-/// label-indexed op writes anything: the one label check of both backends (the CUDA backend
-/// runs it on the labels it downloads). A label's class is upstream's `static_cast<int>`.
-pub(crate) fn check_labels(
-    op: &'static str,
-    labels: &[f32],
-    ignore_label: Option<i32>,
-    dim: usize,
-) -> Result<()> {
-    for (position, &label) in labels.iter().enumerate() {
-        let class = label as i32;
-        if ignore_label == Some(class) {
-            continue;
-        }
-        if usize::try_from(class).map_or(true, |class| class >= dim) {
-            return Err(invalid(
-                op,
-                format!("label {label} at position {position} is outside 0..{dim}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A Bernoulli fill's `p`, checked to lie in `[0, 1]`.
-pub(crate) fn check_probability(op: &'static str, p: f32) -> Result<()> {
-    if !(0.0..=1.0).contains(&p) {
-        return Err(invalid(op, format!("needs 0 <= p <= 1, got {p}")));
-    }
-    Ok(())
-}
-
-/// Checks that `off..off + len` lies inside a buffer of `buf_len` elements and returns the range.
-pub fn check_range(
-    op: &'static str,
-    arg: &'static str,
-    buf_len: usize,
-    off: usize,
-    len: usize,
-) -> Result<std::ops::Range<usize>> {
-    match off.checked_add(len) {
-        Some(end) if end <= buf_len => Ok(off..end),
-        _ => Err(BackendError::OutOfBounds {
-            op,
-            arg,
-            off,
-            end: off.saturating_add(len),
-            len: buf_len,
-        }),
-    }
 }
 
 /// Memory a backend owns: `len` f32 elements.
@@ -295,518 +170,59 @@ pub trait DeviceBuffer: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// An input of an op whose output may be that same input.
-pub enum Src<'a, T: ?Sized> {
-    /// Read from this buffer starting at this element offset.
-    At(&'a T, usize),
-    /// Read from the op's own output range: the op runs in place.
-    InPlace,
-}
-
-/// A solver's update rule with its hyper-parameters: what [`Backend::fused_update`] runs. The
-/// solver reads it from its parameters and composes it from the other ops where no fused form
-/// exists (`solver::update_rules`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum UpdateRule {
-    /// `h = lr g + momentum h; step = h`.
-    Sgd { momentum: f32 },
-    /// Nesterov's accelerated gradient in Sutskever's form: the step is
-    /// `(1 + momentum) h_new - momentum h_old`.
-    Nesterov { momentum: f32 },
-    /// `h += g^2; step = lr g / (sqrt(h) + delta)`.
-    AdaGrad { delta: f32 },
-    /// `h = rms_decay h + (1 - rms_decay) g^2; step = lr g / (sqrt(h) + delta)`.
-    RmsProp { delta: f32, rms_decay: f32 },
-    /// Zeiler's AdaDelta, scaled by the learning rate as upstream does.
-    AdaDelta { delta: f32, momentum: f32 },
-    /// Kingma & Ba's Adam with upstream's bias correction at `t = iter + 1`.
-    Adam {
-        beta1: f32,
-        beta2: f32,
-        eps_hat: f32,
-    },
-}
-
-impl UpdateRule {
-    /// The rule's name as `SolverParameter.type` spells it.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Sgd { .. } => "SGD",
-            Self::Nesterov { .. } => "Nesterov",
-            Self::AdaGrad { .. } => "AdaGrad",
-            Self::RmsProp { .. } => "RMSProp",
-            Self::AdaDelta { .. } => "AdaDelta",
-            Self::Adam { .. } => "Adam",
-        }
-    }
-}
-
-/// A scalar argument: a value fixed when the op is issued, or one element of a buffer, read when
-/// the op runs. Recorded work (a CUDA graph) keeps the element's address, so writing a new value
-/// there before a replay changes what the replayed op uses (the solver's learning rate).
-pub enum Scalar<'a, T: ?Sized> {
-    Value(f32),
-    At(&'a T, usize),
-}
-
-impl<T: ?Sized> Clone for Scalar<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T: ?Sized> Copy for Scalar<'_, T> {}
-
-impl<T: ?Sized> From<f32> for Scalar<'_, T> {
-    fn from(value: f32) -> Self {
-        Self::Value(value)
-    }
-}
-
-impl<T: ?Sized> Clone for Src<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T: ?Sized> Copy for Src<'_, T> {}
-
-impl<T: ?Sized> fmt::Debug for Src<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Src::At(_, off) => write!(f, "Src::At(_, {off})"),
-            Src::InPlace => f.write_str("Src::InPlace"),
-        }
-    }
-}
-
-/// Whether a GEMM/GEMV operand is used as stored or transposed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transpose {
-    /// Use the matrix as stored.
-    NoTrans,
-    /// Use the transpose of the stored matrix.
-    Trans,
-}
-
-/// Geometry of a 2-D im2col/col2im over one image: `channels x height x width`, a
-/// `kernel_h x kernel_w` window with zero padding, stride and dilation (upstream's
-/// `im2col_cpu` arguments). The column buffer is
-/// `(channels * kernel_h * kernel_w) x (out_h * out_w)`, row-major.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeom {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-    pub kernel_h: usize,
-    pub kernel_w: usize,
-    pub pad_h: usize,
-    pub pad_w: usize,
-    pub stride_h: usize,
-    pub stride_w: usize,
-    pub dilation_h: usize,
-    pub dilation_w: usize,
-}
-
-impl ConvGeom {
-    /// Output height: `(height + 2 pad_h - (dilation_h (kernel_h - 1) + 1)) / stride_h + 1`.
-    pub fn out_h(&self) -> usize {
-        conv_out(
-            self.height,
-            self.kernel_h,
-            self.pad_h,
-            self.stride_h,
-            self.dilation_h,
-        )
-    }
-    /// Output width, as [`ConvGeom::out_h`].
-    pub fn out_w(&self) -> usize {
-        conv_out(
-            self.width,
-            self.kernel_w,
-            self.pad_w,
-            self.stride_w,
-            self.dilation_w,
-        )
-    }
-    /// Elements of one image: `channels * height * width`.
-    pub fn im_len(&self) -> usize {
-        self.channels * self.height * self.width
-    }
-    /// Elements of the column buffer: `channels * kernel_h * kernel_w * out_h * out_w`.
-    pub fn col_len(&self) -> usize {
-        self.channels * self.kernel_h * self.kernel_w * self.out_h() * self.out_w()
-    }
-    /// Checks that kernel, stride and dilation are positive and the dilated kernel fits the
-    /// padded image.
-    pub fn validate(&self, op: &'static str) -> Result<()> {
-        if self.kernel_h == 0 || self.kernel_w == 0 {
-            return Err(invalid(
-                op,
-                format!("kernel size must be positive: {self:?}"),
-            ));
-        }
-        if self.stride_h == 0 || self.stride_w == 0 {
-            return Err(invalid(op, format!("stride must be positive: {self:?}")));
-        }
-        if self.dilation_h == 0 || self.dilation_w == 0 {
-            return Err(invalid(op, format!("dilation must be positive: {self:?}")));
-        }
-        let ext_h = self.dilation_h * (self.kernel_h - 1) + 1;
-        let ext_w = self.dilation_w * (self.kernel_w - 1) + 1;
-        if self.height + 2 * self.pad_h < ext_h || self.width + 2 * self.pad_w < ext_w {
-            return Err(invalid(
-                op,
-                format!(
-                    "dilated kernel {ext_h}x{ext_w} is larger than the padded image \
-                     {}x{}",
-                    self.height + 2 * self.pad_h,
-                    self.width + 2 * self.pad_w
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn conv_out(size: usize, kernel: usize, pad: usize, stride: usize, dilation: usize) -> usize {
-    let ext = dilation * (kernel.max(1) - 1) + 1;
-    let padded = size + 2 * pad;
-    if padded < ext || stride == 0 {
-        0
-    } else {
-        (padded - ext) / stride + 1
-    }
-}
-
-/// A convolution over a batch, as a layer runs it: `num` images of `geom` (its channels are the
-/// convolution's input channels) convolved with weights `(out_channels, channels / groups,
-/// kernel_h, kernel_w)`, giving `num` outputs of `out_channels x out_h x out_w`. Images, weights
-/// and outputs are packed row-major, image after image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvBatch {
-    pub geom: ConvGeom,
-    pub num: usize,
-    pub groups: usize,
-    pub out_channels: usize,
-}
-
-impl ConvBatch {
-    /// A 1x1 kernel with stride 1 and no padding: the image is its own column matrix (upstream's
-    /// `is_1x1_`, which ignores dilation: with one tap it has no effect).
-    pub fn is_1x1(&self) -> bool {
-        let g = &self.geom;
-        g.kernel_h == 1
-            && g.kernel_w == 1
-            && g.stride_h == 1
-            && g.stride_w == 1
-            && g.pad_h == 0
-            && g.pad_w == 0
-    }
-    /// Output positions per image: `out_h * out_w`.
-    pub fn out_spatial(&self) -> usize {
-        self.geom.out_h() * self.geom.out_w()
-    }
-    /// Columns of one group's weight matrix: `channels / groups * kernel_h * kernel_w`.
-    pub fn kernel_dim(&self) -> usize {
-        self.geom.channels / self.groups * self.geom.kernel_h * self.geom.kernel_w
-    }
-    /// Output channels per group.
-    pub fn group_out(&self) -> usize {
-        self.out_channels / self.groups
-    }
-    /// Elements of one input image.
-    pub fn in_len(&self) -> usize {
-        self.geom.im_len()
-    }
-    /// Elements of one output image.
-    pub fn out_len(&self) -> usize {
-        self.out_channels * self.out_spatial()
-    }
-    /// Elements of the weights: `out_channels * kernel_dim`.
-    pub fn weight_len(&self) -> usize {
-        self.out_channels * self.kernel_dim()
-    }
-    /// Floating-point operations of the batch's forward GEMMs (two per multiply-add); each of
-    /// the two backward products (weights, data) costs as much.
-    pub fn forward_flops(&self) -> u64 {
-        2 * (self.out_channels * self.kernel_dim() * self.out_spatial()) as u64 * self.num as u64
-    }
-    /// Checks the geometry and that `groups` divides both channel counts.
-    pub fn validate(&self, op: &'static str) -> Result<()> {
-        self.geom.validate(op)?;
-        if self.groups == 0
-            || !self.geom.channels.is_multiple_of(self.groups)
-            || !self.out_channels.is_multiple_of(self.groups)
-        {
-            return Err(invalid(
-                op,
-                format!(
-                    "{} groups must divide {} input and {} output channels",
-                    self.groups, self.geom.channels, self.out_channels
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// How pooling rounds its output size (upstream `PoolingParameter.round_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RoundMode {
-    /// `ceil((size + 2 pad - kernel) / stride) + 1`, Caffe's default.
-    #[default]
-    Ceil,
-    /// `floor((size + 2 pad - kernel) / stride) + 1`.
-    Floor,
-}
-
-/// Geometry of 2-D pooling over `planes` (= num x channels) independent planes of
-/// `height x width`, producing `pooled_h x pooled_w` per plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolGeom {
-    pub planes: usize,
-    pub height: usize,
-    pub width: usize,
-    pub kernel_h: usize,
-    pub kernel_w: usize,
-    pub stride_h: usize,
-    pub stride_w: usize,
-    pub pad_h: usize,
-    pub pad_w: usize,
-    pub pooled_h: usize,
-    pub pooled_w: usize,
-}
-
-impl PoolGeom {
-    /// Builds the geometry, computing the pooled size with upstream's rule
-    /// (src/caffe/layers/pooling_layer.cpp, `Reshape`): round per `round`, then, when there is
-    /// padding, drop the last window if it would start in the padding rather than the image.
-    /// Padding must be smaller than the kernel, as upstream checks.
-    pub fn new(
-        planes: usize,
-        (height, width): (usize, usize),
-        (kernel_h, kernel_w): (usize, usize),
-        (stride_h, stride_w): (usize, usize),
-        (pad_h, pad_w): (usize, usize),
-        round: RoundMode,
-    ) -> Result<Self> {
-        const OP: &str = "PoolGeom::new";
-        if kernel_h == 0 || kernel_w == 0 || stride_h == 0 || stride_w == 0 {
-            return Err(invalid(
-                OP,
-                format!(
-                    "kernel ({kernel_h}x{kernel_w}) and stride ({stride_h}x{stride_w}) must be \
-                     positive"
-                ),
-            ));
-        }
-        if pad_h >= kernel_h || pad_w >= kernel_w {
-            return Err(invalid(
-                OP,
-                format!(
-                    "pad ({pad_h}x{pad_w}) must be smaller than kernel ({kernel_h}x{kernel_w})"
-                ),
-            ));
-        }
-        if height + 2 * pad_h < kernel_h || width + 2 * pad_w < kernel_w {
-            return Err(invalid(
-                OP,
-                format!(
-                    "kernel {kernel_h}x{kernel_w} is larger than the padded input {}x{}",
-                    height + 2 * pad_h,
-                    width + 2 * pad_w
-                ),
-            ));
-        }
-        let pooled = |size: usize, kernel: usize, stride: usize, pad: usize| {
-            let span = size + 2 * pad - kernel;
-            let mut out = match round {
-                RoundMode::Ceil => span.div_ceil(stride) + 1,
-                RoundMode::Floor => span / stride + 1,
-            };
-            if pad > 0 && (out - 1) * stride >= size + pad {
-                out -= 1;
-            }
-            out
-        };
-        Ok(Self {
-            planes,
-            height,
-            width,
-            kernel_h,
-            kernel_w,
-            stride_h,
-            stride_w,
-            pad_h,
-            pad_w,
-            pooled_h: pooled(height, kernel_h, stride_h, pad_h),
-            pooled_w: pooled(width, kernel_w, stride_w, pad_w),
-        })
-    }
-
-    /// Elements of the input: `planes * height * width`.
-    pub fn in_len(&self) -> usize {
-        self.planes * self.height * self.width
-    }
-    /// Elements of the output (and of the max-pooling mask): `planes * pooled_h * pooled_w`.
-    pub fn out_len(&self) -> usize {
-        self.planes * self.pooled_h * self.pooled_w
-    }
-    /// The window of WITHIN_CHANNEL LRN over `planes` planes of `height x width`: `size x size`,
-    /// stride 1, padded by `(size - 1) / 2`, so every window is whole in the padded plane (each
-    /// divisor is `size^2`) and the output has the input's size.
-    pub fn lrn_window(planes: usize, height: usize, width: usize, size: usize) -> Self {
-        let pad = size.saturating_sub(1) / 2;
-        PoolGeom {
-            planes,
-            height,
-            width,
-            kernel_h: size,
-            kernel_w: size,
-            stride_h: 1,
-            stride_w: 1,
-            pad_h: pad,
-            pad_w: pad,
-            pooled_h: height,
-            pooled_w: width,
-        }
-    }
-    /// Checks `self` is a [`PoolGeom::lrn_window`] with an odd size.
-    pub fn validate_lrn_window(&self, op: &'static str) -> Result<()> {
-        let expected = Self::lrn_window(self.planes, self.height, self.width, self.kernel_h);
-        if *self != expected || self.kernel_h.is_multiple_of(2) {
-            return Err(invalid(
-                op,
-                format!("not an odd WITHIN_CHANNEL LRN window: {self:?}"),
-            ));
-        }
-        Ok(())
-    }
-    /// Checks kernel and stride are positive and a plane's indices fit an f32 mask exactly.
-    pub fn validate(&self, op: &'static str) -> Result<()> {
-        if self.kernel_h == 0 || self.kernel_w == 0 || self.stride_h == 0 || self.stride_w == 0 {
-            return Err(invalid(
-                op,
-                format!("kernel and stride must be positive: {self:?}"),
-            ));
-        }
-        if self.height * self.width > (1 << 24) {
-            return Err(invalid(
-                op,
-                format!(
-                    "a {}x{} plane is too large for an f32 argmax mask",
-                    self.height, self.width
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Geometry and parameters of local response normalisation across channels over `num`
-/// images of `channels x spatial` (spatial = height x width), upstream's `LRNParameter` with
-/// `norm_region: ACROSS_CHANNELS`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LrnGeom {
-    pub num: usize,
-    pub channels: usize,
-    pub spatial: usize,
-    /// `local_size`: odd window length across channels.
-    pub size: usize,
-    pub alpha: f32,
-    pub beta: f32,
-    pub k: f32,
-}
-
-impl LrnGeom {
-    /// Elements of the input, scale and output: `num * channels * spatial`.
-    pub fn len(&self) -> usize {
-        self.num * self.channels * self.spatial
-    }
-    /// Whether there is no element.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Checks the window length is odd, as upstream requires.
-    pub fn validate(&self, op: &'static str) -> Result<()> {
-        if self.size % 2 != 1 {
-            return Err(invalid(
-                op,
-                format!(
-                    "LRN only supports odd values for local_size, got {}",
-                    self.size
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The op set. Each op is one line of semantics; a device backend implements each with a
-/// kernel of the same name and arguments.
+/// The op set. Each op is one line of semantics; the CUDA backend implements each with a kernel
+/// of the same name (see kernels/), the CPU backend with a loop in `cpu/`.
 ///
-/// Buffer arguments come as `(buffer, offset)`; `x`, `a`, `b` are inputs, `y`, `c` outputs; `dy`
-/// is the gradient arriving from above and `dx` the gradient an op produces. Inputs taken as
-/// [`Src`] may be [`Src::InPlace`]. Element-wise formulas are written for one index `i` in
-/// `0..n`.
+/// Buffers travel as views ([`Slice`] to read, [`SliceMut`] to write); `x`, `a`, `b` are inputs,
+/// `y`, `c` outputs; `dy` is the gradient arriving from above and `dx` the gradient an op
+/// produces. An element-wise op runs over its output's elements, and every input it reads is as
+/// long; an input taken as [`Src`] may be [`Src::InPlace`]. An op with a geometry (an [`Axis`], a
+/// [`Gemm`], a [`ConvBatch`]) needs each view to hold at least what the geometry addresses, from
+/// the view's start.
 pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
     /// Memory of `len` f32 on this device.
     type Buffer: DeviceBuffer;
 
     /// A short name for logs ("CPU", "CUDA").
-    fn name(&self) -> &'static str;
+    const NAME: &'static str;
 
-    // ---- memory -------------------------------------------------------------------------
+    // ---- the device -----------------------------------------------------------------------
 
     /// A new buffer of `len` elements, all zero.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
-    /// `dst[dst_off + i] = src[i]` for `i < src.len()`: host to device.
-    fn upload(&self, src: &[f32], dst: &mut Self::Buffer, dst_off: usize) -> Result<()>;
-    /// `dst[i] = src[src_off + i]` for `i < dst.len()`: device to host.
-    fn download(&self, src: &Self::Buffer, src_off: usize, dst: &mut [f32]) -> Result<()>;
+    /// `dst[i] = src[i]`: host to device (`dst` as long as `src`).
+    fn upload(&self, src: &[f32], dst: SliceMut<'_, Self::Buffer>) -> Result<()>;
+    /// `dst[i] = src[i]`: device to host (`dst` as long as `src`).
+    fn download(&self, src: Slice<'_, Self::Buffer>, dst: &mut [f32]) -> Result<()>;
     /// `y[i] = x[i]`.
-    fn copy(
-        &self,
-        n: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
+    fn copy(&self, x: Slice<'_, Self::Buffer>, y: SliceMut<'_, Self::Buffer>) -> Result<()>;
     /// Waits until every op issued so far has finished (a no-op on the CPU).
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
-
-    // ---- solver updates ---------------------------------------------------------------------
-
-    /// Whether [`Backend::fused_update`] runs every [`UpdateRule`]. The solver then allocates
-    /// no scratch for the composed rules; the CPU backend composes them, as upstream's CPU path.
-    fn has_fused_updates(&self) -> bool {
-        false
+    /// What this backend can do beyond the required ops (nothing, by default).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
-    /// One parameter's update rule as a single pass over its `n` elements, in place on the
-    /// gradient `g` and the history (upstream's `*_update_gpu` kernels); `step` is
-    /// [`UpdateRule::step_scale`]. Only where [`Backend::has_fused_updates`]; elsewhere (the
-    /// default) it is refused, and the caller composes the rule from the ops above.
+    /// One parameter's update rule as a single pass over its elements, in place on the gradient
+    /// `g` and the history (upstream's `*_update_gpu` kernels); `step` is
+    /// [`UpdateRule::step_scale`]. Only where [`Capabilities::fused_updates`]; elsewhere (the
+    /// default) it is refused, and the caller composes the rule from the other ops.
     fn fused_update(
         &self,
         rule: &UpdateRule,
-        n: usize,
         step: Scalar<'_, Self::Buffer>,
-        g: &mut Self::Buffer,
-        history: &mut Self::Buffer,
-        history2: Option<&mut Self::Buffer>,
+        g: SliceMut<'_, Self::Buffer>,
+        history: SliceMut<'_, Self::Buffer>,
+        history2: Option<SliceMut<'_, Self::Buffer>>,
     ) -> Result<()> {
-        let _ = (n, step, g, history, history2);
+        let _ = (step, g, history, history2);
         Err(invalid(
             "fused_update",
             format!("this backend has no fused {} update", rule.type_name()),
         ))
     }
-
-    // ---- recording work for replay (CUDA graphs) ------------------------------------------
 
     /// Starts recording the ops issued from now on instead of running them, for
     /// [`Backend::end_capture`] to return as one replayable unit. `Ok(false)` (the default, and
@@ -819,10 +235,6 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
     fn begin_capture(&self) -> Result<bool> {
         Ok(false)
     }
-    /// Whether [`Backend::begin_capture`] can record on this backend (false by default).
-    fn can_capture(&self) -> bool {
-        false
-    }
     /// Ends a recording begun by [`Backend::begin_capture`] and returns it, ready to replay
     /// (`None` when none was under way). The recorded ops have not run: replay them once to
     /// get their effect.
@@ -833,491 +245,134 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
     // ---- fills --------------------------------------------------------------------------
 
     /// `y[i] = value`.
-    fn set(&self, n: usize, value: f32, y: &mut Self::Buffer, y_off: usize) -> Result<()>;
-    /// `y[i] += value`.
-    fn add_scalar(&self, n: usize, value: f32, y: &mut Self::Buffer, y_off: usize) -> Result<()>;
-    /// `y[i]` uniform on `[lo, hi]` (as upstream's `caffe_rng_uniform`); needs `lo <= hi`.
-    fn rng_uniform(
+    fn fill(&self, value: f32, y: SliceMut<'_, Self::Buffer>) -> Result<()>;
+    /// `y[i]` drawn from `dist` with the host generator `rng`.
+    fn random(
         &self,
-        n: usize,
-        lo: f32,
-        hi: f32,
+        dist: Distribution,
         rng: &mut Rng,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] ~ N(mean, std^2)`; needs `std >= 0`.
-    fn rng_gaussian(
-        &self,
-        n: usize,
-        mean: f32,
-        std: f32,
-        rng: &mut Rng,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
     /// `y[i] = 1` with probability `p`, else `0`, from the counter-based stream whose state is
-    /// `state[state_off..][..philox::STATE_LEN]` (see [`philox`]), then advances the stream:
-    /// the same values on every backend, and a recorded graph draws anew on each replay;
-    /// needs `0 <= p <= 1`.
-    fn rng_bernoulli_stream(
+    /// `state` ([`philox::STATE_LEN`] elements, see [`philox`]), then advances the stream: the
+    /// same values on every backend, and a recorded graph draws anew on each replay; needs
+    /// `0 <= p <= 1`.
+    fn bernoulli_stream(
         &self,
-        n: usize,
         p: f32,
-        state: &mut Self::Buffer,
-        state_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = 1` with probability `p`, else `0`; needs `0 <= p <= 1`.
-    fn rng_bernoulli(
-        &self,
-        n: usize,
-        p: f32,
-        rng: &mut Rng,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        state: SliceMut<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
 
     // ---- BLAS ---------------------------------------------------------------------------
 
-    /// `C = alpha op(A) op(B) + beta C`, row-major: `op(A)` is `m x k`, `op(B)` is `k x n`,
-    /// `C` is `m x n`; `lda`, `ldb`, `ldc` are the row strides of the matrices as stored
-    /// (`A` stored `m x k` when `NoTrans`, `k x m` when `Trans`; likewise `B`).
+    /// `C = alpha op(A) op(B) + beta C` as `g` describes.
     fn gemm(
         &self,
-        trans_a: Transpose,
-        trans_b: Transpose,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &Self::Buffer,
-        a_off: usize,
-        lda: usize,
-        b: &Self::Buffer,
-        b_off: usize,
-        ldb: usize,
-        beta: f32,
-        c: &mut Self::Buffer,
-        c_off: usize,
-        ldc: usize,
+        g: &Gemm,
+        a: Slice<'_, Self::Buffer>,
+        b: Slice<'_, Self::Buffer>,
+        c: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// [`Backend::gemm`] with packed operands (`lda`, `ldb`, `ldc` implied as upstream's
-    /// `caffe_cpu_gemm`): the common case for convolution and InnerProduct.
-    fn gemm_packed(
-        &self,
-        trans_a: Transpose,
-        trans_b: Transpose,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &Self::Buffer,
-        a_off: usize,
-        b: &Self::Buffer,
-        b_off: usize,
-        beta: f32,
-        c: &mut Self::Buffer,
-        c_off: usize,
-    ) -> Result<()> {
-        let lda = if trans_a == Transpose::NoTrans { k } else { m };
-        let ldb = if trans_b == Transpose::NoTrans { n } else { k };
-        self.gemm(
-            trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta, c, c_off, n,
-        )
-    }
-    /// `y = alpha op(A) x + beta y` with `A` stored packed `m x n` row-major: `NoTrans` gives
-    /// `y` of length `m` from `x` of length `n`, `Trans` gives `y` of length `n` from `m`.
+    /// `y = alpha op(A) x + beta y` as `g` describes.
     fn gemv(
         &self,
-        trans_a: Transpose,
-        m: usize,
-        n: usize,
-        alpha: f32,
-        a: &Self::Buffer,
-        a_off: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        beta: f32,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        g: &Gemv,
+        a: Slice<'_, Self::Buffer>,
+        x: Slice<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[i] += alpha x[i]`.
-    fn axpy(
+    /// `y[i] = alpha x[i] + beta y[i]`; `y` is not read when `beta` is 0 (upstream's
+    /// `caffe_axpy` when `beta` is 1, `caffe_cpu_axpby` otherwise).
+    fn axpby(
         &self,
-        n: usize,
-        alpha: f32,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = alpha x[i] + beta y[i]`; `y` is not read when `beta` is 0.
-    fn axpby<'a>(
-        &self,
-        n: usize,
-        alpha: impl Into<Scalar<'a, Self::Buffer>>,
-        x: &Self::Buffer,
-        x_off: usize,
+        alpha: Scalar<'_, Self::Buffer>,
+        x: Slice<'_, Self::Buffer>,
         beta: f32,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
     /// `y[i] = alpha x[i]` (upstream's `caffe_scal` when in place, `caffe_cpu_scale` otherwise).
-    fn scale<'a>(
+    fn scale(
         &self,
-        n: usize,
-        alpha: impl Into<Scalar<'a, Self::Buffer>>,
+        alpha: Scalar<'_, Self::Buffer>,
         x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
 
-    // ---- element-wise binary ------------------------------------------------------------
+    // ---- element-wise -------------------------------------------------------------------
 
-    /// `y[i] = a[i] + b[i]`.
-    fn add(
+    /// `y[i] = op(x[i])`.
+    fn unary(
         &self,
-        n: usize,
+        op: Unary,
+        x: Src<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
+    ) -> Result<()>;
+    /// `y[i] = op(a[i], b[i])`.
+    fn binary(
+        &self,
+        op: Binary,
         a: Src<'_, Self::Buffer>,
         b: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[i] = a[i] - b[i]`.
-    fn sub(
+    /// `y = f(x)` for the activation `f`.
+    fn activation_forward(
         &self,
-        n: usize,
-        a: Src<'_, Self::Buffer>,
-        b: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = a[i] * b[i]`.
-    fn mul(
-        &self,
-        n: usize,
-        a: Src<'_, Self::Buffer>,
-        b: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = a[i] / b[i]`.
-    fn div(
-        &self,
-        n: usize,
-        a: Src<'_, Self::Buffer>,
-        b: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = max(a[i], b[i])` (Eltwise MAX).
-    fn max(
-        &self,
-        n: usize,
-        a: Src<'_, Self::Buffer>,
-        b: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-
-    // ---- element-wise unary -------------------------------------------------------------
-
-    /// `y[i] = x[i]^p`.
-    fn powx(
-        &self,
-        n: usize,
+        f: Activation,
         x: Src<'_, Self::Buffer>,
-        p: f32,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[i] = (shift + scale x[i])^power` (upstream's PowerLayer).
-    fn power(
+    /// `dx = dy f'(x)`, with `x` and `y` the forward input and output (each [`Activation`] says
+    /// which it reads; in place, the input is the output).
+    fn activation_backward(
         &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        power: f32,
-        scale: f32,
-        shift: f32,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = exp(x[i])`.
-    fn exp(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = ln(x[i])`.
-    fn log(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = |x[i]|`.
-    fn abs(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = x[i]^2`.
-    fn sqr(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = sqrt(x[i])`.
-    fn sqrt(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = 1, 0 or -1` as `x[i] > 0, == 0, < 0` (0 for NaN), upstream's `caffe_sign`.
-    fn sign(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-
-    // ---- activations --------------------------------------------------------------------
-
-    /// `y[i] = max(x[i], 0) + slope min(x[i], 0)`.
-    fn relu_forward(
-        &self,
-        n: usize,
-        slope: f32,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `dx[i] = dy[i] (x[i] > 0 ? 1 : slope)`; `x` is the forward input (or output, in place).
-    fn relu_backward(
-        &self,
-        n: usize,
-        slope: f32,
-        x: &Self::Buffer,
-        x_off: usize,
+        f: Activation,
+        x: Slice<'_, Self::Buffer>,
+        y: Slice<'_, Self::Buffer>,
         dy: Src<'_, Self::Buffer>,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = 1 / (1 + exp(-x[i]))`, computed as `0.5 tanh(0.5 x) + 0.5`.
-    fn sigmoid_forward(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `dx[i] = dy[i] y[i] (1 - y[i])` with `y` the forward output.
-    fn sigmoid_backward(
-        &self,
-        n: usize,
-        y: &Self::Buffer,
-        y_off: usize,
-        dy: Src<'_, Self::Buffer>,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = tanh(x[i])`.
-    fn tanh_forward(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `dx[i] = dy[i] (1 - y[i]^2)` with `y` the forward output.
-    fn tanh_backward(
-        &self,
-        n: usize,
-        y: &Self::Buffer,
-        y_off: usize,
-        dy: Src<'_, Self::Buffer>,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = max(x[i], 0) + alpha (exp(min(x[i], 0)) - 1)`.
-    fn elu_forward(
-        &self,
-        n: usize,
-        alpha: f32,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `dx[i] = dy[i] (x[i] > 0 ? 1 : alpha + y[i])` with `x`, `y` the forward input and output.
-    fn elu_backward(
-        &self,
-        n: usize,
-        alpha: f32,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &Self::Buffer,
-        y_off: usize,
-        dy: Src<'_, Self::Buffer>,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
-    ) -> Result<()>;
-    /// `y[i] = x > 0 ? x + ln(1 + exp(-x)) : ln(1 + exp(x))` (softplus).
-    fn bnll_forward(
-        &self,
-        n: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `dx[i] = dy[i] e / (e + 1)` with `e = exp(min(x[i], 50))`, `x` the forward input.
-    fn bnll_backward(
-        &self,
-        n: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        dy: Src<'_, Self::Buffer>,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
+        dx: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
 
     // ---- reductions ---------------------------------------------------------------------
 
-    /// `sum_i x[i]`.
-    fn sum(&self, n: usize, x: &Self::Buffer, x_off: usize) -> Result<f32>;
-    /// `y[y_off] = alpha sum_i x[i]`, left on the device (a loss a CUDA graph can record): the
-    /// sum accumulated in f64 as [`Backend::sum`]'s, times `alpha`, then rounded to f32.
+    /// The reduction `r` of `x`, returned to the host.
+    fn reduce(&self, r: Reduction<'_, Self::Buffer>, x: Slice<'_, Self::Buffer>) -> Result<f32>;
+    /// `y[0] = alpha sum_i x[i]`, left on the device (a loss a CUDA graph can record): the
+    /// sum accumulated in f64 as [`Reduction::Sum`]'s, times `alpha`, then rounded to f32.
     fn sum_into(
         &self,
-        n: usize,
         alpha: f32,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        x: Slice<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `sum_i |x[i]|`.
-    fn asum(&self, n: usize, x: &Self::Buffer, x_off: usize) -> Result<f32>;
-    /// `sum_i x[i]^2`.
-    fn sumsq(&self, n: usize, x: &Self::Buffer, x_off: usize) -> Result<f32>;
-    /// `sum_i x[i] y[i]`.
-    fn dot(
+    /// The reduction `r` over the middle axis of `x` viewed as `axis`: `y` is `outer x inner`.
+    fn reduce_over_axis(
         &self,
-        n: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &Self::Buffer,
-        y_off: usize,
-    ) -> Result<f32>;
-
-    // ---- along an axis: (outer, dim, inner) views -----------------------------------------
-
-    /// `y[o, j] = max_c x[o, c, j]` over `c < dim`.
-    fn max_over_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        r: AxisReduction<'_, Self::Buffer>,
+        axis: Axis,
+        x: Slice<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[o, j] = sum_c x[o, c, j]` over `c < dim`.
-    fn sum_over_axis(
+    /// `y[o, c, j] = op(x[o, c, j], v)` with `v` spread over `axis` as `how` says.
+    fn broadcast(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[o, j] = sum_c a[o, c, j] b[o, c, j]` over `c < dim`.
-    fn dot_over_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        a: &Self::Buffer,
-        a_off: usize,
-        b: &Self::Buffer,
-        b_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[o, c, j] -= v[o, j]`.
-    fn sub_along_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        v: &Self::Buffer,
-        v_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[o, c, j] /= v[o, j]`.
-    fn div_along_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        v: &Self::Buffer,
-        v_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-
-    // ---- per channel: (outer, channels, inner) views ---------------------------------------
-
-    /// `y[o, c, j] += v[c]` (bias).
-    fn add_per_channel(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        v: &Self::Buffer,
-        v_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[o, c, j] = x[o, c, j] v[c]` (scale).
-    fn mul_per_channel(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        v: &Self::Buffer,
-        v_off: usize,
+        op: Binary,
+        how: Broadcast,
+        axis: Axis,
+        v: Slice<'_, Self::Buffer>,
         x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[c] = alpha sum_{o, j} x[o, c, j] + beta y[c]` (bias gradient, channel means).
+    /// `y[c] = alpha sum_{o, j} x[o, c, j] + beta y[c]` over `axis` (bias gradient, channel
+    /// means).
     fn sum_per_channel(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
+        axis: Axis,
         alpha: f32,
-        x: &Self::Buffer,
-        x_off: usize,
+        x: Slice<'_, Self::Buffer>,
         beta: f32,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
 
     // ---- convolution --------------------------------------------------------------------
@@ -1327,153 +382,114 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
     fn im2col(
         &self,
         g: &ConvGeom,
-        im: &Self::Buffer,
-        im_off: usize,
-        col: &mut Self::Buffer,
-        col_off: usize,
+        im: Slice<'_, Self::Buffer>,
+        col: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
     /// The adjoint of [`Backend::im2col`]: `im` is overwritten with the sum, over every column
     /// entry, of that entry added to the image pixel it was copied from.
     fn col2im(
         &self,
         g: &ConvGeom,
-        col: &Self::Buffer,
-        col_off: usize,
-        im: &mut Self::Buffer,
-        im_off: usize,
+        col: Slice<'_, Self::Buffer>,
+        im: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
 
     // Whole-batch convolution. The defaults run upstream's loop (per image: im2col, one GEMM
-    // per group) through the ops above with a column buffer as workspace; a backend may
-    // override them to spread the images over its workers.
+    // per group) through the ops above with a column buffer as workspace
+    // ([`ConvBatch::workspace_len`]); a backend may override them to spread the images over its
+    // workers, keeping its own scratch ([`Capabilities::conv_scratch`]).
 
-    /// Elements of the `workspace` the three batch-convolution ops below need for `c` (the
-    /// default: one image's column buffer, none for a 1x1 convolution). A backend that keeps
-    /// its own scratch returns 0.
-    fn conv_workspace_len(&self, c: &ConvBatch) -> usize {
-        if c.is_1x1() {
-            0
-        } else {
-            c.geom.col_len()
-        }
-    }
     /// `y[n] = W col(x[n])` per group for every image `n`, plus `bias[o]` on output channel `o`
     /// when given (upstream's `forward_cpu_gemm` then `forward_cpu_bias`).
     fn conv_forward(
         &self,
         c: &ConvBatch,
-        x: &Self::Buffer,
-        x_off: usize,
-        w: &Self::Buffer,
-        w_off: usize,
-        bias: Option<(&Self::Buffer, usize)>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-        workspace: &mut Self::Buffer,
+        x: Slice<'_, Self::Buffer>,
+        w: Slice<'_, Self::Buffer>,
+        bias: Option<Slice<'_, Self::Buffer>>,
+        mut y: SliceMut<'_, Self::Buffer>,
+        mut workspace: SliceMut<'_, Self::Buffer>,
     ) -> Result<()> {
         c.validate("conv_forward")?;
         let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+        let gemm = Gemm::packed(Transpose::NoTrans, Transpose::NoTrans, go, sp, kd);
         for n in 0..c.num {
-            let (xo, yo) = (x_off + n * c.in_len(), y_off + n * c.out_len());
-            let (cols, cols_off) = if c.is_1x1() {
-                (x, xo)
+            let image = x.part(n * c.in_len(), c.in_len());
+            let cols = if c.is_1x1() {
+                image
             } else {
-                self.im2col(&c.geom, x, xo, workspace, 0)?;
-                (&*workspace, 0)
+                self.im2col(&c.geom, image, workspace.reborrow())?;
+                workspace.as_slice()
             };
             for g in 0..c.groups {
-                self.gemm_packed(
-                    Transpose::NoTrans,
-                    Transpose::NoTrans,
-                    go,
-                    sp,
-                    kd,
-                    1.0,
-                    w,
-                    w_off + g * go * kd,
-                    cols,
-                    cols_off + g * kd * sp,
-                    0.0,
-                    y,
-                    yo + g * go * sp,
+                self.gemm(
+                    &gemm,
+                    w.part(g * go * kd, go * kd),
+                    cols.part(g * kd * sp, kd * sp),
+                    y.reborrow().part(n * c.out_len() + g * go * sp, go * sp),
                 )?;
             }
         }
-        if let Some((b, b_off)) = bias {
-            self.add_per_channel(c.num, c.out_channels, sp, b, b_off, y, y_off)?;
+        if let Some(bias) = bias {
+            let axis = Axis::new(c.num, c.out_channels, sp);
+            self.broadcast(Binary::Add, Broadcast::PerChannel, axis, bias, Src::InPlace, y)?;
         }
         Ok(())
     }
     /// The convolution's gradients from `dy` (shaped as the output): `dw += sum_n dy[n]
-    /// col(x[n])^T` per group when `dw` is given, and `dx[n] = col2im(W^T dy[n])` when `dx` is
-    /// (upstream's `weight_cpu_gemm` and `backward_cpu_gemm`, image by image in that order).
-    /// `x` is read only when `dw` is given. The images' weight gradients may be summed in
+    /// col(x[n])^T` per group when `grads.dw` is given, and `dx[n] = col2im(W^T dy[n])` when
+    /// `grads.dx` is (upstream's `weight_cpu_gemm` and `backward_cpu_gemm`, image by image in
+    /// that order). `x` is read only for `dw`. The images' weight gradients may be summed in
     /// another order than one by one (a backend documents its order).
     fn conv_backward(
         &self,
         c: &ConvBatch,
-        x: &Self::Buffer,
-        x_off: usize,
-        w: &Self::Buffer,
-        w_off: usize,
-        dy: &Self::Buffer,
-        dy_off: usize,
-        mut dw: Option<(&mut Self::Buffer, usize)>,
-        mut dx: Option<(&mut Self::Buffer, usize)>,
-        workspace: &mut Self::Buffer,
+        x: Slice<'_, Self::Buffer>,
+        w: Slice<'_, Self::Buffer>,
+        dy: Slice<'_, Self::Buffer>,
+        mut grads: ConvGrads<'_, Self::Buffer>,
+        mut workspace: SliceMut<'_, Self::Buffer>,
     ) -> Result<()> {
         c.validate("conv_backward")?;
         let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+        let weight_grad = Gemm::packed(Transpose::NoTrans, Transpose::Trans, go, kd, sp).beta(1.0);
+        let data_grad = Gemm::packed(Transpose::Trans, Transpose::NoTrans, kd, sp, go);
         for n in 0..c.num {
-            let (xo, yo) = (x_off + n * c.in_len(), dy_off + n * c.out_len());
-            if let Some((dw, dw_off)) = dw.as_mut() {
-                let (cols, cols_off) = if c.is_1x1() {
-                    (x, xo)
+            let dy_n = dy.part(n * c.out_len(), c.out_len());
+            if let Some(dw) = grads.dw.as_mut() {
+                let image = x.part(n * c.in_len(), c.in_len());
+                let cols = if c.is_1x1() {
+                    image
                 } else {
-                    self.im2col(&c.geom, x, xo, workspace, 0)?;
-                    (&*workspace, 0)
+                    self.im2col(&c.geom, image, workspace.reborrow())?;
+                    workspace.as_slice()
                 };
                 for g in 0..c.groups {
-                    self.gemm_packed(
-                        Transpose::NoTrans,
-                        Transpose::Trans,
-                        go,
-                        kd,
-                        sp,
-                        1.0,
-                        dy,
-                        yo + g * go * sp,
-                        cols,
-                        cols_off + g * kd * sp,
-                        1.0,
-                        dw,
-                        *dw_off + g * go * kd,
+                    self.gemm(
+                        &weight_grad,
+                        dy_n.part(g * go * sp, go * sp),
+                        cols.part(g * kd * sp, kd * sp),
+                        dw.reborrow().part(g * go * kd, go * kd),
                     )?;
                 }
             }
-            if let Some((dx, dx_off)) = dx.as_mut() {
-                let xo = *dx_off + n * c.in_len();
-                let (cols, cols_off): (&mut Self::Buffer, usize) =
-                    if c.is_1x1() { (dx, xo) } else { (workspace, 0) };
+            if let Some(dx) = grads.dx.as_mut() {
+                let mut dx_n = dx.reborrow().part(n * c.in_len(), c.in_len());
+                let mut cols = if c.is_1x1() {
+                    dx_n.reborrow()
+                } else {
+                    workspace.reborrow()
+                };
                 for g in 0..c.groups {
-                    self.gemm_packed(
-                        Transpose::Trans,
-                        Transpose::NoTrans,
-                        kd,
-                        sp,
-                        go,
-                        1.0,
-                        w,
-                        w_off + g * go * kd,
-                        dy,
-                        yo + g * go * sp,
-                        0.0,
-                        cols,
-                        cols_off + g * kd * sp,
+                    self.gemm(
+                        &data_grad,
+                        w.part(g * go * kd, go * kd),
+                        dy_n.part(g * go * sp, go * sp),
+                        cols.reborrow().part(g * kd * sp, kd * sp),
                     )?;
                 }
                 if !c.is_1x1() {
-                    self.col2im(&c.geom, workspace, 0, dx, xo)?;
+                    self.col2im(&c.geom, workspace.as_slice(), dx_n)?;
                 }
             }
         }
@@ -1482,396 +498,202 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
 
     // ---- pooling ------------------------------------------------------------------------
 
-    /// Max pooling: `y` = max over each window clipped to the image, `mask` = the argmax as a
-    /// plane index `h * width + w` (first maximum in row-major order; -1 if no element of the
-    /// window is greater than -f32::MAX).
-    fn max_pool_forward(
+    /// Pools each plane of `x` into `y` as `p` says (max pooling writes its mask).
+    fn pool_forward(
         &self,
         g: &PoolGeom,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-        mask: &mut Self::Buffer,
-        mask_off: usize,
+        p: Pooling<SliceMut<'_, Self::Buffer>>,
+        x: Slice<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `dx` = 0, then `dx[mask[p]] += dy[p]` for each output `p` of each plane (mask -1 skipped).
-    fn max_pool_backward(
+    /// `dx` = 0, then each output's `dy` goes back to the inputs it pooled: to `mask`'s argmax
+    /// for max pooling (mask -1 skipped), as `dy / size` to every input of the window for
+    /// average pooling, with the forward pass's divisor.
+    fn pool_backward(
         &self,
         g: &PoolGeom,
-        dy: &Self::Buffer,
-        dy_off: usize,
-        mask: &Self::Buffer,
-        mask_off: usize,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
-    ) -> Result<()>;
-    /// Average pooling: sum over the window clipped to the image, divided by the window's size
-    /// clipped only to the padded image (upstream counts padded positions inside the pad).
-    fn ave_pool_forward(
-        &self,
-        g: &PoolGeom,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `dx` = 0, then every input in a window gets `dy / size` with the forward pass's divisor.
-    fn ave_pool_backward(
-        &self,
-        g: &PoolGeom,
-        dy: &Self::Buffer,
-        dy_off: usize,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
+        p: Pooling<Slice<'_, Self::Buffer>>,
+        dy: Slice<'_, Self::Buffer>,
+        dx: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
 
     // ---- local response normalisation ---------------------------------------------------
-    // WITHIN_CHANNEL needs no op of its own: upstream composes it as sqr -> average pooling
-    // (kernel local_size, pad (local_size - 1) / 2, stride 1) -> power(-beta, alpha, 1) -> mul,
-    // and so can a layer, from the ops above.
 
     /// `scale[n, c, s] = k + alpha/size sum_{|c' - c| <= size/2} x[n, c', s]^2` and
     /// `y = x scale^-beta`.
     fn lrn_across_forward(
         &self,
         g: &LrnGeom,
-        x: &Self::Buffer,
-        x_off: usize,
-        scale: &mut Self::Buffer,
-        scale_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        x: Slice<'_, Self::Buffer>,
+        scale: SliceMut<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
     /// `dx[c] = dy[c] scale[c]^-beta - (2 alpha beta / size) x[c]
-    /// sum_{|c' - c| <= size/2} dy[c'] y[c'] / scale[c']` with `x`, `scale`, `y` from forward.
+    /// sum_{|c' - c| <= size/2} dy[c'] y[c'] / scale[c']` with `x`, `y` and `scale` from the
+    /// forward pass.
     fn lrn_across_backward(
         &self,
         g: &LrnGeom,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &Self::Buffer,
-        y_off: usize,
-        scale: &Self::Buffer,
-        scale_off: usize,
-        dy: &Self::Buffer,
-        dy_off: usize,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
+        forward: LrnSaved<'_, Self::Buffer>,
+        dy: Slice<'_, Self::Buffer>,
+        dx: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-
     /// WITHIN_CHANNEL LRN forward as upstream composes it (src/caffe/layers/lrn_layer.cpp: Power
-    /// square, AVE pooling, Power, Eltwise product): `mean = avepool_g(x^2)`,
-    /// `power = (1 + alpha mean)^-beta`, `y = x power`, over `g.in_len()` elements from offset
-    /// 0, with `g` a [`PoolGeom::lrn_window`]; `sq` is scratch. The default runs the composition
-    /// op by op; a backend may fuse it, giving the same bits.
+    /// square, AVE pooling, Power, Eltwise product): `mean = avepool(x^2)`,
+    /// `power = (1 + alpha mean)^-beta`, `y = x power`, over `window.in_len()` elements; `sq`
+    /// is scratch. The default runs the composition op by op; a backend may fuse it, giving the
+    /// same bits.
     fn lrn_within_forward(
         &self,
-        g: &PoolGeom,
-        alpha: f32,
-        beta: f32,
-        x: &Self::Buffer,
-        mean: &mut Self::Buffer,
-        power: &mut Self::Buffer,
-        y: &mut Self::Buffer,
-        sq: &mut Self::Buffer,
+        l: &LrnWithin,
+        x: Slice<'_, Self::Buffer>,
+        saved: [SliceMut<'_, Self::Buffer>; 2],
+        y: SliceMut<'_, Self::Buffer>,
+        mut sq: SliceMut<'_, Self::Buffer>,
     ) -> Result<()> {
-        g.validate_lrn_window("lrn_within_forward")?;
-        let n = g.in_len();
-        self.sqr(n, Src::At(x, 0), sq, 0)?;
-        self.ave_pool_forward(g, sq, 0, mean, 0)?;
-        self.power(n, Src::At(mean, 0), -beta, alpha, 1.0, power, 0)?;
-        self.mul(n, Src::At(x, 0), Src::At(power, 0), y, 0)
+        l.window.validate_lrn_window("lrn_within_forward")?;
+        let [mut mean, mut power] = saved;
+        self.unary(Unary::Sqr, x.src(), sq.reborrow())?;
+        self.pool_forward(&l.window, Pooling::Ave, sq.as_slice(), mean.reborrow())?;
+        let window_power = Unary::Power {
+            power: -l.beta,
+            scale: l.alpha,
+            shift: 1.0,
+        };
+        self.unary(window_power, mean.as_slice().src(), power.reborrow())?;
+        self.binary(Binary::Mul, x.src(), power.as_slice().src(), y)
     }
-    /// Backward of [`Backend::lrn_within_forward`] through the same composition, with `mean`
-    /// and `power` from forward: `dx = dy power + 2 x avepool_g^T(-beta alpha dy x power /
-    /// (1 + alpha mean))`; `a` and `b` are scratch.
+    /// Backward of [`Backend::lrn_within_forward`] through the same composition, with `x`,
+    /// `mean` and `power` (in `forward`: `x`, `y` = mean, `scale` = power) from forward:
+    /// `dx = dy power + 2 x avepool^T(-beta alpha dy x power / (1 + alpha mean))`; `scratch` is
+    /// two buffers of the input's size.
     fn lrn_within_backward(
         &self,
-        g: &PoolGeom,
-        alpha: f32,
-        beta: f32,
-        x: &Self::Buffer,
-        mean: &Self::Buffer,
-        power: &Self::Buffer,
-        dy: &Self::Buffer,
-        dx: &mut Self::Buffer,
-        a: &mut Self::Buffer,
-        b: &mut Self::Buffer,
+        l: &LrnWithin,
+        forward: LrnSaved<'_, Self::Buffer>,
+        dy: Slice<'_, Self::Buffer>,
+        mut dx: SliceMut<'_, Self::Buffer>,
+        scratch: [SliceMut<'_, Self::Buffer>; 2],
     ) -> Result<()> {
-        g.validate_lrn_window("lrn_within_backward")?;
-        let n = g.in_len();
+        l.window.validate_lrn_window("lrn_within_backward")?;
+        let LrnSaved { x, y: mean, scale: power } = forward;
+        let [mut a, mut b] = scratch;
         // Product y = x p: the x path.
-        self.mul(n, Src::At(dy, 0), Src::At(power, 0), dx, 0)?;
+        self.binary(Binary::Mul, dy.src(), power.src(), dx.reborrow())?;
         // The p path: dp = dy x; through p = (1 + alpha m)^-beta, as upstream's Power layer:
         // dm = dp (-beta alpha) p / (1 + alpha m).
-        self.mul(n, Src::At(dy, 0), Src::At(x, 0), a, 0)?;
-        self.mul(n, Src::InPlace, Src::At(power, 0), a, 0)?;
-        self.power(n, Src::At(mean, 0), 1.0, alpha, 1.0, b, 0)?;
-        self.div(n, Src::InPlace, Src::At(b, 0), a, 0)?;
-        self.scale(n, -beta * alpha, Src::InPlace, a, 0)?;
+        self.binary(Binary::Mul, dy.src(), x.src(), a.reborrow())?;
+        self.binary(Binary::Mul, Src::InPlace, power.src(), a.reborrow())?;
+        let base = Unary::Power {
+            power: 1.0,
+            scale: l.alpha,
+            shift: 1.0,
+        };
+        self.unary(base, mean.src(), b.reborrow())?;
+        self.binary(Binary::Div, Src::InPlace, b.as_slice().src(), a.reborrow())?;
+        self.scale(Scalar::Value(-l.beta * l.alpha), Src::InPlace, a.reborrow())?;
         // Through the window mean, then the square (2 x), summed into dx.
-        self.ave_pool_backward(g, a, 0, b, 0)?;
-        self.mul(n, Src::InPlace, Src::At(x, 0), b, 0)?;
-        self.axpy(n, 2.0, b, 0, dx, 0)
+        self.pool_backward(&l.window, Pooling::Ave, a.as_slice(), b.reborrow())?;
+        self.binary(Binary::Mul, Src::InPlace, x.src(), b.reborrow())?;
+        self.axpby(Scalar::Value(2.0), b.as_slice(), 1.0, dx)
     }
 
-    // ---- ops added for the neuron and plumbing layers (PReLU, Concat, Slice, Eltwise, ArgMax) -
+    // ---- PReLU's backward pass (its forward is a [`Binary::PRelu`] broadcast per channel) --
 
-    /// `y[o, c, j] = x > 0 ? x : slope[c] x` over `(outer, channels, inner)` (PReLU forward).
-    fn prelu_forward(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        slope: &Self::Buffer,
-        slope_off: usize,
-        x: Src<'_, Self::Buffer>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
     /// `dx[o, c, j] = dy ((x > 0) + slope[c] (x <= 0))` with `x` the forward input.
     fn prelu_backward(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        slope: &Self::Buffer,
-        slope_off: usize,
-        x: &Self::Buffer,
-        x_off: usize,
+        axis: Axis,
+        slope: Slice<'_, Self::Buffer>,
+        x: Slice<'_, Self::Buffer>,
         dy: Src<'_, Self::Buffer>,
-        dx: &mut Self::Buffer,
-        dx_off: usize,
+        dx: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
     /// `dslope[c] += sum_{o, j} dy[o, c, j] x[o, c, j] (x[o, c, j] <= 0)` (PReLU's slope gradient).
     fn prelu_slope_grad(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        dy: &Self::Buffer,
-        dy_off: usize,
-        dslope: &mut Self::Buffer,
-        dslope_off: usize,
+        axis: Axis,
+        x: Slice<'_, Self::Buffer>,
+        dy: Slice<'_, Self::Buffer>,
+        dslope: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[y_off + r y_stride + j] = x[x_off + r x_stride + j]` for `r < rows`, `j < cols`
-    /// (a strided block copy; needs `y_stride >= cols` when `rows > 1`).
+
+    // ---- plumbing: Concat, Slice, Crop, Eltwise MAX, ArgMax ------------------------------
+
+    /// `y[r y_stride + j] = x[r x_stride + j]` for `r < rows`, `j < cols` as `block` says.
     fn copy_2d(
         &self,
-        rows: usize,
-        cols: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        x_stride: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-        y_stride: usize,
+        block: &Block,
+        x: Slice<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
     /// Where `x[i] > y[i]`: `y[i] = x[i]` and `mask[i] = index` (a running max and its argmax).
     fn running_argmax(
         &self,
-        n: usize,
         index: f32,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-        mask: &mut Self::Buffer,
-        mask_off: usize,
+        x: Slice<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
+        mask: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
     /// `y[i] = mask[i] == value ? x[i] : 0`.
     fn copy_where_eq(
         &self,
-        n: usize,
-        mask: &Self::Buffer,
-        mask_off: usize,
+        mask: Slice<'_, Self::Buffer>,
         value: f32,
-        x: &Self::Buffer,
-        x_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        x: Slice<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// For each `(o, j)`, the `k <= dim` largest `x[o, c, j]` over `c`, in descending order (equal
-    /// values: larger `c` first; NaN above all): `values[o, r, j]` and `indices[o, r, j] = c`.
+    /// For each `(o, j)` of `axis`, the `k <= dim` largest `x[o, c, j]` over `c`, in descending
+    /// order (equal values: larger `c` first; NaN above all): `top[0][o, r, j]` holds the
+    /// values, `top[1][o, r, j] = c` their indices.
     fn top_k_over_axis(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
+        axis: Axis,
         k: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        values: &mut Self::Buffer,
-        values_off: usize,
-        indices: &mut Self::Buffer,
-        indices_off: usize,
+        x: Slice<'_, Self::Buffer>,
+        top: [SliceMut<'_, Self::Buffer>; 2],
     ) -> Result<()>;
 
-    // ---- ops added for the loss and accuracy layers (SoftmaxWithLoss, Accuracy, HingeLoss,
-    // SigmoidCrossEntropyLoss) ----
+    // ---- indexed by labels: SoftmaxWithLoss, Accuracy, HingeLoss ---------------------------
     // Labels are f32 values, as Caffe stores them; `l = trunc(label)` is upstream's
-    // `static_cast<int>`. Positions `(o, j)` of an `(outer, dim, inner)` view index the labels.
+    // `static_cast<int>`. Positions `(o, j)` of an `outer x dim x inner` view index the
+    // labels; a label equal to `ignore_label` is skipped as each op says, any other outside
+    // `0..dim` is an error (and nothing is written).
 
-    /// `y[i] = 0` where `trunc(label[i]) == ignore_label`, else `1`.
-    fn label_mask(
-        &self,
-        n: usize,
-        label: &Self::Buffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-    /// `y[o, j] = x[o, l, j]`, or `fill` where `l == ignore_label`; any other `l` outside
-    /// `0..dim` is an error.
+    /// `y[o, j] = x[o, l, j]`, or `fill` where `l == ignore_label`.
     fn gather_at_label(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        label: &Self::Buffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
+        axis: Axis,
+        x: Slice<'_, Self::Buffer>,
+        labels: Labels<'_, Self::Buffer>,
         fill: f32,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[o, l, j] = alpha y[o, l, j] + beta`; where `l == ignore_label`, `y[o, c, j] = 0` for
-    /// every `c` instead; any other `l` outside `0..dim` is an error (nothing is written then).
+    /// `y[o, l, j] = alpha y[o, l, j] + beta` with `(alpha, beta) = alpha_beta`; where `l == ignore_label`, `y[o, c, j] = 0` for
+    /// every `c` instead.
     fn affine_at_label(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        label: &Self::Buffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        alpha: f32,
-        beta: f32,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        axis: Axis,
+        labels: Labels<'_, Self::Buffer>,
+        alpha_beta: (f32, f32),
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
     /// `y[o, j] = 1` when at most `top_k` classes `c` (`l` itself included: ties count against
-    /// the label) have `x[o, c, j] >= x[o, l, j]`, else `0`; `0` where `l == ignore_label`; any
-    /// other `l` outside `0..dim` is an error.
+    /// the label) have `x[o, c, j] >= x[o, l, j]`, else `0`; `0` where `l == ignore_label`.
     fn top_k_hits(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
+        axis: Axis,
         top_k: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        label: &Self::Buffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        x: Slice<'_, Self::Buffer>,
+        labels: Labels<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[c] = sum_{i < n, trunc(label[i]) == c} x[i]` for `c < classes`, skipping labels equal
-    /// to `ignore_label`; any other label outside `0..classes` is an error.
+    /// `y[c] = sum_{i, trunc(label[i]) == c} x[i]` for `c < y.len` (the classes), over the
+    /// positions of `x` (as long as the labels).
     fn sum_by_label(
         &self,
-        n: usize,
-        classes: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        label: &Self::Buffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut Self::Buffer,
-        y_off: usize,
+        x: Slice<'_, Self::Buffer>,
+        labels: Labels<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
-    /// `y[i] = ln(1 + exp(x[i] - 2 x[i] p)) - x[i] (t[i] - p)` with `p = [x[i] >= 0]`: the
-    /// cross-entropy of `sigmoid(x)` against the target `t`, in a form that cannot overflow.
-    fn sigmoid_cross_entropy(
-        &self,
-        n: usize,
-        x: &Self::Buffer,
-        x_off: usize,
-        t: &Self::Buffer,
-        t_off: usize,
-        y: &mut Self::Buffer,
-        y_off: usize,
-    ) -> Result<()>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(result: Result<impl fmt::Debug>) -> String {
-        result.expect_err("an invalid argument").to_string()
-    }
-
-    #[test]
-    fn gemm_spans_follow_the_stored_layout_and_name_a_bad_leading_dimension() {
-        let no = Transpose::NoTrans;
-        // A 2x3 (ld 4), B 3x5 (ld 5), C 2x5 (ld 6).
-        assert_eq!(
-            gemm_spans("gemm", (no, no), (2, 5, 3), (4, 5, 6)).unwrap(),
-            [4 + 3, 2 * 5 + 5, 6 + 5]
-        );
-        // Transposed A is stored 3x2: its leading dimension holds 2 columns.
-        assert_eq!(
-            gemm_spans("gemm", (Transpose::Trans, no), (2, 5, 3), (2, 5, 5)).unwrap()[0],
-            2 * 2 + 2
-        );
-        let short = message(gemm_spans("gemm", (no, no), (2, 5, 3), (4, 4, 5)));
-        assert!(
-            short.contains("leading dimension of B is 4, less than its 5 columns"),
-            "{short}"
-        );
-        let huge = message(gemm_spans("gemm", (no, no), (usize::MAX, 1, 1), (2, 1, 1)));
-        assert!(huge.contains("overflows usize"), "{huge}");
-        // Empty products span nothing, but their leading dimensions are still checked.
-        assert_eq!(
-            gemm_spans("gemm", (no, no), (0, 5, 3), (3, 5, 5)).unwrap(),
-            [0, 15, 0]
-        );
-    }
-
-    #[test]
-    fn labels_are_classes_in_range_unless_ignored() {
-        // Truncated toward zero, as upstream's static_cast<int>: 2.9 is class 2, -0.5 class 0.
-        check_labels("op", &[0.0, 2.9, -0.5], None, 3).unwrap();
-        check_labels("op", &[1.0, 7.0], Some(7), 3).unwrap();
-        let high = message(check_labels("op", &[1.0, 3.0], None, 3));
-        assert!(
-            high.contains("label 3 at position 1 is outside 0..3"),
-            "{high}"
-        );
-        let negative = message(check_labels("op", &[-1.0], Some(7), 3));
-        assert!(negative.contains("label -1 at position 0"), "{negative}");
-    }
-
-    #[test]
-    fn copy_2d_spans_refuse_overlapping_rows_and_overflow() {
-        assert_eq!(
-            copy_2d_spans("copy_2d", (3, 4), 10, 4).unwrap(),
-            Some((24, 12))
-        );
-        assert_eq!(copy_2d_spans("copy_2d", (0, 4), 10, 4).unwrap(), None);
-        // One row may have any destination stride; overlapping source rows are fine.
-        assert_eq!(
-            copy_2d_spans("copy_2d", (1, 4), 0, 0).unwrap(),
-            Some((4, 4))
-        );
-        assert_eq!(
-            copy_2d_spans("copy_2d", (2, 4), 1, 4).unwrap(),
-            Some((5, 8))
-        );
-        let overlap = message(copy_2d_spans("copy_2d", (2, 4), 4, 3));
-        assert!(
-            overlap.contains("y_stride 3 is less than the 4 columns"),
-            "{overlap}"
-        );
-        let huge = message(copy_2d_spans("copy_2d", (usize::MAX, 2), 2, 2));
-        assert!(huge.contains("overflows usize"), "{huge}");
-    }
 }
