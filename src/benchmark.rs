@@ -165,15 +165,14 @@ pub fn time_net<B: Backend>(net: &mut Net<B>, iterations: u32) -> Result<Timing>
         .filter_map(|(i, before)| {
             let after = net.layer(i).load_stats()?;
             let before = before.unwrap_or_default();
-            Some((net.layer_names()[i].clone(), after.since(&before)))
+            Some((net.layer_name(i).to_string(), after.since(&before)))
         })
         .collect();
     let average = |d: Duration| d / iterations;
     let layers: Vec<(String, Duration, Duration)> = net
         .layer_names()
-        .iter()
         .zip(forward_per_layer.iter().zip(&backward_per_layer))
-        .map(|(name, (&f, &b))| (name.clone(), average(f), average(b)))
+        .map(|(name, (&f, &b))| (name.to_string(), average(f), average(b)))
         .collect();
     log::info!("Average time per layer: ");
     for (name, f, b) in &layers {

@@ -99,46 +99,145 @@ pub struct Net<B: Backend> {
     debug_info: bool,
     force_backward: bool,
 
-    layers: Vec<Box<dyn Layer<B>>>,
-    layer_params: Vec<LayerParameter>,
-    layer_names: Vec<String>,
-    layer_need_backward: Vec<bool>,
+    layers: Vec<NetLayer<B>>,
 
+    /// The activation blobs by blob id: the store the layers' [`Blobs`] views index.
     blobs: Vec<Blob<B>>,
-    blob_names: Vec<String>,
-    blob_need_backward: Vec<bool>,
-    blob_loss_weights: Vec<f32>,
-    bottom_ids: Vec<Vec<usize>>,
-    top_ids: Vec<Vec<usize>>,
-    bottom_need_backward: Vec<Vec<bool>>,
-    top_loss_weights: Vec<Vec<f32>>,
+    /// What the net knows of each activation blob, by blob id.
+    blob_info: Vec<BlobInfo>,
     input_blob_ids: Vec<usize>,
     output_blob_ids: Vec<usize>,
 
     /// The learnable parameters: one blob per owner (an unnamed parameter or the first
-    /// occurrence of a name).
+    /// occurrence of a name), the store the layers' [`Params`] views index.
     learnable_params: Vec<Blob<B>>,
-    params_lr: Vec<f32>,
-    params_weight_decay: Vec<f32>,
-    has_params_lr: Vec<bool>,
-    has_params_decay: Vec<bool>,
-    /// Per layer: parameter `k` is `learnable_params[layer_learnable_ids[layer][k]]`.
-    layer_learnable_ids: Vec<Vec<usize>>,
-    /// Per layer: whether parameter `k`'s gradient is computed.
-    param_propagate_down: Vec<Vec<bool>>,
-    /// Per (layer, parameter) pair, in order ("net params" upstream).
-    param_layer_indices: Vec<(usize, usize)>,
-    param_owners: Vec<Option<usize>>,
-    param_display_names: Vec<String>,
-    learnable_param_ids: Vec<usize>,
+    /// Per learnable parameter: its learning multipliers.
+    param_multipliers: Vec<Multipliers>,
+    /// Every (layer, parameter) pair, in order ("net params" upstream).
+    net_params: Vec<NetParam>,
+    /// The net param that owns each parameter name.
     param_names_index: HashMap<String, usize>,
-    /// Per layer: the net param ids of its parameters.
-    layer_net_param_ids: Vec<Vec<usize>>,
 
     blob_names_index: HashMap<String, usize>,
     layer_names_index: HashMap<String, usize>,
     memory_used: u64,
     init_log: Vec<String>,
+}
+
+/// A layer of the net and how it is wired. The per-bottom, per-top and per-parameter lists are
+/// kept apart because the layer's views of the stores ([`Blobs`], [`Params`]) take them as
+/// slices.
+struct NetLayer<B: Backend> {
+    layer: Box<dyn Layer<B>>,
+    /// The parameter the net built the layer from, as the net uses it (Split bottoms renamed,
+    /// phase set, the implicit loss weight recorded).
+    param: LayerParameter,
+    need_backward: bool,
+    /// The blob ids of the bottoms.
+    bottoms: Vec<usize>,
+    /// Per bottom: whether backward computes its diff.
+    bottom_need_backward: Vec<bool>,
+    /// The blob ids of the tops.
+    tops: Vec<usize>,
+    /// Per top: its loss weight.
+    top_loss_weights: Vec<f32>,
+    /// Per parameter: its learnable parameter index.
+    learnable_ids: Vec<usize>,
+    /// Per parameter: whether backward computes its gradient.
+    param_propagate_down: Vec<bool>,
+    /// Per parameter: its net param id.
+    net_param_ids: Vec<usize>,
+}
+
+/// What the net knows of an activation blob besides its contents.
+struct BlobInfo {
+    name: String,
+    /// Whether some layer computes its diff.
+    need_backward: bool,
+    /// The loss weight of the top that produces it.
+    loss_weight: f32,
+}
+
+/// One parameter of one layer (upstream keeps these in parallel "net params" arrays).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetParam {
+    /// The layer that has the parameter.
+    pub layer: usize,
+    /// The parameter's index in its layer.
+    pub index: usize,
+    /// Its name, or its index in its layer when unnamed.
+    pub display_name: String,
+    /// The net param that owns the blob, when this one shares it by name.
+    pub owner: Option<usize>,
+    /// The learnable parameter that holds the blob.
+    pub learnable_id: usize,
+}
+
+/// A learnable parameter's multipliers: as the layers that use it give them (they must agree),
+/// or unset where none does.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Multipliers {
+    pub lr_mult: Option<f32>,
+    pub decay_mult: Option<f32>,
+}
+
+impl Multipliers {
+    fn given_by(spec: &ParamSpec) -> Self {
+        Multipliers {
+            lr_mult: spec.lr_mult,
+            decay_mult: spec.decay_mult,
+        }
+    }
+    /// The `lr_mult` in force: the given one or `ParamSpec`'s default.
+    pub fn lr(&self) -> f32 {
+        self.lr_mult
+            .unwrap_or_else(|| ParamSpec::default().lr_mult())
+    }
+    /// The `decay_mult` in force: the given one or `ParamSpec`'s default.
+    pub fn decay(&self) -> f32 {
+        self.decay_mult
+            .unwrap_or_else(|| ParamSpec::default().decay_mult())
+    }
+}
+
+/// The multiplier `held` for a shared parameter after a sharing layer gives `given`: taken when
+/// none was held; a different one is refused with the one held.
+fn share_multiplier(held: &mut Option<f32>, given: Option<f32>) -> std::result::Result<(), f32> {
+    match (*held, given) {
+        (Some(held), Some(given)) if held != given => Err(held),
+        (None, Some(given)) => {
+            *held = Some(given);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The blobs by name while the layers are wired.
+#[derive(Default)]
+struct Wiring {
+    /// Every named top so far.
+    blob_ids: HashMap<String, usize>,
+    /// The tops no later layer has consumed yet: the outputs, once every layer is wired.
+    available: BTreeSet<String>,
+}
+
+/// Layer `i` ready for a call: the layer, its context, and its views of the stores.
+struct LayerCall<'a, B: Backend> {
+    layer: &'a mut dyn Layer<B>,
+    param: &'a LayerParameter,
+    bottom_need_backward: &'a [bool],
+    top_loss_weights: &'a [f32],
+    ctx: Context<'a, B>,
+    blobs: Blobs<'a, B>,
+    params: Params<'a, B>,
+}
+
+impl<B: Backend> LayerCall<'_, B> {
+    /// `error` as a net error naming the layer.
+    fn error(&self, error: LayerError) -> NetError {
+        NetError::Layer(layers::Error::new(self.param, error))
+    }
 }
 
 /// Records a log line: sends it to the `log` facade and keeps it.
@@ -218,32 +317,14 @@ impl<B: Backend> Net<B> {
             debug_info: split.debug_info(),
             force_backward: split.force_backward(),
             layers: Vec::new(),
-            layer_params: Vec::new(),
-            layer_names: Vec::new(),
-            layer_need_backward: Vec::new(),
             blobs: Vec::new(),
-            blob_names: Vec::new(),
-            blob_need_backward: Vec::new(),
-            blob_loss_weights: Vec::new(),
-            bottom_ids: Vec::new(),
-            top_ids: Vec::new(),
-            bottom_need_backward: Vec::new(),
-            top_loss_weights: Vec::new(),
+            blob_info: Vec::new(),
             input_blob_ids: Vec::new(),
             output_blob_ids: Vec::new(),
             learnable_params: Vec::new(),
-            params_lr: Vec::new(),
-            params_weight_decay: Vec::new(),
-            has_params_lr: Vec::new(),
-            has_params_decay: Vec::new(),
-            layer_learnable_ids: Vec::new(),
-            param_propagate_down: Vec::new(),
-            param_layer_indices: Vec::new(),
-            param_owners: Vec::new(),
-            param_display_names: Vec::new(),
-            learnable_param_ids: Vec::new(),
+            param_multipliers: Vec::new(),
+            net_params: Vec::new(),
             param_names_index: HashMap::new(),
-            layer_net_param_ids: Vec::new(),
             blob_names_index: HashMap::new(),
             layer_names_index: HashMap::new(),
             memory_used: 0,
@@ -264,122 +345,181 @@ impl<B: Backend> Net<B> {
         emit(&mut self.init_log, line);
     }
 
+    /// Layer `i` ready for a call.
+    fn call(&mut self, i: usize) -> LayerCall<'_, B> {
+        let NetLayer {
+            layer,
+            param,
+            bottoms,
+            bottom_need_backward,
+            tops,
+            top_loss_weights,
+            learnable_ids,
+            param_propagate_down,
+            ..
+        } = &mut self.layers[i];
+        LayerCall {
+            layer: layer.as_mut(),
+            param,
+            bottom_need_backward,
+            top_loss_weights,
+            ctx: Context {
+                backend: &self.backend,
+                phase: param.phase(),
+                rng: &mut self.rng,
+            },
+            blobs: Blobs::new(&mut self.blobs, bottoms, tops),
+            params: Params::new(
+                &mut self.learnable_params,
+                learnable_ids,
+                param_propagate_down,
+            ),
+        }
+    }
+
     fn init(&mut self, param: NetParameter, factory: Option<&LayerFactory<B>>) -> Result<()> {
-        let mut blob_name_to_idx: HashMap<String, usize> = HashMap::new();
-        let mut available: BTreeSet<String> = BTreeSet::new();
+        let mut wiring = Wiring::default();
         for (layer_id, mut lp) in param.layer.into_iter().enumerate() {
             if lp.phase.is_none() {
                 lp.phase = Some(self.phase as i32);
             }
-            if !lp.propagate_down.is_empty() && lp.propagate_down.len() != lp.bottom.len() {
-                return Err(self.build_error(format!(
-                    "layer '{}': propagate_down must be specified either 0 or bottom_size ({}) \
-                     times, not {}",
-                    lp.name(),
-                    lp.bottom.len(),
-                    lp.propagate_down.len()
-                )));
-            }
+            self.check_propagate_down(&lp)?;
             self.log(format!("Creating layer {}", lp.name()));
             let layer = layers::create_layer_with::<B>(&lp, factory)?;
             self.log(format!("Creating Layer {}", lp.name()));
-            self.layer_names.push(lp.name().to_string());
-
-            // Bottoms.
-            let mut need_backward = false;
-            let mut bottom_ids = Vec::new();
-            let mut bottom_need = Vec::new();
-            for (j, blob_name) in lp.bottom.iter().enumerate() {
-                if !available.contains(blob_name) {
-                    return Err(self.build_error(format!(
-                        "Unknown bottom blob '{blob_name}' (layer '{}', bottom index {j})",
-                        lp.name()
-                    )));
-                }
-                let id = blob_name_to_idx[blob_name];
-                self.log(format!("{} <- {}", lp.name(), blob_name));
-                available.remove(blob_name);
-                let mut need = self.blob_need_backward[id];
-                if !lp.propagate_down.is_empty() {
-                    need = lp.propagate_down[j];
-                }
-                need_backward |= self.blob_need_backward[id];
-                bottom_ids.push(id);
-                bottom_need.push(need);
-            }
-            // Tops, with anonymous ones for layers that want them.
-            let mut top_ids = Vec::new();
-            for (j, blob_name) in lp.top.iter().enumerate() {
-                if lp.bottom.get(j) == Some(blob_name) {
-                    self.log(format!("{} -> {} (in-place)", lp.name(), blob_name));
-                    top_ids.push(blob_name_to_idx[blob_name]);
-                } else if blob_name_to_idx.contains_key(blob_name) {
-                    return Err(self.build_error(format!(
-                        "Top blob '{blob_name}' produced by multiple sources (layer '{}', top \
-                         index {j})",
-                        lp.name()
-                    )));
-                } else {
-                    self.log(format!("{} -> {}", lp.name(), blob_name));
-                    let id = self.new_blob(blob_name)?;
-                    blob_name_to_idx.insert(blob_name.clone(), id);
-                    top_ids.push(id);
-                }
-                available.insert(blob_name.clone());
-                if lp.r#type() == "Input" {
-                    self.input_blob_ids
-                        .push(*top_ids.last().expect("just pushed"));
-                }
-            }
-            let num_top = layers::num_tops_with_auto(layer.as_ref(), lp.top.len());
-            for _ in lp.top.len()..num_top {
-                self.log(format!("{} -> (automatic)", lp.name()));
-                top_ids.push(self.new_blob("(automatic)")?);
-            }
-            self.layers.push(layer);
-            self.bottom_ids.push(bottom_ids);
-            self.top_ids.push(top_ids);
-            self.bottom_need_backward.push(bottom_need);
-            self.layer_params.push(lp);
-
+            let net_layer = self.connect(layer, lp, &mut wiring)?;
+            self.layers.push(net_layer);
             let sharing_log = self.setup_layer(layer_id)?;
-
-            // Which parameters learn.
-            let lp = &self.layer_params[layer_id];
-            let num_params = self.layer_learnable_ids[layer_id].len();
-            let default_spec = ParamSpec::default();
-            let mut propagate = Vec::with_capacity(num_params);
-            for k in 0..num_params {
-                let spec = lp.param.get(k).unwrap_or(&default_spec);
-                let learns = spec.lr_mult() != 0.0;
-                need_backward |= learns;
-                propagate.push(learns);
-            }
-            self.param_propagate_down.push(propagate);
+            self.decide_param_learning(layer_id);
             for line in sharing_log {
                 self.log(line);
             }
-            self.layer_need_backward.push(need_backward);
-            if need_backward {
-                for &id in &self.top_ids[layer_id] {
-                    self.blob_need_backward[id] = true;
+            let layer = &self.layers[layer_id];
+            if layer.need_backward {
+                for &id in &layer.tops {
+                    self.blob_info[id].need_backward = true;
                 }
             }
         }
         self.decide_backward();
-        for name in &available {
-            let line = format!("This network produces output {name}");
-            emit(&mut self.init_log, line);
-            self.output_blob_ids.push(blob_name_to_idx[name]);
+        for name in &wiring.available {
+            emit(
+                &mut self.init_log,
+                format!("This network produces output {name}"),
+            );
+            self.output_blob_ids.push(wiring.blob_ids[name]);
         }
-        for (id, name) in self.blob_names.iter().enumerate() {
-            self.blob_names_index.insert(name.clone(), id);
+        for (id, info) in self.blob_info.iter().enumerate() {
+            self.blob_names_index.insert(info.name.clone(), id);
         }
-        for (id, name) in self.layer_names.iter().enumerate() {
-            self.layer_names_index.insert(name.clone(), id);
+        for (id, layer) in self.layers.iter().enumerate() {
+            self.layer_names_index
+                .insert(layer.param.name().to_string(), id);
         }
         self.log("Network initialization done.".to_string());
         Ok(())
+    }
+
+    fn check_propagate_down(&self, lp: &LayerParameter) -> Result<()> {
+        if !lp.propagate_down.is_empty() && lp.propagate_down.len() != lp.bottom.len() {
+            return Err(self.build_error(format!(
+                "layer '{}': propagate_down must be specified either 0 or bottom_size ({}) \
+                 times, not {}",
+                lp.name(),
+                lp.bottom.len(),
+                lp.propagate_down.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Wires `layer` to its bottoms and tops, creating the tops it introduces.
+    fn connect(
+        &mut self,
+        layer: Box<dyn Layer<B>>,
+        param: LayerParameter,
+        wiring: &mut Wiring,
+    ) -> Result<NetLayer<B>> {
+        let (bottoms, bottom_need_backward) = self.connect_bottoms(&param, wiring)?;
+        let need_backward = bottoms.iter().any(|&id| self.blob_info[id].need_backward);
+        let tops = self.connect_tops(layer.as_ref(), &param, wiring)?;
+        Ok(NetLayer {
+            layer,
+            param,
+            need_backward,
+            bottoms,
+            bottom_need_backward,
+            tops,
+            top_loss_weights: Vec::new(),
+            learnable_ids: Vec::new(),
+            param_propagate_down: Vec::new(),
+            net_param_ids: Vec::new(),
+        })
+    }
+
+    /// The layer's bottoms (each consumes an available top) and whether each needs backward.
+    fn connect_bottoms(
+        &mut self,
+        lp: &LayerParameter,
+        wiring: &mut Wiring,
+    ) -> Result<(Vec<usize>, Vec<bool>)> {
+        let mut ids = Vec::new();
+        let mut need_backward = Vec::new();
+        for (j, blob_name) in lp.bottom.iter().enumerate() {
+            if !wiring.available.remove(blob_name) {
+                return Err(self.build_error(format!(
+                    "Unknown bottom blob '{blob_name}' (layer '{}', bottom index {j})",
+                    lp.name()
+                )));
+            }
+            let id = wiring.blob_ids[blob_name];
+            self.log(format!("{} <- {}", lp.name(), blob_name));
+            ids.push(id);
+            need_backward.push(match lp.propagate_down.get(j) {
+                Some(&propagate) => propagate,
+                None => self.blob_info[id].need_backward,
+            });
+        }
+        Ok((ids, need_backward))
+    }
+
+    /// The layer's tops: a top named like the bottom of its index is that blob (in place), any
+    /// other is a new blob; then anonymous ones for a layer that wants more.
+    fn connect_tops(
+        &mut self,
+        layer: &dyn Layer<B>,
+        lp: &LayerParameter,
+        wiring: &mut Wiring,
+    ) -> Result<Vec<usize>> {
+        let mut ids = Vec::new();
+        for (j, blob_name) in lp.top.iter().enumerate() {
+            let id = if lp.bottom.get(j) == Some(blob_name) {
+                self.log(format!("{} -> {} (in-place)", lp.name(), blob_name));
+                wiring.blob_ids[blob_name]
+            } else if wiring.blob_ids.contains_key(blob_name) {
+                return Err(self.build_error(format!(
+                    "Top blob '{blob_name}' produced by multiple sources (layer '{}', top \
+                     index {j})",
+                    lp.name()
+                )));
+            } else {
+                self.log(format!("{} -> {}", lp.name(), blob_name));
+                let id = self.new_blob(blob_name)?;
+                wiring.blob_ids.insert(blob_name.clone(), id);
+                id
+            };
+            ids.push(id);
+            wiring.available.insert(blob_name.clone());
+            if lp.r#type() == "Input" {
+                self.input_blob_ids.push(id);
+            }
+        }
+        let num_top = layers::num_tops_with_auto(layer, lp.top.len());
+        for _ in lp.top.len()..num_top {
+            self.log(format!("{} -> (automatic)", lp.name()));
+            ids.push(self.new_blob("(automatic)")?);
+        }
+        Ok(ids)
     }
 
     fn new_blob(&mut self, name: &str) -> Result<usize> {
@@ -387,9 +527,11 @@ impl<B: Backend> Net<B> {
         let mut blob = Blob::empty(&self.backend)?;
         blob.set_name(name);
         self.blobs.push(blob);
-        self.blob_names.push(name.to_string());
-        self.blob_need_backward.push(false);
-        self.blob_loss_weights.push(0.0);
+        self.blob_info.push(BlobInfo {
+            name: name.to_string(),
+            need_backward: false,
+            loss_weight: 0.0,
+        });
         Ok(id)
     }
 
@@ -397,242 +539,254 @@ impl<B: Backend> Net<B> {
     /// parameters) and logs its shapes. Returns the "Sharing parameters" lines, which upstream
     /// logs after the memory line.
     fn setup_layer(&mut self, layer_id: usize) -> Result<Vec<String>> {
-        let named = |lp: &LayerParameter, e: LayerError| NetError::Layer(layers::Error::new(lp, e));
-        let lp = &self.layer_params[layer_id];
-        let layer = self.layers[layer_id].as_mut();
-        let bottom_ids = &self.bottom_ids[layer_id];
-        let top_ids = &self.top_ids[layer_id];
-        layers::check_blob_counts(layer, bottom_ids.len(), top_ids.len())
-            .map_err(|e| named(lp, e))?;
-        for (j, &t) in top_ids.iter().enumerate() {
-            if bottom_ids.get(j) == Some(&t) && !layer.supports_in_place() {
-                return Err(named(
-                    lp,
-                    LayerError::InPlace {
-                        layer_type: layer.layer_type().to_string(),
-                        index: j,
-                        blob: self.blob_names[t].clone(),
-                    },
-                ));
-            }
-        }
-        let mut blobs = Blobs::new(&mut self.blobs, bottom_ids, top_ids);
-        blobs
-            .check()
-            .map_err(|m| named(lp, LayerError::invalid(m)))?;
-        let mut ctx = Context {
-            backend: &self.backend,
-            phase: lp.phase(),
-            rng: &mut self.rng,
-        };
-        let mut created = Vec::new();
-        layer
-            .layer_setup(&mut ctx, &mut blobs, &mut created)
-            .map_err(|e| named(lp, e))?;
-        if !lp.blobs.is_empty() {
-            if lp.blobs.len() != created.len() {
-                return Err(named(
-                    lp,
-                    LayerError::invalid(format!(
-                        "the net file holds {} blobs for this layer, which has {} parameter \
-                         blobs",
-                        lp.blobs.len(),
-                        created.len()
-                    )),
-                ));
-            }
-            for (blob, proto) in created.iter_mut().zip(&lp.blobs) {
-                blob.from_proto(proto, false)
-                    .map_err(|e| named(lp, e.into()))?;
-            }
-        }
-        if lp.param.len() > created.len() {
-            return Err(named(
-                lp,
-                LayerError::invalid(format!(
-                    "Too many params specified for layer {}: {} param specs for {} parameter \
-                     blobs",
-                    lp.name(),
-                    lp.param.len(),
-                    created.len()
-                )),
-            ));
-        }
+        let created = self.run_layer_setup(layer_id)?;
         // Parameters: own ones go to the learnable store, named ones seen before are shared.
         let sharing_log = self.append_params(layer_id, created)?;
-
-        let lp = &self.layer_params[layer_id];
-        let layer = self.layers[layer_id].as_mut();
-        let bottom_ids = &self.bottom_ids[layer_id];
-        let top_ids = &self.top_ids[layer_id];
-        let mut blobs = Blobs::new(&mut self.blobs, bottom_ids, top_ids);
-        let mut ctx = Context {
-            backend: &self.backend,
-            phase: lp.phase(),
-            rng: &mut self.rng,
-        };
-        let no_propagate = vec![true; self.layer_learnable_ids[layer_id].len()];
-        let params = Params::new(
-            &mut self.learnable_params,
-            &self.layer_learnable_ids[layer_id],
-            &no_propagate,
-        );
-        layer
-            .reshape(&mut ctx, &mut blobs, &params)
-            .map_err(|e| named(lp, e))?;
-        let (weights, implicit) = layers::loss_weights(lp, layer.layer_type(), top_ids.len())
-            .map_err(|e| named(lp, e))?;
-        for (j, &w) in weights.iter().enumerate() {
-            if w != 0.0 {
-                let top = blobs.top_mut(j);
-                let n = top.count();
-                self.backend
-                    .set(n, w, top.diff_mut(), 0)
-                    .map_err(|e| named(lp, e.into()))?;
-            }
-        }
-        let name = lp.name().to_string();
-        if builds_inner_layer(lp) {
-            self.log(format!("Creating layer {name}"));
-        }
-        if implicit {
-            self.layer_params[layer_id].loss_weight = weights.clone();
-        }
-        self.log(format!("Setting up {name}"));
-        for (j, &w) in weights.iter().enumerate() {
-            let id = self.top_ids[layer_id][j];
-            self.blob_loss_weights[id] = w;
-            let shape = self.blobs[id].shape_string();
-            self.log(format!("Top shape: {shape}"));
-            if w != 0.0 {
-                self.log(format!("    with loss weight {}", cpp_float(f64::from(w))));
-            }
-            self.memory_used += self.blobs[id].count() as u64;
-        }
-        let bytes = self.memory_used * std::mem::size_of::<f32>() as u64;
-        self.log(format!("Memory required for data: {bytes}"));
-        self.top_loss_weights.push(weights);
+        self.first_reshape(layer_id)?;
+        self.log_setup(layer_id);
         Ok(sharing_log)
     }
 
-    /// Upstream's `AppendParam` for each parameter blob of layer `layer_id`.
-    fn append_params(&mut self, layer_id: usize, created: Vec<Blob<B>>) -> Result<Vec<String>> {
-        let lp = self.layer_params[layer_id].clone();
-        let default_spec = ParamSpec::default();
-        let mut ids = Vec::with_capacity(created.len());
-        let mut net_ids = Vec::with_capacity(created.len());
-        let mut sharing_log = Vec::new();
-        for (k, blob) in created.into_iter().enumerate() {
-            let spec = lp.param.get(k).unwrap_or(&default_spec);
-            let param_name = spec.name();
-            let net_param_id = self.param_layer_indices.len();
-            net_ids.push(net_param_id);
-            self.param_display_names.push(if param_name.is_empty() {
-                k.to_string()
-            } else {
-                param_name.to_string()
-            });
-            self.param_layer_indices.push((layer_id, k));
-            // The first net param with a name owns it; later ones share it.
-            let owner = if param_name.is_empty() {
-                None
-            } else {
-                self.param_names_index.get(param_name).copied()
-            };
-            match owner {
-                None => {
-                    if !param_name.is_empty() {
-                        self.param_names_index
-                            .insert(param_name.to_string(), net_param_id);
-                    }
-                    self.param_owners.push(None);
-                    let learnable = self.learnable_params.len();
-                    self.learnable_params.push(blob);
-                    self.learnable_param_ids.push(learnable);
-                    self.has_params_lr.push(spec.lr_mult.is_some());
-                    self.has_params_decay.push(spec.decay_mult.is_some());
-                    self.params_lr.push(spec.lr_mult());
-                    self.params_weight_decay.push(spec.decay_mult());
-                    ids.push(learnable);
-                }
-                Some(owner_id) => {
-                    self.param_owners.push(Some(owner_id));
-                    let (owner_layer, owner_k) = self.param_layer_indices[owner_id];
-                    let owner_layer_name = self.layer_names[owner_layer].clone();
-                    sharing_log.push(format!(
-                        "Sharing parameters '{param_name}' owned by layer '{owner_layer_name}', \
-                         param index {owner_k}"
-                    ));
-                    let learnable = self.learnable_param_ids[owner_id];
-                    let owner_blob = &self.learnable_params[learnable];
-                    let permissive =
-                        spec.share_mode() == DimCheckMode::Permissive && lp.param.len() > k;
-                    if permissive && owner_blob.count() != blob.count() {
-                        return Err(self.build_error(format!(
-                            "Cannot share param '{param_name}' owned by layer \
-                             '{owner_layer_name}' with layer '{}'; count mismatch.  Owner layer \
-                             param shape is {}; sharing layer shape is {}",
-                            lp.name(),
-                            owner_blob.shape_string(),
-                            blob.shape_string()
-                        )));
-                    }
-                    if !permissive && owner_blob.shape() != blob.shape() {
-                        return Err(self.build_error(format!(
-                            "Cannot share param '{param_name}' owned by layer \
-                             '{owner_layer_name}' with layer '{}'; shape mismatch.  Owner layer \
-                             param shape is {}; sharing layer expects shape {}",
-                            lp.name(),
-                            owner_blob.shape_string(),
-                            blob.shape_string()
-                        )));
-                    }
-                    if ids.contains(&learnable) {
-                        return Err(self.build_error(format!(
-                            "layer '{}' shares param '{param_name}' with itself",
-                            lp.name()
-                        )));
-                    }
-                    self.learnable_param_ids.push(learnable);
-                    if spec.lr_mult.is_some() {
-                        if self.has_params_lr[learnable] {
-                            if spec.lr_mult() != self.params_lr[learnable] {
-                                return Err(self.build_error(format!(
-                                    "Shared param '{param_name}' has mismatched lr_mult \
-                                     (layer '{}' gives {}, the owner {})",
-                                    lp.name(),
-                                    spec.lr_mult(),
-                                    self.params_lr[learnable]
-                                )));
-                            }
-                        } else {
-                            self.has_params_lr[learnable] = true;
-                            self.params_lr[learnable] = spec.lr_mult();
-                        }
-                    }
-                    if spec.decay_mult.is_some() {
-                        if self.has_params_decay[learnable] {
-                            if spec.decay_mult() != self.params_weight_decay[learnable] {
-                                return Err(self.build_error(format!(
-                                    "Shared param '{param_name}' has mismatched decay_mult \
-                                     (layer '{}' gives {}, the owner {})",
-                                    lp.name(),
-                                    spec.decay_mult(),
-                                    self.params_weight_decay[learnable]
-                                )));
-                            }
-                        } else {
-                            self.has_params_decay[learnable] = true;
-                            self.params_weight_decay[learnable] = spec.decay_mult();
-                        }
-                    }
-                    ids.push(learnable);
-                }
+    /// Checks layer `layer_id`'s wiring and runs its `layer_setup`; returns the parameter blobs
+    /// it creates, holding the values the net file gives them.
+    fn run_layer_setup(&mut self, layer_id: usize) -> Result<Vec<Blob<B>>> {
+        let layer = &self.layers[layer_id];
+        let first_in_place = layer
+            .tops
+            .iter()
+            .zip(&layer.bottoms)
+            .position(|(top, bottom)| top == bottom)
+            .map(|j| (j, self.blob_info[layer.tops[j]].name.clone()));
+        let mut call = self.call(layer_id);
+        layers::check_blob_counts(call.layer, call.blobs.num_bottom(), call.blobs.num_top())
+            .map_err(|e| call.error(e))?;
+        if let Some((index, blob)) = first_in_place {
+            if !call.layer.supports_in_place() {
+                let layer_type = call.layer.layer_type().to_string();
+                return Err(call.error(LayerError::InPlace {
+                    layer_type,
+                    index,
+                    blob,
+                }));
             }
         }
-        self.layer_learnable_ids.push(ids);
-        self.layer_net_param_ids.push(net_ids);
+        call.blobs
+            .check()
+            .map_err(|m| call.error(LayerError::invalid(m)))?;
+        let mut created = Vec::new();
+        call.layer
+            .layer_setup(&mut call.ctx, &mut call.blobs, &mut created)
+            .map_err(|e| call.error(e))?;
+        let lp = call.param;
+        if !lp.blobs.is_empty() {
+            if lp.blobs.len() != created.len() {
+                return Err(call.error(LayerError::invalid(format!(
+                    "the net file holds {} blobs for this layer, which has {} parameter \
+                     blobs",
+                    lp.blobs.len(),
+                    created.len()
+                ))));
+            }
+            for (blob, proto) in created.iter_mut().zip(&lp.blobs) {
+                blob.from_proto(proto, false)
+                    .map_err(|e| call.error(e.into()))?;
+            }
+        }
+        if lp.param.len() > created.len() {
+            return Err(call.error(LayerError::invalid(format!(
+                "Too many params specified for layer {}: {} param specs for {} parameter \
+                 blobs",
+                lp.name(),
+                lp.param.len(),
+                created.len()
+            ))));
+        }
+        Ok(created)
+    }
+
+    /// Upstream's `AppendParam` for each parameter blob of layer `layer_id`: an unnamed
+    /// parameter, or the first of a name, gets a learnable parameter of its own; a later one of
+    /// the name shares its owner's.
+    fn append_params(&mut self, layer_id: usize, created: Vec<Blob<B>>) -> Result<Vec<String>> {
+        let mut sharing_log = Vec::new();
+        for (index, blob) in created.into_iter().enumerate() {
+            let layer_param = &self.layers[layer_id].param;
+            let spec = layer_param.param.get(index).cloned().unwrap_or_default();
+            let name = spec.name();
+            let net_param_id = self.net_params.len();
+            let owner = if name.is_empty() {
+                None
+            } else {
+                self.param_names_index.get(name).copied()
+            };
+            let learnable_id = match owner {
+                None => {
+                    if !name.is_empty() {
+                        self.param_names_index
+                            .insert(name.to_string(), net_param_id);
+                    }
+                    self.learnable_params.push(blob);
+                    self.param_multipliers.push(Multipliers::given_by(&spec));
+                    self.learnable_params.len() - 1
+                }
+                Some(owner) => {
+                    sharing_log.push(self.share_param(layer_id, index, owner, &blob, &spec)?);
+                    self.net_params[owner].learnable_id
+                }
+            };
+            self.net_params.push(NetParam {
+                layer: layer_id,
+                index,
+                display_name: if name.is_empty() {
+                    index.to_string()
+                } else {
+                    name.to_string()
+                },
+                owner,
+                learnable_id,
+            });
+            let layer = &mut self.layers[layer_id];
+            layer.learnable_ids.push(learnable_id);
+            layer.net_param_ids.push(net_param_id);
+            // Every parameter propagates during setup; `decide_param_learning` settles it after.
+            layer.param_propagate_down.push(true);
+        }
         Ok(sharing_log)
+    }
+
+    /// Checks that parameter `index` of layer `layer_id` (its blob `blob`, its spec `spec`) may
+    /// share the blob of net param `owner`, and merges its multipliers into the owner's.
+    /// Returns the "Sharing parameters" line.
+    fn share_param(
+        &mut self,
+        layer_id: usize,
+        index: usize,
+        owner: usize,
+        blob: &Blob<B>,
+        spec: &ParamSpec,
+    ) -> Result<String> {
+        let name = spec.name();
+        let owner = &self.net_params[owner];
+        let owner_layer = self.layers[owner.layer].param.name();
+        let sharer = &self.layers[layer_id];
+        let sharer_name = sharer.param.name();
+        let learnable_id = owner.learnable_id;
+        let owner_blob = &self.learnable_params[learnable_id];
+        let permissive =
+            spec.share_mode() == DimCheckMode::Permissive && sharer.param.param.len() > index;
+        if permissive && owner_blob.count() != blob.count() {
+            return Err(self.build_error(format!(
+                "Cannot share param '{name}' owned by layer '{owner_layer}' with layer \
+                 '{sharer_name}'; count mismatch.  Owner layer param shape is {}; sharing layer \
+                 shape is {}",
+                owner_blob.shape_string(),
+                blob.shape_string()
+            )));
+        }
+        if !permissive && owner_blob.shape() != blob.shape() {
+            return Err(self.build_error(format!(
+                "Cannot share param '{name}' owned by layer '{owner_layer}' with layer \
+                 '{sharer_name}'; shape mismatch.  Owner layer param shape is {}; sharing layer \
+                 expects shape {}",
+                owner_blob.shape_string(),
+                blob.shape_string()
+            )));
+        }
+        if sharer.learnable_ids.contains(&learnable_id) {
+            return Err(self.build_error(format!(
+                "layer '{sharer_name}' shares param '{name}' with itself"
+            )));
+        }
+        let line = format!(
+            "Sharing parameters '{name}' owned by layer '{owner_layer}', param index {}",
+            owner.index
+        );
+        let held = &mut self.param_multipliers[learnable_id];
+        if let Err(owners) = share_multiplier(&mut held.lr_mult, spec.lr_mult) {
+            return Err(self.build_error(format!(
+                "Shared param '{name}' has mismatched lr_mult (layer '{sharer_name}' gives {}, \
+                 the owner {owners})",
+                spec.lr_mult()
+            )));
+        }
+        if let Err(owners) = share_multiplier(&mut held.decay_mult, spec.decay_mult) {
+            return Err(self.build_error(format!(
+                "Shared param '{name}' has mismatched decay_mult (layer '{sharer_name}' gives \
+                 {}, the owner {owners})",
+                spec.decay_mult()
+            )));
+        }
+        Ok(line)
+    }
+
+    /// Layer `layer_id`'s first reshape; then its loss weights, each written into its top's
+    /// diff, where backward starts.
+    fn first_reshape(&mut self, layer_id: usize) -> Result<()> {
+        let mut call = self.call(layer_id);
+        call.layer
+            .reshape(&mut call.ctx, &mut call.blobs, &call.params)
+            .map_err(|e| call.error(e))?;
+        let (weights, implicit) =
+            layers::loss_weights(call.param, call.layer.layer_type(), call.blobs.num_top())
+                .map_err(|e| call.error(e))?;
+        for (j, &weight) in weights.iter().enumerate() {
+            if weight != 0.0 {
+                let top = call.blobs.top_mut(j);
+                let n = top.count();
+                call.ctx
+                    .backend
+                    .set(n, weight, top.diff_mut(), 0)
+                    .map_err(|e| call.error(e.into()))?;
+            }
+        }
+        let layer = &mut self.layers[layer_id];
+        for (&id, &weight) in layer.tops.iter().zip(&weights) {
+            self.blob_info[id].loss_weight = weight;
+        }
+        if implicit {
+            layer.param.loss_weight = weights.clone();
+        }
+        layer.top_loss_weights = weights;
+        Ok(())
+    }
+
+    /// Logs layer `layer_id`'s setup (its tops' shapes and loss weights) and the memory the
+    /// tops of the layers so far take.
+    fn log_setup(&mut self, layer_id: usize) {
+        let layer = &self.layers[layer_id];
+        let name = layer.param.name();
+        let mut lines = Vec::new();
+        if builds_inner_layer(&layer.param) {
+            lines.push(format!("Creating layer {name}"));
+        }
+        lines.push(format!("Setting up {name}"));
+        for (&id, &weight) in layer.tops.iter().zip(&layer.top_loss_weights) {
+            let top = &self.blobs[id];
+            lines.push(format!("Top shape: {}", top.shape_string()));
+            if weight != 0.0 {
+                lines.push(format!(
+                    "    with loss weight {}",
+                    cpp_float(f64::from(weight))
+                ));
+            }
+            self.memory_used += top.count() as u64;
+        }
+        lines.push(format!("Memory required for data: {}", self.memory_used()));
+        for line in lines {
+            self.log(line);
+        }
+    }
+
+    /// Which of layer `layer_id`'s parameters learn: those whose own spec has a nonzero
+    /// `lr_mult`. A layer with one needs backward.
+    fn decide_param_learning(&mut self, layer_id: usize) {
+        let layer = &mut self.layers[layer_id];
+        let default_spec = ParamSpec::default();
+        for (k, learns) in layer.param_propagate_down.iter_mut().enumerate() {
+            let spec = layer.param.param.get(k).unwrap_or(&default_spec);
+            *learns = spec.lr_mult() != 0.0;
+            layer.need_backward |= *learns;
+        }
     }
 
     /// Upstream's backward analysis: walking the layers from the last, a layer needs backward
@@ -641,12 +795,13 @@ impl<B: Backend> Net<B> {
     fn decide_backward(&mut self) {
         let mut under_loss: BTreeSet<String> = BTreeSet::new();
         let mut skip_backprop: BTreeSet<String> = BTreeSet::new();
-        for layer_id in (0..self.layers.len()).rev() {
+        let blob_name = |id: usize| self.blob_info[id].name.as_str();
+        for layer in self.layers.iter_mut().rev() {
             let mut contributes_loss = false;
             let mut skip_propagate_down = true;
-            for (j, &id) in self.top_ids[layer_id].iter().enumerate() {
-                let name = &self.blob_names[id];
-                if self.top_loss_weights[layer_id][j] != 0.0 || under_loss.contains(name) {
+            for (&id, &weight) in layer.tops.iter().zip(&layer.top_loss_weights) {
+                let name = blob_name(id);
+                if weight != 0.0 || under_loss.contains(name) {
                     contributes_loss = true;
                 }
                 if !skip_backprop.contains(name) {
@@ -656,50 +811,48 @@ impl<B: Backend> Net<B> {
                     break;
                 }
             }
-            if self.layer_need_backward[layer_id] && skip_propagate_down {
-                self.layer_need_backward[layer_id] = false;
-                for need in &mut self.bottom_need_backward[layer_id] {
-                    *need = false;
-                }
+            if layer.need_backward && skip_propagate_down {
+                layer.need_backward = false;
+                layer.bottom_need_backward.fill(false);
             }
             if !contributes_loss {
-                self.layer_need_backward[layer_id] = false;
+                layer.need_backward = false;
             }
-            let line = if self.layer_need_backward[layer_id] {
-                format!("{} needs backward computation.", self.layer_names[layer_id])
+            let name = layer.param.name();
+            let line = if layer.need_backward {
+                format!("{name} needs backward computation.")
             } else {
-                format!(
-                    "{} does not need backward computation.",
-                    self.layer_names[layer_id]
-                )
+                format!("{name} does not need backward computation.")
             };
-            self.log(line);
-            for (j, &id) in self.bottom_ids[layer_id].iter().enumerate() {
-                let name = &self.blob_names[id];
+            emit(&mut self.init_log, line);
+            for (&id, need) in layer.bottoms.iter().zip(&mut layer.bottom_need_backward) {
+                let name = blob_name(id);
                 if contributes_loss {
-                    under_loss.insert(name.clone());
+                    under_loss.insert(name.to_string());
                 } else {
-                    self.bottom_need_backward[layer_id][j] = false;
+                    *need = false;
                 }
-                if !self.bottom_need_backward[layer_id][j] {
-                    skip_backprop.insert(name.clone());
+                if !*need {
+                    skip_backprop.insert(name.to_string());
                 }
             }
         }
         if self.force_backward {
-            for layer_id in 0..self.layers.len() {
-                self.layer_need_backward[layer_id] = true;
-                for j in 0..self.bottom_ids[layer_id].len() {
-                    let allowed = self.layers[layer_id].allow_force_backward(j);
-                    let need = self.bottom_need_backward[layer_id][j] || allowed;
-                    self.bottom_need_backward[layer_id][j] = need;
-                    let id = self.bottom_ids[layer_id][j];
-                    self.blob_need_backward[id] |= need;
-                }
-                for p in &mut self.param_propagate_down[layer_id] {
-                    *p = true;
-                }
+            self.force_backward_everywhere();
+        }
+    }
+
+    /// `force_backward`: every layer runs backward, computing the gradient of every parameter
+    /// and of every bottom that needs one or that the layer allows forcing.
+    fn force_backward_everywhere(&mut self) {
+        for layer in &mut self.layers {
+            layer.need_backward = true;
+            let bottoms = layer.bottoms.iter().zip(&mut layer.bottom_need_backward);
+            for (j, (&id, need)) in bottoms.enumerate() {
+                *need |= layer.layer.allow_force_backward(j);
+                self.blob_info[id].need_backward |= *need;
             }
+            layer.param_propagate_down.fill(true);
         }
     }
 }
@@ -759,16 +912,14 @@ impl<B: Backend> Net<B> {
     /// `loss_weight * top` (what [`Net::forward`] returns).
     pub fn loss(&self) -> Result<f32> {
         let mut loss = 0.0;
-        for (i, weights) in self.top_loss_weights.iter().enumerate() {
-            for (j, &w) in weights.iter().enumerate() {
-                if w != 0.0 {
-                    let top = &self.blobs[self.top_ids[i][j]];
+        for layer in &self.layers {
+            for (&id, &weight) in layer.tops.iter().zip(&layer.top_loss_weights) {
+                if weight != 0.0 {
+                    let top = &self.blobs[id];
                     loss += self
                         .backend
                         .dot(top.count(), top.data(), 0, top.diff(), 0)
-                        .map_err(|e| {
-                            NetError::Layer(layers::Error::new(&self.layer_params[i], e.into()))
-                        })?;
+                        .map_err(|e| NetError::Layer(layers::Error::new(&layer.param, e.into())))?;
                 }
             }
         }
@@ -776,34 +927,22 @@ impl<B: Backend> Net<B> {
     }
 
     fn forward_layer_with(&mut self, i: usize, read_loss: bool) -> Result<f32> {
-        let lp = &self.layer_params[i];
-        let named = |e: LayerError| NetError::Layer(layers::Error::new(lp, e));
-        let layer = self.layers[i].as_mut();
-        let mut ctx = Context {
-            backend: &self.backend,
-            phase: lp.phase(),
-            rng: &mut self.rng,
-        };
-        let mut blobs = Blobs::new(&mut self.blobs, &self.bottom_ids[i], &self.top_ids[i]);
-        let mut params = Params::new(
-            &mut self.learnable_params,
-            &self.layer_learnable_ids[i],
-            &self.param_propagate_down[i],
-        );
-        layer
-            .reshape(&mut ctx, &mut blobs, &params)
-            .map_err(named)?;
-        layer
-            .forward(&mut ctx, &mut blobs, &mut params)
-            .map_err(named)?;
+        let mut call = self.call(i);
+        call.layer
+            .reshape(&mut call.ctx, &mut call.blobs, &call.params)
+            .map_err(|e| call.error(e))?;
+        call.layer
+            .forward(&mut call.ctx, &mut call.blobs, &mut call.params)
+            .map_err(|e| call.error(e))?;
         let mut loss = 0.0;
-        for (j, &w) in self.top_loss_weights[i].iter().enumerate() {
-            if w != 0.0 && read_loss {
-                let top = blobs.top(j);
-                loss += self
+        for (j, &weight) in call.top_loss_weights.iter().enumerate() {
+            if weight != 0.0 && read_loss {
+                let top = call.blobs.top(j);
+                loss += call
+                    .ctx
                     .backend
                     .dot(top.count(), top.data(), 0, top.diff(), 0)
-                    .map_err(|e| named(e.into()))?;
+                    .map_err(|e| call.error(e.into()))?;
             }
         }
         if self.debug_info {
@@ -848,7 +987,7 @@ impl<B: Backend> Net<B> {
             )));
         }
         for i in (end..=start).rev() {
-            if self.layer_need_backward[i] {
+            if self.layers[i].need_backward {
                 self.backward_layer(i)?;
             }
         }
@@ -865,28 +1004,15 @@ impl<B: Backend> Net<B> {
                 self.layers.len()
             )));
         }
-        let lp = &self.layer_params[i];
-        let named = |e: LayerError| NetError::Layer(layers::Error::new(lp, e));
-        let layer = self.layers[i].as_mut();
-        let mut ctx = Context {
-            backend: &self.backend,
-            phase: lp.phase(),
-            rng: &mut self.rng,
-        };
-        let mut blobs = Blobs::new(&mut self.blobs, &self.bottom_ids[i], &self.top_ids[i]);
-        let mut params = Params::new(
-            &mut self.learnable_params,
-            &self.layer_learnable_ids[i],
-            &self.param_propagate_down[i],
-        );
-        layer
+        let mut call = self.call(i);
+        call.layer
             .backward(
-                &mut ctx,
-                &mut blobs,
-                &self.bottom_need_backward[i],
-                &mut params,
+                &mut call.ctx,
+                &mut call.blobs,
+                call.bottom_need_backward,
+                &mut call.params,
             )
-            .map_err(named)?;
+            .map_err(|e| call.error(e))?;
         if self.debug_info {
             self.backward_debug_info(i)?;
         }
@@ -914,21 +1040,10 @@ impl<B: Backend> Net<B> {
     /// Reshapes every layer's tops from its bottoms (after an input blob changed shape).
     pub fn reshape(&mut self) -> Result<()> {
         for i in 0..self.layers.len() {
-            let lp = &self.layer_params[i];
-            let mut ctx = Context {
-                backend: &self.backend,
-                phase: lp.phase(),
-                rng: &mut self.rng,
-            };
-            let mut blobs = Blobs::new(&mut self.blobs, &self.bottom_ids[i], &self.top_ids[i]);
-            let params = Params::new(
-                &mut self.learnable_params,
-                &self.layer_learnable_ids[i],
-                &self.param_propagate_down[i],
-            );
-            self.layers[i]
-                .reshape(&mut ctx, &mut blobs, &params)
-                .map_err(|e| NetError::Layer(layers::Error::new(lp, e)))?;
+            let mut call = self.call(i);
+            call.layer
+                .reshape(&mut call.ctx, &mut call.blobs, &call.params)
+                .map_err(|e| call.error(e))?;
         }
         Ok(())
     }
@@ -962,44 +1077,46 @@ impl<B: Backend> Net<B> {
     }
 
     fn forward_debug_info(&self, i: usize) -> Result<()> {
-        let layer = &self.layer_names[i];
-        for &id in &self.top_ids[i] {
+        let layer = &self.layers[i];
+        let name = layer.param.name();
+        for &id in &layer.tops {
             let v = Self::mean_abs(&self.blobs[id], false)?;
             log::info!(
-                "    [Forward] Layer {layer}, top blob {} data: {v}",
-                self.blob_names[id]
+                "    [Forward] Layer {name}, top blob {} data: {v}",
+                self.blob_info[id].name
             );
         }
-        for (k, &net_id) in self.layer_net_param_ids[i].iter().enumerate() {
-            let blob = &self.learnable_params[self.layer_learnable_ids[i][k]];
-            let v = Self::mean_abs(blob, false)?;
+        for &net_id in &layer.net_param_ids {
+            let param = &self.net_params[net_id];
+            let v = Self::mean_abs(&self.learnable_params[param.learnable_id], false)?;
             log::info!(
-                "    [Forward] Layer {layer}, param blob {} data: {v}",
-                self.param_display_names[net_id]
+                "    [Forward] Layer {name}, param blob {} data: {v}",
+                param.display_name
             );
         }
         Ok(())
     }
 
     fn backward_debug_info(&self, i: usize) -> Result<()> {
-        let layer = &self.layer_names[i];
-        for (j, &id) in self.bottom_ids[i].iter().enumerate() {
-            if !self.bottom_need_backward[i][j] {
+        let layer = &self.layers[i];
+        let name = layer.param.name();
+        for (&id, &need) in layer.bottoms.iter().zip(&layer.bottom_need_backward) {
+            if !need {
                 continue;
             }
             let v = Self::mean_abs(&self.blobs[id], true)?;
             log::info!(
-                "    [Backward] Layer {layer}, bottom blob {} diff: {v}",
-                self.blob_names[id]
+                "    [Backward] Layer {name}, bottom blob {} diff: {v}",
+                self.blob_info[id].name
             );
         }
-        for k in 0..self.layer_learnable_ids[i].len() {
-            if !self.param_propagate_down[i][k] {
+        let params = layer.learnable_ids.iter().zip(&layer.param_propagate_down);
+        for (k, (&id, &propagates)) in params.enumerate() {
+            if !propagates {
                 continue;
             }
-            let blob = &self.learnable_params[self.layer_learnable_ids[i][k]];
-            let v = Self::mean_abs(blob, true)?;
-            log::info!("    [Backward] Layer {layer}, param blob {k} diff: {v}");
+            let v = Self::mean_abs(&self.learnable_params[id], true)?;
+            log::info!("    [Backward] Layer {name}, param blob {k} diff: {v}");
         }
         Ok(())
     }
@@ -1041,21 +1158,25 @@ impl<B: Backend> Net<B> {
         self.layers.len()
     }
     /// The layers' names, in order.
-    pub fn layer_names(&self) -> &[String] {
-        &self.layer_names
+    pub fn layer_names(&self) -> impl Iterator<Item = &str> {
+        self.layers.iter().map(|layer| layer.param.name())
+    }
+    /// Layer `i`'s name.
+    pub fn layer_name(&self, i: usize) -> &str {
+        self.layers[i].param.name()
     }
     /// Layer `i`'s type string.
     pub fn layer_type(&self, i: usize) -> &str {
-        self.layers[i].layer_type()
+        self.layers[i].layer.layer_type()
     }
     /// Layer `i`'s parameter as the net uses it (Split bottoms renamed, phase set, the
     /// implicit loss weight recorded).
     pub fn layer_param(&self, i: usize) -> &LayerParameter {
-        &self.layer_params[i]
+        &self.layers[i].param
     }
     /// Layer `i`.
     pub fn layer(&self, i: usize) -> &dyn Layer<B> {
-        self.layers[i].as_ref()
+        self.layers[i].layer.as_ref()
     }
     /// Whether the net has a layer of this name.
     pub fn has_layer(&self, name: &str) -> bool {
@@ -1067,23 +1188,23 @@ impl<B: Backend> Net<B> {
     }
     /// Whether layer `i` runs its backward pass.
     pub fn layer_need_backward(&self, i: usize) -> bool {
-        self.layer_need_backward[i]
+        self.layers[i].need_backward
     }
     /// Per bottom of layer `i`: whether backward computes its diff.
     pub fn bottom_need_backward(&self, i: usize) -> &[bool] {
-        &self.bottom_need_backward[i]
+        &self.layers[i].bottom_need_backward
     }
     /// The blob ids of layer `i`'s bottoms.
     pub fn bottom_ids(&self, i: usize) -> &[usize] {
-        &self.bottom_ids[i]
+        &self.layers[i].bottoms
     }
     /// The blob ids of layer `i`'s tops.
     pub fn top_ids(&self, i: usize) -> &[usize] {
-        &self.top_ids[i]
+        &self.layers[i].tops
     }
     /// Per top of layer `i`: its loss weight.
     pub fn top_loss_weights(&self, i: usize) -> &[f32] {
-        &self.top_loss_weights[i]
+        &self.layers[i].top_loss_weights
     }
 
     /// Every activation blob, by blob id.
@@ -1095,16 +1216,20 @@ impl<B: Backend> Net<B> {
         &mut self.blobs
     }
     /// The blobs' names, by blob id.
-    pub fn blob_names(&self) -> &[String] {
-        &self.blob_names
+    pub fn blob_names(&self) -> impl Iterator<Item = &str> {
+        self.blob_info.iter().map(|info| info.name.as_str())
     }
-    /// Per blob id: the loss weight of the top that produces it.
-    pub fn blob_loss_weights(&self) -> &[f32] {
-        &self.blob_loss_weights
+    /// Blob `id`'s name.
+    pub fn blob_name(&self, id: usize) -> &str {
+        &self.blob_info[id].name
     }
-    /// Per blob id: whether some layer computes its diff.
-    pub fn blob_need_backward(&self) -> &[bool] {
-        &self.blob_need_backward
+    /// The loss weight of the top that produces blob `id`.
+    pub fn blob_loss_weight(&self, id: usize) -> f32 {
+        self.blob_info[id].loss_weight
+    }
+    /// Whether some layer computes blob `id`'s diff.
+    pub fn blob_need_backward(&self, id: usize) -> bool {
+        self.blob_info[id].need_backward
     }
     /// Whether the net has a blob of this name.
     pub fn has_blob(&self, name: &str) -> bool {
@@ -1136,45 +1261,20 @@ impl<B: Backend> Net<B> {
     pub fn learnable_params_mut(&mut self) -> &mut [Blob<B>] {
         &mut self.learnable_params
     }
-    /// Per learnable parameter: its `lr_mult`.
-    pub fn params_lr(&self) -> &[f32] {
-        &self.params_lr
-    }
-    /// Per learnable parameter: its `decay_mult`.
-    pub fn params_weight_decay(&self) -> &[f32] {
-        &self.params_weight_decay
-    }
-    /// Per learnable parameter: whether some layer gave its `lr_mult`.
-    pub fn has_params_lr(&self) -> &[bool] {
-        &self.has_params_lr
-    }
-    /// Per learnable parameter: whether some layer gave its `decay_mult`.
-    pub fn has_params_decay(&self) -> &[bool] {
-        &self.has_params_decay
+    /// Per learnable parameter: its `lr_mult` and `decay_mult`.
+    pub fn param_multipliers(&self) -> &[Multipliers] {
+        &self.param_multipliers
     }
     /// Per layer parameter `k` of layer `i`: its learnable parameter index.
     pub fn layer_learnable_ids(&self, i: usize) -> &[usize] {
-        &self.layer_learnable_ids[i]
+        &self.layers[i].learnable_ids
     }
-    /// Per net param (each (layer, parameter) pair in order): the net param that owns it, if
-    /// shared.
-    pub fn param_owners(&self) -> &[Option<usize>] {
-        &self.param_owners
-    }
-    /// Per net param: `(layer, parameter index)`.
-    pub fn param_layer_indices(&self) -> &[(usize, usize)] {
-        &self.param_layer_indices
-    }
-    /// Per net param: its name, or its index in its layer when unnamed.
-    pub fn param_display_names(&self) -> &[String] {
-        &self.param_display_names
-    }
-    /// Per net param: its learnable parameter index.
-    pub fn learnable_param_ids(&self) -> &[usize] {
-        &self.learnable_param_ids
+    /// Every parameter of every layer, in order (upstream's "net params").
+    pub fn net_params(&self) -> &[NetParam] {
+        &self.net_params
     }
     /// Whether backward computes the gradient of parameter `k` of layer `i`.
     pub fn param_propagate_down(&self, i: usize) -> &[bool] {
-        &self.param_propagate_down[i]
+        &self.layers[i].param_propagate_down
     }
 }

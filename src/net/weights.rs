@@ -12,7 +12,7 @@ use crate::proto::caffe::NetParameter;
 impl<B: Backend> Net<B> {
     /// The first layer named `name`.
     fn first_layer_named(&self, name: &str) -> Option<usize> {
-        self.layer_names.iter().position(|n| n == name)
+        self.layer_names().position(|n| n == name)
     }
 
     /// Copies the weights of every layer of `param` into the layer of the same name: a source
@@ -27,7 +27,7 @@ impl<B: Backend> Net<B> {
                 log::info!("Ignoring source layer {name}");
                 continue;
             };
-            let ids = self.layer_learnable_ids[target].clone();
+            let ids = self.layers[target].learnable_ids.clone();
             if ids.len() != source.blobs.len() {
                 return Err(NetError::Weights(format!(
                     "Incompatible number of blobs for layer {name}: the source has {}, the \
@@ -71,13 +71,13 @@ impl<B: Backend> Net<B> {
     /// (upstream's `ShareTrainedLayersWith`, which shares the memory; here the data is copied,
     /// so call it again after `other` changes, as before each test pass).
     pub fn copy_trained_layers_from_net(&mut self, other: &Net<B>) -> Result<()> {
-        for (source_layer, name) in other.layer_names.iter().enumerate() {
+        for (source_layer, name) in other.layer_names().enumerate() {
             let Some(target) = self.first_layer_named(name) else {
                 log::info!("Ignoring source layer {name}");
                 continue;
             };
-            let source_ids = &other.layer_learnable_ids[source_layer];
-            let target_ids = self.layer_learnable_ids[target].clone();
+            let source_ids = &other.layers[source_layer].learnable_ids;
+            let target_ids = self.layers[target].learnable_ids.clone();
             if source_ids.len() != target_ids.len() {
                 return Err(NetError::Weights(format!(
                     "Incompatible number of blobs for layer {name}: the source has {}, the \
@@ -112,15 +112,15 @@ impl<B: Backend> Net<B> {
             name: Some(self.name.clone()),
             ..Default::default()
         };
-        for (i, lp) in self.layer_params.iter().enumerate() {
-            let mut layer = lp.clone();
-            layer.blobs.clear();
-            for &id in &self.layer_learnable_ids[i] {
-                layer
+        for layer in &self.layers {
+            let mut param = layer.param.clone();
+            param.blobs.clear();
+            for &id in &layer.learnable_ids {
+                param
                     .blobs
                     .push(self.learnable_params[id].to_proto(write_diff)?);
             }
-            out.layer.push(layer);
+            out.layer.push(param);
         }
         Ok(out)
     }

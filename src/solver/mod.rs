@@ -30,7 +30,7 @@ use crate::backend::{rng_from_seed, Backend, Rng, Scalar};
 use crate::blob::Blob;
 use crate::log::cpp_float;
 use crate::lr_policy::{LrSchedule, LrState};
-use crate::net::Net;
+use crate::net::{Multipliers, Net};
 use crate::proto::caffe::solver_parameter::SnapshotFormat;
 use crate::proto::caffe::SolverParameter;
 use crate::proto::{print_text, resolve_solver_nets};
@@ -620,9 +620,9 @@ impl<B: Backend> Solver<B> {
     fn write_step_scales(&mut self, rate: f32) -> Result<()> {
         let scales: Vec<f32> = self
             .net
-            .params_lr()
+            .param_multipliers()
             .iter()
-            .map(|&lr_mult| self.rule.step_scale(rate * lr_mult, self.iter))
+            .map(|multipliers| self.rule.step_scale(rate * multipliers.lr(), self.iter))
             .collect();
         self.backend.upload(&scales, &mut self.step_scales, 0)?;
         Ok(())
@@ -632,7 +632,12 @@ impl<B: Backend> Solver<B> {
     /// written, then `data -= diff`: device work only, so a CUDA graph can record it.
     fn update_from_step_scales(&mut self) -> Result<()> {
         let count = self.net.learnable_params().len();
-        let decay_mults = self.net.params_weight_decay().to_vec();
+        let decay_mults: Vec<f32> = self
+            .net
+            .param_multipliers()
+            .iter()
+            .map(Multipliers::decay)
+            .collect();
         let weight_decay = self.param.weight_decay();
         let iter_size = self.param.iter_size();
         let (first, second) = self.history.split_at_mut(count);
@@ -809,10 +814,10 @@ impl<B: Backend> Solver<B> {
 fn output_lines<B: Backend>(net: &Net<B>) -> Result<Vec<(String, f32, f32)>> {
     let mut out = Vec::new();
     for &id in net.output_blob_ids() {
-        let name = &net.blob_names()[id];
-        let weight = net.blob_loss_weights()[id];
+        let name = net.blob_name(id);
+        let weight = net.blob_loss_weight(id);
         for value in net.blobs()[id].data_to_vec()? {
-            out.push((name.clone(), value, weight));
+            out.push((name.to_string(), value, weight));
         }
     }
     Ok(out)

@@ -735,8 +735,10 @@ layer { name: "loss" type: "ToySquareLoss" bottom: "ip2" top: "loss" }
 #[test]
 fn chain_builds_with_upstream_log_lines() {
     let net = build(CHAIN).unwrap();
-    assert_eq!(net.layer_names(), ["data", "ip1", "relu1", "ip2", "loss"]);
-    assert_eq!(net.blob_names(), ["data", "ip1", "ip2", "loss"]);
+    assert!(net
+        .layer_names()
+        .eq(["data", "ip1", "relu1", "ip2", "loss"]));
+    assert!(net.blob_names().eq(["data", "ip1", "ip2", "loss"]));
     assert_eq!(net.top_ids(2), net.bottom_ids(2), "relu1 runs in place");
     assert_eq!(net.input_blob_ids(), [0]);
     let log = net.init_log();
@@ -877,7 +879,7 @@ fn whole_net_gradient_matches_finite_differences() {
         layer { name: "l2" type: "ToySquareLoss" bottom: "cube" top: "l2" }
     "#;
     let mut net = build(text).unwrap();
-    assert!(net.layer_names().contains(&"a_a_0_split".to_string()));
+    assert!(net.layer_names().any(|name| name == "a_a_0_split"));
     net.blob_by_name_mut("data")
         .unwrap()
         .set_data(&[0.3, -0.2, 0.1, 0.05, 0.4, -0.3])
@@ -1035,7 +1037,7 @@ fn input_layer_shapes() {
     let outputs: Vec<&str> = net
         .output_blob_ids()
         .iter()
-        .map(|&i| net.blob_names()[i].as_str())
+        .map(|&i| net.blob_name(i))
         .collect();
     assert_eq!(outputs, ["a", "b", "c", "d"]);
     let err = build(
@@ -1069,10 +1071,12 @@ fn named_parameters_are_shared() {
     assert_eq!(net.learnable_params().len(), 1);
     assert_eq!(net.layer_learnable_ids(1), [0]);
     assert_eq!(net.layer_learnable_ids(2), [0]);
-    assert_eq!(net.param_owners(), [None, Some(0)]);
-    assert_eq!(net.param_display_names(), ["w", "w"]);
-    assert_eq!(net.params_lr(), [2.0], "the owner's lr_mult");
-    assert_eq!(net.params_weight_decay(), [1.0]);
+    let owners: Vec<_> = net.net_params().iter().map(|p| p.owner).collect();
+    assert_eq!(owners, [None, Some(0)]);
+    assert!(net.net_params().iter().all(|p| p.display_name == "w"));
+    assert_eq!(net.param_multipliers().len(), 1);
+    assert_eq!(net.param_multipliers()[0].lr(), 2.0, "the owner's lr_mult");
+    assert_eq!(net.param_multipliers()[0].decay(), 1.0);
     let line = "Sharing parameters 'w' owned by layer 'a', param index 0";
     let log = net.init_log();
     let at = log.iter().position(|l| l == line).expect("sharing line");
@@ -1132,8 +1136,7 @@ fn shared_parameter_mismatches_are_errors() {
         "param { name: \"w\" decay_mult: 0 }",
     ))
     .unwrap();
-    assert_eq!(net.params_weight_decay(), [0.0]);
-    assert_eq!(net.has_params_decay(), [true]);
+    assert_eq!(net.param_multipliers()[0].decay_mult, Some(0.0));
 }
 
 #[test]
@@ -1170,14 +1173,14 @@ fn loss_weights_scale_the_loss_and_are_logged() {
     let weighted = net.forward().unwrap();
     let raw = net.blob_by_name("loss").unwrap().cpu_data()[0];
     assert!((weighted - 2.5 * raw).abs() < 1e-6);
-    assert_eq!(net.blob_loss_weights()[3], 2.5);
+    assert_eq!(net.blob_loss_weight(3), 2.5);
     // A loss weight on an ordinary top makes it a loss too.
     let mut net = build(&CHAIN.replace(
         "top: \"ip2\" inner_product_param",
         "top: \"ip2\" loss_weight: 0.5 inner_product_param",
     ))
     .unwrap();
-    assert!(net.layer_names().contains(&"ip2_ip2_0_split".to_string()));
+    assert!(net.layer_names().any(|name| name == "ip2_ip2_0_split"));
     let total = net.forward().unwrap();
     let ip2: f32 = net.blob_by_name("ip2").unwrap().cpu_data().iter().sum();
     let sq = net.blob_by_name("loss").unwrap().cpu_data()[0];
@@ -1200,7 +1203,7 @@ fn loss_weights_scale_the_loss_and_are_logged() {
 
 fn needs(net: &Net<CpuBackend>) -> Vec<(String, bool)> {
     (0..net.num_layers())
-        .map(|i| (net.layer_names()[i].clone(), net.layer_need_backward(i)))
+        .map(|i| (net.layer_name(i).to_string(), net.layer_need_backward(i)))
         .collect()
 }
 
@@ -1233,7 +1236,7 @@ fn backward_decisions() {
     assert!((0..5).all(|i| net.layer_need_backward(i)));
     assert_eq!(net.bottom_need_backward(1), [true]);
     assert_eq!(net.param_propagate_down(1), [true]);
-    assert!(net.blob_need_backward()[0], "data gets a gradient");
+    assert!(net.blob_need_backward(0), "data gets a gradient");
     // A layer feeding no loss needs no backward; propagate_down: false stops the gradient.
     let net = build(
         r#"
@@ -1260,7 +1263,7 @@ fn backward_decisions() {
     let outputs: Vec<&str> = net
         .output_blob_ids()
         .iter()
-        .map(|&i| net.blob_names()[i].as_str())
+        .map(|&i| net.blob_name(i))
         .collect();
     assert_eq!(outputs, ["loss", "side"], "sorted by name");
     // force_backward respects allow_force_backward (the loss's label).
