@@ -1,7 +1,9 @@
 //! The Blob: an N-D shape with a data and a diff buffer on one backend
 //! (upstream: include/caffe/blob.hpp, src/caffe/blob.cpp).
 
-use crate::backend::{Backend, BackendError, CpuBackend};
+use crate::backend::{
+    Backend, BackendError, CpuBackend, Reduction, Scalar, Slice, SliceMut, Src, Views,
+};
 use crate::proto::caffe::{BlobProto, BlobShape};
 
 /// The most axes a blob may have, as upstream's `kMaxBlobAxes`.
@@ -123,12 +125,7 @@ pub struct Blob<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for Blob<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Blob({} on {})",
-            self.shape_string(),
-            self.backend.name()
-        )
+        write!(f, "Blob({} on {})", self.shape_string(), B::NAME)
     }
 }
 
@@ -391,6 +388,29 @@ impl<B: Backend> Blob<B> {
     pub fn data_diff_mut(&mut self) -> (&mut B::Buffer, &mut B::Buffer) {
         (&mut self.data, &mut self.diff)
     }
+    /// The data's `count` elements, as an op input (the buffer may hold more: its capacity).
+    pub fn data_view(&self) -> Slice<'_, B::Buffer> {
+        self.data.slice(0, self.count)
+    }
+    /// The diff's `count` elements, as an op input.
+    pub fn diff_view(&self) -> Slice<'_, B::Buffer> {
+        self.diff.slice(0, self.count)
+    }
+    /// The data's `count` elements, as an op output.
+    pub fn data_view_mut(&mut self) -> SliceMut<'_, B::Buffer> {
+        self.data.slice_mut(0, self.count)
+    }
+    /// The diff's `count` elements, as an op output.
+    pub fn diff_view_mut(&mut self) -> SliceMut<'_, B::Buffer> {
+        self.diff.slice_mut(0, self.count)
+    }
+    /// The data to read and the diff to write at once: a gradient computed from the data.
+    pub fn data_and_diff_mut(&mut self) -> (Slice<'_, B::Buffer>, SliceMut<'_, B::Buffer>) {
+        (
+            self.data.slice(0, self.count),
+            self.diff.slice_mut(0, self.count),
+        )
+    }
 
     fn check_len(&self, what: &'static str, found: usize) -> Result<()> {
         if found != self.count {
@@ -407,63 +427,65 @@ impl<B: Backend> Blob<B> {
     /// Uploads `values` (exactly `count` of them) into the data.
     pub fn set_data(&mut self, values: &[f32]) -> Result<()> {
         self.check_len("data", values.len())?;
-        self.backend.upload(values, &mut self.data, 0)?;
+        self.backend
+            .upload(values, self.data.slice_mut(0, self.count))?;
         Ok(())
     }
     /// Uploads `values` (exactly `count` of them) into the diff.
     pub fn set_diff(&mut self, values: &[f32]) -> Result<()> {
         self.check_len("diff", values.len())?;
-        self.backend.upload(values, &mut self.diff, 0)?;
+        self.backend
+            .upload(values, self.diff.slice_mut(0, self.count))?;
         Ok(())
     }
     /// Downloads the data.
     pub fn data_to_vec(&self) -> Result<Vec<f32>> {
         let mut v = vec![0.0; self.count];
-        self.backend.download(&self.data, 0, &mut v)?;
+        self.backend.download(self.data_view(), &mut v)?;
         Ok(v)
     }
     /// Downloads the diff.
     pub fn diff_to_vec(&self) -> Result<Vec<f32>> {
         let mut v = vec![0.0; self.count];
-        self.backend.download(&self.diff, 0, &mut v)?;
+        self.backend.download(self.diff_view(), &mut v)?;
         Ok(v)
     }
 
     /// Upstream's `Update`: `data -= diff`.
     pub fn update(&mut self) -> Result<()> {
-        let n = self.count;
-        self.backend
-            .axpy(n, -1.0, &self.diff, 0, &mut self.data, 0)?;
+        let diff = self.diff.slice(0, self.count);
+        let data = self.data.slice_mut(0, self.count);
+        self.backend.axpby(Scalar::Value(-1.0), diff, 1.0, data)?;
         Ok(())
     }
     /// Sum of absolute values of the data.
     pub fn asum_data(&self) -> Result<f32> {
-        Ok(self.backend.asum(self.count, &self.data, 0)?)
+        Ok(self.backend.reduce(Reduction::Asum, self.data_view())?)
     }
     /// Sum of absolute values of the diff.
     pub fn asum_diff(&self) -> Result<f32> {
-        Ok(self.backend.asum(self.count, &self.diff, 0)?)
+        Ok(self.backend.reduce(Reduction::Asum, self.diff_view())?)
     }
     /// Sum of squares of the data.
     pub fn sumsq_data(&self) -> Result<f32> {
-        Ok(self.backend.sumsq(self.count, &self.data, 0)?)
+        Ok(self.backend.reduce(Reduction::Sumsq, self.data_view())?)
     }
     /// Sum of squares of the diff.
     pub fn sumsq_diff(&self) -> Result<f32> {
-        Ok(self.backend.sumsq(self.count, &self.diff, 0)?)
+        Ok(self.backend.reduce(Reduction::Sumsq, self.diff_view())?)
     }
     /// Multiplies the data by `factor`.
     pub fn scale_data(&mut self, factor: f32) -> Result<()> {
-        let n = self.count;
+        let data = self.data.slice_mut(0, self.count);
         self.backend
-            .scale(n, factor, crate::backend::Src::InPlace, &mut self.data, 0)?;
+            .scale(Scalar::Value(factor), Src::InPlace, data)?;
         Ok(())
     }
     /// Multiplies the diff by `factor`.
     pub fn scale_diff(&mut self, factor: f32) -> Result<()> {
-        let n = self.count;
+        let diff = self.diff.slice_mut(0, self.count);
         self.backend
-            .scale(n, factor, crate::backend::Src::InPlace, &mut self.diff, 0)?;
+            .scale(Scalar::Value(factor), Src::InPlace, diff)?;
         Ok(())
     }
 
@@ -481,11 +503,12 @@ impl<B: Backend> Blob<B> {
                 });
             }
         }
-        let n = self.count;
         if copy_diff {
-            self.backend.copy(n, &source.diff, 0, &mut self.diff, 0)?;
+            let diff = self.diff.slice_mut(0, self.count);
+            self.backend.copy(source.diff_view(), diff)?;
         } else {
-            self.backend.copy(n, &source.data, 0, &mut self.data, 0)?;
+            let data = self.data.slice_mut(0, self.count);
+            self.backend.copy(source.data_view(), data)?;
         }
         Ok(())
     }
@@ -526,18 +549,22 @@ impl<B: Backend> Blob<B> {
         if !proto.double_data.is_empty() {
             self.check_len("BlobProto double_data", proto.double_data.len())?;
             let values: Vec<f32> = proto.double_data.iter().map(|&v| v as f32).collect();
-            self.backend.upload(&values, &mut self.data, 0)?;
+            self.backend
+                .upload(&values, self.data.slice_mut(0, self.count))?;
         } else {
             self.check_len("BlobProto data", proto.data.len())?;
-            self.backend.upload(&proto.data, &mut self.data, 0)?;
+            self.backend
+                .upload(&proto.data, self.data.slice_mut(0, self.count))?;
         }
         if !proto.double_diff.is_empty() {
             self.check_len("BlobProto double_diff", proto.double_diff.len())?;
             let values: Vec<f32> = proto.double_diff.iter().map(|&v| v as f32).collect();
-            self.backend.upload(&values, &mut self.diff, 0)?;
+            self.backend
+                .upload(&values, self.diff.slice_mut(0, self.count))?;
         } else if !proto.diff.is_empty() {
             self.check_len("BlobProto diff", proto.diff.len())?;
-            self.backend.upload(&proto.diff, &mut self.diff, 0)?;
+            self.backend
+                .upload(&proto.diff, self.diff.slice_mut(0, self.count))?;
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! function of its seed. The draws go through the backend's RNG ops, so a blob is filled where
 //! it lives.
 
-use crate::backend::{Backend, BackendError, Rng, Src};
+use crate::backend::{
+    Axis, AxisReduction, Backend, BackendError, Binary, Broadcast, Distribution, Rng, Src, Views,
+};
 use crate::blob::{Blob, BlobError};
 use crate::proto::caffe::filler_parameter::VarianceNorm;
 use crate::proto::caffe::FillerParameter;
@@ -146,45 +148,38 @@ impl Filler {
         }
         let be = blob.backend().clone();
         match *self {
-            Filler::Constant { value } => be.set(n, value, blob.data_mut(), 0)?,
+            Filler::Constant { value } => be.fill(value, blob.data_view_mut())?,
             Filler::Uniform { min, max } => {
                 if min.is_nan() || max.is_nan() || min > max {
                     return Err(invalid(format!("needs min <= max, got [{min}, {max}]")));
                 }
-                be.rng_uniform(n, min, max, rng, blob.data_mut(), 0)?
+                let uniform = Distribution::Uniform { lo: min, hi: max };
+                be.random(uniform, rng, blob.data_view_mut())?
             }
             Filler::Gaussian { mean, std, sparse } => {
-                be.rng_gaussian(n, mean, std, rng, blob.data_mut(), 0)?;
+                let gaussian = Distribution::Gaussian { mean, std };
+                be.random(gaussian, rng, blob.data_view_mut())?;
                 if let Some(sparse) = sparse {
-                    let outputs = blob.shape_at(0)?;
-                    let p = sparse as f32 / outputs as f32;
-                    if p > 1.0 {
-                        return Err(invalid(format!(
-                            "sparse ({sparse}) exceeds shape(0) ({outputs}) of blob {}",
-                            blob.shape_string()
-                        )));
-                    }
-                    let mut mask = be.alloc(n)?;
-                    be.rng_bernoulli(n, p, rng, &mut mask, 0)?;
-                    be.mul(n, Src::InPlace, Src::At(&mask, 0), blob.data_mut(), 0)?;
+                    keep_sparse(sparse, blob, rng)?;
                 }
             }
             Filler::PositiveUnitball => {
-                be.rng_uniform(n, 0.0, 1.0, rng, blob.data_mut(), 0)?;
-                let rows = blob.shape_at(0)?;
-                let dim = n / rows;
-                // Row sums, then each row divided by its sum (an axis of length `dim`).
-                let mut sums = be.alloc(rows)?;
-                be.sum_over_axis(rows, dim, 1, blob.data(), 0, &mut sums, 0)?;
-                be.div_along_axis(rows, dim, 1, &sums, 0, blob.data_mut(), 0)?;
+                let unit = Distribution::Uniform { lo: 0.0, hi: 1.0 };
+                be.random(unit, rng, blob.data_view_mut())?;
+                divide_rows_by_sums(blob)?;
             }
             Filler::Xavier { norm } => {
                 let scale = (3.0 / fan(blob, norm)?).sqrt() as f32;
-                be.rng_uniform(n, -scale, scale, rng, blob.data_mut(), 0)?;
+                let uniform = Distribution::Uniform {
+                    lo: -scale,
+                    hi: scale,
+                };
+                be.random(uniform, rng, blob.data_view_mut())?;
             }
             Filler::Msra { norm } => {
                 let std = (2.0 / fan(blob, norm)?).sqrt() as f32;
-                be.rng_gaussian(n, 0.0, std, rng, blob.data_mut(), 0)?;
+                let gaussian = Distribution::Gaussian { mean: 0.0, std };
+                be.random(gaussian, rng, blob.data_view_mut())?;
             }
             Filler::Bilinear => {
                 if blob.num_axes() != 4 {
@@ -210,6 +205,54 @@ impl Filler {
 /// Builds the filler a `FillerParameter` describes and fills `blob` with it.
 pub fn fill<B: Backend>(param: &FillerParameter, blob: &mut Blob<B>, rng: &mut Rng) -> Result<()> {
     Filler::from_param(param)?.fill(blob, rng)
+}
+
+/// Gaussian's sparsity: keeps each value with probability `sparse / shape(0)`, zeroes the rest.
+fn keep_sparse<B: Backend>(sparse: u32, blob: &mut Blob<B>, rng: &mut Rng) -> Result<()> {
+    let outputs = blob.shape_at(0)?;
+    let p = sparse as f32 / outputs as f32;
+    if p > 1.0 {
+        return Err(FillerError::Invalid {
+            filler: "gaussian",
+            message: format!(
+                "sparse ({sparse}) exceeds shape(0) ({outputs}) of blob {}",
+                blob.shape_string()
+            ),
+        });
+    }
+    let be = blob.backend().clone();
+    let mut mask = be.alloc(blob.count())?;
+    be.random(Distribution::Bernoulli { p }, rng, mask.whole_mut())?;
+    be.binary(
+        Binary::Mul,
+        Src::InPlace,
+        mask.whole().src(),
+        blob.data_view_mut(),
+    )?;
+    Ok(())
+}
+
+/// PositiveUnitball's normalisation: each of the `shape(0)` rows divided by its sum.
+fn divide_rows_by_sums<B: Backend>(blob: &mut Blob<B>) -> Result<()> {
+    let be = blob.backend().clone();
+    let rows = blob.shape_at(0)?;
+    let row_axis = Axis::new(rows, blob.count() / rows, 1);
+    let mut sums = be.alloc(rows)?;
+    be.reduce_over_axis(
+        AxisReduction::Sum,
+        row_axis,
+        blob.data_view(),
+        sums.whole_mut(),
+    )?;
+    be.broadcast(
+        Binary::Div,
+        Broadcast::OverAxis,
+        row_axis,
+        sums.whole(),
+        Src::InPlace,
+        blob.data_view_mut(),
+    )?;
+    Ok(())
 }
 
 /// The `n` that xavier and msra scale by, as upstream computes it: `fan_in = count / shape(0)`,

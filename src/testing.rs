@@ -23,7 +23,7 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::backend::{rng_from_seed, Backend, CpuBackend, Rng};
+use crate::backend::{rng_from_seed, Backend, CpuBackend, Distribution, Reduction, Rng, Views};
 use crate::blob::Blob;
 use crate::layers::{self, Blobs, Context, Error, Layer, LayerError, Params};
 use crate::proto::caffe::{LayerParameter, Phase};
@@ -124,9 +124,12 @@ impl<B: Backend> LayerHarness<B> {
         let mut bottom = Vec::new();
         for shape in bottom_shapes {
             let mut blob = Blob::new(backend, shape).map_err(|e| named(e.into()))?;
-            let n = blob.count();
+            let standard_normal = Distribution::Gaussian {
+                mean: 0.0,
+                std: 1.0,
+            };
             backend
-                .rng_gaussian(n, 0.0, 1.0, &mut rng, blob.data_mut(), 0)
+                .random(standard_normal, &mut rng, blob.data_view_mut())
                 .map_err(|e| named(e.into()))?;
             bottom.push(store.len());
             store.push(blob);
@@ -219,9 +222,7 @@ impl<B: Backend> LayerHarness<B> {
         }
         for (j, &w) in weights.iter().enumerate() {
             if w != 0.0 {
-                let top = blobs.top_mut(j);
-                let n = top.count();
-                self.backend.set(n, w, top.diff_mut(), 0)?;
+                self.backend.fill(w, blobs.top_mut(j).diff_view_mut())?;
             }
         }
         self.loss_weights = weights;
@@ -256,9 +257,8 @@ impl<B: Backend> LayerHarness<B> {
         for (j, &w) in self.loss_weights.iter().enumerate() {
             if w != 0.0 {
                 let top = blobs.top(j);
-                loss += self
-                    .backend
-                    .dot(top.count(), top.data(), 0, top.diff(), 0)?;
+                let weighted = Reduction::Dot(top.diff_view());
+                loss += self.backend.reduce(weighted, top.data_view())?;
             }
         }
         Ok(loss)
@@ -374,20 +374,16 @@ impl<B: Backend> LayerHarness<B> {
     }
     /// Fills bottom `i` with N(mean, std^2) draws from the harness RNG.
     pub fn fill_bottom_gaussian(&mut self, i: usize, mean: f32, std: f32) -> Result<(), Error> {
-        let id = self.bottom[i];
-        let n = self.store[id].count();
-        let r =
-            self.backend
-                .rng_gaussian(n, mean, std, &mut self.rng, self.store[id].data_mut(), 0);
+        let bottom = self.store[self.bottom[i]].data_view_mut();
+        let gaussian = Distribution::Gaussian { mean, std };
+        let r = self.backend.random(gaussian, &mut self.rng, bottom);
         r.map_err(|e| self.named(e.into()))
     }
     /// Fills bottom `i` with U[lo, hi) draws from the harness RNG.
     pub fn fill_bottom_uniform(&mut self, i: usize, lo: f32, hi: f32) -> Result<(), Error> {
-        let id = self.bottom[i];
-        let n = self.store[id].count();
-        let r = self
-            .backend
-            .rng_uniform(n, lo, hi, &mut self.rng, self.store[id].data_mut(), 0);
+        let bottom = self.store[self.bottom[i]].data_view_mut();
+        let uniform = Distribution::Uniform { lo, hi };
+        let r = self.backend.random(uniform, &mut self.rng, bottom);
         r.map_err(|e| self.named(e.into()))
     }
     /// Sets the data of bottom `i`.
@@ -631,10 +627,9 @@ impl GradientChecker {
             .map_err(|e| layer_error(h, e.into()))?;
         for k in 0..h.num_params() {
             let blob = h.param_blob_mut(k);
-            let n = blob.count();
             let backend = blob.backend().clone();
             backend
-                .set(n, 0.0, blob.diff_mut(), 0)
+                .fill(0.0, blob.diff_view_mut())
                 .map_err(|e| layer_error(h, e.into()))?;
         }
         // Analytic gradients.
@@ -771,7 +766,7 @@ impl GradientChecker {
             Target::Param(k) => h.param_blob_mut(k),
         };
         backend
-            .upload(&[value], blob.data_mut(), index)
+            .upload(&[value], blob.data_mut().slice_mut(index, 1))
             .map_err(|e| GradientError::Layer(h.named(e.into())))
     }
 }
@@ -825,14 +820,12 @@ fn objective_and_gradient<B: Backend>(
                 )));
             }
             for t in 0..h.num_top() {
-                let top = h.top_mut(t);
-                let n = top.count();
-                backend.set(n, 0.0, top.diff_mut(), 0)?;
+                backend.fill(0.0, h.top_mut(t).diff_view_mut())?;
             }
             let top = h.top_mut(top_id);
-            backend.upload(&[2.0], top.diff_mut(), element)?;
+            backend.upload(&[2.0], top.diff_mut().slice_mut(element, 1))?;
             let mut value = [0.0f32];
-            backend.download(top.data(), element, &mut value)?;
+            backend.download(top.data().slice(element, 1), &mut value)?;
             Ok(f64::from(value[0]) * 2.0)
         }
     }

@@ -146,6 +146,7 @@ pub fn check_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt;
 
     fn message(result: Result<impl fmt::Debug>) -> String {
         result.expect_err("an invalid argument").to_string()

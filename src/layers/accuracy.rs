@@ -7,10 +7,10 @@
 //! optional top 1 holds the accuracy of each class (0 for a class with no position). No
 //! backward pass.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{Backend, Binary, Reduction, Src, Unary, Views};
 use crate::layers::loss::{scratch, write_scalar};
 use crate::layers::softmax::AxisView;
-use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
+use crate::layers::{labels, BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The Accuracy layer.
@@ -104,46 +104,45 @@ impl<B: Backend> Layer<B> for AccuracyLayer<B> {
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
-        let v = self.view;
-        let positions = v.positions();
-        let hits = scratch(be, &mut self.hits, positions)?;
-        let mask = scratch(be, &mut self.mask, positions)?;
+        let (axis, positions, classes) = (self.view.axis(), self.view.positions(), self.view.dim);
+        let ignore_label = self.ignore_label;
+        let mut hits = scratch(be, &mut self.hits, positions)?.slice_mut(0, positions);
+        let mut mask = scratch(be, &mut self.mask, positions)?.slice_mut(0, positions);
         let (data, label) = (blobs.bottom(0), blobs.bottom(1));
-        let (o, d, i) = (v.outer, v.dim, v.inner);
         be.top_k_hits(
-            o,
-            d,
-            i,
+            axis,
             self.top_k,
-            data.data(),
-            0,
-            label.data(),
-            0,
-            self.ignore_label,
-            hits,
-            0,
+            data.data_view(),
+            labels(label, ignore_label),
+            hits.reborrow(),
         )?;
-        be.label_mask(positions, label.data(), 0, self.ignore_label, mask, 0)?;
+        let valid = Unary::LabelMask { ignore_label };
+        be.unary(valid, label.data_view().src(), mask.reborrow())?;
+        let (hits, mask) = (hits.as_slice(), mask.as_slice());
         // Both sums are counts, exact in f32.
-        let found = be.sum(positions, hits, 0)?;
-        let count = be.sum(positions, mask, 0)?;
+        let found = be.reduce(Reduction::Sum, hits)?;
+        let count = be.reduce(Reduction::Sum, mask)?;
         let accuracy = if count == 0.0 { 0.0 } else { found / count };
         if blobs.num_top() == 1 {
             return write_scalar(be, blobs.top_mut(0), accuracy);
         }
         // Per class: hits / positions, with the count raised to 1 where it is 0 (the hits are 0
         // there too), which gives upstream's 0 for a class with no position.
-        let nums = scratch(be, &mut self.nums, d)?;
-        let ones = scratch(be, &mut self.ones, d)?;
+        let mut nums = scratch(be, &mut self.nums, classes)?.slice_mut(0, classes);
+        let mut ones = scratch(be, &mut self.ones, classes)?.slice_mut(0, classes);
         let (bottoms, mut tops) = blobs.forward_all()?;
-        let label = bottoms[1].data();
-        let ignore = self.ignore_label;
-        be.sum_by_label(positions, d, mask, 0, label, 0, ignore, nums, 0)?;
-        let per_class = tops[1].data_mut();
-        be.sum_by_label(positions, d, hits, 0, label, 0, ignore, per_class, 0)?;
-        be.set(d, 1.0, ones, 0)?;
-        be.max(d, Src::InPlace, Src::At(ones, 0), nums, 0)?;
-        be.div(d, Src::InPlace, Src::At(nums, 0), per_class, 0)?;
+        let label = bottoms[1];
+        be.sum_by_label(mask, labels(label, ignore_label), nums.reborrow())?;
+        let mut per_class = tops[1].data_view_mut();
+        be.sum_by_label(hits, labels(label, ignore_label), per_class.reborrow())?;
+        be.fill(1.0, ones.reborrow())?;
+        be.binary(
+            Binary::Max,
+            Src::InPlace,
+            ones.as_slice().src(),
+            nums.reborrow(),
+        )?;
+        be.binary(Binary::Div, Src::InPlace, nums.as_slice().src(), per_class)?;
         write_scalar(be, tops[0], accuracy)?;
         Ok(())
     }

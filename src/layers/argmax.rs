@@ -6,7 +6,7 @@
 //! indices then the values, padded with 1s to the bottom's number of axes. Equal values rank
 //! the larger index first, as upstream's sort on (value, index) pairs. No backward.
 
-use crate::backend::Backend;
+use crate::backend::{Axis, Backend, Block, Views};
 use crate::blob::Blob;
 use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
@@ -37,8 +37,8 @@ impl<B: Backend> ArgMaxLayer<B> {
         })
     }
 
-    /// `(outer, dim, inner)` of the search, checking `top_k` against `dim`.
-    fn geometry(&self, bottom: &Blob<B>) -> Result<(usize, usize, usize), LayerError> {
+    /// The axis searched, checking `top_k` against its length.
+    fn search_axis(&self, bottom: &Blob<B>) -> Result<Axis, LayerError> {
         let (outer, dim, inner) = match self.axis {
             Some(axis) => {
                 let axis = bottom.canonical_axis_index(axis as isize)?;
@@ -72,7 +72,7 @@ impl<B: Backend> ArgMaxLayer<B> {
                 bottom.shape_string()
             )));
         }
-        Ok((outer, dim, inner))
+        Ok(Axis::new(outer, dim, inner))
     }
 }
 
@@ -92,7 +92,7 @@ impl<B: Backend> Layer<B> for ArgMaxLayer<B> {
     ) -> Result<(), LayerError> {
         let (bottom, mut top) = blobs.forward_all()?;
         let bottom = bottom[0];
-        let (outer, _, inner) = self.geometry(bottom)?;
+        let searched = self.search_axis(bottom)?;
         let shape = match self.axis {
             Some(axis) => {
                 let mut shape = bottom.shape().to_vec();
@@ -108,7 +108,7 @@ impl<B: Backend> Layer<B> for ArgMaxLayer<B> {
             }
         };
         top[0].reshape(&shape)?;
-        let scratch = [outer, self.top_k, inner];
+        let scratch = [searched.outer, self.top_k, searched.inner];
         match &mut self.scratch {
             Some(s) => s.reshape(&scratch)?,
             None => self.scratch = Some(Blob::new(ctx.backend, &scratch)?),
@@ -124,34 +124,31 @@ impl<B: Backend> Layer<B> for ArgMaxLayer<B> {
     ) -> Result<(), LayerError> {
         let b = ctx.backend;
         let (bottom, mut top) = blobs.forward_all()?;
-        let (outer, dim, inner) = self.geometry(bottom[0])?;
+        let axis = self.search_axis(bottom[0])?;
         let k = self.top_k;
         let scratch = self
             .scratch
             .as_mut()
             .ok_or_else(|| LayerError::invalid("ArgMax run before reshape"))?;
+        let n = scratch.count();
         let (values, indices) = scratch.data_diff_mut();
-        b.top_k_over_axis(
-            outer,
-            dim,
-            inner,
-            k,
-            bottom[0].data(),
-            0,
-            values,
-            0,
-            indices,
-            0,
-        )?;
+        let found = [values.slice_mut(0, n), indices.slice_mut(0, n)];
+        b.top_k_over_axis(axis, k, bottom[0].data_view(), found)?;
+        let (values, indices) = (values.slice(0, n), indices.slice(0, n));
         let y = top[0].data_mut();
-        let n = outer * k * inner;
         match (self.axis.is_some(), self.out_max_val) {
-            (true, true) => b.copy(n, values, 0, y, 0)?,
-            (_, false) => b.copy(n, indices, 0, y, 0)?,
+            (true, true) => b.copy(values, y.slice_mut(0, n))?,
+            (_, false) => b.copy(indices, y.slice_mut(0, n))?,
             (false, true) => {
                 // Per item: the k indices, then the k values.
-                b.copy_2d(outer, k, indices, 0, k, y, 0, 2 * k)?;
-                b.copy_2d(outer, k, values, 0, k, y, k, 2 * k)?;
+                let per_item = Block {
+                    rows: axis.outer,
+                    cols: k,
+                    x_stride: k,
+                    y_stride: 2 * k,
+                };
+                b.copy_2d(&per_item, indices, y.whole_mut())?;
+                b.copy_2d(&per_item, values, y.tail_mut(k))?;
             }
         }
         Ok(())

@@ -20,7 +20,9 @@
 //! is refused in setup; `force_nd_im2col` is accepted for 1 or 2 axes, where upstream's N-D path
 //! computes the same values as the 2-D one.
 
-use crate::backend::{Backend, ConvBatch, ConvGeom};
+use crate::backend::{
+    Axis, Backend, Binary, Broadcast, ConvBatch, ConvGeom, ConvGrads, Slice, SliceMut, Src, Views,
+};
 use crate::blob::Blob;
 use crate::filler::Filler;
 use crate::layers::{Blobs, Context, LayerError};
@@ -64,7 +66,7 @@ pub struct ConvBase<B: Backend> {
     out_spatial: usize,
     conv_out_spatial: usize,
     geom: ConvGeom,
-    /// The batch convolution ops' workspace ([`Backend::conv_workspace_len`]: upstream's
+    /// The batch convolution ops' workspace ([`ConvBatch::workspace_len`]: upstream's
     /// column buffer, or nothing on a backend with its own scratch); allocated in reshape,
     /// grown only when a larger one is needed.
     workspace: Option<B::Buffer>,
@@ -448,7 +450,7 @@ impl<B: Backend> ConvBase<B> {
             dilation_w,
         };
         debug_assert_eq!(self.geom.out_h() * self.geom.out_w(), self.conv_out_spatial);
-        let len = ctx.backend.conv_workspace_len(&self.batch());
+        let len = self.batch().workspace_len(ctx.backend.capabilities());
         grow(ctx.backend, &mut self.workspace, len)?;
         Ok(())
     }
@@ -505,65 +507,48 @@ impl<B: Backend> ConvBase<B> {
         }
     }
 
+    /// The batch convolution ops' workspace.
+    fn workspace(&mut self) -> SliceMut<'_, B::Buffer> {
+        let workspace = self.workspace.as_mut();
+        workspace
+            .expect("workspace allocated in reshape")
+            .whole_mut()
+    }
+
+    /// A top as the bias sees it: `num x num_output x out_spatial`.
+    fn bias_axis(&self) -> Axis {
+        Axis::new(self.num, self.spec.num_output, self.out_spatial)
+    }
+
     /// `output[n] = W col(input[n])` per group for every image, plus the bias when given
     /// (upstream's `forward_cpu_gemm` then `forward_cpu_bias`).
     pub fn conv_forward(
         &mut self,
         backend: &B,
-        input: &B::Buffer,
-        weights: &B::Buffer,
-        bias: Option<&B::Buffer>,
-        output: &mut B::Buffer,
+        input: Slice<'_, B::Buffer>,
+        weights: Slice<'_, B::Buffer>,
+        bias: Option<Slice<'_, B::Buffer>>,
+        output: SliceMut<'_, B::Buffer>,
     ) -> Result<(), LayerError> {
         let batch = self.batch();
-        let workspace = self
-            .workspace
-            .as_mut()
-            .expect("workspace allocated in reshape");
-        backend.conv_forward(
-            &batch,
-            input,
-            0,
-            weights,
-            0,
-            bias.map(|b| (b, 0)),
-            output,
-            0,
-            workspace,
-        )?;
+        backend.conv_forward(&batch, input, weights, bias, output, self.workspace())?;
         Ok(())
     }
 
-    /// The convolution's gradients from `output_diff`: `weight_diff += sum_n output_diff[n]
-    /// col(input[n])^T` when given (`input` is read only then), and `input_diff[n] =
+    /// The convolution's gradients from `output_diff`: `grads.dw += sum_n output_diff[n]
+    /// col(input[n])^T` when given (`input` is read only then), and `grads.dx[n] =
     /// col2im(W^T output_diff[n])` when given (upstream's `weight_cpu_gemm` and
     /// `backward_cpu_gemm`). For Deconvolution the second is its forward pass.
     pub fn conv_backward(
         &mut self,
         backend: &B,
-        input: &B::Buffer,
-        weights: &B::Buffer,
-        output_diff: &B::Buffer,
-        weight_diff: Option<&mut B::Buffer>,
-        input_diff: Option<&mut B::Buffer>,
+        input: Slice<'_, B::Buffer>,
+        weights: Slice<'_, B::Buffer>,
+        output_diff: Slice<'_, B::Buffer>,
+        grads: ConvGrads<'_, B::Buffer>,
     ) -> Result<(), LayerError> {
         let batch = self.batch();
-        let workspace = self
-            .workspace
-            .as_mut()
-            .expect("workspace allocated in reshape");
-        backend.conv_backward(
-            &batch,
-            input,
-            0,
-            weights,
-            0,
-            output_diff,
-            0,
-            weight_diff.map(|b| (b, 0)),
-            input_diff.map(|b| (b, 0)),
-            workspace,
-        )?;
+        backend.conv_backward(&batch, input, weights, output_diff, grads, self.workspace())?;
         Ok(())
     }
 
@@ -571,17 +556,17 @@ impl<B: Backend> ConvBase<B> {
     pub fn forward_bias(
         &self,
         backend: &B,
-        bias: &B::Buffer,
-        top: &mut B::Buffer,
+        bias: Slice<'_, B::Buffer>,
+        top: SliceMut<'_, B::Buffer>,
     ) -> Result<(), LayerError> {
-        backend.add_per_channel(
-            self.num,
-            self.spec.num_output,
-            self.out_spatial,
+        let axis = self.bias_axis();
+        backend.broadcast(
+            Binary::Add,
+            Broadcast::PerChannel,
+            axis,
             bias,
-            0,
+            Src::InPlace,
             top,
-            0,
         )?;
         Ok(())
     }
@@ -590,20 +575,10 @@ impl<B: Backend> ConvBase<B> {
     pub fn backward_bias(
         &self,
         backend: &B,
-        top_diff: &B::Buffer,
-        bias_diff: &mut B::Buffer,
+        top_diff: Slice<'_, B::Buffer>,
+        bias_diff: SliceMut<'_, B::Buffer>,
     ) -> Result<(), LayerError> {
-        backend.sum_per_channel(
-            self.num,
-            self.spec.num_output,
-            self.out_spatial,
-            1.0,
-            top_diff,
-            0,
-            1.0,
-            bias_diff,
-            0,
-        )?;
+        backend.sum_per_channel(self.bias_axis(), 1.0, top_diff, 1.0, bias_diff)?;
         Ok(())
     }
 }

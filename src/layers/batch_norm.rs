@@ -11,7 +11,9 @@
 //! running sums divided by `s` (0 when `s` is 0) normalise instead. No learned scale or shift:
 //! a Scale layer follows. Runs in place.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{
+    Axis, Backend, Binary, Broadcast, Scalar, Slice, SliceMut, Src, Unary, Views,
+};
 use crate::blob::Blob;
 use crate::layers::loss::scratch;
 use crate::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
@@ -25,8 +27,8 @@ pub struct BatchNormLayer<B: Backend> {
     moving_average_fraction: f32,
     eps: f32,
     channels: usize,
-    num: usize,
-    spatial: usize,
+    /// The bottom as `num x channels x spatial`.
+    axis: Axis,
     /// Per channel: the mean, then scratch for backward's sums.
     mean: Option<B::Buffer>,
     /// Per channel: `-mean`.
@@ -58,8 +60,7 @@ impl<B: Backend> BatchNormLayer<B> {
             moving_average_fraction: p.moving_average_fraction(),
             eps,
             channels: 0,
-            num: 0,
-            spatial: 0,
+            axis: Axis::new(0, 0, 0),
             mean: None,
             neg_mean: None,
             variance: None,
@@ -70,12 +71,12 @@ impl<B: Backend> BatchNormLayer<B> {
     }
 
     fn count(&self) -> usize {
-        self.num * self.channels * self.spatial
+        self.axis.outer * self.axis.dim * self.axis.inner
     }
 
     /// `1 / (num * spatial)`, computed in f64 as upstream's `1. / (num * spatial_dim)`.
     fn inv_m(&self) -> f32 {
-        (1.0 / (self.num * self.spatial) as f64) as f32
+        (1.0 / (self.axis.outer * self.axis.inner) as f64) as f32
     }
 
     /// `dx` from the top diff `dy` (see upstream's derivation in batch_norm_layer.cpp):
@@ -84,31 +85,44 @@ impl<B: Backend> BatchNormLayer<B> {
     fn input_gradient(
         &mut self,
         be: &B,
-        dy: &B::Buffer,
-        dx: &mut B::Buffer,
+        dy: Slice<'_, B::Buffer>,
+        mut dx: SliceMut<'_, B::Buffer>,
     ) -> Result<(), LayerError> {
-        let (n, c, s) = (self.num, self.channels, self.spatial);
-        let count = self.count();
+        let (axis, c, count) = (self.axis, self.channels, self.count());
         let inv_m = self.inv_m();
-        let temp = scratch(be, &mut self.temp, count)?;
+        let std_dev = scratch(be, &mut self.temp, count)?.slice(0, count).src();
         if self.use_global_stats {
-            be.div(count, Src::At(dy, 0), Src::At(temp, 0), dx, 0)?;
+            be.binary(Binary::Div, dy.src(), std_dev, dx)?;
             return Ok(());
         }
-        let y = scratch(be, &mut self.x_norm, count)?;
-        let sums = scratch(be, &mut self.mean, c)?;
+        let y = scratch(be, &mut self.x_norm, count)?.slice(0, count).src();
+        let mut sums = scratch(be, &mut self.mean, c)?.slice_mut(0, c);
         // sum(dy y) per channel, broadcast, times y.
-        be.mul(count, Src::At(y, 0), Src::At(dy, 0), dx, 0)?;
-        be.sum_per_channel(n, c, s, 1.0, dx, 0, 0.0, sums, 0)?;
-        be.set(count, 1.0, dx, 0)?;
-        be.mul_per_channel(n, c, s, sums, 0, Src::InPlace, dx, 0)?;
-        be.mul(count, Src::At(y, 0), Src::InPlace, dx, 0)?;
+        be.binary(Binary::Mul, y, dy.src(), dx.reborrow())?;
+        be.sum_per_channel(axis, 1.0, dx.as_slice(), 0.0, sums.reborrow())?;
+        be.fill(1.0, dx.reborrow())?;
+        be.broadcast(
+            Binary::Mul,
+            Broadcast::PerChannel,
+            axis,
+            sums.as_slice(),
+            Src::InPlace,
+            dx.reborrow(),
+        )?;
+        be.binary(Binary::Mul, y, Src::InPlace, dx.reborrow())?;
         // + sum(dy) per channel.
-        be.sum_per_channel(n, c, s, 1.0, dy, 0, 0.0, sums, 0)?;
-        be.add_per_channel(n, c, s, sums, 0, dx, 0)?;
+        be.sum_per_channel(axis, 1.0, dy, 0.0, sums.reborrow())?;
+        be.broadcast(
+            Binary::Add,
+            Broadcast::PerChannel,
+            axis,
+            sums.as_slice(),
+            Src::InPlace,
+            dx.reborrow(),
+        )?;
         // dy - (...) / m, over the standard deviation.
-        be.axpby(count, 1.0, dy, 0, -inv_m, dx, 0)?;
-        be.div(count, Src::InPlace, Src::At(temp, 0), dx, 0)?;
+        be.axpby(Scalar::Value(1.0), dy, -inv_m, dx.reborrow())?;
+        be.binary(Binary::Div, Src::InPlace, std_dev, dx)?;
         Ok(())
     }
 }
@@ -165,12 +179,12 @@ impl<B: Backend> Layer<B> for BatchNormLayer<B> {
                 bottom.shape_string()
             )));
         }
-        self.num = bottom.shape_at(0)?;
-        self.spatial = if bottom.num_axes() == 1 {
+        let spatial = if bottom.num_axes() == 1 {
             1
         } else {
             bottom.count_from(2)?
         };
+        self.axis = Axis::new(bottom.shape_at(0)?, channels, spatial);
         if !blobs.is_in_place(0) {
             let shape = blobs.bottom(0).shape().to_vec();
             blobs.top_mut(0).reshape(&shape)?;
@@ -191,76 +205,76 @@ impl<B: Backend> Layer<B> for BatchNormLayer<B> {
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
-        let (n, c, s) = (self.num, self.channels, self.spatial);
-        let count = self.count();
+        let (axis, c, count) = (self.axis, self.channels, self.count());
         let inv_m = self.inv_m();
-        let maf = self.moving_average_fraction;
         let global = self.use_global_stats;
-        let mean = scratch(be, &mut self.mean, c)?;
-        let neg_mean = scratch(be, &mut self.neg_mean, c)?;
-        let variance = scratch(be, &mut self.variance, c)?;
-        let temp = scratch(be, &mut self.temp, count)?;
-        let x_norm = scratch(be, &mut self.x_norm, count)?;
+        let mut mean = scratch(be, &mut self.mean, c)?.slice_mut(0, c);
+        let mut neg_mean = scratch(be, &mut self.neg_mean, c)?.slice_mut(0, c);
+        let mut variance = scratch(be, &mut self.variance, c)?.slice_mut(0, c);
+        let mut temp = scratch(be, &mut self.temp, count)?.slice_mut(0, count);
+        let x_norm = scratch(be, &mut self.x_norm, count)?.slice_mut(0, count);
 
         let y = match blobs.forward_io(0) {
             InOut::Separate { input, output } => {
-                be.copy(count, input.data(), 0, output.data_mut(), 0)?;
+                be.copy(input.data_view(), output.data_view_mut())?;
                 output
             }
             InOut::Same(blob) => blob,
         };
-        let y = y.data_mut();
+        let mut y = y.data_view_mut();
 
         if global {
-            // The running sums over their scale factor.
-            let mut factor = [0.0f32];
-            be.download(params.get(2).data(), 0, &mut factor)?;
-            let factor = if factor[0] == 0.0 {
-                0.0
-            } else {
-                1.0 / factor[0]
-            };
-            be.scale(c, factor, Src::At(params.get(0).data(), 0), mean, 0)?;
-            be.scale(c, factor, Src::At(params.get(1).data(), 0), variance, 0)?;
+            global_statistics(be, params, mean.reborrow(), variance.reborrow())?;
         } else {
-            be.sum_per_channel(n, c, s, inv_m, y, 0, 0.0, mean, 0)?;
+            be.sum_per_channel(axis, inv_m, y.as_slice(), 0.0, mean.reborrow())?;
         }
-        be.scale(c, -1.0, Src::At(mean, 0), neg_mean, 0)?;
-        be.add_per_channel(n, c, s, neg_mean, 0, y, 0)?;
+        be.scale(
+            Scalar::Value(-1.0),
+            mean.as_slice().src(),
+            neg_mean.reborrow(),
+        )?;
+        let neg_mean = neg_mean.as_slice();
+        be.broadcast(
+            Binary::Add,
+            Broadcast::PerChannel,
+            axis,
+            neg_mean,
+            Src::InPlace,
+            y.reborrow(),
+        )?;
 
         if !global {
             // var = E((x - mean)^2), then the running sums.
-            be.sqr(count, Src::At(y, 0), temp, 0)?;
-            be.sum_per_channel(n, c, s, inv_m, temp, 0, 0.0, variance, 0)?;
-            let factor_blob = params.get_mut(2).data_mut();
-            be.scale(1, maf, Src::InPlace, factor_blob, 0)?;
-            be.add_scalar(1, 1.0, factor_blob, 0)?;
-            be.axpby(c, 1.0, mean, 0, maf, params.get_mut(0).data_mut(), 0)?;
-            // Unbiased variance (src/caffe/layers/batch_norm_layer.cpp): m / (m - 1), in f32.
-            let m = count / c;
-            let correction = if m > 1 {
-                m as f32 / (m - 1) as f32
-            } else {
-                1.0
-            };
-            be.axpby(
-                c,
-                correction,
-                variance,
-                0,
-                maf,
-                params.get_mut(1).data_mut(),
-                0,
-            )?;
+            be.unary(Unary::Sqr, y.as_slice().src(), temp.reborrow())?;
+            be.sum_per_channel(axis, inv_m, temp.as_slice(), 0.0, variance.reborrow())?;
+            let batch = (mean.as_slice(), variance.as_slice());
+            update_running_sums(be, self.moving_average_fraction, batch, count / c, params)?;
         }
 
         // Divide by sqrt(var + eps), broadcast into temp (kept for backward).
-        be.add_scalar(c, self.eps, variance, 0)?;
-        be.sqrt(c, Src::InPlace, variance, 0)?;
-        be.set(count, 1.0, temp, 0)?;
-        be.mul_per_channel(n, c, s, variance, 0, Src::InPlace, temp, 0)?;
-        be.div(count, Src::InPlace, Src::At(temp, 0), y, 0)?;
-        be.copy(count, y, 0, x_norm, 0)?;
+        be.unary(
+            Unary::AddScalar(self.eps),
+            Src::InPlace,
+            variance.reborrow(),
+        )?;
+        be.unary(Unary::Sqrt, Src::InPlace, variance.reborrow())?;
+        be.fill(1.0, temp.reborrow())?;
+        let std_dev = variance.as_slice();
+        be.broadcast(
+            Binary::Mul,
+            Broadcast::PerChannel,
+            axis,
+            std_dev,
+            Src::InPlace,
+            temp.reborrow(),
+        )?;
+        be.binary(
+            Binary::Div,
+            Src::InPlace,
+            temp.as_slice().src(),
+            y.reborrow(),
+        )?;
+        be.copy(y.as_slice(), x_norm)?;
         Ok(())
     }
 
@@ -280,17 +294,63 @@ impl<B: Backend> Layer<B> for BatchNormLayer<B> {
             InOut::Separate {
                 input: top,
                 output: bottom,
-            } => self.input_gradient(be, top.diff(), bottom.diff_mut()),
+            } => self.input_gradient(be, top.diff_view(), bottom.diff_view_mut()),
             InOut::Same(blob) => {
                 // The diff is both dy and dx: keep dy aside.
                 let mut dy = self.top_diff.take();
                 let result = scratch(be, &mut dy, count).and_then(|dy| {
-                    be.copy(count, blob.diff(), 0, dy, 0)?;
-                    self.input_gradient(be, dy, blob.diff_mut())
+                    be.copy(blob.diff_view(), dy.slice_mut(0, count))?;
+                    let dx = blob.diff_view_mut();
+                    self.input_gradient(be, dy.slice(0, count), dx)
                 });
                 self.top_diff = dy;
                 result
             }
         }
     }
+}
+
+/// The running means and variances (parameters 0 and 1) over their scale factor (parameter 2;
+/// 0 while it is 0), into `mean` and `variance`.
+fn global_statistics<B: Backend>(
+    be: &B,
+    params: &Params<'_, B>,
+    mean: SliceMut<'_, B::Buffer>,
+    variance: SliceMut<'_, B::Buffer>,
+) -> Result<(), LayerError> {
+    let mut factor = [0.0f32];
+    be.download(params.get(2).data_view(), &mut factor)?;
+    let factor = if factor[0] == 0.0 {
+        0.0
+    } else {
+        1.0 / factor[0]
+    };
+    be.scale(factor.into(), params.get(0).data_view().src(), mean)?;
+    be.scale(factor.into(), params.get(1).data_view().src(), variance)?;
+    Ok(())
+}
+
+/// Folds a batch's per-channel `mean` and `variance`, each over `m` values, into the running
+/// sums (parameters 0 to 2) with the moving average fraction `maf`.
+fn update_running_sums<B: Backend>(
+    be: &B,
+    maf: f32,
+    (mean, variance): (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
+    m: usize,
+    params: &mut Params<'_, B>,
+) -> Result<(), LayerError> {
+    let mut factor = params.get_mut(2).data_view_mut();
+    be.scale(maf.into(), Src::InPlace, factor.reborrow())?;
+    be.unary(Unary::AddScalar(1.0), Src::InPlace, factor)?;
+    let mean_sum = params.get_mut(0).data_view_mut();
+    be.axpby(Scalar::Value(1.0), mean, maf, mean_sum)?;
+    // Unbiased variance (src/caffe/layers/batch_norm_layer.cpp): m / (m - 1), in f32.
+    let correction = if m > 1 {
+        m as f32 / (m - 1) as f32
+    } else {
+        1.0
+    };
+    let variance_sum = params.get_mut(1).data_view_mut();
+    be.axpby(correction.into(), variance, maf, variance_sum)?;
+    Ok(())
 }

@@ -7,7 +7,7 @@
 //! the bias, applied from `axis` (any axis when it is a scalar) and `num_axes` is ignored.
 //! Runs in place.
 
-use crate::backend::Backend;
+use crate::backend::{Axis, Backend, Binary, Broadcast, Slice, SliceMut, Src, Views};
 use crate::blob::Blob;
 use crate::filler::Filler;
 use crate::layers::loss::scratch;
@@ -90,6 +90,24 @@ pub fn broadcast_view<B: Backend>(
         dim: operand.iter().product(),
         inner: bottom.count_from(end)?,
     })
+}
+
+/// `y += bias[c]` on every channel `c` of `axis`.
+fn add_bias<B: Backend>(
+    be: &B,
+    axis: Axis,
+    bias: Slice<'_, B::Buffer>,
+    y: SliceMut<'_, B::Buffer>,
+) -> Result<(), LayerError> {
+    be.broadcast(
+        Binary::Add,
+        Broadcast::PerChannel,
+        axis,
+        bias,
+        Src::InPlace,
+        y,
+    )?;
+    Ok(())
 }
 
 /// The Bias layer.
@@ -187,27 +205,26 @@ impl<B: Backend> Layer<B> for BiasLayer<B> {
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
-        let v = self.view;
-        let (o, d, i, n) = (v.outer, v.dim, v.inner, v.count());
+        let axis = self.view.axis();
         if blobs.num_bottom() == 1 {
-            let bias = params.get(0).data();
             let y = match blobs.forward_io(0) {
                 InOut::Separate { input, output } => {
-                    be.copy(n, input.data(), 0, output.data_mut(), 0)?;
+                    be.copy(input.data_view(), output.data_view_mut())?;
                     output
                 }
                 InOut::Same(blob) => blob,
             };
-            be.add_per_channel(o, d, i, bias, 0, y.data_mut(), 0)?;
+            add_bias(be, axis, params.get(0).data_view(), y.data_view_mut())?;
         } else if !blobs.is_in_place(0) {
             let (bottoms, mut tops) = blobs.forward_all()?;
-            let y = tops[0].data_mut();
-            be.copy(n, bottoms[0].data(), 0, y, 0)?;
-            be.add_per_channel(o, d, i, bottoms[1].data(), 0, y, 0)?;
+            let mut y = tops[0].data_view_mut();
+            be.copy(bottoms[0].data_view(), y.reborrow())?;
+            add_bias(be, axis, bottoms[1].data_view(), y)?;
         } else {
-            let bias = scratch(be, &mut self.bias_copy, d)?;
-            be.copy(d, blobs.bottom(1).data(), 0, bias, 0)?;
-            be.add_per_channel(o, d, i, bias, 0, blobs.top_mut(0).data_mut(), 0)?;
+            let d = axis.dim;
+            let mut bias = scratch(be, &mut self.bias_copy, d)?.slice_mut(0, d);
+            be.copy(blobs.bottom(1).data_view(), bias.reborrow())?;
+            add_bias(be, axis, bias.as_slice(), blobs.top_mut(0).data_view_mut())?;
         }
         Ok(())
     }
@@ -220,33 +237,34 @@ impl<B: Backend> Layer<B> for BiasLayer<B> {
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
-        let v = self.view;
-        let (o, d, i, n) = (v.outer, v.dim, v.inner, v.count());
+        let axis = self.view.axis();
         let in_place = blobs.is_in_place(0);
         if blobs.num_bottom() == 1 {
             // The learned bias accumulates the top diff summed over outer and inner.
             if params.propagate_down(0) {
-                let dy = blobs.top(0).diff();
-                be.sum_per_channel(o, d, i, 1.0, dy, 0, 1.0, params.get_mut(0).diff_mut(), 0)?;
+                let (dy, dbias) = (blobs.top(0).diff_view(), params.get_mut(0).diff_view_mut());
+                be.sum_per_channel(axis, 1.0, dy, 1.0, dbias)?;
             }
             if propagate_down[0] && !in_place {
                 let (tops, mut bottoms) = blobs.backward_all()?;
-                be.copy(n, tops[0].diff(), 0, bottoms[0].diff_mut(), 0)?;
+                be.copy(tops[0].diff_view(), bottoms[0].diff_view_mut())?;
             }
         } else if !in_place {
             let (tops, mut bottoms) = blobs.backward_all()?;
-            let dy = tops[0].diff();
+            let dy = tops[0].diff_view();
             if propagate_down[1] {
-                be.sum_per_channel(o, d, i, 1.0, dy, 0, 0.0, bottoms[1].diff_mut(), 0)?;
+                be.sum_per_channel(axis, 1.0, dy, 0.0, bottoms[1].diff_view_mut())?;
             }
             if propagate_down[0] {
-                be.copy(n, dy, 0, bottoms[0].diff_mut(), 0)?;
+                be.copy(dy, bottoms[0].diff_view_mut())?;
             }
         } else if propagate_down[1] {
             // In place the top diff is bottom 0's: copy it aside to write bottom 1's diff.
-            let dy = scratch(be, &mut self.top_diff, n)?;
-            be.copy(n, blobs.top(0).diff(), 0, dy, 0)?;
-            be.sum_per_channel(o, d, i, 1.0, dy, 0, 0.0, blobs.bottom_mut(1).diff_mut(), 0)?;
+            let n = self.view.count();
+            let mut dy = scratch(be, &mut self.top_diff, n)?.slice_mut(0, n);
+            be.copy(blobs.top(0).diff_view(), dy.reborrow())?;
+            let dbias = blobs.bottom_mut(1).diff_view_mut();
+            be.sum_per_channel(axis, 1.0, dy.as_slice(), 0.0, dbias)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! `concat_param.concat_dim`, not both. Every bottom must match the first except along the
 //! axis. With a single bottom upstream shares its buffers; here the top is a copy.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Block, Views};
 use crate::blob::Blob;
 use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
@@ -109,9 +109,14 @@ impl<B: Backend> Layer<B> for ConcatLayer {
         let mut offset = 0;
         for bottom in &bottoms {
             let row = bottom.shape()[axis] * inner;
-            let (x, y) = (bottom.data(), top.data_mut());
+            let block = Block {
+                rows: outer,
+                cols: row,
+                x_stride: row,
+                y_stride: top_row,
+            };
             ctx.backend
-                .copy_2d(outer, row, x, 0, row, y, offset, top_row)?;
+                .copy_2d(&block, bottom.data_view(), top.data_mut().tail_mut(offset))?;
             offset += row;
         }
         Ok(())
@@ -133,9 +138,14 @@ impl<B: Backend> Layer<B> for ConcatLayer {
         for (bottom, &down) in bottoms.into_iter().zip(propagate_down) {
             let row = bottom.shape()[axis] * inner;
             if down {
-                let (x, y) = (top.diff(), bottom.diff_mut());
+                let block = Block {
+                    rows: outer,
+                    cols: row,
+                    x_stride: top_row,
+                    y_stride: row,
+                };
                 ctx.backend
-                    .copy_2d(outer, row, x, offset, top_row, y, 0, row)?;
+                    .copy_2d(&block, top.diff().tail(offset), bottom.diff_view_mut())?;
             }
             offset += row;
         }

@@ -13,7 +13,7 @@
 //! `(channels, num_output / group, kernel_h, kernel_w)`. Output size per spatial axis:
 //! `stride (size - 1) + dilation (kernel - 1) + 1 - 2 pad`.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ConvGrads};
 use crate::blob::Blob;
 use crate::layers::base_conv::ConvBase;
 use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
@@ -79,19 +79,23 @@ impl<B: Backend, const TRANSPOSED: bool> Layer<B> for ConvLayer<B, TRANSPOSED> {
         let be = ctx.backend;
         let base = &mut self.base;
         let (bottoms, mut tops) = blobs.forward_all()?;
-        let weight = params.get(0).data();
+        let weight = params.get(0).data_view();
         for (bottom, top) in bottoms.iter().zip(tops.iter_mut()) {
             if TRANSPOSED {
                 // The convolution's data gradient, with the bottom as its output's gradient (the
-                // first buffer, the convolution's input, is not read without a weight gradient).
-                let (b, out) = (bottom.data(), top.data_mut());
-                base.conv_backward(be, b, weight, b, None, Some(out))?;
+                // first view, the convolution's input, is not read without a weight gradient).
+                let b = bottom.data_view();
+                let grads = ConvGrads {
+                    dw: None,
+                    dx: Some(top.data_view_mut()),
+                };
+                base.conv_backward(be, b, weight, b, grads)?;
                 if base.bias_term() {
-                    base.forward_bias(be, params.get(1).data(), top.data_mut())?;
+                    base.forward_bias(be, params.get(1).data_view(), top.data_view_mut())?;
                 }
             } else {
-                let bias = base.bias_term().then(|| params.get(1).data());
-                base.conv_forward(be, bottom.data(), weight, bias, top.data_mut())?;
+                let bias = base.bias_term().then(|| params.get(1).data_view());
+                base.conv_forward(be, bottom.data_view(), weight, bias, top.data_view_mut())?;
             }
         }
         Ok(())
@@ -110,40 +114,38 @@ impl<B: Backend, const TRANSPOSED: bool> Layer<B> for ConvLayer<B, TRANSPOSED> {
         let bias_down = base.bias_term() && params.propagate_down(1);
         let (tops, mut bottoms) = blobs.backward_all()?;
         for (i, (top, bottom)) in tops.iter().zip(bottoms.iter_mut()).enumerate() {
+            let dy = top.diff_view();
             if bias_down {
-                base.backward_bias(be, top.diff(), params.get_mut(1).diff_mut())?;
+                base.backward_bias(be, dy, params.get_mut(1).diff_view_mut())?;
             }
             if TRANSPOSED {
                 if weight_down {
                     // dW += bottom col(top_diff)^T: the convolution's weight gradient with the
                     // top's diff as its input and the bottom as its output's gradient.
-                    let (weight, weight_diff) = params.get_mut(0).data_diff_mut();
-                    let (input, out_diff) = (top.diff(), bottom.data());
-                    base.conv_backward(be, input, weight, out_diff, Some(weight_diff), None)?;
+                    let (weight, weight_diff) = params.get_mut(0).data_and_diff_mut();
+                    let grads = ConvGrads {
+                        dw: Some(weight_diff),
+                        dx: None,
+                    };
+                    base.conv_backward(be, dy, weight, bottom.data_view(), grads)?;
                 }
                 if propagate_down[i] {
                     // bottom_diff = W col(top_diff): the convolution's forward pass.
-                    let weight = params.get(0).data();
-                    base.conv_forward(be, top.diff(), weight, None, bottom.diff_mut())?;
+                    let weight = params.get(0).data_view();
+                    base.conv_forward(be, dy, weight, None, bottom.diff_view_mut())?;
                 }
                 continue;
             }
             if !(weight_down || propagate_down[i]) {
                 continue;
             }
-            // The weights are read while their gradient is written, the bottom's data while its
-            // diff is: two buffers of one blob each.
-            let (weight, weight_diff) = params.get_mut(0).data_diff_mut();
-            let (bottom_data, bottom_diff) = bottom.data_diff_mut();
-            let weight: &B::Buffer = weight;
-            base.conv_backward(
-                be,
-                bottom_data,
-                weight,
-                top.diff(),
-                weight_down.then_some(weight_diff),
-                propagate_down[i].then_some(bottom_diff),
-            )?;
+            let (weight, weight_diff) = params.get_mut(0).data_and_diff_mut();
+            let (bottom_data, bottom_diff) = bottom.data_and_diff_mut();
+            let grads = ConvGrads {
+                dw: weight_down.then_some(weight_diff),
+                dx: propagate_down[i].then_some(bottom_diff),
+            };
+            base.conv_backward(be, bottom_data, weight, dy, grads)?;
         }
         Ok(())
     }

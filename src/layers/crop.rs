@@ -7,7 +7,7 @@
 //! The copy is planned once per reshape as a set of strided 2-D blocks (adjacent axes that are
 //! not cropped are merged), each one `copy_2d` op.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Block, Views};
 use crate::blob::Blob;
 use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
@@ -32,6 +32,26 @@ struct Plan {
 }
 
 impl Plan {
+    /// One block copied from the bottom to the top (the forward pass).
+    fn to_top(&self) -> Block {
+        Block {
+            rows: self.rows,
+            cols: self.cols,
+            x_stride: self.bottom_row_stride,
+            y_stride: self.top_row_stride,
+        }
+    }
+
+    /// One block copied back from the top to the bottom (the backward pass).
+    fn to_bottom(&self) -> Block {
+        Block {
+            rows: self.rows,
+            cols: self.cols,
+            x_stride: self.top_row_stride,
+            y_stride: self.bottom_row_stride,
+        }
+    }
+
     /// Calls `f(bottom_offset, top_offset)` for every block.
     fn for_each_block<E>(&self, mut f: impl FnMut(usize, usize) -> Result<(), E>) -> Result<(), E> {
         if self.outer.iter().any(|&(size, _, _)| size == 0) {
@@ -182,19 +202,9 @@ impl<B: Backend> Layer<B> for CropLayer {
         let be = ctx.backend;
         let p = &self.plan;
         let (bottom, mut top) = blobs.forward_all()?;
+        let block = p.to_top();
         let (x, y) = (bottom[0].data(), top[0].data_mut());
-        p.for_each_block(|b, t| {
-            be.copy_2d(
-                p.rows,
-                p.cols,
-                x,
-                b,
-                p.bottom_row_stride,
-                y,
-                t,
-                p.top_row_stride,
-            )
-        })?;
+        p.for_each_block(|b, t| be.copy_2d(&block, x.tail(b), y.tail_mut(t)))?;
         Ok(())
     }
 
@@ -211,21 +221,10 @@ impl<B: Backend> Layer<B> for CropLayer {
         let be = ctx.backend;
         let p = &self.plan;
         let (top, mut bottom) = blobs.backward_all()?;
-        let n = bottom[0].count();
+        be.fill(0.0, bottom[0].diff_view_mut())?;
+        let block = p.to_bottom();
         let (dy, dx) = (top[0].diff(), bottom[0].diff_mut());
-        be.set(n, 0.0, dx, 0)?;
-        p.for_each_block(|b, t| {
-            be.copy_2d(
-                p.rows,
-                p.cols,
-                dy,
-                t,
-                p.top_row_stride,
-                dx,
-                b,
-                p.bottom_row_stride,
-            )
-        })?;
+        p.for_each_block(|b, t| be.copy_2d(&block, dy.tail(t), dx.tail_mut(b)))?;
         Ok(())
     }
 }

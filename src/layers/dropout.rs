@@ -11,7 +11,7 @@
 //! Upstream's `DropoutParameter` has no `scale_train` (that is a fork's field), so scaling at
 //! train time is the only mode; this project's schema matches upstream's.
 
-use crate::backend::{philox, Backend, Src};
+use crate::backend::{philox, Backend, Binary, Src, Views};
 use crate::blob::Blob;
 use crate::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
 use crate::proto::caffe::{LayerParameter, Phase};
@@ -86,35 +86,39 @@ impl<B: Backend> Layer<B> for DropoutLayer<B> {
         blobs: &mut Blobs<'_, B>,
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let b = ctx.backend;
-        let n = blobs.bottom(0).count();
+        let be = ctx.backend;
         if ctx.phase != Phase::Train {
             if let InOut::Separate { input, output } = blobs.forward_io(0) {
-                b.copy(n, input.data(), 0, output.data_mut(), 0)?;
+                be.copy(input.data_view(), output.data_view_mut())?;
             }
             return Ok(());
         }
         let keep = (1.0 - f64::from(self.ratio)) as f32;
-        let mask = self
+        let mut mask = self
             .mask
             .as_mut()
-            .ok_or_else(|| LayerError::invalid("Dropout run before reshape"))?;
+            .ok_or_else(|| LayerError::invalid("Dropout run before reshape"))?
+            .data_view_mut();
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
-                let mut stream = b.alloc(philox::STATE_LEN)?;
-                b.upload(&philox::new_state(ctx.rng.next_u64()), &mut stream, 0)?;
+                let mut stream = be.alloc(philox::STATE_LEN)?;
+                be.upload(&philox::new_state(ctx.rng.next_u64()), stream.whole_mut())?;
                 self.stream.insert(stream)
             }
         };
-        b.rng_bernoulli_stream(n, keep, stream, 0, mask.data_mut(), 0)?;
-        b.scale(n, self.scale, Src::InPlace, mask.data_mut(), 0)?;
-        let m = Src::At(mask.data(), 0);
+        be.bernoulli_stream(keep, stream.whole_mut(), mask.reborrow())?;
+        be.scale(self.scale.into(), Src::InPlace, mask.reborrow())?;
+        let mask = mask.as_slice().src();
         match blobs.forward_io(0) {
             InOut::Separate { input, output } => {
-                b.mul(n, Src::At(input.data(), 0), m, output.data_mut(), 0)?
+                let x = input.data_view().src();
+                be.binary(Binary::Mul, x, mask, output.data_view_mut())?
             }
-            InOut::Same(blob) => b.mul(n, Src::InPlace, m, blob.data_mut(), 0)?,
+            InOut::Same(blob) => {
+                let y = blob.data_view_mut();
+                be.binary(Binary::Mul, Src::InPlace, mask, y)?
+            }
         }
         Ok(())
     }
@@ -129,24 +133,25 @@ impl<B: Backend> Layer<B> for DropoutLayer<B> {
         if !propagate_down[0] {
             return Ok(());
         }
-        let b = ctx.backend;
-        let n = blobs.top(0).count();
+        let be = ctx.backend;
         let train = ctx.phase == Phase::Train;
-        let m = Src::At(self.mask()?.data(), 0);
+        let mask = self.mask()?.data_view().src();
         match blobs.backward_io(0) {
             InOut::Separate {
                 input: top,
                 output: bottom,
             } => {
+                let (dy, dx) = (top.diff_view(), bottom.diff_view_mut());
                 if train {
-                    b.mul(n, Src::At(top.diff(), 0), m, bottom.diff_mut(), 0)?;
+                    be.binary(Binary::Mul, dy.src(), mask, dx)?;
                 } else {
-                    b.copy(n, top.diff(), 0, bottom.diff_mut(), 0)?;
+                    be.copy(dy, dx)?;
                 }
             }
             InOut::Same(blob) => {
                 if train {
-                    b.mul(n, Src::InPlace, m, blob.diff_mut(), 0)?;
+                    let dx = blob.diff_view_mut();
+                    be.binary(Binary::Mul, Src::InPlace, mask, dx)?;
                 }
             }
         }

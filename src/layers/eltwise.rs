@@ -4,7 +4,7 @@
 //! `stable_prod_grad`, the default, else `top / bottom`), or MAX, whose gradient goes to the
 //! bottom that won. Ties: bottom 1 beats bottom 0, and after that the earlier bottom keeps it.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{Backend, Binary, Src};
 use crate::blob::Blob;
 use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::eltwise_parameter::EltwiseOp;
@@ -114,33 +114,32 @@ impl<B: Backend> Layer<B> for EltwiseLayer<B> {
         blobs: &mut Blobs<'_, B>,
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let b = ctx.backend;
+        let be = ctx.backend;
         let (bottoms, mut top) = blobs.forward_all()?;
-        let y = top[0].data_mut();
-        let n = bottoms[0].count();
+        let x: Vec<_> = bottoms.iter().map(|bottom| bottom.data_view()).collect();
+        let mut y = top[0].data_view_mut();
         match self.op {
             EltwiseOp::Prod => {
-                let (x0, x1) = (Src::At(bottoms[0].data(), 0), Src::At(bottoms[1].data(), 0));
-                b.mul(n, x0, x1, y, 0)?;
-                for x in &bottoms[2..] {
-                    b.mul(n, Src::InPlace, Src::At(x.data(), 0), y, 0)?;
+                be.binary(Binary::Mul, x[0].src(), x[1].src(), y.reborrow())?;
+                for x in &x[2..] {
+                    be.binary(Binary::Mul, Src::InPlace, x.src(), y.reborrow())?;
                 }
             }
             EltwiseOp::Sum => {
-                b.set(n, 0.0, y, 0)?;
-                for (i, x) in bottoms.iter().enumerate() {
-                    b.axpy(n, self.coeff(i), x.data(), 0, y, 0)?;
+                be.fill(0.0, y.reborrow())?;
+                for (i, &x) in x.iter().enumerate() {
+                    be.axpby(self.coeff(i).into(), x, 1.0, y.reborrow())?;
                 }
             }
             EltwiseOp::Max => {
                 // Start from bottom 1 so that bottom 0 wins only when strictly greater, as
                 // upstream's first comparison; later bottoms must be strictly greater too.
-                let mask = self.mask()?.data_mut();
-                b.copy(n, bottoms[1].data(), 0, y, 0)?;
-                b.set(n, 1.0, mask, 0)?;
-                b.running_argmax(n, 0.0, bottoms[0].data(), 0, y, 0, mask, 0)?;
-                for (i, x) in bottoms.iter().enumerate().skip(2) {
-                    b.running_argmax(n, i as f32, x.data(), 0, y, 0, mask, 0)?;
+                let mut mask = self.mask()?.data_view_mut();
+                be.copy(x[1], y.reborrow())?;
+                be.fill(1.0, mask.reborrow())?;
+                be.running_argmax(0.0, x[0], y.reborrow(), mask.reborrow())?;
+                for (i, &x) in x.iter().enumerate().skip(2) {
+                    be.running_argmax(i as f32, x, y.reborrow(), mask.reborrow())?;
                 }
             }
         }
@@ -154,38 +153,41 @@ impl<B: Backend> Layer<B> for EltwiseLayer<B> {
         propagate_down: &[bool],
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let b = ctx.backend;
+        let be = ctx.backend;
         let (top, mut bottoms) = blobs.backward_all()?;
-        let (y, dy) = (top[0].data(), top[0].diff());
-        let n = top[0].count();
+        let (y, dy) = (top[0].data_view(), top[0].diff_view());
         for i in (0..bottoms.len()).filter(|&i| propagate_down[i]) {
             let (before, rest) = bottoms.split_at_mut(i);
             let (current, after) = rest.split_first_mut().expect("i < bottoms.len()");
-            let others: Vec<&Blob<B>> = before.iter().chain(after.iter()).map(|x| &**x).collect();
-            let (x, dx) = current.data_diff_mut();
+            let others: Vec<_> = before
+                .iter()
+                .chain(after.iter())
+                .map(|other| other.data_view())
+                .collect();
+            let (x, mut dx) = current.data_and_diff_mut();
             match self.op {
                 EltwiseOp::Prod => {
                     if self.stable_prod_grad {
-                        b.copy(n, others[0].data(), 0, dx, 0)?;
+                        be.copy(others[0], dx.reborrow())?;
                         for other in &others[1..] {
-                            b.mul(n, Src::At(other.data(), 0), Src::InPlace, dx, 0)?;
+                            be.binary(Binary::Mul, other.src(), Src::InPlace, dx.reborrow())?;
                         }
                     } else {
-                        b.div(n, Src::At(y, 0), Src::At(x, 0), dx, 0)?;
+                        be.binary(Binary::Div, y.src(), x.src(), dx.reborrow())?;
                     }
-                    b.mul(n, Src::InPlace, Src::At(dy, 0), dx, 0)?;
+                    be.binary(Binary::Mul, Src::InPlace, dy.src(), dx)?;
                 }
                 EltwiseOp::Sum => {
                     let c = self.coeff(i);
                     if c == 1.0 {
-                        b.copy(n, dy, 0, dx, 0)?;
+                        be.copy(dy, dx)?;
                     } else {
-                        b.scale(n, c, Src::At(dy, 0), dx, 0)?;
+                        be.scale(c.into(), dy.src(), dx)?;
                     }
                 }
                 EltwiseOp::Max => {
-                    let mask = self.mask()?.data();
-                    b.copy_where_eq(n, mask, 0, i as f32, dy, 0, dx, 0)?;
+                    let mask = self.mask()?.data_view();
+                    be.copy_where_eq(mask, i as f32, dy, dx)?;
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! Two bottoms of the same first dimension and count; either or both get a gradient
 //! (`±(a - b) loss_weight / num`), and force_backward reaches both.
 
-use crate::backend::{Backend, Scalar, Src};
+use crate::backend::{Backend, Binary, Scalar, Src, Views};
 use crate::layers::loss::{check_first_dims, scratch};
 use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
@@ -76,19 +76,21 @@ impl<B: Backend> Layer<B> for EuclideanLossLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let n = self.count;
-        let diff = scratch(be, &mut self.diff, n)?;
-        let (a, b) = (blobs.bottom(0), blobs.bottom(1));
-        be.sub(n, Src::At(a.data(), 0), Src::At(b.data(), 0), diff, 0)?;
-        let num = a.num()? as f32;
+        let mut diff = scratch(be, &mut self.diff, n)?.slice_mut(0, n);
+        let num = blobs.bottom(0).num()? as f32;
+        let (a, b) = (blobs.bottom(0).data_view(), blobs.bottom(1).data_view());
+        be.binary(Binary::Sub, a.src(), b.src(), diff.reborrow())?;
         // dot(diff, diff) / num / 2, in upstream's order, on the device.
-        let squares = scratch(be, &mut self.squares, n)?;
-        be.mul(n, Src::At(diff, 0), Src::At(diff, 0), squares, 0)?;
-        let loss = blobs.top_mut(0).data_mut();
-        be.sum_into(n, 1.0, squares, 0, loss, 0)?;
-        let divisor = scratch(be, &mut self.divisor, 1)?;
+        let diff = diff.as_slice().src();
+        let mut squares = scratch(be, &mut self.squares, n)?.slice_mut(0, n);
+        be.binary(Binary::Mul, diff, diff, squares.reborrow())?;
+        let mut loss = blobs.top_mut(0).data_view_mut();
+        be.sum_into(1.0, squares.as_slice(), loss.reborrow())?;
+        let mut divisor = scratch(be, &mut self.divisor, 1)?.slice_mut(0, 1);
         for by in [num, 2.0] {
-            be.set(1, by, divisor, 0)?;
-            be.div(1, Src::InPlace, Src::At(divisor, 0), loss, 0)?;
+            be.fill(by, divisor.reborrow())?;
+            let divisor = divisor.as_slice().src();
+            be.binary(Binary::Div, Src::InPlace, divisor, loss.reborrow())?;
         }
         Ok(())
     }
@@ -108,16 +110,22 @@ impl<B: Backend> Layer<B> for EuclideanLossLayer<B> {
             scratch(be, &mut self.divisor, 2)?,
             scratch(be, &mut self.factors, 2)?,
         );
-        be.set(2, num, divisor, 0)?;
-        let loss_weight = blobs.top(0).diff();
-        be.copy(1, loss_weight, 0, factors, 0)?;
-        be.scale(1, -1.0, Src::At(loss_weight, 0), factors, 1)?;
-        be.div(2, Src::InPlace, Src::At(divisor, 0), factors, 0)?;
-        let diff = scratch(be, &mut self.diff, n)?;
+        be.fill(num, divisor.slice_mut(0, 2))?;
+        let loss_weight = blobs.top(0).diff_view();
+        be.copy(loss_weight, factors.slice_mut(0, 1))?;
+        be.scale(
+            Scalar::Value(-1.0),
+            loss_weight.src(),
+            factors.slice_mut(1, 1),
+        )?;
+        let divisor = divisor.slice(0, 2).src();
+        be.binary(Binary::Div, Src::InPlace, divisor, factors.slice_mut(0, 2))?;
+        let diff = scratch(be, &mut self.diff, n)?.slice(0, n);
         for (i, &down) in propagate_down.iter().enumerate().take(2) {
             if down {
                 let alpha = Scalar::At(&*factors, i);
-                be.axpby(n, alpha, diff, 0, 0.0, blobs.bottom_mut(i).diff_mut(), 0)?;
+                let dx = blobs.bottom_mut(i).diff_view_mut();
+                be.axpby(alpha, diff, 0.0, dx)?;
             }
         }
         Ok(())

@@ -66,9 +66,8 @@ impl<B: Backend> Layer<B> for FlattenLayer {
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let (bottom, mut top) = blobs.forward_all()?;
-        let n = bottom[0].count();
         ctx.backend
-            .copy(n, bottom[0].data(), 0, top[0].data_mut(), 0)?;
+            .copy(bottom[0].data_view(), top[0].data_view_mut())?;
         Ok(())
     }
 
@@ -81,9 +80,8 @@ impl<B: Backend> Layer<B> for FlattenLayer {
     ) -> Result<(), LayerError> {
         if propagate_down[0] {
             let (top, mut bottom) = blobs.backward_all()?;
-            let n = top[0].count();
             ctx.backend
-                .copy(n, top[0].diff(), 0, bottom[0].diff_mut(), 0)?;
+                .copy(top[0].diff_view(), bottom[0].diff_view_mut())?;
         }
         Ok(())
     }

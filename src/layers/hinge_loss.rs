@@ -6,13 +6,16 @@
 //! `sum t / num` (`hinge_loss_param { norm: L1 }`, the default) or `sum t^2 / num` (`L2`).
 //! The labels get no gradient.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{Activation, Axis, Backend, Reduction, Scalar, Src, Unary, Views};
 use crate::layers::loss::{
     check_first_dims, label_backprop_error, loss_weight, scratch, write_scalar,
 };
-use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
+use crate::layers::{labels, BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::hinge_loss_parameter::Norm;
 use crate::proto::caffe::LayerParameter;
+
+/// `(alpha, beta)` of an affine map at the label that negates the value there.
+const NEGATE: (f32, f32) = (-1.0, 0.0);
 
 /// The HingeLoss layer.
 pub struct HingeLossLayer<B: Backend> {
@@ -41,6 +44,11 @@ impl<B: Backend> HingeLossLayer<B> {
             dim: 0,
             margins: None,
         })
+    }
+
+    /// The scores as `num x dim` positions (the labels pick along `dim`).
+    fn scores(&self) -> Axis {
+        Axis::new(self.num, self.dim, 1)
     }
 }
 
@@ -84,20 +92,21 @@ impl<B: Backend> Layer<B> for HingeLossLayer<B> {
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
-        let (num, dim) = (self.num, self.dim);
-        let count = num * dim;
-        let t = scratch(be, &mut self.margins, count)?;
+        let (scores, count) = (self.scores(), self.num * self.dim);
+        let mut t = scratch(be, &mut self.margins, count)?.slice_mut(0, count);
         let (data, label) = (blobs.bottom(0), blobs.bottom(1));
         // t = max(0, 1 + x) with x negated at the label.
-        be.copy(count, data.data(), 0, t, 0)?;
-        be.affine_at_label(num, dim, 1, label.data(), 0, None, -1.0, 0.0, t, 0)?;
-        be.add_scalar(count, 1.0, t, 0)?;
-        be.relu_forward(count, 0.0, Src::InPlace, t, 0)?;
+        be.copy(data.data_view(), t.reborrow())?;
+        be.affine_at_label(scores, labels(label, None), NEGATE, t.reborrow())?;
+        be.unary(Unary::AddScalar(1.0), Src::InPlace, t.reborrow())?;
+        let relu = Activation::Relu { slope: 0.0 };
+        be.activation_forward(relu, Src::InPlace, t.reborrow())?;
+        let t = t.as_slice();
         let total = match self.norm {
-            Norm::L1 => be.asum(count, t, 0)?,
-            Norm::L2 => be.dot(count, t, 0, t, 0)?,
+            Norm::L1 => be.reduce(Reduction::Asum, t)?,
+            Norm::L2 => be.reduce(Reduction::Dot(t), t)?,
         };
-        write_scalar(be, blobs.top_mut(0), total / num as f32)
+        write_scalar(be, blobs.top_mut(0), total / self.num as f32)
     }
 
     fn backward(
@@ -114,23 +123,23 @@ impl<B: Backend> Layer<B> for HingeLossLayer<B> {
             return Ok(());
         }
         let be = ctx.backend;
-        let (num, dim) = (self.num, self.dim);
-        let count = num * dim;
         let weight = loss_weight(be, blobs.top(0))?;
-        let t = scratch(be, &mut self.margins, count)?;
+        let (scores, count) = (self.scores(), self.num * self.dim);
+        let t = scratch(be, &mut self.margins, count)?.slice(0, count);
         let (_, mut bottoms) = blobs.backward_all()?;
         let (data, label) = bottoms.split_at_mut(1);
-        let dx = data[0].diff_mut();
+        let mut dx = data[0].diff_view_mut();
         // dt/dx is -δ; upstream negates t at the label again, then takes the sign (L1) or
         // doubles (L2).
-        be.copy(count, t, 0, dx, 0)?;
-        be.affine_at_label(num, dim, 1, label[0].data(), 0, None, -1.0, 0.0, dx, 0)?;
+        be.copy(t, dx.reborrow())?;
+        be.affine_at_label(scores, labels(label[0], None), NEGATE, dx.reborrow())?;
+        let num = self.num as f32;
         match self.norm {
             Norm::L1 => {
-                be.sign(count, Src::InPlace, dx, 0)?;
-                be.scale(count, weight / num as f32, Src::InPlace, dx, 0)?;
+                be.unary(Unary::Sign, Src::InPlace, dx.reborrow())?;
+                be.scale(Scalar::Value(weight / num), Src::InPlace, dx)?;
             }
-            Norm::L2 => be.scale(count, weight * 2.0 / num as f32, Src::InPlace, dx, 0)?,
+            Norm::L2 => be.scale(Scalar::Value(weight * 2.0 / num), Src::InPlace, dx)?,
         }
         Ok(())
     }

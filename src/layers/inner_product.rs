@@ -4,7 +4,7 @@
 //! the bottom's shape up to `axis`, then `num_output` (`N`). Weights are `N x K` (`K x N` with
 //! `transpose: true`), and `top = bottom W^T + bias` (`bottom W` when transposed).
 
-use crate::backend::{Backend, Transpose};
+use crate::backend::{Axis, Backend, Binary, Broadcast, Gemm, Src, Transpose};
 use crate::blob::Blob;
 use crate::filler::Filler;
 use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
@@ -67,6 +67,11 @@ impl InnerProductLayer {
         } else {
             [self.num_output, self.k]
         }
+    }
+
+    /// The top as `M x N`: the bias goes to each of the `N` outputs.
+    fn outputs(&self) -> Axis {
+        Axis::new(self.m, self.num_output, 1)
     }
 }
 
@@ -147,12 +152,22 @@ impl<B: Backend> Layer<B> for InnerProductLayer {
         let be = ctx.backend;
         let (m, n, k) = (self.m, self.num_output, self.k);
         let (bottom, mut top) = blobs.forward_all()?;
-        let (x, y) = (bottom[0].data(), top[0].data_mut());
-        let w = params.get(0).data();
+        let mut y = top[0].data_view_mut();
         let tw = if self.transpose { NoTrans } else { Trans };
-        be.gemm_packed(NoTrans, tw, m, n, k, 1.0, x, 0, w, 0, 0.0, y, 0)?;
+        let product = Gemm::packed(NoTrans, tw, m, n, k);
+        let (x, w) = (bottom[0].data_view(), params.get(0).data_view());
+        be.gemm(&product, x, w, y.reborrow())?;
         if self.bias_term {
-            be.add_per_channel(m, n, 1, params.get(1).data(), 0, y, 0)?;
+            let bias = params.get(1).data_view();
+            let per_output = self.outputs();
+            be.broadcast(
+                Binary::Add,
+                Broadcast::PerChannel,
+                per_output,
+                bias,
+                Src::InPlace,
+                y,
+            )?;
         }
         Ok(())
     }
@@ -168,41 +183,28 @@ impl<B: Backend> Layer<B> for InnerProductLayer {
         let be = ctx.backend;
         let (m, n, k) = (self.m, self.num_output, self.k);
         let (top, mut bottom) = blobs.backward_all()?;
-        let dy = top[0].diff();
+        let dy = top[0].diff_view();
         if params.propagate_down(0) {
-            let x = bottom[0].data();
-            let dw = params.get_mut(0).diff_mut();
+            let x = bottom[0].data_view();
+            let dw = params.get_mut(0).diff_view_mut();
             if self.transpose {
                 // dW (K x N) += x^T dy
-                be.gemm_packed(Trans, NoTrans, k, n, m, 1.0, x, 0, dy, 0, 1.0, dw, 0)?;
+                be.gemm(&Gemm::packed(Trans, NoTrans, k, n, m).beta(1.0), x, dy, dw)?;
             } else {
                 // dW (N x K) += dy^T x
-                be.gemm_packed(Trans, NoTrans, n, k, m, 1.0, dy, 0, x, 0, 1.0, dw, 0)?;
+                be.gemm(&Gemm::packed(Trans, NoTrans, n, k, m).beta(1.0), dy, x, dw)?;
             }
         }
         if self.bias_term && params.propagate_down(1) {
-            let db = params.get_mut(1).diff_mut();
-            be.sum_per_channel(m, n, 1, 1.0, dy, 0, 1.0, db, 0)?;
+            let db = params.get_mut(1).diff_view_mut();
+            be.sum_per_channel(self.outputs(), 1.0, dy, 1.0, db)?;
         }
         if propagate_down[0] {
-            let w = params.get(0).data();
             let tw = if self.transpose { Trans } else { NoTrans };
             // dx (M x K) = dy W (dy W^T when transposed)
-            be.gemm_packed(
-                NoTrans,
-                tw,
-                m,
-                k,
-                n,
-                1.0,
-                dy,
-                0,
-                w,
-                0,
-                0.0,
-                bottom[0].diff_mut(),
-                0,
-            )?;
+            let product = Gemm::packed(NoTrans, tw, m, k, n);
+            let w = params.get(0).data_view();
+            be.gemm(&product, dy, w, bottom[0].diff_view_mut())?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! `Backend::sum_into`), so that a CUDA graph can record a training iteration; HingeLoss
 //! still reads back to the host.
 
-use crate::backend::{Backend, DeviceBuffer, Src};
+use crate::backend::{Backend, Binary, DeviceBuffer, Src, Views};
 use crate::blob::Blob;
 use crate::layers::LayerError;
 use crate::proto::caffe::loss_parameter::NormalizationMode;
@@ -97,7 +97,7 @@ pub fn label_backprop_error(layer_type: &str) -> LayerError {
 /// The loss weight the net stored in the diff of a loss top.
 pub fn loss_weight<B: Backend>(backend: &B, top: &Blob<B>) -> Result<f32, LayerError> {
     let mut w = [0.0f32];
-    backend.download(top.diff(), 0, &mut w)?;
+    backend.download(top.diff_view(), &mut w)?;
     Ok(w[0])
 }
 
@@ -107,7 +107,7 @@ pub fn write_scalar<B: Backend>(
     top: &mut Blob<B>,
     value: f32,
 ) -> Result<(), LayerError> {
-    backend.upload(&[value], top.data_mut(), 0)?;
+    backend.upload(&[value], top.data_view_mut())?;
     Ok(())
 }
 
@@ -125,18 +125,22 @@ pub fn normalize_loss<B: Backend>(
     loss: &mut B::Buffer,
 ) -> Result<(), LayerError> {
     let positions = outer * inner;
+    let mut normalizer = normalizer.slice_mut(0, 1);
     match (normalization, valid_mask) {
         (Normalization::Valid, Some(mask)) => {
-            backend.sum_into(positions, 1.0, mask, 0, normalizer, 0)?;
-            backend.set(1, 1.0, temp, 0)?;
-            backend.max(1, Src::InPlace, Src::At(temp, 0), normalizer, 0)?;
+            let mut floor = temp.slice_mut(0, 1);
+            backend.sum_into(1.0, mask.slice(0, positions), normalizer.reborrow())?;
+            backend.fill(1.0, floor.reborrow())?;
+            let floor = floor.as_slice().src();
+            backend.binary(Binary::Max, Src::InPlace, floor, normalizer.reborrow())?;
         }
         (mode, _) => {
             let constant = mode.normalizer(outer, inner, positions);
-            backend.set(1, constant, normalizer, 0)?;
+            backend.fill(constant, normalizer.reborrow())?;
         }
     }
-    backend.div(1, Src::InPlace, Src::At(normalizer, 0), loss, 0)?;
+    let normalizer = normalizer.as_slice().src();
+    backend.binary(Binary::Div, Src::InPlace, normalizer, loss.slice_mut(0, 1))?;
     Ok(())
 }
 
@@ -148,8 +152,9 @@ pub fn weight_over_normalizer<B: Backend>(
     normalizer: &B::Buffer,
     factor: &mut B::Buffer,
 ) -> Result<(), LayerError> {
-    let loss_weight = Src::At(top.diff(), 0);
-    backend.div(1, loss_weight, Src::At(normalizer, 0), factor, 0)?;
+    let loss_weight = top.diff_view().src();
+    let normalizer = normalizer.slice(0, 1).src();
+    backend.binary(Binary::Div, loss_weight, normalizer, factor.slice_mut(0, 1))?;
     Ok(())
 }
 
@@ -160,7 +165,7 @@ pub fn normalizer_slot<B: Backend>(
     slot: &mut Option<B::Buffer>,
 ) -> Result<(), LayerError> {
     if slot.is_none() {
-        backend.set(1, 1.0, scratch(backend, slot, 1)?, 0)?;
+        backend.fill(1.0, scratch(backend, slot, 1)?.slice_mut(0, 1))?;
     }
     Ok(())
 }

@@ -9,7 +9,9 @@
 //!   divisor is n^2), Power (`(1 + alpha s)^-beta`) and an Eltwise product; here the backend's
 //!   `lrn_within_*` ops run that composition (the CPU backend fused, with the same bits).
 
-use crate::backend::{Backend, DeviceBuffer, LrnGeom, PoolGeom};
+use crate::backend::{
+    Backend, DeviceBuffer, LrnGeom, LrnSaved, LrnWithin, PoolGeom, Slice, SliceMut, Views,
+};
 use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
 use crate::proto::caffe::lrn_parameter::NormRegion;
 use crate::proto::caffe::LayerParameter;
@@ -29,7 +31,7 @@ pub struct LrnLayer<B: Backend> {
     scratch: [Option<B::Buffer>; 2],
     count: usize,
     lrn: Option<LrnGeom>,
-    pool: Option<PoolGeom>,
+    within: Option<LrnWithin>,
 }
 
 impl<B: Backend> LrnLayer<B> {
@@ -59,7 +61,7 @@ impl<B: Backend> LrnLayer<B> {
             scratch: [None, None],
             count: 0,
             lrn: None,
-            pool: None,
+            within: None,
         })
     }
 }
@@ -71,12 +73,18 @@ fn grow<B: Backend>(be: &B, buf: &mut Option<B::Buffer>, len: usize) -> Result<(
     Ok(())
 }
 
-fn buf<T>(b: &Option<T>) -> &T {
-    b.as_ref().expect("buffer allocated in reshape")
+/// The first `len` elements of a buffer allocated in reshape, to read.
+fn view<T: DeviceBuffer>(b: &Option<T>, len: usize) -> Slice<'_, T> {
+    b.as_ref()
+        .expect("buffer allocated in reshape")
+        .slice(0, len)
 }
 
-fn buf_mut<T>(b: &mut Option<T>) -> &mut T {
-    b.as_mut().expect("buffer allocated in reshape")
+/// The first `len` elements of a buffer allocated in reshape, to write.
+fn view_mut<T: DeviceBuffer>(b: &mut Option<T>, len: usize) -> SliceMut<'_, T> {
+    b.as_mut()
+        .expect("buffer allocated in reshape")
+        .slice_mut(0, len)
 }
 
 impl<B: Backend> Layer<B> for LrnLayer<B> {
@@ -117,12 +125,11 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
                 });
             }
             NormRegion::WithinChannel => {
-                self.pool = Some(PoolGeom::lrn_window(
-                    num * channels,
-                    height,
-                    width,
-                    self.size,
-                ));
+                self.within = Some(LrnWithin {
+                    window: PoolGeom::lrn_window(num * channels, height, width, self.size),
+                    alpha: self.alpha,
+                    beta: self.beta,
+                });
                 grow(be, &mut self.power, self.count)?;
                 for s in &mut self.scratch {
                     grow(be, s, self.count)?;
@@ -138,19 +145,19 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
         blobs: &mut Blobs<'_, B>,
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let be = ctx.backend;
+        let (be, n) = (ctx.backend, self.count);
         let (bottom, mut top) = blobs.forward_all()?;
-        let (x, y) = (bottom[0].data(), top[0].data_mut());
+        let (x, y) = (bottom[0].data_view(), top[0].data_view_mut());
         match self.region {
             NormRegion::AcrossChannels => {
                 let g = self.lrn.as_ref().expect("geometry set in reshape");
-                be.lrn_across_forward(g, x, 0, buf_mut(&mut self.scale), 0, y, 0)?;
+                be.lrn_across_forward(g, x, view_mut(&mut self.scale, n), y)?;
             }
             NormRegion::WithinChannel => {
-                let g = self.pool.as_ref().expect("geometry set in reshape");
-                let (mean, power) = (buf_mut(&mut self.scale), buf_mut(&mut self.power));
-                let sq = buf_mut(&mut self.scratch[0]);
-                be.lrn_within_forward(g, self.alpha, self.beta, x, mean, power, y, sq)?;
+                let l = self.within.as_ref().expect("geometry set in reshape");
+                let saved = [view_mut(&mut self.scale, n), view_mut(&mut self.power, n)];
+                let squares = view_mut(&mut self.scratch[0], n);
+                be.lrn_within_forward(l, x, saved, y, squares)?;
             }
         }
         Ok(())
@@ -166,22 +173,26 @@ impl<B: Backend> Layer<B> for LrnLayer<B> {
         if !propagate_down[0] {
             return Ok(());
         }
-        let be = ctx.backend;
+        let (be, n) = (ctx.backend, self.count);
         let (top, mut bottom) = blobs.backward_all()?;
-        let (y, dy) = (top[0].data(), top[0].diff());
-        let (x, dx) = bottom[0].data_diff_mut();
-        let x = &*x;
+        let (y, dy) = (top[0].data_view(), top[0].diff_view());
+        let (x, dx) = bottom[0].data_and_diff_mut();
         match self.region {
             NormRegion::AcrossChannels => {
                 let g = self.lrn.as_ref().expect("geometry set in reshape");
-                be.lrn_across_backward(g, x, 0, y, 0, buf(&self.scale), 0, dy, 0, dx, 0)?;
+                let scale = view(&self.scale, n);
+                be.lrn_across_backward(g, LrnSaved { x, y, scale }, dy, dx)?;
             }
             NormRegion::WithinChannel => {
-                let g = self.pool.as_ref().expect("geometry set in reshape");
-                let (mean, power) = (buf(&self.scale), buf(&self.power));
+                let l = self.within.as_ref().expect("geometry set in reshape");
+                let (mean, power) = (view(&self.scale, n), view(&self.power, n));
+                let forward = LrnSaved {
+                    x,
+                    y: mean,
+                    scale: power,
+                };
                 let [a, b] = &mut self.scratch;
-                let (a, b) = (buf_mut(a), buf_mut(b));
-                be.lrn_within_backward(g, self.alpha, self.beta, x, mean, power, dy, dx, a, b)?;
+                be.lrn_within_backward(l, forward, dy, dx, [view_mut(a, n), view_mut(b, n)])?;
             }
         }
         Ok(())

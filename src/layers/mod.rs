@@ -176,7 +176,7 @@ pub mod softmax;
 pub mod softmax_loss;
 pub mod split;
 
-use crate::backend::{Backend, BackendError, Rng};
+use crate::backend::{Backend, BackendError, Labels, Rng};
 use crate::blob::{Blob, BlobError};
 use crate::filler::FillerError;
 use crate::proto::caffe::{LayerParameter, Phase};
@@ -458,6 +458,15 @@ impl<'a, B: Backend> Params<'a, B> {
     /// false for `lr_mult: 0` unless the net forces backward).
     pub fn propagate_down(&self, k: usize) -> bool {
         self.propagate_down.get(k).copied().unwrap_or(false)
+    }
+}
+
+/// The labels in a label bottom's data (one f32 per position, as Caffe stores them), with the
+/// label to skip.
+pub fn labels<B: Backend>(label: &Blob<B>, ignore_label: Option<i32>) -> Labels<'_, B::Buffer> {
+    Labels {
+        values: label.data_view(),
+        ignore_label,
     }
 }
 

@@ -2,19 +2,22 @@
 //! (upstream: `src/caffe/layers/<name>_layer.cpp`, all `NeuronLayer`s: one bottom, one top of
 //! the same shape).
 //!
-//! Each is a [`NeuronLayer`] around an [`Activation`] that reads its parameters and computes
-//! its forward and backward passes with backend ops. Every one but AbsVal runs in place. A
-//! layer whose backward pass reads the forward input keeps a copy of it when in place (as
-//! upstream's PReLU does); upstream's other layers read the overwritten input there instead
-//! and get wrong gradients (Power, Log, BNLL, and ReLU / ELU with a negative slope / alpha).
+//! Each is a [`NeuronLayer`] around a [`NeuronFn`] that reads its parameters and computes its
+//! forward and backward passes with backend ops; ReLU, Sigmoid, TanH, ELU and BNLL are each one
+//! backend [`Activation`] ([`Activated`]). Every one but AbsVal runs in place. A layer whose
+//! backward pass reads the forward input keeps a copy of it when in place (as upstream's PReLU
+//! does); upstream's other layers read the overwritten input there instead and get wrong
+//! gradients (Power, Log, BNLL, and ReLU / ELU with a negative slope / alpha).
 
-use crate::backend::{Backend, BackendError, Src};
+use std::marker::PhantomData;
+
+use crate::backend::{Activation, Backend, BackendError, Binary, Slice, SliceMut, Src, Unary};
 use crate::blob::Blob;
 use crate::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// What one element-wise neuron computes.
-pub trait Activation: Send + Sized + 'static {
+pub trait NeuronFn: Send + Sized + 'static {
     /// The type string the registry knows the layer by.
     const TYPE: &'static str;
     /// Whether the top may be the bottom.
@@ -29,44 +32,41 @@ pub trait Activation: Send + Sized + 'static {
     /// `y = f(x)`.
     fn forward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
+        be: &B,
         x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
+        y: SliceMut<'_, B::Buffer>,
     ) -> Result<(), BackendError>;
 
     /// `dx = dy f'(x)`, with `x` and `y` the forward input and output (in place without
-    /// [`Activation::needs_input`], `x` is the output). `dy` is [`Src::InPlace`] when in place;
-    /// `tmp` (n elements) is then given if the layer needs its input.
+    /// [`NeuronFn::needs_input`], `x` is the output). `dy` is [`Src::InPlace`] when in place;
+    /// `tmp` (as long as `dx`) is then given if the layer needs its input.
     fn backward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
-        io: (&B::Buffer, &B::Buffer),
+        be: &B,
+        x_y: (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
         dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        tmp: Option<&mut B::Buffer>,
+        dx: SliceMut<'_, B::Buffer>,
+        tmp: Option<SliceMut<'_, B::Buffer>>,
     ) -> Result<(), BackendError>;
 }
 
-/// `dx = g dy`, with `g` written by `grad` into `dx` (when `dy` is another buffer) or `tmp`
+/// `dx = g dy`, with `g` written by `grad` into `dx` (when `dy` is another view) or `tmp`
 /// (in place, where `dx` holds `dy`).
 fn times_dy<B: Backend>(
-    b: &B,
-    n: usize,
+    be: &B,
     dy: Src<'_, B::Buffer>,
-    dx: &mut B::Buffer,
-    tmp: Option<&mut B::Buffer>,
-    grad: impl FnOnce(&mut B::Buffer) -> Result<(), BackendError>,
+    mut dx: SliceMut<'_, B::Buffer>,
+    tmp: Option<SliceMut<'_, B::Buffer>>,
+    grad: impl FnOnce(SliceMut<'_, B::Buffer>) -> Result<(), BackendError>,
 ) -> Result<(), BackendError> {
     match (dy, tmp) {
-        (Src::At(dy, off), _) => {
-            grad(dx)?;
-            b.mul(n, Src::InPlace, Src::At(dy, off), dx, 0)
+        (Src::Slice(dy), _) => {
+            grad(dx.reborrow())?;
+            be.binary(Binary::Mul, Src::InPlace, dy.src(), dx)
         }
-        (Src::InPlace, Some(tmp)) => {
-            grad(tmp)?;
-            b.mul(n, Src::InPlace, Src::At(tmp, 0), dx, 0)
+        (Src::InPlace, Some(mut tmp)) => {
+            grad(tmp.reborrow())?;
+            be.binary(Binary::Mul, Src::InPlace, tmp.as_slice().src(), dx)
         }
         (Src::InPlace, None) => Err(crate::backend::invalid(
             "neuron backward",
@@ -75,32 +75,32 @@ fn times_dy<B: Backend>(
     }
 }
 
-/// An element-wise neuron layer computing `A`.
-pub struct NeuronLayer<A, B: Backend> {
-    act: A,
-    /// The forward input (data) and a scratch (diff), kept only in place when `A` needs them.
+/// An element-wise neuron layer computing `F`.
+pub struct NeuronLayer<F, B: Backend> {
+    f: F,
+    /// The forward input (data) and a scratch (diff), kept only in place when `F` needs them.
     saved: Option<Blob<B>>,
 }
 
-impl<A: Activation, B: Backend> NeuronLayer<A, B> {
-    /// Reads the activation's parameters.
+impl<F: NeuronFn, B: Backend> NeuronLayer<F, B> {
+    /// Reads the function's parameters.
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
         Ok(NeuronLayer {
-            act: A::from_param(param)?,
+            f: F::from_param(param)?,
             saved: None,
         })
     }
 }
 
-impl<A: Activation, B: Backend> Layer<B> for NeuronLayer<A, B> {
+impl<F: NeuronFn, B: Backend> Layer<B> for NeuronLayer<F, B> {
     fn layer_type(&self) -> &'static str {
-        A::TYPE
+        F::TYPE
     }
     fn counts(&self) -> BlobCounts {
         BlobCounts::exactly(1, 1)
     }
     fn supports_in_place(&self) -> bool {
-        A::IN_PLACE
+        F::IN_PLACE
     }
 
     fn reshape(
@@ -112,7 +112,7 @@ impl<A: Activation, B: Backend> Layer<B> for NeuronLayer<A, B> {
         let shape = blobs.bottom(0).shape().to_vec();
         if !blobs.is_in_place(0) {
             blobs.top_mut(0).reshape(&shape)?;
-        } else if self.act.needs_input() {
+        } else if self.f.needs_input() {
             match &mut self.saved {
                 Some(saved) => saved.reshape(&shape)?,
                 None => self.saved = Some(Blob::new(ctx.backend, &shape)?),
@@ -127,23 +127,18 @@ impl<A: Activation, B: Backend> Layer<B> for NeuronLayer<A, B> {
         blobs: &mut Blobs<'_, B>,
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let b = ctx.backend;
+        let be = ctx.backend;
         match blobs.forward_io(0) {
             InOut::Separate { input, output } => {
-                self.act.forward(
-                    b,
-                    input.count(),
-                    Src::At(input.data(), 0),
-                    output.data_mut(),
-                )?;
+                let x = input.data_view().src();
+                self.f.forward(be, x, output.data_view_mut())?;
             }
             InOut::Same(blob) => {
-                let n = blob.count();
-                if self.act.needs_input() {
+                if self.f.needs_input() {
                     let saved = self.saved.as_mut().ok_or_else(not_reshaped)?;
-                    b.copy(n, blob.data(), 0, saved.data_mut(), 0)?;
+                    be.copy(blob.data_view(), saved.data_view_mut())?;
                 }
-                self.act.forward(b, n, Src::InPlace, blob.data_mut())?;
+                self.f.forward(be, Src::InPlace, blob.data_view_mut())?;
             }
         }
         Ok(())
@@ -159,28 +154,24 @@ impl<A: Activation, B: Backend> Layer<B> for NeuronLayer<A, B> {
         if !propagate_down[0] {
             return Ok(());
         }
-        let b = ctx.backend;
+        let be = ctx.backend;
         match blobs.backward_io(0) {
             InOut::Separate {
                 input: top,
                 output: bottom,
             } => {
-                let n = top.count();
-                let (x, dx) = bottom.data_diff_mut();
-                let dy = Src::At(top.diff(), 0);
-                self.act.backward(b, n, (&*x, top.data()), dy, dx, None)?;
+                let (x, dx) = bottom.data_and_diff_mut();
+                let dy = top.diff_view().src();
+                self.f.backward(be, (x, top.data_view()), dy, dx, None)?;
             }
             InOut::Same(blob) => {
-                let n = blob.count();
-                let (y, dx) = blob.data_diff_mut();
-                if self.act.needs_input() {
+                let (y, dx) = blob.data_and_diff_mut();
+                if self.f.needs_input() {
                     let saved = self.saved.as_mut().ok_or_else(not_reshaped)?;
-                    let (x, tmp) = saved.data_diff_mut();
-                    self.act
-                        .backward(b, n, (&*x, &*y), Src::InPlace, dx, Some(tmp))?;
+                    let (x, tmp) = saved.data_and_diff_mut();
+                    self.f.backward(be, (x, y), Src::InPlace, dx, Some(tmp))?;
                 } else {
-                    self.act
-                        .backward(b, n, (&*y, &*y), Src::InPlace, dx, None)?;
+                    self.f.backward(be, (y, y), Src::InPlace, dx, None)?;
                 }
             }
         }
@@ -192,153 +183,119 @@ fn not_reshaped() -> LayerError {
     LayerError::invalid("in-place neuron layer run before reshape")
 }
 
-/// `max(x, 0) + negative_slope min(x, 0)`.
-pub struct Relu {
-    slope: f32,
+/// A neuron that is one backend [`Activation`]: ReLU, Sigmoid, TanH, ELU and BNLL differ only
+/// in their type string and the parameters they read.
+pub trait ActivationKind: Send + 'static {
+    /// The type string the registry knows the layer by.
+    const TYPE: &'static str;
+    /// The activation `param` configures.
+    fn activation(param: &LayerParameter) -> Activation;
 }
-/// The ReLU layer (`relu_param.negative_slope`, default 0).
-pub type ReLULayer<B> = NeuronLayer<Relu, B>;
 
-impl Activation for Relu {
-    const TYPE: &'static str = "ReLU";
+/// The neuron computing the backend [`Activation`] that `K` reads from its parameters.
+pub struct Activated<K> {
+    f: Activation,
+    kind: PhantomData<K>,
+}
+
+impl<K: ActivationKind> NeuronFn for Activated<K> {
+    const TYPE: &'static str = K::TYPE;
     fn from_param(param: &LayerParameter) -> Result<Self, LayerError> {
-        let p = param.relu_param.unwrap_or_default();
-        Ok(Relu {
-            slope: p.negative_slope(),
+        Ok(Activated {
+            f: K::activation(param),
+            kind: PhantomData,
         })
     }
     fn needs_input(&self) -> bool {
-        // With a slope >= 0 the output has the input's sign, which is all backward reads.
-        self.slope < 0.0
+        match self.f {
+            // With a slope / alpha >= 0 the output has the input's sign, which is all of the
+            // input backward reads.
+            Activation::Relu { slope } => slope < 0.0,
+            Activation::Elu { alpha } => alpha < 0.0,
+            Activation::Sigmoid | Activation::Tanh => false,
+            Activation::Bnll => true,
+        }
     }
     fn forward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
+        be: &B,
         x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
+        y: SliceMut<'_, B::Buffer>,
     ) -> Result<(), BackendError> {
-        b.relu_forward(n, self.slope, x, y, 0)
+        be.activation_forward(self.f, x, y)
     }
     fn backward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
-        (x, _): (&B::Buffer, &B::Buffer),
+        be: &B,
+        (x, y): (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
         dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        _tmp: Option<&mut B::Buffer>,
+        dx: SliceMut<'_, B::Buffer>,
+        _tmp: Option<SliceMut<'_, B::Buffer>>,
     ) -> Result<(), BackendError> {
-        b.relu_backward(n, self.slope, x, 0, dy, dx, 0)
+        be.activation_backward(self.f, x, y, dy, dx)
     }
 }
 
-/// `1 / (1 + exp(-x))`.
+/// ReLU's [`ActivationKind`].
+pub struct Relu;
+/// The ReLU layer, `max(x, 0) + negative_slope min(x, 0)` (`relu_param.negative_slope`,
+/// default 0).
+pub type ReLULayer<B> = NeuronLayer<Activated<Relu>, B>;
+
+impl ActivationKind for Relu {
+    const TYPE: &'static str = "ReLU";
+    fn activation(param: &LayerParameter) -> Activation {
+        let slope = param.relu_param.unwrap_or_default().negative_slope();
+        Activation::Relu { slope }
+    }
+}
+
+/// Sigmoid's [`ActivationKind`].
 pub struct Sigmoid;
-/// The Sigmoid layer.
-pub type SigmoidLayer<B> = NeuronLayer<Sigmoid, B>;
+/// The Sigmoid layer, `1 / (1 + exp(-x))`.
+pub type SigmoidLayer<B> = NeuronLayer<Activated<Sigmoid>, B>;
 
-impl Activation for Sigmoid {
+impl ActivationKind for Sigmoid {
     const TYPE: &'static str = "Sigmoid";
-    fn from_param(_param: &LayerParameter) -> Result<Self, LayerError> {
-        Ok(Sigmoid)
-    }
-    fn needs_input(&self) -> bool {
-        false
-    }
-    fn forward<B: Backend>(
-        &self,
-        b: &B,
-        n: usize,
-        x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
-    ) -> Result<(), BackendError> {
-        b.sigmoid_forward(n, x, y, 0)
-    }
-    fn backward<B: Backend>(
-        &self,
-        b: &B,
-        n: usize,
-        (_, y): (&B::Buffer, &B::Buffer),
-        dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        _tmp: Option<&mut B::Buffer>,
-    ) -> Result<(), BackendError> {
-        b.sigmoid_backward(n, y, 0, dy, dx, 0)
+    fn activation(_param: &LayerParameter) -> Activation {
+        Activation::Sigmoid
     }
 }
 
-/// `tanh(x)`.
+/// TanH's [`ActivationKind`].
 pub struct TanH;
-/// The TanH layer.
-pub type TanHLayer<B> = NeuronLayer<TanH, B>;
+/// The TanH layer, `tanh(x)`.
+pub type TanHLayer<B> = NeuronLayer<Activated<TanH>, B>;
 
-impl Activation for TanH {
+impl ActivationKind for TanH {
     const TYPE: &'static str = "TanH";
-    fn from_param(_param: &LayerParameter) -> Result<Self, LayerError> {
-        Ok(TanH)
-    }
-    fn needs_input(&self) -> bool {
-        false
-    }
-    fn forward<B: Backend>(
-        &self,
-        b: &B,
-        n: usize,
-        x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
-    ) -> Result<(), BackendError> {
-        b.tanh_forward(n, x, y, 0)
-    }
-    fn backward<B: Backend>(
-        &self,
-        b: &B,
-        n: usize,
-        (_, y): (&B::Buffer, &B::Buffer),
-        dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        _tmp: Option<&mut B::Buffer>,
-    ) -> Result<(), BackendError> {
-        b.tanh_backward(n, y, 0, dy, dx, 0)
+    fn activation(_param: &LayerParameter) -> Activation {
+        Activation::Tanh
     }
 }
 
-/// `max(x, 0) + alpha (exp(min(x, 0)) - 1)`.
-pub struct Elu {
-    alpha: f32,
-}
-/// The ELU layer (`elu_param.alpha`, default 1).
-pub type ELULayer<B> = NeuronLayer<Elu, B>;
+/// ELU's [`ActivationKind`].
+pub struct Elu;
+/// The ELU layer, `max(x, 0) + alpha (exp(min(x, 0)) - 1)` (`elu_param.alpha`, default 1).
+pub type ELULayer<B> = NeuronLayer<Activated<Elu>, B>;
 
-impl Activation for Elu {
+impl ActivationKind for Elu {
     const TYPE: &'static str = "ELU";
-    fn from_param(param: &LayerParameter) -> Result<Self, LayerError> {
-        let p = param.elu_param.unwrap_or_default();
-        Ok(Elu { alpha: p.alpha() })
+    fn activation(param: &LayerParameter) -> Activation {
+        let alpha = param.elu_param.unwrap_or_default().alpha();
+        Activation::Elu { alpha }
     }
-    fn needs_input(&self) -> bool {
-        // With alpha >= 0 the output has the input's sign, and backward reads only that.
-        self.alpha < 0.0
-    }
-    fn forward<B: Backend>(
-        &self,
-        b: &B,
-        n: usize,
-        x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
-    ) -> Result<(), BackendError> {
-        b.elu_forward(n, self.alpha, x, y, 0)
-    }
-    fn backward<B: Backend>(
-        &self,
-        b: &B,
-        n: usize,
-        (x, y): (&B::Buffer, &B::Buffer),
-        dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        _tmp: Option<&mut B::Buffer>,
-    ) -> Result<(), BackendError> {
-        b.elu_backward(n, self.alpha, x, 0, y, 0, dy, dx, 0)
+}
+
+/// BNLL's [`ActivationKind`].
+pub struct Bnll;
+/// The BNLL layer, `ln(1 + exp(x))` (softplus), computed stably.
+pub type BNLLLayer<B> = NeuronLayer<Activated<Bnll>, B>;
+
+impl ActivationKind for Bnll {
+    const TYPE: &'static str = "BNLL";
+    fn activation(_param: &LayerParameter) -> Activation {
+        Activation::Bnll
     }
 }
 
@@ -347,7 +304,7 @@ pub struct AbsVal;
 /// The AbsVal layer.
 pub type AbsValLayer<B> = NeuronLayer<AbsVal, B>;
 
-impl Activation for AbsVal {
+impl NeuronFn for AbsVal {
     const TYPE: &'static str = "AbsVal";
     const IN_PLACE: bool = false;
     fn from_param(_param: &LayerParameter) -> Result<Self, LayerError> {
@@ -358,23 +315,21 @@ impl Activation for AbsVal {
     }
     fn forward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
+        be: &B,
         x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
+        y: SliceMut<'_, B::Buffer>,
     ) -> Result<(), BackendError> {
-        b.abs(n, x, y, 0)
+        be.unary(Unary::Abs, x, y)
     }
     fn backward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
-        (x, _): (&B::Buffer, &B::Buffer),
+        be: &B,
+        (x, _): (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
         dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        tmp: Option<&mut B::Buffer>,
+        dx: SliceMut<'_, B::Buffer>,
+        tmp: Option<SliceMut<'_, B::Buffer>>,
     ) -> Result<(), BackendError> {
-        times_dy(b, n, dy, dx, tmp, |g| b.sign(n, Src::At(x, 0), g, 0))
+        times_dy(be, dy, dx, tmp, |g| be.unary(Unary::Sign, x.src(), g))
     }
 }
 
@@ -389,7 +344,7 @@ pub struct Power {
 /// The Power layer (`power_param`: power 1, scale 1, shift 0).
 pub type PowerLayer<B> = NeuronLayer<Power, B>;
 
-impl Activation for Power {
+impl NeuronFn for Power {
     const TYPE: &'static str = "Power";
     fn from_param(param: &LayerParameter) -> Result<Self, LayerError> {
         let p = param.power_param.unwrap_or_default();
@@ -405,10 +360,9 @@ impl Activation for Power {
     }
     fn forward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
+        be: &B,
         x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
+        y: SliceMut<'_, B::Buffer>,
     ) -> Result<(), BackendError> {
         if self.diff_scale == 0.0 {
             // The input is ignored: upstream (src/caffe/layers/power_layer.cpp) writes 1 for
@@ -418,31 +372,43 @@ impl Activation for Power {
             } else {
                 self.shift.powf(self.power)
             };
-            return b.set(n, value, y, 0);
+            return be.fill(value, y);
         }
-        b.power(n, x, self.power, self.scale, self.shift, y, 0)
+        let (power, scale, shift) = (self.power, self.scale, self.shift);
+        be.unary(
+            Unary::Power {
+                power,
+                scale,
+                shift,
+            },
+            x,
+            y,
+        )
     }
     fn backward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
-        (x, _): (&B::Buffer, &B::Buffer),
+        be: &B,
+        (x, _): (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
         dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        tmp: Option<&mut B::Buffer>,
+        dx: SliceMut<'_, B::Buffer>,
+        tmp: Option<SliceMut<'_, B::Buffer>>,
     ) -> Result<(), BackendError> {
         if self.diff_scale == 0.0 {
-            return b.set(n, 0.0, dx, 0);
+            return be.fill(0.0, dx);
         }
         if self.power == 1.0 {
-            return b.scale(n, self.diff_scale, dy, dx, 0);
+            return be.scale(self.diff_scale.into(), dy, dx);
         }
         // dy/dx = diff_scale (shift + scale x)^(power - 1). Upstream divides y by the base
         // instead, which is 0/0 where the base is 0; the value elsewhere is the same.
-        times_dy(b, n, dy, dx, tmp, |g| {
-            let (p, s, t) = (self.power - 1.0, self.scale, self.shift);
-            b.power(n, Src::At(x, 0), p, s, t, g, 0)?;
-            b.scale(n, self.diff_scale, Src::InPlace, g, 0)
+        let derivative_base = Unary::Power {
+            power: self.power - 1.0,
+            scale: self.scale,
+            shift: self.shift,
+        };
+        times_dy(be, dy, dx, tmp, |mut g| {
+            be.unary(derivative_base, x.src(), g.reborrow())?;
+            be.scale(self.diff_scale.into(), Src::InPlace, g)
         })
     }
 }
@@ -477,7 +443,7 @@ pub struct Exp {
 /// The Exp layer (`exp_param`: base -1 (e), scale 1, shift 0).
 pub type ExpLayer<B> = NeuronLayer<Exp, B>;
 
-impl Activation for Exp {
+impl NeuronFn for Exp {
     const TYPE: &'static str = "Exp";
     fn from_param(param: &LayerParameter) -> Result<Self, LayerError> {
         let p = param.exp_param.unwrap_or_default();
@@ -500,34 +466,32 @@ impl Activation for Exp {
     }
     fn forward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
+        be: &B,
         x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
+        mut y: SliceMut<'_, B::Buffer>,
     ) -> Result<(), BackendError> {
         if self.inner == 1.0 {
-            b.exp(n, x, y, 0)?;
+            be.unary(Unary::Exp, x, y.reborrow())?;
         } else {
-            b.scale(n, self.inner, x, y, 0)?;
-            b.exp(n, Src::InPlace, y, 0)?;
+            be.scale(self.inner.into(), x, y.reborrow())?;
+            be.unary(Unary::Exp, Src::InPlace, y.reborrow())?;
         }
         if self.outer != 1.0 {
-            b.scale(n, self.outer, Src::InPlace, y, 0)?;
+            be.scale(self.outer.into(), Src::InPlace, y)?;
         }
         Ok(())
     }
     fn backward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
-        (_, y): (&B::Buffer, &B::Buffer),
+        be: &B,
+        (_, y): (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
         dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        _tmp: Option<&mut B::Buffer>,
+        mut dx: SliceMut<'_, B::Buffer>,
+        _tmp: Option<SliceMut<'_, B::Buffer>>,
     ) -> Result<(), BackendError> {
-        b.mul(n, Src::At(y, 0), dy, dx, 0)?;
+        be.binary(Binary::Mul, y.src(), dy, dx.reborrow())?;
         if self.inner != 1.0 {
-            b.scale(n, self.inner, Src::InPlace, dx, 0)?;
+            be.scale(self.inner.into(), Src::InPlace, dx)?;
         }
         Ok(())
     }
@@ -545,7 +509,7 @@ pub struct Log {
 /// The Log layer (`log_param`: base -1 (e), scale 1, shift 0).
 pub type LogLayer<B> = NeuronLayer<Log, B>;
 
-impl Activation for Log {
+impl NeuronFn for Log {
     const TYPE: &'static str = "Log";
     fn from_param(param: &LayerParameter) -> Result<Self, LayerError> {
         let p = param.log_param.unwrap_or_default();
@@ -569,76 +533,44 @@ impl Activation for Log {
     }
     fn forward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
+        be: &B,
         x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
+        mut y: SliceMut<'_, B::Buffer>,
     ) -> Result<(), BackendError> {
         if self.scale == 1.0 && self.shift == 0.0 {
-            b.log(n, x, y, 0)?;
+            be.unary(Unary::Log, x, y.reborrow())?;
         } else {
-            b.scale(n, self.scale, x, y, 0)?;
+            be.scale(self.scale.into(), x, y.reborrow())?;
             if self.shift != 0.0 {
-                b.add_scalar(n, self.shift, y, 0)?;
+                be.unary(Unary::AddScalar(self.shift), Src::InPlace, y.reborrow())?;
             }
-            b.log(n, Src::InPlace, y, 0)?;
+            be.unary(Unary::Log, Src::InPlace, y.reborrow())?;
         }
         if self.base_scale != 1.0 {
-            b.scale(n, self.base_scale, Src::InPlace, y, 0)?;
+            be.scale(self.base_scale.into(), Src::InPlace, y)?;
         }
         Ok(())
     }
     fn backward<B: Backend>(
         &self,
-        b: &B,
-        n: usize,
-        (x, _): (&B::Buffer, &B::Buffer),
+        be: &B,
+        (x, _): (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
         dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        tmp: Option<&mut B::Buffer>,
+        dx: SliceMut<'_, B::Buffer>,
+        tmp: Option<SliceMut<'_, B::Buffer>>,
     ) -> Result<(), BackendError> {
         // dy/dx = scale / (ln(base) (shift + scale x)).
-        times_dy(b, n, dy, dx, tmp, |g| {
-            b.power(n, Src::At(x, 0), -1.0, self.scale, self.shift, g, 0)?;
+        let reciprocal = Unary::Power {
+            power: -1.0,
+            scale: self.scale,
+            shift: self.shift,
+        };
+        times_dy(be, dy, dx, tmp, |mut g| {
+            be.unary(reciprocal, x.src(), g.reborrow())?;
             if self.backward_scale != 1.0 {
-                b.scale(n, self.backward_scale, Src::InPlace, g, 0)?;
+                be.scale(self.backward_scale.into(), Src::InPlace, g)?;
             }
             Ok(())
         })
-    }
-}
-
-/// `ln(1 + exp(x))` (softplus), computed stably.
-pub struct Bnll;
-/// The BNLL layer.
-pub type BNLLLayer<B> = NeuronLayer<Bnll, B>;
-
-impl Activation for Bnll {
-    const TYPE: &'static str = "BNLL";
-    fn from_param(_param: &LayerParameter) -> Result<Self, LayerError> {
-        Ok(Bnll)
-    }
-    fn needs_input(&self) -> bool {
-        true
-    }
-    fn forward<B: Backend>(
-        &self,
-        b: &B,
-        n: usize,
-        x: Src<'_, B::Buffer>,
-        y: &mut B::Buffer,
-    ) -> Result<(), BackendError> {
-        b.bnll_forward(n, x, y, 0)
-    }
-    fn backward<B: Backend>(
-        &self,
-        b: &B,
-        n: usize,
-        (x, _): (&B::Buffer, &B::Buffer),
-        dy: Src<'_, B::Buffer>,
-        dx: &mut B::Buffer,
-        _tmp: Option<&mut B::Buffer>,
-    ) -> Result<(), BackendError> {
-        b.bnll_backward(n, x, 0, dy, dx, 0)
     }
 }

@@ -14,7 +14,7 @@
 //! * STOCHASTIC is refused: upstream implements it only on the GPU (its CPU path is
 //!   `NOT_IMPLEMENTED`).
 
-use crate::backend::{Backend, PoolGeom};
+use crate::backend::{Backend, PoolGeom, Pooling, Views};
 use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::pooling_parameter::{PoolMethod, RoundMode};
 use crate::proto::caffe::LayerParameter;
@@ -253,17 +253,18 @@ impl<B: Backend> Layer<B> for PoolingLayer<B> {
         let g = *self.geom()?;
         let be = ctx.backend;
         let (bottom, mut tops) = blobs.forward_all()?;
-        let x = bottom[0].data();
+        let x = bottom[0].data_view();
         match self.method {
             PoolMethod::Max => {
-                if let [top, mask_top] = tops.as_mut_slice() {
-                    be.max_pool_forward(&g, x, 0, top.data_mut(), 0, mask_top.data_mut(), 0)?;
+                let (y, mask) = if let [top, mask_top] = tops.as_mut_slice() {
+                    (top.data_view_mut(), mask_top.data_view_mut())
                 } else {
                     let mask = self.mask.as_mut().expect("mask allocated in reshape");
-                    be.max_pool_forward(&g, x, 0, tops[0].data_mut(), 0, mask, 0)?;
-                }
+                    (tops[0].data_view_mut(), mask.slice_mut(0, g.out_len()))
+                };
+                be.pool_forward(&g, Pooling::Max { mask }, x, y)?;
             }
-            PoolMethod::Ave => be.ave_pool_forward(&g, x, 0, tops[0].data_mut(), 0)?,
+            PoolMethod::Ave => be.pool_forward(&g, Pooling::Ave, x, tops[0].data_view_mut())?,
             PoolMethod::Stochastic => unreachable!("refused in new"),
         }
         Ok(())
@@ -282,18 +283,20 @@ impl<B: Backend> Layer<B> for PoolingLayer<B> {
         let g = *self.geom()?;
         let be = ctx.backend;
         let (tops, mut bottom) = blobs.backward_all()?;
-        let (dy, dx) = (tops[0].diff(), bottom[0].diff_mut());
-        match self.method {
-            PoolMethod::Max => {
-                let mask = match tops.get(1) {
-                    Some(mask_top) => mask_top.data(),
-                    None => self.mask.as_ref().expect("mask allocated in reshape"),
-                };
-                be.max_pool_backward(&g, dy, 0, mask, 0, dx, 0)?;
-            }
-            PoolMethod::Ave => be.ave_pool_backward(&g, dy, 0, dx, 0)?,
+        let pooling = match self.method {
+            PoolMethod::Max => Pooling::Max {
+                mask: match tops.get(1) {
+                    Some(mask_top) => mask_top.data_view(),
+                    None => {
+                        let mask = self.mask.as_ref().expect("mask allocated in reshape");
+                        mask.slice(0, g.out_len())
+                    }
+                },
+            },
+            PoolMethod::Ave => Pooling::Ave,
             PoolMethod::Stochastic => unreachable!("refused in new"),
-        }
+        };
+        be.pool_backward(&g, pooling, tops[0].diff_view(), bottom[0].diff_view_mut())?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! src/caffe/layers/prelu_layer.cpp). The slopes start from `prelu_param.filler`, by default
 //! the constant 0.25. Runs in place, keeping a copy of the input for backward as upstream.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{Axis, Backend, Binary, Broadcast, Src};
 use crate::blob::Blob;
 use crate::filler::Filler;
 use crate::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
@@ -32,9 +32,9 @@ impl<B: Backend> PReLULayer<B> {
         })
     }
 
-    /// `(outer, channels, inner)` of the bottom as the PReLU ops see it: one slope per axis-1
+    /// The bottom as the PReLU ops see it, `outer x channels x inner`: one slope per axis-1
     /// channel, or one for everything.
-    fn geometry(&self, bottom: &Blob<B>) -> Result<(usize, usize, usize), LayerError> {
+    fn channels(&self, bottom: &Blob<B>) -> Result<Axis, LayerError> {
         let shape = bottom.shape();
         if shape.len() < 2 {
             return Err(LayerError::invalid(format!(
@@ -44,9 +44,9 @@ impl<B: Backend> PReLULayer<B> {
         }
         let inner = bottom.count_from(2)?;
         Ok(if self.channel_shared {
-            (shape[0], 1, shape[1] * inner)
+            Axis::new(shape[0], 1, shape[1] * inner)
         } else {
-            (shape[0], shape[1], inner)
+            Axis::new(shape[0], shape[1], inner)
         })
     }
 }
@@ -68,7 +68,7 @@ impl<B: Backend> Layer<B> for PReLULayer<B> {
         blobs: &mut Blobs<'_, B>,
         params: &mut Vec<Blob<B>>,
     ) -> Result<(), LayerError> {
-        let (_, channels, _) = self.geometry(blobs.bottom(0))?;
+        let channels = self.channels(blobs.bottom(0))?.dim;
         let shape: &[usize] = if self.channel_shared {
             &[]
         } else {
@@ -86,7 +86,7 @@ impl<B: Backend> Layer<B> for PReLULayer<B> {
         blobs: &mut Blobs<'_, B>,
         params: &Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let (_, channels, _) = self.geometry(blobs.bottom(0))?;
+        let channels = self.channels(blobs.bottom(0))?.dim;
         let slopes = params.get(0).count();
         if slopes != channels {
             return Err(LayerError::invalid(format!(
@@ -113,17 +113,17 @@ impl<B: Backend> Layer<B> for PReLULayer<B> {
         blobs: &mut Blobs<'_, B>,
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let (o, c, i) = self.geometry(blobs.bottom(0))?;
-        let (b, slope) = (ctx.backend, params.get(0).data());
+        let channels = self.channels(blobs.bottom(0))?;
+        let (b, slope) = (ctx.backend, params.get(0).data_view());
+        let prelu = |x, y| b.broadcast(Binary::PRelu, Broadcast::PerChannel, channels, slope, x, y);
         match blobs.forward_io(0) {
             InOut::Separate { input, output } => {
-                let x = Src::At(input.data(), 0);
-                b.prelu_forward(o, c, i, slope, 0, x, output.data_mut(), 0)?;
+                prelu(input.data_view().src(), output.data_view_mut())?;
             }
             InOut::Same(blob) => {
                 let saved = self.saved.as_mut().ok_or_else(not_reshaped)?;
-                b.copy(blob.count(), blob.data(), 0, saved.data_mut(), 0)?;
-                b.prelu_forward(o, c, i, slope, 0, Src::InPlace, blob.data_mut(), 0)?;
+                b.copy(blob.data_view(), saved.data_view_mut())?;
+                prelu(Src::InPlace, blob.data_view_mut())?;
             }
         }
         Ok(())
@@ -136,7 +136,7 @@ impl<B: Backend> Layer<B> for PReLULayer<B> {
         propagate_down: &[bool],
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let (o, c, i) = self.geometry(blobs.bottom(0))?;
+        let channels = self.channels(blobs.bottom(0))?;
         let b = ctx.backend;
         let want_slope = params.propagate_down(0);
         let slope = params.get_mut(0);
@@ -146,23 +146,23 @@ impl<B: Backend> Layer<B> for PReLULayer<B> {
                 input: top,
                 output: bottom,
             } => {
-                let (x, dx) = bottom.data_diff_mut();
+                let (x, dx) = bottom.data_and_diff_mut();
+                let dy = top.diff_view();
                 if want_slope {
-                    b.prelu_slope_grad(o, c, i, x, 0, top.diff(), 0, slope.diff_mut(), 0)?;
+                    b.prelu_slope_grad(channels, x, dy, slope.diff_view_mut())?;
                 }
                 if propagate_down[0] {
-                    let dy = Src::At(top.diff(), 0);
-                    b.prelu_backward(o, c, i, slope.data(), 0, x, 0, dy, dx, 0)?;
+                    b.prelu_backward(channels, slope.data_view(), x, dy.src(), dx)?;
                 }
             }
             InOut::Same(blob) => {
-                let x = self.saved.as_ref().ok_or_else(not_reshaped)?.data();
+                let x = self.saved.as_ref().ok_or_else(not_reshaped)?.data_view();
                 if want_slope {
-                    b.prelu_slope_grad(o, c, i, x, 0, blob.diff(), 0, slope.diff_mut(), 0)?;
+                    b.prelu_slope_grad(channels, x, blob.diff_view(), slope.diff_view_mut())?;
                 }
                 if propagate_down[0] {
-                    let dx = blob.diff_mut();
-                    b.prelu_backward(o, c, i, slope.data(), 0, x, 0, Src::InPlace, dx, 0)?;
+                    let dx = blob.diff_view_mut();
+                    b.prelu_backward(channels, slope.data_view(), x, Src::InPlace, dx)?;
                 }
             }
         }

@@ -10,7 +10,7 @@
 //! `bias_filler` (default constant 0). Parameters: `[scale, bias]`, or `[bias]` with two
 //! bottoms. Runs in place.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{Backend, Binary, Broadcast, Src, Views};
 use crate::blob::Blob;
 use crate::filler::Filler;
 use crate::layers::bias::{broadcast_view, learned_shape};
@@ -62,6 +62,85 @@ impl<B: Backend> ScaleLayer<B> {
             scale_copy: None,
             product: None,
         })
+    }
+
+    /// The scale's gradient, the sum of `dy x` over outer and inner: accumulated into the
+    /// learned parameter, written into the second bottom's diff.
+    fn scale_gradient(
+        &mut self,
+        be: &B,
+        blobs: &mut Blobs<'_, B>,
+        params: &mut Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let v = self.view;
+        let (axis, n) = (v.axis(), v.count());
+        let mut product = scratch(be, &mut self.product, n)?.slice_mut(0, n);
+        let x = if blobs.is_in_place(0) {
+            scratch(be, &mut self.bottom_copy, n)?.slice(0, n)
+        } else {
+            blobs.bottom(0).data_view()
+        };
+        let dy = blobs.top(0).diff_view();
+        be.binary(Binary::Mul, dy.src(), x.src(), product.reborrow())?;
+        let product = product.as_slice();
+        if blobs.num_bottom() == 1 {
+            let scale_diff = params.get_mut(0).diff_view_mut();
+            be.sum_per_channel(axis, 1.0, product, 1.0, scale_diff)?;
+        } else {
+            let scale_diff = blobs.bottom_mut(1).diff_view_mut();
+            be.sum_per_channel(axis, 1.0, product, 0.0, scale_diff)?;
+        }
+        Ok(())
+    }
+
+    /// `dx = dy scale`.
+    fn input_gradient(
+        &mut self,
+        be: &B,
+        blobs: &mut Blobs<'_, B>,
+        params: &Params<'_, B>,
+    ) -> Result<(), LayerError> {
+        let (axis, channels) = (self.view.axis(), self.view.dim);
+        if blobs.num_bottom() == 1 {
+            let scale = params.get(0).data_view();
+            match blobs.backward_io(0) {
+                InOut::Separate { input, output } => {
+                    let dy = input.diff_view().src();
+                    let dx = output.diff_view_mut();
+                    be.broadcast(Binary::Mul, Broadcast::PerChannel, axis, scale, dy, dx)?;
+                }
+                InOut::Same(blob) => {
+                    let dx = blob.diff_view_mut();
+                    be.broadcast(
+                        Binary::Mul,
+                        Broadcast::PerChannel,
+                        axis,
+                        scale,
+                        Src::InPlace,
+                        dx,
+                    )?;
+                }
+            }
+        } else if !blobs.is_in_place(0) {
+            let (tops, mut bottoms) = blobs.backward_all()?;
+            let (x, s) = bottoms.split_at_mut(1);
+            let scale = s[0].data_view();
+            let dy = tops[0].diff_view().src();
+            let dx = x[0].diff_view_mut();
+            be.broadcast(Binary::Mul, Broadcast::PerChannel, axis, scale, dy, dx)?;
+        } else {
+            let scale = scratch(be, &mut self.scale_copy, channels)?.slice(0, channels);
+            let dx = blobs.top_mut(0).diff_view_mut();
+            be.broadcast(
+                Binary::Mul,
+                Broadcast::PerChannel,
+                axis,
+                scale,
+                Src::InPlace,
+                dx,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -142,36 +221,62 @@ impl<B: Backend> Layer<B> for ScaleLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let v = self.view;
-        let (o, d, i, n) = (v.outer, v.dim, v.inner, v.count());
+        let (axis, n) = (v.axis(), v.count());
         if blobs.num_bottom() == 1 {
-            let scale = params.get(0).data();
+            let scale = params.get(0).data_view();
             match blobs.forward_io(0) {
                 InOut::Separate { input, output } => {
-                    let x = Src::At(input.data(), 0);
-                    be.mul_per_channel(o, d, i, scale, 0, x, output.data_mut(), 0)?;
+                    let x = input.data_view().src();
+                    let y = output.data_view_mut();
+                    be.broadcast(Binary::Mul, Broadcast::PerChannel, axis, scale, x, y)?;
                 }
                 InOut::Same(blob) => {
                     let copy = scratch(be, &mut self.bottom_copy, n)?;
-                    be.copy(n, blob.data(), 0, copy, 0)?;
-                    be.mul_per_channel(o, d, i, scale, 0, Src::InPlace, blob.data_mut(), 0)?;
+                    be.copy(blob.data_view(), copy.slice_mut(0, n))?;
+                    let y = blob.data_view_mut();
+                    be.broadcast(
+                        Binary::Mul,
+                        Broadcast::PerChannel,
+                        axis,
+                        scale,
+                        Src::InPlace,
+                        y,
+                    )?;
                 }
             }
         } else if !blobs.is_in_place(0) {
             let (bottoms, mut tops) = blobs.forward_all()?;
-            let x = Src::At(bottoms[0].data(), 0);
-            be.mul_per_channel(o, d, i, bottoms[1].data(), 0, x, tops[0].data_mut(), 0)?;
+            let scale = bottoms[1].data_view();
+            let x = bottoms[0].data_view().src();
+            let y = tops[0].data_view_mut();
+            be.broadcast(Binary::Mul, Broadcast::PerChannel, axis, scale, x, y)?;
         } else {
-            let scale = scratch(be, &mut self.scale_copy, d)?;
-            be.copy(d, blobs.bottom(1).data(), 0, scale, 0)?;
+            let scale = scratch(be, &mut self.scale_copy, v.dim)?;
+            be.copy(blobs.bottom(1).data_view(), scale.slice_mut(0, v.dim))?;
             let copy = scratch(be, &mut self.bottom_copy, n)?;
-            be.copy(n, blobs.bottom(0).data(), 0, copy, 0)?;
-            let y = blobs.top_mut(0).data_mut();
-            be.mul_per_channel(o, d, i, scale, 0, Src::InPlace, y, 0)?;
+            be.copy(blobs.bottom(0).data_view(), copy.slice_mut(0, n))?;
+            let (scale, y) = (scale.slice(0, v.dim), blobs.top_mut(0).data_view_mut());
+            be.broadcast(
+                Binary::Mul,
+                Broadcast::PerChannel,
+                axis,
+                scale,
+                Src::InPlace,
+                y,
+            )?;
         }
         if let Some(k) = self.bias_param {
             let b = self.bias_view;
-            let y = blobs.top_mut(0).data_mut();
-            be.add_per_channel(b.outer, b.dim, b.inner, params.get(k).data(), 0, y, 0)?;
+            let bias = params.get(k).data_view();
+            let y = blobs.top_mut(0).data_view_mut();
+            be.broadcast(
+                Binary::Add,
+                Broadcast::PerChannel,
+                b.axis(),
+                bias,
+                Src::InPlace,
+                y,
+            )?;
         }
         Ok(())
     }
@@ -184,72 +289,25 @@ impl<B: Backend> Layer<B> for ScaleLayer<B> {
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
-        let v = self.view;
-        let (o, d, i, n) = (v.outer, v.dim, v.inner, v.count());
-        let in_place = blobs.is_in_place(0);
-        let learned = blobs.num_bottom() == 1;
         // The bias first: it accumulates the top diff summed over outer and inner.
         if let Some(k) = self.bias_param {
             if params.propagate_down(k) {
                 let b = self.bias_view;
-                let dy = blobs.top(0).diff();
-                let diff = params.get_mut(k).diff_mut();
-                be.sum_per_channel(b.outer, b.dim, b.inner, 1.0, dy, 0, 1.0, diff, 0)?;
+                let dy = blobs.top(0).diff_view();
+                let bias_diff = params.get_mut(k).diff_view_mut();
+                be.sum_per_channel(b.axis(), 1.0, dy, 1.0, bias_diff)?;
             }
         }
-        // The scale: sum of dy * x over outer and inner; accumulated into the learned
-        // parameter, written into the second bottom's diff.
-        let scale_wanted = if learned {
+        let scale_wanted = if blobs.num_bottom() == 1 {
             params.propagate_down(0)
         } else {
             propagate_down[1]
         };
         if scale_wanted {
-            let product = scratch(be, &mut self.product, n)?;
-            let x = if in_place {
-                &*scratch(be, &mut self.bottom_copy, n)?
-            } else {
-                blobs.bottom(0).data()
-            };
-            be.mul(
-                n,
-                Src::At(blobs.top(0).diff(), 0),
-                Src::At(x, 0),
-                product,
-                0,
-            )?;
-            if learned {
-                let diff = params.get_mut(0).diff_mut();
-                be.sum_per_channel(o, d, i, 1.0, product, 0, 1.0, diff, 0)?;
-            } else {
-                let diff = blobs.bottom_mut(1).diff_mut();
-                be.sum_per_channel(o, d, i, 1.0, product, 0, 0.0, diff, 0)?;
-            }
+            self.scale_gradient(be, blobs, params)?;
         }
-        if !propagate_down[0] {
-            return Ok(());
-        }
-        // dx = dy * scale.
-        if learned {
-            let scale = params.get(0).data();
-            match blobs.backward_io(0) {
-                InOut::Separate { input, output } => {
-                    let dy = Src::At(input.diff(), 0);
-                    be.mul_per_channel(o, d, i, scale, 0, dy, output.diff_mut(), 0)?;
-                }
-                InOut::Same(blob) => {
-                    be.mul_per_channel(o, d, i, scale, 0, Src::InPlace, blob.diff_mut(), 0)?;
-                }
-            }
-        } else if !in_place {
-            let (tops, mut bottoms) = blobs.backward_all()?;
-            let (x, s) = bottoms.split_at_mut(1);
-            let dy = Src::At(tops[0].diff(), 0);
-            be.mul_per_channel(o, d, i, s[0].data(), 0, dy, x[0].diff_mut(), 0)?;
-        } else {
-            let scale = scratch(be, &mut self.scale_copy, d)?;
-            let dx = blobs.top_mut(0).diff_mut();
-            be.mul_per_channel(o, d, i, scale, 0, Src::InPlace, dx, 0)?;
+        if propagate_down[0] {
+            self.input_gradient(be, blobs, params)?;
         }
         Ok(())
     }

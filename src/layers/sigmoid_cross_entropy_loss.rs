@@ -8,7 +8,7 @@
 //! `normalize`. The gradient is `(sigmoid(x) - t) loss_weight / normalizer`, 0 where ignored;
 //! the targets get none.
 
-use crate::backend::{Backend, Scalar, Src};
+use crate::backend::{Activation, Backend, Binary, Scalar, Src, Unary, Views};
 use crate::layers::loss::{
     check_first_dims, ignore_label, label_backprop_error, normalize_loss, normalizer_slot, scratch,
     weight_over_normalizer, Normalization,
@@ -100,24 +100,33 @@ impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let n = self.outer * self.inner;
-        let sigmoid = scratch(be, &mut self.sigmoid, n)?;
-        let terms = scratch(be, &mut self.terms, n)?;
-        let (x, t) = (blobs.bottom(0).data(), blobs.bottom(1).data());
-        be.sigmoid_forward(n, Src::At(x, 0), sigmoid, 0)?;
-        be.sigmoid_cross_entropy(n, x, 0, t, 0, terms, 0)?;
+        let sigmoid = scratch(be, &mut self.sigmoid, n)?.slice_mut(0, n);
+        let mut terms = scratch(be, &mut self.terms, n)?.slice_mut(0, n);
+        let (x, t) = (blobs.bottom(0).data_view(), blobs.bottom(1).data_view());
+        let (x, t) = (x.src(), t.src());
+        be.activation_forward(Activation::Sigmoid, x, sigmoid)?;
+        be.binary(Binary::SigmoidCrossEntropy, x, t, terms.reborrow())?;
         let valid_mask = match self.ignore_label {
             None => None,
             Some(_) => {
                 let mask = scratch(be, &mut self.mask, n)?;
-                be.label_mask(n, t, 0, self.ignore_label, mask, 0)?;
-                be.mul(n, Src::InPlace, Src::At(mask, 0), terms, 0)?;
+                let label_mask = Unary::LabelMask {
+                    ignore_label: self.ignore_label,
+                };
+                be.unary(label_mask, t, mask.slice_mut(0, n))?;
+                be.binary(
+                    Binary::Mul,
+                    Src::InPlace,
+                    mask.slice(0, n).src(),
+                    terms.reborrow(),
+                )?;
                 Some(&*mask)
             }
         };
         let factor = scratch(be, &mut self.factor, 1)?;
         let normalizer = scratch(be, &mut self.normalizer, 1)?;
         let loss = blobs.top_mut(0).data_mut();
-        be.sum_into(n, 1.0, terms, 0, loss, 0)?;
+        be.sum_into(1.0, terms.as_slice(), loss.slice_mut(0, 1))?;
         normalize_loss(
             be,
             self.normalization,
@@ -147,16 +156,17 @@ impl<B: Backend> Layer<B> for SigmoidCrossEntropyLossLayer<B> {
         let weight = scratch(be, &mut self.factor, 1)?;
         let normalizer = scratch(be, &mut self.normalizer, 1)?;
         weight_over_normalizer(be, blobs.top(0), normalizer, weight)?;
-        let sigmoid = scratch(be, &mut self.sigmoid, n)?;
+        let sigmoid = scratch(be, &mut self.sigmoid, n)?.slice(0, n);
         let (_, mut bottoms) = blobs.backward_all()?;
         let (x, t) = bottoms.split_at_mut(1);
-        let dx = x[0].diff_mut();
-        be.sub(n, Src::At(sigmoid, 0), Src::At(t[0].data(), 0), dx, 0)?;
+        let mut dx = x[0].diff_view_mut();
+        let t = t[0].data_view();
+        be.binary(Binary::Sub, sigmoid.src(), t.src(), dx.reborrow())?;
         if self.ignore_label.is_some() {
-            let mask = scratch(be, &mut self.mask, n)?;
-            be.mul(n, Src::InPlace, Src::At(mask, 0), dx, 0)?;
+            let mask = scratch(be, &mut self.mask, n)?.slice(0, n);
+            be.binary(Binary::Mul, Src::InPlace, mask.src(), dx.reborrow())?;
         }
-        be.scale(n, Scalar::At(weight, 0), Src::InPlace, dx, 0)?;
+        be.scale(Scalar::At(weight, 0), Src::InPlace, dx)?;
         Ok(())
     }
 }

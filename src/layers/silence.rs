@@ -50,9 +50,7 @@ impl<B: Backend> Layer<B> for SilenceLayer {
     ) -> Result<(), LayerError> {
         for (i, &down) in propagate_down.iter().enumerate() {
             if down {
-                let bottom = blobs.bottom_mut(i);
-                let n = bottom.count();
-                ctx.backend.set(n, 0.0, bottom.diff_mut(), 0)?;
+                ctx.backend.fill(0.0, blobs.bottom_mut(i).diff_view_mut())?;
             }
         }
         Ok(())

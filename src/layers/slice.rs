@@ -3,7 +3,7 @@
 //! `slice_param.slice_dim`, not both. `slice_point` lists the cut indices (one fewer than the
 //! tops, strictly increasing); without it the axis is split evenly among the tops.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Block, Views};
 use crate::layers::concat::legacy_or_axis;
 use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
@@ -121,9 +121,14 @@ impl<B: Backend> Layer<B> for SliceLayer {
         let mut offset = 0;
         for top in tops {
             let row = top.shape()[axis] * inner;
-            let (x, y) = (bottom.data(), top.data_mut());
+            let block = Block {
+                rows: outer,
+                cols: row,
+                x_stride: bottom_row,
+                y_stride: row,
+            };
             ctx.backend
-                .copy_2d(outer, row, x, offset, bottom_row, y, 0, row)?;
+                .copy_2d(&block, bottom.data().tail(offset), top.data_view_mut())?;
             offset += row;
         }
         Ok(())
@@ -147,9 +152,14 @@ impl<B: Backend> Layer<B> for SliceLayer {
         let mut offset = 0;
         for top in tops {
             let row = top.shape()[axis] * inner;
-            let (x, y) = (top.diff(), bottom.diff_mut());
+            let block = Block {
+                rows: outer,
+                cols: row,
+                x_stride: row,
+                y_stride: bottom_row,
+            };
             ctx.backend
-                .copy_2d(outer, row, x, 0, row, y, offset, bottom_row)?;
+                .copy_2d(&block, top.diff_view(), bottom.diff_mut().tail_mut(offset))?;
             offset += row;
         }
         Ok(())

@@ -4,7 +4,9 @@
 //! indexes an independent softmax. As upstream, the maximum along the axis is subtracted before
 //! `exp`, then each value is divided by the sum. Runs in place.
 
-use crate::backend::{Backend, Src};
+use crate::backend::{
+    Axis, AxisReduction, Backend, Binary, Broadcast, Slice, SliceMut, Src, Unary, Views,
+};
 use crate::blob::Blob;
 use crate::layers::loss::scratch;
 use crate::layers::{BlobCounts, Blobs, Context, InOut, Layer, LayerError, Params};
@@ -36,46 +38,69 @@ impl AxisView {
     pub fn positions(&self) -> usize {
         self.outer * self.inner
     }
+    /// The same view as the backend's axis ops take it.
+    pub fn axis(&self) -> Axis {
+        Axis::new(self.outer, self.dim, self.inner)
+    }
 }
 
-/// `y = softmax(x)` along the view's axis, `x` possibly `y` itself; `scale` holds
-/// `outer * inner` elements of scratch.
+/// `y = softmax(x)` along `axis`, `x` possibly `y` itself; `x` and `y` hold the axis's
+/// elements, `scale` (scratch) at least `outer * inner`.
 pub fn softmax_forward<B: Backend>(
     be: &B,
-    v: AxisView,
+    axis: Axis,
     x: Src<'_, B::Buffer>,
-    y: &mut B::Buffer,
-    scale: &mut B::Buffer,
+    mut y: SliceMut<'_, B::Buffer>,
+    mut scale: SliceMut<'_, B::Buffer>,
 ) -> Result<(), LayerError> {
-    let (o, d, i) = (v.outer, v.dim, v.inner);
-    if let Src::At(x, off) = x {
-        be.copy(v.count(), x, off, y, 0)?;
+    if let Src::Slice(x) = x {
+        be.copy(x, y.reborrow())?;
     }
-    be.max_over_axis(o, d, i, y, 0, scale, 0)?;
-    be.sub_along_axis(o, d, i, scale, 0, y, 0)?;
-    be.exp(v.count(), Src::InPlace, y, 0)?;
-    be.sum_over_axis(o, d, i, y, 0, scale, 0)?;
-    be.div_along_axis(o, d, i, scale, 0, y, 0)?;
+    be.reduce_over_axis(AxisReduction::Max, axis, y.as_slice(), scale.reborrow())?;
+    be.broadcast(
+        Binary::Sub,
+        Broadcast::OverAxis,
+        axis,
+        scale.as_slice(),
+        Src::InPlace,
+        y.reborrow(),
+    )?;
+    be.unary(Unary::Exp, Src::InPlace, y.reborrow())?;
+    be.reduce_over_axis(AxisReduction::Sum, axis, y.as_slice(), scale.reborrow())?;
+    be.broadcast(
+        Binary::Div,
+        Broadcast::OverAxis,
+        axis,
+        scale.as_slice(),
+        Src::InPlace,
+        y,
+    )?;
     Ok(())
 }
 
-/// `dx = (dy - sum_c dy y) y` along the view's axis, with `y` the forward output; `dy` may be
-/// `dx` itself (`Src::InPlace`).
+/// `dx = (dy - sum_c dy y) y` along `axis`, with `y` the forward output; `dy` may be `dx`
+/// itself (`Src::InPlace`). Views as for [`softmax_forward`].
 pub fn softmax_backward<B: Backend>(
     be: &B,
-    v: AxisView,
-    y: &B::Buffer,
+    axis: Axis,
+    y: Slice<'_, B::Buffer>,
     dy: Src<'_, B::Buffer>,
-    dx: &mut B::Buffer,
-    scale: &mut B::Buffer,
+    mut dx: SliceMut<'_, B::Buffer>,
+    mut scale: SliceMut<'_, B::Buffer>,
 ) -> Result<(), LayerError> {
-    let (o, d, i) = (v.outer, v.dim, v.inner);
-    if let Src::At(dy, off) = dy {
-        be.copy(v.count(), dy, off, dx, 0)?;
+    if let Src::Slice(dy) = dy {
+        be.copy(dy, dx.reborrow())?;
     }
-    be.dot_over_axis(o, d, i, dx, 0, y, 0, scale, 0)?;
-    be.sub_along_axis(o, d, i, scale, 0, dx, 0)?;
-    be.mul(v.count(), Src::InPlace, Src::At(y, 0), dx, 0)?;
+    be.reduce_over_axis(AxisReduction::Dot(y), axis, dx.as_slice(), scale.reborrow())?;
+    be.broadcast(
+        Binary::Sub,
+        Broadcast::OverAxis,
+        axis,
+        scale.as_slice(),
+        Src::InPlace,
+        dx.reborrow(),
+    )?;
+    be.binary(Binary::Mul, Src::InPlace, y.src(), dx)?;
     Ok(())
 }
 
@@ -130,17 +155,15 @@ impl<B: Backend> Layer<B> for SoftmaxLayer<B> {
         blobs: &mut Blobs<'_, B>,
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let scale = scratch(ctx.backend, &mut self.scale, self.view.positions())?;
+        let (be, axis, positions) = (ctx.backend, self.view.axis(), self.view.positions());
+        let scale = scratch(be, &mut self.scale, positions)?.slice_mut(0, positions);
         match blobs.forward_io(0) {
-            InOut::Separate { input, output } => softmax_forward(
-                ctx.backend,
-                self.view,
-                Src::At(input.data(), 0),
-                output.data_mut(),
-                scale,
-            ),
+            InOut::Separate { input, output } => {
+                let x = input.data_view().src();
+                softmax_forward(be, axis, x, output.data_view_mut(), scale)
+            }
             InOut::Same(blob) => {
-                softmax_forward(ctx.backend, self.view, Src::InPlace, blob.data_mut(), scale)
+                softmax_forward(be, axis, Src::InPlace, blob.data_view_mut(), scale)
             }
         }
     }
@@ -155,22 +178,20 @@ impl<B: Backend> Layer<B> for SoftmaxLayer<B> {
         if !propagate_down[0] {
             return Ok(());
         }
-        let scale = scratch(ctx.backend, &mut self.scale, self.view.positions())?;
+        let (be, axis, positions) = (ctx.backend, self.view.axis(), self.view.positions());
+        let scale = scratch(be, &mut self.scale, positions)?.slice_mut(0, positions);
         match blobs.backward_io(0) {
             InOut::Separate {
                 input: top,
                 output: bottom,
-            } => softmax_backward(
-                ctx.backend,
-                self.view,
-                top.data(),
-                Src::At(top.diff(), 0),
-                bottom.diff_mut(),
-                scale,
-            ),
+            } => {
+                let (y, dy) = (top.data_view(), top.diff_view());
+                let dx = bottom.diff_view_mut();
+                softmax_backward(be, axis, y, dy.src(), dx, scale)
+            }
             InOut::Same(blob) => {
-                let (data, diff) = blob.data_diff_mut();
-                softmax_backward(ctx.backend, self.view, data, Src::InPlace, diff, scale)
+                let (y, dx) = blob.data_and_diff_mut();
+                softmax_backward(be, axis, y, Src::InPlace, dx, scale)
             }
         }
     }

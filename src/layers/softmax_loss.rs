@@ -8,13 +8,13 @@
 //! or the legacy `normalize`. An optional top 1 receives the probabilities. The labels get no
 //! gradient.
 
-use crate::backend::{Backend, Scalar, Src};
+use crate::backend::{Backend, Binary, Scalar, Src, Unary, Views};
 use crate::layers::loss::{
     check_first_dims, ignore_label, label_backprop_error, normalize_loss, normalizer_slot, scratch,
     weight_over_normalizer, Normalization,
 };
 use crate::layers::softmax::{softmax_forward, AxisView};
-use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
+use crate::layers::{labels, BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
 /// The SoftmaxWithLoss layer.
@@ -109,43 +109,36 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let v = self.view;
-        let (n, positions) = (v.count(), v.positions());
-        let prob = scratch(be, &mut self.prob, n)?;
+        let (axis, n, positions) = (v.axis(), v.count(), v.positions());
+        let mut prob = scratch(be, &mut self.prob, n)?.slice_mut(0, n);
         let scale = scratch(be, &mut self.scale, positions)?;
-        let picked = scratch(be, &mut self.picked, positions)?;
+        let mut picked = scratch(be, &mut self.picked, positions)?.slice_mut(0, positions);
         let (data, label) = (blobs.bottom(0), blobs.bottom(1));
-        softmax_forward(be, v, Src::At(data.data(), 0), prob, scale)?;
+        let labels = labels(label, self.ignore_label);
+        let x = data.data_view().src();
+        softmax_forward(be, axis, x, prob.reborrow(), scale.slice_mut(0, positions))?;
         // Ignored positions pick 1, whose log is 0: they add nothing to the sum.
-        let (o, d, i) = (v.outer, v.dim, v.inner);
-        be.gather_at_label(
-            o,
-            d,
-            i,
-            prob,
-            0,
-            label.data(),
-            0,
-            self.ignore_label,
-            1.0,
-            picked,
-            0,
-        )?;
+        be.gather_at_label(axis, prob.as_slice(), labels, 1.0, picked.reborrow())?;
         // Clamp at FLT_MIN before the log, as upstream.
-        be.set(positions, f32::MIN_POSITIVE, scale, 0)?;
-        be.max(positions, Src::InPlace, Src::At(scale, 0), picked, 0)?;
-        be.log(positions, Src::InPlace, picked, 0)?;
+        be.fill(f32::MIN_POSITIVE, scale.slice_mut(0, positions))?;
+        let floor = scale.slice(0, positions).src();
+        be.binary(Binary::Max, Src::InPlace, floor, picked.reborrow())?;
+        be.unary(Unary::Log, Src::InPlace, picked.reborrow())?;
         // The normalizer: for VALID with an ignore label, the count of the other positions.
         let factor = scratch(be, &mut self.factor, 1)?;
         let normalizer = scratch(be, &mut self.normalizer, 1)?;
         let valid_mask = match self.ignore_label {
             Some(_) => {
-                be.label_mask(positions, label.data(), 0, self.ignore_label, scale, 0)?;
+                let valid = Unary::LabelMask {
+                    ignore_label: labels.ignore_label,
+                };
+                be.unary(valid, labels.values.src(), scale.slice_mut(0, positions))?;
                 Some(&*scale)
             }
             None => None,
         };
         let loss = blobs.top_mut(0).data_mut();
-        be.sum_into(positions, -1.0, picked, 0, loss, 0)?;
+        be.sum_into(-1.0, picked.as_slice(), loss.slice_mut(0, 1))?;
         normalize_loss(
             be,
             self.normalization,
@@ -155,8 +148,7 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
             loss,
         )?;
         if blobs.num_top() > 1 {
-            let prob = scratch(be, &mut self.prob, n)?;
-            be.copy(n, prob, 0, blobs.top_mut(1).data_mut(), 0)?;
+            be.copy(prob.as_slice(), blobs.top_mut(1).data_view_mut())?;
         }
         Ok(())
     }
@@ -179,26 +171,15 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         let weight = scratch(be, &mut self.factor, 1)?;
         let normalizer = scratch(be, &mut self.normalizer, 1)?;
         weight_over_normalizer(be, blobs.top(0), normalizer, weight)?;
-        let prob = scratch(be, &mut self.prob, v.count())?;
+        let prob = scratch(be, &mut self.prob, v.count())?.slice(0, v.count());
         let (_, mut bottoms) = blobs.backward_all()?;
         let (data, label) = bottoms.split_at_mut(1);
-        let dx = data[0].diff_mut();
+        let mut dx = data[0].diff_view_mut();
         // dx = p - onehot(label), zero at ignored positions, times weight / normalizer.
-        be.copy(v.count(), prob, 0, dx, 0)?;
-        let (o, d, i) = (v.outer, v.dim, v.inner);
-        be.affine_at_label(
-            o,
-            d,
-            i,
-            label[0].data(),
-            0,
-            self.ignore_label,
-            1.0,
-            -1.0,
-            dx,
-            0,
-        )?;
-        be.scale(v.count(), Scalar::At(weight, 0), Src::InPlace, dx, 0)?;
+        be.copy(prob, dx.reborrow())?;
+        let labels = labels(label[0], self.ignore_label);
+        be.affine_at_label(v.axis(), labels, (1.0, -1.0), dx.reborrow())?;
+        be.scale(Scalar::At(weight, 0), Src::InPlace, dx)?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! Upstream's tops share the bottom's data buffer; here each top holds a copy (the net's blob
 //! arena has one buffer per blob). The values and the memory figure the net logs are the same.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Scalar};
 use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::LayerParameter;
 
@@ -47,10 +47,9 @@ impl<B: Backend> Layer<B> for SplitLayer {
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
         let (bottom, tops) = blobs.forward_all()?;
-        let n = bottom[0].count();
         for top in tops {
             ctx.backend
-                .copy(n, bottom[0].data(), 0, top.data_mut(), 0)?;
+                .copy(bottom[0].data_view(), top.data_view_mut())?;
         }
         Ok(())
     }
@@ -66,13 +65,11 @@ impl<B: Backend> Layer<B> for SplitLayer {
             return Ok(());
         }
         let (tops, mut bottom) = blobs.backward_all()?;
-        let bottom = &mut bottom[0];
-        let n = bottom.count();
-        ctx.backend
-            .copy(n, tops[0].diff(), 0, bottom.diff_mut(), 0)?;
+        let mut diff = bottom[0].diff_view_mut();
+        ctx.backend.copy(tops[0].diff_view(), diff.reborrow())?;
         for top in &tops[1..] {
             ctx.backend
-                .axpy(n, 1.0, top.diff(), 0, bottom.diff_mut(), 0)?;
+                .axpby(Scalar::Value(1.0), top.diff_view(), 1.0, diff.reborrow())?;
         }
         Ok(())
     }

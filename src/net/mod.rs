@@ -22,7 +22,7 @@ mod weights;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use crate::backend::{Backend, Rng};
+use crate::backend::{Backend, Reduction, Rng};
 use crate::blob::{Blob, BlobError};
 use crate::layers::{self, Blobs, Context, Layer, LayerError, LayerFactory, Params};
 use crate::log::cpp_float;
@@ -732,10 +732,9 @@ impl<B: Backend> Net<B> {
         for (j, &weight) in weights.iter().enumerate() {
             if weight != 0.0 {
                 let top = call.blobs.top_mut(j);
-                let n = top.count();
                 call.ctx
                     .backend
-                    .set(n, weight, top.diff_mut(), 0)
+                    .fill(weight, top.diff_view_mut())
                     .map_err(|e| call.error(e.into()))?;
             }
         }
@@ -918,7 +917,7 @@ impl<B: Backend> Net<B> {
                     let top = &self.blobs[id];
                     loss += self
                         .backend
-                        .dot(top.count(), top.data(), 0, top.diff(), 0)
+                        .reduce(Reduction::Dot(top.diff_view()), top.data_view())
                         .map_err(|e| NetError::Layer(layers::Error::new(&layer.param, e.into())))?;
                 }
             }
@@ -941,7 +940,7 @@ impl<B: Backend> Net<B> {
                 loss += call
                     .ctx
                     .backend
-                    .dot(top.count(), top.data(), 0, top.diff(), 0)
+                    .reduce(Reduction::Dot(top.diff_view()), top.data_view())
                     .map_err(|e| call.error(e.into()))?;
             }
         }
@@ -1059,9 +1058,8 @@ impl<B: Backend> Net<B> {
     /// Zeroes every learnable parameter's diff (upstream's `ClearParamDiffs`).
     pub fn clear_param_diffs(&mut self) -> Result<()> {
         for blob in &mut self.learnable_params {
-            let n = blob.count();
             self.backend
-                .set(n, 0.0, blob.diff_mut(), 0)
+                .fill(0.0, blob.diff_view_mut())
                 .map_err(BlobError::from)?;
         }
         Ok(())

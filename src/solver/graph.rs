@@ -83,7 +83,7 @@ impl<B: Backend> Solver<B> {
         match self.graph {
             IterationGraph::Off => return Ok(Outcome::NotRun),
             IterationGraph::Untried => {
-                self.graph = if self.backend.can_capture() {
+                self.graph = if self.backend.capabilities().capture {
                     IterationGraph::Warm
                 } else {
                     IterationGraph::Off

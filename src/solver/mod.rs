@@ -26,7 +26,7 @@ pub mod update_rules;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::backend::{rng_from_seed, Backend, Rng, Scalar};
+use crate::backend::{rng_from_seed, Backend, Rng, Scalar, Src, Views};
 use crate::blob::Blob;
 use crate::log::cpp_float;
 use crate::lr_policy::{LrSchedule, LrState};
@@ -273,7 +273,7 @@ impl<B: Backend> Solver<B> {
         }
         // Scratch for the update rules composed from ops, and for L1's sign(data); a backend
         // with fused updates needs neither (on a GPU they would double the parameters' memory).
-        let composed = !backend.has_fused_updates();
+        let composed = !backend.capabilities().fused_updates;
         let update = if composed {
             alloc_like(params)?
         } else {
@@ -624,7 +624,8 @@ impl<B: Backend> Solver<B> {
             .iter()
             .map(|multipliers| self.rule.step_scale(rate * multipliers.lr(), self.iter))
             .collect();
-        self.backend.upload(&scales, &mut self.step_scales, 0)?;
+        self.backend
+            .upload(&scales, self.step_scales.slice_mut(0, scales.len()))?;
         Ok(())
     }
 
@@ -645,14 +646,9 @@ impl<B: Backend> Solver<B> {
         for (i, param) in params.iter_mut().enumerate() {
             // Normalize: average the gradients accumulated over iter_size passes.
             if iter_size != 1 {
-                let n = param.count();
-                self.backend.scale(
-                    n,
-                    1.0 / iter_size as f32,
-                    crate::backend::Src::InPlace,
-                    param.diff_mut(),
-                    0,
-                )?;
+                let normalizer = Scalar::Value(1.0 / iter_size as f32);
+                self.backend
+                    .scale(normalizer, Src::InPlace, param.diff_view_mut())?;
             }
             update_rules::regularize(
                 &self.backend,

@@ -12,7 +12,7 @@
 //! updates; Adam: the second moment). A `.solverstate` stores them in that order.
 
 pub use crate::backend::UpdateRule;
-use crate::backend::{Backend, Scalar, Src};
+use crate::backend::{Backend, Binary, Scalar, Src, Unary};
 use crate::blob::Blob;
 use crate::proto::caffe::SolverParameter;
 
@@ -162,130 +162,38 @@ pub fn compute_update_value<B: Backend>(
     bufs: UpdateBuffers<'_, B>,
     step: Scalar<'_, B::Buffer>,
 ) -> Result<()> {
-    let n = param.count();
     let UpdateBuffers {
         history,
         mut history2,
         scratch,
     } = bufs;
-    if backend.has_fused_updates() {
-        let history2_data = history2.as_deref_mut().map(Blob::data_mut);
-        let (g, h) = (param.diff_mut(), history.data_mut());
-        backend.fused_update(rule, n, step, g, h, history2_data)?;
+    if backend.capabilities().fused_updates {
+        let history2 = history2.as_deref_mut().map(Blob::data_view_mut);
+        let (g, h) = (param.diff_view_mut(), history.data_view_mut());
+        backend.fused_update(rule, step, g, h, history2)?;
         return Ok(());
     }
-    let Scratch { update, temp } = scratch.ok_or_else(|| {
+    let scratch = scratch.ok_or_else(|| {
         SolverError::Config(format!(
             "{}: the update composed from ops needs scratch blobs",
             rule.type_name()
         ))
     })?;
+    let composed = Composed {
+        backend,
+        step,
+        param,
+        history,
+        scratch,
+    };
     match *rule {
-        UpdateRule::Sgd { momentum } => {
-            // history = step * g + momentum * history; g = history.
-            backend.axpby(n, step, param.diff(), 0, momentum, history.data_mut(), 0)?;
-            backend.copy(n, history.data(), 0, param.diff_mut(), 0)?;
-        }
-        UpdateRule::Nesterov { momentum } => {
-            // Keep the old history, take the momentum step, then step from the new history
-            // corrected by the old: (1 + m) h_new - m h_old.
-            backend.copy(n, history.data(), 0, update.data_mut(), 0)?;
-            backend.axpby(n, step, param.diff(), 0, momentum, history.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                1.0 + momentum,
-                history.data(),
-                0,
-                -momentum,
-                update.data_mut(),
-                0,
-            )?;
-            backend.copy(n, update.data(), 0, param.diff_mut(), 0)?;
-        }
-        UpdateRule::AdaGrad { delta } => {
-            // Accumulate g^2, then step lr * g / (sqrt(sum) + delta).
-            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
-            backend.add(
-                n,
-                Src::At(update.data(), 0),
-                Src::InPlace,
-                history.data_mut(),
-                0,
-            )?;
-            scaled_gradient_over_root(backend, n, param, history, update, delta, step)?;
-        }
-        UpdateRule::RmsProp { delta, rms_decay } => {
-            // Leaky average of g^2, then the same step as AdaGrad.
-            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                1.0 - rms_decay,
-                update.data(),
-                0,
-                rms_decay,
-                history.data_mut(),
-                0,
-            )?;
-            scaled_gradient_over_root(backend, n, param, history, update, delta, step)?;
-        }
+        UpdateRule::Sgd { momentum } => composed.sgd(momentum),
+        UpdateRule::Nesterov { momentum } => composed.nesterov(momentum),
+        UpdateRule::AdaGrad { delta } => composed.adagrad(delta),
+        UpdateRule::RmsProp { delta, rms_decay } => composed.rmsprop(delta, rms_decay),
         UpdateRule::AdaDelta { delta, momentum } => {
             let update_history = second(&mut history2, "AdaDelta")?;
-            // Leaky average of g^2.
-            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                1.0 - momentum,
-                update.data(),
-                0,
-                momentum,
-                history.data_mut(),
-                0,
-            )?;
-            // update = sqrt((delta + E[dx^2]) / (delta + E[g^2])).
-            backend.set(n, delta, temp.data_mut(), 0)?;
-            backend.add(
-                n,
-                Src::At(temp.data(), 0),
-                Src::At(update_history.data(), 0),
-                update.data_mut(),
-                0,
-            )?;
-            backend.add(
-                n,
-                Src::InPlace,
-                Src::At(history.data(), 0),
-                temp.data_mut(),
-                0,
-            )?;
-            backend.div(
-                n,
-                Src::InPlace,
-                Src::At(temp.data(), 0),
-                update.data_mut(),
-                0,
-            )?;
-            backend.powx(n, Src::InPlace, 0.5, update.data_mut(), 0)?;
-            // g *= update: the unscaled step.
-            backend.mul(
-                n,
-                Src::InPlace,
-                Src::At(update.data(), 0),
-                param.diff_mut(),
-                0,
-            )?;
-            // Leaky average of the squared steps.
-            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                1.0 - momentum,
-                update.data(),
-                0,
-                momentum,
-                update_history.data_mut(),
-                0,
-            )?;
-            // Upstream scales AdaDelta's step by the learning rate too.
-            backend.scale(n, step, Src::InPlace, param.diff_mut(), 0)?;
+            composed.adadelta(delta, momentum, update_history)
         }
         UpdateRule::Adam {
             beta1,
@@ -293,55 +201,214 @@ pub fn compute_update_value<B: Backend>(
             eps_hat,
         } => {
             let second_moment = second(&mut history2, "Adam")?;
-            let m = history;
-            backend.axpby(n, 1.0 - beta1, param.diff(), 0, beta1, m.data_mut(), 0)?;
-            backend.mul(
-                n,
-                Src::At(param.diff(), 0),
-                Src::At(param.diff(), 0),
-                temp.data_mut(),
-                0,
-            )?;
-            backend.axpby(
-                n,
-                1.0 - beta2,
-                temp.data(),
-                0,
-                beta2,
-                second_moment.data_mut(),
-                0,
-            )?;
-            backend.powx(n, Src::At(second_moment.data(), 0), 0.5, temp.data_mut(), 0)?;
-            backend.add_scalar(n, eps_hat, temp.data_mut(), 0)?;
-            backend.div(n, Src::At(m.data(), 0), Src::InPlace, temp.data_mut(), 0)?;
-            // The step is the rate times the bias correction.
-            backend.scale(n, step, Src::At(temp.data(), 0), param.diff_mut(), 0)?;
+            composed.adam((beta1, beta2), eps_hat, second_moment)
         }
     }
-    Ok(())
 }
 
-/// AdaGrad's and RMSProp's common tail: `g = step * g / (sqrt(history) + delta)`.
-fn scaled_gradient_over_root<B: Backend>(
-    backend: &B,
-    n: usize,
-    param: &mut Blob<B>,
-    history: &Blob<B>,
-    update: &mut Blob<B>,
-    delta: f32,
-    step: Scalar<'_, B::Buffer>,
-) -> Result<()> {
-    backend.powx(n, Src::At(history.data(), 0), 0.5, update.data_mut(), 0)?;
-    backend.add_scalar(n, delta, update.data_mut(), 0)?;
-    backend.div(
-        n,
-        Src::At(param.diff(), 0),
-        Src::InPlace,
-        update.data_mut(),
-        0,
-    )?;
-    backend.axpby(n, step, update.data(), 0, 0.0, param.diff_mut(), 0)?;
-    Ok(())
+/// One parameter's update composed from ops, as upstream's CPU path computes each rule: `g`
+/// is the parameter's diff, `h` its history, `update` and `temp` scratch of its size.
+struct Composed<'a, 's, B: Backend> {
+    backend: &'a B,
+    step: Scalar<'s, B::Buffer>,
+    param: &'a mut Blob<B>,
+    history: &'a mut Blob<B>,
+    scratch: Scratch<'a, B>,
+}
+
+impl<B: Backend> Composed<'_, '_, B> {
+    /// `h = step g + momentum h; g = h`.
+    fn sgd(self, momentum: f32) -> Result<()> {
+        let be = self.backend;
+        be.axpby(
+            self.step,
+            self.param.diff_view(),
+            momentum,
+            self.history.data_view_mut(),
+        )?;
+        be.copy(self.history.data_view(), self.param.diff_view_mut())?;
+        Ok(())
+    }
+
+    /// Keeps the old history, takes the momentum step, then steps from the new history
+    /// corrected by the old: `(1 + m) h_new - m h_old`.
+    fn nesterov(self, momentum: f32) -> Result<()> {
+        let (be, update) = (self.backend, self.scratch.update);
+        be.copy(self.history.data_view(), update.data_view_mut())?;
+        be.axpby(
+            self.step,
+            self.param.diff_view(),
+            momentum,
+            self.history.data_view_mut(),
+        )?;
+        let corrected = Scalar::Value(1.0 + momentum);
+        be.axpby(
+            corrected,
+            self.history.data_view(),
+            -momentum,
+            update.data_view_mut(),
+        )?;
+        be.copy(update.data_view(), self.param.diff_view_mut())?;
+        Ok(())
+    }
+
+    /// Accumulates `g^2`, then steps `lr g / (sqrt(sum) + delta)`.
+    fn adagrad(self, delta: f32) -> Result<()> {
+        let be = self.backend;
+        let update = &mut *self.scratch.update;
+        be.unary(
+            Unary::Powx(2.0),
+            self.param.diff_view().src(),
+            update.data_view_mut(),
+        )?;
+        be.binary(
+            Binary::Add,
+            update.data_view().src(),
+            Src::InPlace,
+            self.history.data_view_mut(),
+        )?;
+        self.scaled_gradient_over_root(delta)
+    }
+
+    /// A leaky average of `g^2`, then the same step as AdaGrad.
+    fn rmsprop(self, delta: f32, rms_decay: f32) -> Result<()> {
+        let be = self.backend;
+        let update = &mut *self.scratch.update;
+        be.unary(
+            Unary::Powx(2.0),
+            self.param.diff_view().src(),
+            update.data_view_mut(),
+        )?;
+        let fresh = Scalar::Value(1.0 - rms_decay);
+        be.axpby(
+            fresh,
+            update.data_view(),
+            rms_decay,
+            self.history.data_view_mut(),
+        )?;
+        self.scaled_gradient_over_root(delta)
+    }
+
+    /// AdaGrad's and RMSProp's common tail: `g = step g / (sqrt(history) + delta)`.
+    fn scaled_gradient_over_root(self, delta: f32) -> Result<()> {
+        let (be, update) = (self.backend, self.scratch.update);
+        be.unary(
+            Unary::Powx(0.5),
+            self.history.data_view().src(),
+            update.data_view_mut(),
+        )?;
+        be.unary(
+            Unary::AddScalar(delta),
+            Src::InPlace,
+            update.data_view_mut(),
+        )?;
+        let g = self.param.diff_view().src();
+        be.binary(Binary::Div, g, Src::InPlace, update.data_view_mut())?;
+        be.axpby(
+            self.step,
+            update.data_view(),
+            0.0,
+            self.param.diff_view_mut(),
+        )?;
+        Ok(())
+    }
+
+    /// Zeiler's AdaDelta with `update_history` the leaky average of the squared steps, scaled
+    /// by the learning rate as upstream does.
+    fn adadelta(self, delta: f32, momentum: f32, update_history: &mut Blob<B>) -> Result<()> {
+        let be = self.backend;
+        let Scratch { update, temp } = self.scratch;
+        let (param, history) = (self.param, self.history);
+        let fresh = Scalar::Value(1.0 - momentum);
+        // Leaky average of g^2.
+        be.unary(
+            Unary::Powx(2.0),
+            param.diff_view().src(),
+            update.data_view_mut(),
+        )?;
+        be.axpby(fresh, update.data_view(), momentum, history.data_view_mut())?;
+        // update = sqrt((delta + E[dx^2]) / (delta + E[g^2])).
+        be.fill(delta, temp.data_view_mut())?;
+        be.binary(
+            Binary::Add,
+            temp.data_view().src(),
+            update_history.data_view().src(),
+            update.data_view_mut(),
+        )?;
+        be.binary(
+            Binary::Add,
+            Src::InPlace,
+            history.data_view().src(),
+            temp.data_view_mut(),
+        )?;
+        be.binary(
+            Binary::Div,
+            Src::InPlace,
+            temp.data_view().src(),
+            update.data_view_mut(),
+        )?;
+        be.unary(Unary::Powx(0.5), Src::InPlace, update.data_view_mut())?;
+        // g *= update: the unscaled step.
+        be.binary(
+            Binary::Mul,
+            Src::InPlace,
+            update.data_view().src(),
+            param.diff_view_mut(),
+        )?;
+        // Leaky average of the squared steps.
+        be.unary(
+            Unary::Powx(2.0),
+            param.diff_view().src(),
+            update.data_view_mut(),
+        )?;
+        be.axpby(
+            fresh,
+            update.data_view(),
+            momentum,
+            update_history.data_view_mut(),
+        )?;
+        // Upstream scales AdaDelta's step by the learning rate too.
+        be.scale(self.step, Src::InPlace, param.diff_view_mut())?;
+        Ok(())
+    }
+
+    /// Kingma & Ba's Adam: `h` the first moment, `second_moment` the second; the step is the
+    /// rate times the bias correction.
+    fn adam(
+        self,
+        (beta1, beta2): (f32, f32),
+        eps_hat: f32,
+        second_moment: &mut Blob<B>,
+    ) -> Result<()> {
+        let be = self.backend;
+        let temp = self.scratch.temp;
+        let (param, m) = (self.param, self.history);
+        let g = param.diff_view();
+        be.axpby(Scalar::Value(1.0 - beta1), g, beta1, m.data_view_mut())?;
+        be.binary(Binary::Mul, g.src(), g.src(), temp.data_view_mut())?;
+        let fresh = Scalar::Value(1.0 - beta2);
+        be.axpby(
+            fresh,
+            temp.data_view(),
+            beta2,
+            second_moment.data_view_mut(),
+        )?;
+        let v = second_moment.data_view().src();
+        be.unary(Unary::Powx(0.5), v, temp.data_view_mut())?;
+        be.unary(
+            Unary::AddScalar(eps_hat),
+            Src::InPlace,
+            temp.data_view_mut(),
+        )?;
+        be.binary(
+            Binary::Div,
+            m.data_view().src(),
+            Src::InPlace,
+            temp.data_view_mut(),
+        )?;
+        be.scale(self.step, temp.data_view().src(), param.diff_view_mut())?;
+        Ok(())
+    }
 }
 
 /// Upstream's `Regularize`: adds the weight decay's gradient to `param`'s diff. `local_decay` is
@@ -357,18 +424,18 @@ pub fn regularize<B: Backend>(
     if local_decay == 0.0 {
         return Ok(());
     }
-    let n = param.count();
+    let decay = Scalar::Value(local_decay);
     match regularization {
         Regularization::L2 => {
-            let (data, diff) = param.data_diff_mut();
-            backend.axpy(n, local_decay, data, 0, diff, 0)?;
+            let (data, diff) = param.data_and_diff_mut();
+            backend.axpby(decay, data, 1.0, diff)?;
         }
         Regularization::L1 => {
             let temp = temp.ok_or_else(|| {
                 SolverError::Config("L1 regularization needs a scratch blob".to_string())
             })?;
-            backend.sign(n, Src::At(param.data(), 0), temp.data_mut(), 0)?;
-            backend.axpy(n, local_decay, temp.data(), 0, param.diff_mut(), 0)?;
+            backend.unary(Unary::Sign, param.data_view().src(), temp.data_view_mut())?;
+            backend.axpby(decay, temp.data_view(), 1.0, param.diff_view_mut())?;
         }
     }
     Ok(())

@@ -30,8 +30,8 @@
 //! first iteration a convolution allocates no buffer, only a few pointer-sized lists per call
 //! (one lock per worker's column buffer, one entry per gradient part).
 
-use super::{direct, gemm, im2col, Par};
-use crate::backend::{resize_host_buffer, ConvBatch, Result, Transpose};
+use super::{direct, gemm, im2col, Par, SERIAL};
+use crate::backend::{resize_host_buffer, ConvBatch, Gemm, Result, Transpose};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -100,12 +100,6 @@ fn with_slot<R>(slots: &[Mutex<&mut [f32]>], f: impl FnOnce(&mut [f32]) -> R) ->
     f(&mut guard)
 }
 
-/// The serial kernels a task runs with.
-const SERIAL: Par<'static> = Par {
-    pool: None,
-    threads: 1,
-};
-
 /// Column floats one chunk of output rows may take in the data gradient: 256 KiB, half a
 /// core's L2 on the machines this targets. A whole image's columns (cifar's conv2: 800 KiB)
 /// would go out to L3 between the GEMM writing them and col2im reading them back.
@@ -173,23 +167,15 @@ fn image_product(
     col: &mut [f32],
 ) {
     let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+    let product = Gemm::packed(Transpose::NoTrans, Transpose::NoTrans, go, sp, kd);
     let cols = columns(par, c, x, col);
     for g in 0..c.groups {
         gemm::gemm(
             par,
-            Transpose::NoTrans,
-            Transpose::NoTrans,
-            go,
-            sp,
-            kd,
-            1.0,
+            &product,
             &w[g * go * kd..],
-            kd,
             &cols[g * kd * sp..],
-            sp,
-            0.0,
             &mut y[g * go * sp..],
-            sp,
         );
     }
 }
@@ -249,22 +235,14 @@ fn backward_image(
         // One product over the whole image, as forward (chunks would add their products in
         // turn: a change of summation order).
         let cols = columns(par, c, x, col);
+        let product = Gemm::packed(Transpose::NoTrans, Transpose::Trans, go, kd, sp).beta(beta);
         for g in 0..c.groups {
             gemm::gemm(
                 par,
-                Transpose::NoTrans,
-                Transpose::Trans,
-                go,
-                kd,
-                sp,
-                1.0,
+                &product,
                 &dy[g * go * sp..],
-                sp,
                 &cols[g * kd * sp..],
-                sp,
-                beta,
                 &mut dw[g * go * kd..],
-                kd,
             );
         }
     }
@@ -272,22 +250,16 @@ fn backward_image(
         // The columns of `W^T dy` for the output rows `rows`, into `cols`.
         let data_columns = |rows: Range<usize>, cols: &mut [f32]| {
             let (n0, ld) = (rows.start * c.geom.out_w(), rows.len() * c.geom.out_w());
+            // `W^T` times the rows' columns of `dy`, read with its full row stride.
+            let product =
+                Gemm::packed(Transpose::Trans, Transpose::NoTrans, kd, ld, go).strides(kd, sp, ld);
             for g in 0..c.groups {
                 gemm::gemm(
                     par,
-                    Transpose::Trans,
-                    Transpose::NoTrans,
-                    kd,
-                    ld,
-                    go,
-                    1.0,
+                    &product,
                     &w[g * go * kd..],
-                    kd,
                     &dy[g * go * sp + n0..],
-                    sp,
-                    0.0,
                     &mut cols[g * kd * ld..],
-                    ld,
                 );
             }
         };
@@ -308,9 +280,15 @@ fn part_range(num: usize, parts: usize, p: usize) -> (usize, usize) {
     (p * num / parts, (p + 1) * num / parts)
 }
 
+/// The gradients [`backward`] writes, each only when wanted: the weights' (added to) and the
+/// input's (overwritten).
+pub(super) struct Grads<'a> {
+    pub dw: Option<&'a mut [f32]>,
+    pub dx: Option<&'a mut [f32]>,
+}
+
 /// `dw += sum_n dy[n] col(x[n])^T` (when `dw` is given) and `dx[n] = col2im(W^T dy[n])` (when
 /// `dx` is) for every image; slices are checked by the caller (`x` may be empty without `dw`).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     par: Par<'_>,
     scratch: &mut Vec<f32>,
@@ -318,8 +296,7 @@ pub(super) fn backward(
     x: &[f32],
     w: &[f32],
     dy: &[f32],
-    dw: Option<&mut [f32]>,
-    dx: Option<&mut [f32]>,
+    Grads { dw, dx }: Grads<'_>,
 ) -> Result<()> {
     const OP: &str = "conv_backward";
     let (il, ol, wl) = (c.in_len(), c.out_len(), c.weight_len());
@@ -482,11 +459,14 @@ pub(super) fn backward(
 #[cfg(test)]
 mod tests {
     use super::super::CpuBackend;
-    use crate::backend::{rng_from_seed, Backend, ConvBatch, ConvGeom, CpuBuffer};
+    use crate::backend::{
+        rng_from_seed, Backend, ConvBatch, ConvGeom, ConvGrads, CpuBuffer, Distribution, Views,
+    };
 
     fn random(be: &CpuBackend, n: usize, seed: u64) -> CpuBuffer {
         let mut b = be.alloc(n).unwrap();
-        be.rng_uniform(n, -1.0, 1.0, &mut rng_from_seed(seed), &mut b, 0)
+        let uniform = Distribution::Uniform { lo: -1.0, hi: 1.0 };
+        be.random(uniform, &mut rng_from_seed(seed), b.whole_mut())
             .unwrap();
         b
     }
@@ -755,24 +735,18 @@ mod tests {
         let b = random(&be, c.out_channels, 3);
         let dy = random(&be, c.num * c.out_len(), 4);
         let mut y = be.alloc(c.num * c.out_len()).unwrap();
-        let mut ws = be.alloc(be.conv_workspace_len(c)).unwrap();
-        be.conv_forward(c, &x, 0, &w, 0, Some((&b, 0)), &mut y, 0, &mut ws)
+        let mut ws = be.alloc(c.workspace_len(be.capabilities())).unwrap();
+        let (x, w, b) = (x.whole(), w.whole(), b.whole());
+        be.conv_forward(c, x, w, Some(b), y.whole_mut(), ws.whole_mut())
             .unwrap();
         let mut dw = random(&be, c.weight_len(), 5);
         let mut dx = be.alloc(c.num * c.in_len()).unwrap();
-        be.conv_backward(
-            c,
-            &x,
-            0,
-            &w,
-            0,
-            &dy,
-            0,
-            Some((&mut dw, 0)),
-            Some((&mut dx, 0)),
-            &mut ws,
-        )
-        .unwrap();
+        let grads = ConvGrads {
+            dw: Some(dw.whole_mut()),
+            dx: Some(dx.whole_mut()),
+        };
+        be.conv_backward(c, x, w, dy.whole(), grads, ws.whole_mut())
+            .unwrap();
         (y.into_vec(), dw.into_vec(), dx.into_vec())
     }
 

@@ -7,7 +7,7 @@
 
 use super::simd::{has_avx2, with_simd};
 use super::Par;
-use crate::backend::Transpose;
+use crate::backend::{Gemm, Gemv, Transpose};
 use rayon::prelude::*;
 
 /// A product with `m` (or `k`) at most this is "skinny": InnerProduct at small batch sizes
@@ -34,24 +34,21 @@ fn parallelism(par: Par<'_>) -> gemm::Parallelism {
     }
 }
 
-/// `C = alpha op(A) op(B) + beta C`; the slices start at each matrix's first element and are
-/// long enough for the given shapes and leading dimensions (checked by the caller).
-pub(super) fn gemm(
-    par: Par<'_>,
-    trans_a: Transpose,
-    trans_b: Transpose,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    c: &mut [f32],
-    ldc: usize,
-) {
+/// `C = alpha op(A) op(B) + beta C` as `g` describes; the slices start at each matrix's first
+/// element and are long enough for its shapes and leading dimensions (checked by the caller).
+pub(super) fn gemm(par: Par<'_>, g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let Gemm {
+        trans_a,
+        trans_b,
+        m,
+        n,
+        k,
+        alpha,
+        beta,
+        lda,
+        ldb,
+        ldc,
+    } = *g;
     if m == 0 || n == 0 {
         return;
     }
@@ -67,9 +64,7 @@ pub(super) fn gemm(
         }
         return;
     }
-    if skinny(
-        par, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-    ) {
+    if skinny(par, g, a, b, c) {
         return;
     }
     let (a_rs, a_cs) = strides(trans_a, lda);
@@ -137,17 +132,15 @@ fn dot8_portable(a: &[f32], b: &[f32]) -> f32 {
 /// every row (`rows[i]` is row `i`'s segment): `op(A) = A` and `op(B) = B^T`, both rows
 /// contiguous.
 #[inline(always)]
-fn dot_task(
-    rows: &mut [&mut [f32]],
-    j0: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-) {
+fn dot_task(rows: &mut [&mut [f32]], j0: usize, g: &Gemm, a: &[f32], b: &[f32]) {
+    let Gemm {
+        k,
+        alpha,
+        beta,
+        lda,
+        ldb,
+        ..
+    } = *g;
     let width = rows.first().map_or(0, |r| r.len());
     let m = rows.len();
     for jj in 0..width {
@@ -300,13 +293,17 @@ mod avx2 {
 fn axpy_task(
     rows: &mut [&mut [f32]],
     j0: usize,
-    k: usize,
-    alpha: f32,
+    g: &Gemm,
     a_at: impl Fn(usize, usize) -> f32,
     b: &[f32],
-    ldb: usize,
-    beta: f32,
 ) {
+    let Gemm {
+        k,
+        alpha,
+        beta,
+        ldb,
+        ..
+    } = *g;
     for row in rows.iter_mut() {
         if beta == 0.0 {
             row.fill(0.0);
@@ -331,23 +328,18 @@ fn axpy_task(
 /// * `m <= SKINNY`, `C = A B^T` (forward): each output a dot product of two contiguous rows;
 /// * `m <= SKINNY`, `C = A B` (data gradient): rows of `B` streamed once, added into `C`;
 /// * `k <= SKINNY`, `C += op(A) B` (weight gradient): the same, a rank-k update.
-fn skinny(
-    par: Par<'_>,
-    trans_a: Transpose,
-    trans_b: Transpose,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    c: &mut [f32],
-    ldc: usize,
-) -> bool {
+fn skinny(par: Par<'_>, g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
     use Transpose::{NoTrans, Trans};
+    let Gemm {
+        trans_a,
+        trans_b,
+        m,
+        n,
+        k,
+        lda,
+        ldc,
+        ..
+    } = *g;
     if m.saturating_mul(n).saturating_mul(k) < SKINNY_MIN_WORK {
         return false;
     }
@@ -374,7 +366,7 @@ fn skinny(
     if m > SKINNY {
         let run = |(i, row): (usize, &mut [f32])| {
             let row = &mut row[..n];
-            with_simd(|| axpy_task(&mut [row], 0, k, alpha, |_, p| a_at(i, p), b, ldb, beta))
+            with_simd(|| axpy_task(&mut [row], 0, g, |_, p| a_at(i, p), b))
         };
         match par.pool {
             Some(pool) if par.threads > 1 => pool.install(|| {
@@ -398,9 +390,9 @@ fn skinny(
         let j0 = t * width;
         with_simd(|| {
             if dot {
-                dot_task(&mut rows, j0, k, alpha, a, lda, b, ldb, beta)
+                dot_task(&mut rows, j0, g, a, b)
             } else {
-                axpy_task(&mut rows, j0, k, alpha, a_at, b, ldb, beta)
+                axpy_task(&mut rows, j0, g, a_at, b)
             }
         })
     };
@@ -413,39 +405,18 @@ fn skinny(
     true
 }
 
-/// `y = alpha op(A) x + beta y` with `A` packed `m x n` row-major.
-pub(super) fn gemv(
-    par: Par<'_>,
-    trans_a: Transpose,
-    m: usize,
-    n: usize,
-    alpha: f32,
-    a: &[f32],
-    x: &[f32],
-    beta: f32,
-    y: &mut [f32],
-) {
+/// `y = alpha op(A) x + beta y` with `A` packed `m x n` row-major: a GEMM with one column.
+pub(super) fn gemv(par: Par<'_>, g: &Gemv, a: &[f32], x: &[f32], y: &mut [f32]) {
     // op(A) is rows x cols; y is a rows x 1 column, x a cols x 1 column.
-    let (rows, cols) = match trans_a {
-        Transpose::NoTrans => (m, n),
-        Transpose::Trans => (n, m),
+    let (rows, cols) = match g.trans {
+        Transpose::NoTrans => (g.m, g.n),
+        Transpose::Trans => (g.n, g.m),
     };
-    gemm(
-        par,
-        trans_a,
-        Transpose::NoTrans,
-        rows,
-        1,
-        cols,
-        alpha,
-        a,
-        n,
-        x,
-        1,
-        beta,
-        y,
-        1,
-    );
+    let product = Gemm::packed(g.trans, Transpose::NoTrans, rows, 1, cols)
+        .alpha(g.alpha)
+        .beta(g.beta)
+        .strides(g.n, 1, 1);
+    gemm(par, &product, a, x, y);
 }
 
 #[cfg(test)]
@@ -527,9 +498,11 @@ mod tests {
                 let mut results = Vec::new();
                 for par in pars {
                     let mut c = c0.clone();
-                    assert!(skinny(
-                        par, ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &mut c, n
-                    ));
+                    let g = Gemm::packed(ta, tb, m, n, k)
+                        .alpha(alpha)
+                        .beta(beta)
+                        .strides(lda, ldb, n);
+                    assert!(skinny(par, &g, &a, &b, &mut c));
                     results.push(c);
                 }
                 assert!(

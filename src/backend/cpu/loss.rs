@@ -3,115 +3,16 @@
 //! Labels arrive as f32 values, as Caffe stores them, and are read as upstream reads them with
 //! `static_cast<int>`: truncated toward zero. Positions are `(o, j)` pairs of an
 //! `(outer, dim, inner)` view, numbered `p = o * inner + j`, the order of the label blob.
-//! The trait impl in `cpu/mod.rs` forwards to the `*_cpu` methods here.
+//! The trait impl in `cpu/mod.rs` checks the views and calls these loops.
 
 use super::elementwise::{self, Operand};
-use super::{rd, wr, CpuBackend, CpuBuffer, Par};
-use crate::backend::{check_labels, Result};
+use super::SERIAL;
+use crate::backend::{check_labels, Axis, Result};
 
-impl CpuBackend {
-    pub(super) fn label_mask_cpu(
-        &self,
-        n: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "label_mask";
-        let label = rd(OP, "label", label, label_off, n)?;
-        label_mask(label, ignore_label, wr(OP, "y", y, y_off, n)?);
-        Ok(())
-    }
-
-    pub(super) fn gather_at_label_cpu(
-        &self,
-        (outer, dim, inner): (usize, usize, usize),
-        x: &CpuBuffer,
-        x_off: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        fill: f32,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "gather_at_label";
-        let x = rd(OP, "x", x, x_off, outer * dim * inner)?;
-        let label = rd(OP, "label", label, label_off, outer * inner)?;
-        let y = wr(OP, "y", y, y_off, outer * inner)?;
-        gather_at_label(OP, dim, inner, x, label, ignore_label, fill, y)
-    }
-
-    pub(super) fn affine_at_label_cpu(
-        &self,
-        (outer, dim, inner): (usize, usize, usize),
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        (alpha, beta): (f32, f32),
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "affine_at_label";
-        let label = rd(OP, "label", label, label_off, outer * inner)?;
-        let y = wr(OP, "y", y, y_off, outer * dim * inner)?;
-        affine_at_label(OP, dim, inner, label, ignore_label, alpha, beta, y)
-    }
-
-    pub(super) fn top_k_hits_cpu(
-        &self,
-        (outer, dim, inner, top_k): (usize, usize, usize, usize),
-        x: &CpuBuffer,
-        x_off: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "top_k_hits";
-        let x = rd(OP, "x", x, x_off, outer * dim * inner)?;
-        let label = rd(OP, "label", label, label_off, outer * inner)?;
-        let y = wr(OP, "y", y, y_off, outer * inner)?;
-        top_k_hits(OP, dim, inner, top_k, x, label, ignore_label, y)
-    }
-
-    pub(super) fn sum_by_label_cpu(
-        &self,
-        (n, classes): (usize, usize),
-        x: &CpuBuffer,
-        x_off: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sum_by_label";
-        let x = rd(OP, "x", x, x_off, n)?;
-        let label = rd(OP, "label", label, label_off, n)?;
-        let y = wr(OP, "y", y, y_off, classes)?;
-        sum_by_label(OP, x, label, ignore_label, y)
-    }
-
-    pub(super) fn sigmoid_cross_entropy_cpu(
-        &self,
-        n: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        t: &CpuBuffer,
-        t_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sigmoid_cross_entropy";
-        let x = rd(OP, "x", x, x_off, n)?;
-        let t = rd(OP, "t", t, t_off, n)?;
-        sigmoid_cross_entropy(self.par(), x, t, wr(OP, "y", y, y_off, n)?);
-        Ok(())
-    }
+/// Labels on the host: their values and the label to skip.
+pub(super) struct HostLabels<'a> {
+    pub values: &'a [f32],
+    pub ignore_label: Option<i32>,
 }
 
 /// The class a stored label names (upstream's `static_cast<int>`: truncation toward zero).
@@ -123,25 +24,27 @@ fn ignored(class: i32, ignore_label: Option<i32>) -> bool {
     ignore_label == Some(class)
 }
 
-/// `y[i] = 0` where the label is `ignore_label`, else 1.
-fn label_mask(labels: &[f32], ignore_label: Option<i32>, y: &mut [f32]) {
-    for (y, &l) in y.iter_mut().zip(labels) {
-        *y = if ignored(class_of(l), ignore_label) {
+/// `y[i] = 0` where the label `labels[i]` is `ignore_label`, else 1; serial, as the labels are
+/// few.
+pub(super) fn label_mask(labels: Operand<'_>, ignore_label: Option<i32>, y: &mut [f32]) {
+    elementwise::map1(SERIAL, labels, y, |l| {
+        if ignored(class_of(l), ignore_label) {
             0.0
         } else {
             1.0
-        };
-    }
+        }
+    });
 }
 
 /// `y[p] = x[o, label[p], j]`, or `fill` at ignored positions.
-fn gather_at_label(
+pub(super) fn gather_at_label(
     op: &'static str,
-    dim: usize,
-    inner: usize,
+    Axis { dim, inner, .. }: Axis,
     x: &[f32],
-    labels: &[f32],
-    ignore_label: Option<i32>,
+    HostLabels {
+        values: labels,
+        ignore_label,
+    }: HostLabels<'_>,
     fill: f32,
     y: &mut [f32],
 ) -> Result<()> {
@@ -159,14 +62,14 @@ fn gather_at_label(
 }
 
 /// `y[o, label[p], j] = alpha y[..] + beta`; ignored positions zeroed along the whole axis.
-fn affine_at_label(
+pub(super) fn affine_at_label(
     op: &'static str,
-    dim: usize,
-    inner: usize,
-    labels: &[f32],
-    ignore_label: Option<i32>,
-    alpha: f32,
-    beta: f32,
+    Axis { dim, inner, .. }: Axis,
+    HostLabels {
+        values: labels,
+        ignore_label,
+    }: HostLabels<'_>,
+    (alpha, beta): (f32, f32),
     y: &mut [f32],
 ) -> Result<()> {
     check_labels(op, labels, ignore_label, dim)?;
@@ -188,14 +91,14 @@ fn affine_at_label(
 
 /// `y[p] = 1` when at most `top_k` classes (the label's own included) score `>=` the label's
 /// score, else 0; 0 at ignored positions.
-fn top_k_hits(
+pub(super) fn top_k_hits(
     op: &'static str,
-    dim: usize,
-    inner: usize,
-    top_k: usize,
+    (Axis { dim, inner, .. }, top_k): (Axis, usize),
     x: &[f32],
-    labels: &[f32],
-    ignore_label: Option<i32>,
+    HostLabels {
+        values: labels,
+        ignore_label,
+    }: HostLabels<'_>,
     y: &mut [f32],
 ) -> Result<()> {
     check_labels(op, labels, ignore_label, dim)?;
@@ -224,11 +127,13 @@ fn top_k_hits(
 }
 
 /// `y[c] = sum of x[i] over the i labelled c`, ignored labels skipped.
-fn sum_by_label(
+pub(super) fn sum_by_label(
     op: &'static str,
     x: &[f32],
-    labels: &[f32],
-    ignore_label: Option<i32>,
+    HostLabels {
+        values: labels,
+        ignore_label,
+    }: HostLabels<'_>,
     y: &mut [f32],
 ) -> Result<()> {
     let classes = y.len();
@@ -246,12 +151,11 @@ fn sum_by_label(
     Ok(())
 }
 
-/// `y[i] = ln(1 + exp(x - 2 x [x >= 0])) - x (t - [x >= 0])`, evaluated in f32 term by term as
+/// `ln(1 + exp(x - 2 x [x >= 0])) - x (t - [x >= 0])`, evaluated in f32 term by term as
 /// upstream (src/caffe/layers/sigmoid_cross_entropy_loss_layer.cpp).
-fn sigmoid_cross_entropy(par: Par<'_>, x: &[f32], t: &[f32], y: &mut [f32]) {
-    elementwise::map2(par, Operand::Slice(x), Operand::Slice(t), y, |x, t| {
-        let positive = if x >= 0.0 { 1.0 } else { 0.0 };
-        let log_term = (1.0 + (x - 2.0 * x * positive).exp()).ln();
-        log_term - x * (t - positive)
-    });
+#[inline(always)]
+pub(super) fn sigmoid_cross_entropy(x: f32, t: f32) -> f32 {
+    let positive = if x >= 0.0 { 1.0 } else { 0.0 };
+    let log_term = (1.0 + (x - 2.0 * x * positive).exp()).ln();
+    log_term - x * (t - positive)
 }

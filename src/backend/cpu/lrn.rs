@@ -14,7 +14,7 @@
 
 use super::simd::{add_short, with_simd};
 use super::{power_step, with_zeroed, Par};
-use crate::backend::{LrnGeom, PoolGeom};
+use crate::backend::{LrnGeom, LrnWithin, PoolGeom};
 use std::cell::RefCell;
 
 thread_local! {
@@ -22,6 +22,14 @@ thread_local! {
     static ACCUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// One zero-padded plane (squares, or shares in backward) for WITHIN_CHANNEL.
     static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a forward pass keeps for its backward pass: its input `x`, its output `y` and the
+/// normaliser `scale` (WITHIN_CHANNEL: the window mean in `y`, the power in `scale`).
+pub(super) struct Saved<'a> {
+    pub x: &'a [f32],
+    pub y: &'a [f32],
+    pub scale: &'a [f32],
 }
 
 /// Calls `f(padded, padded_width)` with this thread's zeroed padded plane for `g`.
@@ -34,13 +42,12 @@ fn with_padded<R>(g: &PoolGeom, f: impl FnOnce(&mut [f32], usize) -> R) -> R {
 /// `power = (1 + alpha mean)^-beta` per plane (`g` a checked LRN window).
 pub(super) fn within_forward(
     par: Par<'_>,
-    g: &PoolGeom,
-    alpha: f32,
-    beta: f32,
+    l: &LrnWithin,
     x: &[f32],
     mean: &mut [f32],
     power: &mut [f32],
 ) {
+    let (g, alpha, beta) = (&l.window, l.alpha, l.beta);
     let (hw, w_n, taps) = (g.height * g.width, g.width, g.kernel_h * g.kernel_w);
     // Every window is whole in the padded plane, so every divisor is the window's size.
     let size = taps as f32;
@@ -77,18 +84,19 @@ pub(super) fn within_forward(
 /// `Backend::lrn_within_backward`): per output the share `(-beta alpha) (dy x power /
 /// (1 + alpha mean)) / size`, per input the sum of the shares of the windows holding it, then
 /// `dx = 2 (sum x) + dy power`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn within_backward(
     par: Par<'_>,
-    g: &PoolGeom,
-    alpha: f32,
-    beta: f32,
-    x: &[f32],
-    mean: &[f32],
-    power: &[f32],
+    l: &LrnWithin,
+    saved: Saved<'_>,
     dy: &[f32],
     dx: &mut [f32],
 ) {
+    let (g, alpha, beta) = (&l.window, l.alpha, l.beta);
+    let Saved {
+        x,
+        y: mean,
+        scale: power,
+    } = saved;
     let (hw, w_n, taps) = (g.height * g.width, g.width, g.kernel_h * g.kernel_w);
     let size = taps as f32;
     let factor = -beta * alpha;
@@ -190,12 +198,11 @@ pub(super) fn across_forward(
 pub(super) fn across_backward(
     par: Par<'_>,
     g: &LrnGeom,
-    x: &[f32],
-    y: &[f32],
-    scale: &[f32],
+    saved: Saved<'_>,
     dy: &[f32],
     dx: &mut [f32],
 ) {
+    let Saved { x, y, scale } = saved;
     let (c_n, s_n) = (g.channels, g.spatial);
     let image = c_n * s_n;
     let pre = (g.size - 1) / 2;

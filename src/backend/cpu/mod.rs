@@ -8,8 +8,9 @@
 //! is deterministic for a given thread count. Full reductions (`sum`, `asum`, `sumsq`, `dot`,
 //! `sum_per_channel`) add in a fixed order that depends only on the length, not on the thread
 //! count, but that differs from a naive left-to-right loop: see `reductions`.
-
-#![allow(clippy::too_many_arguments)]
+//!
+//! Each op checks its views once (`HostView`) and then runs a loop over plain slices; the
+//! element-wise op families dispatch their op enum to one loop per function.
 
 mod conv;
 mod direct;
@@ -24,12 +25,16 @@ mod reductions;
 mod rng;
 mod simd;
 
+use super::view::length_mismatch;
 use super::{
-    check_probability, check_range, gemm_spans, invalid, kernel_constants, philox, Backend,
-    ConvBatch, ConvGeom, DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose,
+    check_probability, copy_2d_spans, gemm_spans, invalid, philox, Activation, Axis, AxisReduction,
+    Backend, Binary, Block, Broadcast, Capabilities, ConvBatch, ConvGeom, ConvGrads, DeviceBuffer,
+    Distribution, Gemm, Gemv, Labels, LrnGeom, LrnSaved, LrnWithin, PoolGeom, Pooling, Reduction,
+    Result, Rng, Scalar, Slice, SliceMut, Src, Transpose, Unary, Views,
 };
 use elementwise::Operand;
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 /// Element-wise ops on fewer elements than this run serially.
@@ -250,6 +255,12 @@ impl Par<'_> {
     }
 }
 
+/// Kernels running on the calling thread only: a task's own kernels, and loops that stay serial.
+const SERIAL: Par<'static> = Par {
+    pool: None,
+    threads: 1,
+};
+
 /// `(shift + scale x)^power` in upstream's steps (src/caffe/layers/power_layer.cpp): scale,
 /// shift, then power, each skipped when it is the identity, so that `-0` stays `-0` and
 /// `pow(x, 1)`, a libm call, is never made.
@@ -264,82 +275,133 @@ fn power_step(v: f32, power: f32, scale: f32, shift: f32) -> f32 {
     }
 }
 
-/// The range `off..off + len` of `buf` for reading.
-fn rd<'a>(
-    op: &'static str,
-    arg: &'static str,
-    buf: &'a CpuBuffer,
-    off: usize,
-    len: usize,
-) -> Result<&'a [f32]> {
-    Ok(&buf.data[check_range(op, arg, buf.len(), off, len)?])
-}
+/// The host values behind a view of CPU memory: each op checks a view once, here, and then
+/// works on plain slices.
+trait HostView<'a>: Sized {
+    /// `&[f32]` for a [`Slice`], `&mut [f32]` for a [`SliceMut`].
+    type Values;
+    /// The buffer range the view covers, checked to lie inside the buffer.
+    fn checked_range(&self, op: &'static str, arg: &'static str) -> Result<Range<usize>>;
+    /// The buffer's values in `range`.
+    fn at(self, range: Range<usize>) -> Self::Values;
 
-/// The value of a scalar argument.
-fn scalar(op: &'static str, arg: &'static str, s: Scalar<'_, CpuBuffer>) -> Result<f32> {
-    match s {
-        Scalar::Value(v) => Ok(v),
-        Scalar::At(buf, off) => Ok(rd(op, arg, buf, off, 1)?[0]),
+    /// All the view's values.
+    fn values(self, op: &'static str, arg: &'static str) -> Result<Self::Values> {
+        let range = self.checked_range(op, arg)?;
+        Ok(self.at(range))
+    }
+    /// All the values of an element-wise operand, which must be exactly as long as the output.
+    fn exactly(self, op: &'static str, arg: &'static str, len: usize) -> Result<Self::Values> {
+        let range = self.checked_range(op, arg)?;
+        if range.len() != len {
+            return Err(length_mismatch(op, arg, range.len(), len));
+        }
+        Ok(self.at(range))
+    }
+    /// The first `len` values: what a geometry addresses in a view that may hold more.
+    fn leading(self, op: &'static str, arg: &'static str, len: usize) -> Result<Self::Values> {
+        let range = self.checked_range(op, arg)?;
+        if range.len() < len {
+            return Err(invalid(
+                op,
+                format!(
+                    "{arg} has {} elements, the op needs at least {len}",
+                    range.len()
+                ),
+            ));
+        }
+        Ok(self.at(range.start..range.start + len))
     }
 }
 
-/// The range `off..off + len` of `buf` for writing.
-fn wr<'a>(
-    op: &'static str,
-    arg: &'static str,
-    buf: &'a mut CpuBuffer,
-    off: usize,
-    len: usize,
-) -> Result<&'a mut [f32]> {
-    let range = check_range(op, arg, buf.len(), off, len)?;
-    Ok(&mut buf.data[range])
+impl<'a> HostView<'a> for Slice<'a, CpuBuffer> {
+    type Values = &'a [f32];
+    fn checked_range(&self, op: &'static str, arg: &'static str) -> Result<Range<usize>> {
+        self.range(op, arg)
+    }
+    fn at(self, range: Range<usize>) -> &'a [f32] {
+        &self.buf.data[range]
+    }
 }
 
-/// Resolves a [`Src`] of `len` elements.
+impl<'a> HostView<'a> for SliceMut<'a, CpuBuffer> {
+    type Values = &'a mut [f32];
+    fn checked_range(&self, op: &'static str, arg: &'static str) -> Result<Range<usize>> {
+        self.range(op, arg)
+    }
+    fn at(self, range: Range<usize>) -> &'a mut [f32] {
+        &mut self.buf.data[range]
+    }
+}
+
+/// An element-wise op's input: the output itself, or a view as long as the output (`len`).
 fn operand<'a>(
     op: &'static str,
     arg: &'static str,
     src: Src<'a, CpuBuffer>,
     len: usize,
 ) -> Result<Operand<'a>> {
-    Ok(match src {
-        Src::At(buf, off) => Operand::Slice(rd(op, arg, buf, off, len)?),
-        Src::InPlace => Operand::Same,
+    Ok(match src.resolve(op, arg, len)? {
+        None => Operand::Same,
+        Some(view) => Operand::Slice(view.values(op, arg)?),
     })
 }
 
-macro_rules! unary_op {
-    ($name:ident, $op:literal, |$v:ident| $body:expr) => {
-        fn $name(
-            &self,
-            n: usize,
-            x: Src<'_, CpuBuffer>,
-            y: &mut CpuBuffer,
-            y_off: usize,
-        ) -> Result<()> {
-            let x = operand($op, "x", x, n)?;
-            let y = wr($op, "y", y, y_off, n)?;
-            elementwise::map1(self.par(), x, y, |$v| $body);
-            Ok(())
-        }
-    };
+/// A geometry op's input that may be its output: the output itself, or the first `len`
+/// values of a view holding at least that many.
+fn leading_operand<'a>(
+    op: &'static str,
+    arg: &'static str,
+    src: Src<'a, CpuBuffer>,
+    len: usize,
+) -> Result<Operand<'a>> {
+    Ok(match src {
+        Src::InPlace => Operand::Same,
+        Src::Slice(view) => Operand::Slice(view.leading(op, arg, len)?),
+    })
 }
 
-macro_rules! binary_op {
-    ($name:ident, $op:literal, |$a:ident, $b:ident| $body:expr) => {
-        fn $name(
-            &self,
-            n: usize,
-            a: Src<'_, CpuBuffer>,
-            b: Src<'_, CpuBuffer>,
-            y: &mut CpuBuffer,
-            y_off: usize,
-        ) -> Result<()> {
-            let a = operand($op, "a", a, n)?;
-            let b = operand($op, "b", b, n)?;
-            let y = wr($op, "y", y, y_off, n)?;
-            elementwise::map2(self.par(), a, b, y, |$a, $b| $body);
-            Ok(())
+/// The value of a scalar argument.
+fn scalar(op: &'static str, arg: &'static str, s: Scalar<'_, CpuBuffer>) -> Result<f32> {
+    match s {
+        Scalar::Value(v) => Ok(v),
+        Scalar::At(buf, off) => Ok(buf.slice(off, 1).values(op, arg)?[0]),
+    }
+}
+
+/// Evaluates `$body` with `$f` bound to the element function of the [`Binary`] op `$op`: one
+/// closure per op, so each loop is compiled for its function.
+macro_rules! with_binary_fn {
+    ($op:expr, |$f:ident| $body:expr) => {
+        match $op {
+            Binary::Add => {
+                let $f = |a: f32, b: f32| a + b;
+                $body
+            }
+            Binary::Sub => {
+                let $f = |a: f32, b: f32| a - b;
+                $body
+            }
+            Binary::Mul => {
+                let $f = |a: f32, b: f32| a * b;
+                $body
+            }
+            Binary::Div => {
+                let $f = |a: f32, b: f32| a / b;
+                $body
+            }
+            Binary::Max => {
+                let $f = |a: f32, b: f32| if a < b { b } else { a };
+                $body
+            }
+            Binary::PRelu => {
+                let $f = neuron::prelu;
+                $body
+            }
+            Binary::SigmoidCrossEntropy => {
+                let $f = loss::sigmoid_cross_entropy;
+                $body
+            }
         }
     };
 }
@@ -347,9 +409,7 @@ macro_rules! binary_op {
 impl Backend for CpuBackend {
     type Buffer = CpuBuffer;
 
-    fn name(&self) -> &'static str {
-        "CPU"
-    }
+    const NAME: &'static str = "CPU";
 
     fn alloc(&self, len: usize) -> Result<CpuBuffer> {
         Ok(CpuBuffer {
@@ -357,108 +417,78 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn upload(&self, src: &[f32], dst: &mut CpuBuffer, dst_off: usize) -> Result<()> {
-        wr("upload", "dst", dst, dst_off, src.len())?.copy_from_slice(src);
+    fn upload(&self, src: &[f32], dst: SliceMut<'_, CpuBuffer>) -> Result<()> {
+        dst.exactly("upload", "dst", src.len())?
+            .copy_from_slice(src);
         Ok(())
     }
 
-    fn download(&self, src: &CpuBuffer, src_off: usize, dst: &mut [f32]) -> Result<()> {
-        dst.copy_from_slice(rd("download", "src", src, src_off, dst.len())?);
+    fn download(&self, src: Slice<'_, CpuBuffer>, dst: &mut [f32]) -> Result<()> {
+        dst.copy_from_slice(src.exactly("download", "src", dst.len())?);
         Ok(())
     }
 
-    fn copy(
-        &self,
-        n: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        let x = rd("copy", "x", x, x_off, n)?;
-        let y = wr("copy", "y", y, y_off, n)?;
+    fn copy(&self, x: Slice<'_, CpuBuffer>, y: SliceMut<'_, CpuBuffer>) -> Result<()> {
+        let y = y.values("copy", "y")?;
+        let x = x.exactly("copy", "x", y.len())?;
         self.par()
             .chunks_mut(y, |s, c| c.copy_from_slice(&x[s..s + c.len()]));
         Ok(())
     }
 
-    fn set(&self, n: usize, value: f32, y: &mut CpuBuffer, y_off: usize) -> Result<()> {
-        let y = wr("set", "y", y, y_off, n)?;
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // The batch convolutions use the backend's own scratch (`CpuBackend::scratch`).
+            conv_scratch: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn fill(&self, value: f32, y: SliceMut<'_, CpuBuffer>) -> Result<()> {
+        let y = y.values("fill", "y")?;
         self.par().chunks_mut(y, |_, c| c.fill(value));
         Ok(())
     }
 
-    fn add_scalar(&self, n: usize, value: f32, y: &mut CpuBuffer, y_off: usize) -> Result<()> {
-        let y = wr("add_scalar", "y", y, y_off, n)?;
-        elementwise::map1(self.par(), Operand::Same, y, |v| v + value);
-        Ok(())
-    }
-
-    fn rng_uniform(
-        &self,
-        n: usize,
-        lo: f32,
-        hi: f32,
-        rng: &mut Rng,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        if lo.is_nan() || hi.is_nan() || lo > hi {
-            return Err(invalid(
-                "rng_uniform",
-                format!("needs lo <= hi, got [{lo}, {hi}]"),
-            ));
+    fn random(&self, dist: Distribution, rng: &mut Rng, y: SliceMut<'_, CpuBuffer>) -> Result<()> {
+        const OP: &str = "random";
+        // The parameters are checked before anything is drawn, so a refused fill leaves the
+        // generator as it was.
+        match dist {
+            Distribution::Uniform { lo, hi } => {
+                if lo.is_nan() || hi.is_nan() || lo > hi {
+                    return Err(invalid(
+                        OP,
+                        format!("Uniform needs lo <= hi, got [{lo}, {hi}]"),
+                    ));
+                }
+                rng::uniform(rng, lo, hi, y.values(OP, "y")?);
+            }
+            Distribution::Gaussian { mean, std } => {
+                if std.is_nan() || std < 0.0 {
+                    return Err(invalid(OP, format!("Gaussian needs std >= 0, got {std}")));
+                }
+                rng::gaussian(rng, mean, std, y.values(OP, "y")?);
+            }
+            Distribution::Bernoulli { p } => {
+                check_probability(OP, p)?;
+                rng::bernoulli(rng, p, y.values(OP, "y")?);
+            }
         }
-        rng::uniform(rng, lo, hi, wr("rng_uniform", "y", y, y_off, n)?);
         Ok(())
     }
 
-    fn rng_gaussian(
+    fn bernoulli_stream(
         &self,
-        n: usize,
-        mean: f32,
-        std: f32,
-        rng: &mut Rng,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        if std.is_nan() || std < 0.0 {
-            return Err(invalid(
-                "rng_gaussian",
-                format!("needs std >= 0, got {std}"),
-            ));
-        }
-        rng::gaussian(rng, mean, std, wr("rng_gaussian", "y", y, y_off, n)?);
-        Ok(())
-    }
-
-    fn rng_bernoulli(
-        &self,
-        n: usize,
         p: f32,
-        rng: &mut Rng,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        state: SliceMut<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        check_probability("rng_bernoulli", p)?;
-        rng::bernoulli(rng, p, wr("rng_bernoulli", "y", y, y_off, n)?);
-        Ok(())
-    }
-
-    fn rng_bernoulli_stream(
-        &self,
-        n: usize,
-        p: f32,
-        state: &mut CpuBuffer,
-        state_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "rng_bernoulli_stream";
+        const OP: &str = "bernoulli_stream";
         check_probability(OP, p)?;
-        let state = wr(OP, "state", state, state_off, philox::STATE_LEN)?;
-        let y = wr(OP, "y", y, y_off, n)?;
-        philox::group_count(OP, n)?;
+        let state = state.leading(OP, "state", philox::STATE_LEN)?;
+        let y = y.values(OP, "y")?;
+        philox::group_count(OP, y.len())?;
         let (key, draw) = philox::read_state(state);
         // Chunks start at multiples of 4 (PAR_CHUNK is), so each holds whole groups.
         self.par().chunks_mut(y, |start, chunk| {
@@ -476,606 +506,272 @@ impl Backend for CpuBackend {
 
     fn gemm(
         &self,
-        trans_a: Transpose,
-        trans_b: Transpose,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &CpuBuffer,
-        a_off: usize,
-        lda: usize,
-        b: &CpuBuffer,
-        b_off: usize,
-        ldb: usize,
-        beta: f32,
-        c: &mut CpuBuffer,
-        c_off: usize,
-        ldc: usize,
+        g: &Gemm,
+        a: Slice<'_, CpuBuffer>,
+        b: Slice<'_, CpuBuffer>,
+        c: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "gemm";
-        let [a_span, b_span, c_span] =
-            gemm_spans(OP, (trans_a, trans_b), (m, n, k), (lda, ldb, ldc))?;
-        let a = rd(OP, "a", a, a_off, a_span)?;
-        let b = rd(OP, "b", b, b_off, b_span)?;
-        let c = wr(OP, "c", c, c_off, c_span)?;
-        gemm::gemm(
-            self.par(),
-            trans_a,
-            trans_b,
-            m,
-            n,
-            k,
-            alpha,
-            a,
-            lda,
-            b,
-            ldb,
-            beta,
-            c,
-            ldc,
-        );
+        let [a_span, b_span, c_span] = gemm_spans(
+            OP,
+            (g.trans_a, g.trans_b),
+            (g.m, g.n, g.k),
+            (g.lda, g.ldb, g.ldc),
+        )?;
+        let a = a.leading(OP, "a", a_span)?;
+        let b = b.leading(OP, "b", b_span)?;
+        let c = c.leading(OP, "c", c_span)?;
+        gemm::gemm(self.par(), g, a, b, c);
         Ok(())
     }
 
     fn gemv(
         &self,
-        trans_a: Transpose,
-        m: usize,
-        n: usize,
-        alpha: f32,
-        a: &CpuBuffer,
-        a_off: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        beta: f32,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        g: &Gemv,
+        a: Slice<'_, CpuBuffer>,
+        x: Slice<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "gemv";
-        let (xl, yl) = if trans_a == Transpose::NoTrans {
-            (n, m)
-        } else {
-            (m, n)
+        let (x_len, y_len) = match g.trans {
+            Transpose::NoTrans => (g.n, g.m),
+            Transpose::Trans => (g.m, g.n),
         };
-        let a = rd(OP, "a", a, a_off, m * n)?;
-        let x = rd(OP, "x", x, x_off, xl)?;
-        let y = wr(OP, "y", y, y_off, yl)?;
-        gemm::gemv(self.par(), trans_a, m, n, alpha, a, x, beta, y);
+        let a = a.leading(OP, "a", g.m * g.n)?;
+        let x = x.leading(OP, "x", x_len)?;
+        let y = y.leading(OP, "y", y_len)?;
+        gemm::gemv(self.par(), g, a, x, y);
         Ok(())
     }
 
-    fn axpy(
+    fn axpby(
         &self,
-        n: usize,
-        alpha: f32,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        let x = rd("axpy", "x", x, x_off, n)?;
-        let y = wr("axpy", "y", y, y_off, n)?;
-        elementwise::map2(self.par(), Operand::Slice(x), Operand::Same, y, |x, y| {
-            alpha * x + y
-        });
-        Ok(())
-    }
-
-    fn axpby<'a>(
-        &self,
-        n: usize,
-        alpha: impl Into<Scalar<'a, CpuBuffer>>,
-        x: &CpuBuffer,
-        x_off: usize,
+        alpha: Scalar<'_, CpuBuffer>,
+        x: Slice<'_, CpuBuffer>,
         beta: f32,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let alpha = scalar("axpby", "alpha", alpha.into())?;
-        let x = rd("axpby", "x", x, x_off, n)?;
-        let y = wr("axpby", "y", y, y_off, n)?;
-        if beta == 0.0 {
-            elementwise::map1(self.par(), Operand::Slice(x), y, |x| alpha * x);
+        const OP: &str = "axpby";
+        let alpha = scalar(OP, "alpha", alpha)?;
+        let y = y.values(OP, "y")?;
+        let x = Operand::Slice(x.exactly(OP, "x", y.len())?);
+        let par = self.par();
+        // Upstream's axpy (no multiply by 1), its scale (y not read), then the general form.
+        if beta == 1.0 {
+            elementwise::map2(par, x, Operand::Same, y, |x, y| alpha * x + y);
+        } else if beta == 0.0 {
+            elementwise::map1(par, x, y, |x| alpha * x);
         } else {
-            elementwise::map2(self.par(), Operand::Slice(x), Operand::Same, y, |x, y| {
-                alpha * x + beta * y
-            });
+            elementwise::map2(par, x, Operand::Same, y, |x, y| alpha * x + beta * y);
         }
         Ok(())
     }
 
-    fn scale<'a>(
+    fn scale(
         &self,
-        n: usize,
-        alpha: impl Into<Scalar<'a, CpuBuffer>>,
+        alpha: Scalar<'_, CpuBuffer>,
         x: Src<'_, CpuBuffer>,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let alpha = scalar("scale", "alpha", alpha.into())?;
-        let x = operand("scale", "x", x, n)?;
-        let y = wr("scale", "y", y, y_off, n)?;
+        let alpha = scalar("scale", "alpha", alpha)?;
+        let y = y.values("scale", "y")?;
+        let x = operand("scale", "x", x, y.len())?;
         elementwise::map1(self.par(), x, y, |v| alpha * v);
         Ok(())
     }
 
-    binary_op!(add, "add", |a, b| a + b);
-    binary_op!(sub, "sub", |a, b| a - b);
-    binary_op!(mul, "mul", |a, b| a * b);
-    binary_op!(div, "div", |a, b| a / b);
-    binary_op!(max, "max", |a, b| if a < b { b } else { a });
-
-    fn powx(
-        &self,
-        n: usize,
-        x: Src<'_, CpuBuffer>,
-        p: f32,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        let x = operand("powx", "x", x, n)?;
-        let y = wr("powx", "y", y, y_off, n)?;
-        if p == 2.0 {
-            elementwise::map1(self.par(), x, y, |v| v * v);
-        } else if p == 1.0 {
-            elementwise::map1(self.par(), x, y, |v| v);
-        } else {
-            elementwise::map1(self.par(), x, y, |v| v.powf(p));
+    fn unary(&self, op: Unary, x: Src<'_, CpuBuffer>, y: SliceMut<'_, CpuBuffer>) -> Result<()> {
+        let y = y.values("unary", "y")?;
+        let x = operand("unary", "x", x, y.len())?;
+        let par = self.par();
+        match op {
+            Unary::Exp => elementwise::map1(par, x, y, |v| v.exp()),
+            Unary::Log => elementwise::map1(par, x, y, |v| v.ln()),
+            Unary::Abs => elementwise::map1(par, x, y, |v| v.abs()),
+            Unary::Sqr => elementwise::map1(par, x, y, |v| v * v),
+            Unary::Sqrt => elementwise::map1(par, x, y, |v| v.sqrt()),
+            Unary::Sign => elementwise::map1(par, x, y, |v| {
+                if v > 0.0 {
+                    1.0
+                } else if v < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }),
+            // The common exponents without a libm call.
+            Unary::Powx(2.0) => elementwise::map1(par, x, y, |v| v * v),
+            Unary::Powx(1.0) => elementwise::map1(par, x, y, |v| v),
+            Unary::Powx(p) => elementwise::map1(par, x, y, |v| v.powf(p)),
+            // A constant power of 1 lets the loop drop the power step's branch.
+            Unary::Power {
+                power: 1.0,
+                scale,
+                shift,
+            } => {
+                elementwise::map1(par, x, y, |v| power_step(v, 1.0, scale, shift));
+            }
+            Unary::Power {
+                power,
+                scale,
+                shift,
+            } => elementwise::map1(par, x, y, |v| power_step(v, power, scale, shift)),
+            Unary::AddScalar(value) => elementwise::map1(par, x, y, |v| v + value),
+            Unary::LabelMask { ignore_label } => loss::label_mask(x, ignore_label, y),
         }
         Ok(())
     }
 
-    fn power(
+    fn binary(
         &self,
-        n: usize,
-        x: Src<'_, CpuBuffer>,
-        power: f32,
-        scale: f32,
-        shift: f32,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        op: Binary,
+        a: Src<'_, CpuBuffer>,
+        b: Src<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let x = operand("power", "x", x, n)?;
-        let y = wr("power", "y", y, y_off, n)?;
-        if power == 1.0 {
-            elementwise::map1(self.par(), x, y, |v| power_step(v, 1.0, scale, shift));
-        } else {
-            elementwise::map1(self.par(), x, y, |v| power_step(v, power, scale, shift));
-        }
+        let y = y.values("binary", "y")?;
+        let a = operand("binary", "a", a, y.len())?;
+        let b = operand("binary", "b", b, y.len())?;
+        let par = self.par();
+        with_binary_fn!(op, |f| elementwise::map2(par, a, b, y, f));
         Ok(())
     }
 
-    unary_op!(exp, "exp", |v| v.exp());
-    unary_op!(log, "log", |v| v.ln());
-    unary_op!(abs, "abs", |v| v.abs());
-    unary_op!(sqr, "sqr", |v| v * v);
-    unary_op!(sqrt, "sqrt", |v| v.sqrt());
-    unary_op!(sign, "sign", |v| if v > 0.0 {
-        1.0
-    } else if v < 0.0 {
-        -1.0
-    } else {
-        0.0
-    });
-
-    fn relu_forward(
+    fn activation_forward(
         &self,
-        n: usize,
-        slope: f32,
+        f: Activation,
         x: Src<'_, CpuBuffer>,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let x = operand("relu_forward", "x", x, n)?;
-        let y = wr("relu_forward", "y", y, y_off, n)?;
-        // Branches rather than max/min so that a NaN input stays NaN.
-        if slope == 0.0 {
-            elementwise::map1(self.par(), x, y, |v| if v < 0.0 { 0.0 } else { v });
-        } else {
-            elementwise::map1(self.par(), x, y, |v| if v > 0.0 { v } else { slope * v });
-        }
+        let y = y.values("activation_forward", "y")?;
+        let x = operand("activation_forward", "x", x, y.len())?;
+        neuron::activation_forward(self.par(), f, x, y);
         Ok(())
     }
 
-    fn relu_backward(
+    fn activation_backward(
         &self,
-        n: usize,
-        slope: f32,
-        x: &CpuBuffer,
-        x_off: usize,
+        f: Activation,
+        x: Slice<'_, CpuBuffer>,
+        y: Slice<'_, CpuBuffer>,
         dy: Src<'_, CpuBuffer>,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
+        dx: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        const OP: &str = "relu_backward";
-        let x = rd(OP, "x", x, x_off, n)?;
+        const OP: &str = "activation_backward";
+        let dx = dx.values(OP, "dx")?;
+        let n = dx.len();
         let dy = operand(OP, "dy", dy, n)?;
-        let dx = wr(OP, "dx", dx, dx_off, n)?;
-        elementwise::map2(self.par(), Operand::Slice(x), dy, dx, |x, d| {
-            if x > 0.0 {
-                d
-            } else {
-                d * slope
+        let x = || x.exactly(OP, "x", n);
+        let y = || y.exactly(OP, "y", n);
+        neuron::activation_backward(self.par(), f, x, y, dy, dx)
+    }
+
+    fn reduce(&self, r: Reduction<'_, CpuBuffer>, x: Slice<'_, CpuBuffer>) -> Result<f32> {
+        let x = x.values("reduce", "x")?;
+        let par = self.par();
+        let total = match r {
+            Reduction::Sum => reductions::reduce(par, x, x, |a, _| a),
+            Reduction::Asum => reductions::reduce(par, x, x, |a, _| a.abs()),
+            Reduction::Sumsq => reductions::reduce(par, x, x, |a, _| a * a),
+            Reduction::Dot(b) => {
+                let b = b.exactly("reduce", "b", x.len())?;
+                reductions::reduce(par, x, b, |a, b| a * b)
             }
-        });
-        Ok(())
-    }
-
-    fn sigmoid_forward(
-        &self,
-        n: usize,
-        x: Src<'_, CpuBuffer>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        let x = operand("sigmoid_forward", "x", x, n)?;
-        let y = wr("sigmoid_forward", "y", y, y_off, n)?;
-        elementwise::map1(self.par(), x, y, |v| 0.5 * (0.5 * v).tanh() + 0.5);
-        Ok(())
-    }
-
-    fn sigmoid_backward(
-        &self,
-        n: usize,
-        y: &CpuBuffer,
-        y_off: usize,
-        dy: Src<'_, CpuBuffer>,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sigmoid_backward";
-        let y = rd(OP, "y", y, y_off, n)?;
-        let dy = operand(OP, "dy", dy, n)?;
-        let dx = wr(OP, "dx", dx, dx_off, n)?;
-        elementwise::map2(self.par(), Operand::Slice(y), dy, dx, |y, d| {
-            d * y * (1.0 - y)
-        });
-        Ok(())
-    }
-
-    fn tanh_forward(
-        &self,
-        n: usize,
-        x: Src<'_, CpuBuffer>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        let x = operand("tanh_forward", "x", x, n)?;
-        let y = wr("tanh_forward", "y", y, y_off, n)?;
-        elementwise::map1(self.par(), x, y, f32::tanh);
-        Ok(())
-    }
-
-    fn tanh_backward(
-        &self,
-        n: usize,
-        y: &CpuBuffer,
-        y_off: usize,
-        dy: Src<'_, CpuBuffer>,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "tanh_backward";
-        let y = rd(OP, "y", y, y_off, n)?;
-        let dy = operand(OP, "dy", dy, n)?;
-        let dx = wr(OP, "dx", dx, dx_off, n)?;
-        elementwise::map2(self.par(), Operand::Slice(y), dy, dx, |y, d| {
-            d * (1.0 - y * y)
-        });
-        Ok(())
-    }
-
-    fn elu_forward(
-        &self,
-        n: usize,
-        alpha: f32,
-        x: Src<'_, CpuBuffer>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        let x = operand("elu_forward", "x", x, n)?;
-        let y = wr("elu_forward", "y", y, y_off, n)?;
-        elementwise::map1(self.par(), x, y, |v| {
-            if v > 0.0 {
-                v
-            } else {
-                alpha * (v.exp() - 1.0)
-            }
-        });
-        Ok(())
-    }
-
-    fn elu_backward(
-        &self,
-        n: usize,
-        alpha: f32,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &CpuBuffer,
-        y_off: usize,
-        dy: Src<'_, CpuBuffer>,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "elu_backward";
-        let x = rd(OP, "x", x, x_off, n)?;
-        let y = rd(OP, "y", y, y_off, n)?;
-        let dy = operand(OP, "dy", dy, n)?;
-        let dx = wr(OP, "dx", dx, dx_off, n)?;
-        elementwise::map3(self.par(), x, y, dy, dx, |x, y, d| {
-            if x > 0.0 {
-                d
-            } else {
-                d * (alpha + y)
-            }
-        });
-        Ok(())
-    }
-
-    fn bnll_forward(
-        &self,
-        n: usize,
-        x: Src<'_, CpuBuffer>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        let x = operand("bnll_forward", "x", x, n)?;
-        let y = wr("bnll_forward", "y", y, y_off, n)?;
-        elementwise::map1(self.par(), x, y, |v| {
-            if v > 0.0 {
-                v + (-v).exp().ln_1p()
-            } else {
-                v.exp().ln_1p()
-            }
-        });
-        Ok(())
-    }
-
-    fn bnll_backward(
-        &self,
-        n: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        dy: Src<'_, CpuBuffer>,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "bnll_backward";
-        let x = rd(OP, "x", x, x_off, n)?;
-        let dy = operand(OP, "dy", dy, n)?;
-        let dx = wr(OP, "dx", dx, dx_off, n)?;
-        elementwise::map2(self.par(), Operand::Slice(x), dy, dx, |x, d| {
-            let e = x.min(kernel_constants::BNLL_THRESHOLD).exp();
-            d * e / (e + 1.0)
-        });
-        Ok(())
-    }
-
-    fn sum(&self, n: usize, x: &CpuBuffer, x_off: usize) -> Result<f32> {
-        let x = rd("sum", "x", x, x_off, n)?;
-        Ok(reductions::reduce(self.par(), x, x, |a, _| a) as f32)
+        };
+        Ok(total as f32)
     }
 
     fn sum_into(
         &self,
-        n: usize,
         alpha: f32,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        x: Slice<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let x = rd("sum_into", "x", x, x_off, n)?;
+        let x = x.values("sum_into", "x")?;
+        let y = y.leading("sum_into", "y", 1)?;
         let sum = reductions::reduce(self.par(), x, x, |a, _| a);
-        wr("sum_into", "y", y, y_off, 1)?[0] = (f64::from(alpha) * sum) as f32;
+        y[0] = (f64::from(alpha) * sum) as f32;
         Ok(())
     }
 
-    fn asum(&self, n: usize, x: &CpuBuffer, x_off: usize) -> Result<f32> {
-        let x = rd("asum", "x", x, x_off, n)?;
-        Ok(reductions::reduce(self.par(), x, x, |a, _| a.abs()) as f32)
-    }
-
-    fn sumsq(&self, n: usize, x: &CpuBuffer, x_off: usize) -> Result<f32> {
-        let x = rd("sumsq", "x", x, x_off, n)?;
-        Ok(reductions::reduce(self.par(), x, x, |a, _| a * a) as f32)
-    }
-
-    fn dot(
+    fn reduce_over_axis(
         &self,
-        n: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &CpuBuffer,
-        y_off: usize,
-    ) -> Result<f32> {
-        let x = rd("dot", "x", x, x_off, n)?;
-        let y = rd("dot", "y", y, y_off, n)?;
-        Ok(reductions::reduce(self.par(), x, y, |a, b| a * b) as f32)
-    }
-
-    fn max_over_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        r: AxisReduction<'_, CpuBuffer>,
+        axis: Axis,
+        x: Slice<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        const OP: &str = "max_over_axis";
-        let x = rd(OP, "x", x, x_off, outer * dim * inner)?;
-        let y = wr(OP, "y", y, y_off, outer * inner)?;
-        reductions::over_axis(
-            self.par(),
-            dim,
-            inner,
-            x,
-            None,
-            y,
-            reductions::AxisReduce::Max,
-        );
+        const OP: &str = "reduce_over_axis";
+        let len = axis.len(OP)?;
+        let x = x.leading(OP, "x", len)?;
+        let y = y.leading(OP, "y", axis.reduced_len(OP)?)?;
+        let kind = match r {
+            AxisReduction::Max => reductions::AxisReduce::Max,
+            AxisReduction::Sum => reductions::AxisReduce::Sum,
+            AxisReduction::Dot(b) => reductions::AxisReduce::Dot(b.leading(OP, "b", len)?),
+        };
+        reductions::over_axis(self.par(), axis, x, y, kind);
         Ok(())
     }
 
-    fn sum_over_axis(
+    fn broadcast(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sum_over_axis";
-        let x = rd(OP, "x", x, x_off, outer * dim * inner)?;
-        let y = wr(OP, "y", y, y_off, outer * inner)?;
-        reductions::over_axis(
-            self.par(),
-            dim,
-            inner,
-            x,
-            None,
-            y,
-            reductions::AxisReduce::Sum,
-        );
-        Ok(())
-    }
-
-    fn dot_over_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        a: &CpuBuffer,
-        a_off: usize,
-        b: &CpuBuffer,
-        b_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "dot_over_axis";
-        let a = rd(OP, "a", a, a_off, outer * dim * inner)?;
-        let b = rd(OP, "b", b, b_off, outer * dim * inner)?;
-        let y = wr(OP, "y", y, y_off, outer * inner)?;
-        reductions::over_axis(
-            self.par(),
-            dim,
-            inner,
-            a,
-            Some(b),
-            y,
-            reductions::AxisReduce::Dot,
-        );
-        Ok(())
-    }
-
-    fn sub_along_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        v: &CpuBuffer,
-        v_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sub_along_axis";
-        let v = rd(OP, "v", v, v_off, outer * inner)?;
-        let y = wr(OP, "y", y, y_off, outer * dim * inner)?;
-        reductions::along_axis(self.par(), dim, inner, v, y, |y, v| y - v);
-        Ok(())
-    }
-
-    fn div_along_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        v: &CpuBuffer,
-        v_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "div_along_axis";
-        let v = rd(OP, "v", v, v_off, outer * inner)?;
-        let y = wr(OP, "y", y, y_off, outer * dim * inner)?;
-        reductions::along_axis(self.par(), dim, inner, v, y, |y, v| y / v);
-        Ok(())
-    }
-
-    fn add_per_channel(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        v: &CpuBuffer,
-        v_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "add_per_channel";
-        let v = rd(OP, "v", v, v_off, channels)?;
-        let y = wr(OP, "y", y, y_off, outer * channels * inner)?;
-        reductions::per_channel(self.par(), channels, inner, v, Operand::Same, y, |x, v| {
-            x + v
-        });
-        Ok(())
-    }
-
-    fn mul_per_channel(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        v: &CpuBuffer,
-        v_off: usize,
+        op: Binary,
+        how: Broadcast,
+        axis: Axis,
+        v: Slice<'_, CpuBuffer>,
         x: Src<'_, CpuBuffer>,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        const OP: &str = "mul_per_channel";
-        let len = outer * channels * inner;
-        let v = rd(OP, "v", v, v_off, channels)?;
-        let x = operand(OP, "x", x, len)?;
-        let y = wr(OP, "y", y, y_off, len)?;
-        reductions::per_channel(self.par(), channels, inner, v, x, y, |x, v| x * v);
+        const OP: &str = "broadcast";
+        let len = axis.len(OP)?;
+        let v_len = match how {
+            Broadcast::OverAxis => axis.reduced_len(OP)?,
+            Broadcast::PerChannel => axis.dim,
+        };
+        let v = v.leading(OP, "v", v_len)?;
+        let y = y.leading(OP, "y", len)?;
+        let x = leading_operand(OP, "x", x, len)?;
+        let par = self.par();
+        match how {
+            // PReLU keeps its own loop, a task per row of `inner`.
+            Broadcast::PerChannel if op == Binary::PRelu => {
+                neuron::prelu_forward(par, axis, v, x, y)
+            }
+            Broadcast::PerChannel => {
+                with_binary_fn!(op, |f| reductions::per_channel(par, axis, v, x, y, f))
+            }
+            Broadcast::OverAxis => {
+                with_binary_fn!(op, |f| reductions::along_axis(par, axis, v, x, y, f))
+            }
+        }
         Ok(())
     }
 
     fn sum_per_channel(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
+        axis: Axis,
         alpha: f32,
-        x: &CpuBuffer,
-        x_off: usize,
+        x: Slice<'_, CpuBuffer>,
         beta: f32,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "sum_per_channel";
-        let x = rd(OP, "x", x, x_off, outer * channels * inner)?;
-        let y = wr(OP, "y", y, y_off, channels)?;
-        reductions::sum_per_channel(self.par(), outer, channels, inner, alpha, x, beta, y);
+        let x = x.leading(OP, "x", axis.len(OP)?)?;
+        let y = y.leading(OP, "y", axis.dim)?;
+        reductions::sum_per_channel(self.par(), axis, alpha, x, beta, y);
         Ok(())
     }
 
     fn im2col(
         &self,
         g: &ConvGeom,
-        im: &CpuBuffer,
-        im_off: usize,
-        col: &mut CpuBuffer,
-        col_off: usize,
+        im: Slice<'_, CpuBuffer>,
+        col: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         g.validate("im2col")?;
-        let im = rd("im2col", "im", im, im_off, g.im_len())?;
-        let col = wr("im2col", "col", col, col_off, g.col_len())?;
+        let im = im.leading("im2col", "im", g.im_len())?;
+        let col = col.leading("im2col", "col", g.col_len())?;
         im2col::im2col(self.par(), g, im, col);
         Ok(())
     }
@@ -1083,170 +779,139 @@ impl Backend for CpuBackend {
     fn col2im(
         &self,
         g: &ConvGeom,
-        col: &CpuBuffer,
-        col_off: usize,
-        im: &mut CpuBuffer,
-        im_off: usize,
+        col: Slice<'_, CpuBuffer>,
+        im: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         g.validate("col2im")?;
-        let col = rd("col2im", "col", col, col_off, g.col_len())?;
-        let im = wr("col2im", "im", im, im_off, g.im_len())?;
+        let col = col.leading("col2im", "col", g.col_len())?;
+        let im = im.leading("col2im", "im", g.im_len())?;
         im2col::col2im(self.par(), g, col, im);
         Ok(())
     }
 
-    fn conv_workspace_len(&self, _c: &ConvBatch) -> usize {
-        // The backend's own scratch is used instead (see `CpuBackend::scratch`).
-        0
-    }
-
+    /// The images spread over the workers, with the backend's own scratch: `workspace` is not
+    /// used (see [`Capabilities::conv_scratch`]).
     fn conv_forward(
         &self,
         c: &ConvBatch,
-        x: &CpuBuffer,
-        x_off: usize,
-        w: &CpuBuffer,
-        w_off: usize,
-        bias: Option<(&CpuBuffer, usize)>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-        _workspace: &mut CpuBuffer,
+        x: Slice<'_, CpuBuffer>,
+        w: Slice<'_, CpuBuffer>,
+        bias: Option<Slice<'_, CpuBuffer>>,
+        y: SliceMut<'_, CpuBuffer>,
+        _workspace: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "conv_forward";
         c.validate(OP)?;
-        let x = rd(OP, "x", x, x_off, c.num * c.in_len())?;
-        let w = rd(OP, "w", w, w_off, c.weight_len())?;
+        let x = x.leading(OP, "x", c.num * c.in_len())?;
+        let w = w.leading(OP, "w", c.weight_len())?;
         let bias = match bias {
-            Some((b, b_off)) => Some(rd(OP, "bias", b, b_off, c.out_channels)?),
+            Some(b) => Some(b.leading(OP, "bias", c.out_channels)?),
             None => None,
         };
-        let y = wr(OP, "y", y, y_off, c.num * c.out_len())?;
+        let y = y.leading(OP, "y", c.num * c.out_len())?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         conv::forward(self.par(), &mut scratch, c, x, w, bias, y)
     }
 
+    /// As `conv_forward`, the images over the workers; the weight gradient is summed in fixed parts of the
+    /// batch (see `conv`'s module docs).
     fn conv_backward(
         &self,
         c: &ConvBatch,
-        x: &CpuBuffer,
-        x_off: usize,
-        w: &CpuBuffer,
-        w_off: usize,
-        dy: &CpuBuffer,
-        dy_off: usize,
-        dw: Option<(&mut CpuBuffer, usize)>,
-        dx: Option<(&mut CpuBuffer, usize)>,
-        _workspace: &mut CpuBuffer,
+        x: Slice<'_, CpuBuffer>,
+        w: Slice<'_, CpuBuffer>,
+        dy: Slice<'_, CpuBuffer>,
+        grads: ConvGrads<'_, CpuBuffer>,
+        _workspace: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "conv_backward";
         c.validate(OP)?;
         // `x` is read only for the weight gradient.
-        let x_len = if dw.is_some() { c.num * c.in_len() } else { 0 };
-        let x = rd(OP, "x", x, x_off, x_len)?;
-        let w = rd(OP, "w", w, w_off, c.weight_len())?;
-        let dy = rd(OP, "dy", dy, dy_off, c.num * c.out_len())?;
-        let dw = match dw {
-            Some((b, off)) => Some(wr(OP, "dw", b, off, c.weight_len())?),
+        let x_len = if grads.dw.is_some() {
+            c.num * c.in_len()
+        } else {
+            0
+        };
+        let x = x.leading(OP, "x", x_len)?;
+        let w = w.leading(OP, "w", c.weight_len())?;
+        let dy = dy.leading(OP, "dy", c.num * c.out_len())?;
+        let dw = match grads.dw {
+            Some(dw) => Some(dw.leading(OP, "dw", c.weight_len())?),
             None => None,
         };
-        let dx = match dx {
-            Some((b, off)) => Some(wr(OP, "dx", b, off, c.num * c.in_len())?),
+        let dx = match grads.dx {
+            Some(dx) => Some(dx.leading(OP, "dx", c.num * c.in_len())?),
             None => None,
         };
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        conv::backward(self.par(), &mut scratch, c, x, w, dy, dw, dx)
+        conv::backward(
+            self.par(),
+            &mut scratch,
+            c,
+            x,
+            w,
+            dy,
+            conv::Grads { dw, dx },
+        )
     }
 
-    fn max_pool_forward(
+    fn pool_forward(
         &self,
         g: &PoolGeom,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-        mask: &mut CpuBuffer,
-        mask_off: usize,
+        p: Pooling<SliceMut<'_, CpuBuffer>>,
+        x: Slice<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        const OP: &str = "max_pool_forward";
+        const OP: &str = "pool_forward";
         g.validate(OP)?;
-        let x = rd(OP, "x", x, x_off, g.in_len())?;
-        let y = wr(OP, "y", y, y_off, g.out_len())?;
-        let mask = wr(OP, "mask", mask, mask_off, g.out_len())?;
-        pooling::max_forward(self.par(), g, x, y, mask)
-    }
-
-    fn max_pool_backward(
-        &self,
-        g: &PoolGeom,
-        dy: &CpuBuffer,
-        dy_off: usize,
-        mask: &CpuBuffer,
-        mask_off: usize,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "max_pool_backward";
-        g.validate(OP)?;
-        let dy = rd(OP, "dy", dy, dy_off, g.out_len())?;
-        let mask = rd(OP, "mask", mask, mask_off, g.out_len())?;
-        let dx = wr(OP, "dx", dx, dx_off, g.in_len())?;
-        if !pooling::max_backward(self.par(), g, dy, mask, dx) {
-            return Err(invalid(
-                OP,
-                format!(
-                    "mask holds an index outside the {}x{} plane",
-                    g.height, g.width
-                ),
-            ));
+        let x = x.leading(OP, "x", g.in_len())?;
+        let y = y.leading(OP, "y", g.out_len())?;
+        match p {
+            Pooling::Max { mask } => {
+                let mask = mask.leading(OP, "mask", g.out_len())?;
+                pooling::max_forward(self.par(), g, x, y, mask)
+            }
+            Pooling::Ave => pooling::ave_forward(self.par(), g, x, y),
         }
-        Ok(())
     }
 
-    fn ave_pool_forward(
+    fn pool_backward(
         &self,
         g: &PoolGeom,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        p: Pooling<Slice<'_, CpuBuffer>>,
+        dy: Slice<'_, CpuBuffer>,
+        dx: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        const OP: &str = "ave_pool_forward";
+        const OP: &str = "pool_backward";
         g.validate(OP)?;
-        let x = rd(OP, "x", x, x_off, g.in_len())?;
-        let y = wr(OP, "y", y, y_off, g.out_len())?;
-        pooling::ave_forward(self.par(), g, x, y)
-    }
-
-    fn ave_pool_backward(
-        &self,
-        g: &PoolGeom,
-        dy: &CpuBuffer,
-        dy_off: usize,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "ave_pool_backward";
-        g.validate(OP)?;
-        let dy = rd(OP, "dy", dy, dy_off, g.out_len())?;
-        let dx = wr(OP, "dx", dx, dx_off, g.in_len())?;
-        pooling::ave_backward(self.par(), g, dy, dx)
+        let dy = dy.leading(OP, "dy", g.out_len())?;
+        let dx = dx.leading(OP, "dx", g.in_len())?;
+        match p {
+            Pooling::Max { mask } => {
+                let mask = mask.leading(OP, "mask", g.out_len())?;
+                if !pooling::max_backward(self.par(), g, dy, mask, dx) {
+                    let (h, w) = (g.height, g.width);
+                    let message = format!("mask holds an index outside the {h}x{w} plane");
+                    return Err(invalid(OP, message));
+                }
+                Ok(())
+            }
+            Pooling::Ave => pooling::ave_backward(self.par(), g, dy, dx),
+        }
     }
 
     fn lrn_across_forward(
         &self,
         g: &LrnGeom,
-        x: &CpuBuffer,
-        x_off: usize,
-        scale: &mut CpuBuffer,
-        scale_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        x: Slice<'_, CpuBuffer>,
+        scale: SliceMut<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "lrn_across_forward";
         g.validate(OP)?;
-        let x = rd(OP, "x", x, x_off, g.len())?;
-        let scale = wr(OP, "scale", scale, scale_off, g.len())?;
-        let y = wr(OP, "y", y, y_off, g.len())?;
+        let x = x.leading(OP, "x", g.len())?;
+        let scale = scale.leading(OP, "scale", g.len())?;
+        let y = y.leading(OP, "y", g.len())?;
         lrn::across_forward(self.par(), g, x, scale, y);
         Ok(())
     }
@@ -1254,294 +919,251 @@ impl Backend for CpuBackend {
     fn lrn_across_backward(
         &self,
         g: &LrnGeom,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &CpuBuffer,
-        y_off: usize,
-        scale: &CpuBuffer,
-        scale_off: usize,
-        dy: &CpuBuffer,
-        dy_off: usize,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
+        forward: LrnSaved<'_, CpuBuffer>,
+        dy: Slice<'_, CpuBuffer>,
+        dx: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "lrn_across_backward";
         g.validate(OP)?;
-        let x = rd(OP, "x", x, x_off, g.len())?;
-        let y = rd(OP, "y", y, y_off, g.len())?;
-        let scale = rd(OP, "scale", scale, scale_off, g.len())?;
-        let dy = rd(OP, "dy", dy, dy_off, g.len())?;
-        let dx = wr(OP, "dx", dx, dx_off, g.len())?;
-        lrn::across_backward(self.par(), g, x, y, scale, dy, dx);
+        let saved = lrn::Saved {
+            x: forward.x.leading(OP, "x", g.len())?,
+            y: forward.y.leading(OP, "y", g.len())?,
+            scale: forward.scale.leading(OP, "scale", g.len())?,
+        };
+        let dy = dy.leading(OP, "dy", g.len())?;
+        let dx = dx.leading(OP, "dx", g.len())?;
+        lrn::across_backward(self.par(), g, saved, dy, dx);
         Ok(())
     }
 
+    /// Upstream's composition fused into one pass per plane, with its arithmetic (the same
+    /// bits as the default); `sq` is not used.
     fn lrn_within_forward(
         &self,
-        g: &PoolGeom,
-        alpha: f32,
-        beta: f32,
-        x: &CpuBuffer,
-        mean: &mut CpuBuffer,
-        power: &mut CpuBuffer,
-        y: &mut CpuBuffer,
-        _sq: &mut CpuBuffer,
+        l: &LrnWithin,
+        x: Slice<'_, CpuBuffer>,
+        [mean, power]: [SliceMut<'_, CpuBuffer>; 2],
+        y: SliceMut<'_, CpuBuffer>,
+        _sq: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "lrn_within_forward";
-        g.validate_lrn_window(OP)?;
-        let n = g.in_len();
-        let x = rd(OP, "x", x, 0, n)?;
-        let mean = wr(OP, "mean", mean, 0, n)?;
-        let power = wr(OP, "power", power, 0, n)?;
-        lrn::within_forward(self.par(), g, alpha, beta, x, mean, power);
-        let y = wr(OP, "y", y, 0, n)?;
-        elementwise::map2(
-            self.par(),
-            Operand::Slice(x),
-            Operand::Slice(power),
-            y,
-            |a, b| a * b,
-        );
+        l.window.validate_lrn_window(OP)?;
+        let n = l.window.in_len();
+        let x = x.leading(OP, "x", n)?;
+        let mean = mean.leading(OP, "mean", n)?;
+        let power = power.leading(OP, "power", n)?;
+        let y = y.leading(OP, "y", n)?;
+        lrn::within_forward(self.par(), l, x, mean, power);
+        let (x, power) = (Operand::Slice(x), Operand::Slice(power));
+        elementwise::map2(self.par(), x, power, y, |a, b| a * b);
         Ok(())
     }
 
+    /// The composition's backward pass fused as its forward pass; `scratch` is not used.
     fn lrn_within_backward(
         &self,
-        g: &PoolGeom,
-        alpha: f32,
-        beta: f32,
-        x: &CpuBuffer,
-        mean: &CpuBuffer,
-        power: &CpuBuffer,
-        dy: &CpuBuffer,
-        dx: &mut CpuBuffer,
-        _a: &mut CpuBuffer,
-        _b: &mut CpuBuffer,
+        l: &LrnWithin,
+        forward: LrnSaved<'_, CpuBuffer>,
+        dy: Slice<'_, CpuBuffer>,
+        dx: SliceMut<'_, CpuBuffer>,
+        _scratch: [SliceMut<'_, CpuBuffer>; 2],
     ) -> Result<()> {
         const OP: &str = "lrn_within_backward";
-        g.validate_lrn_window(OP)?;
-        let n = g.in_len();
-        let x = rd(OP, "x", x, 0, n)?;
-        let mean = rd(OP, "mean", mean, 0, n)?;
-        let power = rd(OP, "power", power, 0, n)?;
-        let dy = rd(OP, "dy", dy, 0, n)?;
-        let dx = wr(OP, "dx", dx, 0, n)?;
-        lrn::within_backward(self.par(), g, alpha, beta, x, mean, power, dy, dx);
+        l.window.validate_lrn_window(OP)?;
+        let n = l.window.in_len();
+        let saved = lrn::Saved {
+            x: forward.x.leading(OP, "x", n)?,
+            y: forward.y.leading(OP, "mean", n)?,
+            scale: forward.scale.leading(OP, "power", n)?,
+        };
+        let dy = dy.leading(OP, "dy", n)?;
+        let dx = dx.leading(OP, "dx", n)?;
+        lrn::within_backward(self.par(), l, saved, dy, dx);
         Ok(())
-    }
-
-    // ---- ops added for the neuron and plumbing layers: see neuron.rs ----
-
-    fn prelu_forward(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        slope: &CpuBuffer,
-        slope_off: usize,
-        x: Src<'_, CpuBuffer>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        self.prelu_forward_cpu((outer, channels, inner), slope, slope_off, x, y, y_off)
     }
 
     fn prelu_backward(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        slope: &CpuBuffer,
-        slope_off: usize,
-        x: &CpuBuffer,
-        x_off: usize,
+        axis: Axis,
+        slope: Slice<'_, CpuBuffer>,
+        x: Slice<'_, CpuBuffer>,
         dy: Src<'_, CpuBuffer>,
-        dx: &mut CpuBuffer,
-        dx_off: usize,
+        dx: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let geom = (outer, channels, inner);
-        self.prelu_backward_cpu(geom, slope, slope_off, x, x_off, dy, dx, dx_off)
+        const OP: &str = "prelu_backward";
+        let len = axis.len(OP)?;
+        let slope = slope.leading(OP, "slope", axis.dim)?;
+        let x = x.leading(OP, "x", len)?;
+        let dx = dx.leading(OP, "dx", len)?;
+        let dy = leading_operand(OP, "dy", dy, len)?;
+        neuron::prelu_backward(self.par(), axis, slope, x, dy, dx);
+        Ok(())
     }
 
     fn prelu_slope_grad(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        dy: &CpuBuffer,
-        dy_off: usize,
-        dslope: &mut CpuBuffer,
-        dslope_off: usize,
+        axis: Axis,
+        x: Slice<'_, CpuBuffer>,
+        dy: Slice<'_, CpuBuffer>,
+        dslope: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let geom = (outer, channels, inner);
-        self.prelu_slope_grad_cpu(geom, x, x_off, dy, dy_off, dslope, dslope_off)
+        const OP: &str = "prelu_slope_grad";
+        let len = axis.len(OP)?;
+        let x = x.leading(OP, "x", len)?;
+        let dy = dy.leading(OP, "dy", len)?;
+        let dslope = dslope.leading(OP, "dslope", axis.dim)?;
+        neuron::prelu_slope_grad(axis, x, dy, dslope);
+        Ok(())
     }
 
     fn copy_2d(
         &self,
-        rows: usize,
-        cols: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        x_stride: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-        y_stride: usize,
+        block: &Block,
+        x: Slice<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        self.copy_2d_cpu((rows, cols), x, x_off, x_stride, y, y_off, y_stride)
+        const OP: &str = "copy_2d";
+        let extent = (block.rows, block.cols);
+        let Some((x_span, y_span)) = copy_2d_spans(OP, extent, block.x_stride, block.y_stride)?
+        else {
+            return Ok(());
+        };
+        let x = x.leading(OP, "x", x_span)?;
+        let y = y.leading(OP, "y", y_span)?;
+        neuron::copy_2d(block, x, y);
+        Ok(())
     }
 
     fn running_argmax(
         &self,
-        n: usize,
         index: f32,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-        mask: &mut CpuBuffer,
-        mask_off: usize,
+        x: Slice<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
+        mask: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        self.running_argmax_cpu(n, index, x, x_off, y, y_off, mask, mask_off)
+        const OP: &str = "running_argmax";
+        let y = y.values(OP, "y")?;
+        let x = x.exactly(OP, "x", y.len())?;
+        let mask = mask.exactly(OP, "mask", y.len())?;
+        neuron::running_argmax(index, x, y, mask);
+        Ok(())
     }
 
     fn copy_where_eq(
         &self,
-        n: usize,
-        mask: &CpuBuffer,
-        mask_off: usize,
+        mask: Slice<'_, CpuBuffer>,
         value: f32,
-        x: &CpuBuffer,
-        x_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        x: Slice<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        self.copy_where_eq_cpu(n, mask, mask_off, value, x, x_off, y, y_off)
+        const OP: &str = "copy_where_eq";
+        let y = y.values(OP, "y")?;
+        let mask = Operand::Slice(mask.exactly(OP, "mask", y.len())?);
+        let x = Operand::Slice(x.exactly(OP, "x", y.len())?);
+        elementwise::map2(
+            self.par(),
+            mask,
+            x,
+            y,
+            |m, v| if m == value { v } else { 0.0 },
+        );
+        Ok(())
     }
 
     fn top_k_over_axis(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
+        axis: Axis,
         k: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        values: &mut CpuBuffer,
-        values_off: usize,
-        indices: &mut CpuBuffer,
-        indices_off: usize,
+        x: Slice<'_, CpuBuffer>,
+        [values, indices]: [SliceMut<'_, CpuBuffer>; 2],
     ) -> Result<()> {
-        let geom = (outer, dim, inner, k);
-        self.top_k_over_axis_cpu(geom, x, x_off, values, values_off, indices, indices_off)
-    }
-
-    // ---- ops added for the loss and accuracy layers: see loss.rs ----
-
-    fn label_mask(
-        &self,
-        n: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        self.label_mask_cpu(n, label, label_off, ignore_label, y, y_off)
+        const OP: &str = "top_k_over_axis";
+        if k > axis.dim {
+            let message = format!("k = {k} exceeds the axis length {}", axis.dim);
+            return Err(invalid(OP, message));
+        }
+        if axis.dim > 1 << 24 {
+            let message = format!("an axis of {} is too long for exact f32 indices", axis.dim);
+            return Err(invalid(OP, message));
+        }
+        let x = x.leading(OP, "x", axis.len(OP)?)?;
+        let top_len = Axis { dim: k, ..axis }.len(OP)?;
+        let values = values.leading(OP, "values", top_len)?;
+        let indices = indices.leading(OP, "indices", top_len)?;
+        neuron::top_k_over_axis(axis, k, x, values, indices);
+        Ok(())
     }
 
     fn gather_at_label(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
+        axis: Axis,
+        x: Slice<'_, CpuBuffer>,
+        labels: Labels<'_, CpuBuffer>,
         fill: f32,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let geom = (outer, dim, inner);
-        self.gather_at_label_cpu(
-            geom,
-            x,
-            x_off,
-            label,
-            label_off,
-            ignore_label,
-            fill,
-            y,
-            y_off,
-        )
+        const OP: &str = "gather_at_label";
+        let positions = axis.reduced_len(OP)?;
+        let x = x.leading(OP, "x", axis.len(OP)?)?;
+        let labels = host_labels(OP, labels, positions)?;
+        let y = y.leading(OP, "y", positions)?;
+        loss::gather_at_label(OP, axis, x, labels, fill, y)
     }
 
     fn affine_at_label(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        alpha: f32,
-        beta: f32,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        axis: Axis,
+        labels: Labels<'_, CpuBuffer>,
+        alpha_beta: (f32, f32),
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let geom = (outer, dim, inner);
-        let ab = (alpha, beta);
-        self.affine_at_label_cpu(geom, label, label_off, ignore_label, ab, y, y_off)
+        const OP: &str = "affine_at_label";
+        let labels = host_labels(OP, labels, axis.reduced_len(OP)?)?;
+        let y = y.leading(OP, "y", axis.len(OP)?)?;
+        loss::affine_at_label(OP, axis, labels, alpha_beta, y)
     }
 
     fn top_k_hits(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
+        axis: Axis,
         top_k: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        x: Slice<'_, CpuBuffer>,
+        labels: Labels<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let geom = (outer, dim, inner, top_k);
-        self.top_k_hits_cpu(geom, x, x_off, label, label_off, ignore_label, y, y_off)
+        const OP: &str = "top_k_hits";
+        let positions = axis.reduced_len(OP)?;
+        let x = x.leading(OP, "x", axis.len(OP)?)?;
+        let labels = host_labels(OP, labels, positions)?;
+        let y = y.leading(OP, "y", positions)?;
+        loss::top_k_hits(OP, (axis, top_k), x, labels, y)
     }
 
     fn sum_by_label(
         &self,
-        n: usize,
-        classes: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        label: &CpuBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CpuBuffer,
-        y_off: usize,
+        x: Slice<'_, CpuBuffer>,
+        labels: Labels<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        let geom = (n, classes);
-        self.sum_by_label_cpu(geom, x, x_off, label, label_off, ignore_label, y, y_off)
+        const OP: &str = "sum_by_label";
+        let x = x.values(OP, "x")?;
+        let labels = loss::HostLabels {
+            values: labels.values.exactly(OP, "labels", x.len())?,
+            ignore_label: labels.ignore_label,
+        };
+        let y = y.values(OP, "y")?;
+        loss::sum_by_label(OP, x, labels, y)
     }
+}
 
-    fn sigmoid_cross_entropy(
-        &self,
-        n: usize,
-        x: &CpuBuffer,
-        x_off: usize,
-        t: &CpuBuffer,
-        t_off: usize,
-        y: &mut CpuBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        self.sigmoid_cross_entropy_cpu(n, x, x_off, t, t_off, y, y_off)
-    }
+/// The first `positions` labels of `labels`, on the host.
+fn host_labels<'a>(
+    op: &'static str,
+    labels: Labels<'a, CpuBuffer>,
+    positions: usize,
+) -> Result<loss::HostLabels<'a>> {
+    Ok(loss::HostLabels {
+        values: labels.values.leading(op, "labels", positions)?,
+        ignore_label: labels.ignore_label,
+    })
 }

@@ -11,6 +11,7 @@
 //! loop starting from the first element (max) or from zero (sum, dot).
 
 use super::{elementwise::Operand, Par};
+use crate::backend::Axis;
 use rayon::prelude::*;
 
 /// Inputs shorter than this are reduced as one part, serially.
@@ -73,22 +74,16 @@ where
 
 /// What [`over_axis`] computes.
 #[derive(Clone, Copy)]
-pub(super) enum AxisReduce {
+pub(super) enum AxisReduce<'a> {
     Max,
     Sum,
-    Dot,
+    /// The sum of the products with this second factor, shaped as `x`.
+    Dot(&'a [f32]),
 }
 
-/// `y[o, j] = reduce_c x[o, c, j]` (with `x2` the second factor for `Dot`).
-pub(super) fn over_axis(
-    par: Par<'_>,
-    dim: usize,
-    inner: usize,
-    x: &[f32],
-    x2: Option<&[f32]>,
-    y: &mut [f32],
-    kind: AxisReduce,
-) {
+/// `y[o, j] = reduce_c x[o, c, j]`.
+pub(super) fn over_axis(par: Par<'_>, axis: Axis, x: &[f32], y: &mut [f32], kind: AxisReduce<'_>) {
+    let Axis { dim, inner, .. } = axis;
     par.rows_mut(y, inner, dim * inner, |o, yr| {
         let base = o * dim * inner;
         let plane = |c: usize| &x[base + c * inner..base + (c + 1) * inner];
@@ -112,8 +107,7 @@ pub(super) fn over_axis(
                     yr.iter_mut().zip(plane(c)).for_each(|(s, &v)| *s += v);
                 }
             }
-            AxisReduce::Dot => {
-                let x2 = x2.expect("Dot needs a second operand");
+            AxisReduce::Dot(x2) => {
                 yr.fill(0.0);
                 for c in 0..dim {
                     let q = &x2[base + c * inner..base + (c + 1) * inner];
@@ -126,27 +120,10 @@ pub(super) fn over_axis(
     });
 }
 
-/// `y[o, c, j] = f(y[o, c, j], v[o, j])`.
-pub(super) fn along_axis<F>(par: Par<'_>, dim: usize, inner: usize, v: &[f32], y: &mut [f32], f: F)
-where
-    F: Fn(f32, f32) -> f32 + Sync + Send,
-{
-    if inner == 0 {
-        return;
-    }
-    par.rows_mut(y, dim * inner, dim * inner, |o, yo| {
-        let vo = &v[o * inner..(o + 1) * inner];
-        for yc in yo.chunks_mut(inner) {
-            yc.iter_mut().zip(vo).for_each(|(p, &q)| *p = f(*p, q));
-        }
-    });
-}
-
-/// `y[o, c, j] = f(x[o, c, j], v[c])`, `x` possibly `y` itself.
-pub(super) fn per_channel<F>(
+/// `y[o, c, j] = f(x[o, c, j], v[o, j])`, `x` possibly `y` itself.
+pub(super) fn along_axis<F>(
     par: Par<'_>,
-    channels: usize,
-    inner: usize,
+    axis: Axis,
     v: &[f32],
     x: Operand<'_>,
     y: &mut [f32],
@@ -154,6 +131,38 @@ pub(super) fn per_channel<F>(
 ) where
     F: Fn(f32, f32) -> f32 + Sync + Send,
 {
+    let Axis { dim, inner, .. } = axis;
+    if inner == 0 {
+        return;
+    }
+    par.rows_mut(y, dim * inner, dim * inner, |o, yo| {
+        let vo = &v[o * inner..(o + 1) * inner];
+        for (c, yc) in yo.chunks_mut(inner).enumerate() {
+            match x {
+                Operand::Same => yc.iter_mut().zip(vo).for_each(|(p, &q)| *p = f(*p, q)),
+                Operand::Slice(x) => {
+                    let xc = &x[(o * dim + c) * inner..(o * dim + c + 1) * inner];
+                    yc.iter_mut()
+                        .zip(xc.iter().zip(vo))
+                        .for_each(|(p, (&u, &q))| *p = f(u, q))
+                }
+            }
+        }
+    });
+}
+
+/// `y[o, c, j] = f(x[o, c, j], v[c])`, `x` possibly `y` itself.
+pub(super) fn per_channel<F>(
+    par: Par<'_>,
+    axis: Axis,
+    v: &[f32],
+    x: Operand<'_>,
+    y: &mut [f32],
+    f: F,
+) where
+    F: Fn(f32, f32) -> f32 + Sync + Send,
+{
+    let (channels, inner) = (axis.dim, axis.inner);
     if inner == 0 || channels == 0 {
         return;
     }
@@ -179,14 +188,17 @@ pub(super) fn per_channel<F>(
 /// `(o, c)` row is summed as in [`reduce`]'s blocks and the rows are added in f64, in order.
 pub(super) fn sum_per_channel(
     par: Par<'_>,
-    outer: usize,
-    channels: usize,
-    inner: usize,
+    axis: Axis,
     alpha: f32,
     x: &[f32],
     beta: f32,
     y: &mut [f32],
 ) {
+    let Axis {
+        outer,
+        dim: channels,
+        inner,
+    } = axis;
     let id = |a: f32, _: f32| a;
     par.rows_mut(y, 1, outer * inner, |c, yc| {
         let mut s = 0f64;

@@ -39,7 +39,7 @@
 use super::nvrtc;
 use crate::backend::{
     check_probability, check_range, invalid, philox, Backend, BackendError, CapturedWork, ConvGeom,
-    DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose, UpdateRule,
+    DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Transpose, UpdateRule, Views,
 };
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::sys::{CUdeviceptr, CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -120,6 +120,20 @@ struct Inner {
     /// the host check cannot run inside a graph, so each replay reads this instead.
     label_error: CudaBuffer,
 }
+
+/// An op input in the `(buffer, offset)` form the launch code takes: another buffer, or the
+/// op's own output (in place).
+pub(super) enum Src<'a, T: ?Sized> {
+    At(&'a T, usize),
+    InPlace,
+}
+
+impl<T: ?Sized> Clone for Src<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for Src<'_, T> {}
 
 /// The CUDA backend on one device. Cloning is cheap and shares the context and stream.
 #[derive(Clone)]
@@ -414,6 +428,7 @@ impl CudaBackend {
         self.launch(op, kernel, n, &[Arg::I(int(op, n)?), xp, yp])
     }
 
+    #[allow(clippy::too_many_arguments)] // until the launch code takes views
     fn map2(
         &self,
         op: &'static str,
@@ -431,6 +446,7 @@ impl CudaBackend {
     }
 
     /// `dx = f(fwd, dy)` for the activations' backward kernels `(n, [scalar], fwd, dy, dx)`.
+    #[allow(clippy::too_many_arguments)] // until the launch code takes views
     fn backward(
         &self,
         op: &'static str,
@@ -508,7 +524,7 @@ impl CudaBackend {
         let slot = Self::ptr(op, "result", &partials, PARTIALS, 1)?;
         self.reduce_into(op, kind, n, (xp, yp), 1.0, slot, &partials)?;
         let mut value = [0f32];
-        self.download(&partials, PARTIALS, &mut value)?;
+        Backend::download(self, partials.slice(PARTIALS, 1), &mut value)?;
         Ok(value[0])
     }
 

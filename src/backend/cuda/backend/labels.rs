@@ -18,7 +18,7 @@ impl CudaBackend {
         self.host_guard(op)?;
         check_range(op, "label", label.len(), off, n)?;
         let mut host = vec![0f32; n];
-        self.download(label, off, &mut host)?;
+        Backend::download(self, label.slice(off, n), &mut host)?;
         crate::backend::check_labels(op, &host, ignore, dim)
     }
 
@@ -50,7 +50,11 @@ impl CudaBackend {
     /// the report. Waits for the stream.
     pub(super) fn take_label_error(&self, op: &'static str) -> Result<()> {
         let mut report = [0f32; LABEL_ERROR_LEN];
-        self.download(&self.inner.label_error, 0, &mut report)?;
+        Backend::download(
+            self,
+            self.inner.label_error.slice(0, LABEL_ERROR_LEN),
+            &mut report,
+        )?;
         if report[0] == 0.0 {
             return Ok(());
         }

@@ -55,13 +55,13 @@ macro_rules! binary {
     };
 }
 
-impl Backend for CudaBackend {
-    type Buffer = CudaBuffer;
+mod trait_impl;
 
-    fn name(&self) -> &'static str {
-        "CUDA"
-    }
-
+/// The ops in the `(buffer, offset)` form the launch code takes; [`trait_impl`] checks the
+/// views of [`Backend`]'s ops and calls these. (Their long argument lists go when the launch
+/// code takes views itself.)
+#[allow(clippy::too_many_arguments)]
+impl CudaBackend {
     fn alloc(&self, len: usize) -> Result<CudaBuffer> {
         // An allocation inside a capture would become graph-owned memory.
         self.host_guard("alloc")?;
@@ -118,10 +118,6 @@ impl Backend for CudaBackend {
             .stream
             .synchronize()
             .map_err(|e| dev_err("synchronize", e))
-    }
-
-    fn has_fused_updates(&self) -> bool {
-        true
     }
 
     fn fused_update(
@@ -200,10 +196,6 @@ impl Backend for CudaBackend {
         Ok(true)
     }
 
-    fn can_capture(&self) -> bool {
-        true
-    }
-
     fn end_capture(&self) -> Result<Option<Box<dyn CapturedWork>>> {
         const OP: &str = "end_capture";
         if !self.inner.capturing.swap(false, Ordering::AcqRel) {
@@ -244,36 +236,6 @@ impl Backend for CudaBackend {
     // The fills draw on the host with the CPU backend's generator and upload: only the
     // distribution is specified, and this keeps a net's initialisation identical across
     // backends.
-    fn rng_uniform(
-        &self,
-        n: usize,
-        lo: f32,
-        hi: f32,
-        rng: &mut Rng,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        self.host_guard("rng_uniform")?;
-        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
-        crate::backend::CpuBackend::new(1)?.rng_uniform(n, lo, hi, rng, &mut host, 0)?;
-        self.upload(host.as_slice(), y, y_off)
-    }
-
-    fn rng_gaussian(
-        &self,
-        n: usize,
-        mean: f32,
-        std: f32,
-        rng: &mut Rng,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        self.host_guard("rng_gaussian")?;
-        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
-        crate::backend::CpuBackend::new(1)?.rng_gaussian(n, mean, std, rng, &mut host, 0)?;
-        self.upload(host.as_slice(), y, y_off)
-    }
-
     fn rng_bernoulli_stream(
         &self,
         n: usize,
@@ -296,20 +258,6 @@ impl Backend for CudaBackend {
             &[n_arg, groups_arg, Arg::F(p), sp, yp],
         )?;
         self.launch(OP, "advance_stream", 1, &[Arg::I(1), sp])
-    }
-
-    fn rng_bernoulli(
-        &self,
-        n: usize,
-        p: f32,
-        rng: &mut Rng,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        self.host_guard("rng_bernoulli")?;
-        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
-        crate::backend::CpuBackend::new(1)?.rng_bernoulli(n, p, rng, &mut host, 0)?;
-        self.upload(host.as_slice(), y, y_off)
     }
 
     fn gemm(
