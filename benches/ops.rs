@@ -7,8 +7,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rcaffe::backend::{
-    rng_from_seed, Backend, ConvBatch, ConvGeom, CpuBackend, CpuBuffer, LrnGeom, PoolGeom,
-    RoundMode, Transpose,
+    rng_from_seed, Backend, ConvBatch, ConvGeom, ConvGrads, CpuBackend, CpuBuffer, Distribution,
+    Gemm, LrnGeom, LrnSaved, LrnWithin, PoolGeom, Pooling, RoundMode, Transpose, Views,
 };
 use std::hint::black_box;
 use std::time::Duration;
@@ -23,7 +23,8 @@ fn backend() -> CpuBackend {
 
 fn random(be: &CpuBackend, n: usize, seed: u64) -> CpuBuffer {
     let mut b = be.alloc(n).unwrap();
-    be.rng_uniform(n, -1.0, 1.0, &mut rng_from_seed(seed), &mut b, 0)
+    let uniform = Distribution::Uniform { lo: -1.0, hi: 1.0 };
+    be.random(uniform, &mut rng_from_seed(seed), b.whole_mut())
         .unwrap();
     b
 }
@@ -54,10 +55,11 @@ fn bench_gemm(c: &mut Criterion) {
         let a = random(&be, m * k, 1);
         let b = random(&be, k * n, 2);
         let mut out = be.alloc(m * n).unwrap();
+        let product = Gemm::packed(ta, tb, m, n, k);
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
         group.bench_function(BenchmarkId::new(name, format!("{m}x{n}x{k}")), |bench| {
             bench.iter(|| {
-                be.gemm_packed(ta, tb, m, n, k, 1.0, &a, 0, &b, 0, 0.0, &mut out, 0)
+                be.gemm(&product, a.whole(), b.whole(), out.whole_mut())
                     .unwrap();
                 black_box(&out);
             })
@@ -100,14 +102,14 @@ fn bench_im2col(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((4 * g.col_len()) as u64));
         group.bench_function(BenchmarkId::new("im2col", name), |bench| {
             bench.iter(|| {
-                be.im2col(&g, &im, 0, &mut col, 0).unwrap();
+                be.im2col(&g, im.whole(), col.whole_mut()).unwrap();
                 black_box(&col);
             })
         });
         let mut im_out = be.alloc(g.im_len()).unwrap();
         group.bench_function(BenchmarkId::new("col2im", name), |bench| {
             bench.iter(|| {
-                be.col2im(&g, &col, 0, &mut im_out, 0).unwrap();
+                be.col2im(&g, col.whole(), im_out.whole_mut()).unwrap();
                 black_box(&im_out);
             })
         });
@@ -155,15 +157,18 @@ fn bench_pooling(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((4 * g.in_len()) as u64));
         group.bench_function(BenchmarkId::new("max_forward", name), |bench| {
             bench.iter(|| {
-                be.max_pool_forward(&g, &x, 0, &mut y, 0, &mut mask, 0)
-                    .unwrap();
+                let max = Pooling::Max {
+                    mask: mask.whole_mut(),
+                };
+                be.pool_forward(&g, max, x.whole(), y.whole_mut()).unwrap();
                 black_box(&y);
             })
         });
         let mut dx = be.alloc(g.in_len()).unwrap();
         group.bench_function(BenchmarkId::new("max_backward", name), |bench| {
             bench.iter(|| {
-                be.max_pool_backward(&g, &y, 0, &mask, 0, &mut dx, 0)
+                let max = Pooling::Max { mask: mask.whole() };
+                be.pool_backward(&g, max, y.whole(), dx.whole_mut())
                     .unwrap();
                 black_box(&dx);
             })
@@ -176,14 +181,16 @@ fn bench_pooling(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((4 * g.in_len()) as u64));
         group.bench_function(BenchmarkId::new("ave_forward", name), |bench| {
             bench.iter(|| {
-                be.ave_pool_forward(&g, &x, 0, &mut y, 0).unwrap();
+                be.pool_forward(&g, Pooling::Ave, x.whole(), y.whole_mut())
+                    .unwrap();
                 black_box(&y);
             })
         });
         let mut dx = be.alloc(g.in_len()).unwrap();
         group.bench_function(BenchmarkId::new("ave_backward", name), |bench| {
             bench.iter(|| {
-                be.ave_pool_backward(&g, &y, 0, &mut dx, 0).unwrap();
+                be.pool_backward(&g, Pooling::Ave, y.whole(), dx.whole_mut())
+                    .unwrap();
                 black_box(&dx);
             })
         });
@@ -235,12 +242,13 @@ fn bench_conv(c: &mut Criterion) {
         let bias = random(&be, out_channels, 7);
         let dy = random(&be, num * batch.out_len(), 8);
         let mut y = be.alloc(num * batch.out_len()).unwrap();
-        let mut ws = be.alloc(be.conv_workspace_len(&batch)).unwrap();
+        let mut ws = be.alloc(batch.workspace_len(be.capabilities())).unwrap();
         let flops = batch.forward_flops();
         group.throughput(Throughput::Elements(flops));
         group.bench_function(BenchmarkId::new("forward", name), |bench| {
             bench.iter(|| {
-                be.conv_forward(&batch, &x, 0, &w, 0, Some((&bias, 0)), &mut y, 0, &mut ws)
+                let (x, w, bias) = (x.whole(), w.whole(), Some(bias.whole()));
+                be.conv_forward(&batch, x, w, bias, y.whole_mut(), ws.whole_mut())
                     .unwrap();
                 black_box(&y);
             })
@@ -250,17 +258,17 @@ fn bench_conv(c: &mut Criterion) {
         group.throughput(Throughput::Elements(2 * flops));
         group.bench_function(BenchmarkId::new("backward", name), |bench| {
             bench.iter(|| {
+                let grads = ConvGrads {
+                    dw: Some(dw.whole_mut()),
+                    dx: Some(dx.whole_mut()),
+                };
                 be.conv_backward(
                     &batch,
-                    &x,
-                    0,
-                    &w,
-                    0,
-                    &dy,
-                    0,
-                    Some((&mut dw, 0)),
-                    Some((&mut dx, 0)),
-                    &mut ws,
+                    x.whole(),
+                    w.whole(),
+                    dy.whole(),
+                    grads,
+                    ws.whole_mut(),
                 )
                 .unwrap();
                 black_box((&dw, &dx));
@@ -305,23 +313,32 @@ fn bench_lrn(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((4 * g.len()) as u64));
         group.bench_function(BenchmarkId::new("across_forward", name), |bench| {
             bench.iter(|| {
-                be.lrn_across_forward(&g, &x, 0, &mut scale, 0, &mut y, 0)
+                be.lrn_across_forward(&g, x.whole(), scale.whole_mut(), y.whole_mut())
                     .unwrap();
                 black_box(&y);
             })
         });
         group.bench_function(BenchmarkId::new("across_backward", name), |bench| {
             bench.iter(|| {
-                be.lrn_across_backward(&g, &x, 0, &y, 0, &scale, 0, &dy, 0, &mut dx, 0)
+                let saved = LrnSaved {
+                    x: x.whole(),
+                    y: y.whole(),
+                    scale: scale.whole(),
+                };
+                be.lrn_across_backward(&g, saved, dy.whole(), dx.whole_mut())
                     .unwrap();
                 black_box(&dx);
             })
         });
     }
     for (name, planes, size) in within {
-        let g = PoolGeom::lrn_window(planes, size, size, 3);
-        let (alpha, beta) = (5e-5, 0.75);
-        let n = g.in_len();
+        let window = PoolGeom::lrn_window(planes, size, size, 3);
+        let l = LrnWithin {
+            window,
+            alpha: 5e-5,
+            beta: 0.75,
+        };
+        let n = window.in_len();
         let x = random(&be, n, 11);
         let dy = random(&be, n, 12);
         let [mut mean, mut power, mut y, mut a, mut b, mut dx] =
@@ -329,17 +346,22 @@ fn bench_lrn(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((4 * n) as u64));
         group.bench_function(BenchmarkId::new("within_forward", name), |bench| {
             bench.iter(|| {
-                be.lrn_within_forward(&g, alpha, beta, &x, &mut mean, &mut power, &mut y, &mut a)
+                let saved = [mean.whole_mut(), power.whole_mut()];
+                be.lrn_within_forward(&l, x.whole(), saved, y.whole_mut(), a.whole_mut())
                     .unwrap();
                 black_box(&y);
             })
         });
         group.bench_function(BenchmarkId::new("within_backward", name), |bench| {
             bench.iter(|| {
-                be.lrn_within_backward(
-                    &g, alpha, beta, &x, &mean, &power, &dy, &mut dx, &mut a, &mut b,
-                )
-                .unwrap();
+                let saved = LrnSaved {
+                    x: x.whole(),
+                    y: mean.whole(),
+                    scale: power.whole(),
+                };
+                let scratch = [a.whole_mut(), b.whole_mut()];
+                be.lrn_within_backward(&l, saved, dy.whole(), dx.whole_mut(), scratch)
+                    .unwrap();
                 black_box(&dx);
             })
         });

@@ -10,9 +10,15 @@ fn plumbing_ops_match_cpu() {
     let (rows, cols, xs, ys) = (5, 13, 20, 17);
     let x = rand_vec(80, rows * xs, -1.0, 1.0);
     let y0 = rand_vec(81, rows * ys, -1.0, 1.0);
+    let xb = buf(&x);
+    let block = Block {
+        rows,
+        cols,
+        x_stride: xs,
+        y_stride: ys,
+    };
     let mut want = buf(&y0);
-    c.copy_2d(rows, cols, &buf(&x), 0, xs, &mut want, 0, ys)
-        .unwrap();
+    c.copy_2d(&block, xb.whole(), want.whole_mut()).unwrap();
     let mut y = y0.clone();
     emu!(k::copy_2d(
         int(rows),
@@ -27,8 +33,9 @@ fn plumbing_ops_match_cpu() {
     let n = 500;
     let x = rand_vec(82, n, -1.0, 1.0);
     let (y0, m0) = (rand_vec(83, n, -1.0, 1.0), vec![1.0f32; n]);
+    let xb = buf(&x);
     let (mut wy, mut wm) = (buf(&y0), buf(&m0));
-    c.running_argmax(n, 3.0, &buf(&x), 0, &mut wy, 0, &mut wm, 0)
+    c.running_argmax(3.0, xb.whole(), wy.whole_mut(), wm.whole_mut())
         .unwrap();
     let (mut y, mut m) = (y0.clone(), m0.clone());
     emu!(k::running_argmax(
@@ -42,7 +49,7 @@ fn plumbing_ops_match_cpu() {
     check("running_argmax mask", &m, wm.as_slice(), Tol::Exact);
 
     let mut want = buf(&vec![0.0; n]);
-    c.copy_where_eq(n, &wm, 0, 3.0, &buf(&x), 0, &mut want, 0)
+    c.copy_where_eq(wm.whole(), 3.0, xb.whole(), want.whole_mut())
         .unwrap();
     emu!(k::copy_where_eq(
         int(n),
@@ -63,10 +70,12 @@ fn plumbing_ops_match_cpu() {
     x[40] = f32::INFINITY;
     x[41] = -0.0;
     x[42] = 0.0;
+    let xb = buf(&x);
+    let axis = Axis::new(outer, dim, inner);
     for kk in [1, 4, dim] {
         let len = outer * kk * inner;
         let (mut wv, mut wi) = (buf(&vec![0.0; len]), buf(&vec![0.0; len]));
-        c.top_k_over_axis(outer, dim, inner, kk, &buf(&x), 0, &mut wv, 0, &mut wi, 0)
+        c.top_k_over_axis(axis, kk, xb.whole(), [wv.whole_mut(), wi.whole_mut()])
             .unwrap();
         let (mut v, mut ix) = (vec![7.0f32; len], vec![7.0f32; len]);
         emu!(k::top_k_over_axis(
@@ -89,6 +98,7 @@ fn loss_ops_match_cpu() {
     let (outer, dim, inner) = (6, 9, 5);
     let np = outer * inner;
     let (o, d, i) = (int(outer), int(dim), int(inner));
+    let axis = Axis::new(outer, dim, inner);
     let x = rand_vec(90, outer * dim * inner, -2.0, 2.0);
     let xb = buf(&x);
     // Labels in 0..dim with a fractional part (truncated), and some equal to the ignore value.
@@ -112,10 +122,17 @@ fn loss_ops_match_cpu() {
                 .collect(),
         };
         let lb = buf(&labels);
+        let labelled = Labels {
+            values: lb.whole(),
+            ignore_label: ignore,
+        };
         let (has, il) = (c_int::from(ignore.is_some()), ignore.unwrap_or(0));
 
         let mut want = buf(&vec![0.0; np]);
-        c.label_mask(np, &lb, 0, ignore, &mut want, 0).unwrap();
+        let mask = Unary::LabelMask {
+            ignore_label: ignore,
+        };
+        c.unary(mask, lb.whole().src(), want.whole_mut()).unwrap();
         let mut y = vec![f32::NAN; np];
         emu!(k::label_mask(
             int(np),
@@ -126,10 +143,8 @@ fn loss_ops_match_cpu() {
         ));
         check("label_mask", &y, want.as_slice(), Tol::Exact);
 
-        c.gather_at_label(
-            outer, dim, inner, &xb, 0, &lb, 0, ignore, -9.0, &mut want, 0,
-        )
-        .unwrap();
+        c.gather_at_label(axis, xb.whole(), labelled, -9.0, want.whole_mut())
+            .unwrap();
         emu!(k::gather_at_label(
             o,
             d,
@@ -145,10 +160,8 @@ fn loss_ops_match_cpu() {
         check("gather_at_label", &y, want.as_slice(), Tol::Exact);
 
         for top_k in [1, 3] {
-            c.top_k_hits(
-                outer, dim, inner, top_k, &xb, 0, &lb, 0, ignore, &mut want, 0,
-            )
-            .unwrap();
+            c.top_k_hits(axis, top_k, xb.whole(), labelled, want.whole_mut())
+                .unwrap();
             emu!(k::top_k_hits(
                 o,
                 d,
@@ -165,7 +178,7 @@ fn loss_ops_match_cpu() {
         }
 
         let mut want = buf(&x);
-        c.affine_at_label(outer, dim, inner, &lb, 0, ignore, 0.5, -1.0, &mut want, 0)
+        c.affine_at_label(axis, labelled, (0.5, -1.0), want.whole_mut())
             .unwrap();
         let mut y = x.clone();
         emu!(k::affine_at_label(
@@ -184,8 +197,9 @@ fn loss_ops_match_cpu() {
         assert_eq!(error, [0.0; 3], "a valid label was reported");
 
         let v = rand_vec(92, np, -1.0, 1.0);
+        let vb = buf(&v);
         let mut want = buf(&vec![0.0; dim]);
-        c.sum_by_label(np, dim, &buf(&v), 0, &lb, 0, ignore, &mut want, 0)
+        c.sum_by_label(vb.whole(), labelled, want.whole_mut())
             .unwrap();
         let mut y = vec![f32::NAN; dim];
         emu!(k::sum_by_label(
@@ -245,8 +259,10 @@ fn loss_ops_match_cpu() {
     let n = 1000;
     let x = rand_vec(93, n, -30.0, 30.0);
     let t = rand_vec(94, n, 0.0, 1.0);
+    let (xb, tb) = (buf(&x), buf(&t));
     let mut want = buf(&vec![0.0; n]);
-    c.sigmoid_cross_entropy(n, &buf(&x), 0, &buf(&t), 0, &mut want, 0)
+    let (x_in, t_in) = (xb.whole().src(), tb.whole().src());
+    c.binary(Binary::SigmoidCrossEntropy, x_in, t_in, want.whole_mut())
         .unwrap();
     let mut y = vec![f32::NAN; n];
     emu!(k::sigmoid_cross_entropy(
@@ -290,8 +306,9 @@ fn solver_updates_match_reference() {
     check("sgd_update g", &g, &want_h, Tol::Exact);
     // Upstream's CPU SGD: h = lr g + m h (axpby), then g = h (copy).
     let c = cpu();
-    let mut hb = buf(&h0);
-    c.axpby(n, lr, &buf(&g0), 0, m, &mut hb, 0).unwrap();
+    let (gb, mut hb) = (buf(&g0), buf(&h0));
+    c.axpby(Scalar::Value(lr), gb.whole(), m, hb.whole_mut())
+        .unwrap();
     check("sgd_update vs CPU axpby", &h, hb.as_slice(), Tol::Exact);
 
     let (g, h) = run2(&|g, h| unsafe { k::nesterov_update(pn, g, h, m, &lr, 0.0) });
@@ -375,7 +392,7 @@ fn random_stream_matches_cpu() {
         let mut cpu_state = buf(&state);
         for draw in 0..3 {
             let mut want = buf(&vec![f32::NAN; n]);
-            c.rng_bernoulli_stream(n, p, &mut cpu_state, 0, &mut want, 0)
+            c.bernoulli_stream(p, cpu_state.whole_mut(), want.whole_mut())
                 .unwrap();
             let mut y = vec![f32::NAN; n];
             let groups = int(n.div_ceil(4));

@@ -17,8 +17,9 @@
 
 use rcaffe::backend::cuda::{nvrtc, CudaBackend};
 use rcaffe::backend::{
-    rng_from_seed, Backend, ConvGeom, CpuBackend, CpuBuffer, LrnGeom, PoolGeom, RoundMode, Scalar,
-    Src, Transpose,
+    rng_from_seed, Activation, Axis, AxisReduction, Backend, Binary, Block, Broadcast, ConvGeom,
+    CpuBackend, CpuBuffer, Distribution, Gemm, Gemv, Labels, LrnGeom, LrnSaved, PoolGeom, Pooling,
+    Reduction, RoundMode, Scalar, SliceMut, Src, Transpose, Unary, Views,
 };
 use rcaffe_kernel_emu::{k, launch};
 use std::os::raw::c_int;
@@ -82,7 +83,9 @@ fn cpu() -> CpuBackend {
 fn rand_vec(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     let mut rng = rng_from_seed(seed);
     let mut b = CpuBuffer::from_vec(vec![0.0; n]);
-    cpu().rng_uniform(n, lo, hi, &mut rng, &mut b, 0).unwrap();
+    cpu()
+        .random(Distribution::Uniform { lo, hi }, &mut rng, b.whole_mut())
+        .unwrap();
     b.into_vec()
 }
 

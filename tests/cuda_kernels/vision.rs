@@ -11,21 +11,23 @@ fn axis_and_per_channel_ops_match_cpu() {
     let x = rand_vec(14, len, -3.0, 3.0);
     let x2 = rand_vec(15, len, -3.0, 3.0);
     let (xb, x2b) = (buf(&x), buf(&x2));
+    let axis = Axis::new(outer, dim, inner);
     let mut want = buf(&vec![0.0; outer * inner]);
     let mut y = vec![f32::NAN; outer * inner];
     let (o, d, i) = (int(outer), int(dim), int(inner));
 
-    c.max_over_axis(outer, dim, inner, &xb, 0, &mut want, 0)
+    c.reduce_over_axis(AxisReduction::Max, axis, xb.whole(), want.whole_mut())
         .unwrap();
     emu!(k::max_over_axis(o, d, i, x.as_ptr(), y.as_mut_ptr()));
     check("max_over_axis", &y, want.as_slice(), Tol::Exact);
 
-    c.sum_over_axis(outer, dim, inner, &xb, 0, &mut want, 0)
+    c.reduce_over_axis(AxisReduction::Sum, axis, xb.whole(), want.whole_mut())
         .unwrap();
     emu!(k::sum_over_axis(o, d, i, x.as_ptr(), y.as_mut_ptr()));
     check("sum_over_axis", &y, want.as_slice(), Tol::Exact);
 
-    c.dot_over_axis(outer, dim, inner, &xb, 0, &x2b, 0, &mut want, 0)
+    let dot = AxisReduction::Dot(x2b.whole());
+    c.reduce_over_axis(dot, axis, xb.whole(), want.whole_mut())
         .unwrap();
     emu!(k::dot_over_axis(
         o,
@@ -39,16 +41,31 @@ fn axis_and_per_channel_ops_match_cpu() {
 
     let v = rand_vec(16, outer * inner, 0.5, 2.0);
     let vb = buf(&v);
+    let over_axis = Broadcast::OverAxis;
     let mut want = buf(&x);
-    c.sub_along_axis(outer, dim, inner, &vb, 0, &mut want, 0)
-        .unwrap();
+    c.broadcast(
+        Binary::Sub,
+        over_axis,
+        axis,
+        vb.whole(),
+        Src::InPlace,
+        want.whole_mut(),
+    )
+    .unwrap();
     let mut y = x.clone();
     emu!(k::sub_along_axis(o, d, i, v.as_ptr(), y.as_mut_ptr()));
     check("sub_along_axis", &y, want.as_slice(), Tol::Exact);
 
     let mut want = buf(&x);
-    c.div_along_axis(outer, dim, inner, &vb, 0, &mut want, 0)
-        .unwrap();
+    c.broadcast(
+        Binary::Div,
+        over_axis,
+        axis,
+        vb.whole(),
+        Src::InPlace,
+        want.whole_mut(),
+    )
+    .unwrap();
     let mut y = x.clone();
     emu!(k::div_along_axis(o, d, i, v.as_ptr(), y.as_mut_ptr()));
     check("div_along_axis", &y, want.as_slice(), Tol::Exact);
@@ -56,16 +73,32 @@ fn axis_and_per_channel_ops_match_cpu() {
     // Per channel: dim plays the channels.
     let ch = rand_vec(17, dim, -1.0, 1.0);
     let chb = buf(&ch);
+    let per_channel = Broadcast::PerChannel;
     let mut want = buf(&x);
-    c.add_per_channel(outer, dim, inner, &chb, 0, &mut want, 0)
-        .unwrap();
+    c.broadcast(
+        Binary::Add,
+        per_channel,
+        axis,
+        chb.whole(),
+        Src::InPlace,
+        want.whole_mut(),
+    )
+    .unwrap();
     let mut y = x.clone();
     emu!(k::add_per_channel(o, d, i, ch.as_ptr(), y.as_mut_ptr()));
     check("add_per_channel", &y, want.as_slice(), Tol::Exact);
 
     let mut want = buf(&vec![0.0; len]);
-    c.mul_per_channel(outer, dim, inner, &chb, 0, Src::At(&xb, 0), &mut want, 0)
-        .unwrap();
+    let x_in = xb.whole().src();
+    c.broadcast(
+        Binary::Mul,
+        per_channel,
+        axis,
+        chb.whole(),
+        x_in,
+        want.whole_mut(),
+    )
+    .unwrap();
     let mut y = vec![f32::NAN; len];
     emu!(k::mul_per_channel(
         o,
@@ -85,7 +118,7 @@ fn axis_and_per_channel_ops_match_cpu() {
     for beta in [0.0f32, 0.5] {
         let y0 = rand_vec(18, dim, -1.0, 1.0);
         let mut want = buf(&y0);
-        c.sum_per_channel(outer, dim, inner, 0.5, &xb, 0, beta, &mut want, 0)
+        c.sum_per_channel(axis, 0.5, xb.whole(), beta, want.whole_mut())
             .unwrap();
         let mut y = y0.clone();
         emu!(k::sum_per_channel(
@@ -110,6 +143,7 @@ fn axis_and_per_channel_ops_match_cpu() {
     let (outer, dim, inner) = (4, 5, 700);
     let x = rand_vec(19, outer * dim * inner, -1.0, 1.0);
     let xb = buf(&x);
+    let axis = Axis::new(outer, dim, inner);
     let magnitude: f32 = x.iter().map(|v| v.abs()).sum();
     for (parts, beta) in [
         (2usize, 0.0f32),
@@ -119,7 +153,7 @@ fn axis_and_per_channel_ops_match_cpu() {
     ] {
         let y0 = rand_vec(20, dim, -1.0, 1.0);
         let mut want = buf(&y0);
-        c.sum_per_channel(outer, dim, inner, 0.5, &xb, 0, beta, &mut want, 0)
+        c.sum_per_channel(axis, 0.5, xb.whole(), beta, want.whole_mut())
             .unwrap();
         let mut partial = vec![f32::NAN; dim * parts];
         emu!(k::sum_per_channel_partial(
@@ -182,8 +216,9 @@ fn im2col_and_col2im_match_cpu() {
     for (t, g) in conv_geoms().into_iter().enumerate() {
         g.validate("test").unwrap();
         let im = rand_vec(20 + t as u64, g.im_len(), -1.0, 1.0);
+        let imb = buf(&im);
         let mut want = buf(&vec![0.0; g.col_len()]);
-        c.im2col(&g, &buf(&im), 0, &mut want, 0).unwrap();
+        c.im2col(&g, imb.whole(), want.whole_mut()).unwrap();
         let mut col = vec![f32::NAN; g.col_len()];
         let args = |g: &ConvGeom| {
             [
@@ -224,8 +259,9 @@ fn im2col_and_col2im_match_cpu() {
         check(&format!("im2col {g:?}"), &col, want.as_slice(), Tol::Exact);
 
         let cols = rand_vec(30 + t as u64, g.col_len(), -1.0, 1.0);
+        let colb = buf(&cols);
         let mut want = buf(&vec![0.0; g.im_len()]);
-        c.col2im(&g, &buf(&cols), 0, &mut want, 0).unwrap();
+        c.col2im(&g, colb.whole(), want.whole_mut()).unwrap();
         let mut out = vec![f32::NAN; g.im_len()];
         emu!(k::col2im(
             a[0],
@@ -277,7 +313,10 @@ fn pooling_matches_cpu() {
         }
         let xb = buf(&x);
         let (mut want_y, mut want_m) = (buf(&vec![0.0; g.out_len()]), buf(&vec![0.0; g.out_len()]));
-        c.max_pool_forward(&g, &xb, 0, &mut want_y, 0, &mut want_m, 0)
+        let max = Pooling::Max {
+            mask: want_m.whole_mut(),
+        };
+        c.pool_forward(&g, max, xb.whole(), want_y.whole_mut())
             .unwrap();
         let (mut y, mut m) = (vec![f32::NAN; g.out_len()], vec![f32::NAN; g.out_len()]);
         emu!(k::max_pool_forward(
@@ -300,8 +339,12 @@ fn pooling_matches_cpu() {
         check("max_pool_forward mask", &m, want_m.as_slice(), Tol::Exact);
 
         let dy = rand_vec(50 + t as u64, g.out_len(), -1.0, 1.0);
+        let dyb = buf(&dy);
         let mut want = buf(&vec![0.0; g.in_len()]);
-        c.max_pool_backward(&g, &buf(&dy), 0, &want_m, 0, &mut want, 0)
+        let max = Pooling::Max {
+            mask: want_m.whole(),
+        };
+        c.pool_backward(&g, max, dyb.whole(), want.whole_mut())
             .unwrap();
         let mut dx = vec![f32::NAN; g.in_len()];
         emu!(k::max_pool_backward(
@@ -323,7 +366,8 @@ fn pooling_matches_cpu() {
         check("max_pool_backward", &dx, want.as_slice(), Tol::Exact);
 
         let mut want = buf(&vec![0.0; g.out_len()]);
-        c.ave_pool_forward(&g, &xb, 0, &mut want, 0).unwrap();
+        c.pool_forward(&g, Pooling::Ave, xb.whole(), want.whole_mut())
+            .unwrap();
         emu!(k::ave_pool_forward(
             a[0],
             a[1],
@@ -342,7 +386,8 @@ fn pooling_matches_cpu() {
         check("ave_pool_forward", &y, want.as_slice(), Tol::Exact);
 
         let mut want = buf(&vec![0.0; g.in_len()]);
-        c.ave_pool_backward(&g, &buf(&dy), 0, &mut want, 0).unwrap();
+        c.pool_backward(&g, Pooling::Ave, dyb.whole(), want.whole_mut())
+            .unwrap();
         emu!(k::ave_pool_backward(
             a[0],
             a[1],
@@ -378,8 +423,9 @@ fn lrn_matches_cpu() {
         g.validate("test").unwrap();
         let n = g.len();
         let x = rand_vec(60, n, -3.0, 3.0);
+        let xb = buf(&x);
         let (mut ws, mut wy) = (buf(&vec![0.0; n]), buf(&vec![0.0; n]));
-        c.lrn_across_forward(&g, &buf(&x), 0, &mut ws, 0, &mut wy, 0)
+        c.lrn_across_forward(&g, xb.whole(), ws.whole_mut(), wy.whole_mut())
             .unwrap();
         let (mut s, mut y) = (vec![f32::NAN; n], vec![f32::NAN; n]);
         let (num, ch, sp, sz) = (int(g.num), int(g.channels), int(g.spatial), int(g.size));
@@ -399,8 +445,14 @@ fn lrn_matches_cpu() {
         check("lrn_across_forward y", &y, wy.as_slice(), Tol::Rel(2e-6));
 
         let dy = rand_vec(61, n, -1.0, 1.0);
+        let dyb = buf(&dy);
         let mut want = buf(&vec![0.0; n]);
-        c.lrn_across_backward(&g, &buf(&x), 0, &wy, 0, &ws, 0, &buf(&dy), 0, &mut want, 0)
+        let saved = LrnSaved {
+            x: xb.whole(),
+            y: wy.whole(),
+            scale: ws.whole(),
+        };
+        c.lrn_across_backward(&g, saved, dyb.whole(), want.whole_mut())
             .unwrap();
         let mut dx = vec![f32::NAN; n];
         emu!(k::lrn_across_backward(
@@ -429,18 +481,19 @@ fn prelu_matches_cpu() {
     let slope = rand_vec(70, channels, 0.0, 0.5);
     let x = rand_vec(71, n, -1.0, 1.0);
     let dy = rand_vec(72, n, -1.0, 1.0);
-    let (sb, xb) = (buf(&slope), buf(&x));
+    let (sb, xb, dyb) = (buf(&slope), buf(&x), buf(&dy));
+    let axis = Axis::new(outer, channels, inner);
 
+    // The forward pass is a PRelu broadcast per channel.
     let mut want = buf(&vec![0.0; n]);
-    c.prelu_forward(
-        outer,
-        channels,
-        inner,
-        &sb,
-        0,
-        Src::At(&xb, 0),
-        &mut want,
-        0,
+    let per_channel = Broadcast::PerChannel;
+    c.broadcast(
+        Binary::PRelu,
+        per_channel,
+        axis,
+        sb.whole(),
+        xb.whole().src(),
+        want.whole_mut(),
     )
     .unwrap();
     let mut y = vec![f32::NAN; n];
@@ -455,16 +508,11 @@ fn prelu_matches_cpu() {
     check("prelu_forward", &y, want.as_slice(), Tol::Exact);
 
     c.prelu_backward(
-        outer,
-        channels,
-        inner,
-        &sb,
-        0,
-        &xb,
-        0,
-        Src::At(&buf(&dy), 0),
-        &mut want,
-        0,
+        axis,
+        sb.whole(),
+        xb.whole(),
+        dyb.whole().src(),
+        want.whole_mut(),
     )
     .unwrap();
     emu!(k::prelu_backward(
@@ -480,7 +528,7 @@ fn prelu_matches_cpu() {
 
     let d0 = rand_vec(73, channels, -1.0, 1.0);
     let mut want = buf(&d0);
-    c.prelu_slope_grad(outer, channels, inner, &xb, 0, &buf(&dy), 0, &mut want, 0)
+    c.prelu_slope_grad(axis, xb.whole(), dyb.whole(), want.whole_mut())
         .unwrap();
     let mut ds = d0.clone();
     emu!(k::prelu_slope_grad(

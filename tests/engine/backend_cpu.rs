@@ -5,8 +5,9 @@
 use crate::common::{assert_close, Tolerance};
 use rand::RngExt;
 use rcaffe::backend::{
-    rng_from_seed, Backend, BackendError, ConvGeom, CpuBackend, CpuBuffer, LrnGeom, PoolGeom, Rng,
-    RoundMode, Src, Transpose,
+    rng_from_seed, Activation, Axis, AxisReduction, Backend, BackendError, Binary, Broadcast,
+    ConvGeom, CpuBackend, CpuBuffer, Distribution, Gemm, Gemv, LrnGeom, LrnSaved, LrnWithin,
+    PoolGeom, Pooling, Reduction, Rng, RoundMode, Scalar, SliceMut, Src, Transpose, Unary, Views,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -52,15 +53,10 @@ fn check_window(what: &str, buf: &CpuBuffer, off: usize, want: &[f64], rtol: f64
     }
 }
 
-type UnaryOp = dyn Fn(
-    &CpuBackend,
-    usize,
-    Src<'_, CpuBuffer>,
-    &mut CpuBuffer,
-    usize,
-) -> Result<(), BackendError>;
+type UnaryOp =
+    dyn Fn(&CpuBackend, Src<'_, CpuBuffer>, SliceMut<'_, CpuBuffer>) -> Result<(), BackendError>;
 
-/// Runs a unary op out of place (with offsets) and in place, for every size and backend.
+/// Runs a unary op out of place (on views at offsets) and in place, for every size and backend.
 fn check_unary(
     name: &str,
     lo: f32,
@@ -77,26 +73,17 @@ fn check_unary(
             let want: Vec<f64> = x.iter().map(|&v| reference(f64::from(v))).collect();
             let xb = padded(&x, 3, 2);
             let mut y = sentinels(n + 9);
-            op(&be, n, Src::At(&xb, 3), &mut y, 5).unwrap();
+            op(&be, xb.slice(3, n).src(), y.slice_mut(5, n)).unwrap();
             check_window(&format!("{name} n={n}"), &y, 5, &want, rtol, atol);
             let mut y = padded(&x, 4, 3);
-            op(&be, n, Src::InPlace, &mut y, 4).unwrap();
+            op(&be, Src::InPlace, y.slice_mut(4, n)).unwrap();
             check_window(&format!("{name} in place n={n}"), &y, 4, &want, rtol, atol);
         }
     }
 }
 
-type BinaryOp = dyn Fn(
-    &CpuBackend,
-    usize,
-    Src<'_, CpuBuffer>,
-    Src<'_, CpuBuffer>,
-    &mut CpuBuffer,
-    usize,
-) -> Result<(), BackendError>;
-
 /// Runs a binary op with each operand taken from another buffer or in place.
-fn check_binary(name: &str, op: &BinaryOp, reference: impl Fn(f64, f64) -> f64) {
+fn check_binary(op: Binary, reference: impl Fn(f64, f64) -> f64) {
     let mut rng = rng_from_seed(2);
     for be in backends() {
         for n in SIZES {
@@ -112,12 +99,14 @@ fn check_binary(name: &str, op: &BinaryOp, reference: impl Fn(f64, f64) -> f64) 
                     .collect()
             };
             let (ab, bb) = (padded(&a, 1, 0), padded(&b, 6, 1));
-            let tag = format!("{name} n={n}");
+            let (a_view, b_view) = (ab.slice(1, n).src(), bb.slice(6, n).src());
+            let tag = format!("{op:?} n={n}");
             let mut y = sentinels(n + 2);
-            op(&be, n, Src::At(&ab, 1), Src::At(&bb, 6), &mut y, 2).unwrap();
+            be.binary(op, a_view, b_view, y.slice_mut(2, n)).unwrap();
             check_window(&tag, &y, 2, &want(&a, &b), 1e-6, 1e-7);
             let mut y = padded(&a, 3, 1);
-            op(&be, n, Src::InPlace, Src::At(&bb, 6), &mut y, 3).unwrap();
+            be.binary(op, Src::InPlace, b_view, y.slice_mut(3, n))
+                .unwrap();
             check_window(
                 &format!("{tag} a in place"),
                 &y,
@@ -127,7 +116,8 @@ fn check_binary(name: &str, op: &BinaryOp, reference: impl Fn(f64, f64) -> f64) 
                 1e-7,
             );
             let mut y = padded(&b, 0, 2);
-            op(&be, n, Src::At(&ab, 1), Src::InPlace, &mut y, 0).unwrap();
+            be.binary(op, a_view, Src::InPlace, y.slice_mut(0, n))
+                .unwrap();
             check_window(
                 &format!("{tag} b in place"),
                 &y,
@@ -137,7 +127,8 @@ fn check_binary(name: &str, op: &BinaryOp, reference: impl Fn(f64, f64) -> f64) 
                 1e-7,
             );
             let mut y = padded(&a, 2, 2);
-            op(&be, n, Src::InPlace, Src::InPlace, &mut y, 2).unwrap();
+            be.binary(op, Src::InPlace, Src::InPlace, y.slice_mut(2, n))
+                .unwrap();
             check_window(
                 &format!("{tag} both in place"),
                 &y,
@@ -150,58 +141,34 @@ fn check_binary(name: &str, op: &BinaryOp, reference: impl Fn(f64, f64) -> f64) 
     }
 }
 
+/// A unary op, the range its inputs are drawn from, its f64 reference, and `rtol`, `atol`.
+type UnaryCase = (Unary, (f32, f32), fn(f64) -> f64, f64, f64);
+
 #[test]
 fn unary_math_ops() {
-    check_unary(
-        "exp",
-        -5.0,
-        5.0,
-        &|be, n, x, y, o| be.exp(n, x, y, o),
-        f64::exp,
-        2e-7,
-        0.0,
-    );
-    check_unary(
-        "log",
-        0.01,
-        100.0,
-        &|be, n, x, y, o| be.log(n, x, y, o),
-        f64::ln,
-        1e-6,
-        1e-7,
-    );
-    check_unary(
-        "abs",
-        -3.0,
-        3.0,
-        &|be, n, x, y, o| be.abs(n, x, y, o),
-        f64::abs,
-        0.0,
-        0.0,
-    );
-    check_unary(
-        "sqr",
-        -3.0,
-        3.0,
-        &|be, n, x, y, o| be.sqr(n, x, y, o),
-        |v| v * v,
-        1e-7,
-        0.0,
-    );
-    check_unary(
-        "sqrt",
-        0.0,
-        9.0,
-        &|be, n, x, y, o| be.sqrt(n, x, y, o),
-        f64::sqrt,
-        1e-7,
-        0.0,
-    );
+    let cases: [UnaryCase; 5] = [
+        (Unary::Exp, (-5.0, 5.0), f64::exp, 2e-7, 0.0),
+        (Unary::Log, (0.01, 100.0), f64::ln, 1e-6, 1e-7),
+        (Unary::Abs, (-3.0, 3.0), f64::abs, 0.0, 0.0),
+        (Unary::Sqr, (-3.0, 3.0), |v| v * v, 1e-7, 0.0),
+        (Unary::Sqrt, (0.0, 9.0), f64::sqrt, 1e-7, 0.0),
+    ];
+    for (op, (lo, hi), reference, rtol, atol) in cases {
+        check_unary(
+            &format!("{op:?}"),
+            lo,
+            hi,
+            &move |be, x, y| be.unary(op, x, y),
+            reference,
+            rtol,
+            atol,
+        );
+    }
     check_unary(
         "scale",
         -3.0,
         3.0,
-        &|be, n, x, y, o| be.scale(n, -0.37, x, y, o),
+        &|be, x, y| be.scale(Scalar::Value(-0.37), x, y),
         |v| -0.37 * v,
         1e-7,
         0.0,
@@ -211,17 +178,22 @@ fn unary_math_ops() {
             &format!("powx {p}"),
             0.1,
             3.0,
-            &move |be, n, x, y, o| be.powx(n, x, p, y, o),
-            move |v| v.powf(p.into()),
+            &move |be, x, y| be.unary(Unary::Powx(p), x, y),
+            |v| v.powf(p.into()),
             1e-6,
             0.0,
         );
     }
+    let power = Unary::Power {
+        power: -0.75,
+        scale: 0.5,
+        shift: 1.0,
+    };
     check_unary(
         "power",
         0.0,
         2.0,
-        &|be, n, x, y, o| be.power(n, x, -0.75, 0.5, 1.0, y, o),
+        &move |be, x, y| be.unary(power, x, y),
         |v| (1.0 + 0.5 * v).powf(-0.75),
         1e-6,
         0.0,
@@ -233,96 +205,110 @@ fn sign_handles_zero() {
     let be = CpuBackend::new(1).unwrap();
     let x = CpuBuffer::from_vec(vec![-2.0, 0.0, -0.0, 3.5, f32::MIN_POSITIVE, -1e-30]);
     let mut y = be.alloc(6).unwrap();
-    be.sign(6, Src::At(&x, 0), &mut y, 0).unwrap();
+    be.unary(Unary::Sign, x.whole().src(), y.whole_mut())
+        .unwrap();
     assert_eq!(y.as_slice(), &[-1.0, 0.0, 0.0, 1.0, 1.0, -1.0]);
 }
 
 #[test]
 fn binary_ops() {
-    check_binary("add", &|be, n, a, b, y, o| be.add(n, a, b, y, o), |a, b| {
-        a + b
-    });
-    check_binary("sub", &|be, n, a, b, y, o| be.sub(n, a, b, y, o), |a, b| {
-        a - b
-    });
-    check_binary("mul", &|be, n, a, b, y, o| be.mul(n, a, b, y, o), |a, b| {
-        a * b
-    });
-    check_binary("div", &|be, n, a, b, y, o| be.div(n, a, b, y, o), |a, b| {
-        a / b
-    });
-    check_binary("max", &|be, n, a, b, y, o| be.max(n, a, b, y, o), f64::max);
+    for op in [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+    ] {
+        check_binary(op, |a, b| binary_reference(op, a, b));
+    }
+}
+
+/// PReLU element by element: `a` where it is positive, else `a` times the slope `b`.
+#[test]
+fn binary_prelu_elementwise() {
+    let mut rng = rng_from_seed(40);
+    for be in backends() {
+        for n in SIZES {
+            let mut a = randv(&mut rng, n, -1.0, 1.0);
+            a[0] = 0.0;
+            let b = randv(&mut rng, n, 0.0, 0.5);
+            let want: Vec<f64> = a
+                .iter()
+                .zip(&b)
+                .map(|(&a, &b)| binary_reference(Binary::PRelu, a.into(), b.into()))
+                .collect();
+            let (ab, bb) = (padded(&a, 2, 1), padded(&b, 1, 0));
+            let mut y = sentinels(n + 4);
+            be.binary(
+                Binary::PRelu,
+                ab.slice(2, n).src(),
+                bb.slice(1, n).src(),
+                y.slice_mut(3, n),
+            )
+            .unwrap();
+            check_window(&format!("PRelu n={n}"), &y, 3, &want, 1e-7, 0.0);
+            let mut y = padded(&a, 1, 1);
+            be.binary(
+                Binary::PRelu,
+                Src::InPlace,
+                bb.slice(1, n).src(),
+                y.slice_mut(1, n),
+            )
+            .unwrap();
+            check_window(&format!("PRelu in place n={n}"), &y, 1, &want, 1e-7, 0.0);
+        }
+    }
+}
+
+/// An activation from its definition, in f64.
+fn activation_reference(f: Activation, v: f64) -> f64 {
+    match f {
+        Activation::Relu { slope } => {
+            if v > 0.0 {
+                v
+            } else {
+                f64::from(slope) * v
+            }
+        }
+        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        Activation::Tanh => v.tanh(),
+        Activation::Elu { alpha } => {
+            if v > 0.0 {
+                v
+            } else {
+                f64::from(alpha) * (v.exp() - 1.0)
+            }
+        }
+        Activation::Bnll => v.exp().ln_1p(),
+    }
 }
 
 #[test]
 fn activations_forward() {
-    for slope in [0.0f32, 0.1] {
+    let cases = [
+        (Activation::Relu { slope: 0.0 }, (-2.0, 2.0), 1e-7, 0.0),
+        (Activation::Relu { slope: 0.1 }, (-2.0, 2.0), 1e-7, 0.0),
+        (Activation::Sigmoid, (-8.0, 8.0), 1e-6, 1e-7),
+        (Activation::Tanh, (-4.0, 4.0), 1e-6, 1e-7),
+        (Activation::Elu { alpha: 0.7 }, (-4.0, 4.0), 1e-6, 1e-7),
+        (Activation::Bnll, (-12.0, 12.0), 1e-6, 1e-7),
+    ];
+    for (f, (lo, hi), rtol, atol) in cases {
         check_unary(
-            &format!("relu slope {slope}"),
-            -2.0,
-            2.0,
-            &move |be, n, x, y, o| be.relu_forward(n, slope, x, y, o),
-            move |v| if v > 0.0 { v } else { f64::from(slope) * v },
-            1e-7,
-            0.0,
+            &format!("{f:?} forward"),
+            lo,
+            hi,
+            &move |be, x, y| be.activation_forward(f, x, y),
+            |v| activation_reference(f, v),
+            rtol,
+            atol,
         );
     }
-    check_unary(
-        "sigmoid",
-        -8.0,
-        8.0,
-        &|be, n, x, y, o| be.sigmoid_forward(n, x, y, o),
-        |v| 1.0 / (1.0 + (-v).exp()),
-        1e-6,
-        1e-7,
-    );
-    check_unary(
-        "tanh",
-        -4.0,
-        4.0,
-        &|be, n, x, y, o| be.tanh_forward(n, x, y, o),
-        f64::tanh,
-        1e-6,
-        1e-7,
-    );
-    check_unary(
-        "elu",
-        -4.0,
-        4.0,
-        &|be, n, x, y, o| be.elu_forward(n, 0.7, x, y, o),
-        |v| if v > 0.0 { v } else { 0.7 * (v.exp() - 1.0) },
-        1e-6,
-        1e-7,
-    );
-    check_unary(
-        "bnll",
-        -12.0,
-        12.0,
-        &|be, n, x, y, o| be.bnll_forward(n, x, y, o),
-        |v| v.exp().ln_1p(),
-        1e-6,
-        1e-7,
-    );
 }
 
-type BackwardOp = dyn Fn(
-    &CpuBackend,
-    usize,
-    &CpuBuffer,
-    usize,
-    Src<'_, CpuBuffer>,
-    &mut CpuBuffer,
-    usize,
-) -> Result<(), BackendError>;
-
-/// A backward op `dx = f(saved, dy)`, with `dy` from another buffer and in place.
-fn check_backward(
-    name: &str,
-    lo: f32,
-    hi: f32,
-    op: &BackwardOp,
-    reference: impl Fn(f64, f64) -> f64,
-) {
+/// An activation's backward pass `dx = f(saved, dy)`, with `dy` from another buffer and in
+/// place; `saved` is passed as both the forward input and output, for the one `f` reads.
+fn check_backward(f: Activation, lo: f32, hi: f32, reference: impl Fn(f64, f64) -> f64) {
     let mut rng = rng_from_seed(3);
     for be in backends() {
         for n in SIZES {
@@ -335,13 +321,16 @@ fn check_backward(
                 .collect();
             let sb = padded(&saved, 2, 0);
             let db = padded(&dy, 1, 1);
+            let s = sb.slice(2, n);
             let mut dx = sentinels(n + 3);
-            op(&be, n, &sb, 2, Src::At(&db, 1), &mut dx, 3).unwrap();
-            check_window(&format!("{name} n={n}"), &dx, 3, &want, 1e-6, 1e-7);
+            be.activation_backward(f, s, s, db.slice(1, n).src(), dx.slice_mut(3, n))
+                .unwrap();
+            check_window(&format!("{f:?} backward n={n}"), &dx, 3, &want, 1e-6, 1e-7);
             let mut diff = padded(&dy, 5, 0);
-            op(&be, n, &sb, 2, Src::InPlace, &mut diff, 5).unwrap();
+            be.activation_backward(f, s, s, Src::InPlace, diff.slice_mut(5, n))
+                .unwrap();
             check_window(
-                &format!("{name} in place n={n}"),
+                &format!("{f:?} backward in place n={n}"),
                 &diff,
                 5,
                 &want,
@@ -355,35 +344,17 @@ fn check_backward(
 #[test]
 fn activations_backward() {
     for slope in [0.0f32, 0.25] {
-        check_backward(
-            &format!("relu_backward {slope}"),
-            -1.0,
-            1.0,
-            &move |be, n, x, xo, dy, dx, o| be.relu_backward(n, slope, x, xo, dy, dx, o),
-            move |x, d| if x > 0.0 { d } else { d * f64::from(slope) },
-        );
+        check_backward(Activation::Relu { slope }, -1.0, 1.0, |x, d| {
+            if x > 0.0 {
+                d
+            } else {
+                d * f64::from(slope)
+            }
+        });
     }
-    check_backward(
-        "sigmoid_backward",
-        0.0,
-        1.0,
-        &|be, n, y, yo, dy, dx, o| be.sigmoid_backward(n, y, yo, dy, dx, o),
-        |y, d| d * y * (1.0 - y),
-    );
-    check_backward(
-        "tanh_backward",
-        -1.0,
-        1.0,
-        &|be, n, y, yo, dy, dx, o| be.tanh_backward(n, y, yo, dy, dx, o),
-        |y, d| d * (1.0 - y * y),
-    );
-    check_backward(
-        "bnll_backward",
-        -20.0,
-        20.0,
-        &|be, n, x, xo, dy, dx, o| be.bnll_backward(n, x, xo, dy, dx, o),
-        |x, d| d / (1.0 + (-x).exp()),
-    );
+    check_backward(Activation::Sigmoid, 0.0, 1.0, |y, d| d * y * (1.0 - y));
+    check_backward(Activation::Tanh, -1.0, 1.0, |y, d| d * (1.0 - y * y));
+    check_backward(Activation::Bnll, -20.0, 20.0, |x, d| d / (1.0 + (-x).exp()));
 }
 
 #[test]
@@ -392,8 +363,14 @@ fn bnll_backward_clamps_large_inputs() {
     let x = CpuBuffer::from_vec(vec![200.0, 60.0, -200.0]);
     let dy = CpuBuffer::from_vec(vec![2.0, 1.0, 1.0]);
     let mut dx = be.alloc(3).unwrap();
-    be.bnll_backward(3, &x, 0, Src::At(&dy, 0), &mut dx, 0)
-        .unwrap();
+    be.activation_backward(
+        Activation::Bnll,
+        x.whole(),
+        x.whole(),
+        dy.whole().src(),
+        dx.whole_mut(),
+    )
+    .unwrap();
     assert!(
         dx.as_slice().iter().all(|v| v.is_finite()),
         "{:?}",
@@ -402,7 +379,8 @@ fn bnll_backward_clamps_large_inputs() {
     assert!((dx.as_slice()[0] - 2.0).abs() < 1e-6);
     assert_eq!(dx.as_slice()[2], 0.0);
     let mut y = be.alloc(3).unwrap();
-    be.bnll_forward(3, Src::At(&x, 0), &mut y, 0).unwrap();
+    be.activation_forward(Activation::Bnll, x.whole().src(), y.whole_mut())
+        .unwrap();
     assert_eq!(y.as_slice(), &[200.0, 60.0, 0.0]);
 }
 
@@ -410,6 +388,7 @@ fn bnll_backward_clamps_large_inputs() {
 fn elu_backward_uses_input_sign_and_output() {
     let mut rng = rng_from_seed(4);
     let alpha = 0.8f32;
+    let elu = Activation::Elu { alpha };
     for be in backends() {
         for n in SIZES {
             let x = randv(&mut rng, n, -3.0, 3.0);
@@ -429,24 +408,27 @@ fn elu_backward_uses_input_sign_and_output() {
                 })
                 .collect();
             let (xb, yb) = (padded(&x, 1, 0), padded(&y, 0, 1));
+            let dyb = CpuBuffer::from_vec(dy.clone());
             let mut dx = sentinels(n + 2);
-            be.elu_backward(
-                n,
-                alpha,
-                &xb,
-                1,
-                &yb,
-                0,
-                Src::At(&CpuBuffer::from_vec(dy.clone()), 0),
-                &mut dx,
-                2,
+            be.activation_backward(
+                elu,
+                xb.slice(1, n),
+                yb.slice(0, n),
+                dyb.whole().src(),
+                dx.slice_mut(2, n),
             )
             .unwrap();
             check_window("elu_backward", &dx, 2, &want, 1e-6, 1e-7);
             // In place: the layer's bottom and top data are the same (y), and dy is dx.
             let mut diff = CpuBuffer::from_vec(dy.clone());
-            be.elu_backward(n, alpha, &yb, 0, &yb, 0, Src::InPlace, &mut diff, 0)
-                .unwrap();
+            be.activation_backward(
+                elu,
+                yb.slice(0, n),
+                yb.slice(0, n),
+                Src::InPlace,
+                diff.whole_mut(),
+            )
+            .unwrap();
             check_window("elu_backward in place", &diff, 0, &want, 1e-6, 1e-7);
         }
     }
@@ -460,17 +442,20 @@ fn blas_level1() {
             let x = randv(&mut rng, n, -1.0, 1.0);
             let y = randv(&mut rng, n, -1.0, 1.0);
             let xb = padded(&x, 2, 1);
+            let xs = xb.slice(2, n);
             let mut yb = padded(&y, 3, 2);
-            be.axpy(n, 0.5, &xb, 2, &mut yb, 3).unwrap();
+            be.axpby(Scalar::Value(0.5), xs, 1.0, yb.slice_mut(3, n))
+                .unwrap();
             let want: Vec<f64> = x
                 .iter()
                 .zip(&y)
                 .map(|(&a, &b)| 0.5 * f64::from(a) + f64::from(b))
                 .collect();
-            check_window("axpy", &yb, 3, &want, 1e-6, 1e-7);
+            check_window("axpby beta 1 (axpy)", &yb, 3, &want, 1e-6, 1e-7);
 
             let mut yb = padded(&y, 3, 2);
-            be.axpby(n, -2.0, &xb, 2, 0.25, &mut yb, 3).unwrap();
+            be.axpby(Scalar::Value(-2.0), xs, 0.25, yb.slice_mut(3, n))
+                .unwrap();
             let want: Vec<f64> = x
                 .iter()
                 .zip(&y)
@@ -480,23 +465,25 @@ fn blas_level1() {
 
             // beta = 0: y is not read, so NaN there does not propagate.
             let mut yb = padded(&vec![f32::NAN; n], 3, 2);
-            be.axpby(n, 3.0, &xb, 2, 0.0, &mut yb, 3).unwrap();
+            be.axpby(Scalar::Value(3.0), xs, 0.0, yb.slice_mut(3, n))
+                .unwrap();
             let want: Vec<f64> = x.iter().map(|&a| 3.0 * f64::from(a)).collect();
             check_window("axpby beta 0", &yb, 3, &want, 1e-6, 1e-7);
 
             let mut yb = sentinels(n + 4);
-            be.copy(n, &xb, 2, &mut yb, 1).unwrap();
+            be.copy(xs, yb.slice_mut(1, n)).unwrap();
             let want: Vec<f64> = x.iter().map(|&a| a.into()).collect();
             check_window("copy", &yb, 1, &want, 0.0, 0.0);
 
             let mut yb = sentinels(n + 4);
-            be.set(n, -1.5, &mut yb, 4).unwrap();
-            check_window("set", &yb, 4, &vec![-1.5; n], 0.0, 0.0);
+            be.fill(-1.5, yb.slice_mut(4, n)).unwrap();
+            check_window("fill", &yb, 4, &vec![-1.5; n], 0.0, 0.0);
 
             let mut yb = padded(&y, 1, 1);
-            be.add_scalar(n, 0.75, &mut yb, 1).unwrap();
+            be.unary(Unary::AddScalar(0.75), Src::InPlace, yb.slice_mut(1, n))
+                .unwrap();
             let want: Vec<f64> = y.iter().map(|&a| f64::from(a) + 0.75).collect();
-            check_window("add_scalar", &yb, 1, &want, 1e-7, 1e-7);
+            check_window("AddScalar", &yb, 1, &want, 1e-7, 1e-7);
         }
     }
 }
@@ -506,11 +493,11 @@ fn upload_download_and_bounds() {
     let be = CpuBackend::new(1).unwrap();
     let mut b = be.alloc(6).unwrap();
     assert_eq!(b.as_slice(), &[0.0; 6], "alloc zero-fills");
-    be.upload(&[1.0, 2.0, 3.0], &mut b, 2).unwrap();
+    be.upload(&[1.0, 2.0, 3.0], b.slice_mut(2, 3)).unwrap();
     let mut out = [0.0; 4];
-    be.download(&b, 1, &mut out).unwrap();
+    be.download(b.slice(1, 4), &mut out).unwrap();
     assert_eq!(out, [0.0, 1.0, 2.0, 3.0]);
-    let err = be.upload(&[1.0, 2.0], &mut b, 5).unwrap_err();
+    let err = be.upload(&[1.0, 2.0], b.slice_mut(5, 2)).unwrap_err();
     assert_eq!(
         err,
         BackendError::OutOfBounds {
@@ -524,25 +511,83 @@ fn upload_download_and_bounds() {
     assert!(err.to_string().contains("upload: dst range 5..7"), "{err}");
     let x = be.alloc(4).unwrap();
     assert!(matches!(
-        be.exp(5, Src::At(&x, 0), &mut b, 0),
+        be.unary(Unary::Exp, x.slice(0, 5).src(), b.slice_mut(0, 5)),
         Err(BackendError::OutOfBounds {
-            op: "exp",
+            op: "unary",
             arg: "x",
             ..
         })
     ));
     assert!(matches!(
-        be.axpy(3, 1.0, &x, 0, &mut b, 4),
+        be.axpby(Scalar::Value(1.0), x.slice(0, 3), 1.0, b.slice_mut(4, 3)),
         Err(BackendError::OutOfBounds {
-            op: "axpy",
+            op: "axpby",
             arg: "y",
             ..
         })
     ));
     assert!(matches!(
-        be.sum(3, &x, usize::MAX),
-        Err(BackendError::OutOfBounds { op: "sum", .. })
+        be.reduce(Reduction::Sum, x.slice(usize::MAX, 3)),
+        Err(BackendError::OutOfBounds { op: "reduce", .. })
     ));
+}
+
+/// A part cut from a view reaches no further than the view, even where the buffer goes on:
+/// the op using it reports it out of bounds instead of reading past the view.
+#[test]
+fn a_part_past_its_view_is_out_of_bounds() {
+    let be = CpuBackend::new(1).unwrap();
+    let x = CpuBuffer::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let view = x.slice(1, 3);
+    assert_eq!(be.reduce(Reduction::Sum, view.part(1, 2)).unwrap(), 7.0);
+    assert!(matches!(
+        be.reduce(Reduction::Sum, view.part(2, 2)),
+        Err(BackendError::OutOfBounds {
+            op: "reduce",
+            arg: "x",
+            ..
+        })
+    ));
+    let mut y = be.alloc(6).unwrap();
+    assert!(matches!(
+        be.copy(x.slice(0, 2), y.slice_mut(0, 4).part(3, 2)),
+        Err(BackendError::OutOfBounds {
+            op: "copy",
+            arg: "y",
+            ..
+        })
+    ));
+    assert_eq!(y.as_slice(), &[0.0; 6], "a refused op writes nothing");
+}
+
+/// An element-wise input must be exactly as long as the output; the error names the op and
+/// the input.
+#[test]
+fn an_input_of_another_length_is_an_invalid_argument() {
+    let be = CpuBackend::new(1).unwrap();
+    let x = CpuBuffer::from_vec(vec![1.0; 6]);
+    let mut y = be.alloc(4).unwrap();
+    for len in [3, 5] {
+        let err = be
+            .binary(
+                Binary::Add,
+                x.slice(0, len).src(),
+                Src::InPlace,
+                y.whole_mut(),
+            )
+            .unwrap_err();
+        let BackendError::InvalidArgument { op, message } = &err else {
+            panic!("a {len}-element input for 4 outputs: {err:?}");
+        };
+        assert_eq!(*op, "binary");
+        assert!(message.contains(&format!("a has {len} elements")), "{err}");
+        assert!(err.to_string().starts_with("binary: "), "{err}");
+    }
+    assert!(matches!(
+        be.unary(Unary::Exp, x.whole().src(), y.whole_mut()),
+        Err(BackendError::InvalidArgument { op: "unary", .. })
+    ));
+    assert_eq!(y.as_slice(), &[0.0; 4], "a refused op writes nothing");
 }
 
 /// `C = alpha op(A) op(B) + beta C` in f64, from the definition, plus sum |alpha a b| + |beta c|
@@ -638,8 +683,15 @@ fn gemm_all_transposes_offsets_and_leading_dims() {
                             gemm_reference(ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &c, ldc);
                         let (ab, bb) = (padded(&a, 5, 0), padded(&b, 1, 2));
                         let mut cb = padded(&c, 7, 0);
+                        let product = Gemm::packed(ta, tb, m, n, k)
+                            .alpha(alpha)
+                            .beta(beta)
+                            .strides(lda, ldb, ldc);
                         be.gemm(
-                            ta, tb, m, n, k, alpha, &ab, 5, lda, &bb, 1, ldb, beta, &mut cb, 7, ldc,
+                            &product,
+                            ab.slice(5, a.len()),
+                            bb.slice(1, b.len()),
+                            cb.slice_mut(7, c.len()),
                         )
                         .unwrap();
                         let got = &cb.as_slice()[7..];
@@ -683,25 +735,13 @@ fn gemm_packed_and_k_zero() {
             let lda = if ta == Transpose::NoTrans { k } else { m };
             let ldb = if tb == Transpose::NoTrans { n } else { k };
             let (want, _) = gemm_reference(ta, tb, m, n, k, 0.7, &a, lda, &b, ldb, 0.3, &c, n);
+            let (ab, bb) = (CpuBuffer::from_vec(a), CpuBuffer::from_vec(b));
             let mut cb = CpuBuffer::from_vec(c.clone());
-            be.gemm_packed(
-                ta,
-                tb,
-                m,
-                n,
-                k,
-                0.7,
-                &CpuBuffer::from_vec(a),
-                0,
-                &CpuBuffer::from_vec(b),
-                0,
-                0.3,
-                &mut cb,
-                0,
-            )
-            .unwrap();
+            let product = Gemm::packed(ta, tb, m, n, k).alpha(0.7).beta(0.3);
+            be.gemm(&product, ab.whole(), bb.whole(), cb.whole_mut())
+                .unwrap();
             assert_close(
-                "gemm_packed",
+                "gemm packed",
                 cb.as_slice(),
                 &want,
                 Tolerance {
@@ -714,25 +754,11 @@ fn gemm_packed_and_k_zero() {
     // k = 0: C = beta C.
     let mut cb = CpuBuffer::from_vec(vec![1.0, 2.0, 3.0, 4.0]);
     let empty = be.alloc(0).unwrap();
-    be.gemm(
-        Transpose::NoTrans,
-        Transpose::NoTrans,
-        2,
-        2,
-        0,
-        1.0,
-        &empty,
-        0,
-        1,
-        &empty,
-        0,
-        2,
-        0.5,
-        &mut cb,
-        0,
-        2,
-    )
-    .unwrap();
+    let product = Gemm::packed(Transpose::NoTrans, Transpose::NoTrans, 2, 2, 0)
+        .beta(0.5)
+        .strides(1, 2, 2);
+    be.gemm(&product, empty.whole(), empty.whole(), cb.whole_mut())
+        .unwrap();
     assert_eq!(cb.as_slice(), &[0.5, 1.0, 1.5, 2.0]);
 }
 
@@ -743,12 +769,19 @@ fn gemm_rejects_bad_leading_dims_and_short_buffers() {
     let b = be.alloc(12).unwrap();
     let mut c = be.alloc(9).unwrap();
     let nt = Transpose::NoTrans;
+    // 3 x 3 from 4: A spans 12 elements with its packed leading dimension 4.
+    let product = Gemm::packed(nt, nt, 3, 3, 4);
     assert!(matches!(
-        be.gemm(nt, nt, 3, 3, 4, 1.0, &a, 0, 3, &b, 0, 3, 0.0, &mut c, 0, 3),
+        be.gemm(
+            &product.strides(3, 3, 3),
+            a.whole(),
+            b.whole(),
+            c.whole_mut()
+        ),
         Err(BackendError::InvalidArgument { op: "gemm", .. })
     ));
     assert!(matches!(
-        be.gemm(nt, nt, 3, 3, 4, 1.0, &a, 1, 4, &b, 0, 3, 0.0, &mut c, 0, 3),
+        be.gemm(&product, a.slice(1, 12), b.whole(), c.whole_mut()),
         Err(BackendError::OutOfBounds {
             op: "gemm",
             arg: "a",
@@ -756,13 +789,21 @@ fn gemm_rejects_bad_leading_dims_and_short_buffers() {
         })
     ));
     assert!(matches!(
-        be.gemm(nt, nt, 3, 3, 4, 1.0, &a, 0, 4, &b, 0, 3, 0.0, &mut c, 1, 3),
+        be.gemm(&product, a.whole(), b.whole(), c.slice_mut(1, 9)),
         Err(BackendError::OutOfBounds {
             op: "gemm",
             arg: "c",
             ..
         })
     ));
+    // A view inside its buffer but shorter than the product addresses.
+    let err = be
+        .gemm(&product, a.slice(1, 11), b.whole(), c.whole_mut())
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::InvalidArgument { op: "gemm", message } if message.starts_with("a has 11 elements")),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -803,19 +844,20 @@ fn gemv_both_ways() {
                             f64::from(alpha) * s + yv
                         })
                         .collect();
+                    let (ab, xb) = (padded(&a, 1, 0), padded(&x, 4, 0));
                     let mut yb = padded(&y, 2, 3);
-                    be.gemv(
-                        ta,
+                    let product = Gemv {
+                        trans: ta,
                         m,
                         n,
                         alpha,
-                        &padded(&a, 1, 0),
-                        1,
-                        &padded(&x, 4, 0),
-                        4,
                         beta,
-                        &mut yb,
-                        2,
+                    };
+                    be.gemv(
+                        &product,
+                        ab.slice(1, m * n),
+                        xb.slice(4, xl),
+                        yb.slice_mut(2, yl),
                     )
                     .unwrap();
                     check_window(
@@ -851,31 +893,31 @@ fn full_reductions() {
             .sum();
         // The error of f32 lanes over blocks of 1024 is bounded by ~1024 eps per term.
         let tol = |scale: f64| 1e-4 * scale + 1e-6;
+        let (xs, ys) = (xb.slice(3, n), yb.slice(1, n));
         for be in [&one, &three] {
-            let got = be.sum(n, &xb, 3).unwrap();
+            let got = be.reduce(Reduction::Sum, xs).unwrap();
             assert!(
                 (f64::from(got) - sum).abs() <= tol(asum),
                 "sum n={n}: {got} vs {sum}"
             );
-            let got = be.asum(n, &xb, 3).unwrap();
+            let got = be.reduce(Reduction::Asum, xs).unwrap();
             assert!((f64::from(got) - asum).abs() <= tol(asum), "asum n={n}");
-            let got = be.sumsq(n, &xb, 3).unwrap();
+            let got = be.reduce(Reduction::Sumsq, xs).unwrap();
             assert!((f64::from(got) - sumsq).abs() <= tol(sumsq), "sumsq n={n}");
-            let got = be.dot(n, &xb, 3, &yb, 1).unwrap();
+            let got = be.reduce(Reduction::Dot(ys), xs).unwrap();
             assert!(
                 (f64::from(got) - dot).abs() <= tol(asum),
                 "dot n={n}: {got} vs {dot}"
             );
         }
         // The order of additions depends on the length only: bitwise equal across threads.
-        assert_eq!(
-            one.sum(n, &xb, 3).unwrap().to_bits(),
-            three.sum(n, &xb, 3).unwrap().to_bits()
-        );
-        assert_eq!(
-            one.dot(n, &xb, 3, &yb, 1).unwrap().to_bits(),
-            three.dot(n, &xb, 3, &yb, 1).unwrap().to_bits()
-        );
+        for r in [Reduction::Sum, Reduction::Dot(ys)] {
+            assert_eq!(
+                one.reduce(r, xs).unwrap().to_bits(),
+                three.reduce(r, xs).unwrap().to_bits(),
+                "{r:?} n={n}"
+            );
+        }
     }
 }
 
@@ -899,6 +941,8 @@ fn axis_reductions_and_broadcasts() {
             let x2 = randv(&mut rng, len, -1.0, 1.0);
             let idx = |o: usize, c: usize, j: usize| (o * dim + c) * inner + j;
             let (xb, x2b) = (padded(&x, 2, 0), padded(&x2, 0, 3));
+            let axis = Axis::new(outer, dim, inner);
+            let reduced = outer * inner;
             let tag = format!("({outer}, {dim}, {inner})");
 
             let mut want_max = vec![0.0; outer * inner];
@@ -914,26 +958,41 @@ fn axis_reductions_and_broadcasts() {
                         .sum();
                 }
             }
-            let mut y = sentinels(outer * inner + 5);
-            be.max_over_axis(outer, dim, inner, &xb, 2, &mut y, 4)
-                .unwrap();
-            check_window(&format!("max_over_axis {tag}"), &y, 4, &want_max, 0.0, 0.0);
-            let mut y = sentinels(outer * inner + 1);
-            be.sum_over_axis(outer, dim, inner, &xb, 2, &mut y, 1)
-                .unwrap();
+            let mut y = sentinels(reduced + 5);
+            be.reduce_over_axis(
+                AxisReduction::Max,
+                axis,
+                xb.slice(2, len),
+                y.slice_mut(4, reduced),
+            )
+            .unwrap();
+            check_window(&format!("Max over axis {tag}"), &y, 4, &want_max, 0.0, 0.0);
+            let mut y = sentinels(reduced + 1);
+            be.reduce_over_axis(
+                AxisReduction::Sum,
+                axis,
+                xb.slice(2, len),
+                y.slice_mut(1, reduced),
+            )
+            .unwrap();
             check_window(
-                &format!("sum_over_axis {tag}"),
+                &format!("Sum over axis {tag}"),
                 &y,
                 1,
                 &want_sum,
                 0.0,
                 1e-6 * dim as f64,
             );
-            let mut y = sentinels(outer * inner);
-            be.dot_over_axis(outer, dim, inner, &xb, 2, &x2b, 0, &mut y, 0)
-                .unwrap();
+            let mut y = sentinels(reduced);
+            be.reduce_over_axis(
+                AxisReduction::Dot(x2b.slice(0, len)),
+                axis,
+                xb.slice(2, len),
+                y.whole_mut(),
+            )
+            .unwrap();
             check_window(
-                &format!("dot_over_axis {tag}"),
+                &format!("Dot over axis {tag}"),
                 &y,
                 0,
                 &want_dot,
@@ -941,11 +1000,20 @@ fn axis_reductions_and_broadcasts() {
                 1e-6 * dim as f64,
             );
 
-            let v = randv(&mut rng, outer * inner, 0.5, 2.0);
+            let v = randv(&mut rng, reduced, 0.5, 2.0);
             let vb = padded(&v, 1, 1);
+            let vs = vb.slice(1, reduced);
+            let over_axis = Broadcast::OverAxis;
             let mut yb = padded(&x, 3, 0);
-            be.sub_along_axis(outer, dim, inner, &vb, 1, &mut yb, 3)
-                .unwrap();
+            be.broadcast(
+                Binary::Sub,
+                over_axis,
+                axis,
+                vs,
+                Src::InPlace,
+                yb.slice_mut(3, len),
+            )
+            .unwrap();
             let mut want = vec![0.0; len];
             for o in 0..outer {
                 for c in 0..dim {
@@ -955,10 +1023,17 @@ fn axis_reductions_and_broadcasts() {
                     }
                 }
             }
-            check_window(&format!("sub_along_axis {tag}"), &yb, 3, &want, 1e-6, 1e-6);
+            check_window(&format!("Sub over axis {tag}"), &yb, 3, &want, 1e-6, 1e-6);
             let mut yb = padded(&x, 0, 2);
-            be.div_along_axis(outer, dim, inner, &vb, 1, &mut yb, 0)
-                .unwrap();
+            be.broadcast(
+                Binary::Div,
+                over_axis,
+                axis,
+                vs,
+                Src::InPlace,
+                yb.slice_mut(0, len),
+            )
+            .unwrap();
             for o in 0..outer {
                 for c in 0..dim {
                     for j in 0..inner {
@@ -967,7 +1042,7 @@ fn axis_reductions_and_broadcasts() {
                     }
                 }
             }
-            check_window(&format!("div_along_axis {tag}"), &yb, 0, &want, 1e-6, 1e-7);
+            check_window(&format!("Div over axis {tag}"), &yb, 0, &want, 1e-6, 1e-7);
         }
     }
 }
@@ -989,38 +1064,48 @@ fn per_channel_ops() {
             let x = randv(&mut rng, len, -1.0, 1.0);
             let v = randv(&mut rng, ch, -2.0, 2.0);
             let vb = padded(&v, 1, 0);
+            let axis = Axis::new(outer, ch, inner);
+            let vs = vb.slice(1, ch);
+            let per_channel = Broadcast::PerChannel;
             let cidx = |i: usize| (i / inner) % ch;
             let tag = format!("({outer}, {ch}, {inner})");
 
             let mut yb = padded(&x, 2, 1);
-            be.add_per_channel(outer, ch, inner, &vb, 1, &mut yb, 2)
-                .unwrap();
+            be.broadcast(
+                Binary::Add,
+                per_channel,
+                axis,
+                vs,
+                Src::InPlace,
+                yb.slice_mut(2, len),
+            )
+            .unwrap();
             let want: Vec<f64> = (0..len)
                 .map(|i| f64::from(x[i]) + f64::from(v[cidx(i)]))
                 .collect();
-            check_window(&format!("add_per_channel {tag}"), &yb, 2, &want, 1e-7, 1e-7);
+            check_window(&format!("Add per channel {tag}"), &yb, 2, &want, 1e-7, 1e-7);
 
             let want: Vec<f64> = (0..len)
                 .map(|i| f64::from(x[i]) * f64::from(v[cidx(i)]))
                 .collect();
+            let xb = padded(&x, 1, 0);
             let mut yb = sentinels(len + 3);
-            be.mul_per_channel(
-                outer,
-                ch,
-                inner,
-                &vb,
-                1,
-                Src::At(&padded(&x, 1, 0), 1),
-                &mut yb,
-                3,
+            let xs = xb.slice(1, len).src();
+            be.broadcast(Binary::Mul, per_channel, axis, vs, xs, yb.slice_mut(3, len))
+                .unwrap();
+            check_window(&format!("Mul per channel {tag}"), &yb, 3, &want, 1e-7, 1e-7);
+            let mut yb = padded(&x, 0, 0);
+            be.broadcast(
+                Binary::Mul,
+                per_channel,
+                axis,
+                vs,
+                Src::InPlace,
+                yb.whole_mut(),
             )
             .unwrap();
-            check_window(&format!("mul_per_channel {tag}"), &yb, 3, &want, 1e-7, 1e-7);
-            let mut yb = padded(&x, 0, 0);
-            be.mul_per_channel(outer, ch, inner, &vb, 1, Src::InPlace, &mut yb, 0)
-                .unwrap();
             check_window(
-                &format!("mul_per_channel in place {tag}"),
+                &format!("Mul per channel in place {tag}"),
                 &yb,
                 0,
                 &want,
@@ -1036,19 +1121,10 @@ fn per_channel_ops() {
                     sums[cidx(i)] += f64::from(xv);
                     mags[cidx(i)] += f64::from(xv).abs();
                 }
+                let xb = padded(&x, 2, 0);
                 let mut yb = padded(&y0, 1, 1);
-                be.sum_per_channel(
-                    outer,
-                    ch,
-                    inner,
-                    alpha,
-                    &padded(&x, 2, 0),
-                    2,
-                    beta,
-                    &mut yb,
-                    1,
-                )
-                .unwrap();
+                be.sum_per_channel(axis, alpha, xb.slice(2, len), beta, yb.slice_mut(1, ch))
+                    .unwrap();
                 for c in 0..ch {
                     let w = f64::from(alpha) * sums[c] + f64::from(beta) * f64::from(y0[c]);
                     let g = f64::from(yb.as_slice()[1 + c]);
@@ -1056,6 +1132,88 @@ fn per_channel_ops() {
                         (g - w).abs() <= 1e-5 * (mags[c] * f64::from(alpha.abs()) + 1.0),
                         "sum_per_channel {tag} c={c}: {g} vs {w}"
                     );
+                }
+            }
+        }
+    }
+}
+
+/// A binary op from its definition, in f64.
+fn binary_reference(op: Binary, a: f64, b: f64) -> f64 {
+    match op {
+        Binary::Add => a + b,
+        Binary::Sub => a - b,
+        Binary::Mul => a * b,
+        Binary::Div => a / b,
+        Binary::Max => a.max(b),
+        Binary::PRelu => {
+            if a > 0.0 {
+                a
+            } else {
+                b * a
+            }
+        }
+        Binary::SigmoidCrossEntropy => unreachable!("checked with its loss in layers_loss"),
+    }
+}
+
+/// Every op broadcast both ways, out of place and in place, against a loop over `(o, c, j)`:
+/// `v[o, j]` over the axis, `v[c]` per channel.
+#[test]
+fn broadcast_combinations_against_naive_loop() {
+    let mut rng = rng_from_seed(42);
+    let ops = [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+        Binary::PRelu,
+    ];
+    for be in backends() {
+        for &(outer, dim, inner) in &AXIS_SHAPES[..5] {
+            let axis = Axis::new(outer, dim, inner);
+            let len = outer * dim * inner;
+            let x = randv(&mut rng, len, -3.0, 3.0);
+            let xb = padded(&x, 1, 2);
+            for how in [Broadcast::OverAxis, Broadcast::PerChannel] {
+                let v_len = match how {
+                    Broadcast::OverAxis => outer * inner,
+                    Broadcast::PerChannel => dim,
+                };
+                let v = randv(&mut rng, v_len, 0.5, 2.0);
+                let vb = padded(&v, 2, 1);
+                for op in ops {
+                    let mut want = vec![0.0; len];
+                    for o in 0..outer {
+                        for c in 0..dim {
+                            for j in 0..inner {
+                                let i = (o * dim + c) * inner + j;
+                                let vi = match how {
+                                    Broadcast::OverAxis => o * inner + j,
+                                    Broadcast::PerChannel => c,
+                                };
+                                want[i] = binary_reference(op, x[i].into(), v[vi].into());
+                            }
+                        }
+                    }
+                    let tag = format!("({op:?}, {how:?}) ({outer}, {dim}, {inner})");
+                    let vs = vb.slice(2, v_len);
+                    let mut y = sentinels(len + 3);
+                    be.broadcast(
+                        op,
+                        how,
+                        axis,
+                        vs,
+                        xb.slice(1, len).src(),
+                        y.slice_mut(3, len),
+                    )
+                    .unwrap();
+                    check_window(&tag, &y, 3, &want, 1e-6, 1e-7);
+                    let mut y = padded(&x, 2, 0);
+                    be.broadcast(op, how, axis, vs, Src::InPlace, y.slice_mut(2, len))
+                        .unwrap();
+                    check_window(&format!("{tag} in place"), &y, 2, &want, 1e-6, 1e-7);
                 }
             }
         }
@@ -1133,8 +1291,10 @@ fn im2col_matches_definition() {
         for g in conv_geoms() {
             let im = randv(&mut rng, g.im_len(), -1.0, 1.0);
             let want = im2col_reference(&g, &im);
+            let imb = padded(&im, 3, 1);
             let mut col = sentinels(g.col_len() + 6);
-            be.im2col(&g, &padded(&im, 3, 1), 3, &mut col, 2).unwrap();
+            be.im2col(&g, imb.slice(3, g.im_len()), col.slice_mut(2, g.col_len()))
+                .unwrap();
             check_window(&format!("im2col {g:?}"), &col, 2, &want, 0.0, 0.0);
         }
     }
@@ -1173,8 +1333,10 @@ fn col2im_is_the_adjoint_and_counts_overlaps() {
                 }
             }
             // The output is overwritten, not accumulated into.
+            let colb = padded(&col, 2, 0);
             let mut im = padded(&vec![7.0; g.im_len()], 1, 2);
-            be.col2im(&g, &padded(&col, 2, 0), 2, &mut im, 1).unwrap();
+            be.col2im(&g, colb.slice(2, g.col_len()), im.slice_mut(1, g.im_len()))
+                .unwrap();
             check_window(&format!("col2im {g:?}"), &im, 1, &want, 1e-6, 1e-6);
 
             // col2im(im2col(ones)) counts, for each pixel, the (kernel offset, output position)
@@ -1191,9 +1353,9 @@ fn col2im_is_the_adjoint_and_counts_overlaps() {
                 };
             let ones = CpuBuffer::from_vec(vec![1.0; g.im_len()]);
             let mut colb = be.alloc(g.col_len()).unwrap();
-            be.im2col(&g, &ones, 0, &mut colb, 0).unwrap();
+            be.im2col(&g, ones.whole(), colb.whole_mut()).unwrap();
             let mut counts = be.alloc(g.im_len()).unwrap();
-            be.col2im(&g, &colb, 0, &mut counts, 0).unwrap();
+            be.col2im(&g, colb.whole(), counts.whole_mut()).unwrap();
             for c in 0..g.channels {
                 for h in 0..g.height {
                     for w in 0..g.width {
@@ -1218,17 +1380,18 @@ fn conv_geometry_is_validated() {
     let mut col = be.alloc(800).unwrap();
     let bad_stride = geom(1, 5, 5, (3, 3), (0, 0), (0, 1), (1, 1));
     assert!(matches!(
-        be.im2col(&bad_stride, &im, 0, &mut col, 0),
+        be.im2col(&bad_stride, im.whole(), col.whole_mut()),
         Err(BackendError::InvalidArgument { .. })
     ));
     let too_big = geom(1, 3, 3, (3, 3), (0, 0), (1, 1), (2, 2));
     assert!(matches!(
-        be.im2col(&too_big, &im, 0, &mut col, 0),
+        be.im2col(&too_big, im.whole(), col.whole_mut()),
         Err(BackendError::InvalidArgument { .. })
     ));
+    // 900 column values for a buffer of 800.
     let ok = geom(4, 5, 5, (3, 3), (1, 1), (1, 1), (1, 1));
     assert!(matches!(
-        be.im2col(&ok, &im, 0, &mut col, 0),
+        be.im2col(&ok, im.whole(), col.slice_mut(0, ok.col_len())),
         Err(BackendError::OutOfBounds {
             op: "im2col",
             arg: "col",
@@ -1275,18 +1438,13 @@ fn max_pool_hand_worked() {
     x[6] = 100.0; // (1, 1)
     let g = pool(1, (5, 5), (2, 2), (2, 2), (0, 0));
     for be in backends() {
+        let xb = CpuBuffer::from_vec(x.clone());
         let mut y = sentinels(9);
         let mut mask = sentinels(9);
-        be.max_pool_forward(
-            &g,
-            &CpuBuffer::from_vec(x.clone()),
-            0,
-            &mut y,
-            0,
-            &mut mask,
-            0,
-        )
-        .unwrap();
+        let max = Pooling::Max {
+            mask: mask.whole_mut(),
+        };
+        be.pool_forward(&g, max, xb.whole(), y.whole_mut()).unwrap();
         // Windows: rows {0,1},{2,3},{4}; cols likewise (the last clipped to one).
         assert_eq!(
             y.as_slice(),
@@ -1298,7 +1456,8 @@ fn max_pool_hand_worked() {
         );
         let dy = CpuBuffer::from_vec((1..=9).map(|v| v as f32).collect());
         let mut dx = sentinels(25);
-        be.max_pool_backward(&g, &dy, 0, &mask, 0, &mut dx, 0)
+        let max = Pooling::Max { mask: mask.whole() };
+        be.pool_backward(&g, max, dy.whole(), dx.whole_mut())
             .unwrap();
         let mut want = [0.0f32; 25];
         for (q, &m) in mask.as_slice().iter().enumerate() {
@@ -1312,16 +1471,20 @@ fn max_pool_hand_worked() {
     let be = CpuBackend::new(1).unwrap();
     let x = CpuBuffer::from_vec(vec![1.0; 25]);
     let (mut y, mut mask) = (be.alloc(4).unwrap(), be.alloc(4).unwrap());
-    be.max_pool_forward(&g, &x, 0, &mut y, 0, &mut mask, 0)
-        .unwrap();
+    let max = Pooling::Max {
+        mask: mask.whole_mut(),
+    };
+    be.pool_forward(&g, max, x.whole(), y.whole_mut()).unwrap();
     assert_eq!(mask.as_slice(), &[0.0, 2.0, 10.0, 12.0]);
     // Padded max pooling ignores the padding even when every value is negative.
     let g = pool(1, (2, 2), (2, 2), (1, 1), (1, 1));
     assert_eq!((g.pooled_h, g.pooled_w), (3, 3));
     let x = CpuBuffer::from_vec(vec![-4.0, -3.0, -2.0, -1.0]);
     let (mut y, mut mask) = (be.alloc(9).unwrap(), be.alloc(9).unwrap());
-    be.max_pool_forward(&g, &x, 0, &mut y, 0, &mut mask, 0)
-        .unwrap();
+    let max = Pooling::Max {
+        mask: mask.whole_mut(),
+    };
+    be.pool_forward(&g, max, x.whole(), y.whole_mut()).unwrap();
     assert_eq!(
         y.as_slice(),
         &[-4.0, -3.0, -3.0, -2.0, -1.0, -1.0, -2.0, -1.0, -1.0]
@@ -1339,11 +1502,13 @@ fn max_pool_backward_rejects_bad_mask() {
     let dy = CpuBuffer::from_vec(vec![1.0]);
     let mut dx = be.alloc(4).unwrap();
     let bad = CpuBuffer::from_vec(vec![4.0]);
+    let max = Pooling::Max { mask: bad.whole() };
     assert!(be
-        .max_pool_backward(&g, &dy, 0, &bad, 0, &mut dx, 0)
+        .pool_backward(&g, max, dy.whole(), dx.whole_mut())
         .is_err());
     let none = CpuBuffer::from_vec(vec![-1.0]);
-    be.max_pool_backward(&g, &dy, 0, &none, 0, &mut dx, 0)
+    let max = Pooling::Max { mask: none.whole() };
+    be.pool_backward(&g, max, dy.whole(), dx.whole_mut())
         .unwrap();
     assert_eq!(dx.as_slice(), &[0.0; 4]);
 }
@@ -1356,7 +1521,8 @@ fn ave_pool_hand_worked() {
     let g = pool(1, (3, 3), (3, 3), (1, 1), (1, 1));
     let x = CpuBuffer::from_vec((1..=9).map(|v| v as f32).collect());
     let mut y = be.alloc(9).unwrap();
-    be.ave_pool_forward(&g, &x, 0, &mut y, 0).unwrap();
+    be.pool_forward(&g, Pooling::Ave, x.whole(), y.whole_mut())
+        .unwrap();
     let want = [12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0].map(|s: f64| s / 9.0);
     assert_close(
         "ave 3x3 pad 1",
@@ -1373,8 +1539,9 @@ fn ave_pool_hand_worked() {
     // to row 3 alone: its divisor counts the padded row, the sum does not.
     let g = pool(1, (4, 4), (3, 3), (2, 2), (1, 1));
     let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+    let xb = CpuBuffer::from_vec(x.clone());
     let mut y = be.alloc(9).unwrap();
-    be.ave_pool_forward(&g, &CpuBuffer::from_vec(x.clone()), 0, &mut y, 0)
+    be.pool_forward(&g, Pooling::Ave, xb.whole(), y.whole_mut())
         .unwrap();
     let at = |h: usize, w: usize| f64::from(x[h * 4 + w]);
     let want = [
@@ -1405,7 +1572,8 @@ fn ave_pool_hand_worked() {
     // Backward: each input gets dy / divisor from every window covering it.
     let dy = CpuBuffer::from_vec(vec![9.0, 9.0, 6.0, 9.0, 9.0, 6.0, 6.0, 6.0, 4.0]);
     let mut dx = sentinels(16);
-    be.ave_pool_backward(&g, &dy, 0, &mut dx, 0).unwrap();
+    be.pool_backward(&g, Pooling::Ave, dy.whole(), dx.whole_mut())
+        .unwrap();
     // With dy = divisor every window adds 1 to each pixel it covers: dx counts windows.
     let rows = [1.0f32, 2.0, 1.0, 2.0]; // windows covering row h: starts -1, 1, 3
     let want: Vec<f32> = (0..16).map(|i| rows[i / 4] * rows[i % 4]).collect();
@@ -1467,26 +1635,34 @@ fn pooling_random_against_reference() {
     for be in backends() {
         for g in &cases {
             let x = randv(&mut rng, g.in_len(), -1.0, 1.0);
+            let (in_len, out_len) = (g.in_len(), g.out_len());
             let xb = padded(&x, 2, 0);
+            let xs = xb.slice(2, in_len);
             let (want_max, want_mask) = pool_reference(g, &x, true);
-            let mut y = sentinels(g.out_len() + 1);
-            let mut mask = sentinels(g.out_len() + 3);
-            be.max_pool_forward(g, &xb, 2, &mut y, 1, &mut mask, 3)
+            let mut y = sentinels(out_len + 1);
+            let mut mask = sentinels(out_len + 3);
+            let max = Pooling::Max {
+                mask: mask.slice_mut(3, out_len),
+            };
+            be.pool_forward(g, max, xs, y.slice_mut(1, out_len))
                 .unwrap();
             check_window(&format!("max pool {g:?}"), &y, 1, &want_max, 0.0, 0.0);
             check_window(&format!("max mask {g:?}"), &mask, 3, &want_mask, 0.0, 0.0);
 
             let (want_ave, _) = pool_reference(g, &x, false);
-            let mut y = sentinels(g.out_len() + 1);
-            be.ave_pool_forward(g, &xb, 2, &mut y, 1).unwrap();
+            let mut y = sentinels(out_len + 1);
+            be.pool_forward(g, Pooling::Ave, xs, y.slice_mut(1, out_len))
+                .unwrap();
             check_window(&format!("ave pool {g:?}"), &y, 1, &want_ave, 1e-5, 1e-6);
 
             // Backward against the adjoint: <pool(x), dy> == <x, pool_backward(dy)> for ave;
             // for max, the gradient lands on the argmaxes.
-            let dy = randv(&mut rng, g.out_len(), -1.0, 1.0);
+            let dy = randv(&mut rng, out_len, -1.0, 1.0);
             let dyb = padded(&dy, 1, 1);
-            let mut dx = sentinels(g.in_len() + 2);
-            be.ave_pool_backward(g, &dyb, 1, &mut dx, 2).unwrap();
+            let dys = dyb.slice(1, out_len);
+            let mut dx = sentinels(in_len + 2);
+            be.pool_backward(g, Pooling::Ave, dys, dx.slice_mut(2, in_len))
+                .unwrap();
             let lhs: f64 = want_ave
                 .iter()
                 .zip(&dy)
@@ -1503,10 +1679,12 @@ fn pooling_random_against_reference() {
             );
             assert_eq!(dx.as_slice()[..2], [SENTINEL; 2]);
 
-            let mut dx = sentinels(g.in_len());
-            be.max_pool_backward(g, &dyb, 1, &mask, 3, &mut dx, 0)
-                .unwrap();
-            let mut want = vec![0.0f64; g.in_len()];
+            let mut dx = sentinels(in_len);
+            let max = Pooling::Max {
+                mask: mask.slice(3, out_len),
+            };
+            be.pool_backward(g, max, dys, dx.whole_mut()).unwrap();
+            let mut want = vec![0.0f64; in_len];
             let pp = g.pooled_h * g.pooled_w;
             for (q, &m) in want_mask.iter().enumerate() {
                 want[q / pp * g.height * g.width + m as usize] += f64::from(dy[q]);
@@ -1584,11 +1762,17 @@ fn lrn_across_channels() {
             let x = randv(&mut rng, g.len(), -2.0, 2.0);
             let xd: Vec<f64> = x.iter().map(|&v| v.into()).collect();
             let (want_scale, want_y) = lrn_reference(g, &xd);
+            let len = g.len();
             let xb = padded(&x, 1, 0);
-            let mut scale = sentinels(g.len() + 2);
-            let mut y = sentinels(g.len() + 1);
-            be.lrn_across_forward(g, &xb, 1, &mut scale, 2, &mut y, 0)
-                .unwrap();
+            let mut scale = sentinels(len + 2);
+            let mut y = sentinels(len + 1);
+            be.lrn_across_forward(
+                g,
+                xb.slice(1, len),
+                scale.slice_mut(2, len),
+                y.slice_mut(0, len),
+            )
+            .unwrap();
             check_window(
                 &format!("lrn scale {g:?}"),
                 &scale,
@@ -1621,21 +1805,15 @@ fn lrn_across_channels() {
                     }
                 }
             }
-            let mut dx = sentinels(g.len() + 3);
-            be.lrn_across_backward(
-                g,
-                &xb,
-                1,
-                &y,
-                0,
-                &scale,
-                2,
-                &padded(&dy, 0, 0),
-                0,
-                &mut dx,
-                3,
-            )
-            .unwrap();
+            let dyb = padded(&dy, 0, 0);
+            let mut dx = sentinels(len + 3);
+            let saved = LrnSaved {
+                x: xb.slice(1, len),
+                y: y.slice(0, len),
+                scale: scale.slice(2, len),
+            };
+            be.lrn_across_backward(g, saved, dyb.whole(), dx.slice_mut(3, len))
+                .unwrap();
             check_window(&format!("lrn backward {g:?}"), &dx, 3, &want, 1e-4, 1e-5);
         }
     }
@@ -1675,11 +1853,16 @@ fn lrn_gradient_formula_matches_finite_differences() {
     let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
     let xb = CpuBuffer::from_vec(xf.clone());
     let (mut scale, mut y) = (be.alloc(g.len()).unwrap(), be.alloc(g.len()).unwrap());
-    be.lrn_across_forward(&g, &xb, 0, &mut scale, 0, &mut y, 0)
+    be.lrn_across_forward(&g, xb.whole(), scale.whole_mut(), y.whole_mut())
         .unwrap();
     let dyb = CpuBuffer::from_vec(dy.iter().map(|&v| v as f32).collect());
     let mut dx = be.alloc(g.len()).unwrap();
-    be.lrn_across_backward(&g, &xb, 0, &y, 0, &scale, 0, &dyb, 0, &mut dx, 0)
+    let saved = LrnSaved {
+        x: xb.whole(),
+        y: y.whole(),
+        scale: scale.whole(),
+    };
+    be.lrn_across_backward(&g, saved, dyb.whole(), dx.whole_mut())
         .unwrap();
     for i in 0..g.len() {
         let h = 1e-6;
@@ -1710,7 +1893,7 @@ fn lrn_rejects_even_size() {
     let x = be.alloc(2).unwrap();
     let (mut s, mut y) = (be.alloc(2).unwrap(), be.alloc(2).unwrap());
     assert!(matches!(
-        be.lrn_across_forward(&g, &x, 0, &mut s, 0, &mut y, 0),
+        be.lrn_across_forward(&g, x.whole(), s.whole_mut(), y.whole_mut()),
         Err(BackendError::InvalidArgument { .. })
     ));
 }
@@ -1739,29 +1922,39 @@ fn results_do_not_depend_on_thread_count() {
     let big = CpuBuffer::from_vec(randv(&mut rng, 300_000, -1.0, 1.0));
     let run = |be: &CpuBackend| -> Vec<Vec<f32>> {
         let mut c = be.alloc(g.col_len()).unwrap();
-        be.im2col(&g, &im, 0, &mut c, 0).unwrap();
+        be.im2col(&g, im.whole(), c.whole_mut()).unwrap();
         let mut i = be.alloc(g.im_len()).unwrap();
-        be.col2im(&g, &col, 0, &mut i, 0).unwrap();
+        be.col2im(&g, col.whole(), i.whole_mut()).unwrap();
         let (mut y, mut m) = (
             be.alloc(pg.out_len()).unwrap(),
             be.alloc(pg.out_len()).unwrap(),
         );
-        be.max_pool_forward(&pg, &px, 0, &mut y, 0, &mut m, 0)
+        let max = Pooling::Max {
+            mask: m.whole_mut(),
+        };
+        be.pool_forward(&pg, max, px.whole(), y.whole_mut())
             .unwrap();
         let mut a = be.alloc(pg.out_len()).unwrap();
-        be.ave_pool_forward(&pg, &px, 0, &mut a, 0).unwrap();
+        be.pool_forward(&pg, Pooling::Ave, px.whole(), a.whole_mut())
+            .unwrap();
         let (mut s, mut l) = (be.alloc(lg.len()).unwrap(), be.alloc(lg.len()).unwrap());
-        be.lrn_across_forward(&lg, &lx, 0, &mut s, 0, &mut l, 0)
+        be.lrn_across_forward(&lg, lx.whole(), s.whole_mut(), l.whole_mut())
             .unwrap();
         let mut ch = be.alloc(96).unwrap();
-        be.sum_per_channel(3, 96, 1000, 1.0, &big, 0, 0.0, &mut ch, 0)
-            .unwrap();
+        be.sum_per_channel(
+            Axis::new(3, 96, 1000),
+            1.0,
+            big.whole(),
+            0.0,
+            ch.whole_mut(),
+        )
+        .unwrap();
         let mut e = be.alloc(300_000).unwrap();
-        be.sigmoid_forward(300_000, Src::At(&big, 0), &mut e, 0)
+        be.activation_forward(Activation::Sigmoid, big.whole().src(), e.whole_mut())
             .unwrap();
         let sums = vec![
-            be.sum(300_000, &big, 0).unwrap(),
-            be.asum(300_000, &big, 0).unwrap(),
+            be.reduce(Reduction::Sum, big.whole()).unwrap(),
+            be.reduce(Reduction::Asum, big.whole()).unwrap(),
         ];
         [c, i, y, m, a, s, l, ch, e]
             .into_iter()
@@ -1788,7 +1981,8 @@ fn rng_fills_distribution_and_reproducibility() {
     let n = 200_000;
     let mut y = be.alloc(n + 2).unwrap();
     let mut rng = rng_from_seed(42);
-    be.rng_uniform(n, -2.0, 3.0, &mut rng, &mut y, 1).unwrap();
+    let uniform = Distribution::Uniform { lo: -2.0, hi: 3.0 };
+    be.random(uniform, &mut rng, y.slice_mut(1, n)).unwrap();
     let v = &y.as_slice()[1..=n];
     assert!(v.iter().all(|&u| (-2.0..=3.0).contains(&u)));
     assert_eq!(y.as_slice()[0], 0.0);
@@ -1806,7 +2000,11 @@ fn rng_fills_distribution_and_reproducibility() {
     );
     assert!((var - 25.0 / 12.0).abs() < 0.03, "uniform variance {var}");
 
-    be.rng_gaussian(n, 1.5, 0.5, &mut rng, &mut y, 0).unwrap();
+    let gaussian = Distribution::Gaussian {
+        mean: 1.5,
+        std: 0.5,
+    };
+    be.random(gaussian, &mut rng, y.slice_mut(0, n)).unwrap();
     let v = &y.as_slice()[..n];
     let mean = v.iter().map(|&u| f64::from(u)).sum::<f64>() / n as f64;
     let var = v
@@ -1824,7 +2022,12 @@ fn rng_fills_distribution_and_reproducibility() {
         "gaussian variance {var}"
     );
 
-    be.rng_bernoulli(n, 0.3, &mut rng, &mut y, 0).unwrap();
+    be.random(
+        Distribution::Bernoulli { p: 0.3 },
+        &mut rng,
+        y.slice_mut(0, n),
+    )
+    .unwrap();
     let v = &y.as_slice()[..n];
     assert!(v.iter().all(|&b| b == 0.0 || b == 1.0));
     let frac = v.iter().map(|&b| f64::from(b)).sum::<f64>() / n as f64;
@@ -1832,28 +2035,45 @@ fn rng_fills_distribution_and_reproducibility() {
         (frac - 0.3).abs() < 6.0 * (0.21 / n as f64).sqrt(),
         "bernoulli {frac}"
     );
-    be.rng_bernoulli(100, 1.0, &mut rng, &mut y, 0).unwrap();
-    assert!(y.as_slice()[..100].iter().all(|&b| b == 1.0));
-    be.rng_bernoulli(100, 0.0, &mut rng, &mut y, 0).unwrap();
-    assert!(y.as_slice()[..100].iter().all(|&b| b == 0.0));
+    for p in [1.0, 0.0] {
+        be.random(Distribution::Bernoulli { p }, &mut rng, y.slice_mut(0, 100))
+            .unwrap();
+        assert!(y.as_slice()[..100].iter().all(|&b| b == p), "p = {p}");
+    }
 
     // Same seed, same values; another seed, other values.
     let draw = |seed: u64| {
         let mut r = rng_from_seed(seed);
         let mut b = be.alloc(64).unwrap();
-        be.rng_gaussian(32, 0.0, 1.0, &mut r, &mut b, 0).unwrap();
-        be.rng_uniform(32, 0.0, 1.0, &mut r, &mut b, 32).unwrap();
+        let standard = Distribution::Gaussian {
+            mean: 0.0,
+            std: 1.0,
+        };
+        be.random(standard, &mut r, b.slice_mut(0, 32)).unwrap();
+        let unit = Distribution::Uniform { lo: 0.0, hi: 1.0 };
+        be.random(unit, &mut r, b.slice_mut(32, 32)).unwrap();
         b.into_vec()
     };
     assert_eq!(draw(7), draw(7));
     assert_ne!(draw(7), draw(8));
 
     // lo == hi gives exactly lo.
-    be.rng_uniform(10, 0.25, 0.25, &mut rng, &mut y, 0).unwrap();
+    let point = Distribution::Uniform { lo: 0.25, hi: 0.25 };
+    be.random(point, &mut rng, y.slice_mut(0, 10)).unwrap();
     assert!(y.as_slice()[..10].iter().all(|&u| u == 0.25));
-    assert!(be.rng_uniform(1, 1.0, 0.0, &mut rng, &mut y, 0).is_err());
-    assert!(be.rng_gaussian(1, 0.0, -1.0, &mut rng, &mut y, 0).is_err());
-    assert!(be.rng_bernoulli(1, 1.5, &mut rng, &mut y, 0).is_err());
+    for invalid in [
+        Distribution::Uniform { lo: 1.0, hi: 0.0 },
+        Distribution::Gaussian {
+            mean: 0.0,
+            std: -1.0,
+        },
+        Distribution::Bernoulli { p: 1.5 },
+    ] {
+        assert!(
+            be.random(invalid, &mut rng, y.slice_mut(0, 1)).is_err(),
+            "{invalid:?}"
+        );
+    }
 }
 
 /// The counter-based Bernoulli stream: element `i` of draw `d` is word `i % 4` of Philox at
@@ -1873,10 +2093,10 @@ fn bernoulli_stream_draws_philox_words_below_p() {
         let mut twin_state = CpuBuffer::from_vec(state.as_slice().to_vec());
         let mut twin = parallel.alloc(n).unwrap();
         serial
-            .rng_bernoulli_stream(n, 0.3, &mut state, 0, &mut y, 0)
+            .bernoulli_stream(0.3, state.whole_mut(), y.whole_mut())
             .unwrap();
         parallel
-            .rng_bernoulli_stream(n, 0.3, &mut twin_state, 0, &mut twin, 0)
+            .bernoulli_stream(0.3, twin_state.whole_mut(), twin.whole_mut())
             .unwrap();
         assert_eq!(y.as_slice(), twin.as_slice(), "draw {draw}: parallel fill");
         let words = state
@@ -1911,16 +2131,16 @@ fn bernoulli_stream_draws_philox_words_below_p() {
 
     for (p, want) in [(0.0, 0.0), (1.0, 1.0)] {
         serial
-            .rng_bernoulli_stream(100, p, &mut state, 0, &mut y, 0)
+            .bernoulli_stream(p, state.whole_mut(), y.slice_mut(0, 100))
             .unwrap();
         assert!(y.as_slice()[..100].iter().all(|&b| b == want), "p = {p}");
     }
     assert!(serial
-        .rng_bernoulli_stream(1, 1.5, &mut state, 0, &mut y, 0)
+        .bernoulli_stream(1.5, state.whole_mut(), y.slice_mut(0, 1))
         .is_err());
     let mut short = serial.alloc(STATE_LEN - 1).unwrap();
     assert!(serial
-        .rng_bernoulli_stream(1, 0.5, &mut short, 0, &mut y, 0)
+        .bernoulli_stream(0.5, short.whole_mut(), y.slice_mut(0, 1))
         .is_err());
 }
 
@@ -1933,8 +2153,10 @@ fn pooling_windows_past_the_image_are_empty() {
     let be = CpuBackend::new(1).unwrap();
     let x = CpuBuffer::from_vec((0..25).map(|v| v as f32).collect());
     let (mut y, mut mask) = (be.alloc(9).unwrap(), be.alloc(9).unwrap());
-    be.max_pool_forward(&g, &x, 0, &mut y, 0, &mut mask, 0)
-        .unwrap();
+    let max = Pooling::Max {
+        mask: mask.whole_mut(),
+    };
+    be.pool_forward(&g, max, x.whole(), y.whole_mut()).unwrap();
     let m = -f32::MAX;
     assert_eq!(y.as_slice(), &[0.0, 3.0, m, 15.0, 18.0, m, m, m, m]);
     assert_eq!(
@@ -1943,15 +2165,18 @@ fn pooling_windows_past_the_image_are_empty() {
     );
     let dy = CpuBuffer::from_vec(vec![1.0; 9]);
     let mut dx = be.alloc(25).unwrap();
-    be.max_pool_backward(&g, &dy, 0, &mask, 0, &mut dx, 0)
+    let max = Pooling::Max { mask: mask.whole() };
+    be.pool_backward(&g, max, dy.whole(), dx.whole_mut())
         .unwrap();
     assert_eq!(dx.as_slice().iter().sum::<f32>(), 4.0);
-    be.ave_pool_forward(&g, &x, 0, &mut y, 0).unwrap();
+    be.pool_forward(&g, Pooling::Ave, x.whole(), y.whole_mut())
+        .unwrap();
     assert_eq!(
         y.as_slice(),
         &[0.0, 3.0, 0.0, 15.0, 18.0, 0.0, 0.0, 0.0, 0.0]
     );
-    be.ave_pool_backward(&g, &dy, 0, &mut dx, 0).unwrap();
+    be.pool_backward(&g, Pooling::Ave, dy.whole(), dx.whole_mut())
+        .unwrap();
     assert_eq!(dx.as_slice().iter().sum::<f32>(), 4.0);
 }
 
@@ -1976,42 +2201,81 @@ fn lrn_within_fused_matches_the_composition_bit_for_bit() {
             let buf = |v: &[f32]| CpuBuffer::from_vec(v.to_vec());
             let (xb, dyb) = (buf(&x), buf(&dy));
 
+            let l = LrnWithin {
+                window: g,
+                alpha,
+                beta,
+            };
             let [mut mean, mut power, mut y, mut sq] = std::array::from_fn(|_| buf(&vec![0.0; n]));
-            be.lrn_within_forward(&g, alpha, beta, &xb, &mut mean, &mut power, &mut y, &mut sq)
-                .unwrap();
+            be.lrn_within_forward(
+                &l,
+                xb.whole(),
+                [mean.whole_mut(), power.whole_mut()],
+                y.whole_mut(),
+                sq.whole_mut(),
+            )
+            .unwrap();
             let mut dx = buf(&vec![0.0; n]);
             let [mut a, mut b] = std::array::from_fn(|_| buf(&vec![0.0; n]));
+            let saved = LrnSaved {
+                x: xb.whole(),
+                y: mean.whole(),
+                scale: power.whole(),
+            };
             be.lrn_within_backward(
-                &g, alpha, beta, &xb, &mean, &power, &dyb, &mut dx, &mut a, &mut b,
+                &l,
+                saved,
+                dyb.whole(),
+                dx.whole_mut(),
+                [a.whole_mut(), b.whole_mut()],
             )
             .unwrap();
 
             // The composition, op by op.
+            let (x_in, dy_in) = (xb.whole().src(), dyb.whole().src());
             let [mut c_sq, mut c_mean, mut c_power, mut c_y] =
                 std::array::from_fn(|_| buf(&vec![0.0; n]));
-            be.sqr(n, Src::At(&xb, 0), &mut c_sq, 0).unwrap();
-            be.ave_pool_forward(&g, &c_sq, 0, &mut c_mean, 0).unwrap();
-            be.power(n, Src::At(&c_mean, 0), -beta, alpha, 1.0, &mut c_power, 0)
+            be.unary(Unary::Sqr, x_in, c_sq.whole_mut()).unwrap();
+            be.pool_forward(&g, Pooling::Ave, c_sq.whole(), c_mean.whole_mut())
                 .unwrap();
-            be.mul(n, Src::At(&xb, 0), Src::At(&c_power, 0), &mut c_y, 0)
+            let window_power = Unary::Power {
+                power: -beta,
+                scale: alpha,
+                shift: 1.0,
+            };
+            be.unary(window_power, c_mean.whole().src(), c_power.whole_mut())
                 .unwrap();
+            let p_in = c_power.whole().src();
+            be.binary(Binary::Mul, x_in, p_in, c_y.whole_mut()).unwrap();
             let [mut c_dx, mut c_a, mut c_b] = std::array::from_fn(|_| buf(&vec![0.0; n]));
-            be.mul(n, Src::At(&dyb, 0), Src::At(&c_power, 0), &mut c_dx, 0)
+            be.binary(Binary::Mul, dy_in, p_in, c_dx.whole_mut())
                 .unwrap();
-            be.mul(n, Src::At(&dyb, 0), Src::At(&xb, 0), &mut c_a, 0)
+            be.binary(Binary::Mul, dy_in, x_in, c_a.whole_mut())
                 .unwrap();
-            be.mul(n, Src::InPlace, Src::At(&c_power, 0), &mut c_a, 0)
+            be.binary(Binary::Mul, Src::InPlace, p_in, c_a.whole_mut())
                 .unwrap();
-            be.power(n, Src::At(&c_mean, 0), 1.0, alpha, 1.0, &mut c_b, 0)
+            let base = Unary::Power {
+                power: 1.0,
+                scale: alpha,
+                shift: 1.0,
+            };
+            be.unary(base, c_mean.whole().src(), c_b.whole_mut())
                 .unwrap();
-            be.div(n, Src::InPlace, Src::At(&c_b, 0), &mut c_a, 0)
+            be.binary(
+                Binary::Div,
+                Src::InPlace,
+                c_b.whole().src(),
+                c_a.whole_mut(),
+            )
+            .unwrap();
+            be.scale(Scalar::Value(-beta * alpha), Src::InPlace, c_a.whole_mut())
                 .unwrap();
-            be.scale(n, -beta * alpha, Src::InPlace, &mut c_a, 0)
+            be.pool_backward(&g, Pooling::Ave, c_a.whole(), c_b.whole_mut())
                 .unwrap();
-            be.ave_pool_backward(&g, &c_a, 0, &mut c_b, 0).unwrap();
-            be.mul(n, Src::InPlace, Src::At(&xb, 0), &mut c_b, 0)
+            be.binary(Binary::Mul, Src::InPlace, x_in, c_b.whole_mut())
                 .unwrap();
-            be.axpy(n, 2.0, &c_b, 0, &mut c_dx, 0).unwrap();
+            be.axpby(Scalar::Value(2.0), c_b.whole(), 1.0, c_dx.whole_mut())
+                .unwrap();
 
             let bits = |v: &CpuBuffer| v.as_slice().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             let case = format!("{planes}x{h}x{w} size {size} alpha {alpha} beta {beta}");

@@ -3,7 +3,9 @@
 //! the label-indexed backend ops against naive loops.
 
 use crate::common::assert_close;
-use rcaffe::backend::{rng_from_seed, Backend, CpuBackend, CpuBuffer};
+use rcaffe::backend::{
+    rng_from_seed, Axis, Backend, Binary, CpuBackend, CpuBuffer, Distribution, Labels, Unary, Views,
+};
 use rcaffe::layers::create_layer;
 use rcaffe::proto::caffe::LayerParameter;
 use rcaffe::testing::{cpu, layer_param, CheckBottoms, GradientChecker, LayerHarness};
@@ -33,7 +35,8 @@ fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     let be = cpu();
     let mut rng = rng_from_seed(seed);
     let mut buf = be.alloc(n).unwrap();
-    be.rng_uniform(n, lo, hi, &mut rng, &mut buf, 0).unwrap();
+    be.random(Distribution::Uniform { lo, hi }, &mut rng, buf.whole_mut())
+        .unwrap();
     buf.into_vec()
 }
 
@@ -165,8 +168,10 @@ fn buf(v: &[f32]) -> CpuBuffer {
 fn op_label_mask_matches_naive() {
     let be = cpu();
     let label = [0.0, -1.0, 2.0, -1.5, 3.9, -0.5];
+    let label_b = buf(&label);
+    let mask = |ignore_label| Unary::LabelMask { ignore_label };
     let mut y = buf(&[9.0; 6]);
-    be.label_mask(6, &buf(&label), 0, Some(-1), &mut y, 0)
+    be.unary(mask(Some(-1)), label_b.whole().src(), y.whole_mut())
         .unwrap();
     // trunc(-1.5) = -1 is ignored, trunc(-0.5) = 0 is not.
     let want: Vec<f32> = label
@@ -175,7 +180,8 @@ fn op_label_mask_matches_naive() {
         .collect();
     assert_eq!(y.as_slice(), &want[..]);
     assert_eq!(y.as_slice(), &[1.0, 0.0, 1.0, 0.0, 1.0, 1.0]);
-    be.label_mask(6, &buf(&label), 0, None, &mut y, 0).unwrap();
+    be.unary(mask(None), label_b.whole().src(), y.whole_mut())
+        .unwrap();
     assert_eq!(y.as_slice(), &[1.0; 6]);
 }
 
@@ -187,37 +193,19 @@ fn op_gather_and_affine_at_label_match_naive() {
     let mut label = labels(2, outer * inner, dim);
     label[3] = 7.0; // ignored below
     label[11] = 7.0;
-    let ignore = Some(7);
+    let axis = Axis::new(outer, dim, inner);
+    let (xb, label_b) = (buf(&x), buf(&label));
+    let labelled = Labels {
+        values: label_b.whole(),
+        ignore_label: Some(7),
+    };
     let mut y = buf(&vec![0.0; outer * inner]);
-    be.gather_at_label(
-        outer,
-        dim,
-        inner,
-        &buf(&x),
-        0,
-        &buf(&label),
-        0,
-        ignore,
-        -2.0,
-        &mut y,
-        0,
-    )
-    .unwrap();
+    be.gather_at_label(axis, xb.whole(), labelled, -2.0, y.whole_mut())
+        .unwrap();
     let mut affine = x.clone();
     let mut out = CpuBuffer::from_vec(affine.clone());
-    be.affine_at_label(
-        outer,
-        dim,
-        inner,
-        &buf(&label),
-        0,
-        ignore,
-        0.5,
-        -1.0,
-        &mut out,
-        0,
-    )
-    .unwrap();
+    be.affine_at_label(axis, labelled, (0.5, -1.0), out.whole_mut())
+        .unwrap();
     for o in 0..outer {
         for j in 0..inner {
             let p = o * inner + j;
@@ -241,29 +229,38 @@ fn op_gather_and_affine_at_label_match_naive() {
 fn op_label_ops_reject_out_of_range_labels_and_write_nothing() {
     let be = cpu();
     let x = buf(&[1.0, 2.0, 3.0, 4.0]);
+    let axis = Axis::new(2, 2, 1);
     for bad in [2.0f32, -1.0, 5.5] {
         let label = buf(&[0.0, bad]);
+        let labelled = Labels {
+            values: label.whole(),
+            ignore_label: None,
+        };
         let mut y = buf(&[9.0, 9.0, 9.0, 9.0]);
         let e = be
-            .affine_at_label(2, 2, 1, &label, 0, None, 1.0, -1.0, &mut y, 0)
+            .affine_at_label(axis, labelled, (1.0, -1.0), y.whole_mut())
             .unwrap_err();
         assert!(e.to_string().contains("outside 0..2"), "{e}");
         assert_eq!(y.as_slice(), &[9.0; 4], "nothing written on error");
         let mut g = buf(&[9.0, 9.0]);
         assert!(be
-            .gather_at_label(2, 2, 1, &x, 0, &label, 0, None, 1.0, &mut g, 0)
+            .gather_at_label(axis, x.whole(), labelled, 1.0, g.whole_mut())
             .is_err());
         assert!(be
-            .top_k_hits(2, 2, 1, 1, &x, 0, &label, 0, None, &mut g, 0)
+            .top_k_hits(axis, 1, x.whole(), labelled, g.whole_mut())
             .is_err());
         assert!(be
-            .sum_by_label(2, 2, &x, 0, &label, 0, None, &mut g, 0)
+            .sum_by_label(x.slice(0, 2), labelled, g.whole_mut())
             .is_err());
     }
     // An ignored label may lie outside the range.
     let label = buf(&[0.0, -1.0]);
+    let labelled = Labels {
+        values: label.whole(),
+        ignore_label: Some(-1),
+    };
     let mut g = buf(&[9.0, 9.0]);
-    be.gather_at_label(2, 2, 1, &x, 0, &label, 0, Some(-1), 0.5, &mut g, 0)
+    be.gather_at_label(axis, x.whole(), labelled, 0.5, g.whole_mut())
         .unwrap();
     assert_eq!(g.as_slice(), &[1.0, 0.5]);
 }
@@ -279,22 +276,16 @@ fn op_top_k_hits_matches_a_ranking_with_ties_against_the_label() {
         .collect();
     let mut label = labels(4, outer * inner, dim);
     label[5] = -1.0;
+    let axis = Axis::new(outer, dim, inner);
+    let (xb, label_b) = (buf(&x), buf(&label));
+    let labelled = Labels {
+        values: label_b.whole(),
+        ignore_label: Some(-1),
+    };
     for top_k in 0..=dim {
         let mut y = buf(&vec![9.0; outer * inner]);
-        be.top_k_hits(
-            outer,
-            dim,
-            inner,
-            top_k,
-            &buf(&x),
-            0,
-            &buf(&label),
-            0,
-            Some(-1),
-            &mut y,
-            0,
-        )
-        .unwrap();
+        be.top_k_hits(axis, top_k, xb.whole(), labelled, y.whole_mut())
+            .unwrap();
         for o in 0..outer {
             for j in 0..inner {
                 let p = o * inner + j;
@@ -326,8 +317,13 @@ fn op_sum_by_label_matches_naive() {
     let x = values(5, n, -1.0, 1.0);
     let mut label = labels(6, n, 4);
     label[7] = 9.0;
+    let (xb, label_b) = (buf(&x), buf(&label));
+    let labelled = Labels {
+        values: label_b.whole(),
+        ignore_label: Some(9),
+    };
     let mut y = buf(&[5.0; 4]);
-    be.sum_by_label(n, 4, &buf(&x), 0, &buf(&label), 0, Some(9), &mut y, 0)
+    be.sum_by_label(xb.whole(), labelled, y.whole_mut())
         .unwrap();
     let mut want = [0f64; 4];
     for i in 0..n {
@@ -344,9 +340,15 @@ fn op_sigmoid_cross_entropy_matches_the_naive_form() {
     let n = 40;
     let x = values(7, n, -8.0, 8.0);
     let t = values(8, n, 0.0, 1.0);
+    let (xb, tb) = (buf(&x), buf(&t));
     let mut y = buf(&vec![0.0; n]);
-    be.sigmoid_cross_entropy(n, &buf(&x), 0, &buf(&t), 0, &mut y, 0)
-        .unwrap();
+    be.binary(
+        Binary::SigmoidCrossEntropy,
+        xb.whole().src(),
+        tb.whole().src(),
+        y.whole_mut(),
+    )
+    .unwrap();
     for i in 0..n {
         let (xi, ti) = (f64::from(x[i]), f64::from(t[i]));
         let p = 1.0 / (1.0 + (-xi).exp());
@@ -354,15 +356,13 @@ fn op_sigmoid_cross_entropy_matches_the_naive_form() {
         assert_close("sigmoid_cross_entropy", &[y.as_slice()[i]], &[want], 1e-5);
     }
     // No overflow at large |x|.
+    let (xb, tb) = (buf(&[200.0, -200.0]), buf(&[0.0, 0.0]));
     let mut y = buf(&[0.0; 2]);
-    be.sigmoid_cross_entropy(
-        2,
-        &buf(&[200.0, -200.0]),
-        0,
-        &buf(&[0.0, 0.0]),
-        0,
-        &mut y,
-        0,
+    be.binary(
+        Binary::SigmoidCrossEntropy,
+        xb.whole().src(),
+        tb.whole().src(),
+        y.whole_mut(),
     )
     .unwrap();
     assert_eq!(y.as_slice(), &[200.0, 0.0]);

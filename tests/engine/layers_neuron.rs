@@ -3,7 +3,10 @@
 //! added for them, against naive loops. Expected values are computed here from the formulas
 //! (upstream: src/caffe/test/test_neuron_layer.cpp and friends for the cases).
 
-use rcaffe::backend::{rng_from_seed, Backend, CpuBackend, CpuBuffer, Src};
+use rcaffe::backend::{
+    rng_from_seed, Axis, Backend, BackendError, Binary, Block, Broadcast, CpuBackend, CpuBuffer,
+    Distribution, Src, Views,
+};
 use rcaffe::blob::Blob;
 use rcaffe::layers::{create_layer, BlobCounts, Blobs, Context, Count, Params};
 use rcaffe::proto::caffe::Phase;
@@ -54,7 +57,11 @@ fn assert_all_close(got: &[f32], want: &[f64], what: &str) {
 fn gaussian(n: usize, seed: u64) -> Vec<f32> {
     let b = cpu();
     let mut buf = b.alloc(n).unwrap();
-    b.rng_gaussian(n, 0.0, 1.0, &mut rng_from_seed(seed), &mut buf, 0)
+    let standard = Distribution::Gaussian {
+        mean: 0.0,
+        std: 1.0,
+    };
+    b.random(standard, &mut rng_from_seed(seed), buf.whole_mut())
         .unwrap();
     buf.into_vec()
 }
@@ -141,17 +148,19 @@ fn op_prelu_matches_naive_loops() {
     let dy = gaussian(n, 2);
     let slope = vec![0.25, -0.5, 2.0];
     let c_of = |i: usize| (i / inner) % channels;
-    // Forward, out of place and in place, at an offset.
+    let axis = Axis::new(outer, channels, inner);
+    let (slope_b, xb, dyb) = (buf(&slope), buf(&x), buf(&dy));
+    let (slope_v, x_v) = (slope_b.whole(), xb.whole());
+    // Forward (a PRelu broadcast per channel), out of place and in place, at an offset.
+    let per_channel = Broadcast::PerChannel;
     let mut y = b.alloc(n + 3).unwrap();
-    b.prelu_forward(
-        outer,
-        channels,
-        inner,
-        &buf(&slope),
-        0,
-        Src::At(&buf(&x), 0),
-        &mut y,
-        3,
+    b.broadcast(
+        Binary::PRelu,
+        per_channel,
+        axis,
+        slope_v,
+        x_v.src(),
+        y.slice_mut(3, n),
     )
     .unwrap();
     let want: Vec<f32> = (0..n)
@@ -165,15 +174,13 @@ fn op_prelu_matches_naive_loops() {
         .collect();
     assert_eq!(&y.as_slice()[3..], &want[..]);
     let mut z = buf(&x);
-    b.prelu_forward(
-        outer,
-        channels,
-        inner,
-        &buf(&slope),
-        0,
+    b.broadcast(
+        Binary::PRelu,
+        per_channel,
+        axis,
+        slope_v,
         Src::InPlace,
-        &mut z,
-        0,
+        z.whole_mut(),
     )
     .unwrap();
     assert_eq!(z.as_slice(), &want[..]);
@@ -188,39 +195,16 @@ fn op_prelu_matches_naive_loops() {
         })
         .collect();
     let mut dx = b.alloc(n).unwrap();
-    let xb = buf(&x);
-    b.prelu_backward(
-        outer,
-        channels,
-        inner,
-        &buf(&slope),
-        0,
-        &xb,
-        0,
-        Src::At(&buf(&dy), 0),
-        &mut dx,
-        0,
-    )
-    .unwrap();
+    b.prelu_backward(axis, slope_v, x_v, dyb.whole().src(), dx.whole_mut())
+        .unwrap();
     assert_eq!(dx.as_slice(), &want_dx[..]);
     let mut dz = buf(&dy);
-    b.prelu_backward(
-        outer,
-        channels,
-        inner,
-        &buf(&slope),
-        0,
-        &xb,
-        0,
-        Src::InPlace,
-        &mut dz,
-        0,
-    )
-    .unwrap();
+    b.prelu_backward(axis, slope_v, x_v, Src::InPlace, dz.whole_mut())
+        .unwrap();
     assert_eq!(dz.as_slice(), &want_dx[..]);
     // Slope gradient accumulates.
     let mut ds = buf(&[1.0, 2.0, 3.0]);
-    b.prelu_slope_grad(outer, channels, inner, &xb, 0, &buf(&dy), 0, &mut ds, 0)
+    b.prelu_slope_grad(axis, x_v, dyb.whole(), ds.whole_mut())
         .unwrap();
     let mut want_ds = [1.0f32, 2.0, 3.0];
     for i in 0..n {
@@ -231,29 +215,40 @@ fn op_prelu_matches_naive_loops() {
     for (c, (&got, &want)) in ds.as_slice().iter().zip(&want_ds).enumerate() {
         assert!((got - want).abs() < 1e-5, "channel {c}");
     }
-    // Bounds are checked.
+    // Bounds are checked: an output view past the end of its buffer.
     let mut short = b.alloc(n - 1).unwrap();
-    assert!(b
-        .prelu_forward(
-            outer,
-            channels,
-            inner,
-            &buf(&slope),
-            0,
-            Src::At(&xb, 0),
-            &mut short,
-            0
-        )
-        .is_err());
+    assert!(matches!(
+        b.broadcast(
+            Binary::PRelu,
+            per_channel,
+            axis,
+            slope_v,
+            x_v.src(),
+            short.slice_mut(0, n)
+        ),
+        Err(BackendError::OutOfBounds {
+            op: "broadcast",
+            arg: "y",
+            ..
+        })
+    ));
 }
 
 #[test]
 fn op_copy_2d_matches_naive_loop() {
     let b = cpu();
     let x: Vec<f32> = (0..40).map(|v| v as f32).collect();
+    let xb = buf(&x);
     let mut y = buf(&[-1.0; 30]);
+    let block = |rows, cols, x_stride, y_stride| Block {
+        rows,
+        cols,
+        x_stride,
+        y_stride,
+    };
     // 3 rows of 4 from stride 10 at 2 into stride 7 at 1.
-    b.copy_2d(3, 4, &buf(&x), 2, 10, &mut y, 1, 7).unwrap();
+    b.copy_2d(&block(3, 4, 10, 7), xb.tail(2), y.tail_mut(1))
+        .unwrap();
     let mut want = [-1.0f32; 30];
     for r in 0..3 {
         for j in 0..4 {
@@ -262,12 +257,24 @@ fn op_copy_2d_matches_naive_loop() {
     }
     assert_eq!(y.as_slice(), &want[..]);
     // Nothing to copy: no checks needed.
-    b.copy_2d(0, 4, &buf(&x), 100, 10, &mut y, 100, 7).unwrap();
-    b.copy_2d(3, 0, &buf(&x), 0, 0, &mut y, 0, 0).unwrap();
-    // Overlapping output rows, and ranges out of bounds, are errors.
-    assert!(b.copy_2d(2, 4, &buf(&x), 0, 4, &mut y, 0, 3).is_err());
-    assert!(b.copy_2d(3, 4, &buf(&x), 20, 10, &mut y, 0, 4).is_err());
-    assert!(b.copy_2d(3, 4, &buf(&x), 0, 10, &mut y, 20, 4).is_err());
+    b.copy_2d(&block(0, 4, 10, 7), xb.tail(100), y.tail_mut(100))
+        .unwrap();
+    b.copy_2d(&block(3, 0, 0, 0), xb.whole(), y.whole_mut())
+        .unwrap();
+    // Overlapping output rows, and views out of bounds, are errors.
+    assert!(b
+        .copy_2d(&block(2, 4, 4, 3), xb.whole(), y.whole_mut())
+        .is_err());
+    // 3 rows of 4, 10 apart, span 24 elements: from 20, past the 40 of x.
+    assert!(matches!(
+        b.copy_2d(&block(3, 4, 10, 4), xb.slice(20, 24), y.whole_mut()),
+        Err(BackendError::OutOfBounds { arg: "x", .. })
+    ));
+    // 3 rows of 4, 4 apart, span 12: from 20, past the 30 of y.
+    assert!(matches!(
+        b.copy_2d(&block(3, 4, 10, 4), xb.whole(), y.slice_mut(20, 12)),
+        Err(BackendError::OutOfBounds { arg: "y", .. })
+    ));
 }
 
 #[test]
@@ -276,15 +283,17 @@ fn op_running_argmax_and_copy_where_eq_match_naive_loops() {
     let x = [1.0, 5.0, -2.0, 3.0, f32::NAN];
     let y0 = [2.0, 5.0, -3.0, 1.0, 0.0];
     let (mut y, mut mask) = (buf(&y0), buf(&[7.0; 5]));
-    b.running_argmax(5, 4.0, &buf(&x), 0, &mut y, 0, &mut mask, 0)
+    let xb = buf(&x);
+    b.running_argmax(4.0, xb.whole(), y.whole_mut(), mask.whole_mut())
         .unwrap();
     // Strictly greater only: the tie at 1 and the NaN at 4 keep the old values.
     assert_eq!(y.as_slice(), &[2.0, 5.0, -2.0, 3.0, 0.0]);
     assert_eq!(mask.as_slice(), &[7.0, 7.0, 4.0, 4.0, 7.0]);
     let m = [0.0, 1.0, 2.0, 1.0];
     let v = [10.0, 20.0, 30.0, 40.0];
+    let (mb, vb) = (buf(&m), buf(&v));
     let mut out = buf(&[9.0; 5]);
-    b.copy_where_eq(4, &buf(&m), 0, 1.0, &buf(&v), 0, &mut out, 1)
+    b.copy_where_eq(mb.whole(), 1.0, vb.whole(), out.slice_mut(1, 4))
         .unwrap();
     assert_eq!(out.as_slice(), &[9.0, 0.0, 20.0, 0.0, 40.0]);
 }
@@ -298,9 +307,11 @@ fn op_top_k_over_axis_matches_a_full_sort() {
     for c in [1, 2, 4] {
         x[(dim + c) * inner] = 9.0;
     }
+    let axis = Axis::new(outer, dim, inner);
+    let xb = buf(&x);
     let n = outer * k * inner;
     let (mut vals, mut idx) = (b.alloc(n).unwrap(), b.alloc(n).unwrap());
-    b.top_k_over_axis(outer, dim, inner, k, &buf(&x), 0, &mut vals, 0, &mut idx, 0)
+    b.top_k_over_axis(axis, k, xb.whole(), [vals.whole_mut(), idx.whole_mut()])
         .unwrap();
     for o in 0..outer {
         for j in 0..inner {
@@ -320,16 +331,10 @@ fn op_top_k_over_axis_matches_a_full_sort() {
     assert_eq!(tied, [4.0, 2.0, 1.0]);
     assert!(b
         .top_k_over_axis(
-            outer,
-            dim,
-            inner,
+            axis,
             dim + 1,
-            &buf(&x),
-            0,
-            &mut vals,
-            0,
-            &mut idx,
-            0
+            xb.whole(),
+            [vals.whole_mut(), idx.whole_mut()]
         )
         .is_err());
 }

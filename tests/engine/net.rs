@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use rcaffe::backend::{rng_from_seed, Backend, CpuBackend};
+use rcaffe::backend::{rng_from_seed, Backend, CpuBackend, Distribution};
 use rcaffe::blob::Blob;
 use rcaffe::layers::{
     is_registered, BlobCounts, Blobs, Context, Count, InOut, Layer, LayerError, LayerFactory,
@@ -42,9 +42,8 @@ impl<B: Backend> Layer<B> for ToyAffine {
     ) -> Result<(), LayerError> {
         let k = blobs.bottom(0).count_from(1)?;
         let mut w = Blob::new(ctx.backend, &[self.num_output, k])?;
-        let n = w.count();
-        ctx.backend
-            .rng_uniform(n, -1.0, 1.0, ctx.rng, w.data_mut(), 0)?;
+        let uniform = Distribution::Uniform { lo: -1.0, hi: 1.0 };
+        ctx.backend.random(uniform, ctx.rng, w.data_view_mut())?;
         params.push(w);
         Ok(())
     }

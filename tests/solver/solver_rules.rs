@@ -2,7 +2,7 @@
 //! and random parameters against upstream's formulas evaluated in f64.
 
 use crate::common::{assert_close, Tolerance};
-use rcaffe::backend::{Backend, CpuBackend, Scalar};
+use rcaffe::backend::{Backend, CpuBackend, Scalar, Views};
 use rcaffe::blob::Blob;
 use rcaffe::proto::caffe::SolverParameter;
 use rcaffe::solver::update_rules::{
@@ -46,7 +46,7 @@ fn run(rule: &UpdateRule, w0: &[f32], grads: &[Vec<f32>], rate: f32, iter0: i32)
         };
         // As the solver does: the step scale from device memory.
         let step = rule.step_scale(rate, iter0 + k as i32);
-        be.upload(&[step], &mut step_scale, 0).unwrap();
+        be.upload(&[step], step_scale.whole_mut()).unwrap();
         compute_update_value(rule, &be, &mut param, bufs, Scalar::At(&step_scale, 0)).unwrap();
         param.update().unwrap();
         out.push(param.data_to_vec().unwrap());
