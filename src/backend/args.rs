@@ -65,7 +65,6 @@ impl<T: ?Sized> From<f32> for Scalar<'_, T> {
     }
 }
 
-
 /// An element-wise function of one input: `y[i] = f(x[i])`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unary {

@@ -376,7 +376,6 @@ impl LrnGeom {
     }
 }
 
-
 /// A GEMM: `C = alpha op(A) op(B) + beta C`, row-major, `op(A)` `m x k`, `op(B)` `k x n`, `C`
 /// `m x n`; `lda`, `ldb`, `ldc` are the row strides of the matrices as stored (`A` stored `m x k`
 /// when `NoTrans`, `k x m` when `Trans`; likewise `B`).

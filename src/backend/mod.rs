@@ -432,7 +432,14 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         }
         if let Some(bias) = bias {
             let axis = Axis::new(c.num, c.out_channels, sp);
-            self.broadcast(Binary::Add, Broadcast::PerChannel, axis, bias, Src::InPlace, y)?;
+            self.broadcast(
+                Binary::Add,
+                Broadcast::PerChannel,
+                axis,
+                bias,
+                Src::InPlace,
+                y,
+            )?;
         }
         Ok(())
     }
@@ -576,7 +583,11 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         scratch: [SliceMut<'_, Self::Buffer>; 2],
     ) -> Result<()> {
         l.window.validate_lrn_window("lrn_within_backward")?;
-        let LrnSaved { x, y: mean, scale: power } = forward;
+        let LrnSaved {
+            x,
+            y: mean,
+            scale: power,
+        } = forward;
         let [mut a, mut b] = scratch;
         // Product y = x p: the x path.
         self.binary(Binary::Mul, dy.src(), power.src(), dx.reborrow())?;

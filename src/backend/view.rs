@@ -44,7 +44,11 @@ pub trait Views: DeviceBuffer + Sized {
     }
     /// `len` elements from `off`.
     fn slice(&self, off: usize, len: usize) -> Slice<'_, Self> {
-        Slice { buf: self, off, len }
+        Slice {
+            buf: self,
+            off,
+            len,
+        }
     }
     /// The elements from `off` to the end (empty when `off` is past it).
     fn tail(&self, off: usize) -> Slice<'_, Self> {
@@ -53,11 +57,19 @@ pub trait Views: DeviceBuffer + Sized {
     /// The whole buffer, to write.
     fn whole_mut(&mut self) -> SliceMut<'_, Self> {
         let len = self.len();
-        SliceMut { buf: self, off: 0, len }
+        SliceMut {
+            buf: self,
+            off: 0,
+            len,
+        }
     }
     /// `len` elements from `off`, to write.
     fn slice_mut(&mut self, off: usize, len: usize) -> SliceMut<'_, Self> {
-        SliceMut { buf: self, off, len }
+        SliceMut {
+            buf: self,
+            off,
+            len,
+        }
     }
     /// The elements from `off` to the end, to write.
     fn tail_mut(&mut self, off: usize) -> SliceMut<'_, Self> {
@@ -180,7 +192,12 @@ impl<T: ?Sized> fmt::Debug for Src<'_, T> {
 impl<'a, T: DeviceBuffer + ?Sized> Src<'a, T> {
     /// The view this input reads, for an op writing `out`; an in-place input is `None`. A view
     /// of another length than the output is refused.
-    pub fn resolve(self, op: &'static str, arg: &'static str, out: usize) -> Result<Option<Slice<'a, T>>> {
+    pub fn resolve(
+        self,
+        op: &'static str,
+        arg: &'static str,
+        out: usize,
+    ) -> Result<Option<Slice<'a, T>>> {
         match self {
             Src::InPlace => Ok(None),
             Src::Slice(s) if s.len == out => Ok(Some(s)),
@@ -190,7 +207,12 @@ impl<'a, T: DeviceBuffer + ?Sized> Src<'a, T> {
 }
 
 /// The error for an input of `len` elements where the op needs `want`.
-pub fn length_mismatch(op: &'static str, arg: &'static str, len: usize, want: usize) -> BackendError {
+pub fn length_mismatch(
+    op: &'static str,
+    arg: &'static str,
+    len: usize,
+    want: usize,
+) -> BackendError {
     super::invalid(op, format!("{arg} has {len} elements, the op needs {want}"))
 }
 
