@@ -16,6 +16,9 @@ use rcaffe::testing::cpu;
 
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Held by each test that times a net: their lines would interleave in [`LINES`] otherwise.
+static TIMING: Mutex<()> = Mutex::new(());
+
 struct Keep;
 
 impl log::Log for Keep {
@@ -57,6 +60,7 @@ fn net(text: &str) -> Net<rcaffe::backend::CpuBackend> {
 
 #[test]
 fn time_reports_the_data_layers_loading() {
+    let _alone = TIMING.lock().unwrap();
     keep_log();
     let dir = tempfile::tempdir().unwrap();
     let lmdb = mnist_lmdb(dir.path());
@@ -130,6 +134,7 @@ fn time_reports_the_data_layers_loading() {
 
 #[test]
 fn a_net_without_a_data_layer_reports_no_loading() {
+    let _alone = TIMING.lock().unwrap();
     let mut net = net(r#"name: "dummy" state { phase: TRAIN }
         layer { name: "x" type: "DummyData" top: "x" top: "y"
           dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }
