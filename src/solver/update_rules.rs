@@ -146,11 +146,6 @@ pub struct Scratch<'a, B: Backend> {
     pub temp: &'a mut Blob<B>,
 }
 
-fn second<'a, B: Backend>(h: &'a mut Option<&mut Blob<B>>, rule: &str) -> Result<&'a mut Blob<B>> {
-    h.as_deref_mut()
-        .ok_or_else(|| SolverError::Config(format!("{rule}: missing its second history blob")))
-}
-
 /// Replaces `param`'s diff with the value to subtract from its data (upstream's
 /// `ComputeUpdateValue`). `step` is [`UpdateRule::step_scale`] of this parameter's rate and
 /// iteration; the solver keeps it in a device buffer, so that recorded work (a CUDA graph)
@@ -180,168 +175,274 @@ pub fn compute_update_value<B: Backend>(
             rule.type_name()
         ))
     })?;
+    let mut composed = ComposedUpdate {
+        backend,
+        n,
+        param,
+        history,
+        history2,
+        update,
+        temp,
+        step,
+    };
     match *rule {
-        UpdateRule::Sgd { momentum } => {
-            // history = step * g + momentum * history; g = history.
-            backend.axpby(n, step, param.diff(), 0, momentum, history.data_mut(), 0)?;
-            backend.copy(n, history.data(), 0, param.diff_mut(), 0)?;
-        }
-        UpdateRule::Nesterov { momentum } => {
-            // Keep the old history, take the momentum step, then step from the new history
-            // corrected by the old: (1 + m) h_new - m h_old.
-            backend.copy(n, history.data(), 0, update.data_mut(), 0)?;
-            backend.axpby(n, step, param.diff(), 0, momentum, history.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                1.0 + momentum,
-                history.data(),
-                0,
-                -momentum,
-                update.data_mut(),
-                0,
-            )?;
-            backend.copy(n, update.data(), 0, param.diff_mut(), 0)?;
-        }
-        UpdateRule::AdaGrad { delta } => {
-            // Accumulate g^2, then step lr * g / (sqrt(sum) + delta).
-            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
-            backend.add(
-                n,
-                Src::At(update.data(), 0),
-                Src::InPlace,
-                history.data_mut(),
-                0,
-            )?;
-            scaled_gradient_over_root(backend, n, param, history, update, delta, step)?;
-        }
-        UpdateRule::RmsProp { delta, rms_decay } => {
-            // Leaky average of g^2, then the same step as AdaGrad.
-            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                1.0 - rms_decay,
-                update.data(),
-                0,
-                rms_decay,
-                history.data_mut(),
-                0,
-            )?;
-            scaled_gradient_over_root(backend, n, param, history, update, delta, step)?;
-        }
-        UpdateRule::AdaDelta { delta, momentum } => {
-            let update_history = second(&mut history2, "AdaDelta")?;
-            // Leaky average of g^2.
-            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                1.0 - momentum,
-                update.data(),
-                0,
-                momentum,
-                history.data_mut(),
-                0,
-            )?;
-            // update = sqrt((delta + E[dx^2]) / (delta + E[g^2])).
-            backend.set(n, delta, temp.data_mut(), 0)?;
-            backend.add(
-                n,
-                Src::At(temp.data(), 0),
-                Src::At(update_history.data(), 0),
-                update.data_mut(),
-                0,
-            )?;
-            backend.add(
-                n,
-                Src::InPlace,
-                Src::At(history.data(), 0),
-                temp.data_mut(),
-                0,
-            )?;
-            backend.div(
-                n,
-                Src::InPlace,
-                Src::At(temp.data(), 0),
-                update.data_mut(),
-                0,
-            )?;
-            backend.powx(n, Src::InPlace, 0.5, update.data_mut(), 0)?;
-            // g *= update: the unscaled step.
-            backend.mul(
-                n,
-                Src::InPlace,
-                Src::At(update.data(), 0),
-                param.diff_mut(),
-                0,
-            )?;
-            // Leaky average of the squared steps.
-            backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
-            backend.axpby(
-                n,
-                1.0 - momentum,
-                update.data(),
-                0,
-                momentum,
-                update_history.data_mut(),
-                0,
-            )?;
-            // Upstream scales AdaDelta's step by the learning rate too.
-            backend.scale(n, step, Src::InPlace, param.diff_mut(), 0)?;
-        }
+        UpdateRule::Sgd { momentum } => composed.sgd(momentum),
+        UpdateRule::Nesterov { momentum } => composed.nesterov(momentum),
+        UpdateRule::AdaGrad { delta } => composed.ada_grad(delta),
+        UpdateRule::RmsProp { delta, rms_decay } => composed.rms_prop(delta, rms_decay),
+        UpdateRule::AdaDelta { delta, momentum } => composed.ada_delta(delta, momentum),
         UpdateRule::Adam {
             beta1,
             beta2,
             eps_hat,
-        } => {
-            let second_moment = second(&mut history2, "Adam")?;
-            let m = history;
-            backend.axpby(n, 1.0 - beta1, param.diff(), 0, beta1, m.data_mut(), 0)?;
-            backend.mul(
-                n,
-                Src::At(param.diff(), 0),
-                Src::At(param.diff(), 0),
-                temp.data_mut(),
-                0,
-            )?;
-            backend.axpby(
-                n,
-                1.0 - beta2,
-                temp.data(),
-                0,
-                beta2,
-                second_moment.data_mut(),
-                0,
-            )?;
-            backend.powx(n, Src::At(second_moment.data(), 0), 0.5, temp.data_mut(), 0)?;
-            backend.add_scalar(n, eps_hat, temp.data_mut(), 0)?;
-            backend.div(n, Src::At(m.data(), 0), Src::InPlace, temp.data_mut(), 0)?;
-            // The step is the rate times the bias correction.
-            backend.scale(n, step, Src::At(temp.data(), 0), param.diff_mut(), 0)?;
-        }
+        } => composed.adam(beta1, beta2, eps_hat),
     }
-    Ok(())
 }
 
-/// AdaGrad's and RMSProp's common tail: `g = step * g / (sqrt(history) + delta)`.
-fn scaled_gradient_over_root<B: Backend>(
-    backend: &B,
+/// An update rule composed from the backend's ops, one method per rule, on one parameter of `n`
+/// elements: its diff holds the gradient and receives the update.
+struct ComposedUpdate<'a, B: Backend> {
+    backend: &'a B,
     n: usize,
-    param: &mut Blob<B>,
-    history: &Blob<B>,
-    update: &mut Blob<B>,
-    delta: f32,
-    step: Scalar<'_, B::Buffer>,
-) -> Result<()> {
-    backend.powx(n, Src::At(history.data(), 0), 0.5, update.data_mut(), 0)?;
-    backend.add_scalar(n, delta, update.data_mut(), 0)?;
-    backend.div(
-        n,
-        Src::At(param.diff(), 0),
-        Src::InPlace,
-        update.data_mut(),
-        0,
-    )?;
-    backend.axpby(n, step, update.data(), 0, 0.0, param.diff_mut(), 0)?;
-    Ok(())
+    param: &'a mut Blob<B>,
+    history: &'a mut Blob<B>,
+    history2: Option<&'a mut Blob<B>>,
+    update: &'a mut Blob<B>,
+    temp: &'a mut Blob<B>,
+    step: Scalar<'a, B::Buffer>,
+}
+
+impl<B: Backend> ComposedUpdate<'_, B> {
+    fn sgd(&mut self, momentum: f32) -> Result<()> {
+        let Self {
+            backend,
+            n,
+            param,
+            history,
+            step,
+            ..
+        } = self;
+        let (backend, n) = (*backend, *n);
+        // history = step * g + momentum * history; g = history.
+        backend.axpby(n, *step, param.diff(), 0, momentum, history.data_mut(), 0)?;
+        backend.copy(n, history.data(), 0, param.diff_mut(), 0)?;
+        Ok(())
+    }
+
+    fn nesterov(&mut self, momentum: f32) -> Result<()> {
+        let Self {
+            backend,
+            n,
+            param,
+            history,
+            update,
+            step,
+            ..
+        } = self;
+        let (backend, n) = (*backend, *n);
+        // Keep the old history, take the momentum step, then step from the new history
+        // corrected by the old: (1 + m) h_new - m h_old.
+        backend.copy(n, history.data(), 0, update.data_mut(), 0)?;
+        backend.axpby(n, *step, param.diff(), 0, momentum, history.data_mut(), 0)?;
+        backend.axpby(
+            n,
+            1.0 + momentum,
+            history.data(),
+            0,
+            -momentum,
+            update.data_mut(),
+            0,
+        )?;
+        backend.copy(n, update.data(), 0, param.diff_mut(), 0)?;
+        Ok(())
+    }
+
+    fn ada_grad(&mut self, delta: f32) -> Result<()> {
+        let Self {
+            backend,
+            n,
+            param,
+            history,
+            update,
+            ..
+        } = self;
+        let (backend, n) = (*backend, *n);
+        // Accumulate g^2, then step lr * g / (sqrt(sum) + delta).
+        backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
+        backend.add(
+            n,
+            Src::At(update.data(), 0),
+            Src::InPlace,
+            history.data_mut(),
+            0,
+        )?;
+        self.scaled_gradient_over_root(delta)
+    }
+
+    fn rms_prop(&mut self, delta: f32, rms_decay: f32) -> Result<()> {
+        let Self {
+            backend,
+            n,
+            param,
+            history,
+            update,
+            ..
+        } = self;
+        let (backend, n) = (*backend, *n);
+        // Leaky average of g^2, then the same step as AdaGrad.
+        backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
+        backend.axpby(
+            n,
+            1.0 - rms_decay,
+            update.data(),
+            0,
+            rms_decay,
+            history.data_mut(),
+            0,
+        )?;
+        self.scaled_gradient_over_root(delta)
+    }
+
+    /// AdaGrad's and RMSProp's common tail: `g = step * g / (sqrt(history) + delta)`.
+    fn scaled_gradient_over_root(&mut self, delta: f32) -> Result<()> {
+        let Self {
+            backend,
+            n,
+            param,
+            history,
+            update,
+            step,
+            ..
+        } = self;
+        let (backend, n) = (*backend, *n);
+        backend.powx(n, Src::At(history.data(), 0), 0.5, update.data_mut(), 0)?;
+        backend.add_scalar(n, delta, update.data_mut(), 0)?;
+        backend.div(
+            n,
+            Src::At(param.diff(), 0),
+            Src::InPlace,
+            update.data_mut(),
+            0,
+        )?;
+        backend.axpby(n, *step, update.data(), 0, 0.0, param.diff_mut(), 0)?;
+        Ok(())
+    }
+
+    fn ada_delta(&mut self, delta: f32, momentum: f32) -> Result<()> {
+        let Self {
+            backend,
+            n,
+            param,
+            history,
+            history2,
+            update,
+            temp,
+            step,
+        } = self;
+        let (backend, n) = (*backend, *n);
+        let update_history = second(history2, "AdaDelta")?;
+        // Leaky average of g^2.
+        backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
+        backend.axpby(
+            n,
+            1.0 - momentum,
+            update.data(),
+            0,
+            momentum,
+            history.data_mut(),
+            0,
+        )?;
+        // update = sqrt((delta + E[dx^2]) / (delta + E[g^2])).
+        backend.set(n, delta, temp.data_mut(), 0)?;
+        backend.add(
+            n,
+            Src::At(temp.data(), 0),
+            Src::At(update_history.data(), 0),
+            update.data_mut(),
+            0,
+        )?;
+        backend.add(
+            n,
+            Src::InPlace,
+            Src::At(history.data(), 0),
+            temp.data_mut(),
+            0,
+        )?;
+        backend.div(
+            n,
+            Src::InPlace,
+            Src::At(temp.data(), 0),
+            update.data_mut(),
+            0,
+        )?;
+        backend.powx(n, Src::InPlace, 0.5, update.data_mut(), 0)?;
+        // g *= update: the unscaled step.
+        backend.mul(
+            n,
+            Src::InPlace,
+            Src::At(update.data(), 0),
+            param.diff_mut(),
+            0,
+        )?;
+        // Leaky average of the squared steps.
+        backend.powx(n, Src::At(param.diff(), 0), 2.0, update.data_mut(), 0)?;
+        backend.axpby(
+            n,
+            1.0 - momentum,
+            update.data(),
+            0,
+            momentum,
+            update_history.data_mut(),
+            0,
+        )?;
+        // Upstream scales AdaDelta's step by the learning rate too.
+        backend.scale(n, *step, Src::InPlace, param.diff_mut(), 0)?;
+        Ok(())
+    }
+
+    fn adam(&mut self, beta1: f32, beta2: f32, eps_hat: f32) -> Result<()> {
+        let Self {
+            backend,
+            n,
+            param,
+            history: m,
+            history2,
+            temp,
+            step,
+            ..
+        } = self;
+        let (backend, n) = (*backend, *n);
+        let second_moment = second(history2, "Adam")?;
+        backend.axpby(n, 1.0 - beta1, param.diff(), 0, beta1, m.data_mut(), 0)?;
+        backend.mul(
+            n,
+            Src::At(param.diff(), 0),
+            Src::At(param.diff(), 0),
+            temp.data_mut(),
+            0,
+        )?;
+        backend.axpby(
+            n,
+            1.0 - beta2,
+            temp.data(),
+            0,
+            beta2,
+            second_moment.data_mut(),
+            0,
+        )?;
+        backend.powx(n, Src::At(second_moment.data(), 0), 0.5, temp.data_mut(), 0)?;
+        backend.add_scalar(n, eps_hat, temp.data_mut(), 0)?;
+        backend.div(n, Src::At(m.data(), 0), Src::InPlace, temp.data_mut(), 0)?;
+        // The step is the rate times the bias correction.
+        backend.scale(n, *step, Src::At(temp.data(), 0), param.diff_mut(), 0)?;
+        Ok(())
+    }
+}
+
+/// AdaDelta's and Adam's second history blob.
+fn second<'a, B: Backend>(h: &'a mut Option<&mut Blob<B>>, rule: &str) -> Result<&'a mut Blob<B>> {
+    h.as_deref_mut()
+        .ok_or_else(|| SolverError::Config(format!("{rule}: missing its second history blob")))
 }
 
 /// Upstream's `Regularize`: adds the weight decay's gradient to `param`'s diff. `local_decay` is
