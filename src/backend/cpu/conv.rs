@@ -321,162 +321,267 @@ pub(super) fn backward(
     dw: Option<&mut [f32]>,
     dx: Option<&mut [f32]>,
 ) -> Result<()> {
-    const OP: &str = "conv_backward";
-    let (il, ol, wl) = (c.in_len(), c.out_len(), c.weight_len());
     if c.num == 0 || (dw.is_none() && dx.is_none()) {
         return Ok(());
     }
-    let n_workers = workers(par, c);
-    // Which products skip the column buffer (the same bits either way, see [`direct`]).
-    let direct = use_direct(par, c, n_workers);
-    // A weight gradient from a mostly zero `dy` skips the zeros (the same bits, but for the
-    // sign of an entry that underflows to zero: see [`direct::sparse_worth_it`]'s module).
-    let sparse_dw = dw.is_some() && direct && direct::sparse_worth_it(c, x, dy);
-    let direct_dw = dw.is_some() && direct && !sparse_dw;
-    let direct_dx = dx.is_some() && direct && direct::data_gradient_applies(c);
-    let needs_columns = (dw.is_some() && !direct_dw && !sparse_dw) || (dx.is_some() && !direct_dx);
-    let cl = if needs_columns { col_len(c) } else { 0 };
-    let wt_len = if direct_dx { c.weight_len() } else { 0 };
-    // Serial kernels inside a task when images run side by side; otherwise the kernels may use
-    // the pool themselves.
-    let kernel_par = if n_workers == 1 { par } else { SERIAL };
-    let data_gradient = |wt: &[f32], dyi: &[f32], dxi: &mut [f32], col: &mut [f32]| {
-        if direct_dx {
-            direct::data_gradient_image(c, wt, dyi, dxi);
-        } else {
-            backward_image(kernel_par, c, &[], w, dyi, None, Some(dxi), col);
-        }
-    };
+    let run = Backward::new(par, c, x, w, dy, dw.is_some(), dx.is_some());
+    match dw {
+        Some(dw) => run.with_weight_gradient(scratch, dw, dx),
+        None => run.data_gradient_only(scratch, dx.expect("checked above")),
+    }
+}
 
-    let Some(dw) = dw else {
-        // Data gradient only: every image on its own, as in forward.
-        let dx = dx.expect("checked above");
-        let buf = scratch_of(OP, scratch, wt_len + n_workers * cl)?;
-        let (wt, cols) = buf.split_at_mut(wt_len);
-        if direct_dx {
-            direct::transpose_weights(c, w, wt);
+/// One backward call: its inputs, and the path each gradient takes.
+struct Backward<'a> {
+    c: &'a ConvBatch,
+    x: &'a [f32],
+    w: &'a [f32],
+    dy: &'a [f32],
+    par: Par<'a>,
+    n_workers: usize,
+    /// Serial kernels inside a task when images run side by side; otherwise the kernels may use
+    /// the pool themselves.
+    kernel_par: Par<'a>,
+    /// The weight gradient skips `dy`'s zeros, or else runs direct, or else through the columns.
+    sparse_dw: bool,
+    direct_dw: bool,
+    direct_dx: bool,
+    /// Column-buffer elements per worker: none when no product goes through the columns.
+    col_len: usize,
+    /// Elements of the transposed weights the direct data gradient reads: none otherwise.
+    wt_len: usize,
+}
+
+impl<'a> Backward<'a> {
+    const OP: &'static str = "conv_backward";
+
+    fn new(
+        par: Par<'a>,
+        c: &'a ConvBatch,
+        x: &'a [f32],
+        w: &'a [f32],
+        dy: &'a [f32],
+        wants_dw: bool,
+        wants_dx: bool,
+    ) -> Self {
+        let n_workers = workers(par, c);
+        // Which products skip the column buffer (the same bits either way, see [`direct`]).
+        let direct = use_direct(par, c, n_workers);
+        // A weight gradient from a mostly zero `dy` skips the zeros (the same bits, but for the
+        // sign of an entry that underflows to zero: see [`direct::sparse_worth_it`]'s module).
+        let sparse_dw = wants_dw && direct && direct::sparse_worth_it(c, x, dy);
+        let direct_dw = wants_dw && direct && !sparse_dw;
+        let direct_dx = wants_dx && direct && direct::data_gradient_applies(c);
+        let needs_columns = (wants_dw && !direct_dw && !sparse_dw) || (wants_dx && !direct_dx);
+        Backward {
+            c,
+            x,
+            w,
+            dy,
+            par,
+            n_workers,
+            kernel_par: if n_workers == 1 { par } else { SERIAL },
+            sparse_dw,
+            direct_dw,
+            direct_dx,
+            col_len: if needs_columns { col_len(c) } else { 0 },
+            wt_len: if direct_dx { c.weight_len() } else { 0 },
+        }
+    }
+
+    /// One image's data gradient, `dyi` into `dxi`; `wt` holds the transposed weights when it
+    /// runs direct, `col` is a column buffer otherwise.
+    fn data_gradient(&self, wt: &[f32], dyi: &[f32], dxi: &mut [f32], col: &mut [f32]) {
+        if self.direct_dx {
+            direct::data_gradient_image(self.c, wt, dyi, dxi);
+        } else {
+            backward_image(
+                self.kernel_par,
+                self.c,
+                &[],
+                self.w,
+                dyi,
+                None,
+                Some(dxi),
+                col,
+            );
+        }
+    }
+
+    /// Data gradient only: every image on its own, as in forward.
+    fn data_gradient_only(&self, scratch: &mut Vec<f32>, dx: &mut [f32]) -> Result<()> {
+        let (il, ol) = (self.c.in_len(), self.c.out_len());
+        let buf = scratch_of(
+            Self::OP,
+            scratch,
+            self.wt_len + self.n_workers * self.col_len,
+        )?;
+        let (wt, cols) = buf.split_at_mut(self.wt_len);
+        if self.direct_dx {
+            direct::transpose_weights(self.c, self.w, wt);
         }
         let wt = &*wt;
-        if n_workers == 1 {
-            for (dyi, dxi) in dy.chunks_exact(ol).zip(dx.chunks_exact_mut(il)) {
-                data_gradient(wt, dyi, dxi, cols);
+        if self.n_workers == 1 {
+            for (dyi, dxi) in self.dy.chunks_exact(ol).zip(dx.chunks_exact_mut(il)) {
+                self.data_gradient(wt, dyi, dxi, cols);
             }
             return Ok(());
         }
-        let slots = slots(cols, cl, n_workers);
-        par.install(|| {
-            dy.par_chunks_exact(ol)
+        let slots = slots(cols, self.col_len, self.n_workers);
+        self.par.install(|| {
+            self.dy
+                .par_chunks_exact(ol)
                 .zip(dx.par_chunks_exact_mut(il))
-                .for_each(|(dyi, dxi)| with_slot(&slots, |col| data_gradient(wt, dyi, dxi, col)))
+                .for_each(|(dyi, dxi)| {
+                    with_slot(&slots, |col| self.data_gradient(wt, dyi, dxi, col))
+                })
         });
-        return Ok(());
-    };
+        Ok(())
+    }
 
-    // With the weight gradient: fixed parts of the batch, each summed image by image into its
-    // own accumulator (part 0: `dw` itself), then the partials added in part order. The direct
-    // kernels accumulate in their transposed layout, part 0 starting from `dw` transposed.
-    let parts = WGRAD_PARTS.min(c.num);
-    let acc_len = if direct_dw {
-        direct::transposed_len(c)
-    } else {
-        wl
-    };
-    let own_accumulators = if direct_dw { parts } else { parts - 1 };
-    let buf = scratch_of(
-        OP,
-        scratch,
-        wt_len + n_workers * cl + own_accumulators * acc_len,
-    )?;
-    let (wt, rest) = buf.split_at_mut(wt_len);
-    let (cols, partials) = rest.split_at_mut(n_workers * cl);
-    if direct_dx {
-        direct::transpose_weights(c, w, wt);
-    }
-    let wt = &*wt;
-    if direct_dw {
-        direct::transpose_in(c, dw, partials);
-    }
-    let mut accumulators: Vec<&mut [f32]> = Vec::with_capacity(parts);
-    if !direct_dw {
-        accumulators.push(&mut *dw);
-    }
-    accumulators.extend(
-        partials
-            .chunks_exact_mut(acc_len.max(1))
-            .take(own_accumulators),
-    );
-    let mut dx_parts: Vec<Option<&mut [f32]>> = Vec::with_capacity(parts);
-    let mut dx_rest = dx;
-    for p in 0..parts {
-        let (lo, hi) = part_range(c.num, parts, p);
-        dx_parts.push(match dx_rest.take() {
-            Some(rest) => {
-                let (head, tail) = rest.split_at_mut((hi - lo) * il);
-                dx_rest = Some(tail);
-                Some(head)
+    /// With the weight gradient: fixed parts of the batch, each summed image by image into its
+    /// own accumulator (part 0: `dw` itself), then the partials added in part order. The direct
+    /// kernels accumulate in their transposed layout, part 0 starting from `dw` transposed.
+    fn with_weight_gradient(
+        &self,
+        scratch: &mut Vec<f32>,
+        dw: &mut [f32],
+        dx: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let c = self.c;
+        let parts = WGRAD_PARTS.min(c.num);
+        let acc_len = if self.direct_dw {
+            direct::transposed_len(c)
+        } else {
+            c.weight_len()
+        };
+        let own_accumulators = if self.direct_dw { parts } else { parts - 1 };
+        let columns_len = self.n_workers * self.col_len;
+        let buf = scratch_of(
+            Self::OP,
+            scratch,
+            self.wt_len + columns_len + own_accumulators * acc_len,
+        )?;
+        let (wt, rest) = buf.split_at_mut(self.wt_len);
+        let (cols, partials) = rest.split_at_mut(columns_len);
+        if self.direct_dx {
+            direct::transpose_weights(c, self.w, wt);
+        }
+        if self.direct_dw {
+            direct::transpose_in(c, dw, partials);
+        }
+        let mut accumulators: Vec<&mut [f32]> = Vec::with_capacity(parts);
+        if !self.direct_dw {
+            accumulators.push(&mut *dw);
+        }
+        accumulators.extend(
+            partials
+                .chunks_exact_mut(acc_len.max(1))
+                .take(own_accumulators),
+        );
+        let dx_parts = dx_by_part(c, parts, dx);
+        self.run_parts(parts, wt, accumulators, dx_parts, cols);
+        let add_partials = |total: &mut [f32], rest: &[f32]| {
+            for partial in rest.chunks_exact(acc_len.max(1)).take(parts - 1) {
+                total.iter_mut().zip(partial).for_each(|(d, &s)| *d += s);
             }
-            None => None,
-        });
+        };
+        if self.direct_dw {
+            let (total, rest) = partials.split_at_mut(acc_len);
+            add_partials(total, rest);
+            direct::transpose_out(c, total, dw);
+        } else {
+            add_partials(dw, partials);
+        }
+        Ok(())
     }
-    let run_part = |p: usize, acc: &mut [f32], mut dxp: Option<&mut [f32]>, col: &mut [f32]| {
-        let (lo, hi) = part_range(c.num, parts, p);
-        for n in lo..hi {
-            // Part 0 adds onto the gradient already there; the partials start from zero.
-            let beta = if p == 0 || n > lo { 1.0 } else { 0.0 };
+
+    /// Runs part `p` of `parts` with `accumulators[p]` and `dx_parts[p]`, the parts side by side
+    /// when there are several workers, each on a worker's column buffer.
+    fn run_parts(
+        &self,
+        parts: usize,
+        wt: &[f32],
+        accumulators: Vec<&mut [f32]>,
+        dx_parts: Vec<Option<&mut [f32]>>,
+        cols: &mut [f32],
+    ) {
+        let run_part = |p: usize, acc: &mut [f32], dxp: Option<&mut [f32]>, col: &mut [f32]| {
+            let (lo, hi) = part_range(self.c.num, parts, p);
+            self.run_part(lo..hi, p == 0, wt, acc, dxp, col);
+        };
+        if self.n_workers == 1 {
+            for (p, (acc, dxp)) in accumulators.into_iter().zip(dx_parts).enumerate() {
+                run_part(p, acc, dxp, cols);
+            }
+        } else {
+            let slots = slots(cols, self.col_len, self.n_workers);
+            self.par.install(|| {
+                accumulators
+                    .into_par_iter()
+                    .zip(dx_parts)
+                    .enumerate()
+                    .for_each(|(p, (acc, dxp))| with_slot(&slots, |col| run_part(p, acc, dxp, col)))
+            });
+        }
+    }
+
+    /// The images of one part: each one's weight gradient summed into `acc` (the first part
+    /// onto the gradient already there, the others from zero) and, with `dxp` (the part's
+    /// slice of `dx`), its data gradient.
+    fn run_part(
+        &self,
+        images: Range<usize>,
+        first_part: bool,
+        wt: &[f32],
+        acc: &mut [f32],
+        mut dxp: Option<&mut [f32]>,
+        col: &mut [f32],
+    ) {
+        let (c, il, ol) = (self.c, self.c.in_len(), self.c.out_len());
+        let lo = images.start;
+        for n in images {
+            let beta = if first_part || n > lo { 1.0 } else { 0.0 };
             let dxi = dxp
                 .as_deref_mut()
                 .map(|d| &mut d[(n - lo) * il..(n - lo + 1) * il]);
-            let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
+            let (xi, dyi) = (
+                &self.x[n * il..(n + 1) * il],
+                &self.dy[n * ol..(n + 1) * ol],
+            );
             // The two gradients are independent: computed one after the other, each by its
             // own path.
-            if sparse_dw {
+            if self.sparse_dw {
                 direct::sparse_weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
-            } else if direct_dw {
+            } else if self.direct_dw {
                 direct::weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
             } else {
-                backward_image(
-                    kernel_par,
-                    c,
-                    xi,
-                    w,
-                    dyi,
-                    Some((&mut *acc, beta)),
-                    None,
-                    col,
-                );
+                let dw = Some((&mut *acc, beta));
+                backward_image(self.kernel_par, c, xi, self.w, dyi, dw, None, col);
             }
             if let Some(dxi) = dxi {
-                data_gradient(wt, dyi, dxi, col);
+                self.data_gradient(wt, dyi, dxi, col);
             }
         }
-    };
-    if n_workers == 1 {
-        for (p, (acc, dxp)) in accumulators.into_iter().zip(dx_parts).enumerate() {
-            run_part(p, acc, dxp, cols);
-        }
-    } else {
-        let slots = slots(cols, cl, n_workers);
-        par.install(|| {
-            accumulators
-                .into_par_iter()
-                .zip(dx_parts)
-                .enumerate()
-                .for_each(|(p, (acc, dxp))| with_slot(&slots, |col| run_part(p, acc, dxp, col)))
-        });
     }
-    let add_partials = |total: &mut [f32], rest: &[f32]| {
-        for partial in rest.chunks_exact(acc_len.max(1)).take(parts - 1) {
-            total.iter_mut().zip(partial).for_each(|(d, &s)| *d += s);
-        }
-    };
-    if direct_dw {
-        let (total, rest) = partials.split_at_mut(acc_len);
-        add_partials(total, rest);
-        direct::transpose_out(c, total, dw);
-    } else {
-        add_partials(dw, partials);
-    }
-    Ok(())
+}
+
+/// `dx` cut into the images of each of the `parts` weight-gradient parts (all `None` without
+/// `dx`).
+fn dx_by_part<'d>(
+    c: &ConvBatch,
+    parts: usize,
+    dx: Option<&'d mut [f32]>,
+) -> Vec<Option<&'d mut [f32]>> {
+    let mut rest = dx;
+    (0..parts)
+        .map(|p| {
+            let (lo, hi) = part_range(c.num, parts, p);
+            let (head, tail) = rest.take()?.split_at_mut((hi - lo) * c.in_len());
+            rest = Some(tail);
+            Some(head)
+        })
+        .collect()
 }
 
 #[cfg(test)]
