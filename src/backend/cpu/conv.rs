@@ -726,89 +726,129 @@ mod tests {
         }
     }
 
+    /// The direct kernels against the im2col + GEMM paths, image by image (AVX2 and FMA only).
     #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn direct_kernels_give_the_gemm_paths_bits() {
-        let mut data_gradients = 0;
-        use super::{backward_image, direct, forward_image, SERIAL};
-        // Plus a rectangular kernel with unequal pads and dilations, in three groups.
-        let mut rectangular = direct_batch((6, 11, 21, 60, 3, 1, 0, 1, 1));
-        (rectangular.geom.kernel_h, rectangular.geom.kernel_w) = (2, 5);
-        (rectangular.geom.pad_h, rectangular.geom.pad_w) = (3, 1);
-        (rectangular.geom.dilation_h, rectangular.geom.dilation_w) = (2, 1);
-        let batches: Vec<ConvBatch> = DIRECT_CASES
-            .iter()
-            .map(|&case| direct_batch(case))
-            .chain([rectangular])
-            .collect();
-        for c in batches.iter().copied() {
-            let case = c.geom;
-            if !super::super::simd::has_avx2_fma() {
+    mod direct_against_gemm {
+        use super::super::{backward_image, direct, forward_image, SERIAL};
+        use super::{direct_batch, random, DIRECT_CASES};
+        use crate::backend::cpu::CpuBackend;
+        use crate::backend::ConvBatch;
+
+        /// One case's random operands: input, weights, output gradient and a starting `dw`.
+        struct Operands {
+            x: Vec<f32>,
+            w: Vec<f32>,
+            dy: Vec<f32>,
+            dw0: Vec<f32>,
+        }
+
+        fn same_bits(a: &[f32], b: &[f32]) -> bool {
+            a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits())
+        }
+
+        #[test]
+        fn direct_kernels_give_the_gemm_paths_bits() {
+            if !crate::backend::cpu::simd::has_avx2_fma() {
                 eprintln!("skipped: the CPU lacks AVX2 and FMA");
                 return;
             }
-            assert!(direct::applies(&c), "{case:?} is not a direct shape");
-            let be = CpuBackend::new(1).unwrap();
-            let x = random(&be, c.num * c.in_len(), 1).into_vec();
-            let w = random(&be, c.weight_len(), 2).into_vec();
-            let dy = random(&be, c.num * c.out_len(), 4).into_vec();
-            let dw0 = random(&be, c.weight_len(), 5).into_vec();
+            // Plus a rectangular kernel with unequal pads and dilations, in three groups.
+            let mut rectangular = direct_batch((6, 11, 21, 60, 3, 1, 0, 1, 1));
+            (rectangular.geom.kernel_h, rectangular.geom.kernel_w) = (2, 5);
+            (rectangular.geom.pad_h, rectangular.geom.pad_w) = (3, 1);
+            (rectangular.geom.dilation_h, rectangular.geom.dilation_w) = (2, 1);
+            let batches: Vec<ConvBatch> = DIRECT_CASES
+                .iter()
+                .map(|&case| direct_batch(case))
+                .chain([rectangular])
+                .collect();
+            let mut data_gradients = 0;
+            for c in &batches {
+                assert!(direct::applies(c), "{:?} is not a direct shape", c.geom);
+                let be = CpuBackend::new(1).unwrap();
+                let operands = Operands {
+                    x: random(&be, c.num * c.in_len(), 1).into_vec(),
+                    w: random(&be, c.weight_len(), 2).into_vec(),
+                    dy: random(&be, c.num * c.out_len(), 4).into_vec(),
+                    dw0: random(&be, c.weight_len(), 5).into_vec(),
+                };
+                check_forward(c, &operands);
+                if direct::data_gradient_applies(c) {
+                    data_gradients += 1;
+                    check_data_gradient(c, &operands);
+                }
+                check_weight_gradient(c, &operands);
+                check_sparse_weight_gradient(c, &operands);
+            }
+            assert_eq!(data_gradients, batches.len(), "every case checks dx");
+        }
+
+        fn check_forward(c: &ConvBatch, Operands { x, w, .. }: &Operands) {
             let (il, ol) = (c.in_len(), c.out_len());
             let mut col = vec![0.0; c.geom.col_len()];
             for n in 0..c.num {
                 let xi = &x[n * il..(n + 1) * il];
                 let mut by_gemm = vec![0.0; ol];
                 let mut direct_y = vec![f32::NAN; ol];
-                forward_image(SERIAL, &c, false, xi, &w, None, &mut by_gemm, &mut col);
-                forward_image(SERIAL, &c, true, xi, &w, None, &mut direct_y, &mut col);
-                let same = by_gemm
-                    .iter()
-                    .zip(&direct_y)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{case:?}: forward of image {n}");
+                forward_image(SERIAL, c, false, xi, w, None, &mut by_gemm, &mut col);
+                forward_image(SERIAL, c, true, xi, w, None, &mut direct_y, &mut col);
+                assert!(
+                    same_bits(&by_gemm, &direct_y),
+                    "{:?}: forward of image {n}",
+                    c.geom
+                );
             }
-            if direct::data_gradient_applies(&c) {
-                data_gradients += 1;
-                let mut wt = vec![f32::NAN; c.weight_len()];
-                direct::transpose_weights(&c, &w, &mut wt);
-                for n in 0..c.num {
-                    let dyi = &dy[n * ol..(n + 1) * ol];
-                    let mut by_gemm = vec![f32::NAN; il];
-                    let mut direct_dx = vec![f32::NAN; il];
-                    backward_image(SERIAL, &c, &[], &w, dyi, None, Some(&mut by_gemm), &mut col);
-                    direct::data_gradient_image(&c, &wt, dyi, &mut direct_dx);
-                    let same = by_gemm
-                        .iter()
-                        .zip(&direct_dx)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{case:?}: data gradient of image {n}");
-                }
+        }
+
+        fn check_data_gradient(c: &ConvBatch, Operands { w, dy, .. }: &Operands) {
+            let (il, ol) = (c.in_len(), c.out_len());
+            let mut col = vec![0.0; c.geom.col_len()];
+            let mut wt = vec![f32::NAN; c.weight_len()];
+            direct::transpose_weights(c, w, &mut wt);
+            for n in 0..c.num {
+                let dyi = &dy[n * ol..(n + 1) * ol];
+                let mut by_gemm = vec![f32::NAN; il];
+                let mut direct_dx = vec![f32::NAN; il];
+                backward_image(SERIAL, c, &[], w, dyi, None, Some(&mut by_gemm), &mut col);
+                direct::data_gradient_image(c, &wt, dyi, &mut direct_dx);
+                assert!(
+                    same_bits(&by_gemm, &direct_dx),
+                    "{:?}: data gradient of image {n}",
+                    c.geom
+                );
             }
-            // Images summed onto the gradient (beta 1), and onto nothing (beta 0 first).
+        }
+
+        /// Images summed onto the gradient (beta 1), and onto nothing (beta 0 first).
+        fn check_weight_gradient(c: &ConvBatch, Operands { x, w, dy, dw0 }: &Operands) {
+            let (il, ol) = (c.in_len(), c.out_len());
+            let mut col = vec![0.0; c.geom.col_len()];
             for start_from_zero in [false, true] {
                 let mut by_gemm = dw0.clone();
-                let mut dw_t = vec![f32::NAN; direct::transposed_len(&c)];
-                direct::transpose_in(&c, &dw0, &mut dw_t);
+                let mut dw_t = vec![f32::NAN; direct::transposed_len(c)];
+                direct::transpose_in(c, dw0, &mut dw_t);
                 for n in 0..c.num {
                     let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
                     let beta = if start_from_zero && n == 0 { 0.0 } else { 1.0 };
                     let dw = Some((&mut by_gemm[..], beta));
-                    backward_image(SERIAL, &c, xi, &w, dyi, dw, None, &mut col);
-                    direct::weight_gradient_image(&c, xi, dyi, &mut dw_t, beta != 0.0);
+                    backward_image(SERIAL, c, xi, w, dyi, dw, None, &mut col);
+                    direct::weight_gradient_image(c, xi, dyi, &mut dw_t, beta != 0.0);
                 }
                 let mut direct_dw = vec![f32::NAN; c.weight_len()];
-                direct::transpose_out(&c, &dw_t, &mut direct_dw);
-                let same = by_gemm
-                    .iter()
-                    .zip(&direct_dw)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                direct::transpose_out(c, &dw_t, &mut direct_dw);
                 assert!(
-                    same,
-                    "{case:?}: weight gradient (from zero: {start_from_zero})"
+                    same_bits(&by_gemm, &direct_dw),
+                    "{:?}: weight gradient (from zero: {start_from_zero})",
+                    c.geom
                 );
             }
-            // A mostly zero `dy` (some zeros negative), as behind a max pooling: the sparse
-            // weight gradient skips its zeros and gives the same bits.
+        }
+
+        /// A mostly zero `dy` (some zeros negative), as behind a max pooling: the sparse weight
+        /// gradient skips its zeros and gives the same bits.
+        fn check_sparse_weight_gradient(c: &ConvBatch, Operands { x, w, dy, dw0 }: &Operands) {
+            let (il, ol) = (c.in_len(), c.out_len());
+            let mut col = vec![0.0; c.geom.col_len()];
             let sparse_dy: Vec<f32> = dy
                 .iter()
                 .enumerate()
@@ -818,11 +858,12 @@ mod tests {
                     _ => 0.0,
                 })
                 .collect();
+            let case = c.geom;
             assert!(
-                direct::sparse_worth_it(&c, &x, &sparse_dy),
+                direct::sparse_worth_it(c, x, &sparse_dy),
                 "{case:?}: sparse dy"
             );
-            assert!(!direct::sparse_worth_it(&c, &x, &dy), "{case:?}: dense dy");
+            assert!(!direct::sparse_worth_it(c, x, dy), "{case:?}: dense dy");
             for start_from_zero in [false, true] {
                 let (mut by_gemm, mut sparse) = (dw0.clone(), dw0.clone());
                 for n in 0..c.num {
@@ -830,24 +871,19 @@ mod tests {
                     let dyi = &sparse_dy[n * ol..(n + 1) * ol];
                     let beta = if start_from_zero && n == 0 { 0.0 } else { 1.0 };
                     let dw = Some((&mut by_gemm[..], beta));
-                    backward_image(SERIAL, &c, xi, &w, dyi, dw, None, &mut col);
-                    direct::sparse_weight_gradient_image(&c, xi, dyi, &mut sparse, beta != 0.0);
+                    backward_image(SERIAL, c, xi, w, dyi, dw, None, &mut col);
+                    direct::sparse_weight_gradient_image(c, xi, dyi, &mut sparse, beta != 0.0);
                 }
-                let same = by_gemm
-                    .iter()
-                    .zip(&sparse)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
-                    same,
+                    same_bits(&by_gemm, &sparse),
                     "{case:?}: sparse weight gradient (from zero: {start_from_zero})"
                 );
             }
             // A non-finite input keeps the dense kernels (it would make the skipped terms NaN).
             let mut x_inf = x.clone();
             x_inf[il / 2] = f32::INFINITY;
-            assert!(!direct::sparse_worth_it(&c, &x_inf, &sparse_dy));
+            assert!(!direct::sparse_worth_it(c, &x_inf, &sparse_dy));
         }
-        assert_eq!(data_gradients, batches.len(), "every case checks dx");
     }
 
     type Run = (Vec<f32>, Vec<f32>, Vec<f32>);
