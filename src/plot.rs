@@ -18,12 +18,17 @@
 //! chart.write(std::path::Path::new("training.png")).unwrap();
 //! ```
 
+use plotters::chart::DualCoordChartContext;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+/// The coordinates of a chart's axes.
+type Coords = Cartesian2d<RangedCoordf64, RangedCoordf64>;
 
 /// The font plotters' "sans-serif" family resolves to once registered.
 static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
@@ -284,6 +289,28 @@ impl Chart {
                 .map_err(error)?;
         }
 
+        self.draw_series(&mut chart)?;
+        if show_legend {
+            let (position, _) = self.legend_corner(legend, &x_range, &y_range, &y2_range);
+            chart
+                .configure_series_labels()
+                .position(position)
+                .label_font(tick_style)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(error)?;
+        }
+        Ok(())
+    }
+
+    /// Draws every series on its axis, each run of finite points as a line of its own; the
+    /// first run of a named series carries its legend entry.
+    fn draw_series<'a, DB: DrawingBackend + 'a>(
+        &self,
+        chart: &mut DualCoordChartContext<'a, DB, Coords, Coords>,
+    ) -> Result<(), String> {
+        let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         for (index, series) in self.series.iter().enumerate() {
             let color = PALETTE[series.color.unwrap_or(index) % PALETTE.len()];
             let style = color.stroke_width(2);
@@ -317,17 +344,6 @@ impl Chart {
                     });
                 }
             }
-        }
-        if show_legend {
-            let (position, _) = self.legend_corner(legend, &x_range, &y_range, &y2_range);
-            chart
-                .configure_series_labels()
-                .position(position)
-                .label_font(tick_style)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(error)?;
         }
         Ok(())
     }

@@ -585,126 +585,42 @@ impl GradientChecker {
         objective: Option<(usize, usize)>,
         element_wise: bool,
     ) -> Result<(), GradientError> {
-        let bottoms = bottoms.into();
-        let num_bottom = h.num_bottom();
-        let layer_error = |h: &LayerHarness<B>, e: LayerError| GradientError::Layer(h.named(e));
-        // Which blobs, and which bottoms get gradients.
-        let mut propagate_down = vec![bottoms == CheckBottoms::All; num_bottom];
-        let mut to_check: Vec<Target> = (0..h.num_params()).map(Target::Param).collect();
-        match bottoms {
-            CheckBottoms::All => to_check.extend((0..num_bottom).map(Target::Bottom)),
-            CheckBottoms::Only(i) if i < num_bottom => {
-                to_check.push(Target::Bottom(i));
-                propagate_down[i] = true;
-            }
-            CheckBottoms::Only(i) => {
-                return Err(GradientError::Usage(format!(
-                    "bottom {i} to check, but the layer has {num_bottom} bottoms"
-                )))
-            }
-            CheckBottoms::ParamsOnly => {}
-        }
-        if to_check.is_empty() {
-            return Err(GradientError::Usage("no blobs to check".into()));
-        }
-        if element_wise {
-            let Some((t, _)) = objective else {
-                return Err(GradientError::Usage(
-                    "the element-wise check needs one top element as objective".into(),
-                ));
-            };
-            let n = h.top(t).count();
-            if (0..num_bottom).any(|i| h.bottom(i).count() != n) {
-                return Err(GradientError::Usage(
-                    "the element-wise check needs every bottom as large as the top".into(),
-                ));
-            }
-        }
+        let (to_check, propagate_down) = check_targets(h, bottoms.into())?;
+        let differenced = differenced_element(h, objective, element_wise)?;
         // The inputs, restored before every forward pass (an in-place layer overwrites them).
-        let inputs: Vec<Vec<f32>> = (0..num_bottom)
-            .map(|i| h.bottom(i).data_to_vec())
-            .collect::<Result<_, _>>()
-            .map_err(|e| layer_error(h, e.into()))?;
-        for k in 0..h.num_params() {
-            let blob = h.param_blob_mut(k);
-            let backend = blob.backend().clone();
-            backend
-                .fill(0.0, blob.diff_view_mut())
-                .map_err(|e| layer_error(h, e.into()))?;
-        }
-        // Analytic gradients.
-        self.run_forward(h, &inputs, None)?;
-        objective_and_gradient(h, objective).map_err(|e| layer_error(h, e))?;
-        h.backward(&propagate_down)?;
-        let computed: Vec<Vec<f32>> = to_check
-            .iter()
-            .map(|t| t.blob(h).diff_to_vec())
-            .collect::<Result<_, _>>()
-            .map_err(|e| layer_error(h, e.into()))?;
-        // Numeric gradients.
-        let mut mismatches = Vec::new();
-        let mut count = 0;
-        let mut checked = 0;
-        for (target, computed) in to_check.iter().zip(&computed) {
-            let original = target
-                .blob(h)
-                .data_to_vec()
-                .map_err(|e| layer_error(h, e.into()))?;
+        let inputs = bottom_values(h)?;
+        let computed =
+            self.analytic_gradients(h, &inputs, &to_check, &propagate_down, objective)?;
+        let mut tally = Tally::default();
+        for (&target, computed) in to_check.iter().zip(&computed) {
             let original = match target {
-                Target::Bottom(i) => inputs[*i].clone(),
-                Target::Param(_) => original,
+                Target::Bottom(i) => inputs[i].clone(),
+                Target::Param(_) => target
+                    .blob(h)
+                    .data_to_vec()
+                    .map_err(|e| GradientError::Layer(h.named(e.into())))?,
             };
             for (index, &feature) in original.iter().enumerate() {
-                let mut estimated = 0.0f64;
-                if !element_wise || objective.is_some_and(|(_, e)| e == index) {
-                    let step = self.stepsize;
-                    let plus = self.perturbed_objective(
-                        h,
-                        &inputs,
-                        *target,
-                        index,
-                        feature + step,
-                        objective,
-                    )?;
-                    let minus = self.perturbed_objective(
-                        h,
-                        &inputs,
-                        *target,
-                        index,
-                        feature - step,
-                        objective,
-                    )?;
-                    self.set_element(h, *target, index, feature)?;
-                    estimated = (plus - minus) / f64::from(step) / 2.0;
-                }
-                let computed = computed[index];
-                let estimated = estimated as f32;
-                let in_kink = self.kink - self.kink_range <= feature.abs()
-                    && feature.abs() <= self.kink + self.kink_range;
-                if in_kink {
+                let estimated = if differenced.is_none_or(|e| e == index) {
+                    self.central_difference(h, &inputs, target, index, feature, objective)?
+                } else {
+                    0.0
+                };
+                if self.in_kink(feature) {
                     continue;
                 }
-                checked += 1;
-                let scale = computed.abs().max(estimated.abs()).max(1.0);
-                let tolerance = self.threshold * scale;
-                // A non-finite value on either side is a failure: NaN compares false with any
-                // tolerance, and an infinity would make the tolerance infinite.
-                let bad = !computed.is_finite()
-                    || !estimated.is_finite()
-                    || (computed - estimated).abs() > tolerance;
-                if bad {
-                    count += 1;
-                    if mismatches.len() < 5 {
-                        mismatches.push(Mismatch {
-                            blob: target.name(),
-                            index,
-                            objective,
-                            feature,
-                            computed,
-                            estimated,
-                            tolerance,
-                        });
-                    }
+                tally.checked += 1;
+                let computed = computed[index];
+                if let Some(tolerance) = self.exceeded_tolerance(computed, estimated) {
+                    tally.record(Mismatch {
+                        blob: target.name(),
+                        index,
+                        objective,
+                        feature,
+                        computed,
+                        estimated,
+                        tolerance,
+                    });
                 }
             }
         }
@@ -712,15 +628,71 @@ impl GradientChecker {
         for (i, values) in inputs.iter().enumerate() {
             h.set_bottom(i, values)?;
         }
-        if count > 0 {
-            return Err(GradientError::Mismatch {
-                layer: h.param().name().to_string(),
-                count,
-                checked,
-                first: mismatches,
-            });
+        tally.into_result(h.param().name())
+    }
+
+    /// What backward computes for each target: the parameter diffs zeroed, a forward pass on
+    /// `inputs`, the objective's gradient in the tops' diffs, then backward.
+    fn analytic_gradients<B: Backend>(
+        &self,
+        h: &mut LayerHarness<B>,
+        inputs: &[Vec<f32>],
+        to_check: &[Target],
+        propagate_down: &[bool],
+        objective: Option<(usize, usize)>,
+    ) -> Result<Vec<Vec<f32>>, GradientError> {
+        let layer_error = |h: &LayerHarness<B>, e: LayerError| GradientError::Layer(h.named(e));
+        for k in 0..h.num_params() {
+            let blob = h.param_blob_mut(k);
+            let backend = blob.backend().clone();
+            backend
+                .fill(0.0, blob.diff_view_mut())
+                .map_err(|e| layer_error(h, e.into()))?;
         }
-        Ok(())
+        self.run_forward(h, inputs, None)?;
+        objective_and_gradient(h, objective).map_err(|e| layer_error(h, e))?;
+        h.backward(propagate_down)?;
+        to_check
+            .iter()
+            .map(|t| t.blob(h).diff_to_vec())
+            .collect::<Result<_, _>>()
+            .map_err(|e| layer_error(h, e.into()))
+    }
+
+    /// The central difference of the objective at element `index` of `target`, whose value is
+    /// `feature`; the element is put back afterwards.
+    fn central_difference<B: Backend>(
+        &self,
+        h: &mut LayerHarness<B>,
+        inputs: &[Vec<f32>],
+        target: Target,
+        index: usize,
+        feature: f32,
+        objective: Option<(usize, usize)>,
+    ) -> Result<f32, GradientError> {
+        let step = self.stepsize;
+        let plus = self.perturbed_objective(h, inputs, target, index, feature + step, objective)?;
+        let minus =
+            self.perturbed_objective(h, inputs, target, index, feature - step, objective)?;
+        self.set_element(h, target, index, feature)?;
+        Ok(((plus - minus) / f64::from(step) / 2.0) as f32)
+    }
+
+    /// Whether `feature` lies in the non-smooth region left unchecked.
+    fn in_kink(&self, feature: f32) -> bool {
+        self.kink - self.kink_range <= feature.abs() && feature.abs() <= self.kink + self.kink_range
+    }
+
+    /// The tolerance `computed` misses `estimated` by more than, if it does.
+    fn exceeded_tolerance(&self, computed: f32, estimated: f32) -> Option<f32> {
+        let scale = computed.abs().max(estimated.abs()).max(1.0);
+        let tolerance = self.threshold * scale;
+        // A non-finite value on either side is a failure: NaN compares false with any
+        // tolerance, and an infinity would make the tolerance infinite.
+        let bad = !computed.is_finite()
+            || !estimated.is_finite()
+            || (computed - estimated).abs() > tolerance;
+        bad.then_some(tolerance)
     }
 
     fn run_forward<B: Backend>(
@@ -768,6 +740,98 @@ impl GradientChecker {
         backend
             .upload(&[value], blob.data_mut().slice_mut(index, 1))
             .map_err(|e| GradientError::Layer(h.named(e.into())))
+    }
+}
+
+/// The blobs a check covers (every parameter, and the bottoms `bottoms` selects) and, per
+/// bottom, whether backward propagates to it.
+fn check_targets<B: Backend>(
+    h: &LayerHarness<B>,
+    bottoms: CheckBottoms,
+) -> Result<(Vec<Target>, Vec<bool>), GradientError> {
+    let num_bottom = h.num_bottom();
+    let mut propagate_down = vec![bottoms == CheckBottoms::All; num_bottom];
+    let mut to_check: Vec<Target> = (0..h.num_params()).map(Target::Param).collect();
+    match bottoms {
+        CheckBottoms::All => to_check.extend((0..num_bottom).map(Target::Bottom)),
+        CheckBottoms::Only(i) if i < num_bottom => {
+            to_check.push(Target::Bottom(i));
+            propagate_down[i] = true;
+        }
+        CheckBottoms::Only(i) => {
+            return Err(GradientError::Usage(format!(
+                "bottom {i} to check, but the layer has {num_bottom} bottoms"
+            )))
+        }
+        CheckBottoms::ParamsOnly => {}
+    }
+    if to_check.is_empty() {
+        return Err(GradientError::Usage("no blobs to check".into()));
+    }
+    Ok((to_check, propagate_down))
+}
+
+/// The only element a check differences: with `element_wise`, the objective's top element
+/// (every bottom must be as large as that top); otherwise `None`, every element.
+fn differenced_element<B: Backend>(
+    h: &LayerHarness<B>,
+    objective: Option<(usize, usize)>,
+    element_wise: bool,
+) -> Result<Option<usize>, GradientError> {
+    if !element_wise {
+        return Ok(None);
+    }
+    let Some((t, e)) = objective else {
+        return Err(GradientError::Usage(
+            "the element-wise check needs one top element as objective".into(),
+        ));
+    };
+    let n = h.top(t).count();
+    if (0..h.num_bottom()).any(|i| h.bottom(i).count() != n) {
+        return Err(GradientError::Usage(
+            "the element-wise check needs every bottom as large as the top".into(),
+        ));
+    }
+    Ok(Some(e))
+}
+
+/// The bottoms' data.
+fn bottom_values<B: Backend>(h: &LayerHarness<B>) -> Result<Vec<Vec<f32>>, GradientError> {
+    (0..h.num_bottom())
+        .map(|i| h.bottom(i).data_to_vec())
+        .collect::<Result<_, _>>()
+        .map_err(|e| GradientError::Layer(h.named(LayerError::from(e))))
+}
+
+/// A check's failures: how many of how many entries checked, and the first few.
+#[derive(Default)]
+struct Tally {
+    count: usize,
+    checked: usize,
+    first: Vec<Mismatch>,
+}
+
+impl Tally {
+    /// How many mismatches a failed check lists.
+    const LISTED: usize = 5;
+
+    fn record(&mut self, mismatch: Mismatch) {
+        self.count += 1;
+        if self.first.len() < Self::LISTED {
+            self.first.push(mismatch);
+        }
+    }
+
+    fn into_result(self, layer: &str) -> Result<(), GradientError> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        Err(GradientError::Mismatch {
+            layer: layer.to_string(),
+            count: self.count,
+            checked: self.checked,
+            first: self.first,
+        })
     }
 }
 
@@ -834,10 +898,7 @@ fn objective_and_gradient<B: Backend>(
 /// Runs a forward pass (to learn the tops' sizes) and puts the bottoms back as they were: an
 /// in-place layer overwrites its bottom, and the checks must start from the original inputs.
 fn forward_keeping_bottoms<B: Backend>(h: &mut LayerHarness<B>) -> Result<(), GradientError> {
-    let inputs: Vec<Vec<f32>> = (0..h.num_bottom())
-        .map(|i| h.bottom(i).data_to_vec())
-        .collect::<Result<_, _>>()
-        .map_err(|e| GradientError::Layer(h.named(LayerError::from(e))))?;
+    let inputs = bottom_values(h)?;
     h.forward()?;
     for (i, values) in inputs.iter().enumerate() {
         h.set_bottom(i, values)?;

@@ -3,7 +3,7 @@
 //! the top panel, training loss in the bottom one. The two share iterations but not scales,
 //! hence two panels rather than one crowded axis.
 
-use super::{default_labels, read_training_log, CaffeLog};
+use super::{default_labels, read_training_log, CaffeLog, TrainRecord};
 use crate::plot::{Chart, Figure, Series};
 use std::path::{Path, PathBuf};
 
@@ -152,12 +152,7 @@ pub fn training_curves(title: &str, runs: &[Run<'_>]) -> Figure {
             test_panel =
                 test_panel.series(Series::new(label, points).color(run_color + output_index));
         }
-        let losses: Vec<(f64, f64)> = run
-            .log
-            .train
-            .iter()
-            .filter_map(|record| Some((f64::from(record.iteration), record.loss?)))
-            .collect();
+        let losses = train_points(run, |record| record.loss);
         if !losses.is_empty() {
             let label = if several_runs {
                 run.label.to_owned()
@@ -166,12 +161,7 @@ pub fn training_curves(title: &str, runs: &[Run<'_>]) -> Figure {
             };
             loss_panel = loss_panel.series(Series::new(label, losses).color(run_color));
         }
-        let rates: Vec<(f64, f64)> = run
-            .log
-            .train
-            .iter()
-            .filter_map(|record| Some((f64::from(record.iteration), record.lr?)))
-            .collect();
+        let rates = train_points(run, |record| record.lr);
         if !rates.is_empty() {
             // With several runs the rates share their runs' colours and legend rows (the
             // axis label says they are the dashed lines), keeping the legend short.
@@ -189,10 +179,28 @@ pub fn training_curves(title: &str, runs: &[Run<'_>]) -> Figure {
             );
         }
     }
+    stack_panels(title, test_panel, loss_panel, rate_series)
+}
 
+/// `(iteration, value)` for each training record of `run` that has the value.
+fn train_points(run: &Run<'_>, value: impl Fn(&TrainRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    run.log
+        .train
+        .iter()
+        .filter_map(|record| Some((f64::from(record.iteration), value(record)?)))
+        .collect()
+}
+
+/// The figure of the test panel over the loss panel, each shown when it has curves (the loss
+/// panel also when neither has). The rate goes with the test curves, which are smooth enough
+/// to read it against; with no test curves, it goes with the loss.
+fn stack_panels(
+    title: &str,
+    mut test_panel: Chart,
+    mut loss_panel: Chart,
+    mut rate_series: Vec<Series>,
+) -> Figure {
     let mut panels = Vec::new();
-    // The rate goes with the test curves, which are smooth enough to read it against; with
-    // no test curves, it goes with the loss.
     if !test_panel.series.is_empty() {
         for series in rate_series.drain(..) {
             test_panel = test_panel.series(series);

@@ -680,7 +680,8 @@ fn upgrade_v0_layer(
 }
 
 /// The V0 layer's own fields, each moved where a layer of type `ty` keeps it in V1; a field the
-/// type has no place for is reported to `problem` and dropped, as upstream does.
+/// type has no place for is reported to `problem` and dropped, as upstream does. The fields are
+/// moved in upstream's order, which is the order of the reports.
 fn convert_v0_fields(
     v0: &V0LayerParameter,
     ty: &str,
@@ -688,218 +689,331 @@ fn convert_v0_fields(
     out: &mut V1LayerParameter,
     problem: &mut dyn FnMut(String),
 ) {
-    macro_rules! unknown {
-        ($field:literal) => {
-            problem(format!(
-                "{label}: Unknown parameter {} for layer type {ty}",
-                $field
-            ))
+    let mut mover = V0FieldMover {
+        ty,
+        label,
+        out,
+        problem,
+    };
+    mover.move_conv_and_pool_fields(v0);
+    mover.move_dropout_and_lrn_fields(v0);
+    mover.move_data_fields(v0);
+    mover.move_concat_window_and_output_fields(v0);
+    // Like upstream, new_num and new_channels have no V1 counterpart and are dropped.
+}
+
+/// Where a layer type keeps a V0 field in V1.
+type Setter<T> = fn(&mut V1LayerParameter, T);
+
+/// Moves the fields of one V0 layer of type `ty` (called `label` in reports) into `out`.
+struct V0FieldMover<'a> {
+    ty: &'a str,
+    label: &'a str,
+    out: &'a mut V1LayerParameter,
+    problem: &'a mut dyn FnMut(String),
+}
+
+impl V0FieldMover<'_> {
+    /// Moves `value`, V0 field `field`, with the setter `places` lists for the layer's type; a
+    /// type not listed has no place for it, which is reported.
+    fn place<T>(&mut self, field: &str, value: Option<T>, places: &[(&str, Setter<T>)]) {
+        let Some(value) = value else {
+            return;
         };
-    }
-    if let Some(value) = v0.num_output {
-        match ty {
-            "conv" => get(&mut out.convolution_param).num_output = Some(value),
-            "innerproduct" => get(&mut out.inner_product_param).num_output = Some(value),
-            _ => unknown!("num_output"),
+        match places.iter().find(|(ty, _)| *ty == self.ty) {
+            Some((_, set)) => set(self.out, value),
+            None => self.unknown(field),
         }
     }
-    if let Some(value) = v0.biasterm {
-        match ty {
-            "conv" => get(&mut out.convolution_param).bias_term = Some(value),
-            "innerproduct" => get(&mut out.inner_product_param).bias_term = Some(value),
-            _ => unknown!("biasterm"),
-        }
+
+    fn unknown(&mut self, field: &str) {
+        let message = format!(
+            "{}: Unknown parameter {field} for layer type {}",
+            self.label, self.ty
+        );
+        (self.problem)(message);
     }
-    if let Some(value) = &v0.weight_filler {
-        match ty {
-            "conv" => get(&mut out.convolution_param).weight_filler = Some(value.clone()),
-            "innerproduct" => get(&mut out.inner_product_param).weight_filler = Some(value.clone()),
-            _ => unknown!("weight_filler"),
-        }
+
+    fn move_conv_and_pool_fields(&mut self, v0: &V0LayerParameter) {
+        self.place(
+            "num_output",
+            v0.num_output,
+            &[
+                ("conv", |out, v| {
+                    get(&mut out.convolution_param).num_output = Some(v)
+                }),
+                ("innerproduct", |out, v| {
+                    get(&mut out.inner_product_param).num_output = Some(v)
+                }),
+            ],
+        );
+        self.place(
+            "biasterm",
+            v0.biasterm,
+            &[
+                ("conv", |out, v| {
+                    get(&mut out.convolution_param).bias_term = Some(v)
+                }),
+                ("innerproduct", |out, v| {
+                    get(&mut out.inner_product_param).bias_term = Some(v)
+                }),
+            ],
+        );
+        self.place(
+            "weight_filler",
+            v0.weight_filler.clone(),
+            &[
+                ("conv", |out, v| {
+                    get(&mut out.convolution_param).weight_filler = Some(v)
+                }),
+                ("innerproduct", |out, v| {
+                    get(&mut out.inner_product_param).weight_filler = Some(v)
+                }),
+            ],
+        );
+        self.place(
+            "bias_filler",
+            v0.bias_filler.clone(),
+            &[
+                ("conv", |out, v| {
+                    get(&mut out.convolution_param).bias_filler = Some(v)
+                }),
+                ("innerproduct", |out, v| {
+                    get(&mut out.inner_product_param).bias_filler = Some(v)
+                }),
+            ],
+        );
+        self.place(
+            "pad",
+            v0.pad,
+            &[
+                ("conv", |out, v| get(&mut out.convolution_param).pad.push(v)),
+                ("pool", |out, v| get(&mut out.pooling_param).pad = Some(v)),
+            ],
+        );
+        self.place(
+            "kernelsize",
+            v0.kernelsize,
+            &[
+                ("conv", |out, v| {
+                    get(&mut out.convolution_param).kernel_size.push(v)
+                }),
+                ("pool", |out, v| {
+                    get(&mut out.pooling_param).kernel_size = Some(v)
+                }),
+            ],
+        );
+        self.place(
+            "group",
+            v0.group,
+            &[("conv", |out, v| {
+                get(&mut out.convolution_param).group = Some(v)
+            })],
+        );
+        self.place(
+            "stride",
+            v0.stride,
+            &[
+                ("conv", |out, v| {
+                    get(&mut out.convolution_param).stride.push(v)
+                }),
+                ("pool", |out, v| {
+                    get(&mut out.pooling_param).stride = Some(v)
+                }),
+            ],
+        );
+        self.move_pool_method(v0.pool);
     }
-    if let Some(value) = &v0.bias_filler {
-        match ty {
-            "conv" => get(&mut out.convolution_param).bias_filler = Some(value.clone()),
-            "innerproduct" => get(&mut out.inner_product_param).bias_filler = Some(value.clone()),
-            _ => unknown!("bias_filler"),
-        }
-    }
-    if let Some(value) = v0.pad {
-        match ty {
-            "conv" => get(&mut out.convolution_param).pad.push(value),
-            "pool" => get(&mut out.pooling_param).pad = Some(value),
-            _ => unknown!("pad"),
-        }
-    }
-    if let Some(value) = v0.kernelsize {
-        match ty {
-            "conv" => get(&mut out.convolution_param).kernel_size.push(value),
-            "pool" => get(&mut out.pooling_param).kernel_size = Some(value),
-            _ => unknown!("kernelsize"),
-        }
-    }
-    if let Some(value) = v0.group {
-        match ty {
-            "conv" => get(&mut out.convolution_param).group = Some(value),
-            _ => unknown!("group"),
-        }
-    }
-    if let Some(value) = v0.stride {
-        match ty {
-            "conv" => get(&mut out.convolution_param).stride.push(value),
-            "pool" => get(&mut out.pooling_param).stride = Some(value),
-            _ => unknown!("stride"),
-        }
-    }
-    if let Some(pool) = v0.pool {
+
+    fn move_pool_method(&mut self, pool: Option<i32>) {
         use pooling_parameter::PoolMethod as To;
         use v0_layer_parameter::PoolMethod as From;
-        match (ty, From::try_from(pool)) {
-            ("pool", Ok(method)) => {
-                let method = match method {
-                    From::Max => To::Max,
-                    From::Ave => To::Ave,
-                    From::Stochastic => To::Stochastic,
-                };
-                get(&mut out.pooling_param).pool = Some(method as i32);
+        let Some(pool) = pool else {
+            return;
+        };
+        if self.ty != "pool" {
+            self.unknown("pool");
+            return;
+        }
+        let method = match From::try_from(pool) {
+            Ok(From::Max) => To::Max,
+            Ok(From::Ave) => To::Ave,
+            Ok(From::Stochastic) => To::Stochastic,
+            Err(_) => {
+                (self.problem)(format!("{}: Unknown pool method {pool}", self.label));
+                return;
             }
-            ("pool", Err(_)) => problem(format!("{label}: Unknown pool method {pool}")),
-            _ => unknown!("pool"),
+        };
+        get(&mut self.out.pooling_param).pool = Some(method as i32);
+    }
+
+    fn move_dropout_and_lrn_fields(&mut self, v0: &V0LayerParameter) {
+        self.place(
+            "dropout_ratio",
+            v0.dropout_ratio,
+            &[("dropout", |out, v| {
+                get(&mut out.dropout_param).dropout_ratio = Some(v)
+            })],
+        );
+        self.place(
+            "local_size",
+            v0.local_size,
+            &[("lrn", |out, v| get(&mut out.lrn_param).local_size = Some(v))],
+        );
+        self.place(
+            "alpha",
+            v0.alpha,
+            &[("lrn", |out, v| get(&mut out.lrn_param).alpha = Some(v))],
+        );
+        self.place(
+            "beta",
+            v0.beta,
+            &[("lrn", |out, v| get(&mut out.lrn_param).beta = Some(v))],
+        );
+        self.place(
+            "k",
+            v0.k,
+            &[("lrn", |out, v| get(&mut out.lrn_param).k = Some(v))],
+        );
+    }
+
+    fn move_data_fields(&mut self, v0: &V0LayerParameter) {
+        self.place(
+            "source",
+            v0.source.clone(),
+            &[
+                ("data", |out, v| get(&mut out.data_param).source = Some(v)),
+                ("hdf5_data", |out, v| {
+                    get(&mut out.hdf5_data_param).source = Some(v)
+                }),
+                ("images", |out, v| {
+                    get(&mut out.image_data_param).source = Some(v)
+                }),
+                ("window_data", |out, v| {
+                    get(&mut out.window_data_param).source = Some(v)
+                }),
+                ("infogain_loss", |out, v| {
+                    get(&mut out.infogain_loss_param).source = Some(v)
+                }),
+            ],
+        );
+        // The transformation fields go to transform_param whatever the type.
+        if let Some(value) = v0.scale {
+            get(&mut self.out.transform_param).scale = Some(value);
         }
-    }
-    if let Some(value) = v0.dropout_ratio {
-        match ty {
-            "dropout" => get(&mut out.dropout_param).dropout_ratio = Some(value),
-            _ => unknown!("dropout_ratio"),
+        if let Some(value) = &v0.meanfile {
+            get(&mut self.out.transform_param).mean_file = Some(value.clone());
         }
-    }
-    if let Some(value) = v0.local_size {
-        match ty {
-            "lrn" => get(&mut out.lrn_param).local_size = Some(value),
-            _ => unknown!("local_size"),
+        self.place(
+            "batchsize",
+            v0.batchsize,
+            &[
+                ("data", |out, v| {
+                    get(&mut out.data_param).batch_size = Some(v)
+                }),
+                ("hdf5_data", |out, v| {
+                    get(&mut out.hdf5_data_param).batch_size = Some(v)
+                }),
+                ("images", |out, v| {
+                    get(&mut out.image_data_param).batch_size = Some(v)
+                }),
+                ("window_data", |out, v| {
+                    get(&mut out.window_data_param).batch_size = Some(v)
+                }),
+            ],
+        );
+        if let Some(value) = v0.cropsize {
+            get(&mut self.out.transform_param).crop_size = Some(value);
         }
-    }
-    if let Some(value) = v0.alpha {
-        match ty {
-            "lrn" => get(&mut out.lrn_param).alpha = Some(value),
-            _ => unknown!("alpha"),
+        if let Some(value) = v0.mirror {
+            get(&mut self.out.transform_param).mirror = Some(value);
         }
+        self.place(
+            "rand_skip",
+            v0.rand_skip,
+            &[
+                ("data", |out, v| {
+                    get(&mut out.data_param).rand_skip = Some(v)
+                }),
+                ("images", |out, v| {
+                    get(&mut out.image_data_param).rand_skip = Some(v)
+                }),
+            ],
+        );
+        // Upstream's message names the new field, "shuffle".
+        self.place(
+            "shuffle",
+            v0.shuffle_images,
+            &[("images", |out, v| {
+                get(&mut out.image_data_param).shuffle = Some(v)
+            })],
+        );
+        // V0 holds these as int32, the image data parameter as uint32; the bits carry over.
+        self.place(
+            "new_height",
+            v0.new_height,
+            &[("images", |out, v| {
+                get(&mut out.image_data_param).new_height = Some(v as u32)
+            })],
+        );
+        self.place(
+            "new_width",
+            v0.new_width,
+            &[("images", |out, v| {
+                get(&mut out.image_data_param).new_width = Some(v as u32)
+            })],
+        );
     }
-    if let Some(value) = v0.beta {
-        match ty {
-            "lrn" => get(&mut out.lrn_param).beta = Some(value),
-            _ => unknown!("beta"),
-        }
+
+    fn move_concat_window_and_output_fields(&mut self, v0: &V0LayerParameter) {
+        self.place(
+            "concat_dim",
+            v0.concat_dim,
+            &[("concat", |out, v| {
+                get(&mut out.concat_param).concat_dim = Some(v)
+            })],
+        );
+        self.place(
+            "det_fg_threshold",
+            v0.det_fg_threshold,
+            &[("window_data", |out, v| {
+                get(&mut out.window_data_param).fg_threshold = Some(v)
+            })],
+        );
+        self.place(
+            "det_bg_threshold",
+            v0.det_bg_threshold,
+            &[("window_data", |out, v| {
+                get(&mut out.window_data_param).bg_threshold = Some(v)
+            })],
+        );
+        self.place(
+            "det_fg_fraction",
+            v0.det_fg_fraction,
+            &[("window_data", |out, v| {
+                get(&mut out.window_data_param).fg_fraction = Some(v)
+            })],
+        );
+        self.place(
+            "det_context_pad",
+            v0.det_context_pad,
+            &[("window_data", |out, v| {
+                get(&mut out.window_data_param).context_pad = Some(v)
+            })],
+        );
+        self.place(
+            "det_crop_mode",
+            v0.det_crop_mode.clone(),
+            &[("window_data", |out, v| {
+                get(&mut out.window_data_param).crop_mode = Some(v)
+            })],
+        );
+        self.place(
+            "hdf5_output_param",
+            v0.hdf5_output_param.clone(),
+            &[("hdf5_output", |out, v| out.hdf5_output_param = Some(v))],
+        );
     }
-    if let Some(value) = v0.k {
-        match ty {
-            "lrn" => get(&mut out.lrn_param).k = Some(value),
-            _ => unknown!("k"),
-        }
-    }
-    if let Some(value) = &v0.source {
-        let value = Some(value.clone());
-        match ty {
-            "data" => get(&mut out.data_param).source = value,
-            "hdf5_data" => get(&mut out.hdf5_data_param).source = value,
-            "images" => get(&mut out.image_data_param).source = value,
-            "window_data" => get(&mut out.window_data_param).source = value,
-            "infogain_loss" => get(&mut out.infogain_loss_param).source = value,
-            _ => unknown!("source"),
-        }
-    }
-    // The transformation fields go to transform_param whatever the type.
-    if let Some(value) = v0.scale {
-        get(&mut out.transform_param).scale = Some(value);
-    }
-    if let Some(value) = &v0.meanfile {
-        get(&mut out.transform_param).mean_file = Some(value.clone());
-    }
-    if let Some(value) = v0.batchsize {
-        match ty {
-            "data" => get(&mut out.data_param).batch_size = Some(value),
-            "hdf5_data" => get(&mut out.hdf5_data_param).batch_size = Some(value),
-            "images" => get(&mut out.image_data_param).batch_size = Some(value),
-            "window_data" => get(&mut out.window_data_param).batch_size = Some(value),
-            _ => unknown!("batchsize"),
-        }
-    }
-    if let Some(value) = v0.cropsize {
-        get(&mut out.transform_param).crop_size = Some(value);
-    }
-    if let Some(value) = v0.mirror {
-        get(&mut out.transform_param).mirror = Some(value);
-    }
-    if let Some(value) = v0.rand_skip {
-        match ty {
-            "data" => get(&mut out.data_param).rand_skip = Some(value),
-            "images" => get(&mut out.image_data_param).rand_skip = Some(value),
-            _ => unknown!("rand_skip"),
-        }
-    }
-    if let Some(value) = v0.shuffle_images {
-        match ty {
-            "images" => get(&mut out.image_data_param).shuffle = Some(value),
-            // Upstream's message names the new field here.
-            _ => unknown!("shuffle"),
-        }
-    }
-    // V0 holds these as int32, the image data parameter as uint32; the bits carry over.
-    if let Some(value) = v0.new_height {
-        match ty {
-            "images" => get(&mut out.image_data_param).new_height = Some(value as u32),
-            _ => unknown!("new_height"),
-        }
-    }
-    if let Some(value) = v0.new_width {
-        match ty {
-            "images" => get(&mut out.image_data_param).new_width = Some(value as u32),
-            _ => unknown!("new_width"),
-        }
-    }
-    if let Some(value) = v0.concat_dim {
-        match ty {
-            "concat" => get(&mut out.concat_param).concat_dim = Some(value),
-            _ => unknown!("concat_dim"),
-        }
-    }
-    if let Some(value) = v0.det_fg_threshold {
-        match ty {
-            "window_data" => get(&mut out.window_data_param).fg_threshold = Some(value),
-            _ => unknown!("det_fg_threshold"),
-        }
-    }
-    if let Some(value) = v0.det_bg_threshold {
-        match ty {
-            "window_data" => get(&mut out.window_data_param).bg_threshold = Some(value),
-            _ => unknown!("det_bg_threshold"),
-        }
-    }
-    if let Some(value) = v0.det_fg_fraction {
-        match ty {
-            "window_data" => get(&mut out.window_data_param).fg_fraction = Some(value),
-            _ => unknown!("det_fg_fraction"),
-        }
-    }
-    if let Some(value) = v0.det_context_pad {
-        match ty {
-            "window_data" => get(&mut out.window_data_param).context_pad = Some(value),
-            _ => unknown!("det_context_pad"),
-        }
-    }
-    if let Some(value) = &v0.det_crop_mode {
-        match ty {
-            "window_data" => get(&mut out.window_data_param).crop_mode = Some(value.clone()),
-            _ => unknown!("det_crop_mode"),
-        }
-    }
-    if let Some(value) = &v0.hdf5_output_param {
-        match ty {
-            "hdf5_output" => out.hdf5_output_param = Some(value.clone()),
-            _ => unknown!("hdf5_output_param"),
-        }
-    }
-    // Like upstream, new_num and new_channels have no V1 counterpart and are dropped.
 }
 
 /// Upstream's `UpgradeV1Net`: every `layers {}` entry becomes a `layer {}`.
@@ -925,26 +1039,52 @@ fn upgrade_v1_net(net: &mut NetParameter, cx: &mut Context) -> Result<(), ProtoE
     Ok(())
 }
 
-/// Upstream's `UpgradeV1LayerParameter`. The destructuring names every V1 field, so none can be
-/// forgotten.
+/// Upstream's `UpgradeV1LayerParameter`.
 fn upgrade_v1_layer(
     v1: V1LayerParameter,
     index: usize,
     cx: &mut Context,
 ) -> Result<LayerParameter, ProtoError> {
     let label = layer_label(v1.name.as_deref(), "layers", index);
+    let type_name = match v1.r#type {
+        None => None,
+        Some(value) => match LayerType::try_from(value) {
+            Ok(layer_type) => Some(v1_layer_type_name(layer_type).to_string()),
+            Err(_) => {
+                return Err(cx.refuse(format!(
+                    "{label}: unknown V1LayerParameter layer type {value} in field 'type'"
+                )))
+            }
+        },
+    };
+    let specs = v1_param_specs(&v1, &label, cx)?;
+    if v1.layer.is_some() {
+        cx.problem(format!(
+            "{label}: Input NetParameter has V0 layer -- ignoring."
+        ));
+    }
+    Ok(LayerParameter {
+        r#type: type_name,
+        param: specs,
+        ..v1_fields_kept(v1)
+    })
+}
+
+/// The fields of a V1 layer that the current format keeps as they are. The destructuring names
+/// every V1 field, so none can be forgotten; those that change are `_` here.
+fn v1_fields_kept(v1: V1LayerParameter) -> LayerParameter {
     let V1LayerParameter {
         bottom,
         top,
         name,
         include,
         exclude,
-        r#type,
+        r#type: _,
         blobs,
-        param,
-        blob_share_mode,
-        blobs_lr,
-        weight_decay,
+        param: _,
+        blob_share_mode: _,
+        blobs_lr: _,
+        weight_decay: _,
         loss_weight,
         accuracy_param,
         argmax_param,
@@ -976,67 +1116,13 @@ fn upgrade_v1_layer(
         window_data_param,
         transform_param,
         loss_param,
-        layer,
+        layer: _,
     } = v1;
-
-    let type_name = match r#type {
-        None => None,
-        Some(value) => match LayerType::try_from(value) {
-            Ok(layer_type) => Some(v1_layer_type_name(layer_type).to_string()),
-            Err(_) => {
-                return Err(cx.refuse(format!(
-                    "{label}: unknown V1LayerParameter layer type {value} in field 'type'"
-                )))
-            }
-        },
-    };
-
-    // param, blob_share_mode, blobs_lr and weight_decay fill the i-th ParamSpec, creating as
-    // many as the longest of them needs.
-    let mut specs: Vec<ParamSpec> = Vec::new();
-    fn spec(specs: &mut Vec<ParamSpec>, i: usize) -> &mut ParamSpec {
-        if specs.len() <= i {
-            specs.resize_with(i + 1, ParamSpec::default);
-        }
-        &mut specs[i]
-    }
-    for (i, param_name) in param.into_iter().enumerate() {
-        spec(&mut specs, i).name = Some(param_name);
-    }
-    for (i, mode) in blob_share_mode.into_iter().enumerate() {
-        let mode = match v1_layer_parameter::DimCheckMode::try_from(mode) {
-            Ok(v1_layer_parameter::DimCheckMode::Strict) => param_spec::DimCheckMode::Strict,
-            Ok(v1_layer_parameter::DimCheckMode::Permissive) => {
-                param_spec::DimCheckMode::Permissive
-            }
-            Err(_) => {
-                return Err(cx.refuse(format!(
-                    "{label}: unknown blob_share_mode {mode} in field 'blob_share_mode'"
-                )))
-            }
-        };
-        spec(&mut specs, i).share_mode = Some(mode as i32);
-    }
-    for (i, lr) in blobs_lr.into_iter().enumerate() {
-        spec(&mut specs, i).lr_mult = Some(lr);
-    }
-    for (i, decay) in weight_decay.into_iter().enumerate() {
-        spec(&mut specs, i).decay_mult = Some(decay);
-    }
-
-    if layer.is_some() {
-        cx.problem(format!(
-            "{label}: Input NetParameter has V0 layer -- ignoring."
-        ));
-    }
-
-    Ok(LayerParameter {
+    LayerParameter {
         name,
-        r#type: type_name,
         bottom,
         top,
         loss_weight,
-        param: specs,
         blobs,
         include,
         exclude,
@@ -1071,7 +1157,47 @@ fn upgrade_v1_layer(
         threshold_param,
         window_data_param,
         ..Default::default()
-    })
+    }
+}
+
+/// The `ParamSpec`s of a V1 layer: param, blob_share_mode, blobs_lr and weight_decay fill the
+/// i-th one, creating as many as the longest of them needs.
+fn v1_param_specs(
+    v1: &V1LayerParameter,
+    label: &str,
+    cx: &mut Context,
+) -> Result<Vec<ParamSpec>, ProtoError> {
+    let mut specs: Vec<ParamSpec> = Vec::new();
+    fn spec(specs: &mut Vec<ParamSpec>, i: usize) -> &mut ParamSpec {
+        if specs.len() <= i {
+            specs.resize_with(i + 1, ParamSpec::default);
+        }
+        &mut specs[i]
+    }
+    for (i, param_name) in v1.param.iter().enumerate() {
+        spec(&mut specs, i).name = Some(param_name.clone());
+    }
+    for (i, &mode) in v1.blob_share_mode.iter().enumerate() {
+        let mode = match v1_layer_parameter::DimCheckMode::try_from(mode) {
+            Ok(v1_layer_parameter::DimCheckMode::Strict) => param_spec::DimCheckMode::Strict,
+            Ok(v1_layer_parameter::DimCheckMode::Permissive) => {
+                param_spec::DimCheckMode::Permissive
+            }
+            Err(_) => {
+                return Err(cx.refuse(format!(
+                    "{label}: unknown blob_share_mode {mode} in field 'blob_share_mode'"
+                )))
+            }
+        };
+        spec(&mut specs, i).share_mode = Some(mode as i32);
+    }
+    for (i, &lr) in v1.blobs_lr.iter().enumerate() {
+        spec(&mut specs, i).lr_mult = Some(lr);
+    }
+    for (i, &decay) in v1.weight_decay.iter().enumerate() {
+        spec(&mut specs, i).decay_mult = Some(decay);
+    }
+    Ok(specs)
 }
 
 /// Upstream's `UpgradeNetInput`: top-level inputs with shapes (`input_shape`, or four

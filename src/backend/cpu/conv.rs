@@ -298,162 +298,267 @@ pub(super) fn backward(
     dy: &[f32],
     Grads { dw, dx }: Grads<'_>,
 ) -> Result<()> {
-    const OP: &str = "conv_backward";
-    let (il, ol, wl) = (c.in_len(), c.out_len(), c.weight_len());
     if c.num == 0 || (dw.is_none() && dx.is_none()) {
         return Ok(());
     }
-    let n_workers = workers(par, c);
-    // Which products skip the column buffer (the same bits either way, see [`direct`]).
-    let direct = use_direct(par, c, n_workers);
-    // A weight gradient from a mostly zero `dy` skips the zeros (the same bits, but for the
-    // sign of an entry that underflows to zero: see [`direct::sparse_worth_it`]'s module).
-    let sparse_dw = dw.is_some() && direct && direct::sparse_worth_it(c, x, dy);
-    let direct_dw = dw.is_some() && direct && !sparse_dw;
-    let direct_dx = dx.is_some() && direct && direct::data_gradient_applies(c);
-    let needs_columns = (dw.is_some() && !direct_dw && !sparse_dw) || (dx.is_some() && !direct_dx);
-    let cl = if needs_columns { col_len(c) } else { 0 };
-    let wt_len = if direct_dx { c.weight_len() } else { 0 };
-    // Serial kernels inside a task when images run side by side; otherwise the kernels may use
-    // the pool themselves.
-    let kernel_par = if n_workers == 1 { par } else { SERIAL };
-    let data_gradient = |wt: &[f32], dyi: &[f32], dxi: &mut [f32], col: &mut [f32]| {
-        if direct_dx {
-            direct::data_gradient_image(c, wt, dyi, dxi);
-        } else {
-            backward_image(kernel_par, c, &[], w, dyi, None, Some(dxi), col);
-        }
-    };
+    let run = Backward::new(par, c, x, w, dy, dw.is_some(), dx.is_some());
+    match dw {
+        Some(dw) => run.with_weight_gradient(scratch, dw, dx),
+        None => run.data_gradient_only(scratch, dx.expect("checked above")),
+    }
+}
 
-    let Some(dw) = dw else {
-        // Data gradient only: every image on its own, as in forward.
-        let dx = dx.expect("checked above");
-        let buf = scratch_of(OP, scratch, wt_len + n_workers * cl)?;
-        let (wt, cols) = buf.split_at_mut(wt_len);
-        if direct_dx {
-            direct::transpose_weights(c, w, wt);
+/// One backward call: its inputs, and the path each gradient takes.
+struct Backward<'a> {
+    c: &'a ConvBatch,
+    x: &'a [f32],
+    w: &'a [f32],
+    dy: &'a [f32],
+    par: Par<'a>,
+    n_workers: usize,
+    /// Serial kernels inside a task when images run side by side; otherwise the kernels may use
+    /// the pool themselves.
+    kernel_par: Par<'a>,
+    /// The weight gradient skips `dy`'s zeros, or else runs direct, or else through the columns.
+    sparse_dw: bool,
+    direct_dw: bool,
+    direct_dx: bool,
+    /// Column-buffer elements per worker: none when no product goes through the columns.
+    col_len: usize,
+    /// Elements of the transposed weights the direct data gradient reads: none otherwise.
+    wt_len: usize,
+}
+
+impl<'a> Backward<'a> {
+    const OP: &'static str = "conv_backward";
+
+    fn new(
+        par: Par<'a>,
+        c: &'a ConvBatch,
+        x: &'a [f32],
+        w: &'a [f32],
+        dy: &'a [f32],
+        wants_dw: bool,
+        wants_dx: bool,
+    ) -> Self {
+        let n_workers = workers(par, c);
+        // Which products skip the column buffer (the same bits either way, see [`direct`]).
+        let direct = use_direct(par, c, n_workers);
+        // A weight gradient from a mostly zero `dy` skips the zeros (the same bits, but for the
+        // sign of an entry that underflows to zero: see [`direct::sparse_worth_it`]'s module).
+        let sparse_dw = wants_dw && direct && direct::sparse_worth_it(c, x, dy);
+        let direct_dw = wants_dw && direct && !sparse_dw;
+        let direct_dx = wants_dx && direct && direct::data_gradient_applies(c);
+        let needs_columns = (wants_dw && !direct_dw && !sparse_dw) || (wants_dx && !direct_dx);
+        Backward {
+            c,
+            x,
+            w,
+            dy,
+            par,
+            n_workers,
+            kernel_par: if n_workers == 1 { par } else { SERIAL },
+            sparse_dw,
+            direct_dw,
+            direct_dx,
+            col_len: if needs_columns { col_len(c) } else { 0 },
+            wt_len: if direct_dx { c.weight_len() } else { 0 },
+        }
+    }
+
+    /// One image's data gradient, `dyi` into `dxi`; `wt` holds the transposed weights when it
+    /// runs direct, `col` is a column buffer otherwise.
+    fn data_gradient(&self, wt: &[f32], dyi: &[f32], dxi: &mut [f32], col: &mut [f32]) {
+        if self.direct_dx {
+            direct::data_gradient_image(self.c, wt, dyi, dxi);
+        } else {
+            backward_image(
+                self.kernel_par,
+                self.c,
+                &[],
+                self.w,
+                dyi,
+                None,
+                Some(dxi),
+                col,
+            );
+        }
+    }
+
+    /// Data gradient only: every image on its own, as in forward.
+    fn data_gradient_only(&self, scratch: &mut Vec<f32>, dx: &mut [f32]) -> Result<()> {
+        let (il, ol) = (self.c.in_len(), self.c.out_len());
+        let buf = scratch_of(
+            Self::OP,
+            scratch,
+            self.wt_len + self.n_workers * self.col_len,
+        )?;
+        let (wt, cols) = buf.split_at_mut(self.wt_len);
+        if self.direct_dx {
+            direct::transpose_weights(self.c, self.w, wt);
         }
         let wt = &*wt;
-        if n_workers == 1 {
-            for (dyi, dxi) in dy.chunks_exact(ol).zip(dx.chunks_exact_mut(il)) {
-                data_gradient(wt, dyi, dxi, cols);
+        if self.n_workers == 1 {
+            for (dyi, dxi) in self.dy.chunks_exact(ol).zip(dx.chunks_exact_mut(il)) {
+                self.data_gradient(wt, dyi, dxi, cols);
             }
             return Ok(());
         }
-        let slots = slots(cols, cl, n_workers);
-        par.install(|| {
-            dy.par_chunks_exact(ol)
+        let slots = slots(cols, self.col_len, self.n_workers);
+        self.par.install(|| {
+            self.dy
+                .par_chunks_exact(ol)
                 .zip(dx.par_chunks_exact_mut(il))
-                .for_each(|(dyi, dxi)| with_slot(&slots, |col| data_gradient(wt, dyi, dxi, col)))
+                .for_each(|(dyi, dxi)| {
+                    with_slot(&slots, |col| self.data_gradient(wt, dyi, dxi, col))
+                })
         });
-        return Ok(());
-    };
+        Ok(())
+    }
 
-    // With the weight gradient: fixed parts of the batch, each summed image by image into its
-    // own accumulator (part 0: `dw` itself), then the partials added in part order. The direct
-    // kernels accumulate in their transposed layout, part 0 starting from `dw` transposed.
-    let parts = WGRAD_PARTS.min(c.num);
-    let acc_len = if direct_dw {
-        direct::transposed_len(c)
-    } else {
-        wl
-    };
-    let own_accumulators = if direct_dw { parts } else { parts - 1 };
-    let buf = scratch_of(
-        OP,
-        scratch,
-        wt_len + n_workers * cl + own_accumulators * acc_len,
-    )?;
-    let (wt, rest) = buf.split_at_mut(wt_len);
-    let (cols, partials) = rest.split_at_mut(n_workers * cl);
-    if direct_dx {
-        direct::transpose_weights(c, w, wt);
-    }
-    let wt = &*wt;
-    if direct_dw {
-        direct::transpose_in(c, dw, partials);
-    }
-    let mut accumulators: Vec<&mut [f32]> = Vec::with_capacity(parts);
-    if !direct_dw {
-        accumulators.push(&mut *dw);
-    }
-    accumulators.extend(
-        partials
-            .chunks_exact_mut(acc_len.max(1))
-            .take(own_accumulators),
-    );
-    let mut dx_parts: Vec<Option<&mut [f32]>> = Vec::with_capacity(parts);
-    let mut dx_rest = dx;
-    for p in 0..parts {
-        let (lo, hi) = part_range(c.num, parts, p);
-        dx_parts.push(match dx_rest.take() {
-            Some(rest) => {
-                let (head, tail) = rest.split_at_mut((hi - lo) * il);
-                dx_rest = Some(tail);
-                Some(head)
+    /// With the weight gradient: fixed parts of the batch, each summed image by image into its
+    /// own accumulator (part 0: `dw` itself), then the partials added in part order. The direct
+    /// kernels accumulate in their transposed layout, part 0 starting from `dw` transposed.
+    fn with_weight_gradient(
+        &self,
+        scratch: &mut Vec<f32>,
+        dw: &mut [f32],
+        dx: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let c = self.c;
+        let parts = WGRAD_PARTS.min(c.num);
+        let acc_len = if self.direct_dw {
+            direct::transposed_len(c)
+        } else {
+            c.weight_len()
+        };
+        let own_accumulators = if self.direct_dw { parts } else { parts - 1 };
+        let columns_len = self.n_workers * self.col_len;
+        let buf = scratch_of(
+            Self::OP,
+            scratch,
+            self.wt_len + columns_len + own_accumulators * acc_len,
+        )?;
+        let (wt, rest) = buf.split_at_mut(self.wt_len);
+        let (cols, partials) = rest.split_at_mut(columns_len);
+        if self.direct_dx {
+            direct::transpose_weights(c, self.w, wt);
+        }
+        if self.direct_dw {
+            direct::transpose_in(c, dw, partials);
+        }
+        let mut accumulators: Vec<&mut [f32]> = Vec::with_capacity(parts);
+        if !self.direct_dw {
+            accumulators.push(&mut *dw);
+        }
+        accumulators.extend(
+            partials
+                .chunks_exact_mut(acc_len.max(1))
+                .take(own_accumulators),
+        );
+        let dx_parts = dx_by_part(c, parts, dx);
+        self.run_parts(parts, wt, accumulators, dx_parts, cols);
+        let add_partials = |total: &mut [f32], rest: &[f32]| {
+            for partial in rest.chunks_exact(acc_len.max(1)).take(parts - 1) {
+                total.iter_mut().zip(partial).for_each(|(d, &s)| *d += s);
             }
-            None => None,
-        });
+        };
+        if self.direct_dw {
+            let (total, rest) = partials.split_at_mut(acc_len);
+            add_partials(total, rest);
+            direct::transpose_out(c, total, dw);
+        } else {
+            add_partials(dw, partials);
+        }
+        Ok(())
     }
-    let run_part = |p: usize, acc: &mut [f32], mut dxp: Option<&mut [f32]>, col: &mut [f32]| {
-        let (lo, hi) = part_range(c.num, parts, p);
-        for n in lo..hi {
-            // Part 0 adds onto the gradient already there; the partials start from zero.
-            let beta = if p == 0 || n > lo { 1.0 } else { 0.0 };
+
+    /// Runs part `p` of `parts` with `accumulators[p]` and `dx_parts[p]`, the parts side by side
+    /// when there are several workers, each on a worker's column buffer.
+    fn run_parts(
+        &self,
+        parts: usize,
+        wt: &[f32],
+        accumulators: Vec<&mut [f32]>,
+        dx_parts: Vec<Option<&mut [f32]>>,
+        cols: &mut [f32],
+    ) {
+        let run_part = |p: usize, acc: &mut [f32], dxp: Option<&mut [f32]>, col: &mut [f32]| {
+            let (lo, hi) = part_range(self.c.num, parts, p);
+            self.run_part(lo..hi, p == 0, wt, acc, dxp, col);
+        };
+        if self.n_workers == 1 {
+            for (p, (acc, dxp)) in accumulators.into_iter().zip(dx_parts).enumerate() {
+                run_part(p, acc, dxp, cols);
+            }
+        } else {
+            let slots = slots(cols, self.col_len, self.n_workers);
+            self.par.install(|| {
+                accumulators
+                    .into_par_iter()
+                    .zip(dx_parts)
+                    .enumerate()
+                    .for_each(|(p, (acc, dxp))| with_slot(&slots, |col| run_part(p, acc, dxp, col)))
+            });
+        }
+    }
+
+    /// The images of one part: each one's weight gradient summed into `acc` (the first part
+    /// onto the gradient already there, the others from zero) and, with `dxp` (the part's
+    /// slice of `dx`), its data gradient.
+    fn run_part(
+        &self,
+        images: Range<usize>,
+        first_part: bool,
+        wt: &[f32],
+        acc: &mut [f32],
+        mut dxp: Option<&mut [f32]>,
+        col: &mut [f32],
+    ) {
+        let (c, il, ol) = (self.c, self.c.in_len(), self.c.out_len());
+        let lo = images.start;
+        for n in images {
+            let beta = if first_part || n > lo { 1.0 } else { 0.0 };
             let dxi = dxp
                 .as_deref_mut()
                 .map(|d| &mut d[(n - lo) * il..(n - lo + 1) * il]);
-            let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
+            let (xi, dyi) = (
+                &self.x[n * il..(n + 1) * il],
+                &self.dy[n * ol..(n + 1) * ol],
+            );
             // The two gradients are independent: computed one after the other, each by its
             // own path.
-            if sparse_dw {
+            if self.sparse_dw {
                 direct::sparse_weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
-            } else if direct_dw {
+            } else if self.direct_dw {
                 direct::weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
             } else {
-                backward_image(
-                    kernel_par,
-                    c,
-                    xi,
-                    w,
-                    dyi,
-                    Some((&mut *acc, beta)),
-                    None,
-                    col,
-                );
+                let dw = Some((&mut *acc, beta));
+                backward_image(self.kernel_par, c, xi, self.w, dyi, dw, None, col);
             }
             if let Some(dxi) = dxi {
-                data_gradient(wt, dyi, dxi, col);
+                self.data_gradient(wt, dyi, dxi, col);
             }
         }
-    };
-    if n_workers == 1 {
-        for (p, (acc, dxp)) in accumulators.into_iter().zip(dx_parts).enumerate() {
-            run_part(p, acc, dxp, cols);
-        }
-    } else {
-        let slots = slots(cols, cl, n_workers);
-        par.install(|| {
-            accumulators
-                .into_par_iter()
-                .zip(dx_parts)
-                .enumerate()
-                .for_each(|(p, (acc, dxp))| with_slot(&slots, |col| run_part(p, acc, dxp, col)))
-        });
     }
-    let add_partials = |total: &mut [f32], rest: &[f32]| {
-        for partial in rest.chunks_exact(acc_len.max(1)).take(parts - 1) {
-            total.iter_mut().zip(partial).for_each(|(d, &s)| *d += s);
-        }
-    };
-    if direct_dw {
-        let (total, rest) = partials.split_at_mut(acc_len);
-        add_partials(total, rest);
-        direct::transpose_out(c, total, dw);
-    } else {
-        add_partials(dw, partials);
-    }
-    Ok(())
+}
+
+/// `dx` cut into the images of each of the `parts` weight-gradient parts (all `None` without
+/// `dx`).
+fn dx_by_part<'d>(
+    c: &ConvBatch,
+    parts: usize,
+    dx: Option<&'d mut [f32]>,
+) -> Vec<Option<&'d mut [f32]>> {
+    let mut rest = dx;
+    (0..parts)
+        .map(|p| {
+            let (lo, hi) = part_range(c.num, parts, p);
+            let (head, tail) = rest.take()?.split_at_mut((hi - lo) * c.in_len());
+            rest = Some(tail);
+            Some(head)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -601,89 +706,129 @@ mod tests {
         }
     }
 
+    /// The direct kernels against the im2col + GEMM paths, image by image (AVX2 and FMA only).
     #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn direct_kernels_give_the_gemm_paths_bits() {
-        let mut data_gradients = 0;
-        use super::{backward_image, direct, forward_image, SERIAL};
-        // Plus a rectangular kernel with unequal pads and dilations, in three groups.
-        let mut rectangular = direct_batch((6, 11, 21, 60, 3, 1, 0, 1, 1));
-        (rectangular.geom.kernel_h, rectangular.geom.kernel_w) = (2, 5);
-        (rectangular.geom.pad_h, rectangular.geom.pad_w) = (3, 1);
-        (rectangular.geom.dilation_h, rectangular.geom.dilation_w) = (2, 1);
-        let batches: Vec<ConvBatch> = DIRECT_CASES
-            .iter()
-            .map(|&case| direct_batch(case))
-            .chain([rectangular])
-            .collect();
-        for c in batches.iter().copied() {
-            let case = c.geom;
-            if !super::super::simd::has_avx2_fma() {
+    mod direct_against_gemm {
+        use super::super::{backward_image, direct, forward_image, SERIAL};
+        use super::{direct_batch, random, DIRECT_CASES};
+        use crate::backend::cpu::CpuBackend;
+        use crate::backend::ConvBatch;
+
+        /// One case's random operands: input, weights, output gradient and a starting `dw`.
+        struct Operands {
+            x: Vec<f32>,
+            w: Vec<f32>,
+            dy: Vec<f32>,
+            dw0: Vec<f32>,
+        }
+
+        fn same_bits(a: &[f32], b: &[f32]) -> bool {
+            a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits())
+        }
+
+        #[test]
+        fn direct_kernels_give_the_gemm_paths_bits() {
+            if !crate::backend::cpu::simd::has_avx2_fma() {
                 eprintln!("skipped: the CPU lacks AVX2 and FMA");
                 return;
             }
-            assert!(direct::applies(&c), "{case:?} is not a direct shape");
-            let be = CpuBackend::new(1).unwrap();
-            let x = random(&be, c.num * c.in_len(), 1).into_vec();
-            let w = random(&be, c.weight_len(), 2).into_vec();
-            let dy = random(&be, c.num * c.out_len(), 4).into_vec();
-            let dw0 = random(&be, c.weight_len(), 5).into_vec();
+            // Plus a rectangular kernel with unequal pads and dilations, in three groups.
+            let mut rectangular = direct_batch((6, 11, 21, 60, 3, 1, 0, 1, 1));
+            (rectangular.geom.kernel_h, rectangular.geom.kernel_w) = (2, 5);
+            (rectangular.geom.pad_h, rectangular.geom.pad_w) = (3, 1);
+            (rectangular.geom.dilation_h, rectangular.geom.dilation_w) = (2, 1);
+            let batches: Vec<ConvBatch> = DIRECT_CASES
+                .iter()
+                .map(|&case| direct_batch(case))
+                .chain([rectangular])
+                .collect();
+            let mut data_gradients = 0;
+            for c in &batches {
+                assert!(direct::applies(c), "{:?} is not a direct shape", c.geom);
+                let be = CpuBackend::new(1).unwrap();
+                let operands = Operands {
+                    x: random(&be, c.num * c.in_len(), 1).into_vec(),
+                    w: random(&be, c.weight_len(), 2).into_vec(),
+                    dy: random(&be, c.num * c.out_len(), 4).into_vec(),
+                    dw0: random(&be, c.weight_len(), 5).into_vec(),
+                };
+                check_forward(c, &operands);
+                if direct::data_gradient_applies(c) {
+                    data_gradients += 1;
+                    check_data_gradient(c, &operands);
+                }
+                check_weight_gradient(c, &operands);
+                check_sparse_weight_gradient(c, &operands);
+            }
+            assert_eq!(data_gradients, batches.len(), "every case checks dx");
+        }
+
+        fn check_forward(c: &ConvBatch, Operands { x, w, .. }: &Operands) {
             let (il, ol) = (c.in_len(), c.out_len());
             let mut col = vec![0.0; c.geom.col_len()];
             for n in 0..c.num {
                 let xi = &x[n * il..(n + 1) * il];
                 let mut by_gemm = vec![0.0; ol];
                 let mut direct_y = vec![f32::NAN; ol];
-                forward_image(SERIAL, &c, false, xi, &w, None, &mut by_gemm, &mut col);
-                forward_image(SERIAL, &c, true, xi, &w, None, &mut direct_y, &mut col);
-                let same = by_gemm
-                    .iter()
-                    .zip(&direct_y)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{case:?}: forward of image {n}");
+                forward_image(SERIAL, c, false, xi, w, None, &mut by_gemm, &mut col);
+                forward_image(SERIAL, c, true, xi, w, None, &mut direct_y, &mut col);
+                assert!(
+                    same_bits(&by_gemm, &direct_y),
+                    "{:?}: forward of image {n}",
+                    c.geom
+                );
             }
-            if direct::data_gradient_applies(&c) {
-                data_gradients += 1;
-                let mut wt = vec![f32::NAN; c.weight_len()];
-                direct::transpose_weights(&c, &w, &mut wt);
-                for n in 0..c.num {
-                    let dyi = &dy[n * ol..(n + 1) * ol];
-                    let mut by_gemm = vec![f32::NAN; il];
-                    let mut direct_dx = vec![f32::NAN; il];
-                    backward_image(SERIAL, &c, &[], &w, dyi, None, Some(&mut by_gemm), &mut col);
-                    direct::data_gradient_image(&c, &wt, dyi, &mut direct_dx);
-                    let same = by_gemm
-                        .iter()
-                        .zip(&direct_dx)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{case:?}: data gradient of image {n}");
-                }
+        }
+
+        fn check_data_gradient(c: &ConvBatch, Operands { w, dy, .. }: &Operands) {
+            let (il, ol) = (c.in_len(), c.out_len());
+            let mut col = vec![0.0; c.geom.col_len()];
+            let mut wt = vec![f32::NAN; c.weight_len()];
+            direct::transpose_weights(c, w, &mut wt);
+            for n in 0..c.num {
+                let dyi = &dy[n * ol..(n + 1) * ol];
+                let mut by_gemm = vec![f32::NAN; il];
+                let mut direct_dx = vec![f32::NAN; il];
+                backward_image(SERIAL, c, &[], w, dyi, None, Some(&mut by_gemm), &mut col);
+                direct::data_gradient_image(c, &wt, dyi, &mut direct_dx);
+                assert!(
+                    same_bits(&by_gemm, &direct_dx),
+                    "{:?}: data gradient of image {n}",
+                    c.geom
+                );
             }
-            // Images summed onto the gradient (beta 1), and onto nothing (beta 0 first).
+        }
+
+        /// Images summed onto the gradient (beta 1), and onto nothing (beta 0 first).
+        fn check_weight_gradient(c: &ConvBatch, Operands { x, w, dy, dw0 }: &Operands) {
+            let (il, ol) = (c.in_len(), c.out_len());
+            let mut col = vec![0.0; c.geom.col_len()];
             for start_from_zero in [false, true] {
                 let mut by_gemm = dw0.clone();
-                let mut dw_t = vec![f32::NAN; direct::transposed_len(&c)];
-                direct::transpose_in(&c, &dw0, &mut dw_t);
+                let mut dw_t = vec![f32::NAN; direct::transposed_len(c)];
+                direct::transpose_in(c, dw0, &mut dw_t);
                 for n in 0..c.num {
                     let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
                     let beta = if start_from_zero && n == 0 { 0.0 } else { 1.0 };
                     let dw = Some((&mut by_gemm[..], beta));
-                    backward_image(SERIAL, &c, xi, &w, dyi, dw, None, &mut col);
-                    direct::weight_gradient_image(&c, xi, dyi, &mut dw_t, beta != 0.0);
+                    backward_image(SERIAL, c, xi, w, dyi, dw, None, &mut col);
+                    direct::weight_gradient_image(c, xi, dyi, &mut dw_t, beta != 0.0);
                 }
                 let mut direct_dw = vec![f32::NAN; c.weight_len()];
-                direct::transpose_out(&c, &dw_t, &mut direct_dw);
-                let same = by_gemm
-                    .iter()
-                    .zip(&direct_dw)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                direct::transpose_out(c, &dw_t, &mut direct_dw);
                 assert!(
-                    same,
-                    "{case:?}: weight gradient (from zero: {start_from_zero})"
+                    same_bits(&by_gemm, &direct_dw),
+                    "{:?}: weight gradient (from zero: {start_from_zero})",
+                    c.geom
                 );
             }
-            // A mostly zero `dy` (some zeros negative), as behind a max pooling: the sparse
-            // weight gradient skips its zeros and gives the same bits.
+        }
+
+        /// A mostly zero `dy` (some zeros negative), as behind a max pooling: the sparse weight
+        /// gradient skips its zeros and gives the same bits.
+        fn check_sparse_weight_gradient(c: &ConvBatch, Operands { x, w, dy, dw0 }: &Operands) {
+            let (il, ol) = (c.in_len(), c.out_len());
+            let mut col = vec![0.0; c.geom.col_len()];
             let sparse_dy: Vec<f32> = dy
                 .iter()
                 .enumerate()
@@ -693,11 +838,12 @@ mod tests {
                     _ => 0.0,
                 })
                 .collect();
+            let case = c.geom;
             assert!(
-                direct::sparse_worth_it(&c, &x, &sparse_dy),
+                direct::sparse_worth_it(c, x, &sparse_dy),
                 "{case:?}: sparse dy"
             );
-            assert!(!direct::sparse_worth_it(&c, &x, &dy), "{case:?}: dense dy");
+            assert!(!direct::sparse_worth_it(c, x, dy), "{case:?}: dense dy");
             for start_from_zero in [false, true] {
                 let (mut by_gemm, mut sparse) = (dw0.clone(), dw0.clone());
                 for n in 0..c.num {
@@ -705,24 +851,19 @@ mod tests {
                     let dyi = &sparse_dy[n * ol..(n + 1) * ol];
                     let beta = if start_from_zero && n == 0 { 0.0 } else { 1.0 };
                     let dw = Some((&mut by_gemm[..], beta));
-                    backward_image(SERIAL, &c, xi, &w, dyi, dw, None, &mut col);
-                    direct::sparse_weight_gradient_image(&c, xi, dyi, &mut sparse, beta != 0.0);
+                    backward_image(SERIAL, c, xi, w, dyi, dw, None, &mut col);
+                    direct::sparse_weight_gradient_image(c, xi, dyi, &mut sparse, beta != 0.0);
                 }
-                let same = by_gemm
-                    .iter()
-                    .zip(&sparse)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
-                    same,
+                    same_bits(&by_gemm, &sparse),
                     "{case:?}: sparse weight gradient (from zero: {start_from_zero})"
                 );
             }
             // A non-finite input keeps the dense kernels (it would make the skipped terms NaN).
             let mut x_inf = x.clone();
             x_inf[il / 2] = f32::INFINITY;
-            assert!(!direct::sparse_worth_it(&c, &x_inf, &sparse_dy));
+            assert!(!direct::sparse_worth_it(c, &x_inf, &sparse_dy));
         }
-        assert_eq!(data_gradients, batches.len(), "every case checks dx");
     }
 
     type Run = (Vec<f32>, Vec<f32>, Vec<f32>);
