@@ -60,7 +60,9 @@ fn net(text: &str) -> Net<rcaffe::backend::CpuBackend> {
 
 #[test]
 fn time_reports_the_data_layers_loading() {
-    let _alone = TIMING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _alone = TIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     keep_log();
     let dir = tempfile::tempdir().unwrap();
     let lmdb = mnist_lmdb(dir.path());
@@ -134,7 +136,9 @@ fn time_reports_the_data_layers_loading() {
 
 #[test]
 fn a_net_without_a_data_layer_reports_no_loading() {
-    let _alone = TIMING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _alone = TIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut net = net(r#"name: "dummy" state { phase: TRAIN }
         layer { name: "x" type: "DummyData" top: "x" top: "y"
           dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }
