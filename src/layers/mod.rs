@@ -97,12 +97,11 @@
 //!     ) -> Result<(), LayerError> {
 //!         match blobs.forward_io(0) {
 //!             InOut::Separate { input, output } => {
-//!                 let n = input.count();
-//!                 ctx.backend.scale(n, 2.0, Src::At(input.data(), 0), output.data_mut(), 0)?
+//!                 let x = input.data_view().src();
+//!                 ctx.backend.scale(2.0.into(), x, output.data_view_mut())?
 //!             }
 //!             InOut::Same(blob) => {
-//!                 let n = blob.count();
-//!                 ctx.backend.scale(n, 2.0, Src::InPlace, blob.data_mut(), 0)?
+//!                 ctx.backend.scale(2.0.into(), Src::InPlace, blob.data_view_mut())?
 //!             }
 //!         }
 //!         Ok(())
@@ -119,12 +118,11 @@
 //!         }
 //!         match blobs.backward_io(0) {
 //!             InOut::Separate { input: top, output: bottom } => {
-//!                 let n = top.count();
-//!                 ctx.backend.scale(n, 2.0, Src::At(top.diff(), 0), bottom.diff_mut(), 0)?
+//!                 let dy = top.diff_view().src();
+//!                 ctx.backend.scale(2.0.into(), dy, bottom.diff_view_mut())?
 //!             }
 //!             InOut::Same(blob) => {
-//!                 let n = blob.count();
-//!                 ctx.backend.scale(n, 2.0, Src::InPlace, blob.diff_mut(), 0)?
+//!                 ctx.backend.scale(2.0.into(), Src::InPlace, blob.diff_view_mut())?
 //!             }
 //!         }
 //!         Ok(())
