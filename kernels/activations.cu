@@ -2,81 +2,91 @@
 // per element, grid-stride. `dy` may alias `dx` and `x` may alias `y` (in-place layers).
 // Semantics: src/backend/mod.rs; upstream: src/caffe/layers/<name>_layer.cu.
 
-// Branches rather than fmaxf/fminf so a NaN input stays NaN, as the CPU op.
-extern "C" __global__ void relu_forward(int n, float slope, const float* x, float* y) {
+// One grid-stride loop per shape: `forward` y = f(x), `backward` dx = g(saved, dy) with `saved`
+// the forward input or output the activation's gradient reads; each activation is a functor.
+template <class F>
+__device__ void forward(int n, const float* x, float* y, F f) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float v = x[i];
-    if (slope == 0.0f) {
-      y[i] = v < 0.0f ? 0.0f : v;
-    } else {
-      y[i] = v > 0.0f ? v : slope * v;
-    }
+    y[i] = f(x[i]);
   }
 }
 
+template <class G>
+__device__ void backward(int n, const float* saved, const float* dy, float* dx, G g) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    dx[i] = g(saved[i], dy[i]);
+  }
+}
+
+// Branches rather than fmaxf/fminf so a NaN input stays NaN, as the CPU op.
+struct Relu {
+  float slope;
+  __device__ float operator()(float v) const {
+    return slope == 0.0f ? (v < 0.0f ? 0.0f : v) : (v > 0.0f ? v : slope * v);
+  }
+  __device__ float operator()(float x, float d) const { return x > 0.0f ? d : d * slope; }
+};
+// 1 / (1 + e^-x) through tanh, which cannot overflow; the gradient reads the output.
+struct Sigmoid {
+  __device__ float operator()(float v) const { return 0.5f * tanhf(0.5f * v) + 0.5f; }
+  __device__ float operator()(float s, float d) const { return d * s * (1.0f - s); }
+};
+// The gradient reads the output.
+struct Tanh {
+  __device__ float operator()(float v) const { return tanhf(v); }
+  __device__ float operator()(float t, float d) const { return d * (1.0f - t * t); }
+};
+// Softplus in the form that cannot overflow; the gradient clamps the input at BNLL_THRESHOLD
+// (kernels/constants.h) before exp, as upstream.
+struct Bnll {
+  __device__ float operator()(float v) const {
+    return v > 0.0f ? v + log1pf(expf(-v)) : log1pf(expf(v));
+  }
+  __device__ float operator()(float x, float d) const {
+    float e = expf(fminf(x, BNLL_THRESHOLD));
+    return d * e / (e + 1.0f);
+  }
+};
+struct Elu {
+  float alpha;
+  __device__ float operator()(float v) const { return v > 0.0f ? v : alpha * (expf(v) - 1.0f); }
+};
+
+extern "C" __global__ void relu_forward(int n, float slope, const float* x, float* y) {
+  forward(n, x, y, Relu{slope});
+}
 extern "C" __global__ void relu_backward(int n, float slope, const float* x, const float* dy,
                                          float* dx) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float d = dy[i];
-    dx[i] = x[i] > 0.0f ? d : d * slope;
-  }
+  backward(n, x, dy, dx, Relu{slope});
 }
-
-// 1 / (1 + e^-x) through tanh, which cannot overflow.
 extern "C" __global__ void sigmoid_forward(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = 0.5f * tanhf(0.5f * x[i]) + 0.5f;
-  }
+  forward(n, x, y, Sigmoid());
 }
-
 extern "C" __global__ void sigmoid_backward(int n, const float* y, const float* dy, float* dx) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float s = y[i];
-    dx[i] = dy[i] * s * (1.0f - s);
-  }
+  backward(n, y, dy, dx, Sigmoid());
 }
-
 extern "C" __global__ void tanh_forward(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = tanhf(x[i]);
-  }
+  forward(n, x, y, Tanh());
 }
-
 extern "C" __global__ void tanh_backward(int n, const float* y, const float* dy, float* dx) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float t = y[i];
-    dx[i] = dy[i] * (1.0f - t * t);
-  }
+  backward(n, y, dy, dx, Tanh());
 }
-
+extern "C" __global__ void bnll_forward(int n, const float* x, float* y) {
+  forward(n, x, y, Bnll());
+}
+extern "C" __global__ void bnll_backward(int n, const float* x, const float* dy, float* dx) {
+  backward(n, x, dy, dx, Bnll());
+}
 extern "C" __global__ void elu_forward(int n, float alpha, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float v = x[i];
-    y[i] = v > 0.0f ? v : alpha * (expf(v) - 1.0f);
-  }
+  forward(n, x, y, Elu{alpha});
 }
 
+// ELU's gradient reads both the input and the output.
 extern "C" __global__ void elu_backward(int n, float alpha, const float* x, const float* y,
                                         const float* dy, float* dx) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
     float d = dy[i];
     dx[i] = x[i] > 0.0f ? d : d * (alpha + y[i]);
-  }
-}
-
-// Softplus in the form that cannot overflow.
-extern "C" __global__ void bnll_forward(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float v = x[i];
-    y[i] = v > 0.0f ? v + log1pf(expf(-v)) : log1pf(expf(v));
-  }
-}
-
-// The input is clamped at BNLL_THRESHOLD (kernels/constants.h) before exp, as upstream.
-extern "C" __global__ void bnll_backward(int n, const float* x, const float* dy, float* dx) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float e = expf(fminf(x[i], BNLL_THRESHOLD));
-    dx[i] = dy[i] * e / (e + 1.0f);
   }
 }
 

@@ -49,92 +49,105 @@ extern "C" __global__ void scale(int n, const float* alpha_at, float alpha, cons
   }
 }
 
-extern "C" __global__ void add(int n, const float* a, const float* b, float* y) {
+// The element-wise maps: one grid-stride loop per shape of op (`map1`: y = f(x), `map2`:
+// y = f(a, b)), each op a functor. Inputs are read before the output is written, so in-place
+// calls are exact.
+template <class F>
+__device__ void map1(int n, const float* x, float* y, F f) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = a[i] + b[i];
+    y[i] = f(x[i]);
   }
 }
 
-extern "C" __global__ void sub(int n, const float* a, const float* b, float* y) {
+template <class F>
+__device__ void map2(int n, const float* a, const float* b, float* y, F f) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = a[i] - b[i];
+    y[i] = f(a[i], b[i]);
   }
 }
 
-extern "C" __global__ void mul(int n, const float* a, const float* b, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = a[i] * b[i];
-  }
-}
-
-extern "C" __global__ void div_kernel(int n, const float* a, const float* b, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = a[i] / b[i];
-  }
-}
-
+struct Add {
+  __device__ float operator()(float p, float q) const { return p + q; }
+};
+struct Sub {
+  __device__ float operator()(float p, float q) const { return p - q; }
+};
+struct Mul {
+  __device__ float operator()(float p, float q) const { return p * q; }
+};
+struct Div {
+  __device__ float operator()(float p, float q) const { return p / q; }
+};
 // `a < b ? b : a`: a NaN in b is dropped, a NaN in a kept, as the CPU op.
+struct Max {
+  __device__ float operator()(float p, float q) const { return p < q ? q : p; }
+};
+
+extern "C" __global__ void add(int n, const float* a, const float* b, float* y) {
+  map2(n, a, b, y, Add());
+}
+extern "C" __global__ void sub(int n, const float* a, const float* b, float* y) {
+  map2(n, a, b, y, Sub());
+}
+extern "C" __global__ void mul(int n, const float* a, const float* b, float* y) {
+  map2(n, a, b, y, Mul());
+}
+extern "C" __global__ void div_kernel(int n, const float* a, const float* b, float* y) {
+  map2(n, a, b, y, Div());
+}
 extern "C" __global__ void max_kernel(int n, const float* a, const float* b, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float p = a[i], q = b[i];
-    y[i] = p < q ? q : p;
-  }
+  map2(n, a, b, y, Max());
 }
 
 // p == 2 and p == 1 are exact, as the CPU op special-cases them.
-extern "C" __global__ void powx(int n, const float* x, float p, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float v = x[i];
-    y[i] = p == 2.0f ? v * v : (p == 1.0f ? v : powf(v, p));
+struct Powx {
+  float p;
+  __device__ float operator()(float v) const {
+    return p == 2.0f ? v * v : (p == 1.0f ? v : powf(v, p));
   }
-}
-
+};
 // Upstream's PowerLayer: (shift + scale x)^power.
+struct Power {
+  float power, scale, shift;
+  __device__ float operator()(float v) const { return powf(shift + scale * v, power); }
+};
+struct Exp {
+  __device__ float operator()(float v) const { return expf(v); }
+};
+struct Log {
+  __device__ float operator()(float v) const { return logf(v); }
+};
+struct Abs {
+  __device__ float operator()(float v) const { return fabsf(v); }
+};
+struct Sqr {
+  __device__ float operator()(float v) const { return v * v; }
+};
+struct Sqrt {
+  __device__ float operator()(float v) const { return sqrtf(v); }
+};
+// 1, 0 or -1; 0 for NaN (upstream's caffe_sign).
+struct Sign {
+  __device__ float operator()(float v) const {
+    return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f);
+  }
+};
+
+extern "C" __global__ void powx(int n, const float* x, float p, float* y) {
+  map1(n, x, y, Powx{p});
+}
 extern "C" __global__ void power(int n, const float* x, float power, float scale, float shift,
                                  float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = powf(shift + scale * x[i], power);
-  }
+  map1(n, x, y, Power{power, scale, shift});
 }
-
-extern "C" __global__ void exp_kernel(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = expf(x[i]);
-  }
-}
-
-extern "C" __global__ void log_kernel(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = logf(x[i]);
-  }
-}
-
-extern "C" __global__ void abs_kernel(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = fabsf(x[i]);
-  }
-}
-
-extern "C" __global__ void sqr(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float v = x[i];
-    y[i] = v * v;
-  }
-}
-
+extern "C" __global__ void exp_kernel(int n, const float* x, float* y) { map1(n, x, y, Exp()); }
+extern "C" __global__ void log_kernel(int n, const float* x, float* y) { map1(n, x, y, Log()); }
+extern "C" __global__ void abs_kernel(int n, const float* x, float* y) { map1(n, x, y, Abs()); }
+extern "C" __global__ void sqr(int n, const float* x, float* y) { map1(n, x, y, Sqr()); }
 extern "C" __global__ void sqrt_kernel(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    y[i] = sqrtf(x[i]);
-  }
+  map1(n, x, y, Sqrt());
 }
-
-// 1, 0 or -1; 0 for NaN (upstream's caffe_sign).
-extern "C" __global__ void sign(int n, const float* x, float* y) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float v = x[i];
-    y[i] = v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f);
-  }
-}
+extern "C" __global__ void sign(int n, const float* x, float* y) { map1(n, x, y, Sign()); }
 
 // Reductions (sum, asum, sumsq, dot, sum_into) in two steps without shared memory: each thread
 // of the launch adds its grid-stride share of the input in double and writes it to
