@@ -590,24 +590,21 @@ fn an_input_of_another_length_is_an_invalid_argument() {
     assert_eq!(y.as_slice(), &[0.0; 4], "a refused op writes nothing");
 }
 
-/// `C = alpha op(A) op(B) + beta C` in f64, from the definition, plus sum |alpha a b| + |beta c|
-/// for the tolerance.
-#[allow(clippy::too_many_arguments)]
-fn gemm_reference(
-    ta: Transpose,
-    tb: Transpose,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    c: &[f32],
-    ldc: usize,
-) -> (Vec<f64>, Vec<f64>) {
+/// `C = alpha op(A) op(B) + beta C` of `product` in f64, from the definition, plus
+/// sum |alpha a b| + |beta c| for the tolerance.
+fn gemm_reference(product: &Gemm, a: &[f32], b: &[f32], c: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let Gemm {
+        trans_a: ta,
+        trans_b: tb,
+        m,
+        n,
+        k,
+        alpha,
+        beta,
+        lda,
+        ldb,
+        ldc,
+    } = *product;
     let at = |i: usize, p: usize| {
         f64::from(if ta == Transpose::NoTrans {
             a[i * lda + p]
@@ -679,14 +676,13 @@ fn gemm_all_transposes_offsets_and_leading_dims() {
                         if beta == 0.0 {
                             c.iter_mut().for_each(|v| *v = f32::NAN);
                         }
-                        let (want, mag) =
-                            gemm_reference(ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &c, ldc);
-                        let (ab, bb) = (padded(&a, 5, 0), padded(&b, 1, 2));
-                        let mut cb = padded(&c, 7, 0);
                         let product = Gemm::packed(ta, tb, m, n, k)
                             .alpha(alpha)
                             .beta(beta)
                             .strides(lda, ldb, ldc);
+                        let (want, mag) = gemm_reference(&product, &a, &b, &c);
+                        let (ab, bb) = (padded(&a, 5, 0), padded(&b, 1, 2));
+                        let mut cb = padded(&c, 7, 0);
                         be.gemm(
                             &product,
                             ab.slice(5, a.len()),
@@ -732,12 +728,11 @@ fn gemm_packed_and_k_zero() {
             let a = randv(&mut rng, m * k, -1.0, 1.0);
             let b = randv(&mut rng, k * n, -1.0, 1.0);
             let c = randv(&mut rng, m * n, -1.0, 1.0);
-            let lda = if ta == Transpose::NoTrans { k } else { m };
-            let ldb = if tb == Transpose::NoTrans { n } else { k };
-            let (want, _) = gemm_reference(ta, tb, m, n, k, 0.7, &a, lda, &b, ldb, 0.3, &c, n);
+            // Packed: the leading dimensions are the stored widths.
+            let product = Gemm::packed(ta, tb, m, n, k).alpha(0.7).beta(0.3);
+            let (want, _) = gemm_reference(&product, &a, &b, &c);
             let (ab, bb) = (CpuBuffer::from_vec(a), CpuBuffer::from_vec(b));
             let mut cb = CpuBuffer::from_vec(c.clone());
-            let product = Gemm::packed(ta, tb, m, n, k).alpha(0.7).beta(0.3);
             be.gemm(&product, ab.whole(), bb.whole(), cb.whole_mut())
                 .unwrap();
             assert_close(
@@ -1245,11 +1240,10 @@ fn im2col_reference(g: &ConvGeom, im: &[f32]) -> Vec<f64> {
     col
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A convolution of `(channels, height, width)` images: kernel `k`, padding `p`, stride `s`
+/// and dilation `d`, each `(h, w)`.
 fn geom(
-    c: usize,
-    h: usize,
-    w: usize,
+    (c, h, w): (usize, usize, usize),
     k: (usize, usize),
     p: (usize, usize),
     s: (usize, usize),
@@ -1272,15 +1266,15 @@ fn geom(
 
 fn conv_geoms() -> Vec<ConvGeom> {
     vec![
-        geom(1, 1, 1, (1, 1), (0, 0), (1, 1), (1, 1)),
-        geom(1, 28, 28, (5, 5), (0, 0), (1, 1), (1, 1)), // LeNet conv1
-        geom(3, 32, 32, (5, 5), (2, 2), (1, 1), (1, 1)), // cifar conv1
-        geom(3, 27, 27, (11, 11), (0, 0), (4, 4), (1, 1)), // AlexNet-like, small
-        geom(2, 7, 9, (3, 2), (1, 2), (2, 3), (1, 1)),
-        geom(3, 10, 11, (3, 3), (2, 1), (1, 2), (2, 3)),
-        geom(2, 5, 6, (2, 4), (3, 3), (3, 1), (1, 1)), // pad larger than part of the kernel
-        geom(4, 6, 5, (1, 1), (0, 0), (2, 2), (1, 1)),
-        geom(64, 13, 13, (3, 3), (1, 1), (1, 1), (1, 1)),
+        geom((1, 1, 1), (1, 1), (0, 0), (1, 1), (1, 1)),
+        geom((1, 28, 28), (5, 5), (0, 0), (1, 1), (1, 1)), // LeNet conv1
+        geom((3, 32, 32), (5, 5), (2, 2), (1, 1), (1, 1)), // cifar conv1
+        geom((3, 27, 27), (11, 11), (0, 0), (4, 4), (1, 1)), // AlexNet-like, small
+        geom((2, 7, 9), (3, 2), (1, 2), (2, 3), (1, 1)),
+        geom((3, 10, 11), (3, 3), (2, 1), (1, 2), (2, 3)),
+        geom((2, 5, 6), (2, 4), (3, 3), (3, 1), (1, 1)), // pad larger than part of the kernel
+        geom((4, 6, 5), (1, 1), (0, 0), (2, 2), (1, 1)),
+        geom((64, 13, 13), (3, 3), (1, 1), (1, 1), (1, 1)),
     ]
 }
 
@@ -1378,18 +1372,18 @@ fn conv_geometry_is_validated() {
     let be = CpuBackend::new(1).unwrap();
     let im = be.alloc(100).unwrap();
     let mut col = be.alloc(800).unwrap();
-    let bad_stride = geom(1, 5, 5, (3, 3), (0, 0), (0, 1), (1, 1));
+    let bad_stride = geom((1, 5, 5), (3, 3), (0, 0), (0, 1), (1, 1));
     assert!(matches!(
         be.im2col(&bad_stride, im.whole(), col.whole_mut()),
         Err(BackendError::InvalidArgument { .. })
     ));
-    let too_big = geom(1, 3, 3, (3, 3), (0, 0), (1, 1), (2, 2));
+    let too_big = geom((1, 3, 3), (3, 3), (0, 0), (1, 1), (2, 2));
     assert!(matches!(
         be.im2col(&too_big, im.whole(), col.whole_mut()),
         Err(BackendError::InvalidArgument { .. })
     ));
     // 900 column values for a buffer of 800.
-    let ok = geom(4, 5, 5, (3, 3), (1, 1), (1, 1), (1, 1));
+    let ok = geom((4, 5, 5), (3, 3), (1, 1), (1, 1), (1, 1));
     assert!(matches!(
         be.im2col(&ok, im.whole(), col.slice_mut(0, ok.col_len())),
         Err(BackendError::OutOfBounds {
@@ -1904,7 +1898,7 @@ fn results_do_not_depend_on_thread_count() {
     let two = CpuBackend::new(2).unwrap();
     let three = CpuBackend::new(3).unwrap();
     let mut rng = rng_from_seed(17);
-    let g = geom(16, 27, 27, (3, 3), (1, 1), (1, 1), (1, 1));
+    let g = geom((16, 27, 27), (3, 3), (1, 1), (1, 1), (1, 1));
     let im = CpuBuffer::from_vec(randv(&mut rng, g.im_len(), -1.0, 1.0));
     let col = CpuBuffer::from_vec(randv(&mut rng, g.col_len(), -1.0, 1.0));
     let pg = pool(32, (27, 27), (3, 3), (2, 2), (0, 0));

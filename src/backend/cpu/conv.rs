@@ -128,30 +128,34 @@ fn columns<'a>(par: Par<'_>, c: &ConvBatch, x: &'a [f32], col: &'a mut [f32]) ->
     }
 }
 
-/// One image's forward pass: `y = W col(x)` per group (directly, or through im2col and the
-/// GEMM), then `+ bias`.
-#[allow(clippy::too_many_arguments)]
-fn forward_image(
-    par: Par<'_>,
-    c: &ConvBatch,
-    use_direct: bool,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    col: &mut [f32],
-) {
-    let sp = c.out_spatial();
-    if use_direct {
-        direct::forward_image(c, x, w, y);
-    } else {
-        image_product(par, c, x, w, y, col);
-    }
-    // The bias is added while the image's output is still in cache; the same single rounding
-    // as upstream's separate bias GEMM with a ones vector (one product, one add per element).
-    if let Some(bias) = bias {
-        for (row, &b) in y.chunks_exact_mut(sp).zip(bias) {
-            row.iter_mut().for_each(|v| *v += b);
+/// What every image of one forward call shares: the kernels' pool (serial inside a task when
+/// images run side by side), the convolution, whether it runs direct, the weights and the bias.
+struct Forward<'a> {
+    par: Par<'a>,
+    c: &'a ConvBatch,
+    direct: bool,
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+}
+
+impl Forward<'_> {
+    /// One image's forward pass: `y = W col(x)` per group (directly, or through im2col and
+    /// the GEMM in the column buffer `col`), then `+ bias`.
+    fn image(&self, x: &[f32], y: &mut [f32], col: &mut [f32]) {
+        let (c, w) = (self.c, self.w);
+        let sp = c.out_spatial();
+        if self.direct {
+            direct::forward_image(c, x, w, y);
+        } else {
+            image_product(self.par, c, x, w, y, col);
+        }
+        // The bias is added while the image's output is still in cache; the same single
+        // rounding as upstream's separate bias GEMM with a ones vector (one product, one add
+        // per element).
+        if let Some(bias) = self.bias {
+            for (row, &b) in y.chunks_exact_mut(sp).zip(bias) {
+                row.iter_mut().for_each(|v| *v += b);
+            }
         }
     }
 }
@@ -198,9 +202,16 @@ pub(super) fn forward(
     let use_direct = use_direct(par, c, n_workers);
     let cl = if use_direct { 0 } else { cl };
     let buf = scratch_of("conv_forward", scratch, n_workers * cl)?;
+    let run = Forward {
+        par: if n_workers == 1 { par } else { SERIAL },
+        c,
+        direct: use_direct,
+        w,
+        bias,
+    };
     if n_workers == 1 {
         for (xi, yi) in x.chunks_exact(il).zip(y.chunks_exact_mut(ol)) {
-            forward_image(par, c, use_direct, xi, w, bias, yi, buf);
+            run.image(xi, yi, buf);
         }
         return Ok(());
     }
@@ -208,71 +219,9 @@ pub(super) fn forward(
     par.install(|| {
         x.par_chunks_exact(il)
             .zip(y.par_chunks_exact_mut(ol))
-            .for_each(|(xi, yi)| {
-                with_slot(&slots, |col| {
-                    forward_image(SERIAL, c, use_direct, xi, w, bias, yi, col)
-                })
-            })
+            .for_each(|(xi, yi)| with_slot(&slots, |col| run.image(xi, yi, col)))
     });
     Ok(())
-}
-
-/// One image's backward pass: `dw = beta dw + dy col(x)^T` per group (when given), then
-/// `dx = col2im(W^T dy)` (when given), in upstream's order.
-#[allow(clippy::too_many_arguments)]
-fn backward_image(
-    par: Par<'_>,
-    c: &ConvBatch,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    dw: Option<(&mut [f32], f32)>,
-    dx: Option<&mut [f32]>,
-    col: &mut [f32],
-) {
-    let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
-    if let Some((dw, beta)) = dw {
-        // One product over the whole image, as forward (chunks would add their products in
-        // turn: a change of summation order).
-        let cols = columns(par, c, x, col);
-        let product = Gemm::packed(Transpose::NoTrans, Transpose::Trans, go, kd, sp).beta(beta);
-        for g in 0..c.groups {
-            gemm::gemm(
-                par,
-                &product,
-                &dy[g * go * sp..],
-                &cols[g * kd * sp..],
-                &mut dw[g * go * kd..],
-            );
-        }
-    }
-    if let Some(dx) = dx {
-        // The columns of `W^T dy` for the output rows `rows`, into `cols`.
-        let data_columns = |rows: Range<usize>, cols: &mut [f32]| {
-            let (n0, ld) = (rows.start * c.geom.out_w(), rows.len() * c.geom.out_w());
-            // `W^T` times the rows' columns of `dy`, read with its full row stride.
-            let product =
-                Gemm::packed(Transpose::Trans, Transpose::NoTrans, kd, ld, go).strides(kd, sp, ld);
-            for g in 0..c.groups {
-                gemm::gemm(
-                    par,
-                    &product,
-                    &w[g * go * kd..],
-                    &dy[g * go * sp + n0..],
-                    &mut cols[g * kd * ld..],
-                );
-            }
-        };
-        let all_rows = 0..c.geom.out_h();
-        if c.is_1x1() {
-            data_columns(all_rows, dx);
-        } else if c.geom.stride_w == 1 {
-            im2col::col2im_by_rows(&c.geom, row_chunks(c), col, dx, data_columns);
-        } else {
-            data_columns(all_rows, col);
-            im2col::col2im(par, &c.geom, col, dx);
-        }
-    }
 }
 
 /// The weight gradient's part `p` of `parts`: the images `lo..hi`.
@@ -372,16 +321,65 @@ impl<'a> Backward<'a> {
         if self.direct_dx {
             direct::data_gradient_image(self.c, wt, dyi, dxi);
         } else {
-            backward_image(
-                self.kernel_par,
-                self.c,
-                &[],
-                self.w,
-                dyi,
-                None,
-                Some(dxi),
-                col,
+            self.data_gradient_by_gemm(dyi, dxi, col);
+        }
+    }
+
+    /// One image's weight gradient through im2col (into `col`) and the GEMM:
+    /// `dw = beta dw + dy col(x)^T` per group, one product over the whole image, as forward
+    /// (chunks would add their products in turn: a change of summation order).
+    fn weight_gradient_by_gemm(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        beta: f32,
+        col: &mut [f32],
+    ) {
+        let (par, c) = (self.kernel_par, self.c);
+        let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+        let cols = columns(par, c, x, col);
+        let product = Gemm::packed(Transpose::NoTrans, Transpose::Trans, go, kd, sp).beta(beta);
+        for g in 0..c.groups {
+            gemm::gemm(
+                par,
+                &product,
+                &dy[g * go * sp..],
+                &cols[g * kd * sp..],
+                &mut dw[g * go * kd..],
             );
+        }
+    }
+
+    /// One image's data gradient through the GEMM and col2im: `dx = col2im(W^T dy)`, the
+    /// columns in `col` (written straight into `dx` for a 1x1 convolution).
+    fn data_gradient_by_gemm(&self, dy: &[f32], dx: &mut [f32], col: &mut [f32]) {
+        let (par, c, w) = (self.kernel_par, self.c, self.w);
+        let (kd, sp, go) = (c.kernel_dim(), c.out_spatial(), c.group_out());
+        // The columns of `W^T dy` for the output rows `rows`, into `cols`.
+        let data_columns = |rows: Range<usize>, cols: &mut [f32]| {
+            let (n0, ld) = (rows.start * c.geom.out_w(), rows.len() * c.geom.out_w());
+            // `W^T` times the rows' columns of `dy`, read with its full row stride.
+            let product =
+                Gemm::packed(Transpose::Trans, Transpose::NoTrans, kd, ld, go).strides(kd, sp, ld);
+            for g in 0..c.groups {
+                gemm::gemm(
+                    par,
+                    &product,
+                    &w[g * go * kd..],
+                    &dy[g * go * sp + n0..],
+                    &mut cols[g * kd * ld..],
+                );
+            }
+        };
+        let all_rows = 0..c.geom.out_h();
+        if c.is_1x1() {
+            data_columns(all_rows, dx);
+        } else if c.geom.stride_w == 1 {
+            im2col::col2im_by_rows(&c.geom, row_chunks(c), col, dx, data_columns);
+        } else {
+            data_columns(all_rows, col);
+            im2col::col2im(par, &c.geom, col, dx);
         }
     }
 
@@ -533,8 +531,7 @@ impl<'a> Backward<'a> {
             } else if self.direct_dw {
                 direct::weight_gradient_image(c, xi, dyi, acc, beta != 0.0);
             } else {
-                let dw = Some((&mut *acc, beta));
-                backward_image(self.kernel_par, c, xi, self.w, dyi, dw, None, col);
+                self.weight_gradient_by_gemm(xi, dyi, acc, beta, col);
             }
             if let Some(dxi) = dxi {
                 self.data_gradient(wt, dyi, dxi, col);
@@ -709,7 +706,7 @@ mod tests {
     /// The direct kernels against the im2col + GEMM paths, image by image (AVX2 and FMA only).
     #[cfg(target_arch = "x86_64")]
     mod direct_against_gemm {
-        use super::super::{backward_image, direct, forward_image, SERIAL};
+        use super::super::{direct, Backward, Forward, SERIAL};
         use super::{direct_batch, random, DIRECT_CASES};
         use crate::backend::cpu::CpuBackend;
         use crate::backend::ConvBatch;
@@ -720,6 +717,14 @@ mod tests {
             w: Vec<f32>,
             dy: Vec<f32>,
             dw0: Vec<f32>,
+        }
+
+        /// A serial backward call on the case's operands, for its GEMM paths.
+        fn gemm_paths<'a>(
+            c: &'a ConvBatch,
+            Operands { x, w, dy, .. }: &'a Operands,
+        ) -> Backward<'a> {
+            Backward::new(SERIAL, c, x, w, dy, true, true)
         }
 
         fn same_bits(a: &[f32], b: &[f32]) -> bool {
@@ -770,8 +775,15 @@ mod tests {
                 let xi = &x[n * il..(n + 1) * il];
                 let mut by_gemm = vec![0.0; ol];
                 let mut direct_y = vec![f32::NAN; ol];
-                forward_image(SERIAL, c, false, xi, w, None, &mut by_gemm, &mut col);
-                forward_image(SERIAL, c, true, xi, w, None, &mut direct_y, &mut col);
+                let forward = |direct| Forward {
+                    par: SERIAL,
+                    c,
+                    direct,
+                    w,
+                    bias: None,
+                };
+                forward(false).image(xi, &mut by_gemm, &mut col);
+                forward(true).image(xi, &mut direct_y, &mut col);
                 assert!(
                     same_bits(&by_gemm, &direct_y),
                     "{:?}: forward of image {n}",
@@ -780,7 +792,9 @@ mod tests {
             }
         }
 
-        fn check_data_gradient(c: &ConvBatch, Operands { w, dy, .. }: &Operands) {
+        fn check_data_gradient(c: &ConvBatch, operands: &Operands) {
+            let Operands { w, dy, .. } = operands;
+            let gemm = gemm_paths(c, operands);
             let (il, ol) = (c.in_len(), c.out_len());
             let mut col = vec![0.0; c.geom.col_len()];
             let mut wt = vec![f32::NAN; c.weight_len()];
@@ -789,7 +803,7 @@ mod tests {
                 let dyi = &dy[n * ol..(n + 1) * ol];
                 let mut by_gemm = vec![f32::NAN; il];
                 let mut direct_dx = vec![f32::NAN; il];
-                backward_image(SERIAL, c, &[], w, dyi, None, Some(&mut by_gemm), &mut col);
+                gemm.data_gradient_by_gemm(dyi, &mut by_gemm, &mut col);
                 direct::data_gradient_image(c, &wt, dyi, &mut direct_dx);
                 assert!(
                     same_bits(&by_gemm, &direct_dx),
@@ -800,7 +814,9 @@ mod tests {
         }
 
         /// Images summed onto the gradient (beta 1), and onto nothing (beta 0 first).
-        fn check_weight_gradient(c: &ConvBatch, Operands { x, w, dy, dw0 }: &Operands) {
+        fn check_weight_gradient(c: &ConvBatch, operands: &Operands) {
+            let Operands { x, dy, dw0, .. } = operands;
+            let gemm = gemm_paths(c, operands);
             let (il, ol) = (c.in_len(), c.out_len());
             let mut col = vec![0.0; c.geom.col_len()];
             for start_from_zero in [false, true] {
@@ -810,8 +826,7 @@ mod tests {
                 for n in 0..c.num {
                     let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
                     let beta = if start_from_zero && n == 0 { 0.0 } else { 1.0 };
-                    let dw = Some((&mut by_gemm[..], beta));
-                    backward_image(SERIAL, c, xi, w, dyi, dw, None, &mut col);
+                    gemm.weight_gradient_by_gemm(xi, dyi, &mut by_gemm, beta, &mut col);
                     direct::weight_gradient_image(c, xi, dyi, &mut dw_t, beta != 0.0);
                 }
                 let mut direct_dw = vec![f32::NAN; c.weight_len()];
@@ -826,7 +841,9 @@ mod tests {
 
         /// A mostly zero `dy` (some zeros negative), as behind a max pooling: the sparse weight
         /// gradient skips its zeros and gives the same bits.
-        fn check_sparse_weight_gradient(c: &ConvBatch, Operands { x, w, dy, dw0 }: &Operands) {
+        fn check_sparse_weight_gradient(c: &ConvBatch, operands: &Operands) {
+            let Operands { x, dy, dw0, .. } = operands;
+            let gemm = gemm_paths(c, operands);
             let (il, ol) = (c.in_len(), c.out_len());
             let mut col = vec![0.0; c.geom.col_len()];
             let sparse_dy: Vec<f32> = dy
@@ -850,8 +867,7 @@ mod tests {
                     let xi = &x[n * il..(n + 1) * il];
                     let dyi = &sparse_dy[n * ol..(n + 1) * ol];
                     let beta = if start_from_zero && n == 0 { 0.0 } else { 1.0 };
-                    let dw = Some((&mut by_gemm[..], beta));
-                    backward_image(SERIAL, c, xi, w, dyi, dw, None, &mut col);
+                    gemm.weight_gradient_by_gemm(xi, dyi, &mut by_gemm, beta, &mut col);
                     direct::sparse_weight_gradient_image(c, xi, dyi, &mut sparse, beta != 0.0);
                 }
                 assert!(

@@ -190,15 +190,50 @@ pub(super) fn forward_image(c: &ConvBatch, x: &[f32], w: &[f32], y: &mut [f32]) 
             let image = &image[grp * group_image..(grp + 1) * group_image];
             let w = &w[grp * go * kd..(grp + 1) * go * kd];
             let y = &mut y[grp * go * sp..(grp + 1) * go * sp];
+            let job = ForwardJob {
+                image,
+                offsets: &plan.offsets,
+                segments: &plan.segments,
+                kc,
+                sp,
+            };
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `applies` checked AVX2 and FMA. Every read lies in `image` (each offset
             // plus each segment start plus 7 is inside the padded image: `Plan::fill`), in `w`
             // (`go x kd`) and every write in `y` (`go x sp`).
             unsafe {
-                avx2::forward(image, &plan.offsets, &plan.segments, kc, w, y, sp)
+                avx2::forward(job, w, y)
             };
         }
     })
+}
+
+/// One group's forward product `y = W col(image)` as the kernel reads it, all but the weights
+/// and the outputs: the padded image read through the plan's `offsets` (one per column row,
+/// `kd` of them) at its output `segments`, the depth block `kc`, and the outputs per channel
+/// `sp` (the row length of `y`).
+#[derive(Clone, Copy)]
+struct ForwardJob<'a> {
+    image: &'a [f32],
+    offsets: &'a [usize],
+    segments: &'a [[usize; 2]],
+    kc: usize,
+    sp: usize,
+}
+
+/// One group's weight-gradient product `dw_t (+)= dy col(image)^T` as the kernel reads it, all
+/// but `dy_t` and `dw_t`: the padded image read through the plan's `offsets` (one per column
+/// row) at each output's position (`positions`), the depth block `kc` (in outputs), the
+/// channels `gop` of a row of `dy_t` and of `dw_t`, and whether to add onto `dw_t` (the GEMM's
+/// `beta = 1`).
+#[derive(Clone, Copy)]
+struct WeightGradientJob<'a> {
+    image: &'a [f32],
+    offsets: &'a [usize],
+    positions: &'a [usize],
+    kc: usize,
+    gop: usize,
+    accumulate: bool,
 }
 
 /// Channels of the transposed weight gradient: the group's output channels rounded up to
@@ -294,21 +329,20 @@ pub(super) fn weight_gradient_image(
                 }
                 let image = &image[grp * group_image..(grp + 1) * group_image];
                 let dw_t = &mut dw_t[grp * kd * gop..(grp + 1) * kd * gop];
+                let job = WeightGradientJob {
+                    image,
+                    offsets: &plan.offsets,
+                    positions: &plan.positions,
+                    kc,
+                    gop,
+                    accumulate,
+                };
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `applies` checked AVX2 and FMA. Reads: `image` at each offset plus
                 // each output's position (inside the padded image), `dy_t` (`sp x gop`);
                 // writes: `dw_t` (`kd x gop`).
                 unsafe {
-                    avx2::weight_gradient(
-                        image,
-                        &plan.offsets,
-                        &plan.positions,
-                        kc,
-                        dy_t,
-                        gop,
-                        dw_t,
-                        accumulate,
-                    )
+                    avx2::weight_gradient(job, dy_t, dw_t)
                 };
             }
         })
@@ -317,7 +351,7 @@ pub(super) fn weight_gradient_image(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{balanced, LANES, NR};
+    use super::{balanced, ForwardJob, WeightGradientJob, LANES, NR};
     use std::arch::x86_64::*;
 
     /// A depth block's sums into the running totals: stored when `first` (the GEMM's first
@@ -343,18 +377,11 @@ mod avx2 {
     /// `y = W col(image)` for one group: tiles of up to [`NR`] output channels by two output
     /// segments.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn forward(
-        image: &[f32],
-        offsets: &[usize],
-        segments: &[[usize; 2]],
-        kc: usize,
-        w: &[f32],
-        y: &mut [f32],
-        sp: usize,
-    ) {
-        let kd = offsets.len();
+    pub(super) unsafe fn forward(job: ForwardJob<'_>, w: &[f32], y: &mut [f32]) {
+        let ForwardJob { segments, sp, .. } = job;
+        let kd = job.offsets.len();
         let go = w.len() / kd;
-        let (image, y) = (image.as_ptr(), y.as_mut_ptr());
+        let y = y.as_mut_ptr();
         for channels in balanced(go, NR) {
             let (m0, rows) = (channels.start, channels.len());
             let w = w.as_ptr().add(m0 * kd);
@@ -362,7 +389,7 @@ mod avx2 {
             for pair in segments.chunks(2) {
                 macro_rules! tile {
                     ($r:literal, $v:literal) => {
-                        forward_tile::<$r, $v>(image, offsets, kc, pair, w, kd, y, sp)
+                        forward_tile::<$r, $v>(job, pair, w, y)
                     };
                 }
                 by_tile_size!(rows, pair.len(), tile)
@@ -370,21 +397,25 @@ mod avx2 {
         }
     }
 
-    /// `R` output channels by `V` segments of eight outputs: one multiply-add chain per output
-    /// and depth block of `kc`, the blocks' sums added in order.
+    /// `R` output channels (their weights at `w`, their outputs at `y`) by the `V` output
+    /// `segments` of eight outputs: one multiply-add chain per output and depth block of `kc`,
+    /// the blocks' sums added in order.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn forward_tile<const R: usize, const V: usize>(
-        image: *const f32,
-        offsets: &[usize],
-        kc: usize,
+        job: ForwardJob<'_>,
         segments: &[[usize; 2]],
         w: *const f32,
-        kd: usize,
         y: *mut f32,
-        sp: usize,
     ) {
+        let ForwardJob {
+            image,
+            offsets,
+            kc,
+            sp,
+            ..
+        } = job;
+        let (image, kd) = (image.as_ptr(), offsets.len());
         let src: [*const f32; V] = std::array::from_fn(|v| image.add(segments[v][0]));
         let mut total = [[_mm256_setzero_ps(); V]; R];
         for (b, block) in offsets.chunks(kc).enumerate() {
@@ -412,18 +443,13 @@ mod avx2 {
     /// `dw_t (+)= dy col(image)^T` for one group, transposed: tiles of up to [`NR`] column rows
     /// by two vectors of output channels.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn weight_gradient(
-        image: &[f32],
-        offsets: &[usize],
-        positions: &[usize],
-        kc: usize,
+        job: WeightGradientJob<'_>,
         dy_t: &[f32],
-        gop: usize,
         dw_t: &mut [f32],
-        accumulate: bool,
     ) {
-        let (image, dy_t, dw_t) = (image.as_ptr(), dy_t.as_ptr(), dw_t.as_mut_ptr());
+        let WeightGradientJob { offsets, gop, .. } = job;
+        let (dy_t, dw_t) = (dy_t.as_ptr(), dw_t.as_mut_ptr());
         let mut m0 = 0;
         while m0 < gop {
             let vectors = ((gop - m0) / LANES).min(2);
@@ -433,9 +459,7 @@ mod avx2 {
                 let dy = dy_t.add(m0);
                 macro_rules! tile {
                     ($r:literal, $v:literal) => {
-                        weight_gradient_tile::<$r, $v>(
-                            image, rows, positions, kc, dy, gop, out, accumulate,
-                        )
+                        weight_gradient_tile::<$r, $v>(job, rows, dy, out)
                     };
                 }
                 by_tile_size!(rows.len(), vectors, tile)
@@ -444,22 +468,27 @@ mod avx2 {
         }
     }
 
-    /// `R` column rows by `V` vectors of output channels: one multiply-add chain per weight
-    /// and depth block of `kc` outputs, the blocks' sums added in order onto `out` (or, without
-    /// `accumulate`, the first block's sum stored).
+    /// `R` column rows (their offsets `rows`) by `V` vectors of output channels (their `dy`
+    /// at `dy`, their sums at `out`): one multiply-add chain per weight and depth block of `kc`
+    /// outputs, the blocks' sums added in order onto `out` (or, without `accumulate`, the first
+    /// block's sum stored).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn weight_gradient_tile<const R: usize, const V: usize>(
-        image: *const f32,
+        job: WeightGradientJob<'_>,
         rows: &[usize],
-        positions: &[usize],
-        kc: usize,
         dy: *const f32,
-        gop: usize,
         out: *mut f32,
-        accumulate: bool,
     ) {
+        let WeightGradientJob {
+            image,
+            positions,
+            kc,
+            gop,
+            accumulate,
+            ..
+        } = job;
+        let image = image.as_ptr();
         let src: [*const f32; R] = std::array::from_fn(|r| image.add(rows[r]));
         let mut total = [[_mm256_setzero_ps(); V]; R];
         if accumulate {
