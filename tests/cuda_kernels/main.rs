@@ -130,6 +130,7 @@ fn every_kernel_file_compiles_with_nvrtc() {
     assert!(std::sync::Arc::ptr_eq(&first, &again));
 }
 
+mod backend;
 mod device;
 mod elementwise;
 mod loss_solver_random;
