@@ -1,5 +1,6 @@
-//! Element-wise kernels (kernels/elementwise.cu, activations.cu) and the whole-buffer
-//! reductions, emulated, against the CPU ops.
+//! Element-wise kernels (kernels/elementwise.cu, activations.cu), emulated on a small grid,
+//! out of place and in place, against the CPU ops. (The whole-buffer reductions' two launches
+//! are checked through the backend, in `backend.rs`.)
 
 use super::*;
 
@@ -362,55 +363,4 @@ fn blas1_and_binary_ops_match_cpu() {
         y.as_mut_ptr()
     ));
     check("power", &y, want.as_slice(), Tol::Rel(2e-6));
-}
-
-/// The whole-buffer reductions as the CUDA backend runs them: partial sums per emulated
-/// thread, then one thread adding them (which also scales by `sum_into`'s alpha).
-#[test]
-fn reductions_match_cpu() {
-    let n = 5000;
-    let c = cpu();
-    let x = rand_vec(12, n, -1.0, 1.0);
-    let y = rand_vec(13, n, -1.0, 1.0);
-    let (xb, yb) = (buf(&x), buf(&y));
-    let threads = (GRID * BLOCK) as usize;
-    let magnitude: f32 = x.iter().map(|v| v.abs()).sum::<f32>() + n as f32;
-    for (kind, name) in [(0, "sum"), (1, "asum"), (2, "sumsq"), (3, "dot")] {
-        let want = match kind {
-            0 => c.sum(n, &xb, 0),
-            1 => c.asum(n, &xb, 0),
-            2 => c.sumsq(n, &xb, 0),
-            _ => c.dot(n, &xb, 0, &yb, 0),
-        }
-        .unwrap();
-        let mut partial = vec![f32::NAN; threads];
-        emu!(k::reduce_partial(
-            int(n),
-            kind,
-            x.as_ptr(),
-            y.as_ptr(),
-            partial.as_mut_ptr()
-        ));
-        let mut got = [f32::NAN];
-        emu!(k::sum_partials(
-            int(threads),
-            partial.as_ptr(),
-            1.0,
-            got.as_mut_ptr()
-        ));
-        check(name, &got, &[want], Tol::Abs(1e-6 * magnitude));
-
-        if kind == 0 {
-            let mut want = buf(&[f32::NAN; 2]);
-            c.sum_into(n, -0.5, &xb, 0, &mut want, 1).unwrap();
-            emu!(k::sum_partials(
-                int(threads),
-                partial.as_ptr(),
-                -0.5,
-                got.as_mut_ptr()
-            ));
-            let want = &want.as_slice()[1..];
-            check("sum_into", &got, want, Tol::Abs(0.5e-6 * magnitude));
-        }
-    }
 }
