@@ -130,8 +130,7 @@ pub fn read_file(stem: &str, source: &str) -> Result<Vec<KernelSignature>, Strin
         // otherwise be missed without a word.
         let Some(rest) = code.trim_start().strip_prefix(PROTOTYPE) else {
             return Err(at(format!(
-                "a kernel must be declared on one line starting `{}<name>(`",
-                PROTOTYPE.trim_end()
+                "a kernel must be declared on one line starting `{PROTOTYPE}<name>(`"
             )));
         };
         let (name, mut params) = rest
@@ -204,7 +203,7 @@ fn check_identifier(name: &str) -> Result<(), String> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !snake || RUST_KEYWORDS.contains(&name) {
         return Err(format!(
-            "`{name}` is not a lower snake case name usable in Rust"
+            "`{name}` is not a name usable in Rust (lower snake case, not a keyword)"
         ));
     }
     Ok(())
