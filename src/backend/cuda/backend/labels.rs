@@ -3,13 +3,13 @@
 
 use super::*;
 
-impl CudaBackend {
+impl<R: DeviceRuntime> CudaBackend<R> {
     /// Labels of `labels[off..off + n]`, downloaded and checked on the host as the CPU backend
     /// checks them ([`crate::backend::check_labels`]).
     pub(super) fn check_labels(
         &self,
         op: &'static str,
-        label: &CudaBuffer,
+        label: &CudaBuffer<R>,
         off: usize,
         n: usize,
         ignore: Option<i32>,
@@ -28,16 +28,16 @@ impl CudaBackend {
     pub(super) fn check_labels_unless_capturing(
         &self,
         op: &'static str,
-        label: &CudaBuffer,
+        label: &CudaBuffer<R>,
         off: usize,
         n: usize,
         ignore: Option<i32>,
         dim: usize,
-    ) -> Result<Arg> {
+    ) -> Result<WritePtr> {
         if !self.capturing() {
             self.check_labels(op, label, off, n, ignore, dim)?;
         }
-        Self::ptr(
+        Self::write(
             op,
             "label_error",
             &self.inner.label_error,
@@ -59,15 +59,18 @@ impl CudaBackend {
             return Ok(());
         }
         let [_, label, dim] = report;
-        let word = Self::ptr(
+        let word = Self::write(
             op,
             "label_error",
             &self.inner.label_error,
             0,
             LABEL_ERROR_LEN,
         )?;
-        let len = Arg::I(LABEL_ERROR_LEN as i32);
-        self.launch(op, "set", LABEL_ERROR_LEN, &[len, Arg::F(0.0), word])?;
+        self.grid_stride(op, LABEL_ERROR_LEN).run(kernels::Set {
+            n: LABEL_ERROR_LEN as i32,
+            value: 0.0,
+            y: word,
+        })?;
         Err(invalid(
             op,
             format!("label {label} is outside 0..{dim} (found by a kernel of the replayed graph)"),
