@@ -18,8 +18,9 @@
 //! graph is captured they cannot: `gather_at_label`, `affine_at_label` and `top_k_hits` then
 //! leave the check to their kernels, which report a bad label in a word of device memory that
 //! every replay reads back (and fails on).
-//! `max_pool_backward` does not validate its mask (the CPU op rejects an index outside the
-//! plane): a mask written by `max_pool_forward` is always valid, and any other entry is skipped.
+//! Max pooling's `pool_backward` does not validate its mask (the CPU op rejects an index
+//! outside the plane): a mask written by `pool_forward` is always valid, and any other entry is
+//! skipped.
 //!
 //! Whole-iteration replay: [`Backend::begin_capture`] starts a recording (on a GPU, a CUDA graph
 //! capture of the compute stream), [`Backend::end_capture`] ends it. While capturing, every op that
@@ -32,14 +33,17 @@
 //! them) and leave their result on the device; those that return a value download just it. The
 //! fills that take the host's [`Rng`]
 //! (weight fillers, at setup) draw on the host and upload; Dropout's masks come from
-//! `rng_bernoulli_stream`, drawn on the device.
+//! `bernoulli_stream`, drawn on the device.
 
 use super::cudarc_runtime::{dev_err, CudarcRuntime};
 use super::kernels::{self, KernelCall, ReadPtr, WritePtr};
 use super::runtime::DeviceRuntime;
+use crate::backend::view::length_mismatch;
 use crate::backend::{
-    check_probability, check_range, invalid, philox, Backend, BackendError, CapturedWork, ConvGeom,
-    DeviceBuffer, LrnGeom, PoolGeom, Result, Rng, Scalar, Src, Transpose, UpdateRule,
+    check_probability, check_range, invalid, philox, Activation, Axis, AxisReduction, Backend,
+    BackendError, Binary, Block, Broadcast, Capabilities, CapturedWork, ConvGeom, DeviceBuffer,
+    Distribution, Gemm, Gemv, Labels, LrnGeom, LrnSaved, PoolGeom, Pooling, Reduction, Result, Rng,
+    Scalar, Slice, SliceMut, Src, Transpose, Unary, UpdateRule, Views,
 };
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,6 +123,17 @@ impl<R: DeviceRuntime> fmt::Debug for CudaBackend<R> {
             .field("runtime", &self.inner.runtime)
             .finish()
     }
+}
+
+/// How much of a view an op touches, which the view must match.
+#[derive(Clone, Copy, Debug)]
+enum Extent {
+    /// All of it: an element-wise op's output, whose length is the op's.
+    Whole,
+    /// All of it, and it must be this long: an element-wise op's input.
+    Exactly(usize),
+    /// Its first elements, at least this many: what a geometry addresses from its start.
+    AtLeast(usize),
 }
 
 fn int(op: &'static str, v: usize) -> Result<i32> {
@@ -360,29 +375,61 @@ impl<R: DeviceRuntime> CudaBackend<R> {
         }
     }
 
-    /// The device address of `buf[off..off + len]`, bounds-checked, for a kernel to read.
+    /// The device address of the view `buf[off..off + len]` once it is checked to lie inside
+    /// its buffer and to hold what `extent` says the op touches.
+    fn address(
+        op: &'static str,
+        arg: &'static str,
+        (buf, off, len): (&CudaBuffer<R>, usize, usize),
+        extent: Extent,
+    ) -> Result<u64> {
+        check_range(op, arg, buf.len(), off, len)?;
+        match extent {
+            Extent::Exactly(want) if len != want => {
+                return Err(length_mismatch(op, arg, len, want));
+            }
+            Extent::AtLeast(want) if len < want => {
+                return Err(invalid(
+                    op,
+                    format!("{arg} has {len} elements, the op needs at least {want}"),
+                ));
+            }
+            _ => {}
+        }
+        // In range: `off <= buf.len`, so the byte offset cannot overflow.
+        Ok(buf.base + (off * 4) as u64)
+    }
+
+    /// The device address of the view `x`, checked, for a kernel to read.
     fn read(
         op: &'static str,
         arg: &'static str,
-        buf: &CudaBuffer<R>,
-        off: usize,
-        len: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        extent: Extent,
     ) -> Result<ReadPtr> {
-        check_range(op, arg, buf.len(), off, len)?;
-        Ok(ReadPtr::new(buf.base + (off * 4) as u64))
+        Self::address(op, arg, (x.buf, x.off, x.len), extent).map(ReadPtr::new)
     }
 
-    /// The device address of `buf[off..off + len]`, bounds-checked, for a kernel to write.
-    /// Takes a shared buffer as the device-side report words are written behind `&self`.
+    /// The device address of the view `y`, checked, for a kernel to write.
     fn write(
+        op: &'static str,
+        arg: &'static str,
+        y: &SliceMut<'_, CudaBuffer<R>>,
+        extent: Extent,
+    ) -> Result<WritePtr> {
+        Self::address(op, arg, (&*y.buf, y.off, y.len), extent).map(WritePtr::new)
+    }
+
+    /// The address of `len` elements of a buffer of the backend's own (scratch, reports),
+    /// written behind `&self`.
+    fn scratch(
         op: &'static str,
         arg: &'static str,
         buf: &CudaBuffer<R>,
         off: usize,
         len: usize,
     ) -> Result<WritePtr> {
-        check_range(op, arg, buf.len(), off, len)?;
-        Ok(WritePtr::new(buf.base + (off * 4) as u64))
+        Self::address(op, arg, (buf, off, len), Extent::Whole).map(WritePtr::new)
     }
 
     /// An input that may be the output: `out` is the output's address.
@@ -390,11 +437,11 @@ impl<R: DeviceRuntime> CudaBackend<R> {
         op: &'static str,
         arg: &'static str,
         s: Src<'_, CudaBuffer<R>>,
-        len: usize,
+        extent: Extent,
         out: WritePtr,
     ) -> Result<ReadPtr> {
         match s {
-            Src::At(b, off) => Self::read(op, arg, b, off, len),
+            Src::Slice(x) => Self::read(op, arg, x, extent),
             Src::InPlace => Ok(out.as_read()),
         }
     }
@@ -408,56 +455,39 @@ impl<R: DeviceRuntime> CudaBackend<R> {
     ) -> Result<(ReadPtr, f32)> {
         match s {
             Scalar::Value(v) => Ok((ReadPtr::NULL, v)),
-            Scalar::At(buf, off) => Ok((Self::read(op, arg, buf, off, 1)?, 0.0)),
+            Scalar::At(buf, off) => {
+                Ok((Self::read(op, arg, buf.slice(off, 1), Extent::Whole)?, 0.0))
+            }
         }
     }
 
-    /// `y = f(x)` by a kernel `(n, x, y)`; `call` builds its arguments.
+    /// `y = f(x)` element-wise by a kernel `(n, x, y)`; `call` builds its arguments.
     fn map1<K: KernelCall>(
         &self,
         op: &'static str,
-        n: usize,
         x: Src<'_, CudaBuffer<R>>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
         call: impl FnOnce(i32, ReadPtr, WritePtr) -> K,
     ) -> Result<()> {
-        let yp = Self::write(op, "y", y, y_off, n)?;
-        let xp = Self::src(op, "x", x, n, yp)?;
+        let n = y.len;
+        let yp = Self::write(op, "y", &y, Extent::Whole)?;
+        let xp = Self::src(op, "x", x, Extent::Exactly(n), yp)?;
         self.grid_stride(op, n).run(call(int(op, n)?, xp, yp))
     }
 
-    /// `y = f(a, b)` by a kernel `(n, a, b, y)`; `call` builds its arguments.
+    /// `y = f(a, b)` element-wise by a kernel `(n, a, b, y)`; `call` builds its arguments.
     fn map2<K: KernelCall>(
         &self,
         op: &'static str,
-        n: usize,
         (a, b): (Src<'_, CudaBuffer<R>>, Src<'_, CudaBuffer<R>>),
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
         call: impl FnOnce(i32, ReadPtr, ReadPtr, WritePtr) -> K,
     ) -> Result<()> {
-        let yp = Self::write(op, "y", y, y_off, n)?;
-        let ap = Self::src(op, "a", a, n, yp)?;
-        let bp = Self::src(op, "b", b, n, yp)?;
+        let n = y.len;
+        let yp = Self::write(op, "y", &y, Extent::Whole)?;
+        let ap = Self::src(op, "a", a, Extent::Exactly(n), yp)?;
+        let bp = Self::src(op, "b", b, Extent::Exactly(n), yp)?;
         self.grid_stride(op, n).run(call(int(op, n)?, ap, bp, yp))
-    }
-
-    /// `dx = f(fwd, dy)` for the activations' backward kernels `(n, [scalar], fwd, dy, dx)`;
-    /// `call` builds their arguments.
-    fn backward<K: KernelCall>(
-        &self,
-        op: &'static str,
-        n: usize,
-        (fwd, fwd_off): (&CudaBuffer<R>, usize),
-        dy: Src<'_, CudaBuffer<R>>,
-        (dx, dx_off): (&mut CudaBuffer<R>, usize),
-        call: impl FnOnce(i32, ReadPtr, ReadPtr, WritePtr) -> K,
-    ) -> Result<()> {
-        let dxp = Self::write(op, "dx", dx, dx_off, n)?;
-        let fp = Self::read(op, "x", fwd, fwd_off, n)?;
-        let dyp = Self::src(op, "dy", dy, n, dxp)?;
-        self.grid_stride(op, n).run(call(int(op, n)?, fp, dyp, dxp))
     }
 
     /// The whole-buffer reductions' scratch (see [`Inner::partials`]).
@@ -482,7 +512,7 @@ impl<R: DeviceRuntime> CudaBackend<R> {
     ) -> Result<()> {
         let blocks = n.div_ceil(BLOCK as usize).clamp(1, REDUCE_BLOCKS);
         let parts = blocks * BLOCK as usize;
-        let partial = Self::write(op, "partial", partials, 0, parts)?;
+        let partial = Self::scratch(op, "partial", partials, 0, parts)?;
         self.blocks(op, blocks).run(kernels::ReducePartial {
             n: int(op, n)?,
             kind,
@@ -499,29 +529,23 @@ impl<R: DeviceRuntime> CudaBackend<R> {
     }
 
     /// A reduction returned to the host: [`Self::reduce_into`] the scratch's result slot, then
-    /// one value downloaded.
-    fn reduce(
+    /// one value downloaded. `y` is the second operand (`x` itself for one-operand sums).
+    fn reduce_to_host(
         &self,
         op: &'static str,
         kind: i32,
         n: usize,
-        (x, x_off): (&CudaBuffer<R>, usize),
-        y: Option<(&CudaBuffer<R>, usize)>,
+        (x, y): (ReadPtr, ReadPtr),
     ) -> Result<f32> {
         self.host_guard(op)?;
         if n == 0 {
             return Ok(0.0);
         }
-        let xp = Self::read(op, "x", x, x_off, n)?;
-        let yp = match y {
-            Some((b, off)) => Self::read(op, "y", b, off, n)?,
-            None => xp,
-        };
         let partials = self.partials(op)?;
-        let slot = Self::write(op, "result", &partials, PARTIALS, 1)?;
-        self.reduce_into(op, kind, n, (xp, yp), (1.0, slot), &partials)?;
+        let slot = Self::scratch(op, "result", &partials, PARTIALS, 1)?;
+        self.reduce_into(op, kind, n, (x, y), (1.0, slot), &partials)?;
         let mut value = [0f32];
-        self.download(&partials, PARTIALS, &mut value)?;
+        Backend::download(self, partials.slice(PARTIALS, 1), &mut value)?;
         Ok(value[0])
     }
 
@@ -531,7 +555,11 @@ impl<R: DeviceRuntime> CudaBackend<R> {
     }
 
     /// `(outer, dim, inner)` as the axis kernels take them.
-    fn axis_ints(op: &'static str, outer: usize, dim: usize, inner: usize) -> Result<[i32; 3]> {
-        Ok([int(op, outer)?, int(op, dim)?, int(op, inner)?])
+    fn axis_ints(op: &'static str, axis: Axis) -> Result<[i32; 3]> {
+        Ok([
+            int(op, axis.outer)?,
+            int(op, axis.dim)?,
+            int(op, axis.inner)?,
+        ])
     }
 }

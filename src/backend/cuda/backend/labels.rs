@@ -4,21 +4,19 @@
 use super::*;
 
 impl<R: DeviceRuntime> CudaBackend<R> {
-    /// Labels of `labels[off..off + n]`, downloaded and checked on the host as the CPU backend
-    /// checks them ([`crate::backend::check_labels`]).
+    /// The labels `labels`, downloaded and checked on the host as the CPU backend checks them
+    /// ([`crate::backend::check_labels`]).
     pub(super) fn check_labels(
         &self,
         op: &'static str,
-        label: &CudaBuffer<R>,
-        off: usize,
-        n: usize,
+        labels: Slice<'_, CudaBuffer<R>>,
         ignore: Option<i32>,
         dim: usize,
     ) -> Result<()> {
         self.host_guard(op)?;
-        check_range(op, "label", label.len(), off, n)?;
-        let mut host = vec![0f32; n];
-        Backend::download(self, label.slice(off, n), &mut host)?;
+        labels.range(op, "labels")?;
+        let mut host = vec![0f32; labels.len];
+        Backend::download(self, labels, &mut host)?;
         crate::backend::check_labels(op, &host, ignore, dim)
     }
 
@@ -28,16 +26,19 @@ impl<R: DeviceRuntime> CudaBackend<R> {
     pub(super) fn check_labels_unless_capturing(
         &self,
         op: &'static str,
-        label: &CudaBuffer<R>,
-        off: usize,
-        n: usize,
+        labels: Slice<'_, CudaBuffer<R>>,
         ignore: Option<i32>,
         dim: usize,
     ) -> Result<WritePtr> {
         if !self.capturing() {
-            self.check_labels(op, label, off, n, ignore, dim)?;
+            self.check_labels(op, labels, ignore, dim)?;
         }
-        Self::write(
+        self.label_error_word(op)
+    }
+
+    /// The address of the label-indexed kernels' report.
+    fn label_error_word(&self, op: &'static str) -> Result<WritePtr> {
+        Self::scratch(
             op,
             "label_error",
             &self.inner.label_error,
@@ -50,26 +51,15 @@ impl<R: DeviceRuntime> CudaBackend<R> {
     /// the report. Waits for the stream.
     pub(super) fn take_label_error(&self, op: &'static str) -> Result<()> {
         let mut report = [0f32; LABEL_ERROR_LEN];
-        Backend::download(
-            self,
-            self.inner.label_error.slice(0, LABEL_ERROR_LEN),
-            &mut report,
-        )?;
+        Backend::download(self, self.inner.label_error.whole(), &mut report)?;
         if report[0] == 0.0 {
             return Ok(());
         }
         let [_, label, dim] = report;
-        let word = Self::write(
-            op,
-            "label_error",
-            &self.inner.label_error,
-            0,
-            LABEL_ERROR_LEN,
-        )?;
         self.grid_stride(op, LABEL_ERROR_LEN).run(kernels::Set {
             n: LABEL_ERROR_LEN as i32,
             value: 0.0,
-            y: word,
+            y: self.label_error_word(op)?,
         })?;
         Err(invalid(
             op,

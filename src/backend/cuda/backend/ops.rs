@@ -2,7 +2,7 @@
 //! through the helpers of the [parent module](super).
 
 use super::*;
-use crate::backend::cuda::runtime::{Gemm, Gemv};
+use crate::backend::cuda::runtime;
 use crate::backend::{copy_2d_spans, gemm_spans};
 
 /// Recorded work (a CUDA graph on a GPU) with the backend whose buffers it addresses.
@@ -25,47 +25,24 @@ impl<R: DeviceRuntime> CapturedWork for Replay<R> {
     }
 }
 
-/// An op `y = f(x)` by the kernel `$kernel (n, x, y)`.
-macro_rules! unary {
-    ($name:ident, $kernel:ident) => {
-        fn $name(
-            &self,
-            n: usize,
-            x: Src<'_, CudaBuffer<R>>,
-            y: &mut CudaBuffer<R>,
-            y_off: usize,
-        ) -> Result<()> {
-            self.map1(stringify!($name), n, x, y, y_off, |n, x, y| {
-                kernels::$kernel { n, x, y }
-            })
-        }
-    };
-}
-
-/// An op `y = f(a, b)` by the kernel `$kernel (n, a, b, y)`.
-macro_rules! binary {
-    ($name:ident, $kernel:ident) => {
-        fn $name(
-            &self,
-            n: usize,
-            a: Src<'_, CudaBuffer<R>>,
-            b: Src<'_, CudaBuffer<R>>,
-            y: &mut CudaBuffer<R>,
-            y_off: usize,
-        ) -> Result<()> {
-            self.map2(stringify!($name), n, (a, b), y, y_off, |n, a, b, y| {
-                kernels::$kernel { n, a, b, y }
-            })
-        }
-    };
+/// The code of a [`Binary`] op as `broadcast_over_axis` and `broadcast_per_channel` take it
+/// (kernels/axis.cu).
+fn binary_code(op: Binary) -> i32 {
+    match op {
+        Binary::Add => 0,
+        Binary::Sub => 1,
+        Binary::Mul => 2,
+        Binary::Div => 3,
+        Binary::Max => 4,
+        Binary::PRelu => 5,
+        Binary::SigmoidCrossEntropy => 6,
+    }
 }
 
 impl<R: DeviceRuntime> Backend for CudaBackend<R> {
     type Buffer = CudaBuffer<R>;
 
-    fn name(&self) -> &'static str {
-        "CUDA"
-    }
+    const NAME: &'static str = "CUDA";
 
     fn alloc(&self, len: usize) -> Result<CudaBuffer<R>> {
         // An allocation inside a capture would become graph-owned memory.
@@ -73,9 +50,9 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         Self::alloc_on(&self.inner.runtime, "alloc", len)
     }
 
-    fn upload(&self, src: &[f32], dst: &mut CudaBuffer<R>, dst_off: usize) -> Result<()> {
+    fn upload(&self, src: &[f32], dst: SliceMut<'_, CudaBuffer<R>>) -> Result<()> {
         const OP: &str = "upload";
-        let p = Self::write(OP, "dst", dst, dst_off, src.len())?;
+        let p = Self::write(OP, "dst", &dst, Extent::Exactly(src.len()))?;
         self.host_guard(OP)?;
         if src.is_empty() {
             return Ok(());
@@ -84,9 +61,9 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         unsafe { self.inner.runtime.upload(OP, src, p) }
     }
 
-    fn download(&self, src: &CudaBuffer<R>, src_off: usize, dst: &mut [f32]) -> Result<()> {
+    fn download(&self, src: Slice<'_, CudaBuffer<R>>, dst: &mut [f32]) -> Result<()> {
         const OP: &str = "download";
-        let p = Self::read(OP, "src", src, src_off, dst.len())?;
+        let p = Self::read(OP, "src", src, Extent::Exactly(dst.len()))?;
         self.host_guard(OP)?;
         if dst.is_empty() {
             return Ok(());
@@ -95,17 +72,8 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         unsafe { self.inner.runtime.download(OP, p, dst) }
     }
 
-    fn copy(
-        &self,
-        n: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        self.map1("copy", n, Src::At(x, x_off), y, y_off, |n, x, y| {
-            kernels::Copy { n, x, y }
-        })
+    fn copy(&self, x: Slice<'_, CudaBuffer<R>>, y: SliceMut<'_, CudaBuffer<R>>) -> Result<()> {
+        self.map1("copy", x.src(), y, |n, x, y| kernels::Copy { n, x, y })
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -113,25 +81,29 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         self.inner.runtime.synchronize("synchronize")
     }
 
-    fn has_fused_updates(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fused_updates: true,
+            capture: true,
+            conv_scratch: false,
+        }
     }
 
     fn fused_update(
         &self,
         rule: &UpdateRule,
-        n: usize,
         step: Scalar<'_, CudaBuffer<R>>,
-        g: &mut CudaBuffer<R>,
-        history: &mut CudaBuffer<R>,
-        history2: Option<&mut CudaBuffer<R>>,
+        g: SliceMut<'_, CudaBuffer<R>>,
+        history: SliceMut<'_, CudaBuffer<R>>,
+        history2: Option<SliceMut<'_, CudaBuffer<R>>>,
     ) -> Result<()> {
         const OP: &str = "fused_update";
+        let n = g.len;
         let (step_at, step) = Self::scalar(OP, "step", step)?;
-        let g = Self::write(OP, "g", g, 0, n)?;
-        let h = Self::write(OP, "history", history, 0, n)?;
-        let second_history = || match history2.as_deref() {
-            Some(h2) => Self::write(OP, "history2", h2, 0, n),
+        let g = Self::write(OP, "g", &g, Extent::Whole)?;
+        let h = Self::write(OP, "history", &history, Extent::Exactly(n))?;
+        let second_history = || match &history2 {
+            Some(h2) => Self::write(OP, "history2", h2, Extent::Exactly(n)),
             None => Err(invalid(
                 OP,
                 format!("{} needs a second history", rule.type_name()),
@@ -214,10 +186,6 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         Ok(true)
     }
 
-    fn can_capture(&self) -> bool {
-        true
-    }
-
     fn end_capture(&self) -> Result<Option<Box<dyn CapturedWork>>> {
         const OP: &str = "end_capture";
         if !self.inner.capturing.swap(false, Ordering::AcqRel) {
@@ -234,9 +202,10 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         }))
     }
 
-    fn set(&self, n: usize, value: f32, y: &mut CudaBuffer<R>, y_off: usize) -> Result<()> {
-        const OP: &str = "set";
-        let y = Self::write(OP, "y", y, y_off, n)?;
+    fn fill(&self, value: f32, y: SliceMut<'_, CudaBuffer<R>>) -> Result<()> {
+        const OP: &str = "fill";
+        let n = y.len;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
         self.grid_stride(OP, n).run(kernels::Set {
             n: int(OP, n)?,
             value,
@@ -244,63 +213,35 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         })
     }
 
-    fn add_scalar(&self, n: usize, value: f32, y: &mut CudaBuffer<R>, y_off: usize) -> Result<()> {
-        const OP: &str = "add_scalar";
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        self.grid_stride(OP, n).run(kernels::AddScalar {
-            n: int(OP, n)?,
-            value,
-            y,
-        })
-    }
-
-    // The fills draw on the host with the CPU backend's generator and upload: only the
-    // distribution is specified, and this keeps a net's initialisation identical across
-    // backends.
-    fn rng_uniform(
+    // Drawn on the host with the CPU backend's generator and uploaded, as upstream's GPU
+    // fillers: only the distribution is specified, and this keeps a net's initialisation
+    // identical across backends.
+    fn random(
         &self,
-        n: usize,
-        lo: f32,
-        hi: f32,
+        dist: Distribution,
         rng: &mut Rng,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        self.host_guard("rng_uniform")?;
-        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
-        crate::backend::CpuBackend::new(1)?.rng_uniform(n, lo, hi, rng, &mut host, 0)?;
-        self.upload(host.as_slice(), y, y_off)
+        const OP: &str = "random";
+        Self::write(OP, "y", &y, Extent::Whole)?;
+        self.host_guard(OP)?;
+        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; y.len]);
+        crate::backend::CpuBackend::new(1)?.random(dist, rng, host.whole_mut())?;
+        self.upload(host.as_slice(), y)
     }
 
-    fn rng_gaussian(
+    fn bernoulli_stream(
         &self,
-        n: usize,
-        mean: f32,
-        std: f32,
-        rng: &mut Rng,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        self.host_guard("rng_gaussian")?;
-        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
-        crate::backend::CpuBackend::new(1)?.rng_gaussian(n, mean, std, rng, &mut host, 0)?;
-        self.upload(host.as_slice(), y, y_off)
-    }
-
-    fn rng_bernoulli_stream(
-        &self,
-        n: usize,
         p: f32,
-        state: &mut CudaBuffer<R>,
-        state_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        state: SliceMut<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "rng_bernoulli_stream";
+        const OP: &str = "bernoulli_stream";
         check_probability(OP, p)?;
+        let state = Self::write(OP, "state", &state, Extent::AtLeast(philox::STATE_LEN))?;
+        let n = y.len;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
         let groups = philox::group_count(OP, n)? as usize;
-        let state = Self::write(OP, "state", state, state_off, philox::STATE_LEN)?;
-        let y = Self::write(OP, "y", y, y_off, n)?;
         self.grid_stride(OP, groups).run(kernels::BernoulliStream {
             n: int(OP, n)?,
             groups: int(OP, groups)?,
@@ -312,63 +253,41 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
             .run(kernels::AdvanceStream { n: 1, state })
     }
 
-    fn rng_bernoulli(
-        &self,
-        n: usize,
-        p: f32,
-        rng: &mut Rng,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        self.host_guard("rng_bernoulli")?;
-        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; n]);
-        crate::backend::CpuBackend::new(1)?.rng_bernoulli(n, p, rng, &mut host, 0)?;
-        self.upload(host.as_slice(), y, y_off)
-    }
-
     fn gemm(
         &self,
-        trans_a: Transpose,
-        trans_b: Transpose,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &CudaBuffer<R>,
-        a_off: usize,
-        lda: usize,
-        b: &CudaBuffer<R>,
-        b_off: usize,
-        ldb: usize,
-        beta: f32,
-        c: &mut CudaBuffer<R>,
-        c_off: usize,
-        ldc: usize,
+        g: &Gemm,
+        a: Slice<'_, CudaBuffer<R>>,
+        b: Slice<'_, CudaBuffer<R>>,
+        c: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "gemm";
-        let [a_span, b_span, c_span] =
-            gemm_spans(OP, (trans_a, trans_b), (m, n, k), (lda, ldb, ldc))?;
-        if m == 0 || n == 0 {
+        let [a_span, b_span, c_span] = gemm_spans(
+            OP,
+            (g.trans_a, g.trans_b),
+            (g.m, g.n, g.k),
+            (g.lda, g.ldb, g.ldc),
+        )?;
+        let a = Self::read(OP, "a", a, Extent::AtLeast(a_span))?;
+        let b = Self::read(OP, "b", b, Extent::AtLeast(b_span))?;
+        let c = Self::write(OP, "c", &c, Extent::AtLeast(c_span))?;
+        if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        let a = Self::read(OP, "a", a, a_off, a_span)?;
-        let b = Self::read(OP, "b", b, b_off, b_span)?;
-        let c = Self::write(OP, "c", c, c_off, c_span)?;
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-        let product = Gemm {
-            trans_a: trans_b,
-            trans_b: trans_a,
-            m: int(OP, n)?,
-            n: int(OP, m)?,
-            k: int(OP, k)?,
-            alpha,
+        let product = runtime::Gemm {
+            trans_a: g.trans_b,
+            trans_b: g.trans_a,
+            m: int(OP, g.n)?,
+            n: int(OP, g.m)?,
+            k: int(OP, g.k)?,
+            alpha: g.alpha,
             a: b,
-            lda: int(OP, ldb)?,
+            lda: int(OP, g.ldb)?,
             b: a,
-            ldb: int(OP, lda)?,
-            beta,
+            ldb: int(OP, g.lda)?,
+            beta: g.beta,
             c,
-            ldc: int(OP, ldc)?,
+            ldc: int(OP, g.ldc)?,
         };
         // SAFETY: the ranges were checked above.
         unsafe { self.inner.runtime.gemm(OP, &product) }
@@ -376,86 +295,62 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn gemv(
         &self,
-        trans_a: Transpose,
-        m: usize,
-        n: usize,
-        alpha: f32,
-        a: &CudaBuffer<R>,
-        a_off: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        beta: f32,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        g: &Gemv,
+        a: Slice<'_, CudaBuffer<R>>,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "gemv";
-        let (xl, yl) = if trans_a == Transpose::NoTrans {
-            (n, m)
-        } else {
-            (m, n)
+        let (x_len, y_len) = match g.trans {
+            Transpose::NoTrans => (g.n, g.m),
+            Transpose::Trans => (g.m, g.n),
         };
-        if yl == 0 {
+        let a = Self::read(OP, "a", a, Extent::AtLeast(g.m * g.n))?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(x_len))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(y_len))?;
+        if y_len == 0 {
             return Ok(());
         }
-        let a = Self::read(OP, "a", a, a_off, m * n)?;
-        let x = Self::read(OP, "x", x, x_off, xl)?;
-        let y = Self::write(OP, "y", y, y_off, yl)?;
         // Row-major m x n A is column-major n x m A^T: flip the transpose.
-        let trans = match trans_a {
+        let trans = match g.trans {
             Transpose::NoTrans => Transpose::Trans,
             Transpose::Trans => Transpose::NoTrans,
         };
-        let product = Gemv {
+        let product = runtime::Gemv {
             trans,
-            m: int(OP, n)?,
-            n: int(OP, m)?,
-            alpha,
+            m: int(OP, g.n)?,
+            n: int(OP, g.m)?,
+            alpha: g.alpha,
             a,
-            lda: int(OP, n.max(1))?,
+            lda: int(OP, g.n.max(1))?,
             x,
-            beta,
+            beta: g.beta,
             y,
         };
         // SAFETY: the ranges were checked above.
         unsafe { self.inner.runtime.gemv(OP, &product) }
     }
 
-    fn axpy(
+    fn axpby(
         &self,
-        n: usize,
-        alpha: f32,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "axpy";
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        let x = Self::read(OP, "x", x, x_off, n)?;
-        self.grid_stride(OP, n).run(kernels::Axpy {
-            n: int(OP, n)?,
-            alpha,
-            x,
-            y,
-        })
-    }
-
-    fn axpby<'a>(
-        &self,
-        n: usize,
-        alpha: impl Into<Scalar<'a, CudaBuffer<R>>>,
-        x: &CudaBuffer<R>,
-        x_off: usize,
+        alpha: Scalar<'_, CudaBuffer<R>>,
+        x: Slice<'_, CudaBuffer<R>>,
         beta: f32,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "axpby";
-        let (alpha_at, alpha) = Self::scalar(OP, "alpha", alpha.into())?;
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        let x = Self::read(OP, "x", x, x_off, n)?;
-        self.grid_stride(OP, n).run(kernels::Axpby {
-            n: int(OP, n)?,
+        let n = y.len;
+        let (alpha_at, alpha) = Self::scalar(OP, "alpha", alpha)?;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        let x = Self::read(OP, "x", x, Extent::Exactly(n))?;
+        let grid = self.grid_stride(OP, n);
+        let n = int(OP, n)?;
+        // Upstream's axpy, without the multiply by 1 (the CPU op's form, to the bit).
+        if alpha_at == ReadPtr::NULL && beta == 1.0 {
+            return grid.run(kernels::Axpy { n, alpha, x, y });
+        }
+        grid.run(kernels::Axpby {
+            n,
             alpha_at,
             alpha,
             x,
@@ -464,20 +359,16 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         })
     }
 
-    fn scale<'a>(
+    fn scale(
         &self,
-        n: usize,
-        alpha: impl Into<Scalar<'a, CudaBuffer<R>>>,
+        alpha: Scalar<'_, CudaBuffer<R>>,
         x: Src<'_, CudaBuffer<R>>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "scale";
-        let (alpha_at, alpha) = Self::scalar(OP, "alpha", alpha.into())?;
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        let x = Self::src(OP, "x", x, n, y)?;
-        self.grid_stride(OP, n).run(kernels::Scale {
-            n: int(OP, n)?,
+        let (alpha_at, alpha) = Self::scalar(OP, "alpha", alpha)?;
+        self.map1(OP, x, y, |n, x, y| kernels::Scale {
+            n,
             alpha_at,
             alpha,
             x,
@@ -485,443 +376,322 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         })
     }
 
-    binary!(add, Add);
-    binary!(sub, Sub);
-    binary!(mul, Mul);
-    binary!(div, DivKernel);
-    binary!(max, MaxKernel);
-
-    fn powx(
+    fn unary(
         &self,
-        n: usize,
+        op: Unary,
         x: Src<'_, CudaBuffer<R>>,
-        p: f32,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        mut y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "powx";
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        let x = Self::src(OP, "x", x, n, y)?;
-        self.grid_stride(OP, n).run(kernels::Powx {
-            n: int(OP, n)?,
-            x,
-            p,
-            y,
-        })
+        const OP: &str = "unary";
+        match op {
+            Unary::Exp => self.map1(OP, x, y, |n, x, y| kernels::ExpKernel { n, x, y }),
+            Unary::Log => self.map1(OP, x, y, |n, x, y| kernels::LogKernel { n, x, y }),
+            Unary::Abs => self.map1(OP, x, y, |n, x, y| kernels::AbsKernel { n, x, y }),
+            Unary::Sqr => self.map1(OP, x, y, |n, x, y| kernels::Sqr { n, x, y }),
+            Unary::Sqrt => self.map1(OP, x, y, |n, x, y| kernels::SqrtKernel { n, x, y }),
+            Unary::Sign => self.map1(OP, x, y, |n, x, y| kernels::Sign { n, x, y }),
+            Unary::Powx(p) => self.map1(OP, x, y, |n, x, y| kernels::Powx { n, x, p, y }),
+            Unary::Power {
+                power,
+                scale,
+                shift,
+            } => self.map1(OP, x, y, |n, x, y| kernels::Power {
+                n,
+                x,
+                power,
+                scale,
+                shift,
+                y,
+            }),
+            Unary::AddScalar(value) => {
+                // The kernel adds in place: an input elsewhere is copied to the output first.
+                if let Src::Slice(x) = x {
+                    self.map1(OP, x.src(), y.reborrow(), |n, x, y| kernels::Copy {
+                        n,
+                        x,
+                        y,
+                    })?;
+                }
+                self.map1(OP, Src::InPlace, y, |n, _, y| kernels::AddScalar {
+                    n,
+                    value,
+                    y,
+                })
+            }
+            Unary::LabelMask { ignore_label } => {
+                let (has_ignore, ignore_label) = Self::ignore_args(ignore_label);
+                self.map1(OP, x, y, |n, label, y| kernels::LabelMask {
+                    n,
+                    label,
+                    has_ignore,
+                    ignore_label,
+                    y,
+                })
+            }
+        }
     }
 
-    fn power(
+    fn binary(
         &self,
-        n: usize,
-        x: Src<'_, CudaBuffer<R>>,
-        power: f32,
-        scale: f32,
-        shift: f32,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        op: Binary,
+        a: Src<'_, CudaBuffer<R>>,
+        b: Src<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "power";
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        let x = Self::src(OP, "x", x, n, y)?;
-        self.grid_stride(OP, n).run(kernels::Power {
-            n: int(OP, n)?,
-            x,
-            power,
-            scale,
-            shift,
-            y,
-        })
+        const OP: &str = "binary";
+        let ab = (a, b);
+        match op {
+            Binary::Add => self.map2(OP, ab, y, |n, a, b, y| kernels::Add { n, a, b, y }),
+            Binary::Sub => self.map2(OP, ab, y, |n, a, b, y| kernels::Sub { n, a, b, y }),
+            Binary::Mul => self.map2(OP, ab, y, |n, a, b, y| kernels::Mul { n, a, b, y }),
+            Binary::Div => self.map2(OP, ab, y, |n, a, b, y| kernels::DivKernel { n, a, b, y }),
+            Binary::Max => self.map2(OP, ab, y, |n, a, b, y| kernels::MaxKernel { n, a, b, y }),
+            // A slope per element: PReLU's kernel with every element its own channel.
+            Binary::PRelu => self.map2(OP, ab, y, |n, x, slope, y| kernels::PreluForward {
+                outer: 1,
+                channels: n,
+                inner: 1,
+                slope,
+                x,
+                y,
+            }),
+            Binary::SigmoidCrossEntropy => self.map2(OP, ab, y, |n, x, t, y| {
+                kernels::SigmoidCrossEntropy { n, x, t, y }
+            }),
+        }
     }
 
-    unary!(exp, ExpKernel);
-    unary!(log, LogKernel);
-    unary!(abs, AbsKernel);
-    unary!(sqr, Sqr);
-    unary!(sqrt, SqrtKernel);
-    unary!(sign, Sign);
-
-    fn relu_forward(
+    fn activation_forward(
         &self,
-        n: usize,
-        slope: f32,
+        f: Activation,
         x: Src<'_, CudaBuffer<R>>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        self.map1("relu_forward", n, x, y, y_off, |n, x, y| {
-            kernels::ReluForward { n, slope, x, y }
-        })
+        const OP: &str = "activation_forward";
+        match f {
+            Activation::Relu { slope } => {
+                self.map1(OP, x, y, |n, x, y| kernels::ReluForward { n, slope, x, y })
+            }
+            Activation::Sigmoid => {
+                self.map1(OP, x, y, |n, x, y| kernels::SigmoidForward { n, x, y })
+            }
+            Activation::Tanh => self.map1(OP, x, y, |n, x, y| kernels::TanhForward { n, x, y }),
+            Activation::Elu { alpha } => {
+                self.map1(OP, x, y, |n, x, y| kernels::EluForward { n, alpha, x, y })
+            }
+            Activation::Bnll => self.map1(OP, x, y, |n, x, y| kernels::BnllForward { n, x, y }),
+        }
     }
 
-    fn relu_backward(
+    fn activation_backward(
         &self,
-        n: usize,
-        slope: f32,
-        x: &CudaBuffer<R>,
-        x_off: usize,
+        f: Activation,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: Slice<'_, CudaBuffer<R>>,
         dy: Src<'_, CudaBuffer<R>>,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
+        dx: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        self.backward(
-            "relu_backward",
-            n,
-            (x, x_off),
-            dy,
-            (dx, dx_off),
-            |n, fwd, dy, dx| kernels::ReluBackward {
+        const OP: &str = "activation_backward";
+        let n = dx.len;
+        let dx = Self::write(OP, "dx", &dx, Extent::Whole)?;
+        let dy = Self::src(OP, "dy", dy, Extent::Exactly(n), dx)?;
+        // Only the forward values the activation reads are checked, as on the CPU.
+        let x = || Self::read(OP, "x", x, Extent::Exactly(n));
+        let y = || Self::read(OP, "y", y, Extent::Exactly(n));
+        let grid = self.grid_stride(OP, n);
+        let n = int(OP, n)?;
+        match f {
+            Activation::Relu { slope } => grid.run(kernels::ReluBackward {
                 n,
                 slope,
-                x: fwd,
+                x: x()?,
                 dy,
                 dx,
-            },
-        )
+            }),
+            Activation::Sigmoid => grid.run(kernels::SigmoidBackward { n, y: y()?, dy, dx }),
+            Activation::Tanh => grid.run(kernels::TanhBackward { n, y: y()?, dy, dx }),
+            Activation::Elu { alpha } => grid.run(kernels::EluBackward {
+                n,
+                alpha,
+                x: x()?,
+                y: y()?,
+                dy,
+                dx,
+            }),
+            Activation::Bnll => grid.run(kernels::BnllBackward { n, x: x()?, dy, dx }),
+        }
     }
 
-    unary!(sigmoid_forward, SigmoidForward);
-
-    fn sigmoid_backward(
-        &self,
-        n: usize,
-        y: &CudaBuffer<R>,
-        y_off: usize,
-        dy: Src<'_, CudaBuffer<R>>,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
-    ) -> Result<()> {
-        self.backward(
-            "sigmoid_backward",
-            n,
-            (y, y_off),
-            dy,
-            (dx, dx_off),
-            |n, fwd, dy, dx| kernels::SigmoidBackward { n, y: fwd, dy, dx },
-        )
-    }
-
-    unary!(tanh_forward, TanhForward);
-
-    fn tanh_backward(
-        &self,
-        n: usize,
-        y: &CudaBuffer<R>,
-        y_off: usize,
-        dy: Src<'_, CudaBuffer<R>>,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
-    ) -> Result<()> {
-        self.backward(
-            "tanh_backward",
-            n,
-            (y, y_off),
-            dy,
-            (dx, dx_off),
-            |n, fwd, dy, dx| kernels::TanhBackward { n, y: fwd, dy, dx },
-        )
-    }
-
-    fn elu_forward(
-        &self,
-        n: usize,
-        alpha: f32,
-        x: Src<'_, CudaBuffer<R>>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        self.map1("elu_forward", n, x, y, y_off, |n, x, y| {
-            kernels::EluForward { n, alpha, x, y }
-        })
-    }
-
-    fn elu_backward(
-        &self,
-        n: usize,
-        alpha: f32,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &CudaBuffer<R>,
-        y_off: usize,
-        dy: Src<'_, CudaBuffer<R>>,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "elu_backward";
-        let dx = Self::write(OP, "dx", dx, dx_off, n)?;
-        let x = Self::read(OP, "x", x, x_off, n)?;
-        let y = Self::read(OP, "y", y, y_off, n)?;
-        let dy = Self::src(OP, "dy", dy, n, dx)?;
-        self.grid_stride(OP, n).run(kernels::EluBackward {
-            n: int(OP, n)?,
-            alpha,
-            x,
-            y,
-            dy,
-            dx,
-        })
-    }
-
-    unary!(bnll_forward, BnllForward);
-
-    fn bnll_backward(
-        &self,
-        n: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        dy: Src<'_, CudaBuffer<R>>,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
-    ) -> Result<()> {
-        self.backward(
-            "bnll_backward",
-            n,
-            (x, x_off),
-            dy,
-            (dx, dx_off),
-            |n, fwd, dy, dx| kernels::BnllBackward { n, x: fwd, dy, dx },
-        )
-    }
-
-    fn sum(&self, n: usize, x: &CudaBuffer<R>, x_off: usize) -> Result<f32> {
-        self.reduce("sum", 0, n, (x, x_off), None)
+    fn reduce(&self, r: Reduction<'_, CudaBuffer<R>>, x: Slice<'_, CudaBuffer<R>>) -> Result<f32> {
+        const OP: &str = "reduce";
+        let n = x.len;
+        let x = Self::read(OP, "x", x, Extent::Whole)?;
+        // `kind` as `reduce_partial` takes it: 0 sum, 1 |x|, 2 x^2, 3 x b.
+        let (kind, b) = match r {
+            Reduction::Sum => (0, x),
+            Reduction::Asum => (1, x),
+            Reduction::Sumsq => (2, x),
+            Reduction::Dot(b) => (3, Self::read(OP, "b", b, Extent::Exactly(n))?),
+        };
+        self.reduce_to_host(OP, kind, n, (x, b))
     }
 
     fn sum_into(
         &self,
-        n: usize,
         alpha: f32,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "sum_into";
-        let x = Self::read(OP, "x", x, x_off, n)?;
-        let y = Self::write(OP, "y", y, y_off, 1)?;
+        let n = x.len;
+        let x = Self::read(OP, "x", x, Extent::Whole)?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(1))?;
         let partials = self.partials(OP)?;
         self.reduce_into(OP, 0, n, (x, x), (alpha, y), &partials)
     }
 
-    fn asum(&self, n: usize, x: &CudaBuffer<R>, x_off: usize) -> Result<f32> {
-        self.reduce("asum", 1, n, (x, x_off), None)
-    }
-
-    fn sumsq(&self, n: usize, x: &CudaBuffer<R>, x_off: usize) -> Result<f32> {
-        self.reduce("sumsq", 2, n, (x, x_off), None)
-    }
-
-    fn dot(
+    fn reduce_over_axis(
         &self,
-        n: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<f32> {
-        self.reduce("dot", 3, n, (x, x_off), Some((y, y_off)))
-    }
-
-    fn max_over_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        r: AxisReduction<'_, CudaBuffer<R>>,
+        axis: Axis,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "max_over_axis";
-        let x = Self::read(OP, "x", x, x_off, outer * dim * inner)?;
-        let y = Self::write(OP, "y", y, y_off, outer * inner)?;
-        let grid = self.grid_stride(OP, outer * inner);
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
-        grid.run(kernels::MaxOverAxis {
-            outer,
-            dim,
-            inner,
-            x,
-            y,
-        })
+        const OP: &str = "reduce_over_axis";
+        let (len, positions) = (axis.len(OP)?, axis.reduced_len(OP)?);
+        let x = Self::read(OP, "x", x, Extent::AtLeast(len))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(positions))?;
+        let grid = self.grid_stride(OP, positions);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        match r {
+            AxisReduction::Max => grid.run(kernels::MaxOverAxis {
+                outer,
+                dim,
+                inner,
+                x,
+                y,
+            }),
+            AxisReduction::Sum => grid.run(kernels::SumOverAxis {
+                outer,
+                dim,
+                inner,
+                x,
+                y,
+            }),
+            AxisReduction::Dot(b) => grid.run(kernels::DotOverAxis {
+                outer,
+                dim,
+                inner,
+                a: x,
+                b: Self::read(OP, "b", b, Extent::AtLeast(len))?,
+                y,
+            }),
+        }
     }
 
-    fn sum_over_axis(
+    fn broadcast(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sum_over_axis";
-        let x = Self::read(OP, "x", x, x_off, outer * dim * inner)?;
-        let y = Self::write(OP, "y", y, y_off, outer * inner)?;
-        let grid = self.grid_stride(OP, outer * inner);
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
-        grid.run(kernels::SumOverAxis {
-            outer,
-            dim,
-            inner,
-            x,
-            y,
-        })
-    }
-
-    fn dot_over_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        a: &CudaBuffer<R>,
-        a_off: usize,
-        b: &CudaBuffer<R>,
-        b_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "dot_over_axis";
-        let a = Self::read(OP, "a", a, a_off, outer * dim * inner)?;
-        let b = Self::read(OP, "b", b, b_off, outer * dim * inner)?;
-        let y = Self::write(OP, "y", y, y_off, outer * inner)?;
-        let grid = self.grid_stride(OP, outer * inner);
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
-        grid.run(kernels::DotOverAxis {
-            outer,
-            dim,
-            inner,
-            a,
-            b,
-            y,
-        })
-    }
-
-    fn sub_along_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        v: &CudaBuffer<R>,
-        v_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sub_along_axis";
-        let v = Self::read(OP, "v", v, v_off, outer * inner)?;
-        let y = Self::write(OP, "y", y, y_off, outer * dim * inner)?;
-        let grid = self.grid_stride(OP, outer * dim * inner);
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
-        grid.run(kernels::SubAlongAxis {
-            outer,
-            dim,
-            inner,
-            v,
-            y,
-        })
-    }
-
-    fn div_along_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        v: &CudaBuffer<R>,
-        v_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "div_along_axis";
-        let v = Self::read(OP, "v", v, v_off, outer * inner)?;
-        let y = Self::write(OP, "y", y, y_off, outer * dim * inner)?;
-        let grid = self.grid_stride(OP, outer * dim * inner);
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
-        grid.run(kernels::DivAlongAxis {
-            outer,
-            dim,
-            inner,
-            v,
-            y,
-        })
-    }
-
-    fn add_per_channel(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        v: &CudaBuffer<R>,
-        v_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "add_per_channel";
-        let len = outer * channels * inner;
-        let v = Self::read(OP, "v", v, v_off, channels)?;
-        let y = Self::write(OP, "y", y, y_off, len)?;
-        let grid = self.grid_stride(OP, len);
-        let [outer, channels, inner] = Self::axis_ints(OP, outer, channels, inner)?;
-        grid.run(kernels::AddPerChannel {
-            outer,
-            channels,
-            inner,
-            v,
-            y,
-        })
-    }
-
-    fn mul_per_channel(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        v: &CudaBuffer<R>,
-        v_off: usize,
+        op: Binary,
+        how: Broadcast,
+        axis: Axis,
+        v: Slice<'_, CudaBuffer<R>>,
         x: Src<'_, CudaBuffer<R>>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "mul_per_channel";
-        let len = outer * channels * inner;
-        let v = Self::read(OP, "v", v, v_off, channels)?;
-        let y = Self::write(OP, "y", y, y_off, len)?;
-        let x = Self::src(OP, "x", x, len, y)?;
+        const OP: &str = "broadcast";
+        let len = axis.len(OP)?;
+        let v_len = match how {
+            Broadcast::OverAxis => axis.reduced_len(OP)?,
+            Broadcast::PerChannel => axis.dim,
+        };
+        let v = Self::read(OP, "v", v, Extent::AtLeast(v_len))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(len))?;
+        let in_place = matches!(x, Src::InPlace);
+        let x = Self::src(OP, "x", x, Extent::AtLeast(len), y)?;
         let grid = self.grid_stride(OP, len);
-        let [outer, channels, inner] = Self::axis_ints(OP, outer, channels, inner)?;
-        grid.run(kernels::MulPerChannel {
-            outer,
-            channels,
-            inner,
-            v,
-            x,
-            y,
-        })
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        // The layers' broadcasts (softmax, bias, Scale, PReLU) have kernels of their own; the
+        // rest share one per way of spreading `v`.
+        match (op, how) {
+            (Binary::Sub, Broadcast::OverAxis) if in_place => grid.run(kernels::SubAlongAxis {
+                outer,
+                dim,
+                inner,
+                v,
+                y,
+            }),
+            (Binary::Div, Broadcast::OverAxis) if in_place => grid.run(kernels::DivAlongAxis {
+                outer,
+                dim,
+                inner,
+                v,
+                y,
+            }),
+            (Binary::Add, Broadcast::PerChannel) if in_place => grid.run(kernels::AddPerChannel {
+                outer,
+                channels: dim,
+                inner,
+                v,
+                y,
+            }),
+            (Binary::Mul, Broadcast::PerChannel) => grid.run(kernels::MulPerChannel {
+                outer,
+                channels: dim,
+                inner,
+                v,
+                x,
+                y,
+            }),
+            (Binary::PRelu, Broadcast::PerChannel) => grid.run(kernels::PreluForward {
+                outer,
+                channels: dim,
+                inner,
+                slope: v,
+                x,
+                y,
+            }),
+            (_, Broadcast::OverAxis) => grid.run(kernels::BroadcastOverAxis {
+                op: binary_code(op),
+                outer,
+                dim,
+                inner,
+                v,
+                x,
+                y,
+            }),
+            (_, Broadcast::PerChannel) => grid.run(kernels::BroadcastPerChannel {
+                op: binary_code(op),
+                outer,
+                channels: dim,
+                inner,
+                v,
+                x,
+                y,
+            }),
+        }
     }
 
     fn sum_per_channel(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
+        axis: Axis,
         alpha: f32,
-        x: &CudaBuffer<R>,
-        x_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
         beta: f32,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "sum_per_channel";
-        let x = Self::read(OP, "x", x, x_off, outer * channels * inner)?;
-        let y = Self::write(OP, "y", y, y_off, channels)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(axis.len(OP)?))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(axis.dim))?;
         // A long channel summed by one thread would leave the device idle (AlexNet's conv1
         // bias gradient: 96 threads of 774400 values): split it into parts first.
-        let parts = (CHANNEL_PARTIALS / channels.max(1)).min(outer * inner / VALUES_PER_PART);
+        let positions = axis.reduced_len(OP)?;
+        let parts = (CHANNEL_PARTIALS / axis.dim.max(1)).min(positions / VALUES_PER_PART);
         let (per_channel, per_part) = (
-            self.grid_stride(OP, channels),
-            self.grid_stride(OP, channels * parts),
+            self.grid_stride(OP, axis.dim),
+            self.grid_stride(OP, axis.dim * parts),
         );
-        let (positions, partial_len) = (outer * inner, channels * parts);
-        let [outer, channels, inner] = Self::axis_ints(OP, outer, channels, inner)?;
+        let partial_len = axis.dim * parts;
+        let [outer, channels, inner] = Self::axis_ints(OP, axis)?;
         if parts < 2 {
             return per_channel.run(kernels::SumPerChannel {
                 outer,
@@ -935,7 +705,7 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
         }
         int(OP, positions)?; // the kernel counts a channel's positions in an int
         let partials = self.partials(OP)?;
-        let partial = Self::write(OP, "partial", &partials, 0, partial_len)?;
+        let partial = Self::scratch(OP, "partial", &partials, 0, partial_len)?;
         let parts = int(OP, parts)?;
         per_part.run(kernels::SumPerChannelPartial {
             outer,
@@ -958,15 +728,13 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
     fn im2col(
         &self,
         g: &ConvGeom,
-        im: &CudaBuffer<R>,
-        im_off: usize,
-        col: &mut CudaBuffer<R>,
-        col_off: usize,
+        im: Slice<'_, CudaBuffer<R>>,
+        col: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "im2col";
         g.validate(OP)?;
-        let im = Self::read(OP, "im", im, im_off, g.im_len())?;
-        let col = Self::write(OP, "col", col, col_off, g.col_len())?;
+        let im = Self::read(OP, "im", im, Extent::AtLeast(g.im_len()))?;
+        let col = Self::write(OP, "col", &col, Extent::AtLeast(g.col_len()))?;
         let call = conv_call!(kernels::Im2col, ConvInts::new(OP, g)?, { im, col });
         self.grid_stride(OP, g.channels * g.out_h() * g.out_w())
             .run(call)
@@ -975,104 +743,74 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
     fn col2im(
         &self,
         g: &ConvGeom,
-        col: &CudaBuffer<R>,
-        col_off: usize,
-        im: &mut CudaBuffer<R>,
-        im_off: usize,
+        col: Slice<'_, CudaBuffer<R>>,
+        im: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "col2im";
         g.validate(OP)?;
-        let col = Self::read(OP, "col", col, col_off, g.col_len())?;
-        let im = Self::write(OP, "im", im, im_off, g.im_len())?;
+        let col = Self::read(OP, "col", col, Extent::AtLeast(g.col_len()))?;
+        let im = Self::write(OP, "im", &im, Extent::AtLeast(g.im_len()))?;
         let call = conv_call!(kernels::Col2im, ConvInts::new(OP, g)?, { col, im });
         self.grid_stride(OP, g.im_len()).run(call)
     }
 
-    fn max_pool_forward(
+    fn pool_forward(
         &self,
         g: &PoolGeom,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-        mask: &mut CudaBuffer<R>,
-        mask_off: usize,
+        p: Pooling<SliceMut<'_, CudaBuffer<R>>>,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "max_pool_forward";
+        const OP: &str = "pool_forward";
         g.validate(OP)?;
-        let x = Self::read(OP, "x", x, x_off, g.in_len())?;
-        let y = Self::write(OP, "y", y, y_off, g.out_len())?;
-        let mask = Self::write(OP, "mask", mask, mask_off, g.out_len())?;
-        let call = pool_call!(kernels::MaxPoolForward, PoolInts::new(OP, g)?, { x, y, mask });
-        self.grid_stride(OP, g.out_len()).run(call)
+        let x = Self::read(OP, "x", x, Extent::AtLeast(g.in_len()))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(g.out_len()))?;
+        let ints = PoolInts::new(OP, g)?;
+        let grid = self.grid_stride(OP, g.out_len());
+        match p {
+            Pooling::Max { mask } => {
+                let mask = Self::write(OP, "mask", &mask, Extent::AtLeast(g.out_len()))?;
+                grid.run(pool_call!(kernels::MaxPoolForward, ints, { x, y, mask }))
+            }
+            Pooling::Ave => grid.run(pool_call!(kernels::AvePoolForward, ints, { x, y })),
+        }
     }
 
-    fn max_pool_backward(
+    fn pool_backward(
         &self,
         g: &PoolGeom,
-        dy: &CudaBuffer<R>,
-        dy_off: usize,
-        mask: &CudaBuffer<R>,
-        mask_off: usize,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
+        p: Pooling<Slice<'_, CudaBuffer<R>>>,
+        dy: Slice<'_, CudaBuffer<R>>,
+        dx: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "max_pool_backward";
+        const OP: &str = "pool_backward";
         g.validate(OP)?;
-        let dy = Self::read(OP, "dy", dy, dy_off, g.out_len())?;
-        let mask = Self::read(OP, "mask", mask, mask_off, g.out_len())?;
-        let dx = Self::write(OP, "dx", dx, dx_off, g.in_len())?;
-        let call = pool_call!(kernels::MaxPoolBackward, PoolInts::new(OP, g)?, { dy, mask, dx });
-        self.grid_stride(OP, g.in_len()).run(call)
-    }
-
-    fn ave_pool_forward(
-        &self,
-        g: &PoolGeom,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "ave_pool_forward";
-        g.validate(OP)?;
-        let x = Self::read(OP, "x", x, x_off, g.in_len())?;
-        let y = Self::write(OP, "y", y, y_off, g.out_len())?;
-        let call = pool_call!(kernels::AvePoolForward, PoolInts::new(OP, g)?, { x, y });
-        self.grid_stride(OP, g.out_len()).run(call)
-    }
-
-    fn ave_pool_backward(
-        &self,
-        g: &PoolGeom,
-        dy: &CudaBuffer<R>,
-        dy_off: usize,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "ave_pool_backward";
-        g.validate(OP)?;
-        let dy = Self::read(OP, "dy", dy, dy_off, g.out_len())?;
-        let dx = Self::write(OP, "dx", dx, dx_off, g.in_len())?;
-        let call = pool_call!(kernels::AvePoolBackward, PoolInts::new(OP, g)?, { dy, dx });
-        self.grid_stride(OP, g.in_len()).run(call)
+        let dy = Self::read(OP, "dy", dy, Extent::AtLeast(g.out_len()))?;
+        let dx = Self::write(OP, "dx", &dx, Extent::AtLeast(g.in_len()))?;
+        let ints = PoolInts::new(OP, g)?;
+        let grid = self.grid_stride(OP, g.in_len());
+        match p {
+            Pooling::Max { mask } => {
+                let mask = Self::read(OP, "mask", mask, Extent::AtLeast(g.out_len()))?;
+                grid.run(pool_call!(kernels::MaxPoolBackward, ints, { dy, mask, dx }))
+            }
+            Pooling::Ave => grid.run(pool_call!(kernels::AvePoolBackward, ints, { dy, dx })),
+        }
     }
 
     fn lrn_across_forward(
         &self,
         g: &LrnGeom,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        scale: &mut CudaBuffer<R>,
-        scale_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        scale: SliceMut<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "lrn_across_forward";
         g.validate(OP)?;
-        let x = Self::read(OP, "x", x, x_off, g.len())?;
-        let scale = Self::write(OP, "scale", scale, scale_off, g.len())?;
-        let y = Self::write(OP, "y", y, y_off, g.len())?;
+        let len = Extent::AtLeast(g.len());
+        let x = Self::read(OP, "x", x, len)?;
+        let scale = Self::write(OP, "scale", &scale, len)?;
+        let y = Self::write(OP, "y", &y, len)?;
         self.grid_stride(OP, g.num * g.spatial)
             .run(kernels::LrnAcrossForward {
                 num: int(OP, g.num)?,
@@ -1091,24 +829,18 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
     fn lrn_across_backward(
         &self,
         g: &LrnGeom,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &CudaBuffer<R>,
-        y_off: usize,
-        scale: &CudaBuffer<R>,
-        scale_off: usize,
-        dy: &CudaBuffer<R>,
-        dy_off: usize,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
+        forward: LrnSaved<'_, CudaBuffer<R>>,
+        dy: Slice<'_, CudaBuffer<R>>,
+        dx: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "lrn_across_backward";
         g.validate(OP)?;
-        let x = Self::read(OP, "x", x, x_off, g.len())?;
-        let y = Self::read(OP, "y", y, y_off, g.len())?;
-        let scale = Self::read(OP, "scale", scale, scale_off, g.len())?;
-        let dy = Self::read(OP, "dy", dy, dy_off, g.len())?;
-        let dx = Self::write(OP, "dx", dx, dx_off, g.len())?;
+        let len = Extent::AtLeast(g.len());
+        let x = Self::read(OP, "x", forward.x, len)?;
+        let y = Self::read(OP, "y", forward.y, len)?;
+        let scale = Self::read(OP, "scale", forward.scale, len)?;
+        let dy = Self::read(OP, "dy", dy, len)?;
+        let dx = Self::write(OP, "dx", &dx, len)?;
         self.grid_stride(OP, g.num * g.spatial)
             .run(kernels::LrnAcrossBackward {
                 num: int(OP, g.num)?,
@@ -1125,55 +857,22 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
             })
     }
 
-    fn prelu_forward(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        slope: &CudaBuffer<R>,
-        slope_off: usize,
-        x: Src<'_, CudaBuffer<R>>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "prelu_forward";
-        let len = outer * channels * inner;
-        let slope = Self::read(OP, "slope", slope, slope_off, channels)?;
-        let y = Self::write(OP, "y", y, y_off, len)?;
-        let x = Self::src(OP, "x", x, len, y)?;
-        let grid = self.grid_stride(OP, len);
-        let [outer, channels, inner] = Self::axis_ints(OP, outer, channels, inner)?;
-        grid.run(kernels::PreluForward {
-            outer,
-            channels,
-            inner,
-            slope,
-            x,
-            y,
-        })
-    }
-
     fn prelu_backward(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        slope: &CudaBuffer<R>,
-        slope_off: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
+        axis: Axis,
+        slope: Slice<'_, CudaBuffer<R>>,
+        x: Slice<'_, CudaBuffer<R>>,
         dy: Src<'_, CudaBuffer<R>>,
-        dx: &mut CudaBuffer<R>,
-        dx_off: usize,
+        dx: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "prelu_backward";
-        let len = outer * channels * inner;
-        let slope = Self::read(OP, "slope", slope, slope_off, channels)?;
-        let x = Self::read(OP, "x", x, x_off, len)?;
-        let dx = Self::write(OP, "dx", dx, dx_off, len)?;
-        let dy = Self::src(OP, "dy", dy, len, dx)?;
+        let len = axis.len(OP)?;
+        let slope = Self::read(OP, "slope", slope, Extent::AtLeast(axis.dim))?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(len))?;
+        let dx = Self::write(OP, "dx", &dx, Extent::AtLeast(len))?;
+        let dy = Self::src(OP, "dy", dy, Extent::AtLeast(len), dx)?;
         let grid = self.grid_stride(OP, len);
-        let [outer, channels, inner] = Self::axis_ints(OP, outer, channels, inner)?;
+        let [outer, channels, inner] = Self::axis_ints(OP, axis)?;
         grid.run(kernels::PreluBackward {
             outer,
             channels,
@@ -1187,23 +886,18 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn prelu_slope_grad(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        dy: &CudaBuffer<R>,
-        dy_off: usize,
-        dslope: &mut CudaBuffer<R>,
-        dslope_off: usize,
+        axis: Axis,
+        x: Slice<'_, CudaBuffer<R>>,
+        dy: Slice<'_, CudaBuffer<R>>,
+        dslope: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "prelu_slope_grad";
-        let len = outer * channels * inner;
-        let x = Self::read(OP, "x", x, x_off, len)?;
-        let dy = Self::read(OP, "dy", dy, dy_off, len)?;
-        let dslope = Self::write(OP, "dslope", dslope, dslope_off, channels)?;
-        let grid = self.grid_stride(OP, channels);
-        let [outer, channels, inner] = Self::axis_ints(OP, outer, channels, inner)?;
+        let len = axis.len(OP)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(len))?;
+        let dy = Self::read(OP, "dy", dy, Extent::AtLeast(len))?;
+        let dslope = Self::write(OP, "dslope", &dslope, Extent::AtLeast(axis.dim))?;
+        let grid = self.grid_stride(OP, axis.dim);
+        let [outer, channels, inner] = Self::axis_ints(OP, axis)?;
         grid.run(kernels::PreluSlopeGrad {
             outer,
             channels,
@@ -1216,21 +910,22 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn copy_2d(
         &self,
-        rows: usize,
-        cols: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        x_stride: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-        y_stride: usize,
+        block: &Block,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "copy_2d";
+        let Block {
+            rows,
+            cols,
+            x_stride,
+            y_stride,
+        } = *block;
         let Some((x_span, y_span)) = copy_2d_spans(OP, (rows, cols), x_stride, y_stride)? else {
             return Ok(());
         };
-        let x = Self::read(OP, "x", x, x_off, x_span)?;
-        let y = Self::write(OP, "y", y, y_off, y_span)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(x_span))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(y_span))?;
         self.grid_stride(OP, rows * cols).run(kernels::Copy2d {
             rows: int(OP, rows)?,
             cols: int(OP, cols)?,
@@ -1243,19 +938,16 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn running_argmax(
         &self,
-        n: usize,
         index: f32,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-        mask: &mut CudaBuffer<R>,
-        mask_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
+        mask: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "running_argmax";
-        let x = Self::read(OP, "x", x, x_off, n)?;
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        let mask = Self::write(OP, "mask", mask, mask_off, n)?;
+        let n = y.len;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        let x = Self::read(OP, "x", x, Extent::Exactly(n))?;
+        let mask = Self::write(OP, "mask", &mask, Extent::Exactly(n))?;
         self.grid_stride(OP, n).run(kernels::RunningArgmax {
             n: int(OP, n)?,
             index,
@@ -1267,19 +959,16 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn copy_where_eq(
         &self,
-        n: usize,
-        mask: &CudaBuffer<R>,
-        mask_off: usize,
+        mask: Slice<'_, CudaBuffer<R>>,
         value: f32,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "copy_where_eq";
-        let mask = Self::read(OP, "mask", mask, mask_off, n)?;
-        let x = Self::read(OP, "x", x, x_off, n)?;
-        let y = Self::write(OP, "y", y, y_off, n)?;
+        let n = y.len;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        let mask = Self::read(OP, "mask", mask, Extent::Exactly(n))?;
+        let x = Self::read(OP, "x", x, Extent::Exactly(n))?;
         self.grid_stride(OP, n).run(kernels::CopyWhereEq {
             n: int(OP, n)?,
             mask,
@@ -1291,30 +980,30 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn top_k_over_axis(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
+        axis: Axis,
         k: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        values: &mut CudaBuffer<R>,
-        values_off: usize,
-        indices: &mut CudaBuffer<R>,
-        indices_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        [values, indices]: [SliceMut<'_, CudaBuffer<R>>; 2],
     ) -> Result<()> {
         const OP: &str = "top_k_over_axis";
-        if k > dim {
-            return Err(invalid(
-                OP,
-                format!("k = {k} exceeds the axis length {dim}"),
-            ));
+        if k > axis.dim {
+            let message = format!("k = {k} exceeds the axis length {}", axis.dim);
+            return Err(invalid(OP, message));
         }
-        let x = Self::read(OP, "x", x, x_off, outer * dim * inner)?;
-        let values = Self::write(OP, "values", values, values_off, outer * k * inner)?;
-        let indices = Self::write(OP, "indices", indices, indices_off, outer * k * inner)?;
-        let grid = self.grid_stride(OP, outer * inner);
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
-        let call = kernels::TopKOverAxis {
+        if axis.dim > 1 << 24 {
+            let message = format!("an axis of {} is too long for exact f32 indices", axis.dim);
+            return Err(invalid(OP, message));
+        }
+        let x = Self::read(OP, "x", x, Extent::AtLeast(axis.len(OP)?))?;
+        let top_len = Extent::AtLeast(Axis { dim: k, ..axis }.len(OP)?);
+        let values = Self::write(OP, "values", &values, top_len)?;
+        let indices = Self::write(OP, "indices", &indices, top_len)?;
+        if k == 0 {
+            return Ok(());
+        }
+        let grid = self.grid_stride(OP, axis.reduced_len(OP)?);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        grid.run(kernels::TopKOverAxis {
             outer,
             dim,
             inner,
@@ -1322,64 +1011,25 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
             x,
             values,
             indices,
-        };
-        if k == 0 {
-            return Ok(());
-        }
-        grid.run(call)
-    }
-
-    fn label_mask(
-        &self,
-        n: usize,
-        label: &CudaBuffer<R>,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "label_mask";
-        let label = Self::read(OP, "label", label, label_off, n)?;
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        let (has_ignore, ignore_label) = Self::ignore_args(ignore_label);
-        self.grid_stride(OP, n).run(kernels::LabelMask {
-            n: int(OP, n)?,
-            label,
-            has_ignore,
-            ignore_label,
-            y,
         })
     }
 
     fn gather_at_label(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        label: &CudaBuffer<R>,
-        label_off: usize,
-        ignore_label: Option<i32>,
+        axis: Axis,
+        x: Slice<'_, CudaBuffer<R>>,
+        labels: Labels<'_, CudaBuffer<R>>,
         fill: f32,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "gather_at_label";
-        let x = Self::read(OP, "x", x, x_off, outer * dim * inner)?;
-        let y = Self::write(OP, "y", y, y_off, outer * inner)?;
-        let error = self.check_labels_unless_capturing(
-            OP,
-            label,
-            label_off,
-            outer * inner,
-            ignore_label,
-            dim,
-        )?;
-        let label = Self::read(OP, "label", label, label_off, outer * inner)?;
-        let (has_ignore, ignore_label) = Self::ignore_args(ignore_label);
-        let grid = self.grid_stride(OP, outer * inner);
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
+        let positions = axis.reduced_len(OP)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(axis.len(OP)?))?;
+        let (label, error) = self.labels(OP, labels, positions, axis.dim)?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(positions))?;
+        let (has_ignore, ignore_label) = Self::ignore_args(labels.ignore_label);
+        let grid = self.grid_stride(OP, positions);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
         grid.run(kernels::GatherAtLabel {
             outer,
             dim,
@@ -1396,31 +1046,18 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn affine_at_label(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        label: &CudaBuffer<R>,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        alpha: f32,
-        beta: f32,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        axis: Axis,
+        labels: Labels<'_, CudaBuffer<R>>,
+        (alpha, beta): (f32, f32),
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "affine_at_label";
-        let y = Self::write(OP, "y", y, y_off, outer * dim * inner)?;
-        let error = self.check_labels_unless_capturing(
-            OP,
-            label,
-            label_off,
-            outer * inner,
-            ignore_label,
-            dim,
-        )?;
-        let label = Self::read(OP, "label", label, label_off, outer * inner)?;
-        let (has_ignore, ignore_label) = Self::ignore_args(ignore_label);
-        let grid = self.grid_stride(OP, outer * inner);
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
+        let positions = axis.reduced_len(OP)?;
+        let (label, error) = self.labels(OP, labels, positions, axis.dim)?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(axis.len(OP)?))?;
+        let (has_ignore, ignore_label) = Self::ignore_args(labels.ignore_label);
+        let grid = self.grid_stride(OP, positions);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
         grid.run(kernels::AffineAtLabel {
             outer,
             dim,
@@ -1437,34 +1074,21 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn top_k_hits(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
+        axis: Axis,
         top_k: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        label: &CudaBuffer<R>,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        labels: Labels<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "top_k_hits";
-        let x = Self::read(OP, "x", x, x_off, outer * dim * inner)?;
-        let y = Self::write(OP, "y", y, y_off, outer * inner)?;
-        let error = self.check_labels_unless_capturing(
-            OP,
-            label,
-            label_off,
-            outer * inner,
-            ignore_label,
-            dim,
-        )?;
-        let label = Self::read(OP, "label", label, label_off, outer * inner)?;
-        let (has_ignore, ignore_label) = Self::ignore_args(ignore_label);
-        let grid = self.grid_stride(OP, outer * inner);
-        let top_k = int(OP, top_k.min(dim))?;
-        let [outer, dim, inner] = Self::axis_ints(OP, outer, dim, inner)?;
+        let positions = axis.reduced_len(OP)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(axis.len(OP)?))?;
+        let (label, error) = self.labels(OP, labels, positions, axis.dim)?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(positions))?;
+        let (has_ignore, ignore_label) = Self::ignore_args(labels.ignore_label);
+        let grid = self.grid_stride(OP, positions);
+        let top_k = int(OP, top_k.min(axis.dim))?;
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
         grid.run(kernels::TopKHits {
             outer,
             dim,
@@ -1481,22 +1105,17 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
 
     fn sum_by_label(
         &self,
-        n: usize,
-        classes: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        label: &CudaBuffer<R>,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        labels: Labels<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "sum_by_label";
-        let x = Self::read(OP, "x", x, x_off, n)?;
-        let y = Self::write(OP, "y", y, y_off, classes)?;
-        self.check_labels(OP, label, label_off, n, ignore_label, classes)?;
-        let label = Self::read(OP, "label", label, label_off, n)?;
-        let (has_ignore, ignore_label) = Self::ignore_args(ignore_label);
+        let (n, classes) = (x.len, y.len);
+        let x = Self::read(OP, "x", x, Extent::Whole)?;
+        let label = Self::read(OP, "labels", labels.values, Extent::Exactly(n))?;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        self.check_labels(OP, labels.values, labels.ignore_label, classes)?;
+        let (has_ignore, ignore_label) = Self::ignore_args(labels.ignore_label);
         self.grid_stride(OP, classes).run(kernels::SumByLabel {
             n: int(OP, n)?,
             classes: int(OP, classes)?,
@@ -1507,26 +1126,22 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
             y,
         })
     }
+}
 
-    fn sigmoid_cross_entropy(
+impl<R: DeviceRuntime> CudaBackend<R> {
+    /// The first `positions` labels of `labels`, checked (see
+    /// [`Self::check_labels_unless_capturing`]), and the address of the kernels' report of a
+    /// bad label.
+    fn labels(
         &self,
-        n: usize,
-        x: &CudaBuffer<R>,
-        x_off: usize,
-        t: &CudaBuffer<R>,
-        t_off: usize,
-        y: &mut CudaBuffer<R>,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sigmoid_cross_entropy";
-        let x = Self::read(OP, "x", x, x_off, n)?;
-        let t = Self::read(OP, "t", t, t_off, n)?;
-        let y = Self::write(OP, "y", y, y_off, n)?;
-        self.grid_stride(OP, n).run(kernels::SigmoidCrossEntropy {
-            n: int(OP, n)?,
-            x,
-            t,
-            y,
-        })
+        op: &'static str,
+        labels: Labels<'_, CudaBuffer<R>>,
+        positions: usize,
+        dim: usize,
+    ) -> Result<(ReadPtr, WritePtr)> {
+        let label = Self::read(op, "labels", labels.values, Extent::AtLeast(positions))?;
+        let values = labels.values.part(0, positions);
+        let error = self.check_labels_unless_capturing(op, values, labels.ignore_label, dim)?;
+        Ok((label, error))
     }
 }
