@@ -20,12 +20,12 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
     let mut out: Vec<(String, Vec<f32>, Tol)> = Vec::new();
     let up = |v: &[f32]| {
         let mut buf = b.alloc(v.len()).unwrap();
-        b.upload(v, &mut buf, 0).unwrap();
+        b.upload(v, buf.whole_mut()).unwrap();
         buf
     };
     let down = |buf: &B::Buffer| {
         let mut v = vec![0f32; rcaffe::backend::DeviceBuffer::len(buf)];
-        b.download(buf, 0, &mut v).unwrap();
+        b.download(buf.whole(), &mut v).unwrap();
         v
     };
     let n = 100_003; // several grid-stride rounds are not needed on a device: odd size, offsets
@@ -33,76 +33,121 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
     let pos = up(&rand_vec(201, n, 0.01, 4.0));
     let dy = up(&rand_vec(202, n, -1.0, 1.0));
     let mut y = b.alloc(n + 5).unwrap();
-    let unary: [(&str, Tol); 11] = [
-        ("exp", TR),
-        ("log", TR),
-        ("abs", Tol::Exact),
-        ("sqr", Tol::Exact),
-        ("sqrt", Tol::Exact),
-        ("sign", Tol::Exact),
-        ("sigmoid_forward", TR),
-        ("tanh_forward", TR),
-        ("bnll_forward", TR),
-        ("relu_forward", Tol::Exact),
-        ("elu_forward", TR),
+    let unary = [
+        (Unary::Exp, TR),
+        (Unary::Log, TR),
+        (Unary::Abs, Tol::Exact),
+        (Unary::Sqr, Tol::Exact),
+        (Unary::Sqrt, Tol::Exact),
+        (Unary::Sign, Tol::Exact),
     ];
-    for (name, tol) in unary {
-        let src = if matches!(name, "log" | "sqrt") {
+    for (op, tol) in unary {
+        let src = if matches!(op, Unary::Log | Unary::Sqrt) {
             &pos
         } else {
             &x
         };
-        let s = Src::At(src, 0);
-        match name {
-            "exp" => b.exp(n, s, &mut y, 5),
-            "log" => b.log(n, s, &mut y, 5),
-            "abs" => b.abs(n, s, &mut y, 5),
-            "sqr" => b.sqr(n, s, &mut y, 5),
-            "sqrt" => b.sqrt(n, s, &mut y, 5),
-            "sign" => b.sign(n, s, &mut y, 5),
-            "sigmoid_forward" => b.sigmoid_forward(n, s, &mut y, 5),
-            "tanh_forward" => b.tanh_forward(n, s, &mut y, 5),
-            "bnll_forward" => b.bnll_forward(n, s, &mut y, 5),
-            "relu_forward" => b.relu_forward(n, 0.1, s, &mut y, 5),
-            _ => b.elu_forward(n, 0.5, s, &mut y, 5),
-        }
-        .unwrap();
-        out.push((name.into(), down(&y)[5..].to_vec(), tol));
+        b.unary(op, src.whole().src(), y.slice_mut(5, n)).unwrap();
+        out.push((format!("{op:?}"), down(&y)[5..].to_vec(), tol));
     }
-    b.powx(n, Src::At(&pos, 0), 0.75, &mut y, 0).unwrap();
+    let activations = [
+        (Activation::Sigmoid, TR),
+        (Activation::Tanh, TR),
+        (Activation::Bnll, TR),
+        (Activation::Relu { slope: 0.1 }, Tol::Exact),
+        (Activation::Elu { alpha: 0.5 }, TR),
+    ];
+    for (f, tol) in activations {
+        b.activation_forward(f, x.whole().src(), y.slice_mut(5, n))
+            .unwrap();
+        out.push((format!("{f:?} forward"), down(&y)[5..].to_vec(), tol));
+    }
+    b.unary(Unary::Powx(0.75), pos.whole().src(), y.slice_mut(0, n))
+        .unwrap();
     out.push(("powx".into(), down(&y)[..n].to_vec(), TR));
-    b.power(n, Src::At(&pos, 0), -0.75, 2.0, 1.0, &mut y, 0)
+    let power = Unary::Power {
+        power: -0.75,
+        scale: 2.0,
+        shift: 1.0,
+    };
+    b.unary(power, pos.whole().src(), y.slice_mut(0, n))
         .unwrap();
     out.push(("power".into(), down(&y)[..n].to_vec(), TR));
-    for name in ["add", "sub", "mul", "div", "max"] {
-        let (a, c) = (Src::At(&x, 0), Src::At(&pos, 0));
-        match name {
-            "add" => b.add(n, a, c, &mut y, 0),
-            "sub" => b.sub(n, a, c, &mut y, 0),
-            "mul" => b.mul(n, a, c, &mut y, 0),
-            "div" => b.div(n, a, c, &mut y, 0),
-            _ => b.max(n, a, c, &mut y, 0),
-        }
-        .unwrap();
-        out.push((name.into(), down(&y)[..n].to_vec(), Tol::Exact));
+    for op in [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+        Binary::PRelu,
+    ] {
+        b.binary(op, x.whole().src(), pos.whole().src(), y.slice_mut(0, n))
+            .unwrap();
+        out.push((format!("{op:?}"), down(&y)[..n].to_vec(), Tol::Exact));
+        // In place on the first operand, then on the second.
+        b.copy(x.whole(), y.slice_mut(0, n)).unwrap();
+        b.binary(op, Src::InPlace, pos.whole().src(), y.slice_mut(0, n))
+            .unwrap();
+        let name = format!("{op:?} in place on a");
+        out.push((name, down(&y)[..n].to_vec(), Tol::Exact));
+        b.copy(pos.whole(), y.slice_mut(0, n)).unwrap();
+        b.binary(op, x.whole().src(), Src::InPlace, y.slice_mut(0, n))
+            .unwrap();
+        let name = format!("{op:?} in place on b");
+        out.push((name, down(&y)[..n].to_vec(), Tol::Exact));
     }
-    b.copy(n, &x, 0, &mut y, 0).unwrap();
-    b.axpby(n, 0.3, &dy, 0, 0.9, &mut y, 0).unwrap();
-    b.axpy(n, -0.2, &pos, 0, &mut y, 0).unwrap();
-    b.scale(n, 1.5, Src::InPlace, &mut y, 0).unwrap();
-    b.add_scalar(n, 0.125, &mut y, 0).unwrap();
+    b.copy(x.whole(), y.slice_mut(0, n)).unwrap();
+    b.axpby(Scalar::Value(0.3), dy.whole(), 0.9, y.slice_mut(0, n))
+        .unwrap();
+    b.axpby(Scalar::Value(-0.2), pos.whole(), 1.0, y.slice_mut(0, n))
+        .unwrap();
+    b.scale(Scalar::Value(1.5), Src::InPlace, y.slice_mut(0, n))
+        .unwrap();
+    b.unary(Unary::AddScalar(0.125), Src::InPlace, y.slice_mut(0, n))
+        .unwrap();
     out.push((
         "copy/axpby/axpy/scale/add_scalar".into(),
         down(&y)[..n].to_vec(),
         Tol::Exact,
     ));
+    b.scale(Scalar::Value(-0.75), x.whole().src(), y.slice_mut(2, n))
+        .unwrap();
+    b.axpby(Scalar::At(&pos, 3), dy.whole(), 0.0, y.slice_mut(1, n))
+        .unwrap();
+    b.unary(Unary::AddScalar(-0.5), x.whole().src(), y.slice_mut(0, n))
+        .unwrap();
+    out.push((
+        "scale/axpby (alpha in memory, beta 0)/add_scalar out of place".into(),
+        down(&y)[..n + 2].to_vec(),
+        Tol::Exact,
+    ));
+    // Host-drawn fills: the CPU backend's values.
+    for (seed, dist) in [
+        Distribution::Uniform { lo: -2.0, hi: 3.0 },
+        Distribution::Gaussian {
+            mean: 0.5,
+            std: 2.0,
+        },
+        Distribution::Bernoulli { p: 0.3 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rng = rng_from_seed(seed as u64);
+        b.random(dist, &mut rng, y.slice_mut(4, n)).unwrap();
+        out.push((
+            format!("random {dist:?}"),
+            down(&y)[4..].to_vec(),
+            Tol::Exact,
+        ));
+    }
     // Two draws of a counter-based stream (the second after the counter's advance), and the
     // state they leave.
     let mut stream = up(&rcaffe::backend::philox::new_state(0x0123_4567_89ab_cdef));
     for draw in 0..2 {
-        b.rng_bernoulli_stream(n, 0.3, &mut stream, 0, &mut y, 1)
+        b.bernoulli_stream(0.3, stream.whole_mut(), y.slice_mut(1, n))
             .unwrap();
-        let name = format!("rng_bernoulli_stream draw {draw}");
+        let name = format!("bernoulli_stream draw {draw}");
         out.push((name, down(&y)[1..n + 1].to_vec(), Tol::Exact));
     }
     // Each u32 word as two exactly representable halves.
@@ -110,73 +155,168 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         .iter()
         .flat_map(|v| [(v.to_bits() >> 16) as f32, (v.to_bits() & 0xffff) as f32])
         .collect();
-    out.push(("rng_bernoulli_stream state".into(), state, Tol::Exact));
-    b.relu_backward(n, 0.1, &x, 0, Src::At(&dy, 0), &mut y, 0)
-        .unwrap();
+    out.push(("bernoulli_stream state".into(), state, Tol::Exact));
+    // Each backward pass reads one of the forward input and output: that one is passed as both.
+    let relu = Activation::Relu { slope: 0.1 };
+    b.activation_backward(
+        relu,
+        x.whole(),
+        x.whole(),
+        dy.whole().src(),
+        y.slice_mut(0, n),
+    )
+    .unwrap();
     out.push(("relu_backward".into(), down(&y)[..n].to_vec(), Tol::Exact));
-    b.sigmoid_backward(n, &pos, 0, Src::At(&dy, 0), &mut y, 0)
-        .unwrap();
+    let sigmoid = Activation::Sigmoid;
+    b.activation_backward(
+        sigmoid,
+        pos.whole(),
+        pos.whole(),
+        dy.whole().src(),
+        y.slice_mut(0, n),
+    )
+    .unwrap();
     out.push((
         "sigmoid_backward".into(),
         down(&y)[..n].to_vec(),
         Tol::Exact,
     ));
-    b.bnll_backward(n, &x, 0, Src::At(&dy, 0), &mut y, 0)
-        .unwrap();
+    let bnll = Activation::Bnll;
+    b.activation_backward(
+        bnll,
+        x.whole(),
+        x.whole(),
+        dy.whole().src(),
+        y.slice_mut(0, n),
+    )
+    .unwrap();
     out.push(("bnll_backward".into(), down(&y)[..n].to_vec(), TR));
-    b.tanh_backward(n, &pos, 0, Src::At(&dy, 0), &mut y, 0)
-        .unwrap();
+    let tanh = Activation::Tanh;
+    b.activation_backward(
+        tanh,
+        pos.whole(),
+        pos.whole(),
+        dy.whole().src(),
+        y.slice_mut(0, n),
+    )
+    .unwrap();
     out.push(("tanh_backward".into(), down(&y)[..n].to_vec(), Tol::Exact));
+    // ELU reads both: the forward output from the op itself, the gradient in place.
+    let elu = Activation::Elu { alpha: 0.5 };
     let mut fwd = b.alloc(n).unwrap();
-    b.elu_forward(n, 0.5, Src::At(&x, 0), &mut fwd, 0).unwrap();
-    b.copy(n, &dy, 0, &mut y, 0).unwrap();
-    b.elu_backward(n, 0.5, &x, 0, &fwd, 0, Src::InPlace, &mut y, 0)
+    b.activation_forward(elu, x.whole().src(), fwd.whole_mut())
+        .unwrap();
+    b.copy(dy.whole(), y.slice_mut(0, n)).unwrap();
+    b.activation_backward(elu, x.whole(), fwd.whole(), Src::InPlace, y.slice_mut(0, n))
         .unwrap();
     out.push(("elu_backward in place".into(), down(&y)[..n].to_vec(), TR));
     let mag = n as f32 * 4.0;
-    for (name, v) in [
-        ("sum", b.sum(n, &x, 0)),
-        ("asum", b.asum(n, &x, 0)),
-        ("sumsq", b.sumsq(n, &x, 0)),
-        ("dot", b.dot(n, &x, 0, &dy, 0)),
+    for r in [
+        Reduction::Sum,
+        Reduction::Asum,
+        Reduction::Sumsq,
+        Reduction::Dot(dy.whole()),
     ] {
-        out.push((name.into(), vec![v.unwrap()], Tol::Abs(1e-6 * mag * 4.0)));
+        let v = b.reduce(r, x.whole()).unwrap();
+        out.push((format!("{r:?}"), vec![v], Tol::Abs(1e-6 * mag * 4.0)));
     }
-    b.sum_into(n, -0.5, &x, 0, &mut y, 3).unwrap();
+    b.sum_into(-0.5, x.whole(), y.slice_mut(3, 1)).unwrap();
     let sum_tol = Tol::Abs(0.5e-6 * mag * 4.0);
     out.push(("sum_into".into(), down(&y)[3..4].to_vec(), sum_tol));
 
     // Axis and per-channel ops on (outer, dim, inner) = (32, 10, 300).
     let (o, d, i) = (32, 10, 300);
+    let axis = Axis::new(o, d, i);
     let len = o * d * i;
+    let (x_axis, dy_axis) = (x.slice(0, len), dy.slice(0, len));
+    let (over_axis, per_channel) = (Broadcast::OverAxis, Broadcast::PerChannel);
     let mut small = b.alloc(o * i).unwrap();
-    b.max_over_axis(o, d, i, &x, 0, &mut small, 0).unwrap();
-    out.push(("max_over_axis".into(), down(&small), Tol::Exact));
-    b.copy(len, &x, 0, &mut y, 0).unwrap();
-    b.sub_along_axis(o, d, i, &small, 0, &mut y, 0).unwrap();
-    b.exp(len, Src::InPlace, &mut y, 0).unwrap();
-    b.sum_over_axis(o, d, i, &y, 0, &mut small, 0).unwrap();
-    b.div_along_axis(o, d, i, &small, 0, &mut y, 0).unwrap();
+    b.reduce_over_axis(AxisReduction::Max, axis, x_axis, small.whole_mut())
+        .unwrap();
+    out.push(("max over axis".into(), down(&small), Tol::Exact));
+    b.copy(x_axis, y.slice_mut(0, len)).unwrap();
+    b.broadcast(
+        Binary::Sub,
+        over_axis,
+        axis,
+        small.whole(),
+        Src::InPlace,
+        y.slice_mut(0, len),
+    )
+    .unwrap();
+    b.unary(Unary::Exp, Src::InPlace, y.slice_mut(0, len))
+        .unwrap();
+    b.reduce_over_axis(AxisReduction::Sum, axis, y.slice(0, len), small.whole_mut())
+        .unwrap();
+    b.broadcast(
+        Binary::Div,
+        over_axis,
+        axis,
+        small.whole(),
+        Src::InPlace,
+        y.slice_mut(0, len),
+    )
+    .unwrap();
     out.push((
-        "softmax (max/sub/exp/sum/div along axis)".into(),
+        "softmax (max/sub/exp/sum/div over the axis)".into(),
         down(&y)[..len].to_vec(),
         TR,
     ));
-    b.dot_over_axis(o, d, i, &x, 0, &dy, 0, &mut small, 0)
+    b.reduce_over_axis(AxisReduction::Dot(dy_axis), axis, x_axis, small.whole_mut())
         .unwrap();
-    out.push(("dot_over_axis".into(), down(&small), Tol::Exact));
+    out.push(("dot over axis".into(), down(&small), Tol::Exact));
     let ch = up(&rand_vec(203, d, -1.0, 1.0));
-    b.copy(len, &x, 0, &mut y, 0).unwrap();
-    b.add_per_channel(o, d, i, &ch, 0, &mut y, 0).unwrap();
-    b.mul_per_channel(o, d, i, &ch, 0, Src::InPlace, &mut y, 0)
-        .unwrap();
+    b.copy(x_axis, y.slice_mut(0, len)).unwrap();
+    b.broadcast(
+        Binary::Add,
+        per_channel,
+        axis,
+        ch.whole(),
+        Src::InPlace,
+        y.slice_mut(0, len),
+    )
+    .unwrap();
+    b.broadcast(
+        Binary::Mul,
+        per_channel,
+        axis,
+        ch.whole(),
+        Src::InPlace,
+        y.slice_mut(0, len),
+    )
+    .unwrap();
     out.push((
-        "add/mul_per_channel".into(),
+        "add/mul per channel".into(),
         down(&y)[..len].to_vec(),
         Tol::Exact,
     ));
+    // Every broadcast combination, in place and from another view (the layers' own ones above
+    // and below have kernels of their own; the rest share one per way of spreading `v`).
+    let ops = [
+        (Binary::Add, Tol::Exact),
+        (Binary::Sub, Tol::Exact),
+        (Binary::Mul, Tol::Exact),
+        (Binary::Div, Tol::Exact),
+        (Binary::Max, Tol::Exact),
+        (Binary::PRelu, Tol::Exact),
+        (Binary::SigmoidCrossEntropy, Tol::RelAbs(4e-6, 2e-6)),
+    ];
+    let pos_small = pos.slice(0, o * i);
+    for (op, tol) in ops {
+        for (how, v) in [(over_axis, pos_small), (per_channel, ch.whole())] {
+            b.broadcast(op, how, axis, v, x_axis.src(), y.slice_mut(0, len))
+                .unwrap();
+            let name = format!("broadcast {op:?} {how:?}");
+            out.push((name, down(&y)[..len].to_vec(), tol));
+            b.copy(x_axis, y.slice_mut(1, len)).unwrap();
+            b.broadcast(op, how, axis, v, Src::InPlace, y.slice_mut(1, len))
+                .unwrap();
+            let name = format!("broadcast {op:?} {how:?} in place");
+            out.push((name, down(&y)[1..len + 1].to_vec(), tol));
+        }
+    }
     let mut chy = up(&rand_vec(204, d, -1.0, 1.0));
-    b.sum_per_channel(o, d, i, 0.5, &x, 0, 0.25, &mut chy, 0)
+    b.sum_per_channel(axis, 0.5, x_axis, 0.25, chy.whole_mut())
         .unwrap();
     out.push((
         "sum_per_channel".into(),
@@ -187,17 +327,30 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
     let (lo, ld, li) = (16, 6, 3000);
     let long = up(&rand_vec(212, lo * ld * li, -1.0, 1.0));
     let mut long_sums = up(&rand_vec(213, ld, -1.0, 1.0));
-    b.sum_per_channel(lo, ld, li, 0.5, &long, 0, 0.25, &mut long_sums, 0)
-        .unwrap();
+    b.sum_per_channel(
+        Axis::new(lo, ld, li),
+        0.5,
+        long.whole(),
+        0.25,
+        long_sums.whole_mut(),
+    )
+    .unwrap();
     out.push((
         "sum_per_channel, long channels".into(),
         down(&long_sums),
         Tol::Abs(1e-6 * (lo * li) as f32),
     ));
-    b.prelu_forward(o, d, i, &ch, 0, Src::At(&x, 0), &mut y, 0)
-        .unwrap();
+    b.broadcast(
+        Binary::PRelu,
+        per_channel,
+        axis,
+        ch.whole(),
+        x_axis.src(),
+        y.slice_mut(0, len),
+    )
+    .unwrap();
     out.push(("prelu_forward".into(), down(&y)[..len].to_vec(), Tol::Exact));
-    b.prelu_backward(o, d, i, &ch, 0, &x, 0, Src::At(&dy, 0), &mut y, 0)
+    b.prelu_backward(axis, ch.whole(), x_axis, dy_axis.src(), y.slice_mut(0, len))
         .unwrap();
     out.push((
         "prelu_backward".into(),
@@ -205,8 +358,9 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         Tol::Exact,
     ));
     // Accumulates into its output: start from the same values on both backends.
-    b.upload(&rand_vec(209, d, -1.0, 1.0), &mut chy, 0).unwrap();
-    b.prelu_slope_grad(o, d, i, &x, 0, &dy, 0, &mut chy, 0)
+    b.upload(&rand_vec(209, d, -1.0, 1.0), chy.whole_mut())
+        .unwrap();
+    b.prelu_slope_grad(axis, x_axis, dy_axis, chy.whole_mut())
         .unwrap();
     out.push(("prelu_slope_grad".into(), down(&chy), Tol::Exact));
 
@@ -225,73 +379,55 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         dilation_w: 1,
     };
     let mut col = b.alloc(g.col_len()).unwrap();
-    b.im2col(&g, &x, 0, &mut col, 0).unwrap();
+    b.im2col(&g, x.slice(0, g.im_len()), col.whole_mut())
+        .unwrap();
     out.push(("im2col".into(), down(&col), Tol::Exact));
     let mut im = b.alloc(g.im_len()).unwrap();
-    b.col2im(&g, &col, 0, &mut im, 0).unwrap();
+    b.col2im(&g, col.whole(), im.whole_mut()).unwrap();
     out.push(("col2im".into(), down(&im), Tol::Exact));
     let (m, k, nn) = (64, g.channels * 25, g.out_h() * g.out_w());
+    let (nt, t) = (Transpose::NoTrans, Transpose::Trans);
     let w = up(&rand_vec(205, m * k, -0.1, 0.1));
     let mut c = b.alloc(m * nn).unwrap();
-    match b.gemm_packed(
-        Transpose::NoTrans,
-        Transpose::NoTrans,
-        m,
-        nn,
-        k,
-        1.0,
-        &w,
-        0,
-        &col,
-        0,
-        0.0,
-        &mut c,
-        0,
+    match b.gemm(
+        &Gemm::packed(nt, nt, m, nn, k),
+        w.whole(),
+        col.whole(),
+        c.whole_mut(),
     ) {
         Ok(()) => out.push(("gemm NN".into(), down(&c), Tol::Abs(1e-5 * k as f32))),
         Err(e) => eprintln!("gemm skipped: {e}"),
     }
     let mut gw = b.alloc(m * k).unwrap();
-    if b.gemm_packed(
-        Transpose::NoTrans,
-        Transpose::Trans,
-        m,
-        k,
-        nn,
-        1.0,
-        &c,
-        0,
-        &col,
-        0,
-        0.0,
-        &mut gw,
-        0,
+    if b.gemm(
+        &Gemm::packed(nt, t, m, k, nn),
+        c.whole(),
+        col.whole(),
+        gw.whole_mut(),
     )
     .is_ok()
     {
         out.push(("gemm NT".into(), down(&gw), Tol::Abs(1e-4 * nn as f32)));
     }
-    if b.gemm_packed(
-        Transpose::Trans,
-        Transpose::NoTrans,
-        k,
-        nn,
-        m,
-        1.0,
-        &w,
-        0,
-        &c,
-        0,
-        0.0,
-        &mut col,
-        0,
+    if b.gemm(
+        &Gemm::packed(t, nt, k, nn, m),
+        w.whole(),
+        c.whole(),
+        col.whole_mut(),
     )
     .is_ok()
     {
         out.push(("gemm TN".into(), down(&col), Tol::Abs(1e-4 * m as f32)));
     }
     let mut gv = b.alloc(m).unwrap();
-    if b.gemv(Transpose::NoTrans, m, k, 1.0, &w, 0, &x, 0, 0.0, &mut gv, 0)
+    let product = Gemv {
+        trans: nt,
+        m,
+        n: k,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    if b.gemv(&product, w.whole(), x.slice(0, k), gv.whole_mut())
         .is_ok()
     {
         out.push(("gemv N".into(), down(&gv), Tol::Abs(1e-5 * k as f32)));
@@ -304,26 +440,38 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         b.alloc(pg.out_len()).unwrap(),
     );
     let px = up(&rand_vec(206, pg.in_len(), -1.0, 1.0));
-    b.max_pool_forward(&pg, &px, 0, &mut py, 0, &mut pm, 0)
+    let max = Pooling::Max {
+        mask: pm.whole_mut(),
+    };
+    b.pool_forward(&pg, max, px.whole(), py.whole_mut())
         .unwrap();
     out.push(("max_pool_forward".into(), down(&py), Tol::Exact));
     out.push(("max_pool_forward mask".into(), down(&pm), Tol::Exact));
     let pdy = up(&rand_vec(207, pg.out_len(), -1.0, 1.0));
     let mut pdx = b.alloc(pg.in_len()).unwrap();
-    b.max_pool_backward(&pg, &pdy, 0, &pm, 0, &mut pdx, 0)
+    let max = Pooling::Max { mask: pm.whole() };
+    b.pool_backward(&pg, max, pdy.whole(), pdx.whole_mut())
         .unwrap();
     out.push(("max_pool_backward".into(), down(&pdx), Tol::Exact));
     let ag = PoolGeom::new(4 * 32, (16, 16), (3, 3), (2, 2), (1, 1), RoundMode::Ceil).unwrap();
-    b.ave_pool_forward(&ag, &px, 0, &mut py, 0).unwrap();
+    let (a_in, a_out) = (ag.in_len(), ag.out_len());
+    b.pool_forward(&ag, Pooling::Ave, px.slice(0, a_in), py.slice_mut(0, a_out))
+        .unwrap();
     out.push((
         "ave_pool_forward".into(),
-        down(&py)[..ag.out_len()].to_vec(),
+        down(&py)[..a_out].to_vec(),
         Tol::Exact,
     ));
-    b.ave_pool_backward(&ag, &pdy, 0, &mut pdx, 0).unwrap();
+    b.pool_backward(
+        &ag,
+        Pooling::Ave,
+        pdy.slice(0, a_out),
+        pdx.slice_mut(0, a_in),
+    )
+    .unwrap();
     out.push((
         "ave_pool_backward".into(),
-        down(&pdx)[..ag.in_len()].to_vec(),
+        down(&pdx)[..a_in].to_vec(),
         Tol::Exact,
     ));
     let lg = LrnGeom {
@@ -340,26 +488,120 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         b.alloc(lg.len()).unwrap(),
         b.alloc(lg.len()).unwrap(),
     );
-    b.lrn_across_forward(&lg, &px, 0, &mut ls, 0, &mut ly, 0)
+    let lx = px.slice(0, lg.len());
+    b.lrn_across_forward(&lg, lx, ls.whole_mut(), ly.whole_mut())
         .unwrap();
     out.push(("lrn_across_forward scale".into(), down(&ls), Tol::Exact));
     out.push(("lrn_across_forward y".into(), down(&ly), TR));
-    b.lrn_across_backward(&lg, &px, 0, &ly, 0, &ls, 0, &px, 0, &mut ldx, 0)
+    let saved = LrnSaved {
+        x: lx,
+        y: ly.whole(),
+        scale: ls.whole(),
+    };
+    // The input doubles as the gradient from above.
+    b.lrn_across_backward(&lg, saved, lx, ldx.whole_mut())
         .unwrap();
     out.push(("lrn_across_backward".into(), down(&ldx), TR));
+    // WITHIN_CHANNEL LRN: each backend's composition (or fusion) of the window ops.
+    let lw = LrnWithin {
+        window: PoolGeom::lrn_window(4 * 96, 27, 27, 5),
+        alpha: 1e-4,
+        beta: 0.75,
+    };
+    let wn = lw.window.in_len();
+    let wx = px.slice(0, wn);
+    let [mut mean, mut power, mut wy, mut s0, mut s1] = [0; 5].map(|_| b.alloc(wn).unwrap());
+    b.lrn_within_forward(
+        &lw,
+        wx,
+        [mean.whole_mut(), power.whole_mut()],
+        wy.whole_mut(),
+        s0.whole_mut(),
+    )
+    .unwrap();
+    out.push(("lrn_within_forward mean".into(), down(&mean), Tol::Exact));
+    out.push(("lrn_within_forward y".into(), down(&wy), TR));
+    let saved = LrnSaved {
+        x: wx,
+        y: mean.whole(),
+        scale: power.whole(),
+    };
+    b.lrn_within_backward(
+        &lw,
+        saved,
+        wx,
+        wy.whole_mut(),
+        [s0.whole_mut(), s1.whole_mut()],
+    )
+    .unwrap();
+    out.push(("lrn_within_backward".into(), down(&wy), TR));
+    // A grouped batch convolution with a bias, forward and both gradients.
+    let conv = ConvBatch {
+        geom: ConvGeom {
+            channels: 8,
+            height: 13,
+            width: 11,
+            kernel_h: 3,
+            kernel_w: 3,
+            pad_h: 1,
+            pad_w: 0,
+            stride_h: 2,
+            stride_w: 1,
+            dilation_h: 1,
+            dilation_w: 2,
+        },
+        num: 3,
+        groups: 2,
+        out_channels: 6,
+    };
+    let cx = x.slice(0, conv.num * conv.in_len());
+    let cw = up(&rand_vec(214, conv.weight_len(), -0.5, 0.5));
+    let bias = up(&rand_vec(215, conv.out_channels, -1.0, 1.0));
+    let cdy = dy.slice(0, conv.num * conv.out_len());
+    let mut cy = b.alloc(conv.num * conv.out_len()).unwrap();
+    let mut ws = b.alloc(conv.workspace_len(b.capabilities())).unwrap();
+    let conv_tol = Tol::Abs(1e-5 * conv.kernel_dim() as f32);
+    b.conv_forward(
+        &conv,
+        cx,
+        cw.whole(),
+        Some(bias.whole()),
+        cy.whole_mut(),
+        ws.whole_mut(),
+    )
+    .unwrap();
+    out.push(("conv_forward".into(), down(&cy), conv_tol));
+    let mut cdw = up(&rand_vec(216, conv.weight_len(), -0.5, 0.5));
+    let mut cdx = b.alloc(conv.num * conv.in_len()).unwrap();
+    let grads = ConvGrads {
+        dw: Some(cdw.whole_mut()),
+        dx: Some(cdx.whole_mut()),
+    };
+    b.conv_backward(&conv, cx, cw.whole(), cdy, grads, ws.whole_mut())
+        .unwrap();
+    let batch_tol = Tol::Abs(1e-5 * (conv.num * conv.out_spatial()) as f32);
+    out.push(("conv_backward dw".into(), down(&cdw), batch_tol));
+    out.push(("conv_backward dx".into(), down(&cdx), conv_tol));
 
     // Plumbing and loss ops.
-    b.set(n + 5, 0.0, &mut y, 0).unwrap();
-    b.copy_2d(50, 300, &x, 7, 400, &mut y, 3, 310).unwrap();
+    b.fill(0.0, y.whole_mut()).unwrap();
+    let block = Block {
+        rows: 50,
+        cols: 300,
+        x_stride: 400,
+        y_stride: 310,
+    };
+    b.copy_2d(&block, x.tail(7), y.tail_mut(3)).unwrap();
     out.push(("copy_2d".into(), down(&y)[..n].to_vec(), Tol::Exact));
     let mut am = b.alloc(n).unwrap();
-    b.running_argmax(n, 2.0, &dy, 0, &mut y, 0, &mut am, 0)
+    b.running_argmax(2.0, dy.whole(), y.slice_mut(0, n), am.whole_mut())
         .unwrap();
     out.push(("running_argmax".into(), down(&am), Tol::Exact));
-    b.copy_where_eq(n, &am, 0, 2.0, &x, 0, &mut y, 0).unwrap();
+    b.copy_where_eq(am.whole(), 2.0, x.whole(), y.slice_mut(0, n))
+        .unwrap();
     out.push(("copy_where_eq".into(), down(&y)[..n].to_vec(), Tol::Exact));
     let (mut tv, mut ti) = (b.alloc(o * 3 * i).unwrap(), b.alloc(o * 3 * i).unwrap());
-    b.top_k_over_axis(o, d, i, 3, &x, 0, &mut tv, 0, &mut ti, 0)
+    b.top_k_over_axis(axis, 3, x_axis, [tv.whole_mut(), ti.whole_mut()])
         .unwrap();
     out.push(("top_k_over_axis values".into(), down(&tv), Tol::Exact));
     out.push(("top_k_over_axis indices".into(), down(&ti), Tol::Exact));
@@ -369,33 +611,46 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         .map(|(p, &l)| if p % 9 == 0 { -1.0 } else { l.floor() })
         .collect();
     let lab = up(&labels);
+    let labelled = Labels {
+        values: lab.whole(),
+        ignore_label: Some(-1),
+    };
     let mut py2 = b.alloc(o * i).unwrap();
-    b.gather_at_label(o, d, i, &x, 0, &lab, 0, Some(-1), 0.0, &mut py2, 0)
+    b.gather_at_label(axis, x_axis, labelled, 0.0, py2.whole_mut())
         .unwrap();
     out.push(("gather_at_label".into(), down(&py2), Tol::Exact));
-    b.top_k_hits(o, d, i, 2, &x, 0, &lab, 0, Some(-1), &mut py2, 0)
+    b.top_k_hits(axis, 2, x_axis, labelled, py2.whole_mut())
         .unwrap();
     out.push(("top_k_hits".into(), down(&py2), Tol::Exact));
-    b.copy(len, &x, 0, &mut y, 0).unwrap();
-    b.affine_at_label(o, d, i, &lab, 0, Some(-1), 1.0, -1.0, &mut y, 0)
+    b.copy(x_axis, y.slice_mut(0, len)).unwrap();
+    b.affine_at_label(axis, labelled, (1.0, -1.0), y.slice_mut(0, len))
         .unwrap();
     out.push((
         "affine_at_label".into(),
         down(&y)[..len].to_vec(),
         Tol::Exact,
     ));
-    b.label_mask(o * i, &lab, 0, Some(-1), &mut py2, 0).unwrap();
+    let mask = Unary::LabelMask {
+        ignore_label: Some(-1),
+    };
+    b.unary(mask, lab.whole().src(), py2.whole_mut()).unwrap();
     out.push(("label_mask".into(), down(&py2), Tol::Exact));
     let mut cls = b.alloc(d).unwrap();
-    b.sum_by_label(o * i, d, &dy, 0, &lab, 0, Some(-1), &mut cls, 0)
+    b.sum_by_label(dy.slice(0, o * i), labelled, cls.whole_mut())
         .unwrap();
     out.push((
         "sum_by_label".into(),
         down(&cls),
         Tol::Abs(1e-6 * (o * i) as f32),
     ));
-    b.sigmoid_cross_entropy(n, &x, 0, &pos, 0, &mut y, 0)
-        .unwrap();
+    let cross_entropy = Binary::SigmoidCrossEntropy;
+    b.binary(
+        cross_entropy,
+        x.whole().src(),
+        pos.whole().src(),
+        y.slice_mut(0, n),
+    )
+    .unwrap();
     out.push((
         "sigmoid_cross_entropy".into(),
         down(&y)[..n].to_vec(),
@@ -441,7 +696,7 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
                 let bufs = UpdateBuffers {
                     history: &mut h1,
                     history2: (rule.history_sets() == 2).then_some(&mut h2),
-                    scratch: (!b.has_fused_updates()).then_some(Scratch {
+                    scratch: (!b.capabilities().fused_updates).then_some(Scratch {
                         update: &mut update,
                         temp: &mut temp,
                     }),
@@ -500,48 +755,47 @@ pub(super) fn graph_capture_records_replays_and_refuses_host_ops<B: Backend>(gpu
     let mut y = gpu.alloc(n).unwrap();
     let mut a = gpu.alloc(4 * n).unwrap();
     let mut c = gpu.alloc(4).unwrap();
-    gpu.upload(&x0, &mut x, 0).unwrap();
-    gpu.upload(&rand_vec(9, 4 * n, -1.0, 1.0), &mut a, 0)
+    gpu.upload(&x0, x.whole_mut()).unwrap();
+    gpu.upload(&rand_vec(9, 4 * n, -1.0, 1.0), a.whole_mut())
         .unwrap();
+    let product = Gemv {
+        trans: Transpose::NoTrans,
+        m: 4,
+        n,
+        alpha: 1.0,
+        beta: 0.0,
+    };
 
     // A warm-up outside the capture, as the solver's first iteration is: cuBLAS loads the
     // kernels of a product on its first call, which a capture cannot record.
     let (mut y_warm, mut c_warm) = (gpu.alloc(n).unwrap(), gpu.alloc(4).unwrap());
-    gpu.scale(n, 2.0, Src::At(&x, 0), &mut y_warm, 0).unwrap();
-    gpu.gemv(
-        Transpose::NoTrans,
-        4,
-        n,
-        1.0,
-        &a,
-        0,
-        &y_warm,
-        0,
-        0.0,
-        &mut c_warm,
-        0,
-    )
-    .unwrap();
+    gpu.scale(Scalar::Value(2.0), x.whole().src(), y_warm.whole_mut())
+        .unwrap();
+    gpu.gemv(&product, a.whole(), y_warm.whole(), c_warm.whole_mut())
+        .unwrap();
     gpu.synchronize().unwrap();
 
-    assert!(gpu.can_capture());
+    assert!(gpu.capabilities().capture);
     assert!(gpu.begin_capture().unwrap());
     // y = 2x + x; c = A y (cuBLAS inside the graph).
-    gpu.scale(n, 2.0, Src::At(&x, 0), &mut y, 0).unwrap();
-    gpu.axpy(n, 1.0, &x, 0, &mut y, 0).unwrap();
-    gpu.gemv(Transpose::NoTrans, 4, n, 1.0, &a, 0, &y, 0, 0.0, &mut c, 0)
+    gpu.scale(Scalar::Value(2.0), x.whole().src(), y.whole_mut())
+        .unwrap();
+    gpu.axpby(Scalar::Value(1.0), x.whole(), 1.0, y.whole_mut())
+        .unwrap();
+    gpu.gemv(&product, a.whole(), y.whole(), c.whole_mut())
         .unwrap();
     // Every host round trip is refused, naming the op, before it does anything.
     let mut host = vec![0f32; n];
+    let uniform = Distribution::Uniform { lo: 0.0, hi: 1.0 };
     for (op, result) in [
-        ("download", gpu.download(&y, 0, &mut host).map(|_| ())),
-        ("upload", gpu.upload(&x1, &mut x, 0)),
-        ("sum", gpu.sum(n, &y, 0).map(|_| ())),
+        ("download", gpu.download(y.whole(), &mut host)),
+        ("upload", gpu.upload(&x1, x.whole_mut())),
+        ("reduce", gpu.reduce(Reduction::Sum, y.whole()).map(|_| ())),
         ("alloc", gpu.alloc(8).map(|_| ())),
         ("synchronize", gpu.synchronize()),
         (
-            "rng_uniform",
-            gpu.rng_uniform(n, 0.0, 1.0, &mut rng_from_seed(1), &mut y, 0),
+            "random",
+            gpu.random(uniform, &mut rng_from_seed(1), y.whole_mut()),
         ),
     ] {
         let error = result.expect_err(op).to_string();
@@ -554,37 +808,26 @@ pub(super) fn graph_capture_records_replays_and_refuses_host_ops<B: Backend>(gpu
     assert!(gpu.end_capture().unwrap().is_none(), "no capture under way");
 
     // Recorded, not run: y is still zero.
-    gpu.download(&y, 0, &mut host).unwrap();
+    gpu.download(y.whole(), &mut host).unwrap();
     assert!(host.iter().all(|&v| v == 0.0), "the capture ran its ops");
     let cpu_be = cpu();
     let host_a = {
         let mut v = vec![0f32; 4 * n];
-        gpu.download(&a, 0, &mut v).unwrap();
-        v
+        gpu.download(a.whole(), &mut v).unwrap();
+        buf(&v)
     };
     for input in [&x0, &x1] {
-        gpu.upload(input, &mut x, 0).unwrap();
+        gpu.upload(input, x.whole_mut()).unwrap();
         work.replay().unwrap();
-        gpu.download(&y, 0, &mut host).unwrap();
+        gpu.download(y.whole(), &mut host).unwrap();
         let want: Vec<f32> = input.iter().map(|v| 2.0 * v + v).collect();
         check("graph y", &host, &want, Tol::Exact);
         let mut got_c = vec![0f32; 4];
-        gpu.download(&c, 0, &mut got_c).unwrap();
+        gpu.download(c.whole(), &mut got_c).unwrap();
+        let want_y = buf(&want);
         let mut want_c = buf(&[0.0; 4]);
         cpu_be
-            .gemv(
-                Transpose::NoTrans,
-                4,
-                n,
-                1.0,
-                &buf(&host_a),
-                0,
-                &buf(&want),
-                0,
-                0.0,
-                &mut want_c,
-                0,
-            )
+            .gemv(&product, host_a.whole(), want_y.whole(), want_c.whole_mut())
             .unwrap();
         check(
             "graph c",
@@ -606,38 +849,31 @@ pub(super) fn a_bad_label_inside_a_replayed_graph_is_reported<B: Backend>(gpu: &
     bad[7] = 9.0;
     let up = |v: &[f32]| {
         let mut b = gpu.alloc(v.len()).unwrap();
-        gpu.upload(v, &mut b, 0).unwrap();
+        gpu.upload(v, b.whole_mut()).unwrap();
         b
     };
+    let axis = Axis::new(outer, dim, inner);
     let x = up(&rand_vec(11, outer * dim * inner, -1.0, 1.0));
     let mut label = up(&labels);
     let mut y = gpu.alloc(outer * inner).unwrap();
     let mut direct = gpu.alloc(outer * inner).unwrap();
-    gpu.gather_at_label(
-        outer,
-        dim,
-        inner,
-        &x,
-        0,
-        &label,
-        0,
-        None,
-        0.0,
-        &mut direct,
-        0,
-    )
-    .unwrap();
+    let labelled = Labels {
+        values: label.whole(),
+        ignore_label: None,
+    };
+    gpu.gather_at_label(axis, x.whole(), labelled, 0.0, direct.whole_mut())
+        .unwrap();
     assert!(gpu.begin_capture().unwrap());
-    gpu.gather_at_label(outer, dim, inner, &x, 0, &label, 0, None, 0.0, &mut y, 0)
+    gpu.gather_at_label(axis, x.whole(), labelled, 0.0, y.whole_mut())
         .unwrap();
     let mut work = gpu.end_capture().unwrap().expect("a graph");
     for (round, values, ok) in [(0, &labels, true), (1, &bad, false), (2, &labels, true)] {
-        gpu.upload(values, &mut label, 0).unwrap();
+        gpu.upload(values, label.whole_mut()).unwrap();
         match (work.replay(), ok) {
             (Ok(()), true) => {
                 let (mut got, mut want) = (vec![0f32; outer * inner], vec![0f32; outer * inner]);
-                gpu.download(&y, 0, &mut got).unwrap();
-                gpu.download(&direct, 0, &mut want).unwrap();
+                gpu.download(y.whole(), &mut got).unwrap();
+                gpu.download(direct.whole(), &mut want).unwrap();
                 check(&format!("replay {round}"), &got, &want, Tol::Exact);
             }
             (Err(e), false) => {

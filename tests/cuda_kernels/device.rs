@@ -86,13 +86,14 @@ fn staged_uploads_are_ordered_with_the_compute_stream_on_device() {
     let mut want = vec![0f32; n];
     for round in 0..6 {
         let batch = rand_vec(100 + round, n, -1.0, 1.0);
-        gpu.upload(&batch, &mut x, 0).unwrap();
-        gpu.axpy(n, 1.0, &x, 0, &mut sum, 0).unwrap();
+        gpu.upload(&batch, x.whole_mut()).unwrap();
+        gpu.axpby(Scalar::Value(1.0), x.whole(), 1.0, sum.whole_mut())
+            .unwrap();
         for (w, b) in want.iter_mut().zip(&batch) {
             *w += b;
         }
     }
     let mut got = vec![0f32; n];
-    gpu.download(&sum, 0, &mut got).unwrap();
+    gpu.download(sum.whole(), &mut got).unwrap();
     check("staged uploads summed", &got, &want, Tol::Exact);
 }

@@ -393,24 +393,24 @@ fn random_stream_matches_cpu() {
         state[2] = f32::from_bits(u32::MAX - 1); // two draws from a carry
         let mut cpu_state = buf(&state);
         let mut emu_state = emulated.alloc(state.len()).unwrap();
-        emulated.upload(&state, &mut emu_state, 0).unwrap();
+        emulated.upload(&state, emu_state.whole_mut()).unwrap();
         let mut y = emulated.alloc(n).unwrap();
         for draw in 0..3 {
             let mut want = buf(&vec![f32::NAN; n]);
             c.bernoulli_stream(p, cpu_state.whole_mut(), want.whole_mut())
                 .unwrap();
             emulated
-                .rng_bernoulli_stream(n, p, &mut emu_state, 0, &mut y, 0)
+                .bernoulli_stream(p, emu_state.whole_mut(), y.whole_mut())
                 .unwrap();
             let mut got = vec![f32::NAN; n];
-            emulated.download(&y, 0, &mut got).unwrap();
+            emulated.download(y.whole(), &mut got).unwrap();
             check(
-                &format!("rng_bernoulli_stream n {n} draw {draw}"),
+                &format!("bernoulli_stream n {n} draw {draw}"),
                 &got,
                 want.as_slice(),
                 Tol::Exact,
             );
-            emulated.download(&emu_state, 0, &mut state).unwrap();
+            emulated.download(emu_state.whole(), &mut state).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&state), bits(cpu_state.as_slice()), "advance_stream");
         }

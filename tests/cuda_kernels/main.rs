@@ -20,9 +20,10 @@
 
 use rcaffe::backend::cuda::{nvrtc, CudaBackend};
 use rcaffe::backend::{
-    rng_from_seed, Activation, Axis, AxisReduction, Backend, Binary, Block, Broadcast, ConvGeom,
-    CpuBackend, CpuBuffer, Distribution, Gemm, Gemv, Labels, LrnGeom, LrnSaved, PoolGeom, Pooling,
-    Reduction, RoundMode, Scalar, SliceMut, Src, Transpose, Unary, Views,
+    rng_from_seed, Activation, Axis, AxisReduction, Backend, Binary, Block, Broadcast, ConvBatch,
+    ConvGeom, ConvGrads, CpuBackend, CpuBuffer, Distribution, Gemm, Gemv, Labels, LrnGeom,
+    LrnSaved, LrnWithin, PoolGeom, Pooling, Reduction, RoundMode, Scalar, SliceMut, Src, Transpose,
+    Unary, Views,
 };
 use rcaffe_kernel_emu::{k, launch};
 use std::os::raw::c_int;
