@@ -1005,3 +1005,75 @@ fn a_bad_label_inside_an_emulated_replay_is_reported() {
 fn solver_replays_iterations_on_emulated_kernels() {
     solver_replays_iterations_as_a_graph(&emulated());
 }
+
+/// Views that do not fit their op, one bad argument each: the error, which names the op and
+/// the argument.
+fn view_errors<B: Backend>(b: &B) -> Vec<String> {
+    let x = b.alloc(10).unwrap();
+    let mut y = b.alloc(10).unwrap();
+    let nt = Transpose::NoTrans;
+    let labels = Labels {
+        values: x.slice(0, 3),
+        ignore_label: None,
+    };
+    let relu = Activation::Relu { slope: 0.0 };
+    let per_channel = Broadcast::PerChannel;
+    let results = [
+        b.upload(&[0.0; 3], y.slice_mut(8, 3)),
+        b.download(x.slice(0, 2), &mut [0.0; 3]),
+        b.copy(x.slice(0, 9), y.whole_mut()),
+        b.unary(Unary::Exp, x.slice(0, 4).src(), y.slice_mut(0, 5)),
+        b.binary(
+            Binary::Add,
+            Src::InPlace,
+            x.slice(2, 9).src(),
+            y.slice_mut(0, 9),
+        ),
+        b.activation_backward(
+            relu,
+            x.slice(0, 3),
+            x.slice(0, 3),
+            Src::InPlace,
+            y.slice_mut(0, 4),
+        ),
+        b.axpby(Scalar::At(&x, 10), x.whole(), 1.0, y.whole_mut()),
+        b.reduce(Reduction::Dot(x.slice(0, 3)), x.slice(0, 4))
+            .map(|_| ()),
+        b.reduce_over_axis(
+            AxisReduction::Sum,
+            Axis::new(2, 3, 2),
+            x.whole(),
+            y.whole_mut(),
+        ),
+        b.broadcast(
+            Binary::Mul,
+            per_channel,
+            Axis::new(2, 3, 1),
+            x.slice(0, 2),
+            Src::InPlace,
+            y.slice_mut(0, 6),
+        ),
+        b.gemm(
+            &Gemm::packed(nt, nt, 2, 3, 4),
+            x.slice(0, 7),
+            x.whole(),
+            y.whole_mut(),
+        ),
+        b.sum_by_label(x.slice(0, 4), labels, y.slice_mut(0, 2)),
+    ];
+    results
+        .into_iter()
+        .map(|result| result.expect_err("a view that does not fit").to_string())
+        .collect()
+}
+
+/// The CUDA backend refuses views that do not fit their op with the CPU backend's errors.
+#[test]
+fn views_that_do_not_fit_are_refused_as_on_the_cpu() {
+    let want = view_errors(&cpu());
+    let got = view_errors(&emulated());
+    for (got, want) in got.iter().zip(&want) {
+        assert_eq!(got, want);
+    }
+    eprintln!("{want:#?}");
+}
