@@ -82,6 +82,43 @@ extern "C" __global__ void mul_per_channel(int outer, int channels, int inner, c
   }
 }
 
+// The broadcasts without a kernel of their own above: `op` is a Binary op by the code the CUDA
+// backend passes (0 add, 1 sub, 2 mul, 3 div, 4 max, 5 PReLU, 6 sigmoid cross-entropy), each
+// computed as its element-wise kernel computes it.
+static __device__ __forceinline__ float binary_op(int op, float a, float b) {
+  switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return a / b;
+    case 4: return a < b ? b : a;
+    case 5: return a > 0.0f ? a : b * a;
+    default: {
+      float positive = a >= 0.0f ? 1.0f : 0.0f;
+      return logf(1.0f + expf(a - 2.0f * a * positive)) - a * (b - positive);
+    }
+  }
+}
+
+// One thread per element: y[o, c, j] = op(x[o, c, j], v[o, j]) (x may be y).
+extern "C" __global__ void broadcast_over_axis(int op, int outer, int dim, int inner,
+                                               const float* v, const float* x, float* y) {
+  int n = outer * dim * inner;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    int j = i % inner, o = i / (dim * inner);
+    y[i] = binary_op(op, x[i], v[o * inner + j]);
+  }
+}
+
+// One thread per element: y[o, c, j] = op(x[o, c, j], v[c]) (x may be y).
+extern "C" __global__ void broadcast_per_channel(int op, int outer, int channels, int inner,
+                                                 const float* v, const float* x, float* y) {
+  int n = outer * channels * inner;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    y[i] = binary_op(op, x[i], v[(i / inner) % channels]);
+  }
+}
+
 // One thread per channel: y[c] = alpha sum_{o, j} x[o, c, j] + beta y[c], summed in double
 // (the CPU op sums in f32 lanes and f64 totals; both are within a few ulps of the exact sum).
 // beta == 0 does not read y. For short channels; long ones (a convolution's bias gradient:

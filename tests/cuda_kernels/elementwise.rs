@@ -1,5 +1,6 @@
-//! Element-wise kernels (kernels/elementwise.cu, activations.cu) and the whole-buffer
-//! reductions, emulated, against the CPU ops.
+//! Element-wise kernels (kernels/elementwise.cu, activations.cu), emulated on a small grid,
+//! out of place and in place, against the CPU ops. (The whole-buffer reductions' two launches
+//! are checked through the backend, in `backend.rs`.)
 
 use super::*;
 
@@ -342,57 +343,4 @@ fn blas1_and_binary_ops_match_cpu() {
         y.as_mut_ptr()
     ));
     check("power", &y, want.as_slice(), Tol::Rel(2e-6));
-}
-
-/// The whole-buffer reductions as the CUDA backend runs them: partial sums per emulated
-/// thread, then one thread adding them (which also scales by `sum_into`'s alpha).
-#[test]
-fn reductions_match_cpu() {
-    let n = 5000;
-    let c = cpu();
-    let x = rand_vec(12, n, -1.0, 1.0);
-    let y = rand_vec(13, n, -1.0, 1.0);
-    let (xb, yb) = (buf(&x), buf(&y));
-    let threads = (GRID * BLOCK) as usize;
-    let magnitude: f32 = x.iter().map(|v| v.abs()).sum::<f32>() + n as f32;
-    // The kernel's `kind` numbers the reductions in this order.
-    let reductions = [
-        Reduction::Sum,
-        Reduction::Asum,
-        Reduction::Sumsq,
-        Reduction::Dot(yb.whole()),
-    ];
-    for (kind, r) in (0..).zip(reductions) {
-        let name = format!("{r:?}");
-        let want = c.reduce(r, xb.whole()).unwrap();
-        let mut partial = vec![f32::NAN; threads];
-        emu!(k::reduce_partial(
-            int(n),
-            kind,
-            x.as_ptr(),
-            y.as_ptr(),
-            partial.as_mut_ptr()
-        ));
-        let mut got = [f32::NAN];
-        emu!(k::sum_partials(
-            int(threads),
-            partial.as_ptr(),
-            1.0,
-            got.as_mut_ptr()
-        ));
-        check(&name, &got, &[want], Tol::Abs(1e-6 * magnitude));
-
-        if kind == 0 {
-            let mut want = buf(&[f32::NAN; 2]);
-            c.sum_into(-0.5, xb.whole(), want.slice_mut(1, 1)).unwrap();
-            emu!(k::sum_partials(
-                int(threads),
-                partial.as_ptr(),
-                -0.5,
-                got.as_mut_ptr()
-            ));
-            let want = &want.as_slice()[1..];
-            check("sum_into", &got, want, Tol::Abs(0.5e-6 * magnitude));
-        }
-    }
 }

@@ -380,36 +380,37 @@ fn solver_updates_match_reference() {
     }
 }
 
-/// The counter-based Bernoulli stream against the CPU op, value for value: sizes that are and
-/// are not multiples of 4, a draw counter about to carry into its high word, and the advance.
+/// The counter-based Bernoulli stream, drawn by the CUDA backend (its draw then the counter's
+/// advance) on the emulated kernels, against the CPU op, value for value: sizes that are and
+/// are not multiples of 4, a draw counter about to carry into its high word.
 #[test]
 fn random_stream_matches_cpu() {
     use rcaffe::backend::philox;
     let c = cpu();
+    let emulated = CudaBackend::on(rcaffe_kernel_emu::EmulatedRuntime::new()).unwrap();
     for (n, p, key) in [(1000, 0.3f32, 7u64), (1003, 0.5, u64::MAX), (3, 0.9, 0)] {
         let mut state = philox::new_state(key);
         state[2] = f32::from_bits(u32::MAX - 1); // two draws from a carry
         let mut cpu_state = buf(&state);
+        let mut emu_state = emulated.alloc(state.len()).unwrap();
+        emulated.upload(&state, emu_state.whole_mut()).unwrap();
+        let mut y = emulated.alloc(n).unwrap();
         for draw in 0..3 {
             let mut want = buf(&vec![f32::NAN; n]);
             c.bernoulli_stream(p, cpu_state.whole_mut(), want.whole_mut())
                 .unwrap();
-            let mut y = vec![f32::NAN; n];
-            let groups = int(n.div_ceil(4));
-            emu!(k::bernoulli_stream(
-                int(n),
-                groups,
-                p,
-                state.as_ptr(),
-                y.as_mut_ptr()
-            ));
-            emu!(k::advance_stream(1, state.as_mut_ptr()));
+            emulated
+                .bernoulli_stream(p, emu_state.whole_mut(), y.whole_mut())
+                .unwrap();
+            let mut got = vec![f32::NAN; n];
+            emulated.download(y.whole(), &mut got).unwrap();
             check(
                 &format!("bernoulli_stream n {n} draw {draw}"),
-                &y,
+                &got,
                 want.as_slice(),
                 Tol::Exact,
             );
+            emulated.download(emu_state.whole(), &mut state).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&state), bits(cpu_state.as_slice()), "advance_stream");
         }

@@ -1,9 +1,12 @@
-//! Every kernel of `kernels/*.cu`, compiled for the host with `kernels/emulation.h` (the
-//! `rcaffe-kernel-emu` dev-dependency) and run as an emulated CUDA grid, against the CPU op of
-//! the same name on the same random inputs; plus the NVRTC compile check of every kernel file.
+//! The kernels of `kernels/*.cu`, compiled for the host with `kernels/emulation.h` (the
+//! `rcaffe-kernel-emu` dev-dependency): the CUDA backend's own op code run on them against the
+//! CPU backend, op by op (`backend.rs`; on a GPU, `device.rs`); kernel-level checks of what
+//! that does not reach (grid-stride loops on a small grid, in-place forms, geometries and
+//! splits the backend does not choose, the update rules against upstream's formulas); and the
+//! NVRTC compile check of every kernel file.
 //!
-//! Launches use a small grid (3 blocks of 32 threads) and inputs larger than it, so every
-//! grid-stride loop goes round several times.
+//! Kernel-level launches use a small grid (3 blocks of 32 threads) and inputs larger than it,
+//! so every grid-stride loop goes round several times.
 //!
 //! Tolerances. Emulated and CPU ops run the same IEEE f32 arithmetic (no FMA contraction on
 //! either side), so ops made of +, -, *, /, comparisons and copies must agree exactly, and they
@@ -17,9 +20,10 @@
 
 use rcaffe::backend::cuda::{nvrtc, CudaBackend};
 use rcaffe::backend::{
-    rng_from_seed, Activation, Axis, AxisReduction, Backend, Binary, Block, Broadcast, ConvGeom,
-    CpuBackend, CpuBuffer, Distribution, Gemm, Gemv, Labels, LrnGeom, LrnSaved, PoolGeom, Pooling,
-    Reduction, RoundMode, Scalar, SliceMut, Src, Transpose, Unary, Views,
+    rng_from_seed, Activation, Axis, AxisReduction, Backend, Binary, Block, Broadcast, ConvBatch,
+    ConvGeom, ConvGrads, CpuBackend, CpuBuffer, Distribution, Gemm, Gemv, Labels, LrnGeom,
+    LrnSaved, LrnWithin, PoolGeom, Pooling, Reduction, RoundMode, Scalar, SliceMut, Src, Transpose,
+    Unary, Views,
 };
 use rcaffe_kernel_emu::{k, launch};
 use std::os::raw::c_int;
@@ -133,6 +137,7 @@ fn every_kernel_file_compiles_with_nvrtc() {
     assert!(std::sync::Arc::ptr_eq(&first, &again));
 }
 
+mod backend;
 mod device;
 mod elementwise;
 mod loss_solver_random;

@@ -210,6 +210,78 @@ fn conv_geoms() -> Vec<ConvGeom> {
     ]
 }
 
+/// The broadcasts without a kernel of their own: `broadcast_over_axis` and
+/// `broadcast_per_channel` for every Binary op (by the codes kernels/axis.cu lists), from
+/// another buffer and in place.
+#[test]
+fn generic_broadcast_kernels_match_cpu() {
+    let c = cpu();
+    let (outer, dim, inner) = (3, 10, 37);
+    let len = outer * dim * inner;
+    let axis = Axis::new(outer, dim, inner);
+    let (o, d, i) = (int(outer), int(dim), int(inner));
+    let x = rand_vec(40, len, -3.0, 3.0);
+    let xb = buf(&x);
+    let ops = [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+        Binary::PRelu,
+        Binary::SigmoidCrossEntropy,
+    ];
+    for (code, op) in ops.into_iter().enumerate() {
+        let tol = if op == Binary::SigmoidCrossEntropy {
+            Tol::Rel(2e-6)
+        } else {
+            Tol::Exact
+        };
+        for how in [Broadcast::OverAxis, Broadcast::PerChannel] {
+            let v_len = match how {
+                Broadcast::OverAxis => outer * inner,
+                Broadcast::PerChannel => dim,
+            };
+            let v = rand_vec(41, v_len, 0.5, 2.0);
+            let mut want = buf(&vec![0.0; len]);
+            c.broadcast(
+                op,
+                how,
+                axis,
+                buf(&v).whole(),
+                xb.whole().src(),
+                want.whole_mut(),
+            )
+            .unwrap();
+            let kernel = match how {
+                Broadcast::OverAxis => k::broadcast_over_axis,
+                Broadcast::PerChannel => k::broadcast_per_channel,
+            };
+            let code = int(code);
+            let mut y = vec![f32::NAN; len];
+            emu!(kernel(
+                code,
+                o,
+                d,
+                i,
+                v.as_ptr(),
+                x.as_ptr(),
+                y.as_mut_ptr()
+            ));
+            check(&format!("{op:?} {how:?}"), &y, want.as_slice(), tol);
+            let mut y = x.clone();
+            let p = y.as_mut_ptr();
+            emu!(kernel(code, o, d, i, v.as_ptr(), p, p));
+            check(
+                &format!("{op:?} {how:?} in place"),
+                &y,
+                want.as_slice(),
+                tol,
+            );
+        }
+    }
+}
+
 #[test]
 fn im2col_and_col2im_match_cpu() {
     let c = cpu();

@@ -8,7 +8,12 @@
 //! binary builds and runs on machines without CUDA.
 
 mod backend;
+mod cudarc_runtime;
 pub mod device;
+pub mod kernels;
 pub mod nvrtc;
+pub mod runtime;
 
-pub use backend::{CudaBackend, CudaBuffer, STAGED_MIN};
+pub use backend::{CudaBackend, CudaBuffer};
+pub use cudarc_runtime::{CudaGraphRecording, CudarcRuntime, STAGED_MIN};
+pub use runtime::DeviceRuntime;

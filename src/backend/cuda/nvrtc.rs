@@ -11,6 +11,7 @@
 //! the CPU op with tolerances that assume this). No fast math: `expf`, `logf`, `tanhf` keep
 //! CUDA's documented accuracy of a few ulps.
 
+use super::kernels::Kernel;
 use crate::backend::{BackendError, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -59,17 +60,12 @@ pub fn source(name: &str) -> Result<&'static str> {
         })
 }
 
-/// The kernels `kernels/<name>.cu` defines: every `extern "C" __global__ void <kernel>(`.
+/// The kernels `kernels/<name>.cu` defines, as `build.rs` read them from its prototypes.
 pub fn kernel_names(name: &str) -> Vec<&'static str> {
-    const MARK: &str = "extern \"C\" __global__ void ";
-    let Ok(src) = source(name) else {
-        return Vec::new();
-    };
-    src.match_indices(MARK)
-        .filter_map(|(at, _)| {
-            let rest = &src[at + MARK.len()..];
-            rest.find('(').map(|end| rest[..end].trim())
-        })
+    Kernel::ALL
+        .iter()
+        .filter(|kernel| kernel.file() == name)
+        .map(|kernel| kernel.name())
         .collect()
 }
 

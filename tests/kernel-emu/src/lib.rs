@@ -1,13 +1,22 @@
 //! The kernels of rcaffe's `kernels/*.cu`, compiled as C++ for the host (see `build.rs` and
-//! `kernels/emulation.h`), and [`launch`], which runs one emulated CUDA grid.
+//! `kernels/emulation.h`); [`launch`], which runs one emulated CUDA grid; and
+//! [`EmulatedRuntime`], a [`DeviceRuntime`] on host memory that runs them, so that rcaffe's
+//! CUDA backend (its op code unchanged) runs without a GPU.
 //!
-//! Each kernel is declared here with the C signature of its `extern "C" __global__` function;
-//! the same argument list is what the CUDA backend passes to the device launch. Calling a
-//! kernel function directly runs one emulated thread, with the indices [`launch`] set.
+//! The declarations in [`k`] are generated from the kernels' `extern "C" __global__`
+//! prototypes by the parser rcaffe's build script uses for the CUDA backend's launch
+//! arguments. Calling a kernel function directly runs one emulated thread, with the indices
+//! [`launch`] set.
 
 #![allow(clippy::too_many_arguments)]
 
-use std::os::raw::{c_float, c_int};
+use rcaffe::backend::cuda::kernels::{Kernel, KernelArg, ReadPtr, WritePtr};
+use rcaffe::backend::cuda::runtime::{DeviceRuntime, Gemm, Gemv};
+use rcaffe::backend::{BackendError, Result, Transpose};
+use std::alloc::Layout;
+use std::os::raw::c_float;
+use std::ptr::NonNull;
+use std::sync::Mutex;
 
 extern "C" {
     fn rcaffe_emu_set_index(block: u32, thread: u32, grid_dim: u32, block_dim: u32);
@@ -31,489 +40,274 @@ pub unsafe fn launch(grid: u32, block: u32, mut kernel: impl FnMut()) {
 
 /// The kernels, by file. Pointers are already offset; sizes are `int`.
 pub mod k {
-    use super::*;
+    use std::os::raw::{c_float, c_int};
 
-    // kernels/elementwise.cu
-    extern "C" {
-        pub fn copy(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn set(n: c_int, value: c_float, y: *mut c_float);
-        pub fn add_scalar(n: c_int, value: c_float, y: *mut c_float);
-        pub fn axpy(n: c_int, alpha: c_float, x: *const c_float, y: *mut c_float);
-        pub fn axpby(
-            n: c_int,
-            alpha_at: *const c_float,
-            alpha: c_float,
-            x: *const c_float,
-            beta: c_float,
-            y: *mut c_float,
-        );
-        pub fn scale(
-            n: c_int,
-            alpha_at: *const c_float,
-            alpha: c_float,
-            x: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn add(n: c_int, a: *const c_float, b: *const c_float, y: *mut c_float);
-        pub fn sub(n: c_int, a: *const c_float, b: *const c_float, y: *mut c_float);
-        pub fn mul(n: c_int, a: *const c_float, b: *const c_float, y: *mut c_float);
-        pub fn div_kernel(n: c_int, a: *const c_float, b: *const c_float, y: *mut c_float);
-        pub fn max_kernel(n: c_int, a: *const c_float, b: *const c_float, y: *mut c_float);
-        pub fn powx(n: c_int, x: *const c_float, p: c_float, y: *mut c_float);
-        pub fn power(
-            n: c_int,
-            x: *const c_float,
-            power: c_float,
-            scale: c_float,
-            shift: c_float,
-            y: *mut c_float,
-        );
-        pub fn exp_kernel(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn log_kernel(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn abs_kernel(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn sqr(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn sqrt_kernel(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn sign(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn reduce_partial(
-            n: c_int,
-            kind: c_int,
-            x: *const c_float,
-            y: *const c_float,
-            partial: *mut c_float,
-        );
-        pub fn sum_partials(parts: c_int, partial: *const c_float, alpha: c_float, y: *mut c_float);
+    include!(concat!(env!("OUT_DIR"), "/declarations.rs"));
+}
+
+include!(concat!(env!("OUT_DIR"), "/dispatch.rs"));
+
+/// Arguments the backend's generated launch structs cannot produce.
+fn mismatch(kernel: Kernel, args: &[KernelArg]) -> ! {
+    panic!(
+        "{}: arguments {args:?} do not match its prototype",
+        kernel.name()
+    )
+}
+
+/// Zeroed host memory standing in for a device allocation; its address is the "device"
+/// address the kernels get. Raw rather than a `Box`, as the kernels write through that address
+/// while the buffer holding this moves about.
+pub struct HostMemory {
+    start: NonNull<f32>,
+    layout: Layout,
+}
+
+// SAFETY: plain memory, accessed through its address by the runtime's ops, which the backend
+// orders as a device stream would.
+unsafe impl Send for HostMemory {}
+// SAFETY: as above; `&HostMemory` gives no access to the memory.
+unsafe impl Sync for HostMemory {}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `EmulatedRuntime::alloc` with this layout.
+        unsafe { std::alloc::dealloc(self.start.as_ptr().cast(), self.layout) }
+    }
+}
+
+/// One recorded piece of work.
+#[derive(Debug)]
+pub enum Recorded {
+    Launch {
+        kernel: Kernel,
+        blocks: u32,
+        threads: u32,
+        args: Vec<KernelArg>,
+    },
+    Gemm(Gemm),
+    Gemv(Gemv),
+}
+
+/// A device on the host: memory is host memory, a launch runs the kernel compiled for the host
+/// on every thread of the grid in turn ([`launch`]), GEMM and GEMV are plain loops over the
+/// column-major operands as cuBLAS takes them, and a recording is the list of launches and
+/// products to issue again. Everything runs at once, on the calling thread, so it is always in
+/// issue order.
+#[derive(Debug, Default)]
+pub struct EmulatedRuntime {
+    /// The work recorded so far, while recording.
+    recording: Mutex<Option<Vec<Recorded>>>,
+}
+
+impl EmulatedRuntime {
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    // kernels/activations.cu
-    extern "C" {
-        pub fn relu_forward(n: c_int, slope: c_float, x: *const c_float, y: *mut c_float);
-        pub fn relu_backward(
-            n: c_int,
-            slope: c_float,
-            x: *const c_float,
-            dy: *const c_float,
-            dx: *mut c_float,
-        );
-        pub fn sigmoid_forward(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn sigmoid_backward(n: c_int, y: *const c_float, dy: *const c_float, dx: *mut c_float);
-        pub fn tanh_forward(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn tanh_backward(n: c_int, y: *const c_float, dy: *const c_float, dx: *mut c_float);
-        pub fn elu_forward(n: c_int, alpha: c_float, x: *const c_float, y: *mut c_float);
-        pub fn elu_backward(
-            n: c_int,
-            alpha: c_float,
-            x: *const c_float,
-            y: *const c_float,
-            dy: *const c_float,
-            dx: *mut c_float,
-        );
-        pub fn bnll_forward(n: c_int, x: *const c_float, y: *mut c_float);
-        pub fn bnll_backward(n: c_int, x: *const c_float, dy: *const c_float, dx: *mut c_float);
-        pub fn prelu_forward(
-            outer: c_int,
-            channels: c_int,
-            inner: c_int,
-            slope: *const c_float,
-            x: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn prelu_backward(
-            outer: c_int,
-            channels: c_int,
-            inner: c_int,
-            slope: *const c_float,
-            x: *const c_float,
-            dy: *const c_float,
-            dx: *mut c_float,
-        );
-        pub fn prelu_slope_grad(
-            outer: c_int,
-            channels: c_int,
-            inner: c_int,
-            x: *const c_float,
-            dy: *const c_float,
-            dslope: *mut c_float,
-        );
+    fn recording(
+        &self,
+        op: &'static str,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Vec<Recorded>>>> {
+        self.recording.lock().map_err(|_| BackendError::Device {
+            op,
+            message: "the recording was poisoned".into(),
+        })
     }
 
-    // kernels/im2col.cu
-    extern "C" {
-        pub fn im2col(
-            channels: c_int,
-            height: c_int,
-            width: c_int,
-            kernel_h: c_int,
-            kernel_w: c_int,
-            pad_h: c_int,
-            pad_w: c_int,
-            stride_h: c_int,
-            stride_w: c_int,
-            dilation_h: c_int,
-            dilation_w: c_int,
-            out_h: c_int,
-            out_w: c_int,
-            im: *const c_float,
-            col: *mut c_float,
-        );
-        pub fn col2im(
-            channels: c_int,
-            height: c_int,
-            width: c_int,
-            kernel_h: c_int,
-            kernel_w: c_int,
-            pad_h: c_int,
-            pad_w: c_int,
-            stride_h: c_int,
-            stride_w: c_int,
-            dilation_h: c_int,
-            dilation_w: c_int,
-            out_h: c_int,
-            out_w: c_int,
-            col: *const c_float,
-            im: *mut c_float,
-        );
+    /// Runs `work` now.
+    ///
+    /// # Safety
+    ///
+    /// As the [`DeviceRuntime`] call that issued it.
+    unsafe fn run(work: &Recorded) {
+        match work {
+            Recorded::Launch {
+                kernel,
+                blocks,
+                threads,
+                args,
+            } => {
+                // SAFETY: the caller's.
+                unsafe { run_grid(*kernel, *blocks, *threads, args) }
+            }
+            // SAFETY: the caller's.
+            Recorded::Gemm(product) => unsafe { gemm(product) },
+            // SAFETY: the caller's.
+            Recorded::Gemv(product) => unsafe { gemv(product) },
+        }
     }
 
-    // kernels/pooling.cu: geometry as (planes, height, width, kernel_h, kernel_w, stride_h,
-    // stride_w, pad_h, pad_w, pooled_h, pooled_w).
-    extern "C" {
-        pub fn max_pool_forward(
-            planes: c_int,
-            height: c_int,
-            width: c_int,
-            kernel_h: c_int,
-            kernel_w: c_int,
-            stride_h: c_int,
-            stride_w: c_int,
-            pad_h: c_int,
-            pad_w: c_int,
-            pooled_h: c_int,
-            pooled_w: c_int,
-            x: *const c_float,
-            y: *mut c_float,
-            mask: *mut c_float,
-        );
-        pub fn max_pool_backward(
-            planes: c_int,
-            height: c_int,
-            width: c_int,
-            kernel_h: c_int,
-            kernel_w: c_int,
-            stride_h: c_int,
-            stride_w: c_int,
-            pad_h: c_int,
-            pad_w: c_int,
-            pooled_h: c_int,
-            pooled_w: c_int,
-            dy: *const c_float,
-            mask: *const c_float,
-            dx: *mut c_float,
-        );
-        pub fn ave_pool_forward(
-            planes: c_int,
-            height: c_int,
-            width: c_int,
-            kernel_h: c_int,
-            kernel_w: c_int,
-            stride_h: c_int,
-            stride_w: c_int,
-            pad_h: c_int,
-            pad_w: c_int,
-            pooled_h: c_int,
-            pooled_w: c_int,
-            x: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn ave_pool_backward(
-            planes: c_int,
-            height: c_int,
-            width: c_int,
-            kernel_h: c_int,
-            kernel_w: c_int,
-            stride_h: c_int,
-            stride_w: c_int,
-            pad_h: c_int,
-            pad_w: c_int,
-            pooled_h: c_int,
-            pooled_w: c_int,
-            dy: *const c_float,
-            dx: *mut c_float,
-        );
+    /// Records `work` while recording, else runs it.
+    ///
+    /// # Safety
+    ///
+    /// As the [`DeviceRuntime`] call that issued it.
+    unsafe fn issue(&self, op: &'static str, work: Recorded) -> Result<()> {
+        if let Some(recorded) = self.recording(op)?.as_mut() {
+            recorded.push(work);
+            return Ok(());
+        }
+        // SAFETY: the caller's.
+        unsafe { Self::run(&work) };
+        Ok(())
+    }
+}
+
+fn read(p: ReadPtr) -> *const f32 {
+    p.address() as *const f32
+}
+
+fn write(p: WritePtr) -> *mut f32 {
+    p.address() as *mut f32
+}
+
+/// Element `(row, col)` of column-major `a` with leading dimension `ld`, as `op(a)` sees it.
+///
+/// # Safety
+///
+/// The element lies in valid memory.
+unsafe fn element(a: ReadPtr, ld: i32, trans: Transpose, row: usize, col: usize) -> f64 {
+    let (r, c) = match trans {
+        Transpose::NoTrans => (row, col),
+        Transpose::Trans => (col, row),
+    };
+    // SAFETY: the caller's.
+    f64::from(unsafe { *read(a).add(r + c * ld as usize) })
+}
+
+/// cuBLAS's `sgemm` on host memory, summing in f64. `beta == 0` does not read `c`.
+///
+/// # Safety
+///
+/// As [`DeviceRuntime::gemm`].
+unsafe fn gemm(p: &Gemm) {
+    for j in 0..p.n as usize {
+        for i in 0..p.m as usize {
+            let mut sum = 0f64;
+            for l in 0..p.k as usize {
+                // SAFETY: the caller's.
+                sum += unsafe {
+                    element(p.a, p.lda, p.trans_a, i, l) * element(p.b, p.ldb, p.trans_b, l, j)
+                };
+            }
+            // SAFETY: the caller's.
+            let c = unsafe { &mut *write(p.c).add(i + j * p.ldc as usize) };
+            let product = p.alpha * sum as f32;
+            *c = if p.beta == 0.0 {
+                product
+            } else {
+                product + p.beta * *c
+            };
+        }
+    }
+}
+
+/// cuBLAS's `sgemv` with unit strides on host memory, summing in f64. `beta == 0` does not read
+/// `y`.
+///
+/// # Safety
+///
+/// As [`DeviceRuntime::gemv`].
+unsafe fn gemv(p: &Gemv) {
+    let (rows, cols) = match p.trans {
+        Transpose::NoTrans => (p.m as usize, p.n as usize),
+        Transpose::Trans => (p.n as usize, p.m as usize),
+    };
+    for i in 0..rows {
+        let mut sum = 0f64;
+        for j in 0..cols {
+            // SAFETY: the caller's.
+            sum += unsafe { element(p.a, p.lda, p.trans, i, j) * f64::from(*read(p.x).add(j)) };
+        }
+        // SAFETY: the caller's.
+        let y = unsafe { &mut *write(p.y).add(i) };
+        let product = p.alpha * sum as f32;
+        *y = if p.beta == 0.0 {
+            product
+        } else {
+            product + p.beta * *y
+        };
+    }
+}
+
+impl DeviceRuntime for EmulatedRuntime {
+    type Memory = HostMemory;
+    type Recording = Vec<Recorded>;
+
+    fn alloc(&self, op: &'static str, len: usize) -> Result<(HostMemory, u64)> {
+        let layout = Layout::array::<c_float>(len.max(1))
+            .map_err(|_| rcaffe::backend::out_of_memory::<f32>(op, len))?;
+        // SAFETY: the layout is not zero-sized.
+        let start = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>())
+            .ok_or_else(|| rcaffe::backend::out_of_memory::<f32>(op, len))?;
+        let address = start.as_ptr() as u64;
+        Ok((HostMemory { start, layout }, address))
     }
 
-    // kernels/axis.cu
-    extern "C" {
-        pub fn max_over_axis(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            x: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn sum_over_axis(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            x: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn dot_over_axis(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            a: *const c_float,
-            b: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn sub_along_axis(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            v: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn div_along_axis(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            v: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn add_per_channel(
-            outer: c_int,
-            channels: c_int,
-            inner: c_int,
-            v: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn mul_per_channel(
-            outer: c_int,
-            channels: c_int,
-            inner: c_int,
-            v: *const c_float,
-            x: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn sum_per_channel(
-            outer: c_int,
-            channels: c_int,
-            inner: c_int,
-            alpha: c_float,
-            x: *const c_float,
-            beta: c_float,
-            y: *mut c_float,
-        );
-        pub fn sum_per_channel_partial(
-            outer: c_int,
-            channels: c_int,
-            inner: c_int,
-            parts: c_int,
-            x: *const c_float,
-            partial: *mut c_float,
-        );
-        pub fn sum_per_channel_parts(
-            channels: c_int,
-            parts: c_int,
-            partial: *const c_float,
-            alpha: c_float,
-            beta: c_float,
-            y: *mut c_float,
-        );
+    unsafe fn upload(&self, _op: &'static str, src: &[f32], dst: WritePtr) -> Result<()> {
+        // SAFETY: the caller vouches for `dst`; host memory of another allocation than `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), write(dst), src.len()) };
+        Ok(())
     }
 
-    // kernels/plumbing.cu
-    extern "C" {
-        pub fn copy_2d(
-            rows: c_int,
-            cols: c_int,
-            x: *const c_float,
-            x_stride: c_int,
-            y: *mut c_float,
-            y_stride: c_int,
-        );
-        pub fn running_argmax(
-            n: c_int,
-            index: c_float,
-            x: *const c_float,
-            y: *mut c_float,
-            mask: *mut c_float,
-        );
-        pub fn copy_where_eq(
-            n: c_int,
-            mask: *const c_float,
-            value: c_float,
-            x: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn top_k_over_axis(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            k: c_int,
-            x: *const c_float,
-            values: *mut c_float,
-            indices: *mut c_float,
-        );
+    unsafe fn download(&self, _op: &'static str, src: ReadPtr, dst: &mut [f32]) -> Result<()> {
+        // SAFETY: the caller vouches for `src`.
+        unsafe { std::ptr::copy_nonoverlapping(read(src), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
     }
 
-    // kernels/loss.cu: `has_ignore` 0 or 1, then `ignore_label`.
-    extern "C" {
-        pub fn label_mask(
-            n: c_int,
-            label: *const c_float,
-            has_ignore: c_int,
-            ignore_label: c_int,
-            y: *mut c_float,
-        );
-        pub fn gather_at_label(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            x: *const c_float,
-            label: *const c_float,
-            has_ignore: c_int,
-            ignore_label: c_int,
-            fill: c_float,
-            y: *mut c_float,
-            error: *mut c_float,
-        );
-        pub fn affine_at_label(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            label: *const c_float,
-            has_ignore: c_int,
-            ignore_label: c_int,
-            alpha: c_float,
-            beta: c_float,
-            y: *mut c_float,
-            error: *mut c_float,
-        );
-        pub fn top_k_hits(
-            outer: c_int,
-            dim: c_int,
-            inner: c_int,
-            top_k: c_int,
-            x: *const c_float,
-            label: *const c_float,
-            has_ignore: c_int,
-            ignore_label: c_int,
-            y: *mut c_float,
-            error: *mut c_float,
-        );
-        pub fn sum_by_label(
-            n: c_int,
-            classes: c_int,
-            x: *const c_float,
-            label: *const c_float,
-            has_ignore: c_int,
-            ignore_label: c_int,
-            y: *mut c_float,
-        );
-        pub fn sigmoid_cross_entropy(
-            n: c_int,
-            x: *const c_float,
-            t: *const c_float,
-            y: *mut c_float,
-        );
+    fn synchronize(&self, _op: &'static str) -> Result<()> {
+        Ok(())
     }
 
-    // kernels/lrn.cu
-    extern "C" {
-        pub fn lrn_across_forward(
-            num: c_int,
-            channels: c_int,
-            spatial: c_int,
-            size: c_int,
-            alpha: c_float,
-            beta: c_float,
-            k: c_float,
-            x: *const c_float,
-            scale: *mut c_float,
-            y: *mut c_float,
-        );
-        pub fn lrn_across_backward(
-            num: c_int,
-            channels: c_int,
-            spatial: c_int,
-            size: c_int,
-            alpha: c_float,
-            beta: c_float,
-            x: *const c_float,
-            y: *const c_float,
-            scale: *const c_float,
-            dy: *const c_float,
-            dx: *mut c_float,
-        );
+    unsafe fn launch(
+        &self,
+        op: &'static str,
+        kernel: Kernel,
+        blocks: u32,
+        threads: u32,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        let work = Recorded::Launch {
+            kernel,
+            blocks,
+            threads,
+            args: args.to_vec(),
+        };
+        // SAFETY: the caller's.
+        unsafe { self.issue(op, work) }
     }
 
-    // kernels/random.cu: `state` is a stream's 4 words (see src/backend/philox.rs).
-    extern "C" {
-        pub fn bernoulli_stream(
-            n: c_int,
-            groups: c_int,
-            p: c_float,
-            state: *const c_float,
-            y: *mut c_float,
-        );
-        pub fn advance_stream(n: c_int, state: *mut c_float);
+    unsafe fn gemm(&self, op: &'static str, product: &Gemm) -> Result<()> {
+        // SAFETY: the caller's.
+        unsafe { self.issue(op, Recorded::Gemm(*product)) }
     }
 
-    // kernels/solver.cu: the step scale as (step_at, step), see elementwise's scalars.
-    extern "C" {
-        pub fn sgd_update(
-            n: c_int,
-            g: *mut c_float,
-            h: *mut c_float,
-            momentum: c_float,
-            step_at: *const c_float,
-            step: c_float,
-        );
-        pub fn nesterov_update(
-            n: c_int,
-            g: *mut c_float,
-            h: *mut c_float,
-            momentum: c_float,
-            step_at: *const c_float,
-            step: c_float,
-        );
-        pub fn adagrad_update(
-            n: c_int,
-            g: *mut c_float,
-            h: *mut c_float,
-            delta: c_float,
-            step_at: *const c_float,
-            step: c_float,
-        );
-        pub fn rmsprop_update(
-            n: c_int,
-            g: *mut c_float,
-            h: *mut c_float,
-            rms_decay: c_float,
-            delta: c_float,
-            step_at: *const c_float,
-            step: c_float,
-        );
-        pub fn adadelta_update(
-            n: c_int,
-            g: *mut c_float,
-            h: *mut c_float,
-            h2: *mut c_float,
-            momentum: c_float,
-            delta: c_float,
-            step_at: *const c_float,
-            step: c_float,
-        );
-        pub fn adam_update(
-            n: c_int,
-            g: *mut c_float,
-            m: *mut c_float,
-            v: *mut c_float,
-            beta1: c_float,
-            beta2: c_float,
-            eps_hat: c_float,
-            step_at: *const c_float,
-            step: c_float,
-        );
+    unsafe fn gemv(&self, op: &'static str, product: &Gemv) -> Result<()> {
+        // SAFETY: the caller's.
+        unsafe { self.issue(op, Recorded::Gemv(*product)) }
+    }
+
+    fn load_kernels(&self, _op: &'static str) -> Result<()> {
+        Ok(())
+    }
+
+    fn begin_recording(&self, op: &'static str) -> Result<()> {
+        *self.recording(op)? = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_recording(&self, op: &'static str) -> Result<Option<Vec<Recorded>>> {
+        Ok(self.recording(op)?.take())
+    }
+
+    fn replay(&self, _op: &'static str, recording: &mut Vec<Recorded>) -> Result<()> {
+        for work in recording.iter() {
+            // SAFETY: the recorded calls were vouched for when issued, and the backend keeps
+            // the buffers they address alive as long as the recording.
+            unsafe { Self::run(work) };
+        }
+        Ok(())
     }
 }

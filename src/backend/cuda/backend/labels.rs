@@ -3,22 +3,20 @@
 
 use super::*;
 
-impl CudaBackend {
-    /// Labels of `labels[off..off + n]`, downloaded and checked on the host as the CPU backend
-    /// checks them ([`crate::backend::check_labels`]).
+impl<R: DeviceRuntime> CudaBackend<R> {
+    /// The labels `labels`, downloaded and checked on the host as the CPU backend checks them
+    /// ([`crate::backend::check_labels`]).
     pub(super) fn check_labels(
         &self,
         op: &'static str,
-        label: &CudaBuffer,
-        off: usize,
-        n: usize,
+        labels: Slice<'_, CudaBuffer<R>>,
         ignore: Option<i32>,
         dim: usize,
     ) -> Result<()> {
         self.host_guard(op)?;
-        check_range(op, "label", label.len(), off, n)?;
-        let mut host = vec![0f32; n];
-        Backend::download(self, label.slice(off, n), &mut host)?;
+        labels.range(op, "labels")?;
+        let mut host = vec![0f32; labels.len];
+        Backend::download(self, labels, &mut host)?;
         crate::backend::check_labels(op, &host, ignore, dim)
     }
 
@@ -28,16 +26,19 @@ impl CudaBackend {
     pub(super) fn check_labels_unless_capturing(
         &self,
         op: &'static str,
-        label: &CudaBuffer,
-        off: usize,
-        n: usize,
+        labels: Slice<'_, CudaBuffer<R>>,
         ignore: Option<i32>,
         dim: usize,
-    ) -> Result<Arg> {
+    ) -> Result<WritePtr> {
         if !self.capturing() {
-            self.check_labels(op, label, off, n, ignore, dim)?;
+            self.check_labels(op, labels, ignore, dim)?;
         }
-        Self::ptr(
+        self.label_error_word(op)
+    }
+
+    /// The address of the label-indexed kernels' report.
+    fn label_error_word(&self, op: &'static str) -> Result<WritePtr> {
+        Self::scratch(
             op,
             "label_error",
             &self.inner.label_error,
@@ -50,24 +51,16 @@ impl CudaBackend {
     /// the report. Waits for the stream.
     pub(super) fn take_label_error(&self, op: &'static str) -> Result<()> {
         let mut report = [0f32; LABEL_ERROR_LEN];
-        Backend::download(
-            self,
-            self.inner.label_error.slice(0, LABEL_ERROR_LEN),
-            &mut report,
-        )?;
+        Backend::download(self, self.inner.label_error.whole(), &mut report)?;
         if report[0] == 0.0 {
             return Ok(());
         }
         let [_, label, dim] = report;
-        let word = Self::ptr(
-            op,
-            "label_error",
-            &self.inner.label_error,
-            0,
-            LABEL_ERROR_LEN,
-        )?;
-        let len = Arg::I(LABEL_ERROR_LEN as i32);
-        self.launch(op, "set", LABEL_ERROR_LEN, &[len, Arg::F(0.0), word])?;
+        self.grid_stride(op, LABEL_ERROR_LEN).run(kernels::Set {
+            n: LABEL_ERROR_LEN as i32,
+            value: 0.0,
+            y: self.label_error_word(op)?,
+        })?;
         Err(invalid(
             op,
             format!("label {label} is outside 0..{dim} (found by a kernel of the replayed graph)"),

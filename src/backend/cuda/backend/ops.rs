@@ -2,196 +2,186 @@
 //! through the helpers of the [parent module](super).
 
 use super::*;
+use crate::backend::cuda::runtime;
 use crate::backend::{copy_2d_spans, gemm_spans};
 
-/// A captured CUDA graph, instantiated, with the backend whose buffers it addresses.
-struct CudaReplay {
-    graph: CudaGraph,
-    /// Keeps the context, the stream and the kernels' modules alive as long as the graph.
-    backend: CudaBackend,
+/// Recorded work (a CUDA graph on a GPU) with the backend whose buffers it addresses.
+struct Replay<R: DeviceRuntime> {
+    recording: R::Recording,
+    /// Keeps the device, its stream and the kernels alive as long as the recording.
+    backend: CudaBackend<R>,
 }
 
-// SAFETY: a CUDA graph may be used from any thread as long as calls on it are serialised
-// (NVIDIA's graph thread-safety rules); `replay` takes `&mut self`, and nothing else reaches
-// the graph, so moving it between threads is sound. It is not `Sync`.
-unsafe impl Send for CudaReplay {}
-
-impl CapturedWork for CudaReplay {
-    /// Launches the graph and waits for it: the labels its kernels met are checked then, as
+impl<R: DeviceRuntime> CapturedWork for Replay<R> {
+    /// Issues the recording and waits for it: the labels its kernels met are checked then, as
     /// the host checks them before each op outside a graph. (The caller reads the loss next,
     /// which waits anyway.)
     fn replay(&mut self) -> Result<()> {
-        self.graph.launch().map_err(|e| dev_err("replay", e))?;
+        self.backend
+            .inner
+            .runtime
+            .replay("replay", &mut self.recording)?;
         self.backend.take_label_error("replay")
     }
 }
 
-macro_rules! unary {
-    ($name:ident, $kernel:literal) => {
-        fn $name(
-            &self,
-            n: usize,
-            x: Src<'_, CudaBuffer>,
-            y: &mut CudaBuffer,
-            y_off: usize,
-        ) -> Result<()> {
-            self.map1(stringify!($name), $kernel, n, x, y, y_off)
-        }
-    };
+/// The code of a [`Binary`] op as `broadcast_over_axis` and `broadcast_per_channel` take it
+/// (kernels/axis.cu).
+fn binary_code(op: Binary) -> i32 {
+    match op {
+        Binary::Add => 0,
+        Binary::Sub => 1,
+        Binary::Mul => 2,
+        Binary::Div => 3,
+        Binary::Max => 4,
+        Binary::PRelu => 5,
+        Binary::SigmoidCrossEntropy => 6,
+    }
 }
 
-macro_rules! binary {
-    ($name:ident, $kernel:literal) => {
-        fn $name(
-            &self,
-            n: usize,
-            a: Src<'_, CudaBuffer>,
-            b: Src<'_, CudaBuffer>,
-            y: &mut CudaBuffer,
-            y_off: usize,
-        ) -> Result<()> {
-            self.map2(stringify!($name), $kernel, n, a, b, y, y_off)
-        }
-    };
-}
+impl<R: DeviceRuntime> Backend for CudaBackend<R> {
+    type Buffer = CudaBuffer<R>;
 
-mod trait_impl;
+    const NAME: &'static str = "CUDA";
 
-/// The ops in the `(buffer, offset)` form the launch code takes; [`trait_impl`] checks the
-/// views of [`Backend`]'s ops and calls these. (Their long argument lists go when the launch
-/// code takes views itself.)
-#[allow(clippy::too_many_arguments)]
-impl CudaBackend {
-    fn alloc(&self, len: usize) -> Result<CudaBuffer> {
+    fn alloc(&self, len: usize) -> Result<CudaBuffer<R>> {
         // An allocation inside a capture would become graph-owned memory.
         self.host_guard("alloc")?;
-        Self::alloc_on(&self.inner.stream, len)
+        Self::alloc_on(&self.inner.runtime, "alloc", len)
     }
 
-    fn upload(&self, src: &[f32], dst: &mut CudaBuffer, dst_off: usize) -> Result<()> {
+    fn upload(&self, src: &[f32], dst: SliceMut<'_, CudaBuffer<R>>) -> Result<()> {
         const OP: &str = "upload";
-        let Arg::P(p) = Self::ptr(OP, "dst", dst, dst_off, src.len())? else {
-            unreachable!()
-        };
+        let p = Self::write(OP, "dst", &dst, Extent::Exactly(src.len()))?;
         self.host_guard(OP)?;
         if src.is_empty() {
             return Ok(());
         }
-        if src.len() >= STAGED_MIN {
-            return self.upload_staged(src, p);
-        }
-        // SAFETY: the range was checked; for pageable host memory the source has been read
-        // when the call returns, and the stream orders the copy before later ops.
-        unsafe { cudarc::driver::result::memcpy_htod_async(p, src, self.inner.stream.cu_stream()) }
-            .map_err(|e| dev_err(OP, e))
+        // SAFETY: the range was checked.
+        unsafe { self.inner.runtime.upload(OP, src, p) }
     }
 
-    fn download(&self, src: &CudaBuffer, src_off: usize, dst: &mut [f32]) -> Result<()> {
+    fn download(&self, src: Slice<'_, CudaBuffer<R>>, dst: &mut [f32]) -> Result<()> {
         const OP: &str = "download";
-        let Arg::P(p) = Self::ptr(OP, "src", src, src_off, dst.len())? else {
-            unreachable!()
-        };
+        let p = Self::read(OP, "src", src, Extent::Exactly(dst.len()))?;
         self.host_guard(OP)?;
         if dst.is_empty() {
             return Ok(());
         }
-        // SAFETY: the range was checked; the stream is synchronised before `dst` is used.
-        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, p, self.inner.stream.cu_stream()) }
-            .map_err(|e| dev_err(OP, e))?;
-        self.synchronize()
+        // SAFETY: the range was checked.
+        unsafe { self.inner.runtime.download(OP, p, dst) }
     }
 
-    fn copy(
-        &self,
-        n: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        self.map1("copy", "copy", n, Src::At(x, x_off), y, y_off)
+    fn copy(&self, x: Slice<'_, CudaBuffer<R>>, y: SliceMut<'_, CudaBuffer<R>>) -> Result<()> {
+        self.map1("copy", x.src(), y, |n, x, y| kernels::Copy { n, x, y })
     }
 
     fn synchronize(&self) -> Result<()> {
         self.host_guard("synchronize")?;
-        self.inner
-            .stream
-            .synchronize()
-            .map_err(|e| dev_err("synchronize", e))
+        self.inner.runtime.synchronize("synchronize")
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fused_updates: true,
+            capture: true,
+            conv_scratch: false,
+        }
     }
 
     fn fused_update(
         &self,
         rule: &UpdateRule,
-        n: usize,
-        step: Scalar<'_, CudaBuffer>,
-        g: &mut CudaBuffer,
-        history: &mut CudaBuffer,
-        history2: Option<&mut CudaBuffer>,
+        step: Scalar<'_, CudaBuffer<R>>,
+        g: SliceMut<'_, CudaBuffer<R>>,
+        history: SliceMut<'_, CudaBuffer<R>>,
+        history2: Option<SliceMut<'_, CudaBuffer<R>>>,
     ) -> Result<()> {
         const OP: &str = "fused_update";
-        let [step_at, step] = Self::scalar(OP, "step", step)?;
-        let gp = Self::ptr(OP, "g", g, 0, n)?;
-        let hp = Self::ptr(OP, "history", history, 0, n)?;
-        let second_history = || match history2.as_deref() {
-            Some(h2) => Self::ptr(OP, "history2", h2, 0, n),
+        let n = g.len;
+        let (step_at, step) = Self::scalar(OP, "step", step)?;
+        let g = Self::write(OP, "g", &g, Extent::Whole)?;
+        let h = Self::write(OP, "history", &history, Extent::Exactly(n))?;
+        let second_history = || match &history2 {
+            Some(h2) => Self::write(OP, "history2", h2, Extent::Exactly(n)),
             None => Err(invalid(
                 OP,
                 format!("{} needs a second history", rule.type_name()),
             )),
         };
-        // (n, g, h, [h2,] the rule's hyper-parameters, step_at, step): kernels/solver.cu.
-        let mut args = vec![Arg::I(int(OP, n)?), gp, hp];
-        let kernel = match *rule {
-            UpdateRule::Sgd { momentum } => {
-                args.push(Arg::F(momentum));
-                "sgd_update"
-            }
-            UpdateRule::Nesterov { momentum } => {
-                args.push(Arg::F(momentum));
-                "nesterov_update"
-            }
-            UpdateRule::AdaGrad { delta } => {
-                args.push(Arg::F(delta));
-                "adagrad_update"
-            }
-            UpdateRule::RmsProp { delta, rms_decay } => {
-                args.extend([Arg::F(rms_decay), Arg::F(delta)]);
-                "rmsprop_update"
-            }
-            UpdateRule::AdaDelta { delta, momentum } => {
-                args.extend([second_history()?, Arg::F(momentum), Arg::F(delta)]);
-                "adadelta_update"
-            }
+        let grid = self.grid_stride(OP, n);
+        let n = int(OP, n)?;
+        match *rule {
+            UpdateRule::Sgd { momentum } => grid.run(kernels::SgdUpdate {
+                n,
+                g,
+                h,
+                momentum,
+                step_at,
+                step,
+            }),
+            UpdateRule::Nesterov { momentum } => grid.run(kernels::NesterovUpdate {
+                n,
+                g,
+                h,
+                momentum,
+                step_at,
+                step,
+            }),
+            UpdateRule::AdaGrad { delta } => grid.run(kernels::AdagradUpdate {
+                n,
+                g,
+                h,
+                delta,
+                step_at,
+                step,
+            }),
+            UpdateRule::RmsProp { delta, rms_decay } => grid.run(kernels::RmspropUpdate {
+                n,
+                g,
+                h,
+                rms_decay,
+                delta,
+                step_at,
+                step,
+            }),
+            UpdateRule::AdaDelta { delta, momentum } => grid.run(kernels::AdadeltaUpdate {
+                n,
+                g,
+                h,
+                h2: second_history()?,
+                momentum,
+                delta,
+                step_at,
+                step,
+            }),
             UpdateRule::Adam {
                 beta1,
                 beta2,
                 eps_hat,
-            } => {
-                let h2 = second_history()?;
-                args.extend([h2, Arg::F(beta1), Arg::F(beta2), Arg::F(eps_hat)]);
-                "adam_update"
-            }
-        };
-        args.extend([step_at, step]);
-        self.launch(OP, kernel, n, &args)
+            } => grid.run(kernels::AdamUpdate {
+                n,
+                g,
+                m: h,
+                v: second_history()?,
+                beta1,
+                beta2,
+                eps_hat,
+                step_at,
+                step,
+            }),
+        }
     }
 
     fn begin_capture(&self) -> Result<bool> {
         const OP: &str = "begin_capture";
-        if self.inner.capturing.load(Ordering::Acquire) {
+        if self.capturing() {
             return Err(invalid(OP, "a capture is already under way"));
         }
         // Loading a module cannot be recorded: every kernel file is loaded before (a no-op
         // once they are).
-        self.load_all_kernels()?;
-        // Thread-local mode: only this thread's unsafe calls (an allocation, a synchronous
-        // copy) invalidate the capture; a prefetch thread's pinned allocation elsewhere does
-        // not.
-        self.inner
-            .stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| dev_err(OP, e))?;
+        self.inner.runtime.load_kernels(OP)?;
+        self.inner.runtime.begin_recording(OP)?;
         self.inner.capturing.store(true, Ordering::Release);
         Ok(true)
     }
@@ -203,1119 +193,955 @@ impl CudaBackend {
         }
         // Ends the capture even when the work failed part-way (the caller discards the
         // graph then), so the stream is usable again either way.
-        let graph = self
-            .inner
-            .stream
-            .end_capture(CUgraphInstantiate_flags(0))
-            .map_err(|e| dev_err(OP, e))?;
-        Ok(graph.map(|graph| {
-            Box::new(CudaReplay {
-                graph,
+        let recording = self.inner.runtime.end_recording(OP)?;
+        Ok(recording.map(|recording| {
+            Box::new(Replay {
+                recording,
                 backend: self.clone(),
             }) as Box<dyn CapturedWork>
         }))
     }
 
-    fn set(&self, n: usize, value: f32, y: &mut CudaBuffer, y_off: usize) -> Result<()> {
-        const OP: &str = "set";
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        self.launch(OP, "set", n, &[Arg::I(int(OP, n)?), Arg::F(value), yp])
+    fn fill(&self, value: f32, y: SliceMut<'_, CudaBuffer<R>>) -> Result<()> {
+        const OP: &str = "fill";
+        let n = y.len;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        self.grid_stride(OP, n).run(kernels::Set {
+            n: int(OP, n)?,
+            value,
+            y,
+        })
     }
 
-    fn add_scalar(&self, n: usize, value: f32, y: &mut CudaBuffer, y_off: usize) -> Result<()> {
-        const OP: &str = "add_scalar";
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        self.launch(
-            OP,
-            "add_scalar",
-            n,
-            &[Arg::I(int(OP, n)?), Arg::F(value), yp],
-        )
-    }
-
-    // The fills draw on the host with the CPU backend's generator and upload: only the
-    // distribution is specified, and this keeps a net's initialisation identical across
-    // backends.
-    fn rng_bernoulli_stream(
+    // Drawn on the host with the CPU backend's generator and uploaded, as upstream's GPU
+    // fillers: only the distribution is specified, and this keeps a net's initialisation
+    // identical across backends.
+    fn random(
         &self,
-        n: usize,
-        p: f32,
-        state: &mut CudaBuffer,
-        state_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        dist: Distribution,
+        rng: &mut Rng,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "rng_bernoulli_stream";
+        const OP: &str = "random";
+        Self::write(OP, "y", &y, Extent::Whole)?;
+        self.host_guard(OP)?;
+        let mut host = crate::backend::CpuBuffer::from_vec(vec![0.0; y.len]);
+        crate::backend::CpuBackend::new(1)?.random(dist, rng, host.whole_mut())?;
+        self.upload(host.as_slice(), y)
+    }
+
+    fn bernoulli_stream(
+        &self,
+        p: f32,
+        state: SliceMut<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
+    ) -> Result<()> {
+        const OP: &str = "bernoulli_stream";
         check_probability(OP, p)?;
+        let state = Self::write(OP, "state", &state, Extent::AtLeast(philox::STATE_LEN))?;
+        let n = y.len;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
         let groups = philox::group_count(OP, n)? as usize;
-        let sp = Self::ptr(OP, "state", state, state_off, philox::STATE_LEN)?;
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let (n_arg, groups_arg) = (Arg::I(int(OP, n)?), Arg::I(int(OP, groups)?));
-        self.launch(
-            OP,
-            "bernoulli_stream",
-            groups,
-            &[n_arg, groups_arg, Arg::F(p), sp, yp],
-        )?;
-        self.launch(OP, "advance_stream", 1, &[Arg::I(1), sp])
+        self.grid_stride(OP, groups).run(kernels::BernoulliStream {
+            n: int(OP, n)?,
+            groups: int(OP, groups)?,
+            p,
+            state: state.as_read(),
+            y,
+        })?;
+        self.grid_stride(OP, 1)
+            .run(kernels::AdvanceStream { n: 1, state })
     }
 
     fn gemm(
         &self,
-        trans_a: Transpose,
-        trans_b: Transpose,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &CudaBuffer,
-        a_off: usize,
-        lda: usize,
-        b: &CudaBuffer,
-        b_off: usize,
-        ldb: usize,
-        beta: f32,
-        c: &mut CudaBuffer,
-        c_off: usize,
-        ldc: usize,
+        g: &Gemm,
+        a: Slice<'_, CudaBuffer<R>>,
+        b: Slice<'_, CudaBuffer<R>>,
+        c: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "gemm";
-        let [a_span, b_span, c_span] =
-            gemm_spans(OP, (trans_a, trans_b), (m, n, k), (lda, ldb, ldc))?;
-        if m == 0 || n == 0 {
+        let [a_span, b_span, c_span] = gemm_spans(
+            OP,
+            (g.trans_a, g.trans_b),
+            (g.m, g.n, g.k),
+            (g.lda, g.ldb, g.ldc),
+        )?;
+        let a = Self::read(OP, "a", a, Extent::AtLeast(a_span))?;
+        let b = Self::read(OP, "b", b, Extent::AtLeast(b_span))?;
+        let c = Self::write(OP, "c", &c, Extent::AtLeast(c_span))?;
+        if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        let Arg::P(ap) = Self::ptr(OP, "a", a, a_off, a_span)? else {
-            unreachable!()
-        };
-        let Arg::P(bp) = Self::ptr(OP, "b", b, b_off, b_span)? else {
-            unreachable!()
-        };
-        let Arg::P(cp) = Self::ptr(OP, "c", c, c_off, c_span)? else {
-            unreachable!()
-        };
-        let blas = self.blas(OP)?;
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-        // SAFETY: the ranges were checked above; cuBLAS runs on the backend's stream.
-        unsafe {
-            cudarc::cublas::result::sgemm(
-                *blas.handle(),
-                trans(trans_b),
-                trans(trans_a),
-                int(OP, n)?,
-                int(OP, m)?,
-                int(OP, k)?,
-                &alpha,
-                bp as *const f32,
-                int(OP, ldb)?,
-                ap as *const f32,
-                int(OP, lda)?,
-                &beta,
-                cp as *mut f32,
-                int(OP, ldc)?,
-            )
-        }
-        .map_err(|e| dev_err(OP, e))
+        let product = runtime::Gemm {
+            trans_a: g.trans_b,
+            trans_b: g.trans_a,
+            m: int(OP, g.n)?,
+            n: int(OP, g.m)?,
+            k: int(OP, g.k)?,
+            alpha: g.alpha,
+            a: b,
+            lda: int(OP, g.ldb)?,
+            b: a,
+            ldb: int(OP, g.lda)?,
+            beta: g.beta,
+            c,
+            ldc: int(OP, g.ldc)?,
+        };
+        // SAFETY: the ranges were checked above.
+        unsafe { self.inner.runtime.gemm(OP, &product) }
     }
 
     fn gemv(
         &self,
-        trans_a: Transpose,
-        m: usize,
-        n: usize,
-        alpha: f32,
-        a: &CudaBuffer,
-        a_off: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        beta: f32,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        g: &Gemv,
+        a: Slice<'_, CudaBuffer<R>>,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "gemv";
-        let (xl, yl) = if trans_a == Transpose::NoTrans {
-            (n, m)
-        } else {
-            (m, n)
+        let (x_len, y_len) = match g.trans {
+            Transpose::NoTrans => (g.n, g.m),
+            Transpose::Trans => (g.m, g.n),
         };
-        if yl == 0 {
+        let a = Self::read(OP, "a", a, Extent::AtLeast(g.m * g.n))?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(x_len))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(y_len))?;
+        if y_len == 0 {
             return Ok(());
         }
-        let Arg::P(ap) = Self::ptr(OP, "a", a, a_off, m * n)? else {
-            unreachable!()
-        };
-        let Arg::P(xp) = Self::ptr(OP, "x", x, x_off, xl)? else {
-            unreachable!()
-        };
-        let Arg::P(yp) = Self::ptr(OP, "y", y, y_off, yl)? else {
-            unreachable!()
-        };
-        let blas = self.blas(OP)?;
         // Row-major m x n A is column-major n x m A^T: flip the transpose.
-        let t = match trans_a {
-            Transpose::NoTrans => cublasOperation_t::CUBLAS_OP_T,
-            Transpose::Trans => cublasOperation_t::CUBLAS_OP_N,
+        let trans = match g.trans {
+            Transpose::NoTrans => Transpose::Trans,
+            Transpose::Trans => Transpose::NoTrans,
+        };
+        let product = runtime::Gemv {
+            trans,
+            m: int(OP, g.n)?,
+            n: int(OP, g.m)?,
+            alpha: g.alpha,
+            a,
+            lda: int(OP, g.n.max(1))?,
+            x,
+            beta: g.beta,
+            y,
         };
         // SAFETY: the ranges were checked above.
-        unsafe {
-            cudarc::cublas::result::sgemv(
-                *blas.handle(),
-                t,
-                int(OP, n)?,
-                int(OP, m)?,
-                &alpha,
-                ap as *const f32,
-                int(OP, n.max(1))?,
-                xp as *const f32,
-                1,
-                &beta,
-                yp as *mut f32,
-                1,
-            )
-        }
-        .map_err(|e| dev_err(OP, e))
+        unsafe { self.inner.runtime.gemv(OP, &product) }
     }
 
-    fn axpy(
+    fn axpby(
         &self,
-        n: usize,
-        alpha: f32,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "axpy";
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let xp = Self::ptr(OP, "x", x, x_off, n)?;
-        self.launch(OP, "axpy", n, &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp])
-    }
-
-    fn axpby<'a>(
-        &self,
-        n: usize,
-        alpha: impl Into<Scalar<'a, CudaBuffer>>,
-        x: &CudaBuffer,
-        x_off: usize,
+        alpha: Scalar<'_, CudaBuffer<R>>,
+        x: Slice<'_, CudaBuffer<R>>,
         beta: f32,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "axpby";
-        let [alpha_at, alpha] = Self::scalar(OP, "alpha", alpha.into())?;
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let xp = Self::ptr(OP, "x", x, x_off, n)?;
-        self.launch(
-            OP,
-            "axpby",
+        let n = y.len;
+        let (alpha_at, alpha) = Self::scalar(OP, "alpha", alpha)?;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        let x = Self::read(OP, "x", x, Extent::Exactly(n))?;
+        let grid = self.grid_stride(OP, n);
+        let n = int(OP, n)?;
+        // Upstream's axpy, without the multiply by 1 (the CPU op's form, to the bit).
+        if alpha_at == ReadPtr::NULL && beta == 1.0 {
+            return grid.run(kernels::Axpy { n, alpha, x, y });
+        }
+        grid.run(kernels::Axpby {
             n,
-            &[Arg::I(int(OP, n)?), alpha_at, alpha, xp, Arg::F(beta), yp],
-        )
+            alpha_at,
+            alpha,
+            x,
+            beta,
+            y,
+        })
     }
 
-    fn scale<'a>(
+    fn scale(
         &self,
-        n: usize,
-        alpha: impl Into<Scalar<'a, CudaBuffer>>,
-        x: Src<'_, CudaBuffer>,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        alpha: Scalar<'_, CudaBuffer<R>>,
+        x: Src<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "scale";
-        let [alpha_at, alpha] = Self::scalar(OP, "alpha", alpha.into())?;
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let xp = Self::src(OP, "x", x, n, yp)?;
-        self.launch(
-            OP,
-            "scale",
+        let (alpha_at, alpha) = Self::scalar(OP, "alpha", alpha)?;
+        self.map1(OP, x, y, |n, x, y| kernels::Scale {
             n,
-            &[Arg::I(int(OP, n)?), alpha_at, alpha, xp, yp],
-        )
-    }
-
-    binary!(add, "add");
-    binary!(sub, "sub");
-    binary!(mul, "mul");
-    binary!(div, "div_kernel");
-    binary!(max, "max_kernel");
-
-    fn powx(
-        &self,
-        n: usize,
-        x: Src<'_, CudaBuffer>,
-        p: f32,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "powx";
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let xp = Self::src(OP, "x", x, n, yp)?;
-        self.launch(OP, "powx", n, &[Arg::I(int(OP, n)?), xp, Arg::F(p), yp])
-    }
-
-    fn power(
-        &self,
-        n: usize,
-        x: Src<'_, CudaBuffer>,
-        power: f32,
-        scale: f32,
-        shift: f32,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "power";
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let xp = Self::src(OP, "x", x, n, yp)?;
-        self.launch(
-            OP,
-            "power",
-            n,
-            &[
-                Arg::I(int(OP, n)?),
-                xp,
-                Arg::F(power),
-                Arg::F(scale),
-                Arg::F(shift),
-                yp,
-            ],
-        )
-    }
-
-    unary!(exp, "exp_kernel");
-    unary!(log, "log_kernel");
-    unary!(abs, "abs_kernel");
-    unary!(sqr, "sqr");
-    unary!(sqrt, "sqrt_kernel");
-    unary!(sign, "sign");
-
-    fn relu_forward(
-        &self,
-        n: usize,
-        slope: f32,
-        x: Src<'_, CudaBuffer>,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "relu_forward";
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let xp = Self::src(OP, "x", x, n, yp)?;
-        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), Arg::F(slope), xp, yp])
-    }
-
-    fn relu_backward(
-        &self,
-        n: usize,
-        slope: f32,
-        x: &CudaBuffer,
-        x_off: usize,
-        dy: Src<'_, CudaBuffer>,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        self.backward(
-            "relu_backward",
-            "relu_backward",
-            n,
-            Some(slope),
+            alpha_at,
+            alpha,
             x,
-            x_off,
-            dy,
-            dx,
-            dx_off,
-        )
-    }
-
-    unary!(sigmoid_forward, "sigmoid_forward");
-
-    fn sigmoid_backward(
-        &self,
-        n: usize,
-        y: &CudaBuffer,
-        y_off: usize,
-        dy: Src<'_, CudaBuffer>,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        self.backward(
-            "sigmoid_backward",
-            "sigmoid_backward",
-            n,
-            None,
             y,
-            y_off,
-            dy,
-            dx,
-            dx_off,
-        )
+        })
     }
 
-    unary!(tanh_forward, "tanh_forward");
-
-    fn tanh_backward(
+    fn unary(
         &self,
-        n: usize,
-        y: &CudaBuffer,
-        y_off: usize,
-        dy: Src<'_, CudaBuffer>,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
+        op: Unary,
+        x: Src<'_, CudaBuffer<R>>,
+        mut y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        self.backward(
-            "tanh_backward",
-            "tanh_backward",
-            n,
-            None,
-            y,
-            y_off,
-            dy,
-            dx,
-            dx_off,
-        )
+        const OP: &str = "unary";
+        match op {
+            Unary::Exp => self.map1(OP, x, y, |n, x, y| kernels::ExpKernel { n, x, y }),
+            Unary::Log => self.map1(OP, x, y, |n, x, y| kernels::LogKernel { n, x, y }),
+            Unary::Abs => self.map1(OP, x, y, |n, x, y| kernels::AbsKernel { n, x, y }),
+            Unary::Sqr => self.map1(OP, x, y, |n, x, y| kernels::Sqr { n, x, y }),
+            Unary::Sqrt => self.map1(OP, x, y, |n, x, y| kernels::SqrtKernel { n, x, y }),
+            Unary::Sign => self.map1(OP, x, y, |n, x, y| kernels::Sign { n, x, y }),
+            Unary::Powx(p) => self.map1(OP, x, y, |n, x, y| kernels::Powx { n, x, p, y }),
+            Unary::Power {
+                power,
+                scale,
+                shift,
+            } => self.map1(OP, x, y, |n, x, y| kernels::Power {
+                n,
+                x,
+                power,
+                scale,
+                shift,
+                y,
+            }),
+            Unary::AddScalar(value) => {
+                // The kernel adds in place: an input elsewhere is copied to the output first.
+                if let Src::Slice(x) = x {
+                    self.map1(OP, x.src(), y.reborrow(), |n, x, y| kernels::Copy {
+                        n,
+                        x,
+                        y,
+                    })?;
+                }
+                self.map1(OP, Src::InPlace, y, |n, _, y| kernels::AddScalar {
+                    n,
+                    value,
+                    y,
+                })
+            }
+            Unary::LabelMask { ignore_label } => {
+                let (has_ignore, ignore_label) = Self::ignore_args(ignore_label);
+                self.map1(OP, x, y, |n, label, y| kernels::LabelMask {
+                    n,
+                    label,
+                    has_ignore,
+                    ignore_label,
+                    y,
+                })
+            }
+        }
     }
 
-    fn elu_forward(
+    fn binary(
         &self,
-        n: usize,
-        alpha: f32,
-        x: Src<'_, CudaBuffer>,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        op: Binary,
+        a: Src<'_, CudaBuffer<R>>,
+        b: Src<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "elu_forward";
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let xp = Self::src(OP, "x", x, n, yp)?;
-        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp])
+        const OP: &str = "binary";
+        let ab = (a, b);
+        match op {
+            Binary::Add => self.map2(OP, ab, y, |n, a, b, y| kernels::Add { n, a, b, y }),
+            Binary::Sub => self.map2(OP, ab, y, |n, a, b, y| kernels::Sub { n, a, b, y }),
+            Binary::Mul => self.map2(OP, ab, y, |n, a, b, y| kernels::Mul { n, a, b, y }),
+            Binary::Div => self.map2(OP, ab, y, |n, a, b, y| kernels::DivKernel { n, a, b, y }),
+            Binary::Max => self.map2(OP, ab, y, |n, a, b, y| kernels::MaxKernel { n, a, b, y }),
+            // A slope per element: PReLU's kernel with every element its own channel.
+            Binary::PRelu => self.map2(OP, ab, y, |n, x, slope, y| kernels::PreluForward {
+                outer: 1,
+                channels: n,
+                inner: 1,
+                slope,
+                x,
+                y,
+            }),
+            Binary::SigmoidCrossEntropy => self.map2(OP, ab, y, |n, x, t, y| {
+                kernels::SigmoidCrossEntropy { n, x, t, y }
+            }),
+        }
     }
 
-    fn elu_backward(
+    fn activation_forward(
         &self,
-        n: usize,
-        alpha: f32,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &CudaBuffer,
-        y_off: usize,
-        dy: Src<'_, CudaBuffer>,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
+        f: Activation,
+        x: Src<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "elu_backward";
-        let dxp = Self::ptr(OP, "dx", dx, dx_off, n)?;
-        let xp = Self::ptr(OP, "x", x, x_off, n)?;
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let dyp = Self::src(OP, "dy", dy, n, dxp)?;
-        self.launch(
-            OP,
-            OP,
-            n,
-            &[Arg::I(int(OP, n)?), Arg::F(alpha), xp, yp, dyp, dxp],
-        )
+        const OP: &str = "activation_forward";
+        match f {
+            Activation::Relu { slope } => {
+                self.map1(OP, x, y, |n, x, y| kernels::ReluForward { n, slope, x, y })
+            }
+            Activation::Sigmoid => {
+                self.map1(OP, x, y, |n, x, y| kernels::SigmoidForward { n, x, y })
+            }
+            Activation::Tanh => self.map1(OP, x, y, |n, x, y| kernels::TanhForward { n, x, y }),
+            Activation::Elu { alpha } => {
+                self.map1(OP, x, y, |n, x, y| kernels::EluForward { n, alpha, x, y })
+            }
+            Activation::Bnll => self.map1(OP, x, y, |n, x, y| kernels::BnllForward { n, x, y }),
+        }
     }
 
-    unary!(bnll_forward, "bnll_forward");
-
-    fn bnll_backward(
+    fn activation_backward(
         &self,
-        n: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        dy: Src<'_, CudaBuffer>,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
+        f: Activation,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: Slice<'_, CudaBuffer<R>>,
+        dy: Src<'_, CudaBuffer<R>>,
+        dx: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        self.backward(
-            "bnll_backward",
-            "bnll_backward",
-            n,
-            None,
-            x,
-            x_off,
-            dy,
-            dx,
-            dx_off,
-        )
+        const OP: &str = "activation_backward";
+        let n = dx.len;
+        let dx = Self::write(OP, "dx", &dx, Extent::Whole)?;
+        let dy = Self::src(OP, "dy", dy, Extent::Exactly(n), dx)?;
+        // Only the forward values the activation reads are checked, as on the CPU.
+        let x = || Self::read(OP, "x", x, Extent::Exactly(n));
+        let y = || Self::read(OP, "y", y, Extent::Exactly(n));
+        let grid = self.grid_stride(OP, n);
+        let n = int(OP, n)?;
+        match f {
+            Activation::Relu { slope } => grid.run(kernels::ReluBackward {
+                n,
+                slope,
+                x: x()?,
+                dy,
+                dx,
+            }),
+            Activation::Sigmoid => grid.run(kernels::SigmoidBackward { n, y: y()?, dy, dx }),
+            Activation::Tanh => grid.run(kernels::TanhBackward { n, y: y()?, dy, dx }),
+            Activation::Elu { alpha } => grid.run(kernels::EluBackward {
+                n,
+                alpha,
+                x: x()?,
+                y: y()?,
+                dy,
+                dx,
+            }),
+            Activation::Bnll => grid.run(kernels::BnllBackward { n, x: x()?, dy, dx }),
+        }
     }
 
-    fn sum(&self, n: usize, x: &CudaBuffer, x_off: usize) -> Result<f32> {
-        self.reduce("sum", 0, n, x, x_off, None)
+    fn reduce(&self, r: Reduction<'_, CudaBuffer<R>>, x: Slice<'_, CudaBuffer<R>>) -> Result<f32> {
+        const OP: &str = "reduce";
+        let n = x.len;
+        let x = Self::read(OP, "x", x, Extent::Whole)?;
+        // `kind` as `reduce_partial` takes it: 0 sum, 1 |x|, 2 x^2, 3 x b.
+        let (kind, b) = match r {
+            Reduction::Sum => (0, x),
+            Reduction::Asum => (1, x),
+            Reduction::Sumsq => (2, x),
+            Reduction::Dot(b) => (3, Self::read(OP, "b", b, Extent::Exactly(n))?),
+        };
+        self.reduce_to_host(OP, kind, n, (x, b))
     }
 
     fn sum_into(
         &self,
-        n: usize,
         alpha: f32,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "sum_into";
-        let xp = Self::ptr(OP, "x", x, x_off, n)?;
-        let yp = Self::ptr(OP, "y", y, y_off, 1)?;
+        let n = x.len;
+        let x = Self::read(OP, "x", x, Extent::Whole)?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(1))?;
         let partials = self.partials(OP)?;
-        self.reduce_into(OP, 0, n, (xp, xp), alpha, yp, &partials)
+        self.reduce_into(OP, 0, n, (x, x), (alpha, y), &partials)
     }
 
-    fn asum(&self, n: usize, x: &CudaBuffer, x_off: usize) -> Result<f32> {
-        self.reduce("asum", 1, n, x, x_off, None)
-    }
-
-    fn sumsq(&self, n: usize, x: &CudaBuffer, x_off: usize) -> Result<f32> {
-        self.reduce("sumsq", 2, n, x, x_off, None)
-    }
-
-    fn dot(
+    fn reduce_over_axis(
         &self,
-        n: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &CudaBuffer,
-        y_off: usize,
-    ) -> Result<f32> {
-        self.reduce("dot", 3, n, x, x_off, Some((y, y_off)))
-    }
-
-    fn max_over_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        r: AxisReduction<'_, CudaBuffer<R>>,
+        axis: Axis,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "max_over_axis";
-        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
-        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([xp, yp]);
-        self.launch(OP, OP, outer * inner, &args)
+        const OP: &str = "reduce_over_axis";
+        let (len, positions) = (axis.len(OP)?, axis.reduced_len(OP)?);
+        let x = Self::read(OP, "x", x, Extent::AtLeast(len))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(positions))?;
+        let grid = self.grid_stride(OP, positions);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        match r {
+            AxisReduction::Max => grid.run(kernels::MaxOverAxis {
+                outer,
+                dim,
+                inner,
+                x,
+                y,
+            }),
+            AxisReduction::Sum => grid.run(kernels::SumOverAxis {
+                outer,
+                dim,
+                inner,
+                x,
+                y,
+            }),
+            AxisReduction::Dot(b) => grid.run(kernels::DotOverAxis {
+                outer,
+                dim,
+                inner,
+                a: x,
+                b: Self::read(OP, "b", b, Extent::AtLeast(len))?,
+                y,
+            }),
+        }
     }
 
-    fn sum_over_axis(
+    fn broadcast(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        op: Binary,
+        how: Broadcast,
+        axis: Axis,
+        v: Slice<'_, CudaBuffer<R>>,
+        x: Src<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "sum_over_axis";
-        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
-        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([xp, yp]);
-        self.launch(OP, OP, outer * inner, &args)
-    }
-
-    fn dot_over_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        a: &CudaBuffer,
-        a_off: usize,
-        b: &CudaBuffer,
-        b_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "dot_over_axis";
-        let ap = Self::ptr(OP, "a", a, a_off, outer * dim * inner)?;
-        let bp = Self::ptr(OP, "b", b, b_off, outer * dim * inner)?;
-        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([ap, bp, yp]);
-        self.launch(OP, OP, outer * inner, &args)
-    }
-
-    fn sub_along_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        v: &CudaBuffer,
-        v_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sub_along_axis";
-        let vp = Self::ptr(OP, "v", v, v_off, outer * inner)?;
-        let yp = Self::ptr(OP, "y", y, y_off, outer * dim * inner)?;
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([vp, yp]);
-        self.launch(OP, OP, outer * dim * inner, &args)
-    }
-
-    fn div_along_axis(
-        &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        v: &CudaBuffer,
-        v_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "div_along_axis";
-        let vp = Self::ptr(OP, "v", v, v_off, outer * inner)?;
-        let yp = Self::ptr(OP, "y", y, y_off, outer * dim * inner)?;
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([vp, yp]);
-        self.launch(OP, OP, outer * dim * inner, &args)
-    }
-
-    fn add_per_channel(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        v: &CudaBuffer,
-        v_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "add_per_channel";
-        let vp = Self::ptr(OP, "v", v, v_off, channels)?;
-        let yp = Self::ptr(OP, "y", y, y_off, outer * channels * inner)?;
-        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
-        args.extend([vp, yp]);
-        self.launch(OP, OP, outer * channels * inner, &args)
-    }
-
-    fn mul_per_channel(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        v: &CudaBuffer,
-        v_off: usize,
-        x: Src<'_, CudaBuffer>,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "mul_per_channel";
-        let len = outer * channels * inner;
-        let vp = Self::ptr(OP, "v", v, v_off, channels)?;
-        let yp = Self::ptr(OP, "y", y, y_off, len)?;
-        let xp = Self::src(OP, "x", x, len, yp)?;
-        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
-        args.extend([vp, xp, yp]);
-        self.launch(OP, OP, len, &args)
+        const OP: &str = "broadcast";
+        let len = axis.len(OP)?;
+        let v_len = match how {
+            Broadcast::OverAxis => axis.reduced_len(OP)?,
+            Broadcast::PerChannel => axis.dim,
+        };
+        let v = Self::read(OP, "v", v, Extent::AtLeast(v_len))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(len))?;
+        let in_place = matches!(x, Src::InPlace);
+        let x = Self::src(OP, "x", x, Extent::AtLeast(len), y)?;
+        let grid = self.grid_stride(OP, len);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        // The layers' broadcasts (softmax, bias, Scale, PReLU) have kernels of their own; the
+        // rest share one per way of spreading `v`.
+        match (op, how) {
+            (Binary::Sub, Broadcast::OverAxis) if in_place => grid.run(kernels::SubAlongAxis {
+                outer,
+                dim,
+                inner,
+                v,
+                y,
+            }),
+            (Binary::Div, Broadcast::OverAxis) if in_place => grid.run(kernels::DivAlongAxis {
+                outer,
+                dim,
+                inner,
+                v,
+                y,
+            }),
+            (Binary::Add, Broadcast::PerChannel) if in_place => grid.run(kernels::AddPerChannel {
+                outer,
+                channels: dim,
+                inner,
+                v,
+                y,
+            }),
+            (Binary::Mul, Broadcast::PerChannel) => grid.run(kernels::MulPerChannel {
+                outer,
+                channels: dim,
+                inner,
+                v,
+                x,
+                y,
+            }),
+            (Binary::PRelu, Broadcast::PerChannel) => grid.run(kernels::PreluForward {
+                outer,
+                channels: dim,
+                inner,
+                slope: v,
+                x,
+                y,
+            }),
+            (_, Broadcast::OverAxis) => grid.run(kernels::BroadcastOverAxis {
+                op: binary_code(op),
+                outer,
+                dim,
+                inner,
+                v,
+                x,
+                y,
+            }),
+            (_, Broadcast::PerChannel) => grid.run(kernels::BroadcastPerChannel {
+                op: binary_code(op),
+                outer,
+                channels: dim,
+                inner,
+                v,
+                x,
+                y,
+            }),
+        }
     }
 
     fn sum_per_channel(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
+        axis: Axis,
         alpha: f32,
-        x: &CudaBuffer,
-        x_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
         beta: f32,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "sum_per_channel";
-        let xp = Self::ptr(OP, "x", x, x_off, outer * channels * inner)?;
-        let yp = Self::ptr(OP, "y", y, y_off, channels)?;
-        let ocd = Self::ocd(OP, outer, channels, inner)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(axis.len(OP)?))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(axis.dim))?;
         // A long channel summed by one thread would leave the device idle (AlexNet's conv1
         // bias gradient: 96 threads of 774400 values): split it into parts first.
-        let parts = (CHANNEL_PARTIALS / channels.max(1)).min(outer * inner / VALUES_PER_PART);
+        let positions = axis.reduced_len(OP)?;
+        let parts = (CHANNEL_PARTIALS / axis.dim.max(1)).min(positions / VALUES_PER_PART);
+        let (per_channel, per_part) = (
+            self.grid_stride(OP, axis.dim),
+            self.grid_stride(OP, axis.dim * parts),
+        );
+        let partial_len = axis.dim * parts;
+        let [outer, channels, inner] = Self::axis_ints(OP, axis)?;
         if parts < 2 {
-            let mut args = ocd.to_vec();
-            args.extend([Arg::F(alpha), xp, Arg::F(beta), yp]);
-            return self.launch(OP, OP, channels, &args);
+            return per_channel.run(kernels::SumPerChannel {
+                outer,
+                channels,
+                inner,
+                alpha,
+                x,
+                beta,
+                y,
+            });
         }
-        int(OP, outer * inner)?; // the kernel counts a channel's positions in an int
+        int(OP, positions)?; // the kernel counts a channel's positions in an int
         let partials = self.partials(OP)?;
-        let pp = Self::ptr(OP, "partial", &partials, 0, channels * parts)?;
-        let parts_arg = Arg::I(int(OP, parts)?);
-        let mut args = ocd.to_vec();
-        args.extend([parts_arg, xp, pp]);
-        self.launch(OP, "sum_per_channel_partial", channels * parts, &args)?;
-        let args = [ocd[1], parts_arg, pp, Arg::F(alpha), Arg::F(beta), yp];
-        self.launch(OP, "sum_per_channel_parts", channels, &args)
+        let partial = Self::scratch(OP, "partial", &partials, 0, partial_len)?;
+        let parts = int(OP, parts)?;
+        per_part.run(kernels::SumPerChannelPartial {
+            outer,
+            channels,
+            inner,
+            parts,
+            x,
+            partial,
+        })?;
+        per_channel.run(kernels::SumPerChannelParts {
+            channels,
+            parts,
+            partial: partial.as_read(),
+            alpha,
+            beta,
+            y,
+        })
     }
 
     fn im2col(
         &self,
         g: &ConvGeom,
-        im: &CudaBuffer,
-        im_off: usize,
-        col: &mut CudaBuffer,
-        col_off: usize,
+        im: Slice<'_, CudaBuffer<R>>,
+        col: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "im2col";
         g.validate(OP)?;
-        let ip = Self::ptr(OP, "im", im, im_off, g.im_len())?;
-        let cp = Self::ptr(OP, "col", col, col_off, g.col_len())?;
-        let mut args = Self::conv_args(OP, g)?;
-        args.extend([ip, cp]);
-        self.launch(OP, OP, g.channels * g.out_h() * g.out_w(), &args)
+        let im = Self::read(OP, "im", im, Extent::AtLeast(g.im_len()))?;
+        let col = Self::write(OP, "col", &col, Extent::AtLeast(g.col_len()))?;
+        let call = conv_call!(kernels::Im2col, ConvInts::new(OP, g)?, { im, col });
+        self.grid_stride(OP, g.channels * g.out_h() * g.out_w())
+            .run(call)
     }
 
     fn col2im(
         &self,
         g: &ConvGeom,
-        col: &CudaBuffer,
-        col_off: usize,
-        im: &mut CudaBuffer,
-        im_off: usize,
+        col: Slice<'_, CudaBuffer<R>>,
+        im: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "col2im";
         g.validate(OP)?;
-        let cp = Self::ptr(OP, "col", col, col_off, g.col_len())?;
-        let ip = Self::ptr(OP, "im", im, im_off, g.im_len())?;
-        let mut args = Self::conv_args(OP, g)?;
-        args.extend([cp, ip]);
-        self.launch(OP, OP, g.im_len(), &args)
+        let col = Self::read(OP, "col", col, Extent::AtLeast(g.col_len()))?;
+        let im = Self::write(OP, "im", &im, Extent::AtLeast(g.im_len()))?;
+        let call = conv_call!(kernels::Col2im, ConvInts::new(OP, g)?, { col, im });
+        self.grid_stride(OP, g.im_len()).run(call)
     }
 
-    fn max_pool_forward(
+    fn pool_forward(
         &self,
         g: &PoolGeom,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-        mask: &mut CudaBuffer,
-        mask_off: usize,
+        p: Pooling<SliceMut<'_, CudaBuffer<R>>>,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "max_pool_forward";
+        const OP: &str = "pool_forward";
         g.validate(OP)?;
-        let xp = Self::ptr(OP, "x", x, x_off, g.in_len())?;
-        let yp = Self::ptr(OP, "y", y, y_off, g.out_len())?;
-        let mp = Self::ptr(OP, "mask", mask, mask_off, g.out_len())?;
-        let mut args = Self::pool_args(OP, g)?;
-        args.extend([xp, yp, mp]);
-        self.launch(OP, OP, g.out_len(), &args)
+        let x = Self::read(OP, "x", x, Extent::AtLeast(g.in_len()))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(g.out_len()))?;
+        let ints = PoolInts::new(OP, g)?;
+        let grid = self.grid_stride(OP, g.out_len());
+        match p {
+            Pooling::Max { mask } => {
+                let mask = Self::write(OP, "mask", &mask, Extent::AtLeast(g.out_len()))?;
+                grid.run(pool_call!(kernels::MaxPoolForward, ints, { x, y, mask }))
+            }
+            Pooling::Ave => grid.run(pool_call!(kernels::AvePoolForward, ints, { x, y })),
+        }
     }
 
-    fn max_pool_backward(
+    fn pool_backward(
         &self,
         g: &PoolGeom,
-        dy: &CudaBuffer,
-        dy_off: usize,
-        mask: &CudaBuffer,
-        mask_off: usize,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
+        p: Pooling<Slice<'_, CudaBuffer<R>>>,
+        dy: Slice<'_, CudaBuffer<R>>,
+        dx: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
-        const OP: &str = "max_pool_backward";
+        const OP: &str = "pool_backward";
         g.validate(OP)?;
-        let dyp = Self::ptr(OP, "dy", dy, dy_off, g.out_len())?;
-        let mp = Self::ptr(OP, "mask", mask, mask_off, g.out_len())?;
-        let dxp = Self::ptr(OP, "dx", dx, dx_off, g.in_len())?;
-        let mut args = Self::pool_args(OP, g)?;
-        args.extend([dyp, mp, dxp]);
-        self.launch(OP, OP, g.in_len(), &args)
-    }
-
-    fn ave_pool_forward(
-        &self,
-        g: &PoolGeom,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "ave_pool_forward";
-        g.validate(OP)?;
-        let xp = Self::ptr(OP, "x", x, x_off, g.in_len())?;
-        let yp = Self::ptr(OP, "y", y, y_off, g.out_len())?;
-        let mut args = Self::pool_args(OP, g)?;
-        args.extend([xp, yp]);
-        self.launch(OP, OP, g.out_len(), &args)
-    }
-
-    fn ave_pool_backward(
-        &self,
-        g: &PoolGeom,
-        dy: &CudaBuffer,
-        dy_off: usize,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "ave_pool_backward";
-        g.validate(OP)?;
-        let dyp = Self::ptr(OP, "dy", dy, dy_off, g.out_len())?;
-        let dxp = Self::ptr(OP, "dx", dx, dx_off, g.in_len())?;
-        let mut args = Self::pool_args(OP, g)?;
-        args.extend([dyp, dxp]);
-        self.launch(OP, OP, g.in_len(), &args)
+        let dy = Self::read(OP, "dy", dy, Extent::AtLeast(g.out_len()))?;
+        let dx = Self::write(OP, "dx", &dx, Extent::AtLeast(g.in_len()))?;
+        let ints = PoolInts::new(OP, g)?;
+        let grid = self.grid_stride(OP, g.in_len());
+        match p {
+            Pooling::Max { mask } => {
+                let mask = Self::read(OP, "mask", mask, Extent::AtLeast(g.out_len()))?;
+                grid.run(pool_call!(kernels::MaxPoolBackward, ints, { dy, mask, dx }))
+            }
+            Pooling::Ave => grid.run(pool_call!(kernels::AvePoolBackward, ints, { dy, dx })),
+        }
     }
 
     fn lrn_across_forward(
         &self,
         g: &LrnGeom,
-        x: &CudaBuffer,
-        x_off: usize,
-        scale: &mut CudaBuffer,
-        scale_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        scale: SliceMut<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "lrn_across_forward";
         g.validate(OP)?;
-        let xp = Self::ptr(OP, "x", x, x_off, g.len())?;
-        let sp = Self::ptr(OP, "scale", scale, scale_off, g.len())?;
-        let yp = Self::ptr(OP, "y", y, y_off, g.len())?;
-        let mut args = Self::lrn_args(OP, g)?;
-        args.extend([Arg::F(g.k), xp, sp, yp]);
-        self.launch(OP, OP, g.num * g.spatial, &args)
+        let len = Extent::AtLeast(g.len());
+        let x = Self::read(OP, "x", x, len)?;
+        let scale = Self::write(OP, "scale", &scale, len)?;
+        let y = Self::write(OP, "y", &y, len)?;
+        self.grid_stride(OP, g.num * g.spatial)
+            .run(kernels::LrnAcrossForward {
+                num: int(OP, g.num)?,
+                channels: int(OP, g.channels)?,
+                spatial: int(OP, g.spatial)?,
+                size: int(OP, g.size)?,
+                alpha: g.alpha,
+                beta: g.beta,
+                k: g.k,
+                x,
+                scale,
+                y,
+            })
     }
 
     fn lrn_across_backward(
         &self,
         g: &LrnGeom,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &CudaBuffer,
-        y_off: usize,
-        scale: &CudaBuffer,
-        scale_off: usize,
-        dy: &CudaBuffer,
-        dy_off: usize,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
+        forward: LrnSaved<'_, CudaBuffer<R>>,
+        dy: Slice<'_, CudaBuffer<R>>,
+        dx: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "lrn_across_backward";
         g.validate(OP)?;
-        let xp = Self::ptr(OP, "x", x, x_off, g.len())?;
-        let yp = Self::ptr(OP, "y", y, y_off, g.len())?;
-        let sp = Self::ptr(OP, "scale", scale, scale_off, g.len())?;
-        let dyp = Self::ptr(OP, "dy", dy, dy_off, g.len())?;
-        let dxp = Self::ptr(OP, "dx", dx, dx_off, g.len())?;
-        let mut args = Self::lrn_args(OP, g)?;
-        args.extend([xp, yp, sp, dyp, dxp]);
-        self.launch(OP, OP, g.num * g.spatial, &args)
-    }
-
-    fn prelu_forward(
-        &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        slope: &CudaBuffer,
-        slope_off: usize,
-        x: Src<'_, CudaBuffer>,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "prelu_forward";
-        let len = outer * channels * inner;
-        let sp = Self::ptr(OP, "slope", slope, slope_off, channels)?;
-        let yp = Self::ptr(OP, "y", y, y_off, len)?;
-        let xp = Self::src(OP, "x", x, len, yp)?;
-        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
-        args.extend([sp, xp, yp]);
-        self.launch(OP, OP, len, &args)
+        let len = Extent::AtLeast(g.len());
+        let x = Self::read(OP, "x", forward.x, len)?;
+        let y = Self::read(OP, "y", forward.y, len)?;
+        let scale = Self::read(OP, "scale", forward.scale, len)?;
+        let dy = Self::read(OP, "dy", dy, len)?;
+        let dx = Self::write(OP, "dx", &dx, len)?;
+        self.grid_stride(OP, g.num * g.spatial)
+            .run(kernels::LrnAcrossBackward {
+                num: int(OP, g.num)?,
+                channels: int(OP, g.channels)?,
+                spatial: int(OP, g.spatial)?,
+                size: int(OP, g.size)?,
+                alpha: g.alpha,
+                beta: g.beta,
+                x,
+                y,
+                scale,
+                dy,
+                dx,
+            })
     }
 
     fn prelu_backward(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        slope: &CudaBuffer,
-        slope_off: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        dy: Src<'_, CudaBuffer>,
-        dx: &mut CudaBuffer,
-        dx_off: usize,
+        axis: Axis,
+        slope: Slice<'_, CudaBuffer<R>>,
+        x: Slice<'_, CudaBuffer<R>>,
+        dy: Src<'_, CudaBuffer<R>>,
+        dx: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "prelu_backward";
-        let len = outer * channels * inner;
-        let sp = Self::ptr(OP, "slope", slope, slope_off, channels)?;
-        let xp = Self::ptr(OP, "x", x, x_off, len)?;
-        let dxp = Self::ptr(OP, "dx", dx, dx_off, len)?;
-        let dyp = Self::src(OP, "dy", dy, len, dxp)?;
-        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
-        args.extend([sp, xp, dyp, dxp]);
-        self.launch(OP, OP, len, &args)
+        let len = axis.len(OP)?;
+        let slope = Self::read(OP, "slope", slope, Extent::AtLeast(axis.dim))?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(len))?;
+        let dx = Self::write(OP, "dx", &dx, Extent::AtLeast(len))?;
+        let dy = Self::src(OP, "dy", dy, Extent::AtLeast(len), dx)?;
+        let grid = self.grid_stride(OP, len);
+        let [outer, channels, inner] = Self::axis_ints(OP, axis)?;
+        grid.run(kernels::PreluBackward {
+            outer,
+            channels,
+            inner,
+            slope,
+            x,
+            dy,
+            dx,
+        })
     }
 
     fn prelu_slope_grad(
         &self,
-        outer: usize,
-        channels: usize,
-        inner: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        dy: &CudaBuffer,
-        dy_off: usize,
-        dslope: &mut CudaBuffer,
-        dslope_off: usize,
+        axis: Axis,
+        x: Slice<'_, CudaBuffer<R>>,
+        dy: Slice<'_, CudaBuffer<R>>,
+        dslope: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "prelu_slope_grad";
-        let len = outer * channels * inner;
-        let xp = Self::ptr(OP, "x", x, x_off, len)?;
-        let dyp = Self::ptr(OP, "dy", dy, dy_off, len)?;
-        let dsp = Self::ptr(OP, "dslope", dslope, dslope_off, channels)?;
-        let mut args = Self::ocd(OP, outer, channels, inner)?.to_vec();
-        args.extend([xp, dyp, dsp]);
-        self.launch(OP, OP, channels, &args)
+        let len = axis.len(OP)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(len))?;
+        let dy = Self::read(OP, "dy", dy, Extent::AtLeast(len))?;
+        let dslope = Self::write(OP, "dslope", &dslope, Extent::AtLeast(axis.dim))?;
+        let grid = self.grid_stride(OP, axis.dim);
+        let [outer, channels, inner] = Self::axis_ints(OP, axis)?;
+        grid.run(kernels::PreluSlopeGrad {
+            outer,
+            channels,
+            inner,
+            x,
+            dy,
+            dslope,
+        })
     }
 
     fn copy_2d(
         &self,
-        rows: usize,
-        cols: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        x_stride: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-        y_stride: usize,
+        block: &Block,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "copy_2d";
+        let Block {
+            rows,
+            cols,
+            x_stride,
+            y_stride,
+        } = *block;
         let Some((x_span, y_span)) = copy_2d_spans(OP, (rows, cols), x_stride, y_stride)? else {
             return Ok(());
         };
-        let xp = Self::ptr(OP, "x", x, x_off, x_span)?;
-        let yp = Self::ptr(OP, "y", y, y_off, y_span)?;
-        let args = [
-            Arg::I(int(OP, rows)?),
-            Arg::I(int(OP, cols)?),
-            xp,
-            Arg::I(int(OP, x_stride)?),
-            yp,
-            Arg::I(int(OP, y_stride)?),
-        ];
-        self.launch(OP, OP, rows * cols, &args)
+        let x = Self::read(OP, "x", x, Extent::AtLeast(x_span))?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(y_span))?;
+        self.grid_stride(OP, rows * cols).run(kernels::Copy2d {
+            rows: int(OP, rows)?,
+            cols: int(OP, cols)?,
+            x,
+            x_stride: int(OP, x_stride)?,
+            y,
+            y_stride: int(OP, y_stride)?,
+        })
     }
 
     fn running_argmax(
         &self,
-        n: usize,
         index: f32,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-        mask: &mut CudaBuffer,
-        mask_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
+        mask: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "running_argmax";
-        let xp = Self::ptr(OP, "x", x, x_off, n)?;
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let mp = Self::ptr(OP, "mask", mask, mask_off, n)?;
-        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), Arg::F(index), xp, yp, mp])
+        let n = y.len;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        let x = Self::read(OP, "x", x, Extent::Exactly(n))?;
+        let mask = Self::write(OP, "mask", &mask, Extent::Exactly(n))?;
+        self.grid_stride(OP, n).run(kernels::RunningArgmax {
+            n: int(OP, n)?,
+            index,
+            x,
+            y,
+            mask,
+        })
     }
 
     fn copy_where_eq(
         &self,
-        n: usize,
-        mask: &CudaBuffer,
-        mask_off: usize,
+        mask: Slice<'_, CudaBuffer<R>>,
         value: f32,
-        x: &CudaBuffer,
-        x_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "copy_where_eq";
-        let mp = Self::ptr(OP, "mask", mask, mask_off, n)?;
-        let xp = Self::ptr(OP, "x", x, x_off, n)?;
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), mp, Arg::F(value), xp, yp])
+        let n = y.len;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        let mask = Self::read(OP, "mask", mask, Extent::Exactly(n))?;
+        let x = Self::read(OP, "x", x, Extent::Exactly(n))?;
+        self.grid_stride(OP, n).run(kernels::CopyWhereEq {
+            n: int(OP, n)?,
+            mask,
+            value,
+            x,
+            y,
+        })
     }
 
     fn top_k_over_axis(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
+        axis: Axis,
         k: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        values: &mut CudaBuffer,
-        values_off: usize,
-        indices: &mut CudaBuffer,
-        indices_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        [values, indices]: [SliceMut<'_, CudaBuffer<R>>; 2],
     ) -> Result<()> {
         const OP: &str = "top_k_over_axis";
-        if k > dim {
-            return Err(invalid(
-                OP,
-                format!("k = {k} exceeds the axis length {dim}"),
-            ));
+        if k > axis.dim {
+            let message = format!("k = {k} exceeds the axis length {}", axis.dim);
+            return Err(invalid(OP, message));
         }
-        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
-        let vp = Self::ptr(OP, "values", values, values_off, outer * k * inner)?;
-        let ip = Self::ptr(OP, "indices", indices, indices_off, outer * k * inner)?;
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([Arg::I(int(OP, k)?), xp, vp, ip]);
+        if axis.dim > 1 << 24 {
+            let message = format!("an axis of {} is too long for exact f32 indices", axis.dim);
+            return Err(invalid(OP, message));
+        }
+        let x = Self::read(OP, "x", x, Extent::AtLeast(axis.len(OP)?))?;
+        let top_len = Extent::AtLeast(Axis { dim: k, ..axis }.len(OP)?);
+        let values = Self::write(OP, "values", &values, top_len)?;
+        let indices = Self::write(OP, "indices", &indices, top_len)?;
         if k == 0 {
             return Ok(());
         }
-        self.launch(OP, OP, outer * inner, &args)
-    }
-
-    fn label_mask(
-        &self,
-        n: usize,
-        label: &CudaBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "label_mask";
-        let lp = Self::ptr(OP, "label", label, label_off, n)?;
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        let [h, il] = Self::ignore_args(ignore_label);
-        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), lp, h, il, yp])
+        let grid = self.grid_stride(OP, axis.reduced_len(OP)?);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        grid.run(kernels::TopKOverAxis {
+            outer,
+            dim,
+            inner,
+            k: int(OP, k)?,
+            x,
+            values,
+            indices,
+        })
     }
 
     fn gather_at_label(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        label: &CudaBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
+        axis: Axis,
+        x: Slice<'_, CudaBuffer<R>>,
+        labels: Labels<'_, CudaBuffer<R>>,
         fill: f32,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "gather_at_label";
-        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
-        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
-        let error = self.check_labels_unless_capturing(
-            OP,
-            label,
-            label_off,
-            outer * inner,
-            ignore_label,
+        let positions = axis.reduced_len(OP)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(axis.len(OP)?))?;
+        let (label, error) = self.labels(OP, labels, positions, axis.dim)?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(positions))?;
+        let (has_ignore, ignore_label) = Self::ignore_args(labels.ignore_label);
+        let grid = self.grid_stride(OP, positions);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        grid.run(kernels::GatherAtLabel {
+            outer,
             dim,
-        )?;
-        let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
-        let [h, il] = Self::ignore_args(ignore_label);
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([xp, lp, h, il, Arg::F(fill), yp, error]);
-        self.launch(OP, OP, outer * inner, &args)
+            inner,
+            x,
+            label,
+            has_ignore,
+            ignore_label,
+            fill,
+            y,
+            error,
+        })
     }
 
     fn affine_at_label(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
-        label: &CudaBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        alpha: f32,
-        beta: f32,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        axis: Axis,
+        labels: Labels<'_, CudaBuffer<R>>,
+        (alpha, beta): (f32, f32),
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "affine_at_label";
-        let yp = Self::ptr(OP, "y", y, y_off, outer * dim * inner)?;
-        let error = self.check_labels_unless_capturing(
-            OP,
-            label,
-            label_off,
-            outer * inner,
-            ignore_label,
+        let positions = axis.reduced_len(OP)?;
+        let (label, error) = self.labels(OP, labels, positions, axis.dim)?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(axis.len(OP)?))?;
+        let (has_ignore, ignore_label) = Self::ignore_args(labels.ignore_label);
+        let grid = self.grid_stride(OP, positions);
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        grid.run(kernels::AffineAtLabel {
+            outer,
             dim,
-        )?;
-        let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
-        let [h, il] = Self::ignore_args(ignore_label);
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([lp, h, il, Arg::F(alpha), Arg::F(beta), yp, error]);
-        self.launch(OP, OP, outer * inner, &args)
+            inner,
+            label,
+            has_ignore,
+            ignore_label,
+            alpha,
+            beta,
+            y,
+            error,
+        })
     }
 
     fn top_k_hits(
         &self,
-        outer: usize,
-        dim: usize,
-        inner: usize,
+        axis: Axis,
         top_k: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        label: &CudaBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        labels: Labels<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "top_k_hits";
-        let xp = Self::ptr(OP, "x", x, x_off, outer * dim * inner)?;
-        let yp = Self::ptr(OP, "y", y, y_off, outer * inner)?;
-        let error = self.check_labels_unless_capturing(
-            OP,
-            label,
-            label_off,
-            outer * inner,
-            ignore_label,
+        let positions = axis.reduced_len(OP)?;
+        let x = Self::read(OP, "x", x, Extent::AtLeast(axis.len(OP)?))?;
+        let (label, error) = self.labels(OP, labels, positions, axis.dim)?;
+        let y = Self::write(OP, "y", &y, Extent::AtLeast(positions))?;
+        let (has_ignore, ignore_label) = Self::ignore_args(labels.ignore_label);
+        let grid = self.grid_stride(OP, positions);
+        let top_k = int(OP, top_k.min(axis.dim))?;
+        let [outer, dim, inner] = Self::axis_ints(OP, axis)?;
+        grid.run(kernels::TopKHits {
+            outer,
             dim,
-        )?;
-        let lp = Self::ptr(OP, "label", label, label_off, outer * inner)?;
-        let [h, il] = Self::ignore_args(ignore_label);
-        let mut args = Self::ocd(OP, outer, dim, inner)?.to_vec();
-        args.extend([Arg::I(int(OP, top_k.min(dim))?), xp, lp, h, il, yp, error]);
-        self.launch(OP, OP, outer * inner, &args)
+            inner,
+            top_k,
+            x,
+            label,
+            has_ignore,
+            ignore_label,
+            y,
+            error,
+        })
     }
 
     fn sum_by_label(
         &self,
-        n: usize,
-        classes: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        label: &CudaBuffer,
-        label_off: usize,
-        ignore_label: Option<i32>,
-        y: &mut CudaBuffer,
-        y_off: usize,
+        x: Slice<'_, CudaBuffer<R>>,
+        labels: Labels<'_, CudaBuffer<R>>,
+        y: SliceMut<'_, CudaBuffer<R>>,
     ) -> Result<()> {
         const OP: &str = "sum_by_label";
-        let xp = Self::ptr(OP, "x", x, x_off, n)?;
-        let yp = Self::ptr(OP, "y", y, y_off, classes)?;
-        self.check_labels(OP, label, label_off, n, ignore_label, classes)?;
-        let lp = Self::ptr(OP, "label", label, label_off, n)?;
-        let [h, il] = Self::ignore_args(ignore_label);
-        self.launch(
-            OP,
-            OP,
-            classes,
-            &[
-                Arg::I(int(OP, n)?),
-                Arg::I(int(OP, classes)?),
-                xp,
-                lp,
-                h,
-                il,
-                yp,
-            ],
-        )
+        let (n, classes) = (x.len, y.len);
+        let x = Self::read(OP, "x", x, Extent::Whole)?;
+        let label = Self::read(OP, "labels", labels.values, Extent::Exactly(n))?;
+        let y = Self::write(OP, "y", &y, Extent::Whole)?;
+        self.check_labels(OP, labels.values, labels.ignore_label, classes)?;
+        let (has_ignore, ignore_label) = Self::ignore_args(labels.ignore_label);
+        self.grid_stride(OP, classes).run(kernels::SumByLabel {
+            n: int(OP, n)?,
+            classes: int(OP, classes)?,
+            x,
+            label,
+            has_ignore,
+            ignore_label,
+            y,
+        })
     }
+}
 
-    fn sigmoid_cross_entropy(
+impl<R: DeviceRuntime> CudaBackend<R> {
+    /// The first `positions` labels of `labels`, checked (see
+    /// [`Self::check_labels_unless_capturing`]), and the address of the kernels' report of a
+    /// bad label.
+    fn labels(
         &self,
-        n: usize,
-        x: &CudaBuffer,
-        x_off: usize,
-        t: &CudaBuffer,
-        t_off: usize,
-        y: &mut CudaBuffer,
-        y_off: usize,
-    ) -> Result<()> {
-        const OP: &str = "sigmoid_cross_entropy";
-        let xp = Self::ptr(OP, "x", x, x_off, n)?;
-        let tp = Self::ptr(OP, "t", t, t_off, n)?;
-        let yp = Self::ptr(OP, "y", y, y_off, n)?;
-        self.launch(OP, OP, n, &[Arg::I(int(OP, n)?), xp, tp, yp])
+        op: &'static str,
+        labels: Labels<'_, CudaBuffer<R>>,
+        positions: usize,
+        dim: usize,
+    ) -> Result<(ReadPtr, WritePtr)> {
+        let label = Self::read(op, "labels", labels.values, Extent::AtLeast(positions))?;
+        let values = labels.values.part(0, positions);
+        let error = self.check_labels_unless_capturing(op, values, labels.ignore_label, dim)?;
+        Ok((label, error))
     }
 }

@@ -16,12 +16,12 @@ pub(super) struct Staging {
     pub(super) next: usize,
 }
 
-impl CudaBackend {
-    /// `dst[p..]` = `src` through pinned staging on the copy stream (see the module docs).
-    pub(super) fn upload_staged(&self, src: &[f32], p: CUdeviceptr) -> Result<()> {
+impl CudarcRuntime {
+    /// `dst[..src.len()]` = `src` through pinned staging on the copy stream (see the module
+    /// docs). `dst` is valid for `src.len()` elements (checked by the caller).
+    pub(super) fn upload_staged(&self, src: &[f32], dst: WritePtr) -> Result<()> {
         const OP: &str = "upload";
         let mut staging = self
-            .inner
             .staging
             .lock()
             .map_err(|_| dev_err(OP, "staging poisoned"))?;
@@ -35,8 +35,8 @@ impl CudaBackend {
             // Free the smaller buffer before allocating the larger one.
             slot.host = None;
             // SAFETY: the memory is written below before any of it is read.
-            let host = unsafe { self.inner.ctx.alloc_pinned::<f32>(src.len()) }
-                .map_err(|e| dev_err(OP, e))?;
+            let host =
+                unsafe { self.ctx.alloc_pinned::<f32>(src.len()) }.map_err(|e| dev_err(OP, e))?;
             slot.host = Some(host);
         }
         let host = slot.host.as_mut().expect("allocated above");
@@ -44,21 +44,22 @@ impl CudaBackend {
         staged.copy_from_slice(src);
         // Write-after-read: kernels already queued on the compute stream may still read the
         // destination (the previous batch); the copy waits for them.
-        copy_stream
-            .join(&self.inner.stream)
-            .map_err(|e| dev_err(OP, e))?;
-        // SAFETY: `p` was bounds-checked by the caller for `src.len()` elements; the pinned
+        copy_stream.join(&self.stream).map_err(|e| dev_err(OP, e))?;
+        // SAFETY: `dst` was bounds-checked by the caller for `src.len()` elements; the pinned
         // buffer stays untouched until `copied` has completed (synchronised above on reuse,
         // and by PinnedHostSlice's drop).
-        unsafe { cudarc::driver::result::memcpy_htod_async(p, staged, copy_stream.cu_stream()) }
-            .map_err(|e| dev_err(OP, e))?;
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(
+                dst.address(),
+                staged,
+                copy_stream.cu_stream(),
+            )
+        }
+        .map_err(|e| dev_err(OP, e))?;
         slot.copied
             .record(&copy_stream)
             .map_err(|e| dev_err(OP, e))?;
         // Read-after-write: later kernels on the compute stream see the new data.
-        self.inner
-            .stream
-            .wait(&slot.copied)
-            .map_err(|e| dev_err(OP, e))
+        self.stream.wait(&slot.copied).map_err(|e| dev_err(OP, e))
     }
 }
