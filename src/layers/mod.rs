@@ -133,6 +133,13 @@
 //! and in the registry list: `"Double" => double::DoubleLayer,`. Then a gradient check in
 //! `tests/` (see [`crate::testing`]).
 //!
+//! A layer whose element-wise function no op computes yet adds it as a variant of the op family
+//! it belongs to (ELU: [`Activation::Elu`](crate::backend::Activation::Elu)), with its loop in
+//! the CPU backend (`backend/cpu/neuron.rs`, one `match` arm per direction), its kernel in
+//! `kernels/*.cu` (whose prototype `build.rs` turns into the typed launch arguments and the
+//! host emulation's declaration) and the launch in `backend/cuda/backend/ops.rs`, one arm per
+//! direction. The op battery in `tests/cuda_kernels/backend.rs` then compares the two backends.
+//!
 //! # Why a generic trait with index views
 //!
 //! `Layer<B>` is generic over the backend but object-safe, so a net is a `Vec<Box<dyn
