@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::view::Slice;
 
-/// A solver's update rule with its hyper-parameters: what [`Backend::fused_update`] runs. The
+/// A solver's update rule with its hyper-parameters: what [`Backend::fused_update`](super::Backend::fused_update) runs. The
 /// solver reads it from its parameters and composes it from the other ops where no fused form
 /// exists (`solver::update_rules`).
 #[derive(Debug, Clone, Copy, PartialEq)]

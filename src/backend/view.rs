@@ -3,7 +3,7 @@
 //! A [`Slice`] is `len` elements of a buffer from element `off` (an op's input), a [`SliceMut`]
 //! the same for an op's output. Making a view checks nothing; the op that uses it checks it
 //! against its buffer ([`Slice::range`]) and against the op's geometry, and answers
-//! [`BackendError`](super::BackendError) instead of touching memory outside it.
+//! [`BackendError`] instead of touching memory outside it.
 
 use std::fmt;
 use std::ops::Range;

@@ -133,7 +133,7 @@ fn at_least_zero(field: &'static str, value: f32) -> std::result::Result<f32, Fi
 
 /// The per-parameter buffers a rule works with. `history2` is the second history blob of
 /// AdaDelta and Adam (`history_[N + i]` upstream); `scratch` is what composing the rule from
-/// ops needs, `None` on a backend that fuses the rules ([`Backend::has_fused_updates`]).
+/// ops needs, `None` on a backend that fuses the rules ([`Capabilities::fused_updates`](crate::backend::Capabilities::fused_updates)).
 pub struct UpdateBuffers<'a, B: Backend> {
     pub history: &'a mut Blob<B>,
     pub history2: Option<&'a mut Blob<B>>,
