@@ -8,8 +8,6 @@
 //! arguments. Calling a kernel function directly runs one emulated thread, with the indices
 //! [`launch`] set.
 
-#![allow(clippy::too_many_arguments)]
-
 use rcaffe::backend::cuda::kernels::{Kernel, KernelArg, ReadPtr, WritePtr};
 use rcaffe::backend::cuda::runtime::{DeviceRuntime, Gemm, Gemv};
 use rcaffe::backend::{BackendError, Result, Transpose};
@@ -38,7 +36,9 @@ pub unsafe fn launch(grid: u32, block: u32, mut kernel: impl FnMut()) {
     }
 }
 
-/// The kernels, by file. Pointers are already offset; sizes are `int`.
+/// The kernels, by file. Pointers are already offset; sizes are `int`. (Their parameter lists
+/// are the kernels' prototypes, however long.)
+#[allow(clippy::too_many_arguments)]
 pub mod k {
     use std::os::raw::{c_float, c_int};
 
