@@ -3,7 +3,11 @@
 //! falls, on a smoothed curve (a running median, then a running mean), saying so when the curve
 //! gives no bound rather than inventing one.
 
-use super::report::format_rate;
+/// A rate with two significant digits, as a solver file would hold it ("0.0012", "0.03"):
+/// C's `%.2g`, the same formatting the prototxt printer uses.
+pub fn format_rate(rate: f64) -> String {
+    crate::proto::format_g(rate, 2)
+}
 
 /// Why a bound could not be read from the curve.
 #[derive(Debug, Clone, PartialEq)]

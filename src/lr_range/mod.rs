@@ -26,8 +26,8 @@ use crate::solver::{Solver, SolverError};
 mod bounds;
 mod report;
 
-pub use bounds::{suggest_bounds, NoBound, Suggestion, MIN_POINTS};
-pub use report::{format_rate, output_paths, range_chart, report, rounded_bounds, write_outputs};
+pub use bounds::{format_rate, suggest_bounds, NoBound, Suggestion, MIN_POINTS};
+pub use report::{output_paths, range_chart, report, rounded_bounds, write_outputs};
 
 /// How many tests a range test runs over its length when not told otherwise.
 pub const DEFAULT_TEST_POINTS: u32 = 40;

@@ -4,15 +4,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::bounds::{NoBound, Suggestion};
+use super::bounds::{format_rate, NoBound, Suggestion};
 use super::{RangePoint, RangeTest, RangeTestError, Result};
 use crate::plot::{Chart, Series};
-
-/// A rate with two significant digits, as a solver file would hold it ("0.0012", "0.03"):
-/// C's `%.2g`, the same formatting the prototxt printer uses.
-pub fn format_rate(rate: f64) -> String {
-    crate::proto::format_g(rate, 2)
-}
 
 /// The suggested bounds rounded as printed (two significant digits), when both were found.
 pub fn rounded_bounds(suggestion: &Suggestion) -> Option<(f32, f32)> {
