@@ -155,6 +155,7 @@ pub mod base_conv;
 pub mod batch_norm;
 pub mod bias;
 pub mod concat;
+pub mod contrastive_loss;
 pub mod convolution;
 pub mod crop;
 pub mod data;
@@ -165,10 +166,12 @@ pub mod euclidean_loss;
 pub mod flatten;
 pub mod hinge_loss;
 pub mod image_data;
+pub mod infogain_loss;
 pub mod inner_product;
 pub mod input;
 pub mod loss;
 pub mod lrn;
+pub mod multinomial_logistic_loss;
 pub mod neuron;
 pub mod pooling;
 pub mod prelu;
@@ -771,6 +774,9 @@ registry! {
     "EuclideanLoss" => euclidean_loss::EuclideanLossLayer,
     "SigmoidCrossEntropyLoss" => sigmoid_cross_entropy_loss::SigmoidCrossEntropyLossLayer,
     "HingeLoss" => hinge_loss::HingeLossLayer,
+    "MultinomialLogisticLoss" => multinomial_logistic_loss::MultinomialLogisticLossLayer,
+    "InfogainLoss" => infogain_loss::InfogainLossLayer,
+    "ContrastiveLoss" => contrastive_loss::ContrastiveLossLayer,
 }
 
 /// Layer types from outside the registry (a test's toy layers, a user's own): returns `None`
@@ -792,23 +798,10 @@ fn not_supported(kind: &str) -> Option<&'static str> {
              (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
         ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
-        "WindowData"
-        | "MemoryData"
-        | "SPP"
-        | "Embed"
-        | "LSTM"
-        | "RNN"
-        | "InfogainLoss"
-        | "MultinomialLogisticLoss"
-        | "ContrastiveLoss"
-        | "Threshold"
-        | "Filter"
-        | "BatchReindex"
-        | "Tile"
-        | "Parameter"
-        | "Im2col"
-        | "Reduction"
-        | "Recurrent" => Some("an upstream layer rcaffe does not implement yet"),
+        "WindowData" | "MemoryData" | "SPP" | "Embed" | "LSTM" | "RNN" | "Threshold" | "Filter"
+        | "BatchReindex" | "Tile" | "Parameter" | "Im2col" | "Reduction" | "Recurrent" => {
+            Some("an upstream layer rcaffe does not implement yet")
+        }
         _ => None,
     }
 }
