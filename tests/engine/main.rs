@@ -9,6 +9,7 @@ mod backend_cpu;
 mod common;
 mod filler;
 mod layers_loss;
+mod layers_loss_more;
 mod layers_neuron;
 mod layers_vision;
 mod net;
