@@ -122,13 +122,10 @@ impl<B: Backend> ContrastiveLossLayer<B> {
         let mut coef = scratch(be, &mut self.per_pair, num)?.slice_mut(0, num);
         let mut other = scratch(be, &mut self.dissimilar, num)?.slice_mut(0, num);
         if self.legacy_version {
-            // [margin - d^2 > 0]
+            // [margin - d^2 > 0], the sign of max(margin - d^2, 0)
             be.copy(dist_sq, coef.reborrow())?;
-            be.scale(Scalar::Value(-1.0), Src::InPlace, coef.reborrow())?;
-            be.unary(Unary::AddScalar(self.margin), Src::InPlace, coef.reborrow())?;
+            margin_minus(be, self.margin, coef.reborrow())?;
             be.unary(Unary::Sign, Src::InPlace, coef.reborrow())?;
-            let relu = Activation::Relu { slope: 0.0 };
-            be.activation_forward(relu, Src::InPlace, coef.reborrow())?;
         } else {
             // max(margin - d, 0) / (d + 1e-4)
             be.unary(Unary::Sqrt, dist_sq.src(), coef.reborrow())?;

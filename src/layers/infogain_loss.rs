@@ -93,9 +93,9 @@ impl<B: Backend> InfogainLossLayer<B> {
         if h.count() == labels * labels {
             return Ok(());
         }
-        let origin = match (blobs.num_bottom() > 2, &self.source) {
-            (true, _) | (false, None) => "bottom 2".to_string(),
-            (false, Some(path)) => format!("infogain_loss_param.source {path}"),
+        let origin = match &self.source {
+            Some(path) if blobs.num_bottom() < 3 => format!("infogain_loss_param.source {path}"),
+            _ => "bottom 2".to_string(),
         };
         Err(LayerError::invalid(format!(
             "InfogainLoss: H must be {labels}x{labels} for {labels} labels along axis {}, but \
