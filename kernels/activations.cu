@@ -1,4 +1,4 @@
-// Activation kernels (ReLU, Sigmoid, TanH, ELU, BNLL, PReLU): forward and backward, one thread
+// Activation kernels (ReLU, Sigmoid, TanH, ELU, BNLL, Clip, Swish, PReLU): forward and backward, one thread
 // per element, grid-stride. `dy` may alias `dx` and `x` may alias `y` (in-place layers).
 // Semantics: src/backend/mod.rs; upstream: src/caffe/layers/<name>_layer.cu.
 
@@ -51,6 +51,22 @@ struct Elu {
   float alpha;
   __device__ float operator()(float v) const { return v > 0.0f ? v : alpha * (expf(v) - 1.0f); }
 };
+// std::min then std::max's comparisons, so a NaN input gives `min` as upstream's CPU loop; the
+// gradient reads the input.
+struct Clip {
+  float min, max;
+  __device__ float operator()(float v) const {
+    float upper = max < v ? max : v;
+    return min < upper ? upper : min;
+  }
+  __device__ float operator()(float x, float d) const {
+    return d * (x >= min && x <= max ? 1.0f : 0.0f);
+  }
+};
+struct Swish {
+  float beta;
+  __device__ float operator()(float v) const { return v * Sigmoid()(beta * v); }
+};
 
 extern "C" __global__ void relu_forward(int n, float slope, const float* x, float* y) {
   forward(n, x, y, Relu{slope});
@@ -87,6 +103,27 @@ extern "C" __global__ void elu_backward(int n, float alpha, const float* x, cons
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
     float d = dy[i];
     dx[i] = x[i] > 0.0f ? d : d * (alpha + y[i]);
+  }
+}
+
+extern "C" __global__ void clip_forward(int n, float min, float max, const float* x, float* y) {
+  forward(n, x, y, Clip{min, max});
+}
+extern "C" __global__ void clip_backward(int n, float min, float max, const float* x,
+                                         const float* dy, float* dx) {
+  backward(n, x, dy, dx, Clip{min, max});
+}
+extern "C" __global__ void swish_forward(int n, float beta, const float* x, float* y) {
+  forward(n, x, y, Swish{beta});
+}
+
+// Swish's gradient reads both the input (for the sigmoid) and the output.
+extern "C" __global__ void swish_backward(int n, float beta, const float* x, const float* y,
+                                          const float* dy, float* dx) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    float s = Sigmoid()(beta * x[i]);
+    float by = beta * y[i];
+    dx[i] = dy[i] * (by + s * (1.0f - by));
   }
 }
 

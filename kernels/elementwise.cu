@@ -133,6 +133,12 @@ struct Sign {
   }
 };
 
+// 1 above the threshold, else 0 (NaN included): upstream's ThresholdLayer.
+struct Threshold {
+  float threshold;
+  __device__ float operator()(float v) const { return v > threshold ? 1.0f : 0.0f; }
+};
+
 extern "C" __global__ void powx(int n, const float* x, float p, float* y) {
   map1(n, x, y, Powx{p});
 }
@@ -148,6 +154,9 @@ extern "C" __global__ void sqrt_kernel(int n, const float* x, float* y) {
   map1(n, x, y, Sqrt());
 }
 extern "C" __global__ void sign(int n, const float* x, float* y) { map1(n, x, y, Sign()); }
+extern "C" __global__ void threshold(int n, float threshold, const float* x, float* y) {
+  map1(n, x, y, Threshold{threshold});
+}
 
 // Reductions (sum, asum, sumsq, dot, sum_into) in two steps without shared memory: each thread
 // of the launch adds its grid-stride share of the input in double and writes it to

@@ -88,6 +88,8 @@ pub enum Unary {
     AddScalar(f32),
     /// `0` where `trunc(x) == ignore_label` (`x` a label), else `1`.
     LabelMask { ignore_label: Option<i32> },
+    /// `1` where `x > threshold`, else `0` (NaN included), upstream's ThresholdLayer.
+    Threshold(f32),
 }
 
 /// An element-wise function of two inputs: `y[i] = f(a[i], b[i])`.
@@ -125,6 +127,12 @@ pub enum Activation {
     /// `y = x > 0 ? x + ln(1 + exp(-x)) : ln(1 + exp(x))` (softplus);
     /// `dx = dy e / (e + 1)` with `e = exp(min(x, BNLL_THRESHOLD))`.
     Bnll,
+    /// `y = max(min, min(x, max))` in `std::max`/`std::min`'s order of comparisons, so a NaN
+    /// input gives `min` as upstream's CPU loop; `dx = dy (min <= x <= max)`.
+    Clip { min: f32, max: f32 },
+    /// `y = x s` with `s = sigmoid(beta x)` (computed as Sigmoid's); `dx = dy (beta y + s (1 -
+    /// beta y))`, reading both the forward input and output.
+    Swish { beta: f32 },
 }
 
 /// A sum over a whole view, returned to the host (accumulated in f64, as upstream's BLAS).

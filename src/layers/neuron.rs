@@ -1,10 +1,11 @@
-//! The element-wise neuron layers: ReLU, Sigmoid, TanH, ELU, AbsVal, Power, Exp, Log and BNLL
-//! (upstream: `src/caffe/layers/<name>_layer.cpp`, all `NeuronLayer`s: one bottom, one top of
-//! the same shape).
+//! The element-wise neuron layers: ReLU, Sigmoid, TanH, ELU, AbsVal, Power, Exp, Log, BNLL,
+//! Clip, Swish and Threshold (upstream: `src/caffe/layers/<name>_layer.cpp`, all
+//! `NeuronLayer`s: one bottom, one top of the same shape).
 //!
 //! Each is a [`NeuronLayer`] around a [`NeuronFn`] that reads its parameters and computes its
-//! forward and backward passes with backend ops; ReLU, Sigmoid, TanH, ELU and BNLL are each one
-//! backend [`Activation`] ([`Activated`]). Every one but AbsVal runs in place. A layer whose
+//! forward and backward passes with backend ops; ReLU, Sigmoid, TanH, ELU, BNLL, Clip and Swish
+//! are each one backend [`Activation`] ([`Activated`]). Every one but AbsVal runs in place.
+//! Threshold has no backward pass, as upstream. A layer whose
 //! backward pass reads the forward input keeps a copy of it when in place (as upstream's PReLU
 //! does); upstream's other layers read the overwritten input there instead and get wrong
 //! gradients (Power, Log, BNLL, and ReLU / ELU with a negative slope / alpha).
@@ -22,6 +23,9 @@ pub trait NeuronFn: Send + Sized + 'static {
     const TYPE: &'static str;
     /// Whether the top may be the bottom.
     const IN_PLACE: bool = true;
+    /// Whether the layer has a backward pass; without one, asking for the bottom's gradient is
+    /// an error.
+    const HAS_BACKWARD: bool = true;
 
     /// Reads and checks the layer's parameters.
     fn from_param(param: &LayerParameter) -> Result<Self, LayerError>;
@@ -154,6 +158,13 @@ impl<F: NeuronFn, B: Backend> Layer<B> for NeuronLayer<F, B> {
         if !propagate_down[0] {
             return Ok(());
         }
+        if !F::HAS_BACKWARD {
+            return Err(LayerError::invalid(format!(
+                "{} has no backward pass (upstream: not implemented); it cannot propagate a \
+                 gradient to its bottom",
+                F::TYPE
+            )));
+        }
         let be = ctx.backend;
         match blobs.backward_io(0) {
             InOut::Separate {
@@ -183,13 +194,13 @@ fn not_reshaped() -> LayerError {
     LayerError::invalid("in-place neuron layer run before reshape")
 }
 
-/// A neuron that is one backend [`Activation`]: ReLU, Sigmoid, TanH, ELU and BNLL differ only
-/// in their type string and the parameters they read.
+/// A neuron that is one backend [`Activation`]: ReLU, Sigmoid, TanH, ELU, BNLL, Clip and Swish
+/// differ only in their type string and the parameters they read.
 pub trait ActivationKind: Send + 'static {
     /// The type string the registry knows the layer by.
     const TYPE: &'static str;
-    /// The activation `param` configures.
-    fn activation(param: &LayerParameter) -> Activation;
+    /// The activation `param` configures, or why `param` configures none.
+    fn activation(param: &LayerParameter) -> Result<Activation, LayerError>;
 }
 
 /// The neuron computing the backend [`Activation`] that `K` reads from its parameters.
@@ -202,7 +213,7 @@ impl<K: ActivationKind> NeuronFn for Activated<K> {
     const TYPE: &'static str = K::TYPE;
     fn from_param(param: &LayerParameter) -> Result<Self, LayerError> {
         Ok(Activated {
-            f: K::activation(param),
+            f: K::activation(param)?,
             kind: PhantomData,
         })
     }
@@ -213,7 +224,8 @@ impl<K: ActivationKind> NeuronFn for Activated<K> {
             Activation::Relu { slope } => slope < 0.0,
             Activation::Elu { alpha } => alpha < 0.0,
             Activation::Sigmoid | Activation::Tanh => false,
-            Activation::Bnll => true,
+            // Clip's output cannot tell a clipped input from one on the bound.
+            Activation::Bnll | Activation::Clip { .. } | Activation::Swish { .. } => true,
         }
     }
     fn forward<B: Backend>(
@@ -244,9 +256,9 @@ pub type ReLULayer<B> = NeuronLayer<Activated<Relu>, B>;
 
 impl ActivationKind for Relu {
     const TYPE: &'static str = "ReLU";
-    fn activation(param: &LayerParameter) -> Activation {
+    fn activation(param: &LayerParameter) -> Result<Activation, LayerError> {
         let slope = param.relu_param.unwrap_or_default().negative_slope();
-        Activation::Relu { slope }
+        Ok(Activation::Relu { slope })
     }
 }
 
@@ -257,8 +269,8 @@ pub type SigmoidLayer<B> = NeuronLayer<Activated<Sigmoid>, B>;
 
 impl ActivationKind for Sigmoid {
     const TYPE: &'static str = "Sigmoid";
-    fn activation(_param: &LayerParameter) -> Activation {
-        Activation::Sigmoid
+    fn activation(_param: &LayerParameter) -> Result<Activation, LayerError> {
+        Ok(Activation::Sigmoid)
     }
 }
 
@@ -269,8 +281,8 @@ pub type TanHLayer<B> = NeuronLayer<Activated<TanH>, B>;
 
 impl ActivationKind for TanH {
     const TYPE: &'static str = "TanH";
-    fn activation(_param: &LayerParameter) -> Activation {
-        Activation::Tanh
+    fn activation(_param: &LayerParameter) -> Result<Activation, LayerError> {
+        Ok(Activation::Tanh)
     }
 }
 
@@ -281,9 +293,9 @@ pub type ELULayer<B> = NeuronLayer<Activated<Elu>, B>;
 
 impl ActivationKind for Elu {
     const TYPE: &'static str = "ELU";
-    fn activation(param: &LayerParameter) -> Activation {
+    fn activation(param: &LayerParameter) -> Result<Activation, LayerError> {
         let alpha = param.elu_param.unwrap_or_default().alpha();
-        Activation::Elu { alpha }
+        Ok(Activation::Elu { alpha })
     }
 }
 
@@ -294,8 +306,86 @@ pub type BNLLLayer<B> = NeuronLayer<Activated<Bnll>, B>;
 
 impl ActivationKind for Bnll {
     const TYPE: &'static str = "BNLL";
-    fn activation(_param: &LayerParameter) -> Activation {
-        Activation::Bnll
+    fn activation(_param: &LayerParameter) -> Result<Activation, LayerError> {
+        Ok(Activation::Bnll)
+    }
+}
+
+/// Clip's [`ActivationKind`].
+pub struct Clip;
+/// The Clip layer, `max(min, min(x, max))` (`clip_param.min` and `clip_param.max`, both
+/// required); the gradient passes where `min <= x <= max`.
+pub type ClipLayer<B> = NeuronLayer<Activated<Clip>, B>;
+
+impl ActivationKind for Clip {
+    const TYPE: &'static str = "Clip";
+    fn activation(param: &LayerParameter) -> Result<Activation, LayerError> {
+        // Both fields are required in the schema, so a Clip layer without the message is
+        // refused rather than clipping to [0, 0].
+        let p = param
+            .clip_param
+            .ok_or_else(|| LayerError::invalid("Clip needs clip_param (min and max)"))?;
+        let (min, max) = (p.min, p.max);
+        if min.is_nan() || max.is_nan() || min > max {
+            return Err(LayerError::invalid(format!(
+                "clip_param.min ({min}) must not exceed clip_param.max ({max})"
+            )));
+        }
+        Ok(Activation::Clip { min, max })
+    }
+}
+
+/// Swish's [`ActivationKind`].
+pub struct Swish;
+/// The Swish layer, `x sigmoid(beta x)` (`swish_param.beta`, default 1).
+pub type SwishLayer<B> = NeuronLayer<Activated<Swish>, B>;
+
+impl ActivationKind for Swish {
+    const TYPE: &'static str = "Swish";
+    fn activation(param: &LayerParameter) -> Result<Activation, LayerError> {
+        let beta = param.swish_param.unwrap_or_default().beta();
+        Ok(Activation::Swish { beta })
+    }
+}
+
+/// `x > threshold ? 1 : 0`, forward only (src/caffe/layers/threshold_layer.cpp).
+pub struct Threshold {
+    threshold: f32,
+}
+/// The Threshold layer (`threshold_param.threshold`, default 0).
+pub type ThresholdLayer<B> = NeuronLayer<Threshold, B>;
+
+impl NeuronFn for Threshold {
+    const TYPE: &'static str = "Threshold";
+    const HAS_BACKWARD: bool = false;
+    fn from_param(param: &LayerParameter) -> Result<Self, LayerError> {
+        let threshold = param.threshold_param.unwrap_or_default().threshold();
+        Ok(Threshold { threshold })
+    }
+    fn needs_input(&self) -> bool {
+        false
+    }
+    fn forward<B: Backend>(
+        &self,
+        be: &B,
+        x: Src<'_, B::Buffer>,
+        y: SliceMut<'_, B::Buffer>,
+    ) -> Result<(), BackendError> {
+        be.unary(Unary::Threshold(self.threshold), x, y)
+    }
+    fn backward<B: Backend>(
+        &self,
+        _be: &B,
+        _x_y: (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
+        _dy: Src<'_, B::Buffer>,
+        _dx: SliceMut<'_, B::Buffer>,
+        _tmp: Option<SliceMut<'_, B::Buffer>>,
+    ) -> Result<(), BackendError> {
+        // NeuronLayer refuses the backward pass before it gets here (HAS_BACKWARD).
+        Err(crate::backend::invalid(
+            "Threshold backward",
+            "Threshold has no backward pass",
+        ))
     }
 }
 

@@ -40,6 +40,7 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         (Unary::Sqr, Tol::Exact),
         (Unary::Sqrt, Tol::Exact),
         (Unary::Sign, Tol::Exact),
+        (Unary::Threshold(0.25), Tol::Exact),
     ];
     for (op, tol) in unary {
         let src = if matches!(op, Unary::Log | Unary::Sqrt) {
@@ -56,6 +57,14 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
         (Activation::Bnll, TR),
         (Activation::Relu { slope: 0.1 }, Tol::Exact),
         (Activation::Elu { alpha: 0.5 }, TR),
+        (
+            Activation::Clip {
+                min: -1.0,
+                max: 2.5,
+            },
+            Tol::Exact,
+        ),
+        (Activation::Swish { beta: 1.5 }, TR),
     ];
     for (f, tol) in activations {
         b.activation_forward(f, x.whole().src(), y.slice_mut(5, n))
@@ -210,6 +219,32 @@ pub(super) fn op_battery<B: Backend>(b: &B) -> Vec<(String, Vec<f32>, Tol)> {
     b.activation_backward(elu, x.whole(), fwd.whole(), Src::InPlace, y.slice_mut(0, n))
         .unwrap();
     out.push(("elu_backward in place".into(), down(&y)[..n].to_vec(), TR));
+    let clip = Activation::Clip {
+        min: -1.0,
+        max: 2.5,
+    };
+    b.activation_backward(
+        clip,
+        x.whole(),
+        x.whole(),
+        dy.whole().src(),
+        y.slice_mut(0, n),
+    )
+    .unwrap();
+    out.push(("clip_backward".into(), down(&y)[..n].to_vec(), Tol::Exact));
+    // Swish reads both, like ELU.
+    let swish = Activation::Swish { beta: 1.5 };
+    b.activation_forward(swish, x.whole().src(), fwd.whole_mut())
+        .unwrap();
+    b.activation_backward(
+        swish,
+        x.whole(),
+        fwd.whole(),
+        dy.whole().src(),
+        y.slice_mut(0, n),
+    )
+    .unwrap();
+    out.push(("swish_backward".into(), down(&y)[..n].to_vec(), TR));
     let mag = n as f32 * 4.0;
     for r in [
         Reduction::Sum,

@@ -280,6 +280,8 @@ fn activation_reference(f: Activation, v: f64) -> f64 {
             }
         }
         Activation::Bnll => v.exp().ln_1p(),
+        Activation::Clip { min, max } => v.clamp(min.into(), max.into()),
+        Activation::Swish { beta } => v / (1.0 + (-f64::from(beta) * v).exp()),
     }
 }
 
@@ -292,6 +294,18 @@ fn activations_forward() {
         (Activation::Tanh, (-4.0, 4.0), 1e-6, 1e-7),
         (Activation::Elu { alpha: 0.7 }, (-4.0, 4.0), 1e-6, 1e-7),
         (Activation::Bnll, (-12.0, 12.0), 1e-6, 1e-7),
+        (
+            Activation::Clip {
+                min: -1.0,
+                max: 2.5,
+            },
+            (-4.0, 4.0),
+            0.0,
+            0.0,
+        ),
+        // Sigmoid through tanh is off by up to half an ulp of 0.5 (3e-8) where it is tiny,
+        // then scaled by |x| <= 8.
+        (Activation::Swish { beta: 1.5 }, (-8.0, 8.0), 1e-6, 3e-7),
     ];
     for (f, (lo, hi), rtol, atol) in cases {
         check_unary(
@@ -355,6 +369,22 @@ fn activations_backward() {
     check_backward(Activation::Sigmoid, 0.0, 1.0, |y, d| d * y * (1.0 - y));
     check_backward(Activation::Tanh, -1.0, 1.0, |y, d| d * (1.0 - y * y));
     check_backward(Activation::Bnll, -20.0, 20.0, |x, d| d / (1.0 + (-x).exp()));
+    let clip = Activation::Clip {
+        min: -1.0,
+        max: 2.5,
+    };
+    check_backward(clip, -4.0, 4.0, |x, d| {
+        if (-1.0..=2.5).contains(&x) {
+            d
+        } else {
+            0.0
+        }
+    });
+    // Swish reads both; with one buffer as both, `y` is `x` in the formula.
+    check_backward(Activation::Swish { beta: 0.5 }, -4.0, 4.0, |x, d| {
+        let s = 1.0 / (1.0 + (-0.5 * x).exp());
+        d * (0.5 * x + s * (1.0 - 0.5 * x))
+    });
 }
 
 #[test]

@@ -14,27 +14,27 @@ use rcaffe::testing::{
     cpu, layer_param, CheckBottoms, GradientChecker, GradientError, LayerHarness,
 };
 
-type H = LayerHarness<CpuBackend>;
+pub(crate) type H = LayerHarness<CpuBackend>;
 
-fn harness(text: &str, shapes: &[&[usize]]) -> H {
+pub(crate) fn harness(text: &str, shapes: &[&[usize]]) -> H {
     LayerHarness::from_prototxt(&cpu(), text, shapes, 1701).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The error a layer setup gives, as text.
-fn setup_error(text: &str, shapes: &[&[usize]]) -> String {
+pub(crate) fn setup_error(text: &str, shapes: &[&[usize]]) -> String {
     match LayerHarness::from_prototxt(&cpu(), text, shapes, 1701) {
         Ok(_) => panic!("expected an error building {text}"),
         Err(e) => e.to_string(),
     }
 }
 
-fn top(h: &H, i: usize) -> Vec<f32> {
+pub(crate) fn top(h: &H, i: usize) -> Vec<f32> {
     h.top(i).data_to_vec().unwrap()
 }
 fn bottom(h: &H, i: usize) -> Vec<f32> {
     h.bottom(i).data_to_vec().unwrap()
 }
-fn bottom_diff(h: &H, i: usize) -> Vec<f32> {
+pub(crate) fn bottom_diff(h: &H, i: usize) -> Vec<f32> {
     h.bottom(i).diff_to_vec().unwrap()
 }
 
@@ -46,7 +46,7 @@ fn close(got: f32, want: f64) -> bool {
     (f64::from(got) - want).abs() <= 1e-5 * want.abs().max(1.0)
 }
 
-fn assert_all_close(got: &[f32], want: &[f64], what: &str) {
+pub(crate) fn assert_all_close(got: &[f32], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         assert!(close(g, w), "{what}: element {i}: got {g}, want {w}");
@@ -73,21 +73,21 @@ fn buf(v: &[f32]) -> CpuBuffer {
 const SHAPES: [&[usize]; 3] = [&[2, 3, 4, 5], &[7], &[3, 1, 2]];
 
 /// Builds `type: kind` with `params`, in place or not.
-fn neuron_text(kind: &str, params: &str, in_place: bool) -> String {
+pub(crate) fn neuron_text(kind: &str, params: &str, in_place: bool) -> String {
     let top = if in_place { "x" } else { "y" };
     format!(r#"name: "n" type: "{kind}" bottom: "x" top: "{top}" {params}"#)
 }
 
 /// How a neuron test fills its bottom.
 #[derive(Clone, Copy)]
-enum Fill {
+pub(crate) enum Fill {
     Gaussian,
     Uniform(f32, f32),
 }
 
 /// For every shape, in place and not: the forward pass against `f`, then the element-wise
 /// gradient check.
-fn neuron_case(
+pub(crate) fn neuron_case(
     kind: &str,
     params: &str,
     fill: Fill,
@@ -132,7 +132,7 @@ fn check_exhaustive(c: GradientChecker, h: &mut H) -> Result<(), GradientError> 
     Ok(())
 }
 
-fn kinked(stepsize: f32, threshold: f32) -> GradientChecker {
+pub(crate) fn kinked(stepsize: f32, threshold: f32) -> GradientChecker {
     GradientChecker::new(stepsize, threshold).with_kink(0.0, 0.01)
 }
 

@@ -8,6 +8,7 @@ mod backend_cpu;
 #[path = "../common/mod.rs"]
 mod common;
 mod filler;
+mod layers_activation;
 mod layers_loss;
 mod layers_loss_more;
 mod layers_neuron;

@@ -618,6 +618,9 @@ impl Backend for CpuBackend {
             } => elementwise::map1(par, x, y, |v| power_step(v, power, scale, shift)),
             Unary::AddScalar(value) => elementwise::map1(par, x, y, |v| v + value),
             Unary::LabelMask { ignore_label } => loss::label_mask(x, ignore_label, y),
+            Unary::Threshold(threshold) => {
+                elementwise::map1(par, x, y, |v| if v > threshold { 1.0 } else { 0.0 })
+            }
         }
         Ok(())
     }

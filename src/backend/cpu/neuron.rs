@@ -16,6 +16,23 @@ fn ind(cond: bool) -> f32 {
     }
 }
 
+/// Sigmoid as [`Activation::Sigmoid`] computes it, through tanh (which cannot overflow).
+#[inline]
+fn sigmoid(v: f32) -> f32 {
+    0.5 * (0.5 * v).tanh() + 0.5
+}
+
+/// `max(min, min(v, max))` with `std::min`/`std::max`'s comparisons: NaN gives `min`.
+#[inline]
+fn clip(v: f32, min: f32, max: f32) -> f32 {
+    let upper = if max < v { max } else { v };
+    if min < upper {
+        upper
+    } else {
+        min
+    }
+}
+
 /// `y = f(x)`.
 pub(super) fn activation_forward(par: Par<'_>, f: Activation, x: Operand<'_>, y: &mut [f32]) {
     match f {
@@ -26,7 +43,7 @@ pub(super) fn activation_forward(par: Par<'_>, f: Activation, x: Operand<'_>, y:
         Activation::Relu { slope } => {
             elementwise::map1(par, x, y, |v| if v > 0.0 { v } else { slope * v })
         }
-        Activation::Sigmoid => elementwise::map1(par, x, y, |v| 0.5 * (0.5 * v).tanh() + 0.5),
+        Activation::Sigmoid => elementwise::map1(par, x, y, sigmoid),
         Activation::Tanh => elementwise::map1(par, x, y, f32::tanh),
         Activation::Elu { alpha } => {
             elementwise::map1(
@@ -49,6 +66,8 @@ pub(super) fn activation_forward(par: Par<'_>, f: Activation, x: Operand<'_>, y:
                 v.exp().ln_1p()
             }
         }),
+        Activation::Clip { min, max } => elementwise::map1(par, x, y, |v| clip(v, min, max)),
+        Activation::Swish { beta } => elementwise::map1(par, x, y, |v| v * sigmoid(beta * v)),
     }
 }
 
@@ -88,6 +107,15 @@ pub(super) fn activation_backward<'a>(
         Activation::Bnll => elementwise::map2(par, Operand::Slice(x()?), dy, dx, |x, d| {
             let e = x.min(kernel_constants::BNLL_THRESHOLD).exp();
             d * e / (e + 1.0)
+        }),
+        Activation::Clip { min, max } => {
+            elementwise::map2(par, Operand::Slice(x()?), dy, dx, |x, d| {
+                d * ind(x >= min && x <= max)
+            })
+        }
+        Activation::Swish { beta } => elementwise::map3(par, x()?, y()?, dy, dx, |x, y, d| {
+            let s = sigmoid(beta * x);
+            d * (beta * y + s * (1.0 - beta * y))
         }),
     }
     Ok(())

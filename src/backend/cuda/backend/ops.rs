@@ -428,6 +428,12 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
                     y,
                 })
             }
+            Unary::Threshold(threshold) => self.map1(OP, x, y, |n, x, y| kernels::Threshold {
+                n,
+                threshold,
+                x,
+                y,
+            }),
         }
     }
 
@@ -480,6 +486,16 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
                 self.map1(OP, x, y, |n, x, y| kernels::EluForward { n, alpha, x, y })
             }
             Activation::Bnll => self.map1(OP, x, y, |n, x, y| kernels::BnllForward { n, x, y }),
+            Activation::Clip { min, max } => self.map1(OP, x, y, |n, x, y| kernels::ClipForward {
+                n,
+                min,
+                max,
+                x,
+                y,
+            }),
+            Activation::Swish { beta } => {
+                self.map1(OP, x, y, |n, x, y| kernels::SwishForward { n, beta, x, y })
+            }
         }
     }
 
@@ -519,6 +535,22 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
                 dx,
             }),
             Activation::Bnll => grid.run(kernels::BnllBackward { n, x: x()?, dy, dx }),
+            Activation::Clip { min, max } => grid.run(kernels::ClipBackward {
+                n,
+                min,
+                max,
+                x: x()?,
+                dy,
+                dx,
+            }),
+            Activation::Swish { beta } => grid.run(kernels::SwishBackward {
+                n,
+                beta,
+                x: x()?,
+                y: y()?,
+                dy,
+                dx,
+            }),
         }
     }
 
