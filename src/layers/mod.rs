@@ -169,6 +169,7 @@ pub mod inner_product;
 pub mod input;
 pub mod loss;
 pub mod lrn;
+pub mod mvn;
 pub mod neuron;
 pub mod pooling;
 pub mod prelu;
@@ -760,6 +761,7 @@ registry! {
     "Deconvolution" => convolution::DeconvolutionLayer,
     "Pooling" => pooling::PoolingLayer,
     "LRN" => lrn::LrnLayer,
+    "MVN" => mvn::MvnLayer,
     "InnerProduct" => inner_product::InnerProductLayer,
     "Crop" => crop::CropLayer,
     "Softmax" => softmax::SoftmaxLayer,
