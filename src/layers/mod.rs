@@ -164,6 +164,7 @@ pub mod eltwise;
 pub mod euclidean_loss;
 pub mod flatten;
 pub mod hinge_loss;
+pub mod im2col;
 pub mod image_data;
 pub mod inner_product;
 pub mod input;
@@ -764,6 +765,7 @@ registry! {
     "MVN" => mvn::MvnLayer,
     "InnerProduct" => inner_product::InnerProductLayer,
     "Crop" => crop::CropLayer,
+    "Im2col" => im2col::Im2colLayer,
     "Softmax" => softmax::SoftmaxLayer,
     "SoftmaxWithLoss" => softmax_loss::SoftmaxWithLossLayer,
     "Accuracy" => accuracy::AccuracyLayer,
@@ -808,7 +810,6 @@ fn not_supported(kind: &str) -> Option<&'static str> {
         | "BatchReindex"
         | "Tile"
         | "Parameter"
-        | "Im2col"
         | "Reduction"
         | "Recurrent" => Some("an upstream layer rcaffe does not implement yet"),
         _ => None,
