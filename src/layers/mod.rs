@@ -182,6 +182,7 @@ pub mod slice;
 pub mod softmax;
 pub mod softmax_loss;
 pub mod split;
+pub mod spp;
 
 use crate::backend::{Backend, BackendError, Labels, Rng};
 use crate::blob::{Blob, BlobError};
@@ -761,6 +762,7 @@ registry! {
     "Convolution" => convolution::ConvolutionLayer,
     "Deconvolution" => convolution::DeconvolutionLayer,
     "Pooling" => pooling::PoolingLayer,
+    "SPP" => spp::SppLayer,
     "LRN" => lrn::LrnLayer,
     "MVN" => mvn::MvnLayer,
     "InnerProduct" => inner_product::InnerProductLayer,
@@ -798,7 +800,6 @@ fn not_supported(kind: &str) -> Option<&'static str> {
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
         "WindowData"
         | "MemoryData"
-        | "SPP"
         | "Embed"
         | "LSTM"
         | "RNN"
