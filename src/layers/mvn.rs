@@ -96,7 +96,7 @@ impl<B: Backend> Layer<B> for MvnLayer<B> {
             legacy(0) * legacy(1)
         };
         let count = bottom.count();
-        let dim = if rows == 0 { 0 } else { count / rows };
+        let dim = count.checked_div(rows).unwrap_or(0);
         self.axis = Axis::new(rows, dim, 1);
         blobs.top_mut(0).reshape(&shape)?;
         let be = ctx.backend;

@@ -166,7 +166,6 @@ fn im2col_text(params: &str) -> String {
 }
 
 /// Upstream's im2col of one `(c, h, w)` image: rows `(c, i, j)`, columns `(oh, ow)`.
-#[allow(clippy::too_many_arguments)]
 fn im2col_reference(
     im: &[f32],
     (c, h, w): (usize, usize, usize),
@@ -302,7 +301,7 @@ fn spp_window(level: u32, size: usize) -> (usize, usize, usize) {
     let bins = 2f64.powi(level as i32);
     let kernel = (size as f64 / bins).ceil() as usize;
     let remainder = kernel * (1 << level) - size;
-    let pad = (remainder + 1) / 2;
+    let pad = remainder.div_ceil(2);
     let mut pooled = ((size + 2 * pad - kernel) as f64 / kernel as f64).ceil() as usize + 1;
     if (pooled - 1) * kernel >= size + pad {
         pooled -= 1;
