@@ -179,11 +179,10 @@ impl<B: Backend> Layer<B> for SppLayer<B> {
             let row: usize = self.levels.iter().map(|l| self.level_row(l)).sum();
             vec![num, row]
         };
-        scratch(
-            ctx.backend,
-            &mut self.level_grad,
-            num * channels * height * width,
-        )?;
+        if self.pyramid_height > 1 {
+            let in_len = num * channels * height * width;
+            scratch(ctx.backend, &mut self.level_grad, in_len)?;
+        }
         blobs.top_mut(0).reshape(&top_shape)?;
         Ok(())
     }
