@@ -117,6 +117,72 @@ fn per_axis(
     }
 }
 
+/// The sliding window `convolution_param` describes: kernel, stride, pad and dilation, one
+/// value per spatial axis (also read by Im2col, as upstream's `Im2colLayer` does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub kernel: Vec<usize>,
+    pub stride: Vec<usize>,
+    pub pad: Vec<usize>,
+    pub dilation: Vec<usize>,
+}
+
+impl Window {
+    /// Resolves `p`'s repeated and `_h`/`_w` fields for `num_spatial` axes, with upstream's
+    /// defaults (stride 1, pad 0, dilation 1) and checks (kernel, stride and dilation nonzero).
+    pub fn read(p: &ConvolutionParameter, num_spatial: usize) -> Result<Self, LayerError> {
+        let kernel = per_axis(
+            "kernel_size",
+            &p.kernel_size,
+            Some(("kernel", p.kernel_h, p.kernel_w)),
+            num_spatial,
+            None,
+        )?;
+        if kernel.contains(&0) {
+            return Err(LayerError::invalid(format!(
+                "{}: filter dimensions must be nonzero, got {:?}",
+                field("kernel_size"),
+                kernel
+            )));
+        }
+        let stride = per_axis(
+            "stride",
+            &p.stride,
+            Some(("stride", p.stride_h, p.stride_w)),
+            num_spatial,
+            Some(1),
+        )?;
+        if stride.contains(&0) {
+            return Err(LayerError::invalid(format!(
+                "{}: stride dimensions must be nonzero, got {:?}",
+                field("stride"),
+                stride
+            )));
+        }
+        let pad = per_axis(
+            "pad",
+            &p.pad,
+            Some(("pad", p.pad_h, p.pad_w)),
+            num_spatial,
+            Some(0),
+        )?;
+        let dilation = per_axis("dilation", &p.dilation, None, num_spatial, Some(1))?;
+        if dilation.contains(&0) {
+            return Err(LayerError::invalid(format!(
+                "{}: dilation must be positive, got {:?}",
+                field("dilation"),
+                dilation
+            )));
+        }
+        Ok(Window {
+            kernel,
+            stride,
+            pad,
+            dilation,
+        })
+    }
+}
+
 fn grow<B: Backend>(
     backend: &B,
     buf: &mut Option<B::Buffer>,
@@ -252,44 +318,9 @@ impl<B: Backend> ConvBase<B> {
                 self.layer_type
             )));
         }
-        let ns = self.num_spatial;
-        self.kernel = per_axis(
-            "kernel_size",
-            &p.kernel_size,
-            Some(("kernel", p.kernel_h, p.kernel_w)),
-            ns,
-            None,
-        )?;
-        if self.kernel.contains(&0) {
-            return Err(LayerError::invalid(format!(
-                "{}: filter dimensions must be nonzero, got {:?}",
-                field("kernel_size"),
-                self.kernel
-            )));
-        }
-        self.stride = per_axis(
-            "stride",
-            &p.stride,
-            Some(("stride", p.stride_h, p.stride_w)),
-            ns,
-            Some(1),
-        )?;
-        if self.stride.contains(&0) {
-            return Err(LayerError::invalid(format!(
-                "{}: stride dimensions must be nonzero, got {:?}",
-                field("stride"),
-                self.stride
-            )));
-        }
-        self.pad = per_axis("pad", &p.pad, Some(("pad", p.pad_h, p.pad_w)), ns, Some(0))?;
-        self.dilation = per_axis("dilation", &p.dilation, None, ns, Some(1))?;
-        if self.dilation.contains(&0) {
-            return Err(LayerError::invalid(format!(
-                "{}: dilation must be positive, got {:?}",
-                field("dilation"),
-                self.dilation
-            )));
-        }
+        let window = Window::read(p, self.num_spatial)?;
+        (self.kernel, self.stride, self.pad, self.dilation) =
+            (window.kernel, window.stride, window.pad, window.dilation);
 
         self.channels = bottom.shape()[self.channel_axis];
         let (group, num_output) = (self.spec.group, self.spec.num_output);

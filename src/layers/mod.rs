@@ -165,6 +165,7 @@ pub mod eltwise;
 pub mod euclidean_loss;
 pub mod flatten;
 pub mod hinge_loss;
+pub mod im2col;
 pub mod image_data;
 pub mod infogain_loss;
 pub mod inner_product;
@@ -172,6 +173,7 @@ pub mod input;
 pub mod loss;
 pub mod lrn;
 pub mod multinomial_logistic_loss;
+pub mod mvn;
 pub mod neuron;
 pub mod pooling;
 pub mod prelu;
@@ -183,6 +185,7 @@ pub mod slice;
 pub mod softmax;
 pub mod softmax_loss;
 pub mod split;
+pub mod spp;
 
 use crate::backend::{Backend, BackendError, Labels, Rng};
 use crate::blob::{Blob, BlobError};
@@ -765,9 +768,12 @@ registry! {
     "Convolution" => convolution::ConvolutionLayer,
     "Deconvolution" => convolution::DeconvolutionLayer,
     "Pooling" => pooling::PoolingLayer,
+    "SPP" => spp::SppLayer,
     "LRN" => lrn::LrnLayer,
+    "MVN" => mvn::MvnLayer,
     "InnerProduct" => inner_product::InnerProductLayer,
     "Crop" => crop::CropLayer,
+    "Im2col" => im2col::Im2colLayer,
     "Softmax" => softmax::SoftmaxLayer,
     "SoftmaxWithLoss" => softmax_loss::SoftmaxWithLossLayer,
     "Accuracy" => accuracy::AccuracyLayer,
@@ -801,8 +807,8 @@ fn not_supported(kind: &str) -> Option<&'static str> {
              (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
         ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
-        "WindowData" | "MemoryData" | "SPP" | "Embed" | "LSTM" | "RNN" | "Threshold" | "Filter"
-        | "BatchReindex" | "Tile" | "Parameter" | "Im2col" | "Reduction" | "Recurrent" => {
+        "WindowData" | "MemoryData" | "Embed" | "LSTM" | "RNN" | "Filter" | "BatchReindex"
+        | "Tile" | "Parameter" | "Reduction" | "Recurrent" => {
             Some("an upstream layer rcaffe does not implement yet")
         }
         _ => None,

@@ -39,7 +39,7 @@ fn invalid(message: impl std::fmt::Display) -> LayerError {
 /// Pooled size along one axis with upstream's rounding and clipping rule
 /// (src/caffe/layers/pooling_layer.cpp, `Reshape`), or `None` if no window is left. `clip` is
 /// whether the layer has any padding: upstream then clips both axes, even one without padding.
-fn pooled_size(
+pub(crate) fn pooled_size(
     size: usize,
     kernel: usize,
     stride: usize,

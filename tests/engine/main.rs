@@ -12,6 +12,7 @@ mod layers_activation;
 mod layers_loss;
 mod layers_loss_more;
 mod layers_neuron;
+mod layers_norm_vision;
 mod layers_vision;
 mod net;
 mod netinit;
