@@ -153,6 +153,7 @@ pub mod accuracy;
 pub mod argmax;
 pub mod base_conv;
 pub mod batch_norm;
+pub mod batch_reindex;
 pub mod bias;
 pub mod concat;
 pub mod convolution;
@@ -162,6 +163,7 @@ pub mod dropout;
 pub mod dummy_data;
 pub mod eltwise;
 pub mod euclidean_loss;
+pub mod filter;
 pub mod flatten;
 pub mod hinge_loss;
 pub mod image_data;
@@ -170,8 +172,10 @@ pub mod input;
 pub mod loss;
 pub mod lrn;
 pub mod neuron;
+pub mod parameter;
 pub mod pooling;
 pub mod prelu;
+pub mod reduction;
 pub mod reshape;
 pub mod scale;
 pub mod sigmoid_cross_entropy_loss;
@@ -180,6 +184,7 @@ pub mod slice;
 pub mod softmax;
 pub mod softmax_loss;
 pub mod split;
+pub mod tile;
 
 use crate::backend::{Backend, BackendError, Labels, Rng};
 use crate::blob::{Blob, BlobError};
@@ -771,6 +776,11 @@ registry! {
     "EuclideanLoss" => euclidean_loss::EuclideanLossLayer,
     "SigmoidCrossEntropyLoss" => sigmoid_cross_entropy_loss::SigmoidCrossEntropyLossLayer,
     "HingeLoss" => hinge_loss::HingeLossLayer,
+    "Tile" => tile::TileLayer,
+    "Reduction" => reduction::ReductionLayer,
+    "Parameter" => parameter::ParameterLayer,
+    "BatchReindex" => batch_reindex::BatchReindexLayer,
+    "Filter" => filter::FilterLayer,
 }
 
 /// Layer types from outside the registry (a test's toy layers, a user's own): returns `None`
@@ -802,12 +812,7 @@ fn not_supported(kind: &str) -> Option<&'static str> {
         | "MultinomialLogisticLoss"
         | "ContrastiveLoss"
         | "Threshold"
-        | "Filter"
-        | "BatchReindex"
-        | "Tile"
-        | "Parameter"
         | "Im2col"
-        | "Reduction"
         | "Recurrent" => Some("an upstream layer rcaffe does not implement yet"),
         _ => None,
     }
