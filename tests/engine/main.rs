@@ -10,6 +10,7 @@ mod common;
 mod filler;
 mod layers_loss;
 mod layers_neuron;
+mod layers_shape;
 mod layers_vision;
 mod net;
 mod netinit;
