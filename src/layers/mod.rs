@@ -153,6 +153,7 @@ pub mod accuracy;
 pub mod argmax;
 pub mod base_conv;
 pub mod batch_norm;
+pub mod batch_reindex;
 pub mod bias;
 pub mod concat;
 pub mod contrastive_loss;
@@ -163,6 +164,7 @@ pub mod dropout;
 pub mod dummy_data;
 pub mod eltwise;
 pub mod euclidean_loss;
+pub mod filter;
 pub mod flatten;
 pub mod hinge_loss;
 pub mod im2col;
@@ -175,8 +177,10 @@ pub mod lrn;
 pub mod multinomial_logistic_loss;
 pub mod mvn;
 pub mod neuron;
+pub mod parameter;
 pub mod pooling;
 pub mod prelu;
+pub mod reduction;
 pub mod reshape;
 pub mod scale;
 pub mod sigmoid_cross_entropy_loss;
@@ -186,6 +190,7 @@ pub mod softmax;
 pub mod softmax_loss;
 pub mod split;
 pub mod spp;
+pub mod tile;
 
 use crate::backend::{Backend, BackendError, Labels, Rng};
 use crate::blob::{Blob, BlobError};
@@ -786,6 +791,11 @@ registry! {
     "MultinomialLogisticLoss" => multinomial_logistic_loss::MultinomialLogisticLossLayer,
     "InfogainLoss" => infogain_loss::InfogainLossLayer,
     "ContrastiveLoss" => contrastive_loss::ContrastiveLossLayer,
+    "Tile" => tile::TileLayer,
+    "Reduction" => reduction::ReductionLayer,
+    "Parameter" => parameter::ParameterLayer,
+    "BatchReindex" => batch_reindex::BatchReindexLayer,
+    "Filter" => filter::FilterLayer,
 }
 
 /// Layer types from outside the registry (a test's toy layers, a user's own): returns `None`
@@ -807,8 +817,7 @@ fn not_supported(kind: &str) -> Option<&'static str> {
              (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
         ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
-        "WindowData" | "MemoryData" | "Embed" | "LSTM" | "RNN" | "Filter" | "BatchReindex"
-        | "Tile" | "Parameter" | "Reduction" | "Recurrent" => {
+        "WindowData" | "MemoryData" | "Embed" | "LSTM" | "RNN" | "Recurrent" => {
             Some("an upstream layer rcaffe does not implement yet")
         }
         _ => None,
