@@ -20,7 +20,7 @@ use crate::backend::{
 };
 use crate::blob::Blob;
 use crate::layers::loss::{
-    check_first_dims, ignore_label, label_backprop_error, normalize_loss, normalizer_slot, scratch,
+    ignore_label, label_backprop_error, label_positions, normalize_loss, normalizer_slot, scratch,
     weight_over_normalizer, Normalization,
 };
 use crate::layers::multinomial_logistic_loss::LOG_THRESHOLD;
@@ -145,21 +145,12 @@ impl<B: Backend> Layer<B> for InfogainLossLayer<B> {
         _params: &Params<'_, B>,
     ) -> Result<(), LayerError> {
         let (data, label) = (blobs.bottom(0), blobs.bottom(1));
-        check_first_dims(data, label)?;
-        let view = AxisView::new(data, self.axis)
-            .map_err(|e| LayerError::invalid(format!("infogain_loss_param.axis: {e}")))?;
-        if view.positions() != label.count() {
-            return Err(LayerError::invalid(format!(
-                "Number of labels must match number of predictions; e.g., if infogain axis == 1 \
-                 and prediction shape is (N, C, H, W), label count (number of labels) must be \
-                 N*H*W, with integer values in {{0, 1, ..., C-1}}: predictions {} around axis \
-                 {} give {} positions, labels {}",
-                data.shape_string(),
-                self.axis,
-                view.positions(),
-                label.shape_string()
-            )));
-        }
+        let view = label_positions(
+            data,
+            label,
+            (self.axis, "infogain_loss_param.axis"),
+            "infogain",
+        )?;
         let shape = data.shape().to_vec();
         self.view = view;
         self.check_infogain(blobs)?;

@@ -10,6 +10,7 @@
 
 use crate::backend::{Backend, Binary, DeviceBuffer, Src, Views};
 use crate::blob::Blob;
+use crate::layers::softmax::AxisView;
 use crate::layers::LayerError;
 use crate::proto::caffe::loss_parameter::NormalizationMode;
 use crate::proto::caffe::LayerParameter;
@@ -85,6 +86,32 @@ pub fn check_first_dims<B: Backend>(data: &Blob<B>, label: &Blob<B>) -> Result<(
         )));
     }
     Ok(())
+}
+
+/// The predictions `data` around `axis`, checked to have one label per position. `field` names
+/// the parameter holding the axis ("softmax_param.axis"), `kind` the layer in upstream's
+/// message ("softmax", "infogain").
+pub fn label_positions<B: Backend>(
+    data: &Blob<B>,
+    label: &Blob<B>,
+    (axis, field): (i32, &str),
+    kind: &str,
+) -> Result<AxisView, LayerError> {
+    check_first_dims(data, label)?;
+    let view =
+        AxisView::new(data, axis).map_err(|e| LayerError::invalid(format!("{field}: {e}")))?;
+    if view.positions() != label.count() {
+        return Err(LayerError::invalid(format!(
+            "Number of labels must match number of predictions; e.g., if {kind} axis == 1 \
+             and prediction shape is (N, C, H, W), label count (number of labels) must be \
+             N*H*W, with integer values in {{0, 1, ..., C-1}}: predictions {} around axis \
+             {axis} give {} positions, labels {}",
+            data.shape_string(),
+            view.positions(),
+            label.shape_string()
+        )));
+    }
+    Ok(view)
 }
 
 /// Upstream's refusal to propagate into the labels.

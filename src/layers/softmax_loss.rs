@@ -10,7 +10,7 @@
 
 use crate::backend::{Backend, Binary, Scalar, Src, Unary, Views};
 use crate::layers::loss::{
-    check_first_dims, ignore_label, label_backprop_error, normalize_loss, normalizer_slot, scratch,
+    ignore_label, label_backprop_error, label_positions, normalize_loss, normalizer_slot, scratch,
     weight_over_normalizer, Normalization,
 };
 use crate::layers::softmax::{softmax_forward, AxisView};
@@ -72,21 +72,7 @@ impl<B: Backend> Layer<B> for SoftmaxWithLossLayer<B> {
         _params: &Params<'_, B>,
     ) -> Result<(), LayerError> {
         let (data, label) = (blobs.bottom(0), blobs.bottom(1));
-        check_first_dims(data, label)?;
-        let view = AxisView::new(data, self.axis)
-            .map_err(|e| LayerError::invalid(format!("softmax_param.axis: {e}")))?;
-        if view.positions() != label.count() {
-            return Err(LayerError::invalid(format!(
-                "Number of labels must match number of predictions; e.g., if softmax axis == 1 \
-                 and prediction shape is (N, C, H, W), label count (number of labels) must be \
-                 N*H*W, with integer values in {{0, 1, ..., C-1}}: predictions {} around axis \
-                 {} give {} positions, labels {}",
-                data.shape_string(),
-                self.axis,
-                view.positions(),
-                label.shape_string()
-            )));
-        }
+        let view = label_positions(data, label, (self.axis, "softmax_param.axis"), "softmax")?;
         let shape = data.shape().to_vec();
         self.view = view;
         blobs.top_mut(0).reshape(&[])?;
