@@ -86,6 +86,16 @@ impl<'a, T: DeviceBuffer + ?Sized> Slice<'a, T> {
         check_range(op, arg, self.buf.len(), self.off, self.len)
     }
 
+    /// The buffer range an op touches in this view, checked as [`touched`] checks it.
+    pub fn touched(
+        &self,
+        op: &'static str,
+        arg: &'static str,
+        extent: Extent,
+    ) -> Result<Range<usize>> {
+        touched(op, arg, (self.buf.len(), self.off, self.len), extent)
+    }
+
     /// `len` elements from `off` within this view: checked against the view here, so a part
     /// never reaches past the whole it was cut from.
     pub fn part(self, off: usize, len: usize) -> Slice<'a, T> {
@@ -107,6 +117,16 @@ impl<'a, T: DeviceBuffer + ?Sized> SliceMut<'a, T> {
     /// The buffer range this view covers, once checked to lie inside the buffer.
     pub fn range(&self, op: &'static str, arg: &'static str) -> Result<Range<usize>> {
         check_range(op, arg, self.buf.len(), self.off, self.len)
+    }
+
+    /// The buffer range an op touches in this view, checked as [`touched`] checks it.
+    pub fn touched(
+        &self,
+        op: &'static str,
+        arg: &'static str,
+        extent: Extent,
+    ) -> Result<Range<usize>> {
+        touched(op, arg, (self.buf.len(), self.off, self.len), extent)
     }
 
     /// `len` elements from `off` within this view, as [`Slice::part`].
@@ -203,6 +223,39 @@ impl<'a, T: DeviceBuffer + ?Sized> Src<'a, T> {
             Src::Slice(s) if s.len == out => Ok(Some(s)),
             Src::Slice(s) => Err(length_mismatch(op, arg, s.len, out)),
         }
+    }
+}
+
+/// How much of a view an op touches, which the view must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// All of it: an element-wise op's output, whose length is the op's.
+    Whole,
+    /// All of it, and it must be this long: an element-wise op's input.
+    Exactly(usize),
+    /// Its first elements, at least this many: what a geometry addresses from its start.
+    AtLeast(usize),
+}
+
+/// The buffer range an op touches in the view of `len` elements at `off` of a buffer of
+/// `buf_len`: checked to lie inside the buffer and to hold what `extent` says. The one view
+/// check both backends make.
+pub fn touched(
+    op: &'static str,
+    arg: &'static str,
+    (buf_len, off, len): (usize, usize, usize),
+    extent: Extent,
+) -> Result<Range<usize>> {
+    let range = check_range(op, arg, buf_len, off, len)?;
+    match extent {
+        Extent::Whole => Ok(range),
+        Extent::Exactly(want) if len == want => Ok(range),
+        Extent::Exactly(want) => Err(length_mismatch(op, arg, len, want)),
+        Extent::AtLeast(want) if len >= want => Ok(range.start..range.start + want),
+        Extent::AtLeast(want) => Err(super::invalid(
+            op,
+            format!("{arg} has {len} elements, the op needs at least {want}"),
+        )),
     }
 }
 

@@ -25,7 +25,7 @@ mod reductions;
 mod rng;
 mod simd;
 
-use super::view::length_mismatch;
+use super::view::Extent;
 use super::{
     check_probability, copy_2d_spans, gemm_spans, invalid, philox, Activation, Axis, AxisReduction,
     Backend, Binary, Block, Broadcast, Capabilities, ConvBatch, ConvGeom, ConvGrads, DeviceBuffer,
@@ -280,44 +280,32 @@ fn power_step(v: f32, power: f32, scale: f32, shift: f32) -> f32 {
 trait HostView<'a>: Sized {
     /// `&[f32]` for a [`Slice`], `&mut [f32]` for a [`SliceMut`].
     type Values;
-    /// The buffer range the view covers, checked to lie inside the buffer.
-    fn checked_range(&self, op: &'static str, arg: &'static str) -> Result<Range<usize>>;
+    /// The buffer range an op touches in the view, checked ([`Extent`]).
+    fn touched(&self, op: &'static str, arg: &'static str, extent: Extent) -> Result<Range<usize>>;
     /// The buffer's values in `range`.
     fn at(self, range: Range<usize>) -> Self::Values;
 
     /// All the view's values.
     fn values(self, op: &'static str, arg: &'static str) -> Result<Self::Values> {
-        let range = self.checked_range(op, arg)?;
+        let range = self.touched(op, arg, Extent::Whole)?;
         Ok(self.at(range))
     }
     /// All the values of an element-wise operand, which must be exactly as long as the output.
     fn exactly(self, op: &'static str, arg: &'static str, len: usize) -> Result<Self::Values> {
-        let range = self.checked_range(op, arg)?;
-        if range.len() != len {
-            return Err(length_mismatch(op, arg, range.len(), len));
-        }
+        let range = self.touched(op, arg, Extent::Exactly(len))?;
         Ok(self.at(range))
     }
     /// The first `len` values: what a geometry addresses in a view that may hold more.
     fn leading(self, op: &'static str, arg: &'static str, len: usize) -> Result<Self::Values> {
-        let range = self.checked_range(op, arg)?;
-        if range.len() < len {
-            return Err(invalid(
-                op,
-                format!(
-                    "{arg} has {} elements, the op needs at least {len}",
-                    range.len()
-                ),
-            ));
-        }
-        Ok(self.at(range.start..range.start + len))
+        let range = self.touched(op, arg, Extent::AtLeast(len))?;
+        Ok(self.at(range))
     }
 }
 
 impl<'a> HostView<'a> for Slice<'a, CpuBuffer> {
     type Values = &'a [f32];
-    fn checked_range(&self, op: &'static str, arg: &'static str) -> Result<Range<usize>> {
-        self.range(op, arg)
+    fn touched(&self, op: &'static str, arg: &'static str, extent: Extent) -> Result<Range<usize>> {
+        Slice::touched(self, op, arg, extent)
     }
     fn at(self, range: Range<usize>) -> &'a [f32] {
         &self.buf.data[range]
@@ -326,8 +314,8 @@ impl<'a> HostView<'a> for Slice<'a, CpuBuffer> {
 
 impl<'a> HostView<'a> for SliceMut<'a, CpuBuffer> {
     type Values = &'a mut [f32];
-    fn checked_range(&self, op: &'static str, arg: &'static str) -> Result<Range<usize>> {
-        self.range(op, arg)
+    fn touched(&self, op: &'static str, arg: &'static str, extent: Extent) -> Result<Range<usize>> {
+        SliceMut::touched(self, op, arg, extent)
     }
     fn at(self, range: Range<usize>) -> &'a mut [f32] {
         &mut self.buf.data[range]

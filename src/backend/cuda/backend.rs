@@ -38,12 +38,12 @@
 use super::cudarc_runtime::{dev_err, CudarcRuntime};
 use super::kernels::{self, KernelCall, ReadPtr, WritePtr};
 use super::runtime::DeviceRuntime;
-use crate::backend::view::length_mismatch;
+use crate::backend::view::{touched, Extent};
 use crate::backend::{
-    check_probability, check_range, invalid, philox, Activation, Axis, AxisReduction, Backend,
-    BackendError, Binary, Block, Broadcast, Capabilities, CapturedWork, ConvGeom, DeviceBuffer,
-    Distribution, Gemm, Gemv, Labels, LrnGeom, LrnSaved, PoolGeom, Pooling, Reduction, Result, Rng,
-    Scalar, Slice, SliceMut, Src, Transpose, Unary, UpdateRule, Views,
+    check_probability, invalid, philox, Activation, Axis, AxisReduction, Backend, BackendError,
+    Binary, Block, Broadcast, Capabilities, CapturedWork, ConvGeom, DeviceBuffer, Distribution,
+    Gemm, Gemv, Labels, LrnGeom, LrnSaved, PoolGeom, Pooling, Reduction, Result, Rng, Scalar,
+    Slice, SliceMut, Src, Transpose, Unary, UpdateRule, Views,
 };
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,17 +123,6 @@ impl<R: DeviceRuntime> fmt::Debug for CudaBackend<R> {
             .field("runtime", &self.inner.runtime)
             .finish()
     }
-}
-
-/// How much of a view an op touches, which the view must match.
-#[derive(Clone, Copy, Debug)]
-enum Extent {
-    /// All of it: an element-wise op's output, whose length is the op's.
-    Whole,
-    /// All of it, and it must be this long: an element-wise op's input.
-    Exactly(usize),
-    /// Its first elements, at least this many: what a geometry addresses from its start.
-    AtLeast(usize),
 }
 
 fn int(op: &'static str, v: usize) -> Result<i32> {
@@ -383,21 +372,9 @@ impl<R: DeviceRuntime> CudaBackend<R> {
         (buf, off, len): (&CudaBuffer<R>, usize, usize),
         extent: Extent,
     ) -> Result<u64> {
-        check_range(op, arg, buf.len(), off, len)?;
-        match extent {
-            Extent::Exactly(want) if len != want => {
-                return Err(length_mismatch(op, arg, len, want));
-            }
-            Extent::AtLeast(want) if len < want => {
-                return Err(invalid(
-                    op,
-                    format!("{arg} has {len} elements, the op needs at least {want}"),
-                ));
-            }
-            _ => {}
-        }
-        // In range: `off <= buf.len`, so the byte offset cannot overflow.
-        Ok(buf.base + (off * 4) as u64)
+        let range = touched(op, arg, (buf.len(), off, len), extent)?;
+        // In range: `range.start <= buf.len`, so the byte offset cannot overflow.
+        Ok(buf.base + (range.start * 4) as u64)
     }
 
     /// The device address of the view `x`, checked, for a kernel to read.
