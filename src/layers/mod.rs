@@ -192,6 +192,7 @@ pub mod softmax_loss;
 pub mod split;
 pub mod spp;
 pub mod tile;
+pub mod window_data;
 
 use crate::backend::{Backend, BackendError, Labels, Rng};
 use crate::blob::{Blob, BlobError};
@@ -757,6 +758,7 @@ registry! {
     "DummyData" => dummy_data::DummyDataLayer,
     "ImageData" => image_data::ImageDataLayer,
     "MemoryData" => memory_data::MemoryDataLayer,
+    "WindowData" => window_data::WindowDataLayer,
     "ReLU" => neuron::ReLULayer,
     "PReLU" => prelu::PReLULayer,
     "Sigmoid" => neuron::SigmoidLayer,
@@ -825,7 +827,7 @@ fn not_supported(kind: &str) -> Option<&'static str> {
              (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
         ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
-        "WindowData" | "Embed" | "LSTM" | "RNN" | "Recurrent" => {
+        "Embed" | "LSTM" | "RNN" | "Recurrent" => {
             Some("an upstream layer rcaffe does not implement yet")
         }
         _ => None,
