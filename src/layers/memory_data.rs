@@ -56,7 +56,7 @@ fn positive(value: u32, field: &str) -> Result<usize, LayerError> {
 impl MemoryDataLayer {
     /// Reads and checks `memory_data_param`.
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
-        let p = param.memory_data_param.clone().unwrap_or_default();
+        let p = param.memory_data_param.unwrap_or_default();
         Ok(MemoryDataLayer {
             batch_size: positive(p.batch_size(), "batch_size")?,
             channels: positive(p.channels(), "channels")?,
@@ -88,7 +88,7 @@ impl MemoryDataLayer {
     }
 
     fn check_multiple(&self, n: usize) -> Result<(), LayerError> {
-        if n == 0 || n % self.batch_size != 0 {
+        if n == 0 || !n.is_multiple_of(self.batch_size) {
             return Err(LayerError::invalid(format!(
                 "MemoryData: the number of items ({n}) must be a positive multiple of the batch \
                  size ({})",
@@ -197,7 +197,7 @@ impl MemoryDataLayer {
             ));
         }
         let held = self.num_items();
-        if held > 0 && held % batch_size != 0 {
+        if held > 0 && !held.is_multiple_of(batch_size) {
             return Err(LayerError::invalid(format!(
                 "MemoryData: the {held} items held are not a multiple of the new batch size \
                  {batch_size}"
@@ -206,7 +206,7 @@ impl MemoryDataLayer {
         self.batch_size = batch_size;
         // Upstream keeps the position; a position inside a batch of the new size would run
         // past the end, so that one restarts at the first item.
-        if self.pos % batch_size != 0 {
+        if !self.pos.is_multiple_of(batch_size) {
             self.pos = 0;
         }
         Ok(())
