@@ -527,3 +527,36 @@ fn window_data_refuses_bad_inputs() {
         &["windows.txt", "line 1", "a.png", "is 20x20", "says 30x20"],
     );
 }
+
+#[test]
+fn window_data_net_runs_forward_and_backward() {
+    let dir = tempfile::tempdir().unwrap();
+    write_images(dir.path());
+    let source = dir.path().join("windows.txt");
+    std::fs::write(&source, WINDOWS).unwrap();
+    let mut net = net(&format!(
+        r#"
+        layer {{ name: "win" type: "WindowData" top: "data" top: "label"
+                window_data_param {{ source: "{}" root_folder: "{}/" batch_size: 4
+                                     fg_threshold: 0.5 bg_threshold: 0.2 fg_fraction: 0.5
+                                     context_pad: 1 crop_mode: "square" }}
+                transform_param {{ crop_size: 6 mirror: true mean_value: 100 }} }}
+        layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+                inner_product_param {{ num_output: 3 weight_filler {{ type: "xavier" }} }} }}
+        layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+        "#,
+        source.display(),
+        dir.path().display()
+    ));
+    for _ in 0..3 {
+        let loss = net.forward().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{loss}");
+        net.backward().unwrap();
+        let labels = net.blob_by_name("label").unwrap().data_to_vec().unwrap();
+        assert_eq!(&labels[..2], [0.0, 0.0]);
+        assert!(
+            labels[2..].iter().all(|&l| l == 1.0 || l == 2.0),
+            "{labels:?}"
+        );
+    }
+}
