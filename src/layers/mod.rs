@@ -174,6 +174,7 @@ pub mod inner_product;
 pub mod input;
 pub mod loss;
 pub mod lrn;
+pub mod memory_data;
 pub mod multinomial_logistic_loss;
 pub mod mvn;
 pub mod neuron;
@@ -191,6 +192,7 @@ pub mod softmax_loss;
 pub mod split;
 pub mod spp;
 pub mod tile;
+pub mod window_data;
 
 use crate::backend::{Backend, BackendError, Labels, Rng};
 use crate::blob::{Blob, BlobError};
@@ -648,6 +650,12 @@ pub trait Layer<B: Backend>: Send {
     fn load_stats(&self) -> Option<crate::data::prefetch::LoadStats> {
         None
     }
+
+    /// This layer as a MemoryData layer, which the program feeds with arrays
+    /// ([`memory_data::MemoryDataLayer::reset`]); `None` (the default) for every other layer.
+    fn as_memory_data(&mut self) -> Option<&mut memory_data::MemoryDataLayer> {
+        None
+    }
 }
 
 /// Checks a layer's bottom and top counts against its declared limits (upstream's
@@ -749,6 +757,8 @@ registry! {
     "Data" => data::DataLayer,
     "DummyData" => dummy_data::DummyDataLayer,
     "ImageData" => image_data::ImageDataLayer,
+    "MemoryData" => memory_data::MemoryDataLayer,
+    "WindowData" => window_data::WindowDataLayer,
     "ReLU" => neuron::ReLULayer,
     "PReLU" => prelu::PReLULayer,
     "Sigmoid" => neuron::SigmoidLayer,
@@ -817,7 +827,7 @@ fn not_supported(kind: &str) -> Option<&'static str> {
              (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
         ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
-        "WindowData" | "MemoryData" | "Embed" | "LSTM" | "RNN" | "Recurrent" => {
+        "Embed" | "LSTM" | "RNN" | "Recurrent" => {
             Some("an upstream layer rcaffe does not implement yet")
         }
         _ => None,

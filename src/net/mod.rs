@@ -24,6 +24,7 @@ use std::path::Path;
 
 use crate::backend::{Backend, Reduction, Rng};
 use crate::blob::{Blob, BlobError};
+use crate::layers::memory_data::MemoryDataLayer;
 use crate::layers::{self, Blobs, Context, Layer, LayerError, LayerFactory, Params};
 use crate::log::cpp_float;
 use crate::proto::caffe::param_spec::DimCheckMode;
@@ -1176,6 +1177,49 @@ impl<B: Backend> Net<B> {
     pub fn layer(&self, i: usize) -> &dyn Layer<B> {
         self.layers[i].layer.as_ref()
     }
+    /// The first layer as a MemoryData layer, the one pycaffe's `set_input_arrays` feeds; an
+    /// error when the first layer is another type.
+    pub fn memory_data_layer_mut(&mut self) -> Result<&mut MemoryDataLayer> {
+        self.first_memory_data().map(|(_, layer)| layer)
+    }
+
+    /// Feeds the first layer, a MemoryData layer, `data` of shape `data_shape` (`[n, channels,
+    /// height, width]`) and `n` `labels` (pycaffe's `set_input_arrays`; see
+    /// [`MemoryDataLayer::reset`]). A wrong shape or an `n` that is not a multiple of the
+    /// batch size is an error naming the layer.
+    pub fn set_input_arrays(
+        &mut self,
+        data: Vec<f32>,
+        data_shape: &[usize],
+        labels: Vec<f32>,
+    ) -> Result<()> {
+        let (param, layer) = self.first_memory_data()?;
+        layer
+            .reset(data, data_shape, labels)
+            .map_err(|e| NetError::Layer(layers::Error::new(param, e)))
+    }
+
+    fn first_memory_data(&mut self) -> Result<(&LayerParameter, &mut MemoryDataLayer)> {
+        let refused = |what: String| NetError::Build {
+            net: self.name.clone(),
+            message: format!(
+                "set_input_arrays may only be called if the first layer is a MemoryData layer; \
+                 {what}"
+            ),
+        };
+        let Some(first) = self.layers.first_mut() else {
+            return Err(refused("the net has no layer".into()));
+        };
+        let kind = first.layer.layer_type();
+        match first.layer.as_memory_data() {
+            Some(layer) => Ok((&first.param, layer)),
+            None => Err(refused(format!(
+                "it is '{}' of type {kind}",
+                first.param.name()
+            ))),
+        }
+    }
+
     /// Whether the net has a layer of this name.
     pub fn has_layer(&self, name: &str) -> bool {
         self.layer_names_index.contains_key(name)
