@@ -163,6 +163,7 @@ pub mod data;
 pub mod dropout;
 pub mod dummy_data;
 pub mod eltwise;
+pub mod embed;
 pub mod euclidean_loss;
 pub mod filter;
 pub mod flatten;
@@ -796,6 +797,7 @@ registry! {
     "Parameter" => parameter::ParameterLayer,
     "BatchReindex" => batch_reindex::BatchReindexLayer,
     "Filter" => filter::FilterLayer,
+    "Embed" => embed::EmbedLayer,
 }
 
 /// Layer types from outside the registry (a test's toy layers, a user's own): returns `None`
@@ -817,7 +819,7 @@ fn not_supported(kind: &str) -> Option<&'static str> {
              (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
         ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
-        "WindowData" | "MemoryData" | "Embed" | "LSTM" | "RNN" | "Recurrent" => {
+        "WindowData" | "MemoryData" | "LSTM" | "RNN" | "Recurrent" => {
             Some("an upstream layer rcaffe does not implement yet")
         }
         _ => None,
