@@ -29,10 +29,14 @@ impl EmbedLayer {
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
         let p = param.embed_param.clone().unwrap_or_default();
         if p.num_output() == 0 {
-            return Err(LayerError::invalid("embed_param.num_output must be positive"));
+            return Err(LayerError::invalid(
+                "embed_param.num_output must be positive",
+            ));
         }
         if p.input_dim() == 0 {
-            return Err(LayerError::invalid("embed_param.input_dim must be positive"));
+            return Err(LayerError::invalid(
+                "embed_param.input_dim must be positive",
+            ));
         }
         let weight_filler = p.weight_filler.clone().unwrap_or_default();
         let bias_filler = p.bias_filler.clone().unwrap_or_default();
@@ -145,13 +149,23 @@ impl<B: Backend> Layer<B> for EmbedLayer {
         self.rows = self.read_rows(bottom[0])?;
         let weight = params.get(0).data();
         for (m, &row) in self.rows.iter().enumerate() {
-            be.copy(weight.slice(row * n, n), top[0].data_mut().slice_mut(m * n, n))?;
+            be.copy(
+                weight.slice(row * n, n),
+                top[0].data_mut().slice_mut(m * n, n),
+            )?;
         }
         if self.bias_term {
             let bias = params.get(1).data_view();
             let y = top[0].data_view_mut();
             let add = Binary::Add;
-            be.broadcast(add, Broadcast::PerChannel, self.outputs(), bias, Src::InPlace, y)?;
+            be.broadcast(
+                add,
+                Broadcast::PerChannel,
+                self.outputs(),
+                bias,
+                Src::InPlace,
+                y,
+            )?;
         }
         Ok(())
     }

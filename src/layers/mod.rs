@@ -175,6 +175,7 @@ pub mod inner_product;
 pub mod input;
 pub mod loss;
 pub mod lrn;
+pub mod lstm_unit;
 pub mod multinomial_logistic_loss;
 pub mod mvn;
 pub mod neuron;
@@ -798,6 +799,7 @@ registry! {
     "BatchReindex" => batch_reindex::BatchReindexLayer,
     "Filter" => filter::FilterLayer,
     "Embed" => embed::EmbedLayer,
+    "LSTMUnit" => lstm_unit::LstmUnitLayer,
 }
 
 /// Layer types from outside the registry (a test's toy layers, a user's own): returns `None`

@@ -100,7 +100,10 @@ fn embed_backward_adds_each_row_gradient_into_its_weight_row() {
     assert_eq!(dw, want);
     assert_eq!(h.param_blob(1).diff_to_vec().unwrap(), [12.0, 15.0, 18.0]);
     let error = h.backward(&[true]).unwrap_err().to_string();
-    assert!(error.contains("cannot backpropagate to bottom 0"), "{error}");
+    assert!(
+        error.contains("cannot backpropagate to bottom 0"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -129,4 +132,98 @@ fn embed_refuses_bad_indices_and_parameters() {
     assert!(failure(no_dim, &[&[3]], None).contains("embed_param.input_dim must be positive"));
     let no_out = r#"type: "Embed" embed_param { input_dim: 3 }"#;
     assert!(failure(no_out, &[&[3]], None).contains("embed_param.num_output must be positive"));
+}
+
+// ---- LSTMUnit -----------------------------------------------------------------------------
+
+const LSTM_UNIT: &str = r#"name: "unit" type: "LSTMUnit""#;
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Upstream's LSTMUnit for one stream: `(c, h)` from `c_prev`, the four gate inputs (i, f, o,
+/// g, each `d` wide) and `cont`.
+fn lstm_unit_step(c_prev: &[f64], x: &[f64], cont: f64) -> (Vec<f64>, Vec<f64>) {
+    let d = c_prev.len();
+    let (mut c, mut h) = (Vec::new(), Vec::new());
+    for j in 0..d {
+        let i = sigmoid(x[j]);
+        let f = cont * sigmoid(x[d + j]);
+        let o = sigmoid(x[2 * d + j]);
+        let g = x[3 * d + j].tanh();
+        c.push(f * c_prev[j] + i * g);
+        h.push(o * c[j].tanh());
+    }
+    (c, h)
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+#[test]
+fn lstm_unit_forward_follows_the_gate_formulas() {
+    let (n, d) = (3, 2);
+    let mut h = harness(LSTM_UNIT, &[&[1, n, d], &[1, n, 4 * d], &[1, n]]);
+    let c_prev = [0.5, -1.0, 2.0, 0.25, -0.75, 1.5];
+    let x: Vec<f32> = (0..n * 4 * d).map(|k| (k as f32 - 11.0) * 0.3).collect();
+    let cont = [1.0, 0.0, 1.0];
+    h.set_bottom(0, &c_prev).unwrap();
+    h.set_bottom(1, &x).unwrap();
+    h.set_bottom(2, &cont).unwrap();
+    h.forward().unwrap();
+    assert_eq!(h.top(0).shape(), [1, n, d]);
+    assert_eq!(h.top(1).shape(), [1, n, d]);
+    let (mut want_c, mut want_h) = (Vec::new(), Vec::new());
+    for s in 0..n {
+        let (c, hh) = lstm_unit_step(
+            &widen(&c_prev[s * d..][..d]),
+            &widen(&x[s * 4 * d..][..4 * d]),
+            f64::from(cont[s]),
+        );
+        want_c.extend(c);
+        want_h.extend(hh);
+    }
+    assert_all_close(&top(&h, 0), &want_c, "LSTMUnit c");
+    assert_all_close(&top(&h, 1), &want_h, "LSTMUnit h");
+}
+
+#[test]
+fn lstm_unit_gradient_with_and_without_cont() {
+    for cont in [[1.0, 1.0, 1.0], [0.0, 1.0, 0.0]] {
+        let mut h = harness(LSTM_UNIT, &[&[1, 3, 2], &[1, 3, 8], &[1, 3]]);
+        h.set_bottom(2, &cont).unwrap();
+        for bottom in [0, 1] {
+            GradientChecker::new(1e-2, 1e-3)
+                .check_exhaustive(&mut h, Some(bottom))
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn lstm_unit_refuses_bad_shapes_and_a_gradient_for_cont() {
+    let error = failure(LSTM_UNIT, &[&[1, 3, 2], &[1, 3, 6], &[1, 3]], None);
+    assert!(
+        error.contains("bottom 1 (x) must have shape [1, 3, 8]"),
+        "{error}"
+    );
+    let error = failure(LSTM_UNIT, &[&[1, 3, 2], &[1, 3, 8], &[3]], None);
+    assert!(
+        error.contains("bottom 2 (cont) must have shape [1, 3]"),
+        "{error}"
+    );
+    let error = failure(LSTM_UNIT, &[&[2, 3, 2], &[1, 3, 8], &[1, 3]], None);
+    assert!(
+        error.contains("bottom 0 (c_prev) must have shape 1 x N x D"),
+        "{error}"
+    );
+    let mut h = harness(LSTM_UNIT, &[&[1, 3, 2], &[1, 3, 8], &[1, 3]]);
+    h.forward().unwrap();
+    let error = h.backward(&[true, true, true]).unwrap_err().to_string();
+    assert!(
+        error.contains("cannot backpropagate to bottom 2"),
+        "{error}"
+    );
 }
