@@ -182,6 +182,7 @@ pub mod neuron;
 pub mod parameter;
 pub mod pooling;
 pub mod prelu;
+pub mod recurrent;
 pub mod reduction;
 pub mod reshape;
 pub mod scale;
@@ -800,6 +801,8 @@ registry! {
     "Filter" => filter::FilterLayer,
     "Embed" => embed::EmbedLayer,
     "LSTMUnit" => lstm_unit::LstmUnitLayer,
+    "RNN" => recurrent::RnnLayer,
+    "LSTM" => recurrent::LstmLayer,
 }
 
 /// Layer types from outside the registry (a test's toy layers, a user's own): returns `None`
@@ -821,9 +824,8 @@ fn not_supported(kind: &str) -> Option<&'static str> {
              (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
         ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
-        "WindowData" | "MemoryData" | "LSTM" | "RNN" | "Recurrent" => {
-            Some("an upstream layer rcaffe does not implement yet")
-        }
+        "WindowData" | "MemoryData" => Some("an upstream layer rcaffe does not implement yet"),
+        "Recurrent" => Some("upstream's abstract base of RNN and LSTM; use one of those"),
         _ => None,
     }
 }

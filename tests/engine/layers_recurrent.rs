@@ -227,3 +227,420 @@ fn lstm_unit_refuses_bad_shapes_and_a_gradient_for_cont() {
         "{error}"
     );
 }
+
+// ---- RNN and LSTM -------------------------------------------------------------------------
+
+/// A recurrent layer of `kind` with `num_output` outputs and uniform weights and biases (so
+/// that every parameter matters).
+fn recurrent(kind: &str, num_output: usize, expose_hidden: bool) -> String {
+    format!(
+        r#"name: "rec" type: "{kind}" recurrent_param {{ num_output: {num_output}
+           expose_hidden: {expose_hidden}
+           weight_filler {{ type: "uniform" min: -0.5 max: 0.5 }}
+           bias_filler {{ type: "uniform" min: -0.5 max: 0.5 }} }}"#
+    )
+}
+
+fn params(h: &H) -> Vec<Vec<f64>> {
+    (0..h.num_params())
+        .map(|k| widen(&h.param_blob(k).data_to_vec().unwrap()))
+        .collect()
+}
+
+/// `W v` for a row-major `W` of `v.len()` columns.
+fn matvec(w: &[f64], v: &[f64]) -> Vec<f64> {
+    w.chunks(v.len())
+        .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+/// The inputs of a recurrent layer, per stream.
+struct Sequence {
+    steps: usize,
+    streams: usize,
+    x: Vec<f64>,
+    cont: Vec<f64>,
+    x_static: Option<Vec<f64>>,
+}
+
+impl Sequence {
+    fn x_at(&self, t: usize, n: usize) -> &[f64] {
+        let width = self.x.len() / (self.steps * self.streams);
+        &self.x[(t * self.streams + n) * width..][..width]
+    }
+    fn static_at(&self, n: usize) -> Option<&[f64]> {
+        self.x_static.as_ref().map(|s| {
+            let width = s.len() / self.streams;
+            &s[n * width..][..width]
+        })
+    }
+}
+
+/// Upstream's RNN from the initial state `h0` (per stream): the outputs `o`, then `h_T`.
+fn rnn_reference(p: &[Vec<f64>], seq: &Sequence, h0: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let has_static = seq.x_static.is_some();
+    let (w_xh, b_h) = (&p[0], &p[1]);
+    let rest = if has_static { &p[3..] } else { &p[2..] };
+    let (w_hh, w_ho, b_o) = (&rest[0], &rest[1], &rest[2]);
+    let mut h = h0.to_vec();
+    let mut out = vec![Vec::new(); seq.steps * seq.streams];
+    for t in 0..seq.steps {
+        for n in 0..seq.streams {
+            let conted: Vec<f64> = h[n]
+                .iter()
+                .map(|v| v * seq.cont[t * seq.streams + n])
+                .collect();
+            let mut pre = add(
+                &add(&matvec(w_hh, &conted), &matvec(w_xh, seq.x_at(t, n))),
+                b_h,
+            );
+            if let Some(xs) = seq.static_at(n) {
+                pre = add(&pre, &matvec(&p[2], xs));
+            }
+            h[n] = pre.iter().map(|v| v.tanh()).collect();
+            let o = add(&matvec(w_ho, &h[n]), b_o);
+            out[t * seq.streams + n] = o.iter().map(|v| v.tanh()).collect();
+        }
+    }
+    (out.concat(), h)
+}
+
+/// Upstream's LSTM from `(h0, c0)` (per stream): the outputs `h`, then `(h_T, c_T)`.
+fn lstm_reference(
+    p: &[Vec<f64>],
+    seq: &Sequence,
+    h0: &[Vec<f64>],
+    c0: &[Vec<f64>],
+) -> (Vec<f64>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let (w_xc, b_c) = (&p[0], &p[1]);
+    let w_hc = p.last().unwrap();
+    let (mut h, mut c) = (h0.to_vec(), c0.to_vec());
+    let mut out = vec![Vec::new(); seq.steps * seq.streams];
+    for t in 0..seq.steps {
+        for n in 0..seq.streams {
+            let cont = seq.cont[t * seq.streams + n];
+            let conted: Vec<f64> = h[n].iter().map(|v| v * cont).collect();
+            let mut gates = add(
+                &add(&matvec(w_hc, &conted), &matvec(w_xc, seq.x_at(t, n))),
+                b_c,
+            );
+            if let Some(xs) = seq.static_at(n) {
+                gates = add(&gates, &matvec(&p[2], xs));
+            }
+            let (next_c, next_h) = lstm_unit_step(&c[n], &gates, cont);
+            (c[n], h[n]) = (next_c, next_h.clone());
+            out[t * seq.streams + n] = next_h;
+        }
+    }
+    (out.concat(), h, c)
+}
+
+/// A harness for `kind` over `steps x streams x 3` inputs (and a `streams x 2` static input),
+/// with `cont` set, and the sequence it runs on.
+fn recurrent_case(
+    text: &str,
+    steps: usize,
+    streams: usize,
+    cont: &[f32],
+    with_static: bool,
+    hidden: &[&[usize]],
+) -> (H, Sequence) {
+    let (x_shape, cont_shape, static_shape) = ([steps, streams, 3], [steps, streams], [streams, 2]);
+    let mut shapes: Vec<&[usize]> = vec![&x_shape, &cont_shape];
+    if with_static {
+        shapes.push(&static_shape);
+    }
+    shapes.extend_from_slice(hidden);
+    let mut h = harness(text, &shapes);
+    h.set_bottom(1, cont).unwrap();
+    let seq = Sequence {
+        steps,
+        streams,
+        x: widen(&h.bottom(0).data_to_vec().unwrap()),
+        cont: widen(cont),
+        x_static: with_static.then(|| widen(&h.bottom(2).data_to_vec().unwrap())),
+    };
+    (h, seq)
+}
+
+#[test]
+fn recurrent_parameters_follow_upstreams_order_and_shapes() {
+    let cases: [(&str, bool, &[&[usize]]); 4] = [
+        ("RNN", false, &[&[5, 3], &[5], &[5, 5], &[5, 5], &[5]]),
+        (
+            "RNN",
+            true,
+            &[&[5, 3], &[5], &[5, 2], &[5, 5], &[5, 5], &[5]],
+        ),
+        ("LSTM", false, &[&[20, 3], &[20], &[20, 5]]),
+        ("LSTM", true, &[&[20, 3], &[20], &[20, 2], &[20, 5]]),
+    ];
+    for (kind, with_static, want) in cases {
+        let (h, _) = recurrent_case(
+            &recurrent(kind, 5, false),
+            3,
+            2,
+            &[0.0; 6],
+            with_static,
+            &[],
+        );
+        let shapes: Vec<&[usize]> = (0..h.num_params())
+            .map(|k| h.param_blob(k).shape())
+            .collect();
+        assert_eq!(shapes, want, "{kind}, static input {with_static}");
+        assert_eq!(h.top(0).shape(), [3, 2, 5], "{kind}");
+    }
+}
+
+#[test]
+fn rnn_forward_matches_the_formulas_for_one_to_three_steps() {
+    for steps in 1..=3 {
+        for with_static in [false, true] {
+            let cont: Vec<f32> = (0..steps * 2)
+                .map(|i| if i < 2 || i == 4 { 0.0 } else { 1.0 })
+                .collect();
+            let (mut h, seq) = recurrent_case(
+                &recurrent("RNN", 4, false),
+                steps,
+                2,
+                &cont,
+                with_static,
+                &[],
+            );
+            h.forward().unwrap();
+            let (want, _) = rnn_reference(&params(&h), &seq, &[vec![0.0; 4], vec![0.0; 4]]);
+            assert_all_close(
+                &top(&h, 0),
+                &want,
+                &format!("RNN T={steps} static {with_static}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn lstm_forward_matches_the_formulas_for_one_to_three_steps() {
+    for steps in 1..=3 {
+        for with_static in [false, true] {
+            let cont: Vec<f32> = (0..steps * 2)
+                .map(|i| if i < 2 || i == 5 { 0.0 } else { 1.0 })
+                .collect();
+            let (mut h, seq) = recurrent_case(
+                &recurrent("LSTM", 3, false),
+                steps,
+                2,
+                &cont,
+                with_static,
+                &[],
+            );
+            h.forward().unwrap();
+            let zero = [vec![0.0; 3], vec![0.0; 3]];
+            let (want, _, _) = lstm_reference(&params(&h), &seq, &zero, &zero);
+            assert_all_close(
+                &top(&h, 0),
+                &want,
+                &format!("LSTM T={steps} static {with_static}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn lstm_of_one_step_is_an_lstm_unit_over_the_input_transform() {
+    let (mut h, seq) = recurrent_case(&recurrent("LSTM", 2, false), 1, 3, &[0.0; 3], false, &[]);
+    h.forward().unwrap();
+    let p = params(&h);
+    let gates: Vec<f32> = (0..3)
+        .flat_map(|n| add(&matvec(&p[0], seq.x_at(0, n)), &p[1]))
+        .map(|v| v as f32)
+        .collect();
+    let mut unit = harness(LSTM_UNIT, &[&[1, 3, 2], &[1, 3, 8], &[1, 3]]);
+    unit.set_bottom(0, &[0.0; 6]).unwrap();
+    unit.set_bottom(1, &gates).unwrap();
+    unit.set_bottom(2, &[0.0; 3]).unwrap();
+    unit.forward().unwrap();
+    assert_all_close(
+        &top(&h, 0),
+        &widen(&top(&unit, 1)),
+        "LSTM T=1 against LSTMUnit h",
+    );
+}
+
+#[test]
+fn the_state_carries_over_to_the_next_pass_unless_cont_is_zero() {
+    for kind in ["RNN", "LSTM"] {
+        let (mut h, mut seq) = recurrent_case(
+            &recurrent(kind, 3, false),
+            2,
+            2,
+            &[0.0, 0.0, 1.0, 1.0],
+            false,
+            &[],
+        );
+        h.forward().unwrap();
+        h.set_bottom(1, &[1.0, 0.0, 1.0, 1.0]).unwrap();
+        seq.cont = vec![1.0, 0.0, 1.0, 1.0];
+        h.forward().unwrap();
+        let p = params(&h);
+        let zero = vec![vec![0.0; 3]; 2];
+        let first_cont = [0.0, 0.0, 1.0, 1.0];
+        let first = Sequence {
+            cont: widen(&first_cont),
+            x: seq.x.clone(),
+            x_static: None,
+            ..seq
+        };
+        let want = if kind == "RNN" {
+            let (_, h_t) = rnn_reference(&p, &first, &zero);
+            rnn_reference(&p, &seq, &h_t).0
+        } else {
+            let (_, h_t, c_t) = lstm_reference(&p, &first, &zero, &zero);
+            lstm_reference(&p, &seq, &h_t, &c_t).0
+        };
+        assert_all_close(&top(&h, 0), &want, &format!("{kind} second pass"));
+    }
+}
+
+#[test]
+fn a_sequence_split_by_cont_equals_separate_runs() {
+    for kind in ["RNN", "LSTM"] {
+        let text = recurrent(kind, 3, false);
+        let (mut whole, _) = recurrent_case(&text, 4, 1, &[0.0, 1.0, 0.0, 1.0], false, &[]);
+        whole.forward().unwrap();
+        let x = whole.bottom(0).data_to_vec().unwrap();
+        let (mut second, _) = recurrent_case(&text, 2, 1, &[0.0, 1.0], false, &[]);
+        for k in 0..whole.num_params() {
+            let values = whole.param_blob(k).data_to_vec().unwrap();
+            second.param_blob_mut(k).set_data(&values).unwrap();
+        }
+        second.set_bottom(0, &x[6..]).unwrap();
+        second.forward().unwrap();
+        let out = top(&whole, 0);
+        assert_all_close(
+            &out[6..],
+            &widen(&top(&second, 0)),
+            &format!("{kind} second sequence"),
+        );
+    }
+}
+
+#[test]
+fn exposed_state_is_read_from_bottoms_and_written_to_tops() {
+    let h0 = [0.3, -0.2, 0.1, 0.5, -0.4, 0.2];
+    let c0 = [-0.6, 0.4, 0.9, -0.1, 0.2, 0.7];
+    let rnn_state: &[&[usize]] = &[&[1, 2, 3]];
+    let (mut h, seq) = recurrent_case(
+        &recurrent("RNN", 3, true),
+        2,
+        2,
+        &[1.0; 4],
+        false,
+        rnn_state,
+    );
+    h.set_bottom(2, &h0).unwrap();
+    h.forward().unwrap();
+    let per_stream = |v: &[f32]| vec![widen(&v[..3]), widen(&v[3..])];
+    let (want, h_t) = rnn_reference(&params(&h), &seq, &per_stream(&h0));
+    assert_all_close(&top(&h, 0), &want, "RNN exposed output");
+    assert_all_close(&top(&h, 1), &h_t.concat(), "RNN h_T");
+
+    let lstm_state: &[&[usize]] = &[&[1, 2, 3], &[1, 2, 3]];
+    let (mut h, seq) = recurrent_case(
+        &recurrent("LSTM", 3, true),
+        2,
+        2,
+        &[1.0; 4],
+        false,
+        lstm_state,
+    );
+    h.set_bottom(2, &h0).unwrap();
+    h.set_bottom(3, &c0).unwrap();
+    h.forward().unwrap();
+    let (want, h_t, c_t) = lstm_reference(&params(&h), &seq, &per_stream(&h0), &per_stream(&c0));
+    assert_all_close(&top(&h, 0), &want, "LSTM exposed output");
+    assert_all_close(&top(&h, 1), &h_t.concat(), "LSTM h_T");
+    assert_all_close(&top(&h, 2), &c_t.concat(), "LSTM c_T");
+}
+
+/// Checks the gradient of each element of top 0 (the exposed final state takes none).
+fn check_output_gradient(h: &mut H, bottom: usize) {
+    for e in 0..h.top(0).count() {
+        GradientChecker::new(1e-2, 1e-3)
+            .check_single(h, Some(bottom), Some((0, e)), false)
+            .unwrap();
+    }
+}
+
+#[test]
+fn recurrent_gradients_for_x_and_the_parameters() {
+    for kind in ["RNN", "LSTM"] {
+        for cont in [
+            [0.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+            [0.0, 0.0, 1.0, 0.0, 0.0, 1.0],
+        ] {
+            let (mut h, _) = recurrent_case(&recurrent(kind, 2, false), 3, 2, &cont, false, &[]);
+            check_output_gradient(&mut h, 0);
+        }
+    }
+}
+
+#[test]
+fn recurrent_gradients_for_the_static_input() {
+    for kind in ["RNN", "LSTM"] {
+        let cont = [0.0, 0.0, 1.0, 1.0];
+        let (mut h, _) = recurrent_case(&recurrent(kind, 2, false), 2, 2, &cont, true, &[]);
+        check_output_gradient(&mut h, 0);
+        check_output_gradient(&mut h, 2);
+    }
+}
+
+#[test]
+fn recurrent_gradients_for_the_exposed_initial_state() {
+    let state: &[&[usize]] = &[&[1, 2, 2], &[1, 2, 2]];
+    for (kind, bottoms) in [("RNN", 1), ("LSTM", 2)] {
+        let cont = [1.0, 0.0, 1.0, 1.0];
+        let (mut h, _) = recurrent_case(
+            &recurrent(kind, 2, true),
+            2,
+            2,
+            &cont,
+            false,
+            &state[..bottoms],
+        );
+        for b in 0..bottoms {
+            check_output_gradient(&mut h, 2 + b);
+        }
+        check_output_gradient(&mut h, 0);
+    }
+}
+
+#[test]
+fn recurrent_refuses_bad_shapes_and_parameters() {
+    let no_output = r#"type: "LSTM" recurrent_param { }"#;
+    let error = failure(no_output, &[&[2, 1, 3], &[2, 1]], None);
+    assert!(
+        error.contains("recurrent_param.num_output must be positive"),
+        "{error}"
+    );
+    let text = recurrent("RNN", 2, false);
+    let error = failure(&text, &[&[2, 1, 3], &[2, 2]], None);
+    assert!(
+        error.contains("bottom 1 (cont) must have shape [2, 1]"),
+        "{error}"
+    );
+    let error = failure(&text, &[&[2, 1, 3], &[2, 1], &[3, 4]], None);
+    assert!(error.contains("bottom 2 (x_static)"), "{error}");
+    let error = failure(
+        &recurrent("LSTM", 2, true),
+        &[&[2, 1, 3], &[2, 1], &[1, 1, 2], &[1, 1, 3]],
+        None,
+    );
+    assert!(
+        error.contains("bottom 3 (c_0) must have shape [1, 1, 2]"),
+        "{error}"
+    );
+}
