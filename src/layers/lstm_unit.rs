@@ -66,13 +66,16 @@ impl<B: Backend> LstmUnitLayer<B> {
         }
     }
 
-    fn buffers(&mut self) -> Result<(&mut Blob<B>, &mut Blob<B>, &mut Blob<B>), LayerError> {
+    fn buffers(&mut self) -> Result<Buffers<'_, B>, LayerError> {
         match (&mut self.gates, &mut self.tanh_c, &mut self.scratch) {
             (Some(g), Some(t), Some(s)) => Ok((g, t, s)),
             _ => Err(LayerError::invalid("LSTMUnit: forward before reshape")),
         }
     }
 }
+
+/// The gate, `tanh(c)` and product buffers, to use together.
+type Buffers<'s, B> = (&'s mut Blob<B>, &'s mut Blob<B>, &'s mut Blob<B>);
 
 /// Checks that `blob` is `1 x streams (x width)`, naming it.
 fn check_step_shape<B: Backend>(

@@ -2,7 +2,11 @@
 //! from upstream's formulas (cases re-derived from upstream's
 //! src/caffe/test/test_{embed,lstm,rnn}_layer.cpp); gradients against central differences.
 
-use rcaffe::backend::CpuBackend;
+use std::path::Path;
+
+use rcaffe::backend::{rng_from_seed, CpuBackend};
+use rcaffe::net::Net;
+use rcaffe::proto::parse_text;
 use rcaffe::testing::{cpu, CheckBottoms, GradientChecker, LayerHarness};
 
 type H = LayerHarness<CpuBackend>;
@@ -643,4 +647,44 @@ fn recurrent_refuses_bad_shapes_and_parameters() {
         error.contains("bottom 3 (c_0) must have shape [1, 1, 2]"),
         "{error}"
     );
+}
+
+// ---- A net of words through an LSTM ---------------------------------------------------------
+
+const NET: &str = r#"
+name: "words"
+layer { name: "in" type: "Input" top: "words" top: "cont" top: "target"
+        input_param { shape { dim: 3 dim: 2 } shape { dim: 3 dim: 2 } shape { dim: 3 dim: 2 dim: 4 } } }
+layer { name: "embed" type: "Embed" bottom: "words" top: "vectors"
+        embed_param { num_output: 5 input_dim: 7 weight_filler { type: "uniform" min: -1 max: 1 } } }
+layer { name: "lstm" type: "LSTM" bottom: "vectors" bottom: "cont" top: "h"
+        recurrent_param { num_output: 4 weight_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "target" top: "loss" }
+"#;
+
+#[test]
+fn a_net_embeds_words_and_runs_an_lstm_forward_and_backward() {
+    let param = parse_text(NET, Path::new("<words net>")).unwrap();
+    let mut net = Net::new(&param, &cpu(), rng_from_seed(1701)).unwrap();
+    let blob = |net: &mut Net<CpuBackend>, name: &str, values: &[f32]| {
+        net.blob_by_name_mut(name)
+            .unwrap()
+            .set_data(values)
+            .unwrap()
+    };
+    blob(&mut net, "words", &[0.0, 6.0, 3.0, 6.0, 1.0, 2.0]);
+    blob(&mut net, "cont", &[0.0, 0.0, 1.0, 1.0, 1.0, 0.0]);
+    blob(&mut net, "target", &[0.25; 24]);
+    // Embed's weight and bias, then the LSTM's W_xc, b_c and W_hc.
+    let shapes: Vec<&[usize]> = net.learnable_params().iter().map(|b| b.shape()).collect();
+    assert_eq!(shapes, [&[7, 5][..], &[5], &[16, 5], &[16], &[16, 4]]);
+    net.clear_param_diffs().unwrap();
+    let loss = net.forward_backward().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
+    for (k, blob) in net.learnable_params().iter().enumerate() {
+        assert!(blob.asum_diff().unwrap() > 0.0, "param {k} got no gradient");
+    }
+    // Word 4 and 5 never occur: their embedding rows get no gradient.
+    let embedding_diff = net.learnable_params()[0].diff_to_vec().unwrap();
+    assert!(embedding_diff[20..30].iter().all(|&d| d == 0.0));
 }

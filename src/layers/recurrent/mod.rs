@@ -27,32 +27,31 @@ use crate::net::Net;
 use crate::proto::caffe::{LayerParameter, RecurrentParameter};
 use unroll::{Cell, Plan};
 
-/// The RNN layer (built as a [`RecurrentLayer`]).
-pub struct RnnLayer;
+/// The RNN layer.
+pub type RnnLayer<B> = RecurrentLayer<B, false>;
+/// The LSTM layer.
+pub type LstmLayer<B> = RecurrentLayer<B, true>;
 
-impl RnnLayer {
-    /// Reads and checks `recurrent_param`.
-    pub fn new<B: Backend>(param: &LayerParameter) -> Result<RecurrentLayer<B>, LayerError> {
-        RecurrentLayer::new(param, Cell::Rnn)
-    }
-}
-
-/// The LSTM layer (built as a [`RecurrentLayer`]).
-pub struct LstmLayer;
-
-impl LstmLayer {
-    /// Reads and checks `recurrent_param`.
-    pub fn new<B: Backend>(param: &LayerParameter) -> Result<RecurrentLayer<B>, LayerError> {
-        RecurrentLayer::new(param, Cell::Lstm)
-    }
-}
-
-/// A recurrent layer of either cell.
-pub struct RecurrentLayer<B: Backend> {
+/// A recurrent layer: an LSTM when `LSTM`, else an RNN.
+pub struct RecurrentLayer<B: Backend, const LSTM: bool> {
     cell: Cell,
     param: RecurrentParameter,
     name: String,
     unrolled: Option<Unrolled<B>>,
+}
+
+impl<B: Backend> RnnLayer<B> {
+    /// Reads and checks `recurrent_param`.
+    pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
+        Self::with_cell(param, Cell::Rnn)
+    }
+}
+
+impl<B: Backend> LstmLayer<B> {
+    /// Reads and checks `recurrent_param`.
+    pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
+        Self::with_cell(param, Cell::Lstm)
+    }
 }
 
 /// The unrolled net and where its blobs are.
@@ -105,8 +104,8 @@ impl<B: Backend> Unrolled<B> {
     }
 }
 
-impl<B: Backend> RecurrentLayer<B> {
-    fn new(param: &LayerParameter, cell: Cell) -> Result<Self, LayerError> {
+impl<B: Backend, const LSTM: bool> RecurrentLayer<B, LSTM> {
+    fn with_cell(param: &LayerParameter, cell: Cell) -> Result<Self, LayerError> {
         let p = param.recurrent_param.clone().unwrap_or_default();
         if p.num_output() == 0 {
             return Err(LayerError::invalid(
@@ -156,7 +155,7 @@ impl<B: Backend> RecurrentLayer<B> {
     }
 }
 
-impl<B: Backend> Layer<B> for RecurrentLayer<B> {
+impl<B: Backend, const LSTM: bool> Layer<B> for RecurrentLayer<B, LSTM> {
     fn layer_type(&self) -> &'static str {
         match self.cell {
             Cell::Rnn => "RNN",
