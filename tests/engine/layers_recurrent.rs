@@ -688,3 +688,38 @@ fn a_net_embeds_words_and_runs_an_lstm_forward_and_backward() {
     let embedding_diff = net.learnable_params()[0].diff_to_vec().unwrap();
     assert!(embedding_diff[20..30].iter().all(|&d| d == 0.0));
 }
+
+#[test]
+fn recurrent_layers_follow_a_change_in_the_number_of_streams() {
+    for kind in ["RNN", "LSTM"] {
+        let (mut h, _) = recurrent_case(&recurrent(kind, 3, false), 2, 2, &[0.0; 4], true, &[]);
+        h.forward().unwrap();
+        let cont = [0.0, 0.0, 0.0, 1.0, 0.0, 1.0];
+        let x: Vec<f32> = (0..18).map(|k| (k as f32 - 8.0) * 0.1).collect();
+        let x_static = [0.3, -0.7, 0.1, 0.9, -0.2, 0.4];
+        for (i, shape, values) in [
+            (0, &[2, 3, 3][..], &x[..]),
+            (1, &[2, 3], &cont),
+            (2, &[3, 2], &x_static),
+        ] {
+            h.bottom_mut(i).reshape(shape).unwrap();
+            h.set_bottom(i, values).unwrap();
+        }
+        h.forward().unwrap();
+        assert_eq!(h.top(0).shape(), [2, 3, 3], "{kind}");
+        let seq = Sequence {
+            steps: 2,
+            streams: 3,
+            x: widen(&x),
+            cont: widen(&cont),
+            x_static: Some(widen(&x_static)),
+        };
+        let zero = vec![vec![0.0; 3]; 3];
+        let want = if kind == "RNN" {
+            rnn_reference(&params(&h), &seq, &zero).0
+        } else {
+            lstm_reference(&params(&h), &seq, &zero, &zero).0
+        };
+        assert_all_close(&top(&h, 0), &want, &format!("{kind} with 3 streams"));
+    }
+}
