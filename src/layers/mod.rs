@@ -163,6 +163,7 @@ pub mod data;
 pub mod dropout;
 pub mod dummy_data;
 pub mod eltwise;
+pub mod embed;
 pub mod euclidean_loss;
 pub mod filter;
 pub mod flatten;
@@ -174,6 +175,7 @@ pub mod inner_product;
 pub mod input;
 pub mod loss;
 pub mod lrn;
+pub mod lstm_unit;
 pub mod memory_data;
 pub mod multinomial_logistic_loss;
 pub mod mvn;
@@ -181,6 +183,7 @@ pub mod neuron;
 pub mod parameter;
 pub mod pooling;
 pub mod prelu;
+pub mod recurrent;
 pub mod reduction;
 pub mod reshape;
 pub mod scale;
@@ -806,6 +809,10 @@ registry! {
     "Parameter" => parameter::ParameterLayer,
     "BatchReindex" => batch_reindex::BatchReindexLayer,
     "Filter" => filter::FilterLayer,
+    "Embed" => embed::EmbedLayer,
+    "LSTMUnit" => lstm_unit::LstmUnitLayer,
+    "RNN" => recurrent::RnnLayer,
+    "LSTM" => recurrent::LstmLayer,
 }
 
 /// Layer types from outside the registry (a test's toy layers, a user's own): returns `None`
@@ -827,9 +834,7 @@ fn not_supported(kind: &str) -> Option<&'static str> {
              (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
         ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
-        "Embed" | "LSTM" | "RNN" | "Recurrent" => {
-            Some("an upstream layer rcaffe does not implement yet")
-        }
+        "Recurrent" => Some("upstream's abstract base of RNN and LSTM; use one of those"),
         _ => None,
     }
 }

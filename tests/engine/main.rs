@@ -14,6 +14,7 @@ mod layers_loss;
 mod layers_loss_more;
 mod layers_neuron;
 mod layers_norm_vision;
+mod layers_recurrent;
 mod layers_shape;
 mod layers_vision;
 mod net;
