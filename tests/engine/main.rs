@@ -9,6 +9,7 @@ mod backend_cpu;
 mod common;
 mod filler;
 mod layers_activation;
+mod layers_hdf5;
 mod layers_loss;
 mod layers_loss_more;
 mod layers_neuron;
