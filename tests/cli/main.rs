@@ -4,6 +4,7 @@
 mod common;
 mod errors;
 mod gpu;
+mod hdf5_example;
 
 use common::{rcaffe, rcaffe_in, stderr, stdout, TINY_SOLVER};
 use std::path::Path;
