@@ -9,8 +9,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use hdf5_pure::{File, FileBuilder};
 use hdf5_pure::{DType, GroupBuilder};
+pub use hdf5_pure::{File, FileBuilder};
 
 /// What went wrong with which HDF5 file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,10 @@ impl Reader {
     /// Opens `path`.
     pub fn open(path: &Path) -> Result<Self, Hdf5Error> {
         if !path.exists() {
-            return Err(Hdf5Error::new(path, "Failed opening HDF5 file: no such file"));
+            return Err(Hdf5Error::new(
+                path,
+                "Failed opening HDF5 file: no such file",
+            ));
         }
         let file = File::open(path)
             .map_err(|e| Hdf5Error::new(path, format!("Failed opening HDF5 file: {e}")))?;

@@ -69,7 +69,9 @@ impl Hdf5DataLayer {
             loaded: Vec::new(),
             row_order: Vec::new(),
             current_row: 0,
-            shuffle_rng: p.shuffle().then(|| <Rng as rand::SeedableRng>::seed_from_u64(0)),
+            shuffle_rng: p
+                .shuffle()
+                .then(|| <Rng as rand::SeedableRng>::seed_from_u64(0)),
         })
     }
 

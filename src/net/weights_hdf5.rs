@@ -23,16 +23,29 @@ impl<B: Backend> Net<B> {
             let name = layer.param.name();
             let mut layer_data = data.create_group(name);
             let mut layer_diff = diff.create_group(name);
-            for (index, (&net_param_id, &learnable_id)) in
-                layer.net_param_ids.iter().zip(&layer.learnable_ids).enumerate()
+            for (index, (&net_param_id, &learnable_id)) in layer
+                .net_param_ids
+                .iter()
+                .zip(&layer.learnable_ids)
+                .enumerate()
             {
                 let blob = &self.learnable_params[learnable_id];
                 let dataset = index.to_string();
                 if self.net_params[net_param_id].owner.is_none() {
-                    add_array(&mut layer_data, &dataset, blob.shape(), &blob.data_to_vec()?);
+                    add_array(
+                        &mut layer_data,
+                        &dataset,
+                        blob.shape(),
+                        &blob.data_to_vec()?,
+                    );
                 }
                 if write_diff {
-                    add_array(&mut layer_diff, &dataset, blob.shape(), &blob.diff_to_vec()?);
+                    add_array(
+                        &mut layer_diff,
+                        &dataset,
+                        blob.shape(),
+                        &blob.diff_to_vec()?,
+                    );
                 }
             }
             data.add_group(layer_data.finish());

@@ -114,7 +114,12 @@ impl<B: Backend> Solver<B> {
             .with_shape(&[1]);
         let mut history = file.create_group("history");
         for (i, blob) in self.history.iter().enumerate() {
-            add_array(&mut history, &i.to_string(), blob.shape(), &blob.data_to_vec()?);
+            add_array(
+                &mut history,
+                &i.to_string(),
+                blob.shape(),
+                &blob.data_to_vec()?,
+            );
         }
         file.add_group(history.finish());
         write_atomically(path, file).map_err(hdf5_error)

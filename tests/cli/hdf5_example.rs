@@ -33,7 +33,11 @@ fn example_folder() -> tempfile::TempDir {
     }
     let train = format!("{EXAMPLE}/data/train.h5\n");
     std::fs::write(example.join("data/train.txt"), train.repeat(2)).unwrap();
-    std::fs::write(example.join("data/test.txt"), format!("{EXAMPLE}/data/test.h5\n")).unwrap();
+    std::fs::write(
+        example.join("data/test.txt"),
+        format!("{EXAMPLE}/data/test.h5\n"),
+    )
+    .unwrap();
     folder
 }
 
@@ -56,8 +60,14 @@ fn the_nonlinear_example_trains_unchanged_well_above_chance() {
     let accuracies = test_accuracies(&log);
     assert_eq!(accuracies.len(), 11, "{log}");
     let last = *accuracies.last().unwrap();
-    assert!(last > 0.9, "two classes, final accuracy {last}: {accuracies:?}");
-    let snapshot = folder.path().join(EXAMPLE).join("data/train_iter_10000.caffemodel");
+    assert!(
+        last > 0.9,
+        "two classes, final accuracy {last}: {accuracies:?}"
+    );
+    let snapshot = folder
+        .path()
+        .join(EXAMPLE)
+        .join("data/train_iter_10000.caffemodel");
     assert!(snapshot.exists());
 }
 
@@ -97,7 +107,15 @@ fn the_logistic_regression_snapshots_resumes_and_scores_in_hdf5() {
 
     let weights = format!("{EXAMPLE}/data/train_iter_300.caffemodel.h5");
     let model = format!("{EXAMPLE}/train_val.prototxt");
-    let score = ["test", "-model", &model, "-weights", &weights, "-iterations", "20"];
+    let score = [
+        "test",
+        "-model",
+        &model,
+        "-weights",
+        &weights,
+        "-iterations",
+        "20",
+    ];
     let output = rcaffe_in(folder.path(), &score);
     let log = stderr(&output);
     assert!(output.status.success(), "{log}");

@@ -85,7 +85,10 @@ fn h5py_fixtures_read_value_for_value() {
     let data = gzip.read_array("data").unwrap();
     assert_eq!(data.shape, [ROWS, 2, 3, 2]);
     assert_eq!(data.values, counting(FILE_TOTAL, ROWS * ROW_SIZE));
-    assert_eq!(gzip.read_array("label").unwrap().values, counting(1.0, ROWS));
+    assert_eq!(
+        gzip.read_array("label").unwrap().values,
+        counting(1.0, ROWS)
+    );
     assert_eq!(
         gzip.read_array("label2").unwrap().values,
         counting(2.0, ROWS)
@@ -198,7 +201,10 @@ fn bad_inputs_are_refused_naming_the_file_and_dataset() {
     let missing_file = dir.path().join("absent.h5");
     let list = source_list(dir.path(), &[missing_file]);
     let err = failure(&hdf5_data(&list, 2, false, &tops));
-    assert!(err.contains("absent.h5") && err.contains("Failed opening"), "{err}");
+    assert!(
+        err.contains("absent.h5") && err.contains("Failed opening"),
+        "{err}"
+    );
 
     let list = source_list(dir.path(), &[fixture("sample_data.h5")]);
     let err = failure(&hdf5_data(&list, 2, false, &["data", "weights"]));
@@ -230,7 +236,10 @@ fn bad_inputs_are_refused_naming_the_file_and_dataset() {
     let mut h = harness(&hdf5_data(&list, 5, false, &tops));
     h.forward().unwrap();
     let err = h.forward().unwrap_err().to_string();
-    assert!(err.contains("narrow.h5") && err.contains("dataset data"), "{err}");
+    assert!(
+        err.contains("narrow.h5") && err.contains("dataset data"),
+        "{err}"
+    );
 
     let list = source_list(dir.path(), &[fixture("sample_data.h5")]);
     let err = failure(&hdf5_data(&list, 0, false, &tops));
@@ -279,7 +288,10 @@ fn hdf5_output_writes_what_hdf5_data_read() {
         Err(e) => e.to_string(),
         Ok(mut net) => net.forward().unwrap_err().to_string(),
     };
-    assert!(err.contains("3 items") && err.contains("label bottom 2"), "{err}");
+    assert!(
+        err.contains("3 items") && err.contains("label bottom 2"),
+        "{err}"
+    );
 }
 
 const IP_NET: &str = r#"
@@ -322,7 +334,10 @@ fn a_caffemodel_h5_written_by_h5py_in_upstreams_layout_loads() {
         .copy_trained_layers_from_file(&fixture("upstream_layout.caffemodel.h5"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("data/ip/0") && err.contains("shape mismatch"), "{err}");
+    assert!(
+        err.contains("data/ip/0") && err.contains("shape mismatch"),
+        "{err}"
+    );
 }
 
 const SHARED_NET: &str = r#"

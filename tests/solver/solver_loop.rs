@@ -391,7 +391,10 @@ fn snapshot_after_train_in_hdf5() {
 
 #[test]
 fn hdf5_snapshots_resume_as_binaryproto_ones_do() {
-    for rule in ["type: 'SGD' momentum: 0.9", "type: 'Adam' momentum: 0.9 momentum2: 0.999"] {
+    for rule in [
+        "type: 'SGD' momentum: 0.9",
+        "type: 'Adam' momentum: 0.9 momentum2: 0.999",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let extra = format!(
             "{rule} base_lr: 0.05 lr_policy: 'multistep' gamma: 0.5 stepvalue: 2 stepvalue: 5 \
@@ -431,7 +434,10 @@ fn hdf5_snapshots_resume_as_binaryproto_ones_do() {
             .unwrap();
         assert_eq!(weights(&from_hdf5), weights(&from_binary), "{rule}");
         let model = Reader::open(&dir.path().join("hdf5_iter_4.caffemodel.h5")).unwrap();
-        assert!(model.has_dataset("diff/ip1/0"), "snapshot_diff writes the diffs");
+        assert!(
+            model.has_dataset("diff/ip1/0"),
+            "snapshot_diff writes the diffs"
+        );
     }
 }
 
