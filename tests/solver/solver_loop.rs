@@ -355,7 +355,7 @@ fn snapshot_after_train_in_hdf5() {
         ("Snapshotting solver state to HDF5 file ", &state),
     ] {
         let want = format!("{line}{}", file.display());
-        assert!(log.iter().any(|l| *l == want), "{want}: {log:#?}");
+        assert!(log.contains(&want), "{want}: {log:#?}");
         assert!(file.exists(), "{}", file.display());
     }
     assert!(!dir.path().join("tiny_iter_3.caffemodel").exists());
