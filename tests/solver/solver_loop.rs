@@ -441,6 +441,58 @@ fn hdf5_snapshots_resume_as_binaryproto_ones_do() {
     }
 }
 
+/// The values the h5py fixture writes for a blob of `n` values: `scale * (i - n/2) / n`.
+fn ramp(n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| scale * (i as f32 - n as f32 / 2.0) / n as f32)
+        .collect()
+}
+
+fn assert_near(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 1e-7, "{what}: {got:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn a_state_h5_in_upstreams_layout_made_by_h5py_restores() {
+    // iter and current_step int32 (1,), learned_net a NULLTERM string naming the
+    // .caffemodel.h5 beside it, history/0..3 (tests/data/hdf5/make_fixtures.py).
+    let state = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hdf5/upstream_tiny_iter_2.solverstate.h5");
+    let dir = tempfile::tempdir().unwrap();
+    let mut solver = build(solver_param(
+        "type: 'SGD' momentum: 0.9 max_iter: 3 display: 0",
+        &dir.path().join("tiny"),
+    ));
+    solver.restore(&state).unwrap();
+    assert_eq!(solver.iter(), 2);
+    let sizes = [15, 5, 10, 2];
+    for (i, (blob, n)) in solver
+        .net()
+        .learnable_params()
+        .iter()
+        .zip(sizes)
+        .enumerate()
+    {
+        assert_near(
+            &format!("weights {i}"),
+            &blob.data_to_vec().unwrap(),
+            &ramp(n, 1.0),
+        );
+    }
+    for (i, (blob, n)) in solver.history().iter().zip(sizes).enumerate() {
+        assert_near(
+            &format!("history {i}"),
+            &blob.data_to_vec().unwrap(),
+            &ramp(n, 0.01),
+        );
+    }
+    solver.solve(None).unwrap();
+    assert_eq!(solver.iter(), 3);
+}
+
 #[test]
 fn a_state_h5_of_another_rule_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -44,3 +44,33 @@ with h5py.File('classification/train.h5', 'w') as f:
 with h5py.File('classification/test.h5', 'w') as f:
     f.create_dataset('data', data=Xt, compression='gzip', compression_opts=1)
     f.create_dataset('label', data=yt.astype(np.float32), compression='gzip', compression_opts=1)
+
+# A snapshot pair in upstream's HDF5 layout for the tiny net of tests/solver/solver_loop.rs
+# (ip1: 5x3 weights and 5 biases, ip2: 2x5 and 2), SGD: one history blob per parameter.
+# learned_net is a NULLTERM fixed-length string of strlen + 1 bytes, as H5LTmake_dataset_string
+# writes it; iter and current_step are int32 datasets of shape (1,), as hdf5_save_int writes.
+shapes = {'ip1': [(5, 3), (5,)], 'ip2': [(2, 5), (2,)]}
+def ramp(shape, scale):
+    n = int(np.prod(shape))
+    return (scale * (np.arange(n, dtype='float32') - n / 2) / n).reshape(shape)
+with h5py.File('upstream_tiny_iter_2.caffemodel.h5', 'w') as f:
+    for layer in ['data', 'act', 'loss']:
+        f.create_group('data/' + layer)
+    for layer, blobs in shapes.items():
+        for i, shape in enumerate(blobs):
+            f['data/%s/%d' % (layer, i)] = ramp(shape, 1.0)
+with h5py.File('upstream_tiny_iter_2.solverstate.h5', 'w') as f:
+    f.create_dataset('iter', data=np.array([2], dtype='int32'))
+    learned = b'upstream_tiny_iter_2.caffemodel.h5'
+    string_type = h5py.h5t.C_S1.copy()
+    string_type.set_size(len(learned) + 1)
+    string_type.set_strpad(h5py.h5t.STR_NULLTERM)
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    h5py.h5d.create(f.id, b'learned_net', string_type, space).write(
+        h5py.h5s.ALL, h5py.h5s.ALL, np.array(learned + b'\0', dtype='S%d' % (len(learned) + 1)))
+    f.create_dataset('current_step', data=np.array([0], dtype='int32'))
+    index = 0
+    for layer, blobs in shapes.items():
+        for shape in blobs:
+            f['history/%d' % index] = ramp(shape, 0.01)
+            index += 1
