@@ -86,7 +86,7 @@ impl Reader {
         Hdf5Error::new(&self.path, message)
     }
 
-    /// Whether a dataset (or group) `name` exists.
+    /// Whether a dataset `name` exists.
     pub fn has_dataset(&self, name: &str) -> bool {
         self.file.dataset(name).is_ok()
     }
@@ -156,8 +156,8 @@ impl Reader {
         Ok(text.trim_end_matches('\0').to_string())
     }
 
-    /// The names of the links (groups and datasets) in group `name`, in name order as upstream
-    /// lists them (`H5_INDEX_NAME`).
+    /// The names of the links (groups and datasets) in group `name` (`/` for the root), in
+    /// name order as upstream lists them (`H5_INDEX_NAME`).
     pub fn links(&self, name: &str) -> Result<Vec<String>, Hdf5Error> {
         let group = self
             .file

@@ -386,7 +386,11 @@ fn snapshot_after_train_in_hdf5() {
         file.read_array("data/ip2/0").unwrap().values,
         params[2].data_to_vec().unwrap()
     );
-    assert!(!file.has_dataset("diff"));
+    assert_eq!(
+        file.links("/").unwrap(),
+        ["data"],
+        "no diffs without snapshot_diff"
+    );
 }
 
 #[test]
