@@ -15,10 +15,10 @@ pub struct TrainArgs {
     /// The solver prototxt.
     #[arg(long)]
     pub solver: PathBuf,
-    /// Comma-separated .caffemodel files to start from (fine-tuning).
+    /// Comma-separated .caffemodel (or .caffemodel.h5) files to start from (fine-tuning).
     #[arg(long)]
     pub weights: Option<String>,
-    /// A .solverstate to resume from.
+    /// A .solverstate (or .solverstate.h5) to resume from.
     #[arg(long)]
     pub snapshot: Option<PathBuf>,
     /// GPU ids to use ("0"); without it the solver's solver_mode decides.
@@ -95,7 +95,8 @@ pub struct TestArgs {
     /// The net prototxt.
     #[arg(long)]
     pub model: PathBuf,
-    /// The trained weights: comma-separated .caffemodel files (required, as upstream).
+    /// The trained weights: comma-separated .caffemodel (or .caffemodel.h5) files (required, as
+    /// upstream).
     #[arg(long)]
     pub weights: Option<String>,
     /// Number of iterations to run.

@@ -20,6 +20,7 @@
 
 pub mod convert;
 pub mod datum;
+pub mod hdf5;
 pub mod imgcodec;
 pub mod lmdb;
 pub mod mean;

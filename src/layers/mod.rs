@@ -167,6 +167,8 @@ pub mod embed;
 pub mod euclidean_loss;
 pub mod filter;
 pub mod flatten;
+pub mod hdf5_data;
+pub mod hdf5_output;
 pub mod hinge_loss;
 pub mod im2col;
 pub mod image_data;
@@ -762,6 +764,8 @@ registry! {
     "ImageData" => image_data::ImageDataLayer,
     "MemoryData" => memory_data::MemoryDataLayer,
     "WindowData" => window_data::WindowDataLayer,
+    "HDF5Data" => hdf5_data::Hdf5DataLayer,
+    "HDF5Output" => hdf5_output::Hdf5OutputLayer,
     "ReLU" => neuron::ReLULayer,
     "PReLU" => prelu::PReLULayer,
     "Sigmoid" => neuron::SigmoidLayer,
@@ -829,10 +833,6 @@ pub fn create_layer<B: Backend>(param: &LayerParameter) -> Result<Box<dyn Layer<
 /// than "unknown".
 fn not_supported(kind: &str) -> Option<&'static str> {
     match kind {
-        "HDF5Data" | "HDF5Output" => Some(
-            "HDF5 needs a system library rcaffe does without; convert the data to an LMDB \
-             (rcaffe convert-imageset, convert-mnist, convert-cifar) and use a Data layer",
-        ),
         "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
         "Recurrent" => Some("upstream's abstract base of RNN and LSTM; use one of those"),
         _ => None,

@@ -18,6 +18,7 @@
 pub mod filter;
 pub mod splits;
 mod weights;
+mod weights_hdf5;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

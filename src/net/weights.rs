@@ -11,7 +11,7 @@ use crate::proto::caffe::NetParameter;
 
 impl<B: Backend> Net<B> {
     /// The first layer named `name`.
-    fn first_layer_named(&self, name: &str) -> Option<usize> {
+    pub(super) fn first_layer_named(&self, name: &str) -> Option<usize> {
         self.layer_names().position(|n| n == name)
     }
 
@@ -58,8 +58,13 @@ impl<B: Backend> Net<B> {
         Ok(())
     }
 
-    /// Reads a `.caffemodel` and copies its weights ([`Net::copy_trained_layers_from`]).
+    /// Reads a `.caffemodel` and copies its weights ([`Net::copy_trained_layers_from`]); an
+    /// HDF5 file (by its signature, as upstream's `H5Fis_hdf5`) is read as a `.caffemodel.h5`
+    /// ([`Net::copy_trained_layers_from_hdf5`]).
     pub fn copy_trained_layers_from_file(&mut self, path: &Path) -> Result<()> {
+        if crate::data::hdf5::is_hdf5(path) {
+            return self.copy_trained_layers_from_hdf5(path);
+        }
         let param = crate::proto::read_caffemodel(path)?;
         self.copy_trained_layers_from(&param).map_err(|e| match e {
             NetError::Weights(m) => NetError::Weights(format!("{}: {m}", path.display())),

@@ -31,7 +31,6 @@ use crate::blob::Blob;
 use crate::log::cpp_float;
 use crate::lr_policy::{LrSchedule, LrState};
 use crate::net::{Multipliers, Net};
-use crate::proto::caffe::solver_parameter::SnapshotFormat;
 use crate::proto::caffe::SolverParameter;
 use crate::proto::{print_text, resolve_solver_nets};
 pub use commands::{read_train_solver, test, test_on, train, train_on, TrainOptions};
@@ -206,12 +205,6 @@ impl<B: Backend> Solver<B> {
         ));
         let (rule, regularization, schedule) =
             Self::check_fields(&param).map_err(|e| e.in_file(origin, &param))?;
-        if param.snapshot_format() == SnapshotFormat::Hdf5 {
-            log.warn(
-                "snapshot_format: HDF5 is not supported; snapshots are written as BINARYPROTO"
-                    .to_string(),
-            );
-        }
         snapshot::check_write_permissions(&param)?;
 
         let seed = if param.random_seed() >= 0 {

@@ -4,6 +4,7 @@
 mod common;
 mod errors;
 mod gpu;
+mod hdf5_example;
 
 use common::{rcaffe, rcaffe_in, stderr, stdout, TINY_SOLVER};
 use std::path::Path;
@@ -497,18 +498,18 @@ fn is_glog_line(line: &str, severity: char) -> bool {
 #[test]
 fn glog_minloglevel_drops_info_then_warnings_but_never_the_error() {
     let folder = tempfile::tempdir().unwrap();
-    // A warning (HDF5 snapshots), then an error (the bad bottom).
+    // A warning (the deprecated solver_type), then an error (the bad bottom).
     let net = NET_WITH_A_BAD_BOTTOM.replace('\n', " ");
     std::fs::write(
         folder.path().join("s.prototxt"),
         format!(
             "net_param {{ {net} }}\nbase_lr: 0.1 lr_policy: \"fixed\" max_iter: 1\n\
-             snapshot_format: HDF5\n"
+             solver_type: SGD\n"
         ),
     )
     .unwrap();
     let error = "rcaffe: error: net 'bad': Unknown bottom blob 'q' (layer 'loss', bottom index 0)";
-    let hdf5 = "snapshot_format: HDF5 is not supported";
+    let deprecated = "will only support 'type' field";
     let train = ["train", "-solver", "s.prototxt"];
     for (level, info, warning) in [
         (None, true, true),
@@ -529,7 +530,7 @@ fn glog_minloglevel_drops_info_then_warnings_but_never_the_error() {
         );
         let warned = lines
             .iter()
-            .any(|l| is_glog_line(l, 'W') && l.contains(hdf5));
+            .any(|l| is_glog_line(l, 'W') && l.contains(deprecated));
         assert_eq!(warned, warning, "{level:?}: {log}");
     }
     // A value that is no number: read as glog reads it (0, everything), with a warning saying so.

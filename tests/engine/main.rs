@@ -10,6 +10,7 @@ mod common;
 mod filler;
 mod layers_activation;
 mod layers_data;
+mod layers_hdf5;
 mod layers_loss;
 mod layers_loss_more;
 mod layers_neuron;

@@ -1608,7 +1608,7 @@ fn cpp_float_formats_like_ostream() {
 #[test]
 fn upstream_layers_we_lack_say_why() {
     let param = rcaffe::proto::parse_text::<rcaffe::proto::caffe::LayerParameter>(
-        "name: \"h5\" type: \"HDF5Data\" top: \"data\"",
+        "name: \"py\" type: \"Python\" top: \"data\"",
         std::path::Path::new("net.prototxt"),
     )
     .unwrap();
@@ -1616,7 +1616,7 @@ fn upstream_layers_we_lack_say_why() {
         .err()
         .unwrap()
         .to_string();
-    assert!(error.contains("'h5'") && error.contains("LMDB"), "{error}");
+    assert!(error.contains("'py'") && error.contains("Rust"), "{error}");
     let param = rcaffe::proto::caffe::LayerParameter {
         name: Some("x".into()),
         r#type: Some("Convolutoin".into()),

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use rcaffe::backend::CpuBackend;
+use rcaffe::data::hdf5::Reader;
 use rcaffe::proto::caffe::SolverParameter;
 use rcaffe::proto::{parse_text, read_solverstate};
 use rcaffe::solver::{Solver, SolverError};
@@ -338,30 +339,186 @@ fn restore_rejects_a_state_of_another_rule() {
 }
 
 #[test]
-fn snapshot_after_train_and_hdf5_fallback() {
+fn snapshot_after_train_in_hdf5() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("tiny");
     let mut solver = build(solver_param(
         "max_iter: 3 snapshot_after_train: true snapshot_format: HDF5",
         &prefix,
     ));
-    let log = solver.take_log();
-    assert_eq!(
-        log.iter()
-            .filter(|l| l.starts_with("snapshot_format: HDF5"))
-            .count(),
-        1,
-        "{log:#?}"
-    );
     solver.solve(None).unwrap();
-    assert!(dir.path().join("tiny_iter_3.caffemodel").exists());
-    assert!(dir.path().join("tiny_iter_3.solverstate").exists());
-    let state = read_solverstate(&dir.path().join("tiny_iter_3.solverstate")).unwrap();
-    assert_eq!(state.iter(), 3);
+    let log = solver.take_log();
+    let model = dir.path().join("tiny_iter_3.caffemodel.h5");
+    let state = dir.path().join("tiny_iter_3.solverstate.h5");
+    for (line, file) in [
+        ("Snapshotting to HDF5 file ", &model),
+        ("Snapshotting solver state to HDF5 file ", &state),
+    ] {
+        let want = format!("{line}{}", file.display());
+        assert!(log.contains(&want), "{want}: {log:#?}");
+        assert!(file.exists(), "{}", file.display());
+    }
+    assert!(!dir.path().join("tiny_iter_3.caffemodel").exists());
+
+    // Upstream's solverstate.h5 layout.
+    let file = Reader::open(&state).unwrap();
+    assert_eq!(file.read_int("iter").unwrap(), 3);
+    assert_eq!(file.read_int("current_step").unwrap(), 0);
     assert_eq!(
-        state.learned_net(),
-        dir.path().join("tiny_iter_3.caffemodel").to_string_lossy()
+        file.read_string("learned_net").unwrap(),
+        model.to_string_lossy()
     );
+    let params = solver.net().learnable_params();
+    assert_eq!(file.links("history").unwrap().len(), params.len());
+    for (i, (blob, param)) in solver.history().iter().zip(params).enumerate() {
+        let array = file.read_array(&format!("history/{i}")).unwrap();
+        assert_eq!(array.shape, param.shape());
+        assert_eq!(array.values, blob.data_to_vec().unwrap());
+    }
+    // And the caffemodel.h5's: data/<layer>/<index>, every layer a group.
+    let file = Reader::open(&model).unwrap();
+    assert_eq!(
+        file.links("data").unwrap(),
+        ["act", "data", "ip1", "ip2", "loss"]
+    );
+    assert_eq!(file.links("data/ip1").unwrap(), ["0", "1"]);
+    assert_eq!(
+        file.read_array("data/ip2/0").unwrap().values,
+        params[2].data_to_vec().unwrap()
+    );
+    assert_eq!(
+        file.links("/").unwrap(),
+        ["data"],
+        "no diffs without snapshot_diff"
+    );
+}
+
+#[test]
+fn hdf5_snapshots_resume_as_binaryproto_ones_do() {
+    for rule in [
+        "type: 'SGD' momentum: 0.9",
+        "type: 'Adam' momentum: 0.9 momentum2: 0.999",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = format!(
+            "{rule} base_lr: 0.05 lr_policy: 'multistep' gamma: 0.5 stepvalue: 2 stepvalue: 5 \
+             weight_decay: 0.001 max_iter: 8 snapshot: 4 display: 0"
+        );
+        let mut binary = build(solver_param(&extra, &dir.path().join("binary")));
+        binary.solve(None).unwrap();
+        let want = weights(&binary);
+
+        let hdf5_extra = format!("{extra} snapshot_format: HDF5 snapshot_diff: true");
+        let hdf5_prefix = dir.path().join("hdf5");
+        let mut straight = build(solver_param(&hdf5_extra, &hdf5_prefix));
+        straight.solve(None).unwrap();
+        assert_eq!(weights(&straight), want, "{rule}");
+
+        // Resuming from the .solverstate.h5 (whose learned_net is the .caffemodel.h5) runs on
+        // exactly as the binaryproto run did.
+        let state = dir.path().join("hdf5_iter_4.solverstate.h5");
+        let mut resumed = build(solver_param(&hdf5_extra, &hdf5_prefix));
+        resumed.solve(Some(&state)).unwrap();
+        assert_eq!(resumed.iter(), 8);
+        assert_eq!(weights(&resumed), want, "{rule}: resumed weights differ");
+        for (a, b) in resumed.history().iter().zip(binary.history()) {
+            assert_eq!(a.data_to_vec().unwrap(), b.data_to_vec().unwrap(), "{rule}");
+        }
+
+        // The iteration-4 weights read from either format are the same.
+        let mut from_binary = build(solver_param(&extra, &dir.path().join("x")));
+        let mut from_hdf5 = build(solver_param(&extra, &dir.path().join("y")));
+        from_binary
+            .net_mut()
+            .copy_trained_layers_from_file(&dir.path().join("binary_iter_4.caffemodel"))
+            .unwrap();
+        from_hdf5
+            .net_mut()
+            .copy_trained_layers_from_file(&dir.path().join("hdf5_iter_4.caffemodel.h5"))
+            .unwrap();
+        assert_eq!(weights(&from_hdf5), weights(&from_binary), "{rule}");
+        let model = Reader::open(&dir.path().join("hdf5_iter_4.caffemodel.h5")).unwrap();
+        assert!(
+            model.has_dataset("diff/ip1/0"),
+            "snapshot_diff writes the diffs"
+        );
+    }
+}
+
+/// The values the h5py fixture writes for a blob of `n` values: `scale * (i - n/2) / n`.
+fn ramp(n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| scale * (i as f32 - n as f32 / 2.0) / n as f32)
+        .collect()
+}
+
+fn assert_near(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 1e-7, "{what}: {got:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn a_state_h5_in_upstreams_layout_made_by_h5py_restores() {
+    // iter and current_step int32 (1,), learned_net a NULLTERM string naming the
+    // .caffemodel.h5 beside it, history/0..3 (tests/data/hdf5/make_fixtures.py).
+    let state = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hdf5/upstream_tiny_iter_2.solverstate.h5");
+    let dir = tempfile::tempdir().unwrap();
+    let mut solver = build(solver_param(
+        "type: 'SGD' momentum: 0.9 max_iter: 3 display: 0",
+        &dir.path().join("tiny"),
+    ));
+    solver.restore(&state).unwrap();
+    assert_eq!(solver.iter(), 2);
+    let sizes = [15, 5, 10, 2];
+    for (i, (blob, n)) in solver
+        .net()
+        .learnable_params()
+        .iter()
+        .zip(sizes)
+        .enumerate()
+    {
+        assert_near(
+            &format!("weights {i}"),
+            &blob.data_to_vec().unwrap(),
+            &ramp(n, 1.0),
+        );
+    }
+    for (i, (blob, n)) in solver.history().iter().zip(sizes).enumerate() {
+        assert_near(
+            &format!("history {i}"),
+            &blob.data_to_vec().unwrap(),
+            &ramp(n, 0.01),
+        );
+    }
+    solver.solve(None).unwrap();
+    assert_eq!(solver.iter(), 3);
+}
+
+#[test]
+fn a_state_h5_of_another_rule_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("tiny");
+    let mut sgd = build(solver_param(
+        "type: 'SGD' max_iter: 1 snapshot: 1 snapshot_format: HDF5",
+        &prefix,
+    ));
+    sgd.solve(None).unwrap();
+    let mut adam = build(solver_param("type: 'Adam' max_iter: 2", &prefix));
+    let err = adam
+        .restore(&dir.path().join("tiny_iter_1.solverstate.h5"))
+        .unwrap_err();
+    assert!(
+        matches!(err, SolverError::State { .. }) && err.to_string().contains("history"),
+        "{err}"
+    );
+    let missing = adam
+        .restore(&dir.path().join("absent.solverstate.h5"))
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("absent.solverstate.h5"), "{missing}");
 }
 
 #[test]
