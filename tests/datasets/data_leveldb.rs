@@ -1,6 +1,6 @@
 //! LevelDB: a database written by Google's C++ leveldb (tests/data/leveldb-cpp/, snappy tables
-//! and a log) read record for record; the converters and compute_image_mean on LevelDB giving
-//! what they give on LMDB; convert-mnist-siamese's pairs; and upstream's siamese example
+//! and a log) read record for record; the converters (MNIST, CIFAR-10, image lists) and
+//! compute_image_mean on LevelDB giving what they give on LMDB; convert-mnist-siamese's pairs; and upstream's siamese example
 //! training, unchanged, on LevelDB pairs from a folder laid out like upstream's.
 
 use std::collections::HashMap;
@@ -10,9 +10,11 @@ use std::process::Command;
 use rcaffe::data::convert::read_maybe_gzip;
 use rcaffe::data::datum::parse_datum;
 use rcaffe::data::db::count_records;
+use rcaffe::data::imgcodec::{encode_image, Image};
 use rcaffe::data::{
-    compute_image_mean, compute_image_mean_with, convert_mnist, convert_mnist_siamese,
-    convert_mnist_with, DbBackend, DbCursor,
+    compute_image_mean, compute_image_mean_with, convert_cifar_with, convert_imageset,
+    convert_mnist, convert_mnist_siamese, convert_mnist_with, DbBackend, DbCursor, ImagesetOptions,
+    Progress,
 };
 
 fn bundled(path: &str) -> PathBuf {
@@ -113,6 +115,64 @@ fn converters_and_the_mean_give_on_leveldb_what_they_give_on_lmdb() {
         e.contains("test_leveldb") && e.contains("already exists"),
         "{e}"
     );
+}
+
+#[test]
+fn cifar_and_imageset_write_leveldb_as_they_write_lmdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let cifar = bundled("data/fashion-cifar-mini");
+    let noop = &mut |_: Progress<'_>| {};
+    let lmdb = convert_cifar_with(&cifar, &dir.path().join("l"), DbBackend::Lmdb, noop).unwrap();
+    let leveldb =
+        convert_cifar_with(&cifar, &dir.path().join("v"), DbBackend::LevelDb, noop).unwrap();
+    // Upstream names the folders after the backend: cifar10_train_leveldb.
+    assert_eq!(leveldb.train_db, dir.path().join("v/cifar10_train_leveldb"));
+    assert_eq!(leveldb.test_db, dir.path().join("v/cifar10_test_leveldb"));
+    assert_eq!((leveldb.train, leveldb.test), (lmdb.train, lmdb.test));
+    for (ours, theirs) in [
+        (&leveldb.train_db, &lmdb.train_db),
+        (&leveldb.test_db, &lmdb.test_db),
+    ] {
+        assert_eq!(
+            records(ours, DbBackend::LevelDb),
+            records(theirs, DbBackend::Lmdb)
+        );
+    }
+
+    let root = dir.path().join("images");
+    std::fs::create_dir(&root).unwrap();
+    let mut list = String::new();
+    for i in 0..3u8 {
+        let image = Image {
+            height: 2,
+            width: 3,
+            channels: 3,
+            data: (0..18).map(|j| 18 * i + j).collect(),
+        };
+        let png = encode_image(&image, "png").unwrap();
+        std::fs::write(root.join(format!("img{i}.png")), png).unwrap();
+        list += &format!("img{i}.png {i}\n");
+    }
+    let list_file = dir.path().join("list.txt");
+    std::fs::write(&list_file, list).unwrap();
+    for encoded in [false, true] {
+        let write = |name: &str, backend| {
+            let out = dir.path().join(format!("{name}_{encoded}"));
+            let options = ImagesetOptions {
+                encoded,
+                backend,
+                ..Default::default()
+            };
+            let summary = convert_imageset(&root, &list_file, &out, &options).unwrap();
+            assert_eq!(summary.written, 3);
+            records(&out, backend)
+        };
+        assert_eq!(
+            write("imageset_leveldb", DbBackend::LevelDb),
+            write("imageset_lmdb", DbBackend::Lmdb),
+            "encoded {encoded}"
+        );
+    }
 }
 
 #[test]
