@@ -56,20 +56,24 @@ enum Command {
     /// Upgrade a legacy solver prototxt (solver_type enum) to the current format.
     #[command(alias = "upgrade_solver_proto_text")]
     UpgradeSolver(files::UpgradeArgs),
-    /// Convert MNIST IDX files (gzip or not) into an LMDB of Datums, as upstream's
+    /// Convert MNIST IDX files (gzip or not) into an LMDB (or LevelDB) of Datums, as upstream's
     /// convert_mnist_data.
     #[command(alias = "convert_mnist_data")]
     ConvertMnist(convert::ConvertMnistArgs),
+    /// Convert MNIST IDX files (gzip or not) into a LevelDB (or LMDB) of random image pairs
+    /// for a siamese net, as upstream's examples/siamese/convert_mnist_siamese_data.
+    #[command(alias = "convert_mnist_siamese_data")]
+    ConvertMnistSiamese(convert::ConvertMnistSiameseArgs),
     /// Convert every data_batch_*.bin and test_batch.bin in DIR (gzip or not) into
-    /// OUT_DIR/cifar10_train_lmdb and OUT_DIR/cifar10_test_lmdb, as upstream's convert_cifar_data
-    /// (OUT_DIR is created if need be).
+    /// OUT_DIR/cifar10_train_lmdb and OUT_DIR/cifar10_test_lmdb (or _leveldb), as upstream's
+    /// convert_cifar_data (OUT_DIR is created if need be).
     #[command(alias = "convert_cifar_data")]
     ConvertCifar(convert::ConvertCifarArgs),
-    /// Convert a list of "path label" lines (paths under ROOT) into an LMDB of Datums, as
-    /// upstream's convert_imageset.
+    /// Convert a list of "path label" lines (paths under ROOT) into an LMDB (or LevelDB) of
+    /// Datums, as upstream's convert_imageset.
     #[command(alias = "convert_imageset")]
     ConvertImageset(convert::ConvertImagesetArgs),
-    /// Compute the mean image of an LMDB (and its per-channel means), as upstream's
+    /// Compute the mean image of an LMDB or LevelDB (and its per-channel means), as upstream's
     /// compute_image_mean.
     #[command(alias = "compute_image_mean")]
     ComputeImageMean(convert::ComputeImageMeanArgs),
@@ -150,6 +154,7 @@ fn run(command: Command) -> Result<()> {
         Command::UpgradeNet(args) => files::upgrade_net(args),
         Command::UpgradeSolver(args) => files::upgrade_solver(args),
         Command::ConvertMnist(args) => convert::convert_mnist(args),
+        Command::ConvertMnistSiamese(args) => convert::convert_mnist_siamese(args),
         Command::ConvertCifar(args) => convert::convert_cifar(args),
         Command::ConvertImageset(args) => convert::convert_imageset(args),
         Command::ComputeImageMean(args) => convert::compute_image_mean(args),

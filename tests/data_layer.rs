@@ -1,6 +1,6 @@
-//! The Data layer over small LMDBs written here: batch contents and labels, wrap-around,
-//! rand_skip, transformations, shape errors naming the record, refused backends; and the
-//! prefetch thread's error, panic and shutdown behaviour.
+//! The Data layer over small LMDBs and LevelDBs written here: batch contents and labels,
+//! wrap-around, rand_skip, transformations, shape errors naming the record, mismatched
+//! backends; and the prefetch thread's error, panic and shutdown behaviour.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +11,7 @@ use rcaffe::backend::{rng_from_seed, CpuBackend};
 use rcaffe::data::datum::{encode_datum, Datum};
 use rcaffe::data::imgcodec::{encode_image, Image};
 use rcaffe::data::prefetch::{Batch, BatchSource, Prefetcher};
-use rcaffe::data::{DataError, LmdbWriter};
+use rcaffe::data::{DataError, LevelDbWriter, LmdbWriter};
 use rcaffe::testing::{cpu, LayerHarness};
 
 /// Record `i`: a 1 x 2 x 3 Datum with values 10 i + j and label i.
@@ -32,6 +32,14 @@ fn write_lmdb(path: &Path, records: &[Datum]) {
         writer.put(format!("{i:08}"), encode_datum(d));
     }
     writer.finish().unwrap();
+}
+
+fn write_leveldb(path: &Path, records: &[Datum]) {
+    let mut writer = LevelDbWriter::create(path).unwrap();
+    for (i, d) in records.iter().enumerate() {
+        writer.put(format!("{i:08}").as_bytes(), &encode_datum(d));
+    }
+    assert_eq!(writer.finish().unwrap(), records.len() as u64);
 }
 
 fn data_layer(source: &Path, extra: &str, tops: &str, seed: u64) -> LayerHarness<CpuBackend> {
@@ -86,6 +94,66 @@ fn batches_labels_and_wrap_around() {
             ids.iter().map(|&i| i as f32).collect::<Vec<_>>()
         );
     }
+}
+
+/// A LevelDB source, named by `backend: LEVELDB` or found with the backend unset (Caffe's
+/// default is LEVELDB), walks its records in key order and wraps around like an LMDB.
+#[test]
+fn leveldb_batches_and_wrap_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("five_leveldb");
+    write_leveldb(&source, &(0..5).map(record).collect::<Vec<_>>());
+    for backend in ["backend: LEVELDB", ""] {
+        let text = format!(
+            r#"name: "data" type: "Data" top: "data" top: "label"
+               data_param {{ source: "{}" batch_size: 2 {backend} }}"#,
+            source.display()
+        );
+        let mut h = LayerHarness::from_prototxt(&cpu(), &text, &[], 1).unwrap();
+        assert_eq!(h.top(0).shape(), &[2, 1, 2, 3]);
+        for ids in [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4], [0, 1]] {
+            h.forward().unwrap();
+            assert_eq!(
+                h.top(0).data_to_vec().unwrap(),
+                values(&ids, 1.0),
+                "{ids:?}"
+            );
+            assert_eq!(
+                h.top(1).data_to_vec().unwrap(),
+                ids.iter().map(|&i| i as f32).collect::<Vec<_>>()
+            );
+        }
+    }
+    // One reader at a time: a second layer on the same LevelDB is refused while the first
+    // holds it, and reads it once the first is gone.
+    let text = format!(
+        r#"name: "d" type: "Data" top: "data"
+           data_param {{ source: "{}" batch_size: 1 backend: LEVELDB }}"#,
+        source.display()
+    );
+    let first = LayerHarness::from_prototxt(&cpu(), &text, &[], 1).unwrap();
+    let e = LayerHarness::from_prototxt(&cpu(), &text, &[], 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("five_leveldb") && e.contains("one at a time"),
+        "{e}"
+    );
+    drop(first);
+    LayerHarness::from_prototxt(&cpu(), &text, &[], 1).unwrap();
+
+    // A LevelDB named as an LMDB is refused, saying what it is.
+    let as_lmdb = format!(
+        r#"name: "d" type: "Data" top: "data"
+           data_param {{ source: "{}" batch_size: 1 backend: LMDB }}"#,
+        source.display()
+    );
+    let e = LayerHarness::from_prototxt(&cpu(), &as_lmdb, &[], 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("is a LevelDB, not an LMDB"), "{e}");
 }
 
 #[test]
@@ -265,7 +333,7 @@ fn sources_and_parameters_are_checked() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("LevelDB") && e.contains("LMDB") && e.contains("convert"),
+        e.contains("LevelDB") && e.contains("no CURRENT file") && e.contains("db"),
         "{e}"
     );
 

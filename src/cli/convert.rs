@@ -1,5 +1,5 @@
-//! The dataset converters, as upstream's tools: `convert-mnist`, `convert-cifar`,
-//! `convert-imageset` and `compute-image-mean`, with their progress bar.
+//! The dataset converters, as upstream's tools: `convert-mnist`, `convert-mnist-siamese`,
+//! `convert-cifar`, `convert-imageset` and `compute-image-mean`, with their progress bar.
 
 use anyhow::Result;
 use rcaffe::data;
@@ -11,23 +11,57 @@ pub struct ConvertMnistArgs {
     pub images: PathBuf,
     pub labels: PathBuf,
     pub output: PathBuf,
-    /// The database to write (only lmdb).
+    /// The database to write: lmdb or leveldb.
     #[arg(long, default_value = "lmdb")]
     pub backend: data::DbBackend,
 }
 
-/// `rcaffe convert-mnist`: IDX images and labels into an LMDB of Datums.
+/// `rcaffe convert-mnist`: IDX images and labels into a database of Datums.
 pub fn convert_mnist(args: ConvertMnistArgs) -> Result<()> {
     let ConvertMnistArgs {
         images,
         labels,
         output,
-        backend: data::DbBackend::Lmdb,
+        backend,
     } = args;
     let mut bar = ProgressBar::new();
-    let written = data::convert_mnist_with(&images, &labels, &output, &mut |p| bar.show(p))?;
+    let written =
+        data::convert_mnist_with(&images, &labels, &output, backend, &mut |p| bar.show(p))?;
     bar.finish();
     println!("Wrote {written} records to {}", output.display());
+    Ok(())
+}
+
+/// `rcaffe convert-mnist-siamese`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct ConvertMnistSiameseArgs {
+    pub images: PathBuf,
+    pub labels: PathBuf,
+    pub output: PathBuf,
+    /// The database to write: leveldb (upstream's) or lmdb.
+    #[arg(long, default_value = "leveldb")]
+    pub backend: data::DbBackend,
+    /// Seed of the random pairing (upstream's pairs differ from run to run).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `rcaffe convert-mnist-siamese`: IDX images and labels into a database of random pairs.
+pub fn convert_mnist_siamese(args: ConvertMnistSiameseArgs) -> Result<()> {
+    let ConvertMnistSiameseArgs {
+        images,
+        labels,
+        output,
+        backend,
+        seed,
+    } = args;
+    let mut bar = ProgressBar::new();
+    let written =
+        data::convert_mnist_siamese(&images, &labels, &output, backend, seed, &mut |p| {
+            bar.show(p)
+        })?;
+    bar.finish();
+    println!("Wrote {written} pairs to {}", output.display());
     Ok(())
 }
 
@@ -36,27 +70,27 @@ pub fn convert_mnist(args: ConvertMnistArgs) -> Result<()> {
 pub struct ConvertCifarArgs {
     pub dir: PathBuf,
     pub out_dir: PathBuf,
-    /// The database to write (only lmdb), upstream's third argument.
+    /// The database to write (lmdb or leveldb), upstream's third argument.
     #[arg(default_value = "lmdb")]
     pub backend: data::DbBackend,
 }
 
-/// `rcaffe convert-cifar`: CIFAR-10's binary batches into a train and a test LMDB.
+/// `rcaffe convert-cifar`: CIFAR-10's binary batches into a train and a test database.
 pub fn convert_cifar(args: ConvertCifarArgs) -> Result<()> {
     let ConvertCifarArgs {
         dir,
         out_dir,
-        backend: data::DbBackend::Lmdb,
+        backend,
     } = args;
     let mut bar = ProgressBar::new();
-    let summary = data::convert_cifar_with(&dir, &out_dir, &mut |p| bar.show(p))?;
+    let summary = data::convert_cifar_with(&dir, &out_dir, backend, &mut |p| bar.show(p))?;
     bar.finish();
     println!(
         "Wrote {} records to {} and {} to {}",
         summary.train,
-        summary.train_lmdb.display(),
+        summary.train_db.display(),
         summary.test,
-        summary.test_lmdb.display()
+        summary.test_db.display()
     );
     Ok(())
 }
@@ -91,12 +125,12 @@ pub struct ConvertImagesetArgs {
     /// Check that all records have the same size.
     #[arg(long)]
     pub check_size: bool,
-    /// The database to write (only lmdb).
+    /// The database to write: lmdb or leveldb.
     #[arg(long, default_value = "lmdb")]
     pub backend: data::DbBackend,
 }
 
-/// `rcaffe convert-imageset`: the images of a "path label" list into an LMDB of Datums.
+/// `rcaffe convert-imageset`: the images of a "path label" list into a database of Datums.
 pub fn convert_imageset(args: ConvertImagesetArgs) -> Result<()> {
     let ConvertImagesetArgs {
         root,
@@ -110,7 +144,7 @@ pub fn convert_imageset(args: ConvertImagesetArgs) -> Result<()> {
         encoded,
         encode_type,
         check_size,
-        backend: data::DbBackend::Lmdb,
+        backend,
     } = args;
     let options = data::ImagesetOptions {
         resize_height,
@@ -121,6 +155,7 @@ pub fn convert_imageset(args: ConvertImagesetArgs) -> Result<()> {
         encoded,
         encode_type,
         check_size,
+        backend,
     };
     let mut bar = ProgressBar::new();
     let summary =
@@ -139,22 +174,26 @@ pub fn convert_imageset(args: ConvertImagesetArgs) -> Result<()> {
 /// `rcaffe compute-image-mean`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct ComputeImageMeanArgs {
-    pub lmdb: PathBuf,
+    pub db: PathBuf,
     /// Where to write the mean as a .binaryproto.
     pub output: Option<PathBuf>,
-    /// The database to read (only lmdb).
+    /// The database to read: lmdb or leveldb.
     #[arg(long, default_value = "lmdb")]
     pub backend: data::DbBackend,
 }
 
-/// `rcaffe compute-image-mean`: an LMDB's mean image, written if asked, and its channel means.
+/// `rcaffe compute-image-mean`: a database's mean image, written if asked, and its channel
+/// means.
 pub fn compute_image_mean(args: ComputeImageMeanArgs) -> Result<()> {
     let ComputeImageMeanArgs {
-        lmdb,
+        db,
         output,
-        backend: data::DbBackend::Lmdb,
+        backend,
     } = args;
-    let mean = data::compute_image_mean(&lmdb, output.as_deref())?;
+    let mut bar = ProgressBar::new();
+    let mean =
+        data::compute_image_mean_with(&db, backend, output.as_deref(), &mut |p| bar.show(p))?;
+    bar.finish();
     let means: Vec<String> = mean.channel_means.iter().map(|m| m.to_string()).collect();
     println!(
         "Mean of {} images; per-channel means (for mean_value): {}",

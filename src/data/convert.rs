@@ -1,14 +1,16 @@
-//! Dataset converters writing LMDBs of Datums with the same keys and record bytes as
-//! upstream's tools, so either side reads the other's output:
+//! Dataset converters writing LMDBs or LevelDBs of Datums with the same keys and record bytes
+//! as upstream's tools, so either side reads the other's output:
 //!
 //! * [`convert_mnist`]: examples/mnist/convert_mnist_data.cpp: IDX image and label files
 //!   (gzip-compressed or not), keys `%08d`, Datum `1 x rows x cols`, the raw bytes, the label.
 //! * [`convert_cifar`]: examples/cifar10/convert_cifar_data.cpp: CIFAR-10 binary batches
 //!   (1 label byte + 3,072 pixel bytes per record, gzip or not), keys `%05d`, Datum
 //!   `3 x 32 x 32`, the bytes as stored, the label; `cifar10_train_lmdb` and
-//!   `cifar10_test_lmdb` in the output folder.
+//!   `cifar10_test_lmdb` (or `_leveldb`) in the output folder.
 //! * [`convert_imageset`]: tools/convert_imageset.cpp: a list of `file label` lines, keys
 //!   `%08d_<file>`, raw (BGR, channel-major) or encoded Datums.
+//! * [`convert_mnist_siamese`]: examples/siamese/convert_mnist_siamese_data.cpp: random pairs
+//!   of MNIST images as 2-channel Datums, label 1 for a same-class pair.
 //!
 //! Labels are read as upstream reads them, through a C `char` (signed on x86): a label byte
 //! above 127 becomes negative. Progress goes to the log (upstream's lines) and to an optional
@@ -18,9 +20,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::datum::{encode_datum, image_to_datum, Datum};
+use super::db::DbWriter;
 use super::imgcodec::{encode_image, read_image, resize_linear, ColorMode};
-use super::lmdb::LmdbWriter;
-use super::{DataError, Result};
+use super::{DataError, DbBackend, Result};
 use crate::backend::{rng_from_seed, Rng};
 
 /// How far a conversion has got, for a progress display.
@@ -61,100 +63,139 @@ fn char_label(byte: u8) -> i32 {
     i32::from(byte as i8)
 }
 
+/// An MNIST-format dataset: IDX images and their labels, checked against each other.
+struct IdxDataset {
+    image_bytes: Vec<u8>,
+    label_bytes: Vec<u8>,
+    num_items: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl IdxDataset {
+    /// Reads and checks the IDX image and label files (gzip-compressed or not).
+    fn read(images: &Path, labels: &Path) -> Result<IdxDataset> {
+        let image_bytes = read_maybe_gzip(images, "MNIST images (IDX file)")?;
+        let label_bytes = read_maybe_gzip(labels, "MNIST labels (IDX file)")?;
+        if image_bytes.len() < 16 {
+            return Err(DataError::format(
+                images,
+                format!(
+                    "{} bytes: too short for an IDX image header (16 bytes)",
+                    image_bytes.len()
+                ),
+            ));
+        }
+        if label_bytes.len() < 8 {
+            return Err(DataError::format(
+                labels,
+                format!(
+                    "{} bytes: too short for an IDX label header (8 bytes)",
+                    label_bytes.len()
+                ),
+            ));
+        }
+        let magic = be_u32(&image_bytes, 0);
+        if magic != 2051 {
+            return Err(DataError::format(
+                images,
+                format!("Incorrect image file magic: {magic} (an IDX image file starts with 2051)"),
+            ));
+        }
+        let magic = be_u32(&label_bytes, 0);
+        if magic != 2049 {
+            return Err(DataError::format(
+                labels,
+                format!("Incorrect label file magic: {magic} (an IDX label file starts with 2049)"),
+            ));
+        }
+        let num_items = be_u32(&image_bytes, 4) as usize;
+        let num_labels = be_u32(&label_bytes, 4) as usize;
+        if num_items != num_labels {
+            return Err(DataError::format(
+                images,
+                format!(
+                    "holds {num_items} images but {} holds {num_labels} labels",
+                    labels.display()
+                ),
+            ));
+        }
+        let rows = be_u32(&image_bytes, 8) as usize;
+        let cols = be_u32(&image_bytes, 12) as usize;
+        let size = rows * cols;
+        let needed = 16 + num_items * size;
+        if image_bytes.len() < needed {
+            return Err(DataError::format(
+                images,
+                format!(
+                    "the header announces {num_items} images of {rows}x{cols} ({needed} bytes) but \
+                     the file holds {} bytes",
+                    image_bytes.len()
+                ),
+            ));
+        }
+        if label_bytes.len() < 8 + num_items {
+            return Err(DataError::format(
+                labels,
+                format!(
+                    "the header announces {num_items} labels but the file holds {} bytes",
+                    label_bytes.len()
+                ),
+            ));
+        }
+        Ok(IdxDataset {
+            image_bytes,
+            label_bytes,
+            num_items,
+            rows,
+            cols,
+        })
+    }
+
+    /// The pixels of image `item`, row-major.
+    fn image(&self, item: usize) -> &[u8] {
+        let size = self.rows * self.cols;
+        &self.image_bytes[16 + item * size..16 + (item + 1) * size]
+    }
+
+    /// The label of image `item`, through a signed `char` as upstream reads it.
+    fn label(&self, item: usize) -> i32 {
+        char_label(self.label_bytes[8 + item])
+    }
+}
+
 /// Converts MNIST-format IDX files into an LMDB at `out` (which must not exist). Returns the
 /// number of records written.
 pub fn convert_mnist(images: &Path, labels: &Path, out: &Path) -> Result<u64> {
-    convert_mnist_with(images, labels, out, &mut |_| {})
+    convert_mnist_with(images, labels, out, DbBackend::Lmdb, &mut |_| {})
 }
 
-/// [`convert_mnist`], reporting progress to `progress`.
+/// [`convert_mnist`] into a `backend` database, reporting progress to `progress`.
 pub fn convert_mnist_with(
     images: &Path,
     labels: &Path,
     out: &Path,
+    backend: DbBackend,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<u64> {
-    let image_bytes = read_maybe_gzip(images, "MNIST images (IDX file)")?;
-    let label_bytes = read_maybe_gzip(labels, "MNIST labels (IDX file)")?;
-    if image_bytes.len() < 16 {
-        return Err(DataError::format(
-            images,
-            format!(
-                "{} bytes: too short for an IDX image header (16 bytes)",
-                image_bytes.len()
-            ),
-        ));
-    }
-    if label_bytes.len() < 8 {
-        return Err(DataError::format(
-            labels,
-            format!(
-                "{} bytes: too short for an IDX label header (8 bytes)",
-                label_bytes.len()
-            ),
-        ));
-    }
-    let magic = be_u32(&image_bytes, 0);
-    if magic != 2051 {
-        return Err(DataError::format(
-            images,
-            format!("Incorrect image file magic: {magic} (an IDX image file starts with 2051)"),
-        ));
-    }
-    let magic = be_u32(&label_bytes, 0);
-    if magic != 2049 {
-        return Err(DataError::format(
-            labels,
-            format!("Incorrect label file magic: {magic} (an IDX label file starts with 2049)"),
-        ));
-    }
-    let num_items = be_u32(&image_bytes, 4) as usize;
-    let num_labels = be_u32(&label_bytes, 4) as usize;
-    if num_items != num_labels {
-        return Err(DataError::format(
-            images,
-            format!(
-                "holds {num_items} images but {} holds {num_labels} labels",
-                labels.display()
-            ),
-        ));
-    }
-    let rows = be_u32(&image_bytes, 8) as usize;
-    let cols = be_u32(&image_bytes, 12) as usize;
-    let size = rows * cols;
-    let needed = 16 + num_items * size;
-    if image_bytes.len() < needed {
-        return Err(DataError::format(
-            images,
-            format!(
-                "the header announces {num_items} images of {rows}x{cols} ({needed} bytes) but \
-                 the file holds {} bytes",
-                image_bytes.len()
-            ),
-        ));
-    }
-    if label_bytes.len() < 8 + num_items {
-        return Err(DataError::format(
-            labels,
-            format!(
-                "the header announces {num_items} labels but the file holds {} bytes",
-                label_bytes.len()
-            ),
-        ));
-    }
-
-    let mut writer = LmdbWriter::create(out)?;
+    let mnist = IdxDataset::read(images, labels)?;
+    let IdxDataset {
+        num_items,
+        rows,
+        cols,
+        ..
+    } = mnist;
+    let mut writer = DbWriter::create(out, backend)?;
     log::info!("A total of {num_items} items.");
     log::info!("Rows: {rows} Cols: {cols}");
     let total = num_items as u64;
     for item in 0..num_items {
-        let pixels = &image_bytes[16 + item * size..16 + (item + 1) * size];
         let datum = Datum {
             channels: Some(1),
             height: Some(rows as i32),
             width: Some(cols as i32),
-            data: Some(pixels.to_vec()),
-            label: Some(char_label(label_bytes[8 + item])),
+            data: Some(mnist.image(item).to_vec()),
+            label: Some(mnist.label(item)),
             ..Default::default()
         };
         writer.put(format!("{item:08}"), encode_datum(&datum));
@@ -178,17 +219,85 @@ pub fn convert_mnist_with(
     Ok(written)
 }
 
+/// Converts MNIST-format IDX files into image pairs for a siamese net, in a `backend` database
+/// at `out` (upstream: examples/siamese/convert_mnist_siamese_data.cpp, which writes LevelDB).
+///
+/// As many records as images, keys `%08d`. Record `k` pairs two images drawn independently and
+/// uniformly (a draw modulo the image count, as upstream's `caffe_rng_rand() % num_items`; the
+/// two may be the same image), stacked as the channels of a `2 x rows x cols` Datum, first
+/// image first; its label is 1 when the two images' labels are equal, else 0. Upstream's
+/// generator is seeded afresh each run, so its pairs differ from run to run; here `seed` fixes
+/// them. Returns the number of records written.
+pub fn convert_mnist_siamese(
+    images: &Path,
+    labels: &Path,
+    out: &Path,
+    backend: DbBackend,
+    seed: u64,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<u64> {
+    use rand::Rng as _;
+    let mnist = IdxDataset::read(images, labels)?;
+    let IdxDataset {
+        num_items,
+        rows,
+        cols,
+        ..
+    } = mnist;
+    if num_items == 0 {
+        return Err(DataError::format(images, "holds no image to pair"));
+    }
+    let mut writer = DbWriter::create(out, backend)?;
+    log::info!("A total of {num_items} items.");
+    log::info!("Rows: {rows} Cols: {cols}");
+    let mut rng = rng_from_seed(seed);
+    let total = num_items as u64;
+    for item in 0..num_items {
+        let first = rng.next_u32() as usize % num_items;
+        let second = rng.next_u32() as usize % num_items;
+        let mut pixels = Vec::with_capacity(2 * rows * cols);
+        pixels.extend_from_slice(mnist.image(first));
+        pixels.extend_from_slice(mnist.image(second));
+        let datum = Datum {
+            channels: Some(2),
+            height: Some(rows as i32),
+            width: Some(cols as i32),
+            data: Some(pixels),
+            label: Some(i32::from(mnist.label(first) == mnist.label(second))),
+            ..Default::default()
+        };
+        writer.put(format!("{item:08}"), encode_datum(&datum));
+        let done = item as u64 + 1;
+        if done.is_multiple_of(COMMIT_EVERY) {
+            writer.commit()?;
+            progress(Progress {
+                stage: "pairs",
+                done,
+                total,
+            });
+        }
+    }
+    let written = writer.finish()?;
+    progress(Progress {
+        stage: "pairs",
+        done: written,
+        total,
+    });
+    Ok(written)
+}
+
 /// Bytes of one CIFAR-10 record: the label, then 3 planes of 32 x 32.
 pub const CIFAR_RECORD_BYTES: usize = 1 + 3 * 32 * 32;
 
 /// What [`convert_cifar`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CifarSummary {
-    /// The training LMDB (`OUT_DIR/cifar10_train_lmdb`) and its record count.
-    pub train_lmdb: PathBuf,
+    /// The training database (`OUT_DIR/cifar10_train_lmdb`, or `_leveldb`) and its record
+    /// count.
+    pub train_db: PathBuf,
     pub train: u64,
-    /// The test LMDB (`OUT_DIR/cifar10_test_lmdb`) and its record count.
-    pub test_lmdb: PathBuf,
+    /// The test database (`OUT_DIR/cifar10_test_lmdb`, or `_leveldb`) and its record count.
+    pub test_db: PathBuf,
     pub test: u64,
 }
 
@@ -285,13 +394,15 @@ fn cifar_datum(record: &[u8]) -> Datum {
 /// Keys count records across the training batches (`00000`, `00001`, ...); for CIFAR-10's
 /// batches of 10,000 that is upstream's `batch * 10000 + item`.
 pub fn convert_cifar(dir: &Path, out_dir: &Path) -> Result<CifarSummary> {
-    convert_cifar_with(dir, out_dir, &mut |_| {})
+    convert_cifar_with(dir, out_dir, DbBackend::Lmdb, &mut |_| {})
 }
 
-/// [`convert_cifar`], reporting progress to `progress`.
+/// [`convert_cifar`] into `backend` databases (`cifar10_train_<backend>`, as upstream names
+/// them), reporting progress to `progress`.
 pub fn convert_cifar_with(
     dir: &Path,
     out_dir: &Path,
+    backend: DbBackend,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<CifarSummary> {
     let (train_files, test_file) = cifar_batches(dir)?;
@@ -300,14 +411,14 @@ pub fn convert_cifar_with(
         what: "output folder",
         error,
     })?;
-    let train_lmdb = out_dir.join("cifar10_train_lmdb");
-    let test_lmdb = out_dir.join("cifar10_test_lmdb");
-    for path in [&train_lmdb, &test_lmdb] {
+    let train_db = out_dir.join(format!("cifar10_train_{}", backend.name()));
+    let test_db = out_dir.join(format!("cifar10_test_{}", backend.name()));
+    for path in [&train_db, &test_db] {
         if path.exists() {
-            return Err(DataError::Lmdb {
-                path: path.clone(),
-                message: "already exists: remove it or choose another output folder".into(),
-            });
+            return Err(DataError::format(
+                path,
+                "already exists: remove it or choose another output folder",
+            ));
         }
     }
 
@@ -318,7 +429,7 @@ pub fn convert_cifar_with(
     let test_data = read_cifar_batch(&test_file)?;
 
     log::info!("Writing Training data");
-    let mut writer = LmdbWriter::create(&train_lmdb)?;
+    let mut writer = DbWriter::create(&train_db, backend)?;
     let total: u64 = train_data
         .iter()
         .map(|b| (b.len() / CIFAR_RECORD_BYTES) as u64)
@@ -347,7 +458,7 @@ pub fn convert_cifar_with(
     });
 
     log::info!("Writing Testing data");
-    let mut writer = LmdbWriter::create(&test_lmdb)?;
+    let mut writer = DbWriter::create(&test_db, backend)?;
     let total = (test_data.len() / CIFAR_RECORD_BYTES) as u64;
     for (item, record) in test_data.chunks_exact(CIFAR_RECORD_BYTES).enumerate() {
         writer.put(format!("{item:05}"), encode_datum(&cifar_datum(record)));
@@ -368,9 +479,9 @@ pub fn convert_cifar_with(
         total,
     });
     Ok(CifarSummary {
-        train_lmdb,
+        train_db,
         train,
-        test_lmdb,
+        test_db,
         test,
     })
 }
@@ -393,6 +504,8 @@ pub struct ImagesetOptions {
     pub encode_type: String,
     /// Check that every record holds as many bytes as the first.
     pub check_size: bool,
+    /// The database to write.
+    pub backend: DbBackend,
 }
 
 /// What [`convert_imageset`] did.
@@ -460,7 +573,8 @@ fn matches_extension(file: &str, encoding: &str) -> bool {
     ext == encoding || (encoding == "jpg" && ext == "jpeg")
 }
 
-/// Converts the images listed in `list` (paths relative to `root`) into an LMDB at `out`.
+/// Converts the images listed in `list` (paths relative to `root`) into a database at `out`
+/// (`options.backend`).
 /// Unreadable images are logged and skipped, as upstream does; their line numbers are not
 /// reused, so keys keep the list's numbering.
 pub fn convert_imageset(
@@ -501,7 +615,7 @@ pub fn convert_imageset_with(
     );
     let resize = rh > 0 && rw > 0;
 
-    let mut writer = LmdbWriter::create(out)?;
+    let mut writer = DbWriter::create(out, options.backend)?;
     let mut summary = ImagesetSummary {
         total: lines.len(),
         ..Default::default()

@@ -62,23 +62,6 @@ fn heed_error(path: &Path, what: &str, error: heed::Error) -> DataError {
     lmdb_error(path, format!("{what}: {error}"))
 }
 
-/// What to do about a LevelDB source: rcaffe reads only LMDB, and how to convert.
-pub fn leveldb_refusal(path: &Path) -> String {
-    format!(
-        "rcaffe reads only LMDB, not LevelDB: convert the dataset behind {} to LMDB with \
-         rcaffe's converters (`rcaffe convert-mnist`, `rcaffe convert-cifar`, \
-         `rcaffe convert-imageset`, from the original files) and set `backend: LMDB` in \
-         data_param",
-        path.display()
-    )
-}
-
-/// Whether `path` looks like a LevelDB folder (it has LevelDB's `CURRENT` file and no
-/// `data.mdb`).
-pub fn looks_like_leveldb(path: &Path) -> bool {
-    path.join("CURRENT").is_file() && !path.join("data.mdb").exists()
-}
-
 /// Checks that `path` is a folder holding `data.mdb`, with an error that says what it is
 /// instead.
 fn check_lmdb_folder(path: &Path) -> Result<()> {
@@ -95,10 +78,10 @@ fn check_lmdb_folder(path: &Path) -> Result<()> {
             "is a file, not an LMDB (an LMDB is a folder holding data.mdb)",
         ));
     }
-    if looks_like_leveldb(path) {
+    if super::leveldb::looks_like_leveldb(path) {
         return Err(lmdb_error(
             path,
-            format!("is a LevelDB: {}", leveldb_refusal(path)),
+            "is a LevelDB, not an LMDB: read it with backend LEVELDB",
         ));
     }
     if !path.join("data.mdb").is_file() {

@@ -1,4 +1,4 @@
-//! The mean image of an LMDB (upstream: tools/compute_image_mean.cpp).
+//! The mean image of an LMDB or a LevelDB (upstream: tools/compute_image_mean.cpp).
 //!
 //! Every record's values are added into one f32 sum per position, in key order, then divided
 //! by the record count in f32: the same operations in the same order as upstream, so the mean
@@ -13,9 +13,9 @@ use crate::proto::write_binary;
 
 use super::convert::Progress;
 use super::datum::{decode_datum, parse_datum, Datum};
+use super::db::{count_records, DbCursor};
 use super::imgcodec::ColorMode;
-use super::lmdb::Lmdb;
-use super::{DataError, Result};
+use super::{DataError, DbBackend, Result};
 
 /// The result of [`compute_image_mean`].
 #[derive(Debug, Clone, PartialEq)]
@@ -55,25 +55,25 @@ fn accumulate(sum: &mut [f32], datum: &Datum, expected: usize) -> Result<()> {
 /// as a binary `BlobProto`. Logs upstream's lines (`Processed N files.`, `mean_value channel
 /// [c]: v`).
 pub fn compute_image_mean(input: &Path, output: Option<&Path>) -> Result<ImageMean> {
-    compute_image_mean_with(input, output, &mut |_| {})
+    compute_image_mean_with(input, DbBackend::Lmdb, output, &mut |_| {})
 }
 
-/// [`compute_image_mean`], reporting progress to `progress`.
+/// [`compute_image_mean`] of the `backend` database at `input`, reporting progress to
+/// `progress`.
 pub fn compute_image_mean_with(
     input: &Path,
+    backend: DbBackend,
     output: Option<&Path>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<ImageMean> {
-    let db = Lmdb::open(input)?;
-    let total = db.len()?;
-    let cursor = db.cursor()?;
+    let total = count_records(input, backend)?;
+    let mut cursor = DbCursor::open(input, backend)?;
     let first = parse_datum(cursor.value()).map_err(|e| e.in_record(input, cursor.key()))?;
     if first.encoded() {
         log::info!("Decoding Datum");
     }
     let first =
         decode_datum(&first, ColorMode::Native).map_err(|e| e.in_record(input, cursor.key()))?;
-    drop(cursor);
     let (channels, height, width) = (first.channels(), first.height(), first.width());
     let data_size = (channels.max(0) as usize) * (height.max(0) as usize) * (width.max(0) as usize);
     let size_in_datum = first
@@ -85,11 +85,12 @@ pub fn compute_image_mean_with(
 
     log::info!("Starting iteration");
     let mut count = 0u64;
-    db.for_each(|key, value| {
-        let datum = parse_datum(value)
+    loop {
+        let in_record = |e: DataError| e.in_record(input, cursor.key());
+        let datum = parse_datum(cursor.value())
             .and_then(|d| decode_datum(&d, ColorMode::Native))
-            .map_err(|e| e.in_record(input, key))?;
-        accumulate(&mut sum, &datum, data_size).map_err(|e| e.in_record(input, key))?;
+            .map_err(in_record)?;
+        accumulate(&mut sum, &datum, data_size).map_err(in_record)?;
         count += 1;
         if count.is_multiple_of(10000) {
             log::info!("Processed {count} files.");
@@ -99,8 +100,12 @@ pub fn compute_image_mean_with(
                 total,
             });
         }
-        Ok(())
-    })?;
+        // Once around: the cursor is back on the first record after the last.
+        if cursor.next_wrapping()? {
+            break;
+        }
+    }
+    drop(cursor);
     if !count.is_multiple_of(10000) {
         log::info!("Processed {count} files.");
     }

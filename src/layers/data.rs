@@ -1,5 +1,5 @@
-//! Data: batches of records from an LMDB (upstream: src/caffe/layers/data_layer.cpp and
-//! base_data_layer.cpp).
+//! Data: batches of records from an LMDB or a LevelDB (upstream:
+//! src/caffe/layers/data_layer.cpp and base_data_layer.cpp).
 //!
 //! ```text
 //! layer { name: "mnist" type: "Data" top: "data" top: "label"
@@ -7,22 +7,23 @@
 //!   data_param { source: "mnist_train_lmdb" batch_size: 64 backend: LMDB } }
 //! ```
 //!
-//! * Construction opens the LMDB (`Opened lmdb <source>`), as upstream's constructor does.
+//! * Construction opens the database `backend` names (`Opened lmdb <source>` or `Opened
+//!   leveldb <source>`), as upstream's constructor does. With `backend` unset (Caffe's
+//!   default is LEVELDB) a source that is a LevelDB folder is read as one, anything else as an
+//!   LMDB.
 //! * Setup builds the [`DataTransformer`] for the layer's phase, skips `rand_skip`-bounded
 //!   random records (`r mod rand_skip`, as upstream did before its multi-GPU reader), shapes
 //!   `top[0]` from the first record (`output data size: N,C,H,W`) and `top[1]` (labels) to
 //!   `N`, and starts the prefetch thread with a generator seeded from the net's.
 //! * Each forward pass takes the next prefetched batch, reshapes the tops to it (the batch
 //!   takes its shape from its first record) and uploads data and labels with the backend's
-//!   upload op. Records walk the LMDB in key order and wrap around at the end
+//!   upload op. Records walk the database in key order and wrap around at the end
 //!   (`Restarting data prefetching from start.`). A record whose shape differs from the
 //!   batch's first is an error naming its key.
 //! * The prefetch thread times each batch it fills, split into reading records (fetching and
 //!   parsing them) and transforming them (decoding included), as upstream's load_batch does;
 //!   [`Layer::load_stats`] sums these, with the time forward waited for a batch, for `rcaffe
 //!   time`.
-//! * `backend: LEVELDB` is refused with the way to convert to LMDB; a source left at the
-//!   default backend is read if it is an LMDB.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,9 +33,8 @@ use rand::Rng as _;
 use crate::backend::{Backend, Rng};
 use crate::blob::Blob;
 use crate::data::datum::parse_datum;
-use crate::data::lmdb::{leveldb_refusal, looks_like_leveldb, Cursor, Lmdb};
 use crate::data::prefetch::{Batch, BatchSource, LoadStats, Prefetcher};
-use crate::data::{key_string, DataError, DataTransformer};
+use crate::data::{key_string, DataError, DataTransformer, DbBackend, DbCursor};
 use crate::layers::{BlobCounts, Blobs, Context, Count, Layer, LayerError, Params};
 use crate::proto::caffe::data_parameter::Db;
 use crate::proto::caffe::{LayerParameter, TransformationParameter};
@@ -47,7 +47,7 @@ pub struct DataLayer {
     rand_skip: u32,
     prefetch: usize,
     transform_param: TransformationParameter,
-    cursor: Option<Cursor>,
+    cursor: Option<DbCursor>,
     prefetcher: Option<Prefetcher>,
     output_labels: bool,
 }
@@ -57,7 +57,7 @@ fn data_error(e: DataError) -> LayerError {
 }
 
 impl DataLayer {
-    /// Reads `data_param` and opens the LMDB.
+    /// Reads `data_param` and opens the database.
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
         let data = param.data_param.clone().unwrap_or_default();
         let source = data.source().to_string();
@@ -75,24 +75,12 @@ impl DataLayer {
                 "data_param.prefetch must be at least 1 (batches prepared ahead)",
             ));
         }
-        match data.backend {
-            Some(b) if b == Db::Leveldb as i32 => {
-                return Err(LayerError::invalid(format!(
-                    "data_param.backend is LEVELDB: {}",
-                    leveldb_refusal(&source)
-                )))
-            }
-            None if looks_like_leveldb(&source) => {
-                return Err(LayerError::invalid(format!(
-                "{} is a LevelDB (data_param.backend is not set; Caffe's default is LEVELDB): {}",
-                source.display(),
-                leveldb_refusal(&source)
-            )))
-            }
-            _ => {}
-        }
-        let db = Lmdb::open(&source).map_err(data_error)?;
-        let cursor = db.cursor().map_err(data_error)?;
+        let backend = match data.backend {
+            None => DbBackend::detect(&source),
+            Some(b) if b == Db::Leveldb as i32 => DbBackend::LevelDb,
+            Some(_) => DbBackend::Lmdb,
+        };
+        let cursor = DbCursor::open(&source, backend).map_err(data_error)?;
         Ok(DataLayer {
             name: param.name().to_string(),
             source,
@@ -109,7 +97,7 @@ impl DataLayer {
 
 /// Fills batches from the cursor on the prefetch thread (upstream's `DataLayer::load_batch`).
 struct DatumBatches {
-    cursor: Cursor,
+    cursor: DbCursor,
     transformer: DataTransformer,
     rng: Rng,
     batch_size: usize,

@@ -251,8 +251,9 @@ test_iter: 1 test_interval: 1 display: 1 snapshot: 1 max_iter: 100 solver_mode: 
     );
 }
 
-/// Upstream's `create_mnist.sh`, `create_cifar10.sh` and `make_cifar10_mean.sh` call the tools
-/// with gflags' spellings; each line here is one of theirs with `rcaffe` in place of the tool.
+/// Upstream's `create_mnist.sh`, `create_mnist_siamese.sh`, `create_cifar10.sh` and
+/// `make_cifar10_mean.sh` call the tools with gflags' spellings; each line here is one of theirs
+/// with `rcaffe` in place of the tool.
 #[test]
 fn caffe_data_scripts_run_as_written() {
     let folder = tempfile::tempdir().unwrap();
@@ -272,20 +273,35 @@ fn caffe_data_scripts_run_as_written() {
         assert!(run.status.success(), "{args:?}: {}", stderr(&run));
         assert!(stdout(&run).contains("Wrote 1000 records"), "{args:?}");
     }
-    let refused = rcaffe(&[
+    let leveldb = rcaffe(&[
         "convert-mnist",
         images,
         labels,
         &path("d"),
         "--backend=leveldb",
     ]);
+    assert!(leveldb.status.success(), "{}", stderr(&leveldb));
+    assert!(folder.path().join("d/CURRENT").is_file());
+    let refused = rcaffe(&[
+        "convert-mnist",
+        images,
+        labels,
+        &path("e"),
+        "--backend=rocksdb",
+    ]);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("LevelDB is not supported; use lmdb"),
+        stderr(&refused).contains("unknown database backend \"rocksdb\"; use lmdb or leveldb"),
         "{}",
         stderr(&refused)
     );
-    assert!(!folder.path().join("d").exists());
+    assert!(!folder.path().join("e").exists());
+
+    // create_mnist_siamese.sh: LevelDB pairs by default.
+    let run = rcaffe(&["convert_mnist_siamese_data", images, labels, &path("pairs")]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).contains("Wrote 1000 pairs"));
+    assert!(folder.path().join("pairs/CURRENT").is_file());
 
     // create_cifar10.sh: the database type as a third argument, into a folder not made yet.
     let cifar = folder.path().join("examples/cifar10");

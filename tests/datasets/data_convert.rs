@@ -8,7 +8,7 @@ use rcaffe::data::datum::{parse_datum, Datum};
 use rcaffe::data::imgcodec::{encode_image, Image};
 use rcaffe::data::{
     compute_image_mean, convert_cifar, convert_cifar_with, convert_imageset, convert_mnist,
-    convert_mnist_with, DataError, ImagesetOptions, Lmdb,
+    convert_mnist_with, DataError, DbBackend, ImagesetOptions, Lmdb,
 };
 use rcaffe::proto::read_blob_proto;
 
@@ -78,6 +78,7 @@ fn mnist_matches_upstream_convert_mnist_data() {
         &mnist.join("train-images-idx3-ubyte.gz"),
         &mnist.join("train-labels-idx1-ubyte.gz"),
         &train,
+        DbBackend::Lmdb,
         &mut |p| reports.push((p.done, p.total)),
     )
     .unwrap();
@@ -141,20 +142,23 @@ fn mnist_reads_uncompressed_idx_and_checks_headers() {
 fn cifar_matches_upstream_convert_cifar_data_and_mean() {
     let dir = tempfile::tempdir().unwrap();
     let mut stages = Vec::new();
-    let summary = convert_cifar_with(&bundled("fashion-cifar-mini"), dir.path(), &mut |p| {
-        stages.push(p.stage.to_string())
-    })
+    let summary = convert_cifar_with(
+        &bundled("fashion-cifar-mini"),
+        dir.path(),
+        DbBackend::Lmdb,
+        &mut |p| stages.push(p.stage.to_string()),
+    )
     .unwrap();
     assert_eq!((summary.train, summary.test), (6000, 1000));
-    assert_eq!(summary.train_lmdb, dir.path().join("cifar10_train_lmdb"));
-    assert_eq!(summary.test_lmdb, dir.path().join("cifar10_test_lmdb"));
+    assert_eq!(summary.train_db, dir.path().join("cifar10_train_lmdb"));
+    assert_eq!(summary.test_db, dir.path().join("cifar10_test_lmdb"));
     assert!(stages.contains(&"train".to_string()) && stages.contains(&"test".to_string()));
-    assert_matches_sample(&summary.train_lmdb, "fcifar_mini_train_lmdb");
-    assert_matches_sample(&summary.test_lmdb, "fcifar_mini_test_lmdb");
+    assert_matches_sample(&summary.train_db, "fcifar_mini_train_lmdb");
+    assert_matches_sample(&summary.test_db, "fcifar_mini_test_lmdb");
 
     // compute_image_mean of the training LMDB: bit-identical to upstream's file.
     let out = dir.path().join("mean.binaryproto");
-    let mean = compute_image_mean(&summary.train_lmdb, Some(&out)).unwrap();
+    let mean = compute_image_mean(&summary.train_db, Some(&out)).unwrap();
     assert_eq!(mean.count, 6000);
     let upstream = read_blob_proto(Path::new(UPSTREAM_MEAN)).unwrap();
     let ours = read_blob_proto(&out).unwrap();
@@ -212,7 +216,7 @@ fn cifar_takes_several_batches_of_any_size_gzipped_or_not() {
     let out = tempfile::tempdir().unwrap();
     let summary = convert_cifar(input.path(), out.path()).unwrap();
     assert_eq!((summary.train, summary.test), (6, 1));
-    let db = Lmdb::open(&summary.train_lmdb).unwrap();
+    let db = Lmdb::open(&summary.train_db).unwrap();
     let mut seen = Vec::new();
     db.for_each(|key, value| {
         let d = parse_datum(value).unwrap();

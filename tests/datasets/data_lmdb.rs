@@ -204,7 +204,7 @@ fn sources_that_are_not_lmdbs_are_named() {
     std::fs::write(leveldb.join("CURRENT"), b"MANIFEST-000002\n").unwrap();
     let e = message(Lmdb::open(&leveldb).unwrap_err());
     assert!(e.contains("some_leveldb") && e.contains("LevelDB"), "{e}");
-    assert!(e.contains("convert"), "says how to convert: {e}");
+    assert!(e.contains("backend LEVELDB"), "says how to read it: {e}");
 
     let empty = dir.path().join("empty_lmdb");
     LmdbWriter::create(&empty).unwrap().finish().unwrap();

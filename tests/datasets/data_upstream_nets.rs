@@ -41,8 +41,8 @@ fn prepare(dir: &Path) {
     let cifar = dir.join("cifar");
     std::fs::create_dir(&cifar).unwrap();
     let summary = convert_cifar(&bundled("fashion-cifar-mini"), &cifar).unwrap();
-    std::fs::rename(summary.train_lmdb, dir.join("fcifar_mini_train_lmdb")).unwrap();
-    std::fs::rename(summary.test_lmdb, dir.join("fcifar_mini_test_lmdb")).unwrap();
+    std::fs::rename(summary.train_db, dir.join("fcifar_mini_train_lmdb")).unwrap();
+    std::fs::rename(summary.test_db, dir.join("fcifar_mini_test_lmdb")).unwrap();
     rcaffe::data::compute_image_mean(
         &dir.join("fcifar_mini_train_lmdb"),
         Some(&dir.join("fcifar_mini_mean.binaryproto")),
