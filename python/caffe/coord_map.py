@@ -3,8 +3,9 @@
 A layer's coordinate map is a triple ``(axis, a, b)``: an input coordinate
 ``x`` corresponds to the output coordinate ``a * x + b`` along the spatial axes,
 those after ``axis`` (the channel axis of a convolution, 1 for N x C x H x W
-blobs; None for layers that work point by point on any axis).  ``a`` and ``b`` are numpy arrays with one value per spatial axis, or a
-single value when the layer's parameters are given once for all axes.
+blobs; None for layers that work point by point on any axis).  ``a`` and
+``b`` are numpy arrays with one value per spatial axis, or a single value
+when the layer's parameters are given once for all axes.
 
 ``coord_map_from_to`` composes the maps along the net between two tops, and
 ``crop`` uses it to make the Crop layer that aligns one top with another (as

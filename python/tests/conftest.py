@@ -35,7 +35,7 @@ def _dev_fallback_caffe_pb2():
     except ImportError:
         pass
     try:
-        from grpc_tools import protoc
+        import grpc_tools.protoc  # noqa: F401
     except ImportError:
         return  # the tests will report the missing caffe_pb2 themselves
     if PYTHON_DIR not in sys.path:

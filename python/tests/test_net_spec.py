@@ -6,7 +6,6 @@ checks the messages field by field, including against the zoo's LeNet.
 """
 
 import os
-import re
 import tempfile
 
 import pytest
@@ -64,7 +63,8 @@ def silent_net():
 
 
 def layer_summary(net):
-    return [(l.name, l.type, list(l.bottom), list(l.top)) for l in net.layer]
+    return [(layer.name, layer.type, list(layer.bottom), list(layer.top))
+            for layer in net.layer]
 
 
 # -- structure ---------------------------------------------------------------
@@ -156,11 +156,11 @@ def test_shared_layer_appears_once_and_order_follows_the_graph():
     n.b = L.Sigmoid(n.data)
     n.sum = L.Eltwise(n.a, n.b)
     net = n.to_proto()
-    assert [l.name for l in net.layer] == ['data', 'a', 'b', 'sum']
+    assert [layer.name for layer in net.layer] == ['data', 'a', 'b', 'sum']
     # to_proto on the last top alone reaches the same layers (auto-named)
     anon = n.sum.to_proto()
-    assert [l.type for l in anon.layer] == ['Input', 'ReLU', 'Sigmoid', 'Eltwise']
-    assert len({l.name for l in anon.layer}) == 4
+    assert [layer.type for layer in anon.layer] == ['Input', 'ReLU', 'Sigmoid', 'Eltwise']
+    assert len({layer.name for layer in anon.layer}) == 4
 
 
 # -- where keyword arguments go ----------------------------------------------
