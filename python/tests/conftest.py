@@ -27,19 +27,24 @@ def _dev_fallback_caffe_pb2():
     from the source tree before the native module exists: when
     ``caffe.proto.caffe_pb2`` cannot be imported, compile proto/caffe.proto
     with grpcio-tools' protoc into a temporary folder and register the result
-    as ``caffe.proto.caffe_pb2``.  Does nothing when the real module imports.
+    as ``caffe.proto.caffe_pb2``.  Does nothing when the real module imports,
+    and never stands in for it once the native module ``caffe._caffe``
+    exists (then its import error is the one to see).
     """
     try:
         import caffe.proto.caffe_pb2  # noqa: F401
         return
     except ImportError:
         pass
-    try:
-        import grpc_tools.protoc  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec('grpc_tools') is None:
         return  # the tests will report the missing caffe_pb2 themselves
     if PYTHON_DIR not in sys.path:
         sys.path.insert(0, PYTHON_DIR)
+    try:
+        if importlib.util.find_spec('caffe._caffe') is not None:
+            return
+    except ImportError:
+        return
     out_dir = tempfile.mkdtemp(prefix='caffe-pb2-fallback-')
     subprocess.check_call([
         sys.executable, '-m', 'grpc_tools.protoc',
