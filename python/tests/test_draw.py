@@ -29,7 +29,11 @@ def zoo_nets(zoo):
 
 @pytest.fixture
 def pydot():
-    return pytest.importorskip('pydot', reason='pydot is not installed')
+    try:
+        import pydot
+    except ImportError as err:
+        pytest.skip('pydot is not installed ({})'.format(err))
+    return pydot
 
 
 @pytest.fixture

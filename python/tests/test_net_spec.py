@@ -341,3 +341,16 @@ def test_lenet_builds_in_the_engine(net_from_proto):
 def test_top_less_net_forward_gives_nothing(net_from_proto):
     net = net_from_proto(silent_net())
     assert len(net.forward()) == 0
+
+
+def test_package_exports_the_helpers():
+    import caffe
+    if not hasattr(caffe, 'Net'):
+        pytest.skip('caffe.Net is not available (native module not built)')
+    from caffe import io as caffe_io
+    assert caffe.NetSpec is NetSpec
+    assert caffe.layers is L and caffe.params is P
+    assert caffe.to_proto is net_spec.to_proto
+    assert caffe.io is caffe_io
+    assert caffe.Classifier.__module__ == 'caffe.classifier'
+    assert caffe.Detector.__module__ == 'caffe.detector'
