@@ -248,6 +248,8 @@ class NetSpec(object):
         self.tops[name] = value
 
     def __getattr__(self, name):
+        if name == 'tops' or name.startswith('__'):
+            raise AttributeError(name)  # e.g. copy's probes of a bare instance
         try:
             return self.tops[name]
         except KeyError:

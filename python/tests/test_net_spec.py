@@ -5,6 +5,7 @@ automatic names, top-less layers, the TypeError for a non-Top bottom) and
 checks the messages field by field, including against the zoo's LeNet.
 """
 
+import copy
 import os
 import tempfile
 
@@ -245,6 +246,8 @@ def test_netspec_items_and_attributes():
     assert 'data' in n and n.keys() == ['data']
     with pytest.raises(AttributeError):
         n.missing
+    clone = copy.copy(n)
+    assert clone.data is n.data
     del n.data
     assert n.keys() == []
 
