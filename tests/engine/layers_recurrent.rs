@@ -649,6 +649,19 @@ fn recurrent_refuses_bad_shapes_and_parameters() {
     );
 }
 
+#[test]
+fn recurrent_refuses_a_gradient_for_cont() {
+    for kind in ["RNN", "LSTM"] {
+        let mut h = harness(&recurrent(kind, 2, false), &[&[2, 1, 3], &[2, 1]]);
+        h.forward().unwrap();
+        let error = h.backward(&[true, true]).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("{kind} cannot backpropagate to bottom 1")),
+            "{error}"
+        );
+    }
+}
+
 // ---- A net of words through an LSTM ---------------------------------------------------------
 
 const NET: &str = r#"

@@ -14,7 +14,7 @@
 //! [W_xc_static], W_hc`), so upstream's .caffemodel files load. The outer net owns them (the
 //! solver updates them, nets share them); each pass copies them into the unrolled net and adds
 //! its gradients back. Unlike upstream, the initial state's gradient reaches exposed bottoms;
-//! as upstream, the final-state tops take no gradient and `cont` has none.
+//! as upstream, the final-state tops take no gradient and `cont` has none (backward refuses it).
 
 pub mod unroll;
 
@@ -332,6 +332,12 @@ impl<B: Backend, const LSTM: bool> Layer<B> for RecurrentLayer<B, LSTM> {
         propagate_down: &[bool],
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
+        if propagate_down[1] {
+            return Err(LayerError::invalid(format!(
+                "{} cannot backpropagate to bottom 1 (the sequence continuation indicators)",
+                Layer::<B>::layer_type(self)
+            )));
+        }
         let be = ctx.backend;
         let cell = self.cell;
         let exposed = self.exposed();
@@ -361,9 +367,6 @@ impl<B: Backend, const LSTM: bool> Layer<B> for RecurrentLayer<B, LSTM> {
             if propagate_down[i] {
                 copy(be, u.blob(name)?, true, blobs.bottom_mut(i), true)?;
             }
-        }
-        if propagate_down[1] {
-            be.fill(0.0, blobs.bottom_mut(1).diff_view_mut())?;
         }
         Ok(())
     }
