@@ -493,6 +493,11 @@ fn window_data_refuses_bad_inputs() {
         &["crop_mode"],
     );
     expect(refused(WINDOWS, "context_pad: 2", ""), &["context_pad"]);
+    // Twice this wraps to 0 in 32 bits.
+    expect(
+        refused(WINDOWS, "context_pad: 2147483648", ""),
+        &["context_pad"],
+    );
     expect(
         refused(WINDOWS, "", "mean_value: 1 mean_value: 2"),
         &["mean_value"],

@@ -87,7 +87,8 @@ impl WindowDataLayer {
         if t.crop_size() == 0 {
             return invalid("WindowData needs transform_param.crop_size (the warped size)");
         }
-        if 2 * p.context_pad() >= t.crop_size() {
+        // In 64 bits: twice a large u32 pad would wrap and pass.
+        if 2 * u64::from(p.context_pad()) >= u64::from(t.crop_size()) {
             return invalid(
                 "window_data_param.context_pad must be less than half of transform_param.crop_size",
             );
