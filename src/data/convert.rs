@@ -122,9 +122,13 @@ impl IdxDataset {
         }
         let rows = be_u32(&image_bytes, 8) as usize;
         let cols = be_u32(&image_bytes, 12) as usize;
-        let size = rows * cols;
-        let needed = 16 + num_items * size;
-        if image_bytes.len() < needed {
+        // Checked: a corrupt header's product could wrap and pass the length check.
+        let needed = rows
+            .checked_mul(cols)
+            .and_then(|size| size.checked_mul(num_items))
+            .and_then(|pixels| pixels.checked_add(16));
+        if needed.is_none_or(|needed| image_bytes.len() < needed) {
+            let needed = needed.map_or("more than can be addressed".to_string(), |n| n.to_string());
             return Err(DataError::format(
                 images,
                 format!(
