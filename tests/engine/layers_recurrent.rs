@@ -630,6 +630,16 @@ fn recurrent_refuses_bad_shapes_and_parameters() {
         error.contains("recurrent_param.num_output must be positive"),
         "{error}"
     );
+    // 4 gates of 2^30 would wrap to 0 in 32 bits.
+    let error = failure(
+        &recurrent("LSTM", 1 << 30, false),
+        &[&[2, 1, 3], &[2, 1]],
+        None,
+    );
+    assert!(
+        error.contains("recurrent_param.num_output 1073741824 is too large for LSTM"),
+        "{error}"
+    );
     let text = recurrent("RNN", 2, false);
     let error = failure(&text, &[&[2, 1, 3], &[2, 2]], None);
     assert!(

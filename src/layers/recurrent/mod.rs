@@ -112,6 +112,15 @@ impl<B: Backend, const LSTM: bool> RecurrentLayer<B, LSTM> {
                 "recurrent_param.num_output must be positive",
             ));
         }
+        // The LSTM's gate inputs are 4 * num_output wide, built in u32 like the field.
+        if cell == Cell::Lstm && p.num_output() > u32::MAX / 4 {
+            return Err(LayerError::invalid(format!(
+                "recurrent_param.num_output {} is too large for LSTM (its 4 gates must fit in \
+                 {} outputs)",
+                p.num_output(),
+                u32::MAX
+            )));
+        }
         Ok(RecurrentLayer {
             cell,
             param: p,
