@@ -565,3 +565,28 @@ fn window_data_net_runs_forward_and_backward() {
         );
     }
 }
+
+/// A backend number outside the enum (possible in a binary prototxt) is named, not read as
+/// LMDB.
+#[test]
+fn data_refuses_an_unknown_backend() {
+    use rcaffe::proto::caffe::{DataParameter, LayerParameter};
+    let param = LayerParameter {
+        r#type: Some("Data".into()),
+        data_param: Some(DataParameter {
+            source: Some("no_such_db".into()),
+            batch_size: Some(1),
+            backend: Some(7),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let error = rcaffe::layers::data::DataLayer::new(&param)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("data_param.backend 7 is neither LEVELDB (0) nor LMDB (1)"),
+        "{error}"
+    );
+}
