@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use super::datum::{encode_datum, image_to_datum, Datum};
 use super::db::DbWriter;
-use super::imgcodec::{encode_image, read_image, resize_linear, ColorMode};
+use super::imgcodec::{encode_image, read_image, resize_linear, ColorMode, Image};
 use super::{DataError, DbBackend, Result};
 use crate::backend::{rng_from_seed, Rng};
 
@@ -122,9 +122,13 @@ impl IdxDataset {
         }
         let rows = be_u32(&image_bytes, 8) as usize;
         let cols = be_u32(&image_bytes, 12) as usize;
-        let size = rows * cols;
-        let needed = 16 + num_items * size;
-        if image_bytes.len() < needed {
+        // Checked: a corrupt header's product could wrap and pass the length check.
+        let needed = rows
+            .checked_mul(cols)
+            .and_then(|size| size.checked_mul(num_items))
+            .and_then(|pixels| pixels.checked_add(16));
+        if needed.is_none_or(|needed| image_bytes.len() < needed) {
+            let needed = needed.map_or("more than can be addressed".to_string(), |n| n.to_string());
             return Err(DataError::format(
                 images,
                 format!(
@@ -586,6 +590,41 @@ pub fn convert_imageset(
     convert_imageset_with(root, list, out, options, &mut |_| {})
 }
 
+/// The Datum of listed image `file` (read from `path`, resized as `options` say): its pixels, or
+/// with an `encoding` the image encoded so, where the file's own bytes are kept when they
+/// already are that encoding of the image unchanged (upstream's `ReadImageToDatum`).
+fn imageset_datum(
+    path: &Path,
+    file: &str,
+    image: &Image,
+    label: i32,
+    encoding: &str,
+    options: &ImagesetOptions,
+) -> Result<Datum> {
+    if encoding.is_empty() {
+        let mut datum = image_to_datum(image);
+        datum.label = Some(label);
+        return Ok(datum);
+    }
+    let is_color = !options.gray;
+    let keep_file = (image.channels == 3) == is_color
+        && options.resize_height == 0
+        && options.resize_width == 0
+        && matches_extension(file, encoding);
+    let bytes = if keep_file {
+        std::fs::read(path).map_err(|e| DataError::read(path, "image", e))?
+    } else {
+        encode_image(image, encoding)
+            .map_err(|e| DataError::format(path, format!("cannot encode as {encoding}: {e}")))?
+    };
+    Ok(Datum {
+        data: Some(bytes),
+        label: Some(label),
+        encoded: Some(true),
+        ..Default::default()
+    })
+}
+
 /// [`convert_imageset`], reporting progress to `progress`.
 pub fn convert_imageset_with(
     root: &Path,
@@ -645,29 +684,7 @@ pub fn convert_imageset_with(
         } else {
             image
         };
-        let datum = if encoding.is_empty() {
-            let mut datum = image_to_datum(&image);
-            datum.label = Some(*label);
-            datum
-        } else {
-            let keep_file = (image.channels == 3) == is_color
-                && rh == 0
-                && rw == 0
-                && matches_extension(file, &encoding);
-            let bytes = if keep_file {
-                std::fs::read(&path).map_err(|e| DataError::read(&path, "image", e))?
-            } else {
-                encode_image(&image, &encoding).map_err(|e| {
-                    DataError::format(&path, format!("cannot encode as {encoding}: {e}"))
-                })?
-            };
-            Datum {
-                data: Some(bytes),
-                label: Some(*label),
-                encoded: Some(true),
-                ..Default::default()
-            }
-        };
+        let datum = imageset_datum(&path, file, &image, *label, &encoding, options)?;
         if options.check_size {
             let size = datum.data.as_ref().map_or(0, Vec::len);
             let expected = *data_size

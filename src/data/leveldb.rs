@@ -101,8 +101,9 @@ const READ_AHEAD: usize = 16;
 /// A position in a LevelDB, walking its records in key order (upstream's `LevelDBCursor`).
 pub struct Cursor {
     path: PathBuf,
-    /// `None` only while dropping: it is closed before the reader thread is joined.
-    records: Option<Receiver<Result<Record>>>,
+    /// The reader thread's records; replaced by a disconnected receiver while dropping, so
+    /// that the reader stops before it is joined.
+    records: Receiver<Result<Record>>,
     reader: Option<JoinHandle<()>>,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -121,7 +122,7 @@ impl Cursor {
             .map_err(|e| leveldb_error(path, format!("cannot start its reader thread: {e}")))?;
         let mut cursor = Cursor {
             path: path.to_path_buf(),
-            records: Some(records),
+            records,
             reader: Some(reader),
             key: Vec::new(),
             value: Vec::new(),
@@ -152,8 +153,8 @@ impl Cursor {
 
     /// Takes the reader's next record; true when it starts a pass.
     fn receive(&mut self) -> Result<bool> {
-        let records = self.records.as_ref().expect("open until dropped");
-        let record = records
+        let record = self
+            .records
             .recv()
             .map_err(|_| leveldb_error(&self.path, "its reader thread stopped"))??;
         self.key = record.key;
@@ -202,7 +203,8 @@ impl Drop for Cursor {
     fn drop(&mut self) {
         // Hanging up stops the reader at its next send; joining it closes the database and
         // releases its lock before the cursor is gone.
-        self.records = None;
+        let (_, disconnected) = sync_channel(0);
+        drop(std::mem::replace(&mut self.records, disconnected));
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }

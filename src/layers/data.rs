@@ -78,7 +78,12 @@ impl DataLayer {
         let backend = match data.backend {
             None => DbBackend::detect(&source),
             Some(b) if b == Db::Leveldb as i32 => DbBackend::LevelDb,
-            Some(_) => DbBackend::Lmdb,
+            Some(b) if b == Db::Lmdb as i32 => DbBackend::Lmdb,
+            Some(other) => {
+                return Err(LayerError::invalid(format!(
+                    "data_param.backend {other} is neither LEVELDB (0) nor LMDB (1)"
+                )))
+            }
         };
         let cursor = DbCursor::open(&source, backend).map_err(data_error)?;
         Ok(DataLayer {

@@ -16,6 +16,7 @@ impl<B: Backend> Net<B> {
     /// Writes the weights (and the diffs when `write_diff`) to `path` in upstream's HDF5
     /// layout, atomically.
     pub fn write_hdf5(&self, path: &Path, write_diff: bool) -> Result<()> {
+        self.check_hdf5_group_names(path)?;
         let mut file = FileBuilder::new();
         let mut data = file.create_group("data");
         let mut diff = file.create_group("diff");
@@ -56,6 +57,28 @@ impl<B: Backend> Net<B> {
             file.add_group(diff.finish());
         }
         write_atomically(path, file).map_err(|e| NetError::Weights(e.to_string()))
+    }
+
+    /// Refuses layer names the layout cannot hold, one group per name: a repeated name (as
+    /// libhdf5 refuses to create a group twice for upstream) and a name that is not a single
+    /// group name.
+    fn check_hdf5_group_names(&self, path: &Path) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for layer in &self.layers {
+            let name = layer.param.name();
+            let problem = if name.is_empty() || name.contains('/') || name == "." {
+                "is not a valid HDF5 group name"
+            } else if !seen.insert(name) {
+                "names two layers; the layout has one group per layer name"
+            } else {
+                continue;
+            };
+            return Err(NetError::Weights(format!(
+                "{}: cannot save the weights in HDF5: layer name {name:?} {problem}",
+                path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Copies the weights of an HDF5 `.caffemodel.h5` into the layers of the same names: a

@@ -133,6 +133,25 @@ fn mnist_reads_uncompressed_idx_and_checks_headers() {
     let err = convert_mnist(&short, &labels, &dir.path().join("y")).unwrap_err();
     assert!(err.to_string().contains("short-images"), "{err}");
 
+    // A header whose image size times count overflows is refused, not wrapped.
+    let header = |words: &[u32]| {
+        words
+            .iter()
+            .flat_map(|w| w.to_be_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let huge_images = dir.path().join("huge-images");
+    std::fs::write(&huge_images, header(&[2051, 16, 1 << 30, 1 << 30])).unwrap();
+    let few_labels = dir.path().join("few-labels");
+    let mut label_bytes = header(&[2049, 16]);
+    label_bytes.extend([0; 16]);
+    std::fs::write(&few_labels, label_bytes).unwrap();
+    let err = convert_mnist(&huge_images, &few_labels, &dir.path().join("z")).unwrap_err();
+    assert!(
+        err.to_string().contains("huge-images") && err.to_string().contains("1073741824x"),
+        "{err}"
+    );
+
     // An existing output is not overwritten.
     let err = convert_mnist(&images, &labels, &out).unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");

@@ -493,6 +493,11 @@ fn window_data_refuses_bad_inputs() {
         &["crop_mode"],
     );
     expect(refused(WINDOWS, "context_pad: 2", ""), &["context_pad"]);
+    // Twice this wraps to 0 in 32 bits.
+    expect(
+        refused(WINDOWS, "context_pad: 2147483648", ""),
+        &["context_pad"],
+    );
     expect(
         refused(WINDOWS, "", "mean_value: 1 mean_value: 2"),
         &["mean_value"],
@@ -559,4 +564,29 @@ fn window_data_net_runs_forward_and_backward() {
             "{labels:?}"
         );
     }
+}
+
+/// A backend number outside the enum (possible in a binary prototxt) is named, not read as
+/// LMDB.
+#[test]
+fn data_refuses_an_unknown_backend() {
+    use rcaffe::proto::caffe::{DataParameter, LayerParameter};
+    let param = LayerParameter {
+        r#type: Some("Data".into()),
+        data_param: Some(DataParameter {
+            source: Some("no_such_db".into()),
+            batch_size: Some(1),
+            backend: Some(7),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let error = rcaffe::layers::data::DataLayer::new(&param)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("data_param.backend 7 is neither LEVELDB (0) nor LMDB (1)"),
+        "{error}"
+    );
 }

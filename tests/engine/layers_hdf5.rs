@@ -385,3 +385,33 @@ fn weights_round_trip_through_hdf5_with_a_shared_parameter() {
     fresh.copy_trained_layers_from_file(&path).unwrap();
     assert_eq!(fresh.learnable_params()[0].data_to_vec().unwrap(), want);
 }
+
+#[test]
+fn weights_in_hdf5_refuse_layer_names_the_layout_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("twice.caffemodel.h5");
+    let twice = IP_NET.replace(
+        r#"layer { name: "loss""#,
+        r#"layer { name: "ip" type: "InnerProduct" bottom: "p" top: "q"
+                   inner_product_param { num_output: 2 } }
+           layer { name: "loss""#,
+    );
+    let err = net(&twice)
+        .write_hdf5(&path, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("twice.caffemodel.h5") && err.contains("\"ip\" names two layers"),
+        "{err}"
+    );
+    assert!(!path.exists());
+    let slash = IP_NET.replace(r#"name: "ip""#, r#"name: "a/ip""#);
+    let err = net(&slash)
+        .write_hdf5(&path, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"a/ip\" is not a valid HDF5 group name"),
+        "{err}"
+    );
+}

@@ -630,6 +630,16 @@ fn recurrent_refuses_bad_shapes_and_parameters() {
         error.contains("recurrent_param.num_output must be positive"),
         "{error}"
     );
+    // 4 gates of 2^30 would wrap to 0 in 32 bits.
+    let error = failure(
+        &recurrent("LSTM", 1 << 30, false),
+        &[&[2, 1, 3], &[2, 1]],
+        None,
+    );
+    assert!(
+        error.contains("recurrent_param.num_output 1073741824 is too large for LSTM"),
+        "{error}"
+    );
     let text = recurrent("RNN", 2, false);
     let error = failure(&text, &[&[2, 1, 3], &[2, 2]], None);
     assert!(
@@ -647,6 +657,19 @@ fn recurrent_refuses_bad_shapes_and_parameters() {
         error.contains("bottom 3 (c_0) must have shape [1, 1, 2]"),
         "{error}"
     );
+}
+
+#[test]
+fn recurrent_refuses_a_gradient_for_cont() {
+    for kind in ["RNN", "LSTM"] {
+        let mut h = harness(&recurrent(kind, 2, false), &[&[2, 1, 3], &[2, 1]]);
+        h.forward().unwrap();
+        let error = h.backward(&[true, true]).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("{kind} cannot backpropagate to bottom 1")),
+            "{error}"
+        );
+    }
 }
 
 // ---- A net of words through an LSTM ---------------------------------------------------------

@@ -14,7 +14,7 @@
 //! [W_xc_static], W_hc`), so upstream's .caffemodel files load. The outer net owns them (the
 //! solver updates them, nets share them); each pass copies them into the unrolled net and adds
 //! its gradients back. Unlike upstream, the initial state's gradient reaches exposed bottoms;
-//! as upstream, the final-state tops take no gradient and `cont` has none.
+//! as upstream, the final-state tops take no gradient and `cont` has none (backward refuses it).
 
 pub mod unroll;
 
@@ -111,6 +111,15 @@ impl<B: Backend, const LSTM: bool> RecurrentLayer<B, LSTM> {
             return Err(LayerError::invalid(
                 "recurrent_param.num_output must be positive",
             ));
+        }
+        // The LSTM's gate inputs are 4 * num_output wide, built in u32 like the field.
+        if cell == Cell::Lstm && p.num_output() > u32::MAX / 4 {
+            return Err(LayerError::invalid(format!(
+                "recurrent_param.num_output {} is too large for LSTM (its 4 gates must fit in \
+                 {} outputs)",
+                p.num_output(),
+                u32::MAX
+            )));
         }
         Ok(RecurrentLayer {
             cell,
@@ -332,6 +341,12 @@ impl<B: Backend, const LSTM: bool> Layer<B> for RecurrentLayer<B, LSTM> {
         propagate_down: &[bool],
         params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
+        if propagate_down[1] {
+            return Err(LayerError::invalid(format!(
+                "{} cannot backpropagate to bottom 1 (the sequence continuation indicators)",
+                Layer::<B>::layer_type(self)
+            )));
+        }
         let be = ctx.backend;
         let cell = self.cell;
         let exposed = self.exposed();
@@ -361,9 +376,6 @@ impl<B: Backend, const LSTM: bool> Layer<B> for RecurrentLayer<B, LSTM> {
             if propagate_down[i] {
                 copy(be, u.blob(name)?, true, blobs.bottom_mut(i), true)?;
             }
-        }
-        if propagate_down[1] {
-            be.fill(0.0, blobs.bottom_mut(1).diff_view_mut())?;
         }
         Ok(())
     }
