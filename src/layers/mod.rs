@@ -871,6 +871,12 @@ fn sorted_layer_types() -> Vec<&'static str> {
     types
 }
 
+/// Every layer type the registry can build, in alphabetical order (pycaffe's
+/// `caffe.layer_type_list()`).
+pub fn registered_layer_types() -> Vec<&'static str> {
+    sorted_layer_types()
+}
+
 /// Whether the registry knows `layer_type`.
 pub fn is_registered(layer_type: &str) -> bool {
     LAYER_TYPES.contains(&layer_type)

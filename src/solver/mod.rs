@@ -372,6 +372,10 @@ impl<B: Backend> Solver<B> {
     pub fn test_nets(&self) -> &[Net<B>] {
         &self.test_nets
     }
+    /// The test nets, writable.
+    pub fn test_nets_mut(&mut self) -> &mut [Net<B>] {
+        &mut self.test_nets
+    }
     /// The next iteration to run (the number run so far).
     pub fn iter(&self) -> i32 {
         self.iter
