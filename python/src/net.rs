@@ -1,0 +1,429 @@
+//! Nets, their blobs and layers, as Python sees them.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use numpy::ndarray::{ArrayViewD, IxDyn};
+use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use rcaffe::backend::{CpuBackend, SharedHostMemory};
+use rcaffe::blob::Blob;
+use rcaffe::net::Net;
+use rcaffe::proto::caffe::{NetState, Phase};
+use rcaffe::solver::Solver;
+
+use crate::engine_error;
+
+/// The CPU backend every net built from Python runs on (one thread pool for them all).
+pub(crate) fn backend() -> &'static CpuBackend {
+    static BACKEND: OnceLock<CpuBackend> = OnceLock::new();
+    BACKEND.get_or_init(CpuBackend::default)
+}
+
+/// Locks `mutex`, going on after a panic elsewhere left it poisoned (a panic in the engine
+/// reaches Python as an exception; the net stays usable as far as the engine left it).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Where a net lives: on its own, or inside a solver (its train net or a test net), so that
+/// `solver.net` is the solver's own net, not a copy.
+#[derive(Clone)]
+pub(crate) enum NetRef {
+    Own(Arc<Mutex<Net<CpuBackend>>>),
+    Train(Arc<Mutex<Solver<CpuBackend>>>),
+    Test(Arc<Mutex<Solver<CpuBackend>>>, usize),
+}
+
+impl NetRef {
+    /// Runs `f` on the net, holding its lock (or its solver's) for the call.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Net<CpuBackend>) -> R) -> R {
+        match self {
+            NetRef::Own(net) => f(&mut lock(net)),
+            NetRef::Train(solver) => f(lock(solver).net_mut()),
+            NetRef::Test(solver, i) => f(&mut lock(solver).test_nets_mut()[*i]),
+        }
+    }
+}
+
+/// Which blob of a net a [`PyBlob`] stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlobId {
+    /// An activation blob, by blob id.
+    Activation(usize),
+    /// A learnable parameter, by learnable id (shared parameters have one).
+    Param(usize),
+}
+
+/// Keeps a blob's host memory alive for the numpy arrays that view it (their `base`).
+#[pyclass(module = "caffe._caffe", frozen)]
+pub struct HostArrayOwner {
+    /// Held, never read: this reference to the memory is what keeps it alive.
+    _memory: SharedHostMemory,
+}
+
+/// A blob of a net: its shape, and its data and diff as numpy arrays over the engine's memory.
+#[pyclass(name = "Blob", module = "caffe._caffe", frozen)]
+pub struct PyBlob {
+    net: NetRef,
+    id: BlobId,
+}
+
+impl PyBlob {
+    fn with<R>(&self, f: impl FnOnce(&mut Blob<CpuBackend>) -> R) -> R {
+        self.net.with(|net| match self.id {
+            BlobId::Activation(id) => f(&mut net.blobs_mut()[id]),
+            BlobId::Param(id) => f(&mut net.learnable_params_mut()[id]),
+        })
+    }
+
+    /// The data (or diff) as a float32 array of the blob's shape over the engine's memory.
+    fn array<'py>(&self, py: Python<'py>, diff: bool) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let (memory, shape) = self.with(|blob| {
+            let buffer = if diff { blob.diff() } else { blob.data() };
+            (buffer.share(), blob.shape().to_vec())
+        });
+        let ptr = memory.as_ptr();
+        debug_assert!(shape.iter().product::<usize>() <= memory.len());
+        let owner = Bound::new(py, HostArrayOwner { _memory: memory })?;
+        // SAFETY: `ptr` is the start of the blob's buffer, which holds at least the shape's
+        // count of f32 (a blob's buffers are as long as its capacity), contiguous; `owner`
+        // becomes the array's base and keeps that memory alive as long as the array lives.
+        let view = unsafe { ArrayViewD::from_shape_ptr(IxDyn(&shape), ptr.cast_const()) };
+        // SAFETY: as above; the memory is never reallocated, only replaced (and `owner` keeps
+        // the old one).
+        Ok(unsafe { PyArrayDyn::borrow_from_array(&view, owner.into_any()) })
+    }
+
+    fn legacy(&self, index: isize) -> PyResult<usize> {
+        self.with(|blob| blob.legacy_shape(index))
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+}
+
+#[pymethods]
+impl PyBlob {
+    /// The values, as a float32 array sharing the engine's memory.
+    #[getter]
+    fn data<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        self.array(py, false)
+    }
+    /// The gradients, as a float32 array sharing the engine's memory.
+    #[getter]
+    fn diff<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        self.array(py, true)
+    }
+    /// The shape, as a tuple.
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.with(|blob| blob.shape().to_vec()))
+    }
+    #[getter]
+    fn count(&self) -> usize {
+        self.with(|blob| blob.count())
+    }
+    #[getter]
+    fn num(&self) -> PyResult<usize> {
+        self.legacy(0)
+    }
+    #[getter]
+    fn channels(&self) -> PyResult<usize> {
+        self.legacy(1)
+    }
+    #[getter]
+    fn height(&self) -> PyResult<usize> {
+        self.legacy(2)
+    }
+    #[getter]
+    fn width(&self) -> PyResult<usize> {
+        self.legacy(3)
+    }
+    /// Gives the blob a new shape (`blob.reshape(1, 3, 28, 28)`). Beyond its capacity the blob
+    /// gets new, zeroed memory: arrays taken before keep the old values.
+    #[pyo3(signature = (*shape))]
+    fn reshape(&self, shape: Vec<isize>) -> PyResult<()> {
+        let shape = shape
+            .into_iter()
+            .map(|d| {
+                usize::try_from(d)
+                    .map_err(|_| PyValueError::new_err(format!("negative dimension {d}")))
+            })
+            .collect::<PyResult<Vec<usize>>>()?;
+        self.with(|blob| blob.reshape(&shape)).map_err(engine_error)
+    }
+    fn __repr__(&self) -> String {
+        format!("<caffe.Blob {}>", self.with(|blob| blob.shape_string()))
+    }
+}
+
+/// A layer of a net: its type and its parameter blobs.
+#[pyclass(name = "Layer", module = "caffe._caffe", frozen)]
+pub struct PyLayer {
+    net: NetRef,
+    index: usize,
+}
+
+#[pymethods]
+impl PyLayer {
+    /// The layer's type ("Convolution").
+    #[getter]
+    fn r#type(&self) -> String {
+        self.net.with(|net| net.layer_type(self.index).to_string())
+    }
+    /// The layer's parameter blobs (weights, bias), shared with the net.
+    #[getter]
+    fn blobs(&self) -> Vec<PyBlob> {
+        param_blobs(&self.net, self.index)
+    }
+    fn __repr__(&self) -> String {
+        self.net.with(|net| {
+            format!(
+                "<caffe.Layer '{}' of type {}>",
+                net.layer_name(self.index),
+                net.layer_type(self.index)
+            )
+        })
+    }
+}
+
+fn param_blobs(net: &NetRef, layer: usize) -> Vec<PyBlob> {
+    let ids = net.with(|n| n.layer_learnable_ids(layer).to_vec());
+    ids.into_iter()
+        .map(|id| PyBlob {
+            net: net.clone(),
+            id: BlobId::Param(id),
+        })
+        .collect()
+}
+
+/// A net of the engine, on the CPU (pycaffe's `Net`, whose Python sugar is in pycaffe.py).
+#[pyclass(name = "Net", module = "caffe._caffe", frozen)]
+pub struct PyNet {
+    pub(crate) net: NetRef,
+}
+
+impl PyNet {
+    fn checked_layer(&self, index: usize) -> PyResult<usize> {
+        let layers = self.net.with(|net| net.num_layers());
+        if index < layers {
+            Ok(index)
+        } else {
+            Err(PyIndexError::new_err(format!(
+                "layer index {index} out of range: the net has {layers} layers"
+            )))
+        }
+    }
+
+    fn blob_names_of(&self, ids: &[usize]) -> Vec<String> {
+        self.net.with(|net| {
+            ids.iter()
+                .map(|&id| net.blob_name(id).to_string())
+                .collect()
+        })
+    }
+}
+
+#[pymethods]
+impl PyNet {
+    /// Builds the net of the prototxt `model` for `phase` (`caffe.TRAIN`, `caffe.TEST`),
+    /// `level` and `stages`, and copies the weights of `weights` (a `.caffemodel` or
+    /// `.caffemodel.h5`) when given.
+    #[new]
+    #[pyo3(signature = (model, phase, weights=None, level=0, stages=Vec::new()))]
+    fn new(
+        model: &str,
+        phase: i32,
+        weights: Option<&str>,
+        level: i32,
+        stages: Vec<String>,
+    ) -> PyResult<Self> {
+        let phase = Phase::try_from(phase).map_err(|_| {
+            PyValueError::new_err(format!(
+                "phase must be caffe.TRAIN (0) or caffe.TEST (1), not {phase}"
+            ))
+        })?;
+        let path = Path::new(model);
+        let mut param = rcaffe::proto::read_net(path).map_err(engine_error)?;
+        let state = param.state.get_or_insert_with(NetState::default);
+        state.phase = Some(phase as i32);
+        state.level = Some(level);
+        state.stage.extend(stages);
+        let mut net = Net::new(&param, backend(), crate::net_rng())
+            .map_err(|e| engine_error(e.placed_in(&rcaffe::proto::NetOrigin::file(path))))?;
+        if let Some(weights) = weights {
+            net.copy_trained_layers_from_file(Path::new(weights))
+                .map_err(engine_error)?;
+        }
+        Ok(Self {
+            net: NetRef::Own(Arc::new(Mutex::new(net))),
+        })
+    }
+
+    /// The net's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.net.with(|net| net.name().to_string())
+    }
+    /// The phase it was built for (0: TRAIN, 1: TEST).
+    #[getter]
+    fn phase(&self) -> i32 {
+        self.net.with(|net| net.phase() as i32)
+    }
+    /// Every activation blob, as (name, blob), in blob id order.
+    fn blob_list(&self) -> Vec<(String, PyBlob)> {
+        let names: Vec<String> = self
+            .net
+            .with(|net| net.blob_names().map(String::from).collect());
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(id, name)| {
+                let blob = PyBlob {
+                    net: self.net.clone(),
+                    id: BlobId::Activation(id),
+                };
+                (name, blob)
+            })
+            .collect()
+    }
+    /// Every layer's name, in order.
+    fn layer_names(&self) -> Vec<String> {
+        self.net
+            .with(|net| net.layer_names().map(String::from).collect())
+    }
+    /// Every layer, in order.
+    fn layer_list(&self) -> Vec<PyLayer> {
+        let layers = self.net.with(|net| net.num_layers());
+        (0..layers)
+            .map(|index| PyLayer {
+                net: self.net.clone(),
+                index,
+            })
+            .collect()
+    }
+    /// The parameter blobs of layer `index`.
+    fn layer_params(&self, index: usize) -> PyResult<Vec<PyBlob>> {
+        Ok(param_blobs(&self.net, self.checked_layer(index)?))
+    }
+    /// The names of the input blobs.
+    fn input_names(&self) -> Vec<String> {
+        let ids = self.net.with(|net| net.input_blob_ids().to_vec());
+        self.blob_names_of(&ids)
+    }
+    /// The names of the output blobs.
+    fn output_names(&self) -> Vec<String> {
+        let ids = self.net.with(|net| net.output_blob_ids().to_vec());
+        self.blob_names_of(&ids)
+    }
+    /// The names of layer `index`'s bottoms.
+    fn bottom_names_of(&self, index: usize) -> PyResult<Vec<String>> {
+        let index = self.checked_layer(index)?;
+        let ids = self.net.with(|net| net.bottom_ids(index).to_vec());
+        Ok(self.blob_names_of(&ids))
+    }
+    /// The names of layer `index`'s tops.
+    fn top_names_of(&self, index: usize) -> PyResult<Vec<String>> {
+        let index = self.checked_layer(index)?;
+        let ids = self.net.with(|net| net.top_ids(index).to_vec());
+        Ok(self.blob_names_of(&ids))
+    }
+    /// Runs layers `start` to `end` (inclusive) forward; returns their loss.
+    fn forward_range(&self, start: usize, end: usize) -> PyResult<f32> {
+        self.net
+            .with(|net| net.forward_from_to(start, end))
+            .map_err(engine_error)
+    }
+    /// Runs layers `start` down to `end` (inclusive, `start >= end`) backward.
+    fn backward_range(&self, start: usize, end: usize) -> PyResult<()> {
+        self.net
+            .with(|net| net.backward_from_to(start, end))
+            .map_err(engine_error)
+    }
+    /// Reshapes every layer's tops from its bottoms (after an input changed shape).
+    fn reshape(&self) -> PyResult<()> {
+        self.net.with(|net| net.reshape()).map_err(engine_error)
+    }
+    /// Feeds the first layer, a MemoryData layer, `data` (N x C x H x W float32) and `labels`
+    /// (N float32); the values are copied.
+    fn set_input_arrays(
+        &self,
+        data: PyReadonlyArrayDyn<'_, f32>,
+        labels: PyReadonlyArrayDyn<'_, f32>,
+    ) -> PyResult<()> {
+        if data.ndim() != 4 {
+            return Err(PyValueError::new_err(format!(
+                "set_input_arrays: data must be 4-D (N x C x H x W), not {}-D",
+                data.ndim()
+            )));
+        }
+        let shape = data.shape().to_vec();
+        if labels.len() != shape[0] {
+            return Err(PyValueError::new_err(format!(
+                "set_input_arrays: {} labels for {} data items",
+                labels.len(),
+                shape[0]
+            )));
+        }
+        let values: Vec<f32> = data.as_array().iter().copied().collect();
+        let labels: Vec<f32> = labels.as_array().iter().copied().collect();
+        self.net
+            .with(|net| net.set_input_arrays(values, &shape, labels))
+            .map_err(engine_error)
+    }
+    /// Writes the weights as a binary `.caffemodel` (no diffs).
+    fn save(&self, path: &str) -> PyResult<()> {
+        let param = self
+            .net
+            .with(|net| net.to_proto(false))
+            .map_err(engine_error)?;
+        rcaffe::proto::write_binary(Path::new(path), &param).map_err(engine_error)
+    }
+    /// Copies the weights of a `.caffemodel` (or `.caffemodel.h5`) into the layers of the
+    /// same name.
+    fn copy_from(&self, path: &str) -> PyResult<()> {
+        self.net
+            .with(|net| net.copy_trained_layers_from_file(Path::new(path)))
+            .map_err(engine_error)
+    }
+    /// Zeroes every parameter's diff.
+    fn clear_param_diffs(&self) -> PyResult<()> {
+        self.net
+            .with(|net| net.clear_param_diffs())
+            .map_err(engine_error)
+    }
+    /// Writes the weights as a `.caffemodel.h5` (HDF5; no diffs).
+    fn save_hdf5(&self, path: &str) -> PyResult<()> {
+        self.net
+            .with(|net| net.write_hdf5(Path::new(path), false))
+            .map_err(engine_error)
+    }
+    /// Copies the weights of a `.caffemodel.h5` into the layers of the same name.
+    fn load_hdf5(&self, path: &str) -> PyResult<()> {
+        self.net
+            .with(|net| net.copy_trained_layers_from_hdf5(Path::new(path)))
+            .map_err(engine_error)
+    }
+    /// Every activation blob's loss weight, in blob id order.
+    fn blob_loss_weights(&self) -> Vec<f32> {
+        self.net.with(|net| {
+            (0..net.blobs().len())
+                .map(|id| net.blob_loss_weight(id))
+                .collect()
+        })
+    }
+    /// Copies the weights of `other`'s layers into the layers of the same name (upstream
+    /// shares the memory; here the values are copied, once).
+    fn share_with(&self, other: &PyNet) -> PyResult<()> {
+        let weights = other
+            .net
+            .with(|net| net.to_proto(false))
+            .map_err(engine_error)?;
+        self.net
+            .with(|net| net.copy_trained_layers_from(&weights))
+            .map_err(engine_error)
+    }
+}

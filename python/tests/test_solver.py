@@ -1,0 +1,146 @@
+"""The solvers: building them by rule, stepping, solving, snapshots and restores, and the
+train net seen from Python being the solver's own (after upstream's test_solver.py)."""
+
+import gc
+import os
+
+import numpy as np
+import pytest
+
+import caffe
+from conftest import NUM_OUTPUT
+
+
+def fill_labels(net, seed):
+    labels = net.blobs["label"].data
+    labels[...] = np.random.default_rng(seed).integers(NUM_OUTPUT, size=labels.shape)
+
+
+@pytest.fixture
+def solver(solver_file):
+    solver = caffe.SGDSolver(str(solver_file))
+    fill_labels(solver.net, 0)
+    fill_labels(solver.test_nets[0], 1)
+    return solver
+
+
+def test_get_solver_picks_the_rule_of_the_file(solver_file):
+    solver = caffe.get_solver(str(solver_file))
+    assert isinstance(solver, caffe.SGDSolver)
+    assert solver.type == "SGD"
+
+
+@pytest.mark.parametrize(
+    "cls, rule, extra",
+    [
+        (caffe.NesterovSolver, "Nesterov", ""),
+        (caffe.AdaGradSolver, "AdaGrad", ""),
+        (caffe.RMSPropSolver, "RMSProp", "rms_decay: 0.98"),
+        (caffe.AdaDeltaSolver, "AdaDelta", "momentum: 0.95 delta: 1e-6"),
+        (caffe.AdamSolver, "Adam", "momentum: 0.9 momentum2: 0.999"),
+    ],
+)
+def test_each_rule_class_trains_with_its_rule(tmp_path, net_file, cls, rule, extra):
+    path = tmp_path / f"{rule}.prototxt"
+    path.write_text(
+        f"net: '{net_file}' base_lr: 0.01 lr_policy: 'fixed' max_iter: 5 display: 0 {extra}\n"
+        "snapshot_after_train: false\n"
+    )
+    solver = cls(str(path))
+    assert solver.type == rule
+    fill_labels(solver.net, 0)
+    before = solver.net.params["ip"][0].data.copy()
+    solver.step(2)
+    assert solver.iter == 2
+    assert not np.array_equal(before, solver.net.params["ip"][0].data)
+
+
+def test_solve(solver):
+    assert solver.iter == 0
+    solver.solve()
+    assert solver.iter == 100
+
+
+def test_steps_lower_the_loss_and_count_iterations(solver):
+    net = solver.net
+    first = float(net.forward()["loss"])
+    solver.step(30)
+    assert solver.iter == 30
+    # The net from Python is the solver's own: its loss after training is lower.
+    assert float(net.forward()["loss"]) < first
+    assert solver.net is net
+
+
+def test_python_sees_the_solvers_weights_change(solver):
+    weights = solver.net.params["conv"][0].data
+    before = weights.copy()
+    solver.step(1)
+    # The array taken before the step is a view of the solver's own weights.
+    assert not np.array_equal(before, weights)
+    np.testing.assert_array_equal(weights, solver.net.params["conv"][0].data)
+
+
+def test_apply_update_is_sgd_on_the_current_gradients(tmp_path, net_file):
+    path = tmp_path / "plain.prototxt"
+    path.write_text(
+        f"net: '{net_file}' base_lr: 0.1 lr_policy: 'fixed' max_iter: 10 display: 0\n"
+        "snapshot_after_train: false\n"
+    )
+    solver = caffe.SGDSolver(str(path))
+    fill_labels(solver.net, 0)
+    net = solver.net
+    net.clear_param_diffs()
+    net.forward()
+    net.backward()
+    weights = net.params["ip"][0].data.copy()
+    grad = net.params["ip"][0].diff.copy()
+    solver.apply_update()
+    np.testing.assert_allclose(net.params["ip"][0].data, weights - 0.1 * grad, rtol=1e-5, atol=1e-6)
+
+
+def test_snapshot_and_restore(solver, tmp_path):
+    solver.step(5)
+    model, state = solver.snapshot()
+    assert model == str(tmp_path / "model_iter_5.caffemodel")
+    assert state == str(tmp_path / "model_iter_5.solverstate")
+    assert os.path.isfile(model) and os.path.isfile(state)
+    weights = solver.net.params["ip"][0].data.copy()
+    solver.step(5)
+    assert solver.iter == 10
+    assert not np.array_equal(weights, solver.net.params["ip"][0].data)
+    solver.restore(state)
+    assert solver.iter == 5
+    np.testing.assert_array_equal(weights, solver.net.params["ip"][0].data)
+
+
+def test_solve_resumes_from_a_state(solver, solver_file, tmp_path):
+    solver.step(3)
+    _, state = solver.snapshot()
+    resumed = caffe.SGDSolver(str(solver_file))
+    fill_labels(resumed.net, 0)
+    resumed.solve(state)
+    assert resumed.iter == 100
+
+
+def test_nets_survive_the_solver(solver):
+    nets = [solver.net] + list(solver.test_nets)
+    assert len(nets) == 2
+    del solver
+    gc.collect()
+    total = 0.0
+    for net in nets:
+        for blobs in net.params.values():
+            for p in blobs:
+                total += p.data.sum() + p.diff.sum()
+        for b in net.blobs.values():
+            total += b.data.sum() + b.diff.sum()
+    assert np.isfinite(total)
+
+
+def test_solver_errors_are_python_exceptions(tmp_path):
+    with pytest.raises(RuntimeError, match="missing.prototxt"):
+        caffe.SGDSolver(str(tmp_path / "missing.prototxt"))
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text("net: 'nowhere.prototxt' base_lr: 0.1 lr_policy: 'fixed'\n")
+    with pytest.raises(RuntimeError, match="nowhere.prototxt"):
+        caffe.get_solver(str(bad))
