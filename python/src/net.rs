@@ -1,11 +1,11 @@
 //! Nets, their blobs and layers, as Python sees them.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use numpy::ndarray::{ArrayViewD, IxDyn};
 use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use rcaffe::backend::{CpuBackend, SharedHostMemory};
@@ -22,12 +22,20 @@ pub(crate) fn backend() -> &'static CpuBackend {
     BACKEND.get_or_init(CpuBackend::default)
 }
 
-/// Locks `mutex`, going on after a panic elsewhere left it poisoned (a panic in the engine
-/// reaches Python as an exception; the net stays usable as far as the engine left it).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Locks `mutex` for an engine call. Every call runs holding the GIL, so the lock is only
+/// ever taken while another call of the same thread holds it (a Python signal handler run
+/// while a solver polls for signals): that is an error, not a deadlock. A lock a panic left
+/// poisoned is taken anyway (the panic reached Python as an exception; the net is as the
+/// engine left it).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> PyResult<MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Ok(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => Err(PyRuntimeError::new_err(
+            "this net or solver is busy: an engine call (forward, step, ...) is running; \
+             it cannot be used again until that call returns",
+        )),
+    }
 }
 
 /// Where a net lives: on its own, or inside a solver (its train net or a test net), so that
@@ -41,12 +49,13 @@ pub(crate) enum NetRef {
 
 impl NetRef {
     /// Runs `f` on the net, holding its lock (or its solver's) for the call.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Net<CpuBackend>) -> R) -> R {
-        match self {
-            NetRef::Own(net) => f(&mut lock(net)),
-            NetRef::Train(solver) => f(lock(solver).net_mut()),
-            NetRef::Test(solver, i) => f(&mut lock(solver).test_nets_mut()[*i]),
-        }
+    /// An error when the lock is taken already (see [`lock`]).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Net<CpuBackend>) -> R) -> PyResult<R> {
+        Ok(match self {
+            NetRef::Own(net) => f(&mut *lock(net)?),
+            NetRef::Train(solver) => f(lock(solver)?.net_mut()),
+            NetRef::Test(solver, i) => f(&mut lock(solver)?.test_nets_mut()[*i]),
+        })
     }
 }
 
@@ -74,7 +83,7 @@ pub struct PyBlob {
 }
 
 impl PyBlob {
-    fn with<R>(&self, f: impl FnOnce(&mut Blob<CpuBackend>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut Blob<CpuBackend>) -> R) -> PyResult<R> {
         self.net.with(|net| match self.id {
             BlobId::Activation(id) => f(&mut net.blobs_mut()[id]),
             BlobId::Param(id) => f(&mut net.learnable_params_mut()[id]),
@@ -86,7 +95,7 @@ impl PyBlob {
         let (memory, shape) = self.with(|blob| {
             let buffer = if diff { blob.diff() } else { blob.data() };
             (buffer.share(), blob.shape().to_vec())
-        });
+        })?;
         let ptr = memory.as_ptr();
         debug_assert!(shape.iter().product::<usize>() <= memory.len());
         let owner = Bound::new(py, HostArrayOwner { _memory: memory })?;
@@ -100,7 +109,7 @@ impl PyBlob {
     }
 
     fn legacy(&self, index: isize) -> PyResult<usize> {
-        self.with(|blob| blob.legacy_shape(index))
+        self.with(|blob| blob.legacy_shape(index))?
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 }
@@ -120,10 +129,10 @@ impl PyBlob {
     /// The shape, as a tuple.
     #[getter]
     fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, self.with(|blob| blob.shape().to_vec()))
+        PyTuple::new(py, self.with(|blob| blob.shape().to_vec())?)
     }
     #[getter]
-    fn count(&self) -> usize {
+    fn count(&self) -> PyResult<usize> {
         self.with(|blob| blob.count())
     }
     #[getter]
@@ -153,10 +162,14 @@ impl PyBlob {
                     .map_err(|_| PyValueError::new_err(format!("negative dimension {d}")))
             })
             .collect::<PyResult<Vec<usize>>>()?;
-        self.with(|blob| blob.reshape(&shape)).map_err(engine_error)
+        self.with(|blob| blob.reshape(&shape))?
+            .map_err(engine_error)
     }
-    fn __repr__(&self) -> String {
-        format!("<caffe.Blob {}>", self.with(|blob| blob.shape_string()))
+    fn __repr__(&self) -> PyResult<String> {
+        Ok(format!(
+            "<caffe.Blob {}>",
+            self.with(|blob| blob.shape_string())?
+        ))
     }
 }
 
@@ -171,15 +184,15 @@ pub struct PyLayer {
 impl PyLayer {
     /// The layer's type ("Convolution").
     #[getter]
-    fn r#type(&self) -> String {
+    fn r#type(&self) -> PyResult<String> {
         self.net.with(|net| net.layer_type(self.index).to_string())
     }
     /// The layer's parameter blobs (weights, bias), shared with the net.
     #[getter]
-    fn blobs(&self) -> Vec<PyBlob> {
+    fn blobs(&self) -> PyResult<Vec<PyBlob>> {
         param_blobs(&self.net, self.index)
     }
-    fn __repr__(&self) -> String {
+    fn __repr__(&self) -> PyResult<String> {
         self.net.with(|net| {
             format!(
                 "<caffe.Layer '{}' of type {}>",
@@ -190,14 +203,15 @@ impl PyLayer {
     }
 }
 
-fn param_blobs(net: &NetRef, layer: usize) -> Vec<PyBlob> {
-    let ids = net.with(|n| n.layer_learnable_ids(layer).to_vec());
-    ids.into_iter()
+fn param_blobs(net: &NetRef, layer: usize) -> PyResult<Vec<PyBlob>> {
+    let ids = net.with(|n| n.layer_learnable_ids(layer).to_vec())?;
+    Ok(ids
+        .into_iter()
         .map(|id| PyBlob {
             net: net.clone(),
             id: BlobId::Param(id),
         })
-        .collect()
+        .collect())
 }
 
 /// A net of the engine, on the CPU (pycaffe's `Net`, whose Python sugar is in pycaffe.py).
@@ -208,7 +222,7 @@ pub struct PyNet {
 
 impl PyNet {
     fn checked_layer(&self, index: usize) -> PyResult<usize> {
-        let layers = self.net.with(|net| net.num_layers());
+        let layers = self.net.with(|net| net.num_layers())?;
         if index < layers {
             Ok(index)
         } else {
@@ -218,12 +232,21 @@ impl PyNet {
         }
     }
 
-    fn blob_names_of(&self, ids: &[usize]) -> Vec<String> {
+    fn blob_names_of(&self, ids: impl Fn(&Net<CpuBackend>) -> &[usize]) -> PyResult<Vec<String>> {
         self.net.with(|net| {
-            ids.iter()
+            ids(net)
+                .iter()
                 .map(|&id| net.blob_name(id).to_string())
                 .collect()
         })
+    }
+
+    /// Runs a call of the engine that can fail, its error as a Python exception.
+    fn engine<R, E: std::error::Error>(
+        &self,
+        f: impl FnOnce(&mut Net<CpuBackend>) -> Result<R, E>,
+    ) -> PyResult<R> {
+        self.net.with(f)?.map_err(engine_error)
     }
 }
 
@@ -265,20 +288,20 @@ impl PyNet {
 
     /// The net's name.
     #[getter]
-    fn name(&self) -> String {
+    fn name(&self) -> PyResult<String> {
         self.net.with(|net| net.name().to_string())
     }
     /// The phase it was built for (0: TRAIN, 1: TEST).
     #[getter]
-    fn phase(&self) -> i32 {
+    fn phase(&self) -> PyResult<i32> {
         self.net.with(|net| net.phase() as i32)
     }
     /// Every activation blob, as (name, blob), in blob id order.
-    fn blob_list(&self) -> Vec<(String, PyBlob)> {
+    fn blob_list(&self) -> PyResult<Vec<(String, PyBlob)>> {
         let names: Vec<String> = self
             .net
-            .with(|net| net.blob_names().map(String::from).collect());
-        names
+            .with(|net| net.blob_names().map(String::from).collect())?;
+        Ok(names
             .into_iter()
             .enumerate()
             .map(|(id, name)| {
@@ -288,64 +311,68 @@ impl PyNet {
                 };
                 (name, blob)
             })
-            .collect()
+            .collect())
     }
     /// Every layer's name, in order.
-    fn layer_names(&self) -> Vec<String> {
+    fn layer_names(&self) -> PyResult<Vec<String>> {
         self.net
             .with(|net| net.layer_names().map(String::from).collect())
     }
     /// Every layer, in order.
-    fn layer_list(&self) -> Vec<PyLayer> {
-        let layers = self.net.with(|net| net.num_layers());
-        (0..layers)
+    fn layer_list(&self) -> PyResult<Vec<PyLayer>> {
+        let layers = self.net.with(|net| net.num_layers())?;
+        Ok((0..layers)
             .map(|index| PyLayer {
                 net: self.net.clone(),
                 index,
             })
-            .collect()
+            .collect())
     }
     /// The parameter blobs of layer `index`.
     fn layer_params(&self, index: usize) -> PyResult<Vec<PyBlob>> {
-        Ok(param_blobs(&self.net, self.checked_layer(index)?))
+        param_blobs(&self.net, self.checked_layer(index)?)
     }
     /// The names of the input blobs.
-    fn input_names(&self) -> Vec<String> {
-        let ids = self.net.with(|net| net.input_blob_ids().to_vec());
-        self.blob_names_of(&ids)
+    fn input_names(&self) -> PyResult<Vec<String>> {
+        self.blob_names_of(|net| net.input_blob_ids())
     }
     /// The names of the output blobs.
-    fn output_names(&self) -> Vec<String> {
-        let ids = self.net.with(|net| net.output_blob_ids().to_vec());
-        self.blob_names_of(&ids)
+    fn output_names(&self) -> PyResult<Vec<String>> {
+        self.blob_names_of(|net| net.output_blob_ids())
     }
     /// The names of layer `index`'s bottoms.
     fn bottom_names_of(&self, index: usize) -> PyResult<Vec<String>> {
         let index = self.checked_layer(index)?;
-        let ids = self.net.with(|net| net.bottom_ids(index).to_vec());
-        Ok(self.blob_names_of(&ids))
+        self.blob_names_of(|net| net.bottom_ids(index))
     }
     /// The names of layer `index`'s tops.
     fn top_names_of(&self, index: usize) -> PyResult<Vec<String>> {
         let index = self.checked_layer(index)?;
-        let ids = self.net.with(|net| net.top_ids(index).to_vec());
-        Ok(self.blob_names_of(&ids))
+        self.blob_names_of(|net| net.top_ids(index))
+    }
+    /// Every activation blob's loss weight, in blob id order.
+    fn blob_loss_weights(&self) -> PyResult<Vec<f32>> {
+        self.net.with(|net| {
+            (0..net.blobs().len())
+                .map(|id| net.blob_loss_weight(id))
+                .collect()
+        })
     }
     /// Runs layers `start` to `end` (inclusive) forward; returns their loss.
     fn forward_range(&self, start: usize, end: usize) -> PyResult<f32> {
-        self.net
-            .with(|net| net.forward_from_to(start, end))
-            .map_err(engine_error)
+        self.engine(|net| net.forward_from_to(start, end))
     }
     /// Runs layers `start` down to `end` (inclusive, `start >= end`) backward.
     fn backward_range(&self, start: usize, end: usize) -> PyResult<()> {
-        self.net
-            .with(|net| net.backward_from_to(start, end))
-            .map_err(engine_error)
+        self.engine(|net| net.backward_from_to(start, end))
     }
     /// Reshapes every layer's tops from its bottoms (after an input changed shape).
     fn reshape(&self) -> PyResult<()> {
-        self.net.with(|net| net.reshape()).map_err(engine_error)
+        self.engine(|net| net.reshape())
+    }
+    /// Zeroes every parameter's diff.
+    fn clear_param_diffs(&self) -> PyResult<()> {
+        self.engine(|net| net.clear_param_diffs())
     }
     /// Feeds the first layer, a MemoryData layer, `data` (N x C x H x W float32) and `labels`
     /// (N float32); the values are copied.
@@ -370,60 +397,30 @@ impl PyNet {
         }
         let values: Vec<f32> = data.as_array().iter().copied().collect();
         let labels: Vec<f32> = labels.as_array().iter().copied().collect();
-        self.net
-            .with(|net| net.set_input_arrays(values, &shape, labels))
-            .map_err(engine_error)
+        self.engine(|net| net.set_input_arrays(values, &shape, labels))
     }
     /// Writes the weights as a binary `.caffemodel` (no diffs).
     fn save(&self, path: &str) -> PyResult<()> {
-        let param = self
-            .net
-            .with(|net| net.to_proto(false))
-            .map_err(engine_error)?;
+        let param = self.engine(|net| net.to_proto(false))?;
         rcaffe::proto::write_binary(Path::new(path), &param).map_err(engine_error)
     }
     /// Copies the weights of a `.caffemodel` (or `.caffemodel.h5`) into the layers of the
     /// same name.
     fn copy_from(&self, path: &str) -> PyResult<()> {
-        self.net
-            .with(|net| net.copy_trained_layers_from_file(Path::new(path)))
-            .map_err(engine_error)
-    }
-    /// Zeroes every parameter's diff.
-    fn clear_param_diffs(&self) -> PyResult<()> {
-        self.net
-            .with(|net| net.clear_param_diffs())
-            .map_err(engine_error)
+        self.engine(|net| net.copy_trained_layers_from_file(Path::new(path)))
     }
     /// Writes the weights as a `.caffemodel.h5` (HDF5; no diffs).
     fn save_hdf5(&self, path: &str) -> PyResult<()> {
-        self.net
-            .with(|net| net.write_hdf5(Path::new(path), false))
-            .map_err(engine_error)
+        self.engine(|net| net.write_hdf5(Path::new(path), false))
     }
     /// Copies the weights of a `.caffemodel.h5` into the layers of the same name.
     fn load_hdf5(&self, path: &str) -> PyResult<()> {
-        self.net
-            .with(|net| net.copy_trained_layers_from_hdf5(Path::new(path)))
-            .map_err(engine_error)
-    }
-    /// Every activation blob's loss weight, in blob id order.
-    fn blob_loss_weights(&self) -> Vec<f32> {
-        self.net.with(|net| {
-            (0..net.blobs().len())
-                .map(|id| net.blob_loss_weight(id))
-                .collect()
-        })
+        self.engine(|net| net.copy_trained_layers_from_hdf5(Path::new(path)))
     }
     /// Copies the weights of `other`'s layers into the layers of the same name (upstream
     /// shares the memory; here the values are copied, once).
     fn share_with(&self, other: &PyNet) -> PyResult<()> {
-        let weights = other
-            .net
-            .with(|net| net.to_proto(false))
-            .map_err(engine_error)?;
-        self.net
-            .with(|net| net.copy_trained_layers_from(&weights))
-            .map_err(engine_error)
+        let weights = other.engine(|net| net.to_proto(false))?;
+        self.engine(|net| net.copy_trained_layers_from(&weights))
     }
 }

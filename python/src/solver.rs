@@ -6,18 +6,40 @@ use std::sync::{Arc, Mutex};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rcaffe::backend::CpuBackend;
-use rcaffe::solver::Solver;
+use rcaffe::solver::{Solver, SolverAction, SOLVER_TYPES};
 
 use crate::engine_error;
 use crate::net::{backend, lock, NetRef, PyNet};
 
-/// The update rules a solver can be built with, by `type` name.
-const RULES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"];
-
 /// A solver of the engine (its update rules, lr policies and log), on the CPU.
+///
+/// Between iterations it runs Python's signal handlers: Ctrl-C (a `KeyboardInterrupt`) stops
+/// training after the iteration under way, and `step`/`solve` raise it once the solver has
+/// stopped (with `solve`, after the snapshot at the end of training if the file asks for one).
 #[pyclass(name = "Solver", module = "caffe._caffe", frozen)]
 pub struct PySolver {
     solver: Arc<Mutex<Solver<CpuBackend>>>,
+    /// The exception a signal handler raised while the solver ran, for the caller.
+    interrupted: Arc<Mutex<Option<PyErr>>>,
+}
+
+impl PySolver {
+    /// Runs a training call, then raises what a signal handler raised meanwhile, if anything.
+    fn train<R>(
+        &self,
+        f: impl FnOnce(&mut Solver<CpuBackend>) -> rcaffe::solver::Result<R>,
+    ) -> PyResult<R> {
+        let result = f(&mut *lock(&self.solver)?);
+        let interrupted = self
+            .interrupted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        match interrupted {
+            Some(error) => Err(error),
+            None => result.map_err(engine_error),
+        }
+    }
 }
 
 #[pymethods]
@@ -30,24 +52,36 @@ impl PySolver {
         let origin = Path::new(path);
         let mut param = rcaffe::proto::read_solver(origin).map_err(engine_error)?;
         if let Some(rule) = rule {
-            if !RULES.contains(&rule) {
+            if !SOLVER_TYPES.contains(&rule) {
                 return Err(PyValueError::new_err(format!(
                     "unknown solver type '{rule}'; known: {}",
-                    RULES.join(", ")
+                    SOLVER_TYPES.join(", ")
                 )));
             }
             param.r#type = Some(rule.to_string());
         }
-        let solver = Solver::new(param, origin, backend()).map_err(engine_error)?;
+        let mut solver = Solver::new(param, origin, backend()).map_err(engine_error)?;
+        let interrupted = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&interrupted);
+        solver.set_action_source(move || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => SolverAction::None,
+                Err(error) => {
+                    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
+                    SolverAction::Stop
+                }
+            })
+        });
         Ok(Self {
             solver: Arc::new(Mutex::new(solver)),
+            interrupted,
         })
     }
 
     /// The update rule's name ("SGD").
     #[getter]
-    fn r#type(&self) -> String {
-        lock(&self.solver).param().r#type().to_string()
+    fn r#type(&self) -> PyResult<String> {
+        Ok(lock(&self.solver)?.param().r#type().to_string())
     }
     /// The train net: the solver's own, so its blobs and params are what the solver trains.
     #[getter]
@@ -58,48 +92,44 @@ impl PySolver {
     }
     /// The test nets (the solver copies the train net's weights into them before each test).
     #[getter]
-    fn test_nets(&self) -> Vec<PyNet> {
-        let count = lock(&self.solver).test_nets().len();
-        (0..count)
+    fn test_nets(&self) -> PyResult<Vec<PyNet>> {
+        let count = lock(&self.solver)?.test_nets().len();
+        Ok((0..count)
             .map(|i| PyNet {
                 net: NetRef::Test(Arc::clone(&self.solver), i),
             })
-            .collect()
+            .collect())
     }
     /// The number of iterations run so far.
     #[getter]
-    fn iter(&self) -> i32 {
-        lock(&self.solver).iter()
+    fn iter(&self) -> PyResult<i32> {
+        Ok(lock(&self.solver)?.iter())
     }
     /// Runs `iters` iterations (with the tests, display and snapshots the solver file asks).
     fn step(&self, iters: i32) -> PyResult<()> {
-        lock(&self.solver).step(iters).map_err(engine_error)
+        self.train(|solver| solver.step(iters))
     }
     /// Trains to `max_iter`, first restoring `resume_file` (a `.solverstate`) when given.
     #[pyo3(signature = (resume_file=None))]
     fn solve(&self, resume_file: Option<&str>) -> PyResult<()> {
-        lock(&self.solver)
-            .solve(resume_file.map(Path::new))
-            .map_err(engine_error)
+        self.train(|solver| solver.solve(resume_file.map(Path::new)))
     }
     /// Restores the weights, history and iteration of a `.solverstate`.
     fn restore(&self, state: &str) -> PyResult<()> {
-        lock(&self.solver)
-            .restore(Path::new(state))
-            .map_err(engine_error)
+        self.train(|solver| solver.restore(Path::new(state)))
     }
     /// Writes a `.caffemodel` and a `.solverstate` of the current iteration; returns their
     /// paths.
     fn snapshot(&self) -> PyResult<(String, String)> {
-        let (model, state) = lock(&self.solver).snapshot().map_err(engine_error)?;
+        let (model, state) = self.train(|solver| solver.snapshot())?;
         Ok((model.display().to_string(), state.display().to_string()))
     }
     /// Applies the update rule to the train net's gradients, as one iteration ends.
     fn apply_update(&self) -> PyResult<()> {
-        lock(&self.solver).apply_update().map_err(engine_error)
+        self.train(|solver| solver.apply_update())
     }
     /// Runs every test net (`test_iter` batches each), logging their scores.
     fn test_all(&self) -> PyResult<()> {
-        lock(&self.solver).test_all().map_err(engine_error)
+        self.train(|solver| solver.test_all())
     }
 }

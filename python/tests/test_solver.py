@@ -3,6 +3,7 @@ train net seen from Python being the solver's own (after upstream's test_solver.
 
 import gc
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -144,3 +145,53 @@ def test_solver_errors_are_python_exceptions(tmp_path):
     bad.write_text("net: 'nowhere.prototxt' base_lr: 0.1 lr_policy: 'fixed'\n")
     with pytest.raises(RuntimeError, match="nowhere.prototxt"):
         caffe.get_solver(str(bad))
+
+
+def test_ctrl_c_stops_training_and_raises(solver_file, tmp_path):
+    # The engine holds the GIL while it trains, so the signal comes from another process.
+    import subprocess
+
+    path = tmp_path / "long.prototxt"
+    path.write_text(solver_file.read_text().replace("max_iter: 100", "max_iter: 100000000"))
+    solver = caffe.SGDSolver(str(path))
+    fill_labels(solver.net, 0)
+    sender = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill -INT {os.getpid()}"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            solver.solve()
+    finally:
+        sender.wait()
+    assert 0 < solver.iter < 100000000
+    # The solver and its net are usable afterwards.
+    model, _ = solver.snapshot()
+    assert os.path.isfile(model)
+    assert np.isfinite(solver.net.forward()["loss"])
+
+
+def test_a_signal_handler_using_a_busy_solver_gets_an_error(solver_file):
+    import subprocess
+
+    path = solver_file.with_name("long.prototxt")
+    path.write_text(solver_file.read_text().replace("max_iter: 100", "max_iter: 100000000"))
+    solver = caffe.SGDSolver(str(path))
+    fill_labels(solver.net, 0)
+    errors = []
+
+    def handler(signum, frame):
+        # Runs between two iterations, while the solver is inside solve().
+        try:
+            solver.net.blobs["data"].data
+        except RuntimeError as error:
+            errors.append(str(error))
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    sender = subprocess.Popen(
+        ["sh", "-c", f"sleep 0.5; kill -USR1 {os.getpid()}; sleep 0.2; kill -INT {os.getpid()}"]
+    )
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            solver.solve()
+    finally:
+        sender.wait()
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(errors) == 1 and "busy" in errors[0]
