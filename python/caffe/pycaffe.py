@@ -293,6 +293,9 @@ class Solver:
 
     @cached_property
     def test_nets(self):
+        """The test nets. Their layers' parameter blobs are the train net's (by layer name, as
+        upstream shares them), and a forward or backward run from here first brings the test
+        net's own copy of the weights up to date."""
         return [Net._wrap(native) for native in self._solver.test_nets]
 
     @property

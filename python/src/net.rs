@@ -203,8 +203,30 @@ impl PyLayer {
     }
 }
 
+/// The parameter blobs of layer `layer`. A solver's test net shares the train net's weights
+/// (by layer name, as upstream's `ShareTrainedLayersWith`): its layers' blobs are the train
+/// net's where the train net has a layer of that name.
 fn param_blobs(net: &NetRef, layer: usize) -> PyResult<Vec<PyBlob>> {
-    let ids = net.with(|n| n.layer_learnable_ids(layer).to_vec())?;
+    let (name, ids) = net.with(|n| {
+        let ids = n.layer_learnable_ids(layer).to_vec();
+        (n.layer_name(layer).to_string(), ids)
+    })?;
+    if let NetRef::Test(solver, _) = net {
+        let train = NetRef::Train(Arc::clone(solver));
+        let train_ids = train.with(|n| {
+            n.layer_index(&name)
+                .map(|i| n.layer_learnable_ids(i).to_vec())
+        })?;
+        if let Some(train_ids) = train_ids.filter(|t| t.len() == ids.len()) {
+            return Ok(train_ids
+                .into_iter()
+                .map(|id| PyBlob {
+                    net: train.clone(),
+                    id: BlobId::Param(id),
+                })
+                .collect());
+        }
+    }
     Ok(ids
         .into_iter()
         .map(|id| PyBlob {
@@ -239,6 +261,15 @@ impl PyNet {
                 .map(|&id| net.blob_name(id).to_string())
                 .collect()
         })
+    }
+
+    /// For a solver's test net: copies the train net's current weights in, so that a pass
+    /// run from Python sees them as upstream's shared weights would.
+    fn sync_test_net(&self) -> PyResult<()> {
+        if let NetRef::Test(solver, id) = &self.net {
+            lock(solver)?.sync_test_net(*id).map_err(engine_error)?;
+        }
+        Ok(())
     }
 
     /// Runs a call of the engine that can fail, its error as a Python exception.
@@ -360,10 +391,12 @@ impl PyNet {
     }
     /// Runs layers `start` to `end` (inclusive) forward; returns their loss.
     fn forward_range(&self, start: usize, end: usize) -> PyResult<f32> {
+        self.sync_test_net()?;
         self.engine(|net| net.forward_from_to(start, end))
     }
     /// Runs layers `start` down to `end` (inclusive, `start >= end`) backward.
     fn backward_range(&self, start: usize, end: usize) -> PyResult<()> {
+        self.sync_test_net()?;
         self.engine(|net| net.backward_from_to(start, end))
     }
     /// Reshapes every layer's tops from its bottoms (after an input changed shape).

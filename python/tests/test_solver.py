@@ -195,3 +195,14 @@ def test_a_signal_handler_using_a_busy_solver_gets_an_error(solver_file):
         sender.wait()
         signal.signal(signal.SIGUSR1, previous)
     assert len(errors) == 1 and "busy" in errors[0]
+
+
+def test_test_nets_share_the_train_nets_weights(solver):
+    test = solver.test_nets[0]
+    assert np.shares_memory(test.params["ip"][0].data, solver.net.params["ip"][0].data)
+    solver.step(3)  # no test pass among these iterations
+    out = test.forward(blobs=["conv"])
+    # The test net's forward used the weights as they are now.
+    weights, bias = (p.data for p in solver.net.params["ip"])
+    expected = out["conv"].reshape(5, -1) @ weights.T + bias
+    np.testing.assert_allclose(test.blobs["ip"].data, expected, rtol=1e-4, atol=1e-3)

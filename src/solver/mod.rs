@@ -376,6 +376,12 @@ impl<B: Backend> Solver<B> {
     pub fn test_nets_mut(&mut self) -> &mut [Net<B>] {
         &mut self.test_nets
     }
+    /// Copies the train net's weights into test net `id`, as before each test pass (upstream's
+    /// test nets share the train net's weights; these hold copies).
+    pub fn sync_test_net(&mut self, id: usize) -> Result<()> {
+        self.test_nets[id].copy_trained_layers_from_net(&self.net)?;
+        Ok(())
+    }
     /// The next iteration to run (the number run so far).
     pub fn iter(&self) -> i32 {
         self.iter
