@@ -1,5 +1,8 @@
 """Shared fixtures: small nets written for the tests (after upstream's test_net.cpp)."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -58,3 +61,15 @@ snapshot_prefix: '{tmp_path / "model"}'
 """
     )
     return path
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rcaffe_binary():
+    """The `rcaffe` command line built from this checkout (or RCAFFE_BIN); the test is skipped,
+    saying why, when there is none."""
+    binary = Path(os.environ.get("RCAFFE_BIN", REPO / "target" / "release" / "rcaffe"))
+    if not binary.is_file():
+        pytest.skip(f"no rcaffe binary at {binary} (cargo build --release; or set RCAFFE_BIN)")
+    return binary

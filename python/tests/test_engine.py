@@ -4,14 +4,11 @@ line scores with the same weights, and blob values match hand computations."""
 import os
 import re
 import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import caffe
-
-REPO = Path(__file__).resolve().parents[2]
+from conftest import rcaffe_binary
 
 NET = """name: 'cli'
 layer { name: 'data' type: 'DummyData' top: 'data'
@@ -25,13 +22,6 @@ layer { name: 'ip' type: 'InnerProduct' bottom: 'conv' top: 'ip'
   inner_product_param { num_output: 3
     weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'constant' value: -0.2 } } }
 """
-
-
-def rcaffe_binary():
-    binary = Path(os.environ.get("RCAFFE_BIN", REPO / "target" / "release" / "rcaffe"))
-    if not binary.is_file():
-        pytest.skip(f"no rcaffe binary at {binary} (cargo build --release; or set RCAFFE_BIN)")
-    return binary
 
 
 def conv_relu_ip(data, conv_w, conv_b, ip_w, ip_b):
