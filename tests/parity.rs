@@ -18,12 +18,16 @@
 //! docs/parity.md records its output; the tolerances below come from it.
 
 use rcaffe::caffe_log::{parse_log, CaffeLog};
+use rcaffe::data::hdf5::Reader;
 use rcaffe::proto::caffe::NetParameter;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 const UPSTREAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/upstream");
+/// Upstream runs of the layer types and formats added since (tests/data/upstream-runs/README.md
+/// says how they were made), laid out as `UPSTREAM`'s.
+const MADE_HERE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/upstream-runs");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
 
 /// After the exact stretch, the training loss averaged over windows of this many iterations
@@ -38,6 +42,8 @@ const TEST_LOSS_RELATIVE: f64 = 0.02;
 /// (docs/parity.md), in its own line below.
 #[derive(Clone, Copy)]
 struct Run {
+    /// The folder of reference runs: [`UPSTREAM`] or [`MADE_HERE`].
+    root: &'static str,
     net: &'static str,
     name: &'static str,
     /// Iterations over which the loss agrees to 1e-4 relative.
@@ -60,6 +66,7 @@ const DEFAULT_ACCURACY: f64 = 0.005;
 impl Run {
     const fn new(net: &'static str, name: &'static str) -> Self {
         Run {
+            root: UPSTREAM,
             net,
             name,
             exact_iterations: DEFAULT_EXACT_ITERATIONS,
@@ -67,6 +74,13 @@ impl Run {
             accuracy: DEFAULT_ACCURACY,
             chaotic_after: None,
         }
+    }
+
+    /// A run of [`MADE_HERE`].
+    const fn made_here(net: &'static str, name: &'static str) -> Self {
+        let mut run = Run::new(net, name);
+        run.root = MADE_HERE;
+        run
     }
 
     /// Widens the defaults to what `rounding_sensitivity` measured for this run between
@@ -100,7 +114,7 @@ impl Run {
     }
 
     fn folder(&self) -> PathBuf {
-        Path::new(UPSTREAM).join(self.net)
+        Path::new(self.root).join(self.net)
     }
 
     fn upstream_log(&self) -> CaffeLog {
@@ -122,6 +136,8 @@ struct Datasets {
     _folder: tempfile::TempDir,
     fmnist: [PathBuf; 2],
     fcifar: [PathBuf; 2],
+    /// `convert-mnist-siamese` pairs (LevelDB, seed 0) of the mini train and test sets.
+    siamese: [PathBuf; 2],
 }
 
 fn datasets() -> &'static Datasets {
@@ -130,18 +146,24 @@ fn datasets() -> &'static Datasets {
         let folder = tempfile::tempdir().unwrap();
         let mnist = Path::new(DATA).join("fashion-mnist-mini");
         let mut fmnist = Vec::new();
-        for (set, name) in [
-            ("train", "fmnist_mini_train_lmdb"),
-            ("t10k", "fmnist_mini_test_lmdb"),
-        ] {
-            let out = folder.path().join(name);
-            rcaffe::data::convert_mnist(
-                &mnist.join(format!("{set}-images-idx3-ubyte.gz")),
-                &mnist.join(format!("{set}-labels-idx1-ubyte.gz")),
-                &out,
+        let mut siamese = Vec::new();
+        for (set, name) in [("train", "fmnist_mini_train"), ("t10k", "fmnist_mini_test")] {
+            let images = mnist.join(format!("{set}-images-idx3-ubyte.gz"));
+            let labels = mnist.join(format!("{set}-labels-idx1-ubyte.gz"));
+            let out = folder.path().join(format!("{name}_lmdb"));
+            rcaffe::data::convert_mnist(&images, &labels, &out).unwrap();
+            fmnist.push(out);
+            let pairs = folder.path().join(format!("{name}_siamese_leveldb"));
+            rcaffe::data::convert_mnist_siamese(
+                &images,
+                &labels,
+                &pairs,
+                rcaffe::data::DbBackend::LevelDb,
+                0,
+                &mut |_| {},
             )
             .unwrap();
-            fmnist.push(out);
+            siamese.push(pairs);
         }
         let cifar_out = folder.path().join("cifar");
         std::fs::create_dir(&cifar_out).unwrap();
@@ -154,21 +176,28 @@ fn datasets() -> &'static Datasets {
         Datasets {
             fmnist: fmnist.try_into().unwrap(),
             fcifar,
+            siamese: siamese.try_into().unwrap(),
             _folder: folder,
         }
     })
 }
 
-/// A working folder laid out as upstream's runs had it: the LMDBs and the mean file under the
-/// names the net files use, and the run's solver and net files, byte for byte.
+/// A working folder laid out as upstream's runs had it: the datasets and the mean file under
+/// the names the net files use, and the run's solver, net and HDF5 list files, byte for byte.
 fn working_folder(run: Run) -> tempfile::TempDir {
     let folder = tempfile::tempdir().unwrap();
     let data = datasets();
+    let hdf5 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hdf5");
+    let sequences = Path::new(MADE_HERE).join("sequences");
     let links = [
         ("fmnist_mini_train_lmdb", &data.fmnist[0]),
         ("fmnist_mini_test_lmdb", &data.fmnist[1]),
         ("fcifar_mini_train_lmdb", &data.fcifar[0]),
         ("fcifar_mini_test_lmdb", &data.fcifar[1]),
+        ("fmnist_mini_train_siamese_leveldb", &data.siamese[0]),
+        ("fmnist_mini_test_siamese_leveldb", &data.siamese[1]),
+        ("hdf5", &hdf5),
+        ("sequences", &sequences),
     ];
     for (name, target) in links {
         std::os::unix::fs::symlink(target, folder.path().join(name)).unwrap();
@@ -182,6 +211,12 @@ fn working_folder(run: Run) -> tempfile::TempDir {
     std::fs::copy(run.folder().join(&solver), folder.path().join(&solver)).unwrap();
     let net = run.net_file();
     std::fs::copy(&net, folder.path().join(net.file_name().unwrap())).unwrap();
+    for entry in std::fs::read_dir(run.folder()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|extension| extension == "txt") {
+            std::fs::copy(&path, folder.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
     folder
 }
 
@@ -571,7 +606,96 @@ fn mnist_autoencoder_sgd_step() {
     check(run("mnist_autoencoder", "sgd_step"));
 }
 
+// ---- the types of the rest of upstream's catalogue ------------------------------------------
+
+#[test]
+fn lstm_seq_sgd() {
+    check(run("lstm_seq", "sgd"));
+}
+
+#[test]
+fn rnn_embed_seq_sgd() {
+    check(run("rnn_embed_seq", "sgd"));
+}
+
+#[test]
+fn hdf5_classification_sgd_step() {
+    check(run("hdf5_classification", "sgd_step"));
+}
+
+#[test]
+fn siamese_sgd_inv() {
+    check(run("siamese", "sgd_inv"));
+}
+
+/// HDF5 snapshots both ways: our run writes upstream's layout at iteration 10, and resuming
+/// from upstream's own `.solverstate.h5` (written by libhdf5) continues as upstream's resumed run.
+#[test]
+fn rnn_embed_seq_hdf5_snapshots() {
+    let run = run("rnn_embed_seq", "sgd_hdf5");
+    let (ours, folder) = train(run, None);
+    assert_parity(run, &ours, 0);
+    for file in [
+        "sgd_hdf5_iter_10.caffemodel.h5",
+        "sgd_hdf5_iter_10.solverstate.h5",
+    ] {
+        let theirs = hdf5_layout(&run.folder().join(file));
+        assert!(theirs.len() > 5, "{file}: {theirs:?}");
+        assert_eq!(hdf5_layout(&folder.path().join(file)), theirs, "{file}");
+    }
+
+    let folder = working_folder(run);
+    for file in [
+        "sgd_hdf5_iter_10.caffemodel.h5",
+        "sgd_hdf5_iter_10.solverstate.h5",
+    ] {
+        std::fs::copy(run.folder().join(file), folder.path().join(file)).unwrap();
+    }
+    let log = rcaffe_train(
+        folder.path(),
+        &[
+            "-solver",
+            "sgd_hdf5.solver.prototxt",
+            "-snapshot",
+            "sgd_hdf5_iter_10.solverstate.h5",
+        ],
+    );
+    let upstream =
+        parse_log(&std::fs::read_to_string(run.folder().join("sgd_hdf5_resumed.log")).unwrap());
+    // Both resumed from the same state with the data read from its first row again: the same
+    // run, so compared to 1e-4 from its first iteration.
+    assert_follows(run.exact_for(10), &parse_log(&log), &upstream, 10);
+}
+
 // ---- interchange --------------------------------------------------------------------------
+
+/// Every group and dataset of an HDF5 snapshot, depth first: its path, the dataset's shape, and
+/// the value of the scalar ones (`iter`, `current_step`, `learned_net`).
+fn hdf5_layout(path: &Path) -> Vec<(String, Vec<usize>, String)> {
+    fn walk(file: &Reader, group: &str, out: &mut Vec<(String, Vec<usize>, String)>) {
+        for name in file.links(group).unwrap() {
+            let path = if group == "/" {
+                name
+            } else {
+                format!("{group}/{name}")
+            };
+            if file.links(&path).is_ok() {
+                out.push((path.clone(), vec![], "group".to_string()));
+                walk(file, &path, out);
+                continue;
+            }
+            let (shape, value) = match path.as_str() {
+                "learned_net" => (vec![], file.read_string(&path).unwrap()),
+                "iter" | "current_step" => (vec![1], file.read_int(&path).unwrap().to_string()),
+                _ => (file.read_array(&path).unwrap().shape, String::new()),
+            };
+            out.push((path, shape, value));
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Reader::open(path).unwrap(), "/", &mut out);
+    out
+}
 
 /// Layer name, type and blob shapes, in order: what upstream's reader matches weights by.
 fn layout(model: &NetParameter) -> Vec<(String, String, Vec<Vec<i64>>)> {
@@ -621,7 +745,7 @@ fn nudged_copy(model: &Path, out: &Path, seed: u64) {
 }
 
 /// Every upstream run, with the sensitivities `rounding_sensitivity` measured (docs/parity.md).
-const RUNS: [Run; 13] = [
+const RUNS: [Run; 18] = [
     Run::new("lenet", "sgd_inv").sensitive(25, 1.21, 0.4),
     Run::new("lenet", "sgd_triangular2").sensitive(46, 0.39, 0.3),
     Run::new("lenet", "sgd_triangular_l1_clip_itersize").sensitive(91, 0.01, 0.1),
@@ -648,6 +772,13 @@ const RUNS: [Run; 13] = [
     Run::new("cifar10_full", "sgd_fixed").sensitive(36, 0.04, 0.1),
     Run::new("cifar10_full_sigmoid_bn", "sgd_step"),
     Run::new("mnist_autoencoder", "sgd_step").sensitive(64, 1.05, 0.0),
+    Run::made_here("lstm_seq", "sgd"),
+    Run::made_here("rnn_embed_seq", "sgd"),
+    Run::made_here("rnn_embed_seq", "sgd_hdf5"),
+    Run::made_here("hdf5_classification", "sgd_step"),
+    // The contrastive loss is small and sums squared distances of two towers: a one-ulp nudge
+    // parts the losses at iteration 8 and moves the windowed mean by up to 11.7%.
+    Run::made_here("siamese", "sgd_inv").sensitive(8, 11.70, 0.0),
 ];
 
 /// How far two loss curves of the same run part: the first iteration whose losses differ by

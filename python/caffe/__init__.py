@@ -1,5 +1,7 @@
 """pycaffe's API on rcaffe, a Rust reimplementation of Caffe: ``caffe.Net``, the solvers,
-``caffe.proto.caffe_pb2`` and the module-level settings, running on the engine's CPU backend."""
+``caffe.proto.caffe_pb2`` and the module-level settings, running on the engine's CPU backend,
+with upstream's pure-Python helpers (net_spec, io, Classifier, Detector; ``caffe.draw`` and
+``caffe.coord_map`` are imported by name, as upstream)."""
 
 from caffe import _caffe
 from caffe._caffe import TEST, TRAIN, layer_type_list, set_random_seed
@@ -16,6 +18,10 @@ from caffe.pycaffe import (
     Solver,
     get_solver,
 )
+from caffe import io
+from caffe.classifier import Classifier
+from caffe.detector import Detector
+from caffe.net_spec import NetSpec, layers, params, to_proto
 
 __version__ = "0.1.0"
 

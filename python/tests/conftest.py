@@ -1,4 +1,7 @@
-"""Shared fixtures: small nets written for the tests (after upstream's test_net.cpp)."""
+"""Shared pytest setup for the package's tests, which run against the installed ``caffe``
+package: the message classes (``caffe_pb2``), the model zoo the Rust tests use too
+(``../shared/caffe-zoo`` next to the repository), the `rcaffe` command line, and small nets
+written for the tests (after upstream's test_net.cpp)."""
 
 import os
 from pathlib import Path
@@ -7,6 +10,23 @@ import numpy as np
 import pytest
 
 import caffe
+
+REPO = Path(__file__).resolve().parents[2]
+ZOO = REPO.parent / "shared" / "caffe-zoo"
+
+
+@pytest.fixture(scope="session")
+def caffe_pb2():
+    from caffe.proto import caffe_pb2
+
+    return caffe_pb2
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    if not ZOO.is_dir():
+        pytest.skip(f"model zoo not found at {os.path.normpath(ZOO)}")
+    return os.path.normpath(ZOO)
 
 
 def simple_net_text(num_output):
@@ -62,8 +82,6 @@ snapshot_prefix: '{tmp_path / "model"}'
     )
     return path
 
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def rcaffe_binary():
