@@ -10,7 +10,28 @@ import numpy as np
 from caffe import _caffe
 
 Blob = _caffe.Blob
-Layer = _caffe.Layer
+
+
+class Layer:
+    """The base of Python layers: a net built from Python with a layer of ``type: "Python"``
+    and ``python_param { module: "m" layer: "C" }`` imports ``m``, builds ``C()``, sets its
+    ``param_str`` and ``phase``, and calls ``setup(bottom, top)``, then ``reshape``,
+    ``forward(bottom, top)`` and ``backward(top, propagate_down, bottom)`` with lists of
+    ``caffe.Blob``. During each call ``self.blobs`` holds the layer's parameter blobs
+    (``self.blobs.add_blob(*shape)`` in ``setup`` adds one). The blobs of a call are valid for
+    that call only; arrays taken from them stay valid."""
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
 
 
 class Net:

@@ -12,6 +12,7 @@
 //! while the engine reads or writes its memory.
 
 mod net;
+mod python_layer;
 mod solver;
 
 use pyo3::exceptions::PyRuntimeError;
@@ -66,10 +67,13 @@ fn set_random_seed(seed: u64) {
     RANDOM_SEED.store(seed.saturating_add(1), Ordering::Relaxed);
 }
 
-/// Every layer type the engine can build, sorted.
+/// Every layer type a net built from Python can have, sorted: the engine's and "Python".
 #[pyfunction]
 fn layer_type_list() -> Vec<&'static str> {
-    rcaffe::layers::registered_layer_types()
+    let mut types = rcaffe::layers::registered_layer_types();
+    types.push("Python");
+    types.sort_unstable();
+    types
 }
 
 /// Sends the engine's log (glog's format; `GLOG_minloglevel`, `GLOG_logtostderr` and the other
@@ -93,5 +97,6 @@ fn _caffe(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLayer>()?;
     m.add_class::<PySolver>()?;
     m.add_class::<net::HostArrayOwner>()?;
+    m.add_class::<python_layer::PyBlobVec>()?;
     Ok(())
 }

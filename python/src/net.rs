@@ -15,6 +15,7 @@ use rcaffe::proto::caffe::{NetState, Phase};
 use rcaffe::solver::Solver;
 
 use crate::engine_error;
+use crate::python_layer::ScopedBlob;
 
 /// The CPU backend every net built from Python runs on (one thread pool for them all).
 pub(crate) fn backend() -> &'static CpuBackend {
@@ -78,21 +79,56 @@ pub struct HostArrayOwner {
 /// A blob of a net: its shape, and its data and diff as numpy arrays over the engine's memory.
 #[pyclass(name = "Blob", module = "caffe._caffe", frozen)]
 pub struct PyBlob {
-    net: NetRef,
-    id: BlobId,
+    source: BlobSource,
+}
+
+/// Where a [`PyBlob`] finds its blob.
+enum BlobSource {
+    /// In a net, by id: reached through the net's lock.
+    Net { net: NetRef, id: BlobId },
+    /// A bottom, top or parameter handed to a Python layer for one call.
+    Scoped(ScopedBlob),
 }
 
 impl PyBlob {
+    pub(crate) fn scoped(blob: ScopedBlob) -> Self {
+        Self {
+            source: BlobSource::Scoped(blob),
+        }
+    }
+
+    fn in_net(net: &NetRef, id: BlobId) -> Self {
+        Self {
+            source: BlobSource::Net {
+                net: net.clone(),
+                id,
+            },
+        }
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&Blob<CpuBackend>) -> R) -> PyResult<R> {
+        match &self.source {
+            BlobSource::Net { net, id } => net.with(|net| match *id {
+                BlobId::Activation(id) => f(&net.blobs()[id]),
+                BlobId::Param(id) => f(&net.learnable_params()[id]),
+            }),
+            BlobSource::Scoped(blob) => blob.read(f),
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Blob<CpuBackend>) -> R) -> PyResult<R> {
-        self.net.with(|net| match self.id {
-            BlobId::Activation(id) => f(&mut net.blobs_mut()[id]),
-            BlobId::Param(id) => f(&mut net.learnable_params_mut()[id]),
-        })
+        match &self.source {
+            BlobSource::Net { net, id } => net.with(|net| match *id {
+                BlobId::Activation(id) => f(&mut net.blobs_mut()[id]),
+                BlobId::Param(id) => f(&mut net.learnable_params_mut()[id]),
+            }),
+            BlobSource::Scoped(blob) => blob.write(f),
+        }
     }
 
     /// The data (or diff) as a float32 array of the blob's shape over the engine's memory.
     fn array<'py>(&self, py: Python<'py>, diff: bool) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        let (memory, shape) = self.with(|blob| {
+        let (memory, shape) = self.read(|blob| {
             let buffer = if diff { blob.diff() } else { blob.data() };
             (buffer.share(), blob.shape().to_vec())
         })?;
@@ -109,7 +145,7 @@ impl PyBlob {
     }
 
     fn legacy(&self, index: isize) -> PyResult<usize> {
-        self.with(|blob| blob.legacy_shape(index))?
+        self.read(|blob| blob.legacy_shape(index))?
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 }
@@ -129,11 +165,11 @@ impl PyBlob {
     /// The shape, as a tuple.
     #[getter]
     fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, self.with(|blob| blob.shape().to_vec())?)
+        PyTuple::new(py, self.read(|blob| blob.shape().to_vec())?)
     }
     #[getter]
     fn count(&self) -> PyResult<usize> {
-        self.with(|blob| blob.count())
+        self.read(|blob| blob.count())
     }
     #[getter]
     fn num(&self) -> PyResult<usize> {
@@ -168,7 +204,7 @@ impl PyBlob {
     fn __repr__(&self) -> PyResult<String> {
         Ok(format!(
             "<caffe.Blob {}>",
-            self.with(|blob| blob.shape_string())?
+            self.read(|blob| blob.shape_string())?
         ))
     }
 }
@@ -220,19 +256,13 @@ fn param_blobs(net: &NetRef, layer: usize) -> PyResult<Vec<PyBlob>> {
         if let Some(train_ids) = train_ids.filter(|t| t.len() == ids.len()) {
             return Ok(train_ids
                 .into_iter()
-                .map(|id| PyBlob {
-                    net: train.clone(),
-                    id: BlobId::Param(id),
-                })
+                .map(|id| PyBlob::in_net(&train, BlobId::Param(id)))
                 .collect());
         }
     }
     Ok(ids
         .into_iter()
-        .map(|id| PyBlob {
-            net: net.clone(),
-            id: BlobId::Param(id),
-        })
+        .map(|id| PyBlob::in_net(net, BlobId::Param(id)))
         .collect())
 }
 
@@ -306,8 +336,13 @@ impl PyNet {
         state.phase = Some(phase as i32);
         state.level = Some(level);
         state.stage.extend(stages);
-        let mut net = Net::new(&param, backend(), crate::net_rng())
-            .map_err(|e| engine_error(e.placed_in(&rcaffe::proto::NetOrigin::file(path))))?;
+        let mut net = Net::new_with_factory(
+            &param,
+            backend(),
+            crate::net_rng(),
+            &crate::python_layer::factory,
+        )
+        .map_err(|e| engine_error(e.placed_in(&rcaffe::proto::NetOrigin::file(path))))?;
         if let Some(weights) = weights {
             net.copy_trained_layers_from_file(Path::new(weights))
                 .map_err(engine_error)?;
@@ -335,13 +370,7 @@ impl PyNet {
         Ok(names
             .into_iter()
             .enumerate()
-            .map(|(id, name)| {
-                let blob = PyBlob {
-                    net: self.net.clone(),
-                    id: BlobId::Activation(id),
-                };
-                (name, blob)
-            })
+            .map(|(id, name)| (name, PyBlob::in_net(&self.net, BlobId::Activation(id))))
             .collect())
     }
     /// Every layer's name, in order.

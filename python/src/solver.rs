@@ -60,7 +60,9 @@ impl PySolver {
             }
             param.r#type = Some(rule.to_string());
         }
-        let mut solver = Solver::new(param, origin, backend()).map_err(engine_error)?;
+        let mut solver =
+            Solver::new_with_factory(param, origin, backend(), &crate::python_layer::factory)
+                .map_err(engine_error)?;
         let interrupted = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&interrupted);
         solver.set_action_source(move || {

@@ -833,7 +833,11 @@ pub fn create_layer<B: Backend>(param: &LayerParameter) -> Result<Box<dyn Layer<
 /// than "unknown".
 fn not_supported(kind: &str) -> Option<&'static str> {
     match kind {
-        "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
+        "Python" => Some(
+            "Python layers run in nets built from Python with the rcaffe Python package \
+             (`pip install ./python`, then caffe.Net or caffe.get_solver); the rcaffe command \
+             line runs no Python",
+        ),
         "Recurrent" => Some("upstream's abstract base of RNN and LSTM; use one of those"),
         _ => None,
     }
