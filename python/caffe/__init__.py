@@ -3,7 +3,6 @@
 with upstream's pure-Python helpers (net_spec, io, Classifier, Detector; ``caffe.draw`` and
 ``caffe.coord_map`` are imported by name, as upstream)."""
 
-from caffe import _caffe
 from caffe._caffe import TEST, TRAIN, layer_type_list, set_random_seed
 from caffe.pycaffe import (
     AdaDeltaSolver,
@@ -24,6 +23,34 @@ from caffe.detector import Detector
 from caffe.net_spec import NetSpec, layers, params, to_proto
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "TRAIN",
+    "TEST",
+    "Net",
+    "Blob",
+    "Layer",
+    "Solver",
+    "SGDSolver",
+    "NesterovSolver",
+    "AdaGradSolver",
+    "RMSPropSolver",
+    "AdaDeltaSolver",
+    "AdamSolver",
+    "get_solver",
+    "layer_type_list",
+    "set_random_seed",
+    "set_mode_cpu",
+    "set_mode_gpu",
+    "set_device",
+    "io",
+    "Classifier",
+    "Detector",
+    "NetSpec",
+    "layers",
+    "params",
+    "to_proto",
+]
 
 _mode = {"gpu": False, "device": 0}
 

@@ -72,16 +72,13 @@ def net(net_file):
 @pytest.fixture
 def solver_file(tmp_path, net_file):
     path = tmp_path / "solver.prototxt"
-    path.write_text(
-        f"""net: '{net_file}'
+    path.write_text(f"""net: '{net_file}'
 test_iter: 10 test_interval: 10 base_lr: 0.01 momentum: 0.9
 weight_decay: 0.0005 lr_policy: 'inv' gamma: 0.0001 power: 0.75
 display: 100 max_iter: 100 snapshot_after_train: false
 snapshot_prefix: '{tmp_path / "model"}'
-"""
-    )
+""")
     return path
-
 
 
 def rcaffe_binary():

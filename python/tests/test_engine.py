@@ -57,16 +57,22 @@ def test_forward_matches_the_command_line(cli_net, tmp_path):
     binary = rcaffe_binary()
     # Constant data, so that both runs see the same input; the weights travel in a file.
     fixed = tmp_path / "fixed.prototxt"
-    fixed.write_text(
-        NET.replace("type: 'uniform' min: -1 max: 1", "type: 'constant' value: 0.37")
-    )
+    fixed.write_text(NET.replace("type: 'uniform' min: -1 max: 1", "type: 'constant' value: 0.37"))
     net = caffe.Net(str(fixed), caffe.TEST)
     weights = tmp_path / "w.caffemodel"
     net.save(str(weights))
     python_out = net.forward()["ip"]
     run = subprocess.run(
-        [str(binary), "test", "--model", str(fixed), "--weights", str(weights),
-         "--iterations", "1"],
+        [
+            str(binary),
+            "test",
+            "--model",
+            str(fixed),
+            "--weights",
+            str(weights),
+            "--iterations",
+            "1",
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -30,8 +30,13 @@ def lenet_solver(tmp_path_factory):
     work = tmp_path_factory.mktemp("lenet")
     for split, prefix in (("train", "train"), ("test", "t10k")):
         subprocess.run(
-            [str(binary), "convert-mnist", str(MNIST / f"{prefix}-images-idx3-ubyte.gz"),
-             str(MNIST / f"{prefix}-labels-idx1-ubyte.gz"), str(work / f"fmnist_{split}_lmdb")],
+            [
+                str(binary),
+                "convert-mnist",
+                str(MNIST / f"{prefix}-images-idx3-ubyte.gz"),
+                str(MNIST / f"{prefix}-labels-idx1-ubyte.gz"),
+                str(work / f"fmnist_{split}_lmdb"),
+            ],
             check=True,
             capture_output=True,
         )
@@ -39,16 +44,14 @@ def lenet_solver(tmp_path_factory):
     net = net.replace('source: "fmnist_', f'source: "{work}/fmnist_')
     (work / "lenet.prototxt").write_text(net)
     solver = work / "solver.prototxt"
-    solver.write_text(
-        f"""train_net: "{work / 'lenet.prototxt'}"
+    solver.write_text(f"""train_net: "{work / 'lenet.prototxt'}"
 test_net: "{work / 'lenet.prototxt'}" test_state {{ phase: TEST }}
 test_iter: 10 test_interval: 100000
 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005
 lr_policy: "inv" gamma: 0.0001 power: 0.75
 display: 0 max_iter: 10000 snapshot: 0 snapshot_prefix: "{work / 'lenet'}"
 random_seed: 1
-"""
-    )
+""")
     return solver
 
 

@@ -24,7 +24,10 @@ def test_blobs_and_params_are_ordered_by_the_net(net):
     assert list(net.layer_dict) == net._layer_names
     assert net.layer_dict["conv"].type == "Convolution"
     assert [p.shape for p in net.params["conv"]] == [(11, 2, 2, 2), (11,)]
-    assert [p.shape for p in net.layer_dict["ip"].blobs] == [(NUM_OUTPUT, 11 * 8 * 9), (NUM_OUTPUT,)]
+    assert [p.shape for p in net.layer_dict["ip"].blobs] == [
+        (NUM_OUTPUT, 11 * 8 * 9),
+        (NUM_OUTPUT,),
+    ]
     assert net.blobs["data"].shape == (5, 2, 3, 4)
     blob = net.blobs["data"]
     assert (blob.num, blob.channels, blob.height, blob.width, blob.count) == (5, 2, 3, 4, 120)
@@ -96,12 +99,10 @@ def test_arrays_outlive_a_reallocating_reshape(net):
 
 def test_writing_an_input_feeds_the_net(tmp_path):
     path = tmp_path / "scale.prototxt"
-    path.write_text(
-        """name: 'scale' force_backward: true
+    path.write_text("""name: 'scale' force_backward: true
 input: 'x' input_shape { dim: 2 dim: 3 }
 layer { name: 'double' type: 'Power' bottom: 'x' top: 'y' power_param { scale: 2 shift: 1 } }
-"""
-    )
+""")
     net = caffe.Net(str(path), caffe.TEST)
     assert net.inputs == ["x"]
     assert net.outputs == ["y"]
@@ -123,8 +124,10 @@ layer { name: 'double' type: 'Power' bottom: 'x' top: 'y' power_param { scale: 2
 
 def test_keyword_inputs_are_checked(tmp_path):
     path = tmp_path / "scale.prototxt"
-    path.write_text("input: 'x' input_shape { dim: 2 dim: 3 }\n"
-                    "layer { name: 'p' type: 'Power' bottom: 'x' top: 'y' }\n")
+    path.write_text(
+        "input: 'x' input_shape { dim: 2 dim: 3 }\n"
+        "layer { name: 'p' type: 'Power' bottom: 'x' top: 'y' }\n"
+    )
     net = caffe.Net(str(path), caffe.TEST)
     with pytest.raises(Exception, match="do not match net inputs"):
         net.forward(z=np.zeros((2, 3)))
@@ -199,12 +202,10 @@ def test_share_with_copies_the_weights(net, net_file):
 
 def test_forward_all_batches_and_unpads(tmp_path):
     path = tmp_path / "affine.prototxt"
-    path.write_text(
-        """force_backward: true
+    path.write_text("""force_backward: true
 input: 'x' input_shape { dim: 4 dim: 3 }
 layer { name: 'p' type: 'Power' bottom: 'x' top: 'y' power_param { scale: 3 shift: -1 } }
-"""
-    )
+""")
     net = caffe.Net(str(path), caffe.TEST)
     x = np.random.default_rng(3).normal(size=(10, 3)).astype(np.float32)
     out = net.forward_all(x=x)
@@ -217,13 +218,11 @@ layer { name: 'p' type: 'Power' bottom: 'x' top: 'y' power_param { scale: 3 shif
 
 def test_levels_and_stages(tmp_path):
     path = tmp_path / "staged.prototxt"
-    path.write_text(
-        """input: 'x' input_shape { dim: 1 dim: 2 }
+    path.write_text("""input: 'x' input_shape { dim: 1 dim: 2 }
 layer { name: 'always' type: 'Power' bottom: 'x' top: 'a' }
 layer { name: 'deep' type: 'Power' bottom: 'x' top: 'b' include { min_level: 1 } }
 layer { name: 'staged' type: 'Power' bottom: 'x' top: 'c' include { stage: 'deploy' } }
-"""
-    )
+""")
     assert caffe.Net(str(path), caffe.TEST).outputs == ["a"]
     assert caffe.Net(str(path), caffe.TEST, level=1).outputs == ["a", "b"]
     assert caffe.Net(str(path), caffe.TEST, stages=["deploy"]).outputs == ["a", "c"]
@@ -231,11 +230,9 @@ layer { name: 'staged' type: 'Power' bottom: 'x' top: 'c' include { stage: 'depl
 
 def test_set_input_arrays_feeds_memory_data(tmp_path):
     path = tmp_path / "memory.prototxt"
-    path.write_text(
-        """layer { name: 'data' type: 'MemoryData' top: 'data' top: 'label'
+    path.write_text("""layer { name: 'data' type: 'MemoryData' top: 'data' top: 'label'
   memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }
-"""
-    )
+""")
     net = caffe.Net(str(path), caffe.TEST)
     data = np.arange(16, dtype=np.float32).reshape(4, 1, 2, 2)
     labels = np.array([3, 1, 4, 1], dtype=np.float32)
