@@ -1,79 +1,90 @@
-"""Shared pytest setup for the package's tests.
+"""Shared pytest setup for the package's tests, which run against the installed ``caffe``
+package: the message classes (``caffe_pb2``), the model zoo the Rust tests use too
+(``../shared/caffe-zoo`` next to the repository), the `rcaffe` command line, and small nets
+written for the tests (after upstream's test_net.cpp)."""
 
-The tests run against the installed ``caffe`` package.  Fixtures here give
-the message classes (``caffe_pb2``) and the path of the model zoo that the
-Rust tests use too (``../shared/caffe-zoo`` next to the repository).
-"""
-
-import importlib.util
 import os
-import subprocess
-import sys
-import tempfile
-import types
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-PYTHON_DIR = os.path.dirname(TESTS_DIR)
-REPO_ROOT = os.path.dirname(PYTHON_DIR)
-ZOO = os.path.join(REPO_ROOT, '..', 'shared', 'caffe-zoo')
+import caffe
+
+REPO = Path(__file__).resolve().parents[2]
+ZOO = REPO.parent / "shared" / "caffe-zoo"
 
 
-def _dev_fallback_caffe_pb2():
-    """DEVELOPMENT FALLBACK, not used once the package is built.
-
-    Lets the pure-Python helpers (net_spec, io, coord_map, draw) be tested
-    from the source tree before the native module exists: when
-    ``caffe.proto.caffe_pb2`` cannot be imported, compile proto/caffe.proto
-    with grpcio-tools' protoc into a temporary folder and register the result
-    as ``caffe.proto.caffe_pb2``.  Does nothing when the real module imports,
-    and never stands in for it once the native module ``caffe._caffe``
-    exists (then its import error is the one to see).
-    """
-    try:
-        import caffe.proto.caffe_pb2  # noqa: F401
-        return
-    except ImportError:
-        pass
-    if importlib.util.find_spec('grpc_tools') is None:
-        return  # the tests will report the missing caffe_pb2 themselves
-    if PYTHON_DIR not in sys.path:
-        sys.path.insert(0, PYTHON_DIR)
-    try:
-        if importlib.util.find_spec('caffe._caffe') is not None:
-            return
-    except ImportError:
-        return
-    out_dir = tempfile.mkdtemp(prefix='caffe-pb2-fallback-')
-    subprocess.check_call([
-        sys.executable, '-m', 'grpc_tools.protoc',
-        '-I', os.path.join(REPO_ROOT, 'proto'), '--python_out=' + out_dir,
-        os.path.join(REPO_ROOT, 'proto', 'caffe.proto')])
-    import caffe
-    if not hasattr(caffe, 'proto'):  # no python/caffe/proto/ folder yet
-        caffe.proto = types.ModuleType('caffe.proto')
-        caffe.proto.__path__ = []
-        sys.modules['caffe.proto'] = caffe.proto
-    spec = importlib.util.spec_from_file_location(
-        'caffe.proto.caffe_pb2', os.path.join(out_dir, 'caffe_pb2.py'))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['caffe.proto.caffe_pb2'] = module
-    spec.loader.exec_module(module)
-    caffe.proto.caffe_pb2 = module
-
-
-_dev_fallback_caffe_pb2()
-
-
-@pytest.fixture(scope='session')
+@pytest.fixture(scope="session")
 def caffe_pb2():
     from caffe.proto import caffe_pb2
+
     return caffe_pb2
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope="session")
 def zoo():
-    if not os.path.isdir(ZOO):
-        pytest.skip('model zoo not found at ' + os.path.normpath(ZOO))
+    if not ZOO.is_dir():
+        pytest.skip(f"model zoo not found at {os.path.normpath(ZOO)}")
     return os.path.normpath(ZOO)
+
+
+def simple_net_text(num_output):
+    """DummyData -> Convolution -> InnerProduct -> SoftmaxWithLoss, as upstream's pycaffe tests
+    build it: 5 items of 2 x 3 x 4 and their labels."""
+    return f"""name: 'testnet' force_backward: true
+layer {{ type: 'DummyData' name: 'data' top: 'data' top: 'label'
+  dummy_data_param {{ num: 5 channels: 2 height: 3 width: 4
+    num: 5 channels: 1 height: 1 width: 1
+    data_filler {{ type: 'gaussian' std: 1 }}
+    data_filler {{ type: 'constant' }} }} }}
+layer {{ type: 'Convolution' name: 'conv' bottom: 'data' top: 'conv'
+  convolution_param {{ num_output: 11 kernel_size: 2 pad: 3
+    weight_filler {{ type: 'gaussian' std: 1 }}
+    bias_filler {{ type: 'constant' value: 2 }} }}
+  param {{ decay_mult: 1 }} param {{ decay_mult: 0 }} }}
+layer {{ type: 'InnerProduct' name: 'ip' bottom: 'conv' top: 'ip'
+  inner_product_param {{ num_output: {num_output}
+    weight_filler {{ type: 'gaussian' std: 2.5 }}
+    bias_filler {{ type: 'constant' value: -3 }} }} }}
+layer {{ type: 'SoftmaxWithLoss' name: 'loss' bottom: 'ip' bottom: 'label' top: 'loss' }}
+"""
+
+
+NUM_OUTPUT = 13
+
+
+@pytest.fixture
+def net_file(tmp_path):
+    path = tmp_path / "simple.prototxt"
+    path.write_text(simple_net_text(NUM_OUTPUT))
+    return path
+
+
+@pytest.fixture
+def net(net_file):
+    net = caffe.Net(str(net_file), caffe.TRAIN)
+    rng = np.random.default_rng(0)
+    net.blobs["label"].data[...] = rng.integers(NUM_OUTPUT, size=net.blobs["label"].data.shape)
+    return net
+
+
+@pytest.fixture
+def solver_file(tmp_path, net_file):
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f"""net: '{net_file}'
+test_iter: 10 test_interval: 10 base_lr: 0.01 momentum: 0.9
+weight_decay: 0.0005 lr_policy: 'inv' gamma: 0.0001 power: 0.75
+display: 100 max_iter: 100 snapshot_after_train: false
+snapshot_prefix: '{tmp_path / "model"}'
+""")
+    return path
+
+
+def rcaffe_binary():
+    """The `rcaffe` command line built from this checkout (or RCAFFE_BIN); the test is skipped,
+    saying why, when there is none."""
+    binary = Path(os.environ.get("RCAFFE_BIN", REPO / "target" / "release" / "rcaffe"))
+    if not binary.is_file():
+        pytest.skip(f"no rcaffe binary at {binary} (cargo build --release; or set RCAFFE_BIN)")
+    return binary

@@ -59,7 +59,7 @@ pub use args::{
 };
 pub(crate) use checks::{check_labels, check_probability, copy_2d_spans, gemm_spans};
 pub use checks::{check_range, invalid};
-pub use cpu::{CpuBackend, CpuBuffer};
+pub use cpu::{CpuBackend, CpuBuffer, SharedHostMemory};
 pub use geometry::{
     Block, ConvBatch, ConvGeom, Gemm, Gemv, LrnGeom, LrnWithin, PoolGeom, RoundMode, Transpose,
 };

@@ -833,7 +833,11 @@ pub fn create_layer<B: Backend>(param: &LayerParameter) -> Result<Box<dyn Layer<
 /// than "unknown".
 fn not_supported(kind: &str) -> Option<&'static str> {
     match kind {
-        "Python" => Some("rcaffe runs no Python; write the layer in Rust (src/layers/)"),
+        "Python" => Some(
+            "Python layers run in nets built from Python with the rcaffe Python package \
+             (`pip install ./python`, then caffe.Net or caffe.get_solver); the rcaffe command \
+             line runs no Python",
+        ),
         "Recurrent" => Some("upstream's abstract base of RNN and LSTM; use one of those"),
         _ => None,
     }
@@ -869,6 +873,12 @@ fn sorted_layer_types() -> Vec<&'static str> {
     let mut types = LAYER_TYPES.to_vec();
     types.sort_unstable();
     types
+}
+
+/// Every layer type the registry can build, in alphabetical order (pycaffe's
+/// `caffe.layer_type_list()`).
+pub fn registered_layer_types() -> Vec<&'static str> {
+    sorted_layer_types()
 }
 
 /// Whether the registry knows `layer_type`.

@@ -28,12 +28,14 @@ pub mod caffe {
     include!(concat!(env!("OUT_DIR"), "/caffe.rs"));
 }
 
+/// proto/caffe.proto compiled by build.rs: a serialized `FileDescriptorSet` (what the Python
+/// package builds its `caffe_pb2` message classes from).
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/caffe_descriptor.bin"));
+
 /// The descriptors of proto/caffe.proto, for reading and printing the text format.
 pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(
-        include_bytes!(concat!(env!("OUT_DIR"), "/caffe_descriptor.bin")).as_ref(),
-    )
-    .expect("the embedded descriptor set is produced by build.rs and always valid")
+    DescriptorPool::decode(DESCRIPTOR_SET)
+        .expect("the embedded descriptor set is produced by build.rs and always valid")
 });
 
 /// What can go wrong reading or writing Caffe's files. Every variant names the file.

@@ -28,10 +28,11 @@ use std::time::Instant;
 
 use crate::backend::{rng_from_seed, Backend, Rng, Scalar, Src, Views};
 use crate::blob::Blob;
+use crate::layers::LayerFactory;
 use crate::log::cpp_float;
 use crate::lr_policy::{LrSchedule, LrState};
 use crate::net::{Multipliers, Net};
-use crate::proto::caffe::SolverParameter;
+use crate::proto::caffe::{NetParameter, SolverParameter};
 use crate::proto::{print_text, resolve_solver_nets};
 pub use commands::{read_train_solver, test, test_on, train, train_on, TrainOptions};
 pub use error::{FieldError, Result, SolverError};
@@ -153,7 +154,18 @@ impl<B: Backend> Solver<B> {
     /// file, named in errors), weights from the `weights` field, `random_seed` seeding the
     /// nets (the clock when it is negative).
     pub fn new(param: SolverParameter, origin: &Path, backend: &B) -> Result<Self> {
-        Self::with_log(param, origin, backend, LogSink::default())
+        Self::with_log(param, origin, backend, LogSink::default(), None)
+    }
+
+    /// [`Solver::new`] with nets that take layer types from `factory` besides the registry's
+    /// (tried first; the Python package's `type: "Python"` layers).
+    pub fn new_with_factory(
+        param: SolverParameter,
+        origin: &Path,
+        backend: &B,
+        factory: &LayerFactory<B>,
+    ) -> Result<Self> {
+        Self::with_log(param, origin, backend, LogSink::default(), Some(factory))
     }
 
     /// [`Solver::new`], keeping every line the solver logs from its construction on (see
@@ -167,6 +179,7 @@ impl<B: Backend> Solver<B> {
                 kept: Some(Vec::new()),
                 progress: None,
             },
+            None,
         )
     }
 
@@ -198,6 +211,7 @@ impl<B: Backend> Solver<B> {
         origin: &Path,
         backend: &B,
         mut log: LogSink,
+        factory: Option<&LayerFactory<B>>,
     ) -> Result<Self> {
         log.info(format!(
             "Initializing solver from parameters: \n{}",
@@ -216,6 +230,10 @@ impl<B: Backend> Solver<B> {
                 .unwrap_or(0)
         };
         let net_rng = |index: u64| -> Rng { rng_from_seed(seed.wrapping_add(index)) };
+        let build = |param: &NetParameter, rng: Rng| match factory {
+            Some(factory) => Net::new_with_factory(param, backend, rng, factory),
+            None => Net::new(param, backend, rng),
+        };
 
         let nets = resolve_solver_nets(&param, origin)?;
         let weights = weight_files(&param);
@@ -230,8 +248,8 @@ impl<B: Backend> Solver<B> {
             "Creating training net {}",
             describe(&nets.train.description)
         ));
-        let mut net = Net::new(&nets.train.param, backend, net_rng(0))
-            .map_err(|e| e.placed_in(&nets.train.origin))?;
+        let mut net =
+            build(&nets.train.param, net_rng(0)).map_err(|e| e.placed_in(&nets.train.origin))?;
         for file in &weights {
             log.info(format!("Finetuning from {file}"));
             net.copy_trained_layers_from_file(Path::new(file))?;
@@ -242,7 +260,7 @@ impl<B: Backend> Solver<B> {
                 "Creating test net (#{i}) specified by {}",
                 source.description
             ));
-            let mut test_net = Net::new(&source.param, backend, net_rng(1 + i as u64))
+            let mut test_net = build(&source.param, net_rng(1 + i as u64))
                 .map_err(|e| e.placed_in(&source.origin))?;
             test_net.set_debug_info(param.debug_info());
             for file in &weights {
@@ -371,6 +389,16 @@ impl<B: Backend> Solver<B> {
     /// The test nets.
     pub fn test_nets(&self) -> &[Net<B>] {
         &self.test_nets
+    }
+    /// The test nets, writable.
+    pub fn test_nets_mut(&mut self) -> &mut [Net<B>] {
+        &mut self.test_nets
+    }
+    /// Copies the train net's weights into test net `id`, as before each test pass (upstream's
+    /// test nets share the train net's weights; these hold copies).
+    pub fn sync_test_net(&mut self, id: usize) -> Result<()> {
+        self.test_nets[id].copy_trained_layers_from_net(&self.net)?;
+        Ok(())
     }
     /// The next iteration to run (the number run so far).
     pub fn iter(&self) -> i32 {

@@ -2310,3 +2310,32 @@ fn lrn_within_fused_matches_the_composition_bit_for_bit() {
         }
     }
 }
+
+/// A shared view of a buffer (what a numpy array of the Python package holds) reads and
+/// writes the buffer's values, and keeps them alive after the buffer is dropped; a clone of
+/// the buffer is a separate copy.
+#[test]
+fn shared_host_memory_sees_the_buffer_and_outlives_it() {
+    let mut buffer = CpuBuffer::from_vec(vec![1.0, 2.0, 3.0]);
+    let shared = buffer.share();
+    assert_eq!(shared.len(), 3);
+    let copy = buffer.clone();
+    buffer.as_mut_slice()[1] = 20.0;
+    // SAFETY: the buffer is not in use; index 1 is within its 3 values.
+    unsafe {
+        assert_eq!(*shared.as_ptr().add(1), 20.0);
+        *shared.as_ptr().add(2) = 30.0;
+    }
+    assert_eq!(buffer.as_slice(), &[1.0, 20.0, 30.0]);
+    assert_eq!(copy.as_slice(), &[1.0, 2.0, 3.0]);
+    drop(buffer);
+    // SAFETY: `shared` keeps the memory alive.
+    let values = unsafe { std::slice::from_raw_parts(shared.as_ptr(), shared.len()) };
+    assert_eq!(values, &[1.0, 20.0, 30.0]);
+    // A shared buffer's `into_vec` copies; an unshared one gives its memory back.
+    let buffer = CpuBuffer::from_vec(vec![4.0, 5.0]);
+    let kept = buffer.share();
+    assert_eq!(buffer.into_vec(), vec![4.0, 5.0]);
+    assert_eq!(kept.len(), 2);
+    assert_eq!(CpuBuffer::from_vec(vec![6.0]).into_vec(), vec![6.0]);
+}

@@ -1616,7 +1616,10 @@ fn upstream_layers_we_lack_say_why() {
         .err()
         .unwrap()
         .to_string();
-    assert!(error.contains("'py'") && error.contains("Rust"), "{error}");
+    assert!(
+        error.contains("'py'") && error.contains("Python package"),
+        "{error}"
+    );
     let param = rcaffe::proto::caffe::LayerParameter {
         name: Some("x".into()),
         r#type: Some("Convolutoin".into()),

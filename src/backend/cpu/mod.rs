@@ -49,35 +49,157 @@ const _: () = assert!(
 /// serially; parallel tasks get at least a quarter of it each.
 const PAR_MIN_WORK: usize = 1 << 15;
 
-/// Host memory: a plain vector of f32. Unlike a generic [`Backend::Buffer`] it can be read and
+/// Host memory: `len` f32 values. Unlike a generic [`Backend::Buffer`] it can be read and
 /// written in place through [`CpuBuffer::as_slice`] and [`CpuBuffer::as_mut_slice`].
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// The allocation is reference-counted so that a view of it outside the engine (the numpy
+/// arrays of the Python package, through [`CpuBuffer::share`]) keeps it alive after the buffer
+/// itself is gone: a blob reshaped beyond its capacity, or a net dropped, leaves such a view
+/// pointing at the old values, detached from the engine. Inside the engine a `CpuBuffer` is the
+/// allocation's only owner: cloning one copies its values.
+#[derive(Default)]
 pub struct CpuBuffer {
-    data: Vec<f32>,
+    memory: Arc<HostMemory>,
 }
 
 impl CpuBuffer {
     /// Takes ownership of host values.
     pub fn from_vec(data: Vec<f32>) -> Self {
-        Self { data }
+        Self {
+            memory: Arc::new(HostMemory::from_vec(data)),
+        }
     }
     /// The values, without copying.
     pub fn as_slice(&self) -> &[f32] {
-        &self.data
+        // SAFETY: the memory is `len` initialised f32 values, alive while `self.memory` is.
+        // Inside the engine only this buffer reaches them, and writes need `&mut self`; a
+        // `SharedHostMemory` holder writing through its pointer must not do so while the
+        // engine uses the buffer (see `CpuBuffer::share`).
+        unsafe { std::slice::from_raw_parts(self.memory.ptr, self.memory.len) }
     }
     /// The values, writable, without copying.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.data
+        // SAFETY: as `as_slice`; `&mut self` excludes every other reference from the engine.
+        unsafe { std::slice::from_raw_parts_mut(self.memory.ptr, self.memory.len) }
     }
-    /// Gives the values back.
+    /// Gives the values back (copied when the memory is shared).
     pub fn into_vec(self) -> Vec<f32> {
-        self.data
+        match Arc::try_unwrap(self.memory) {
+            Ok(memory) => memory.into_vec(),
+            Err(shared) => {
+                // SAFETY: as `as_slice`.
+                unsafe { std::slice::from_raw_parts(shared.ptr, shared.len) }.to_vec()
+            }
+        }
+    }
+    /// A second owner of the values, for a view outside the engine (a numpy array): it keeps
+    /// the memory alive however long it lives, and its pointer reads and writes the same values
+    /// the engine does, as long as this buffer is not replaced (a blob reshaped beyond its
+    /// capacity gets new buffers). Whoever reads or writes through it must do so only while
+    /// the engine is not using the buffer (the Python package: only while it holds the GIL and
+    /// no engine call is running).
+    pub fn share(&self) -> SharedHostMemory {
+        SharedHostMemory {
+            memory: Arc::clone(&self.memory),
+        }
+    }
+}
+
+impl Clone for CpuBuffer {
+    /// A new buffer holding a copy of the values.
+    fn clone(&self) -> Self {
+        Self::from_vec(self.as_slice().to_vec())
+    }
+}
+
+impl PartialEq for CpuBuffer {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl std::fmt::Debug for CpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBuffer")
+            .field("data", &self.as_slice())
+            .finish()
     }
 }
 
 impl DeviceBuffer for CpuBuffer {
     fn len(&self) -> usize {
-        self.data.len()
+        self.memory.len
+    }
+}
+
+/// A boxed slice of f32 held through a raw pointer, so that views of it may coexist (see
+/// [`CpuBuffer::share`]).
+struct HostMemory {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `HostMemory` owns its allocation like a `Box<[f32]>`; access to the values goes
+// through `CpuBuffer`, whose `&`/`&mut` methods give the engine Rust's usual guarantees, and
+// through `SharedHostMemory`'s raw pointer, whose users take on the rule its docs state.
+unsafe impl Send for HostMemory {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for HostMemory {}
+
+impl HostMemory {
+    fn from_vec(data: Vec<f32>) -> Self {
+        let len = data.len();
+        let ptr = Box::into_raw(data.into_boxed_slice()).cast::<f32>();
+        Self { ptr, len }
+    }
+
+    fn into_vec(self) -> Vec<f32> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `ptr`/`len` came from `Box::into_raw` of a `Box<[f32]>` of `len` values, and
+        // `ManuallyDrop` keeps `Drop` from freeing it a second time.
+        unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(this.ptr, this.len)) }.into_vec()
+    }
+}
+
+impl Default for HostMemory {
+    fn default() -> Self {
+        Self::from_vec(Vec::new())
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` came from `Box::into_raw` of a `Box<[f32]>` of `len` values and
+        // are freed only here.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+    }
+}
+
+/// A [`CpuBuffer`]'s memory as a view outside the engine holds it: see [`CpuBuffer::share`].
+#[derive(Clone)]
+pub struct SharedHostMemory {
+    memory: Arc<HostMemory>,
+}
+
+impl SharedHostMemory {
+    /// The first value. Reading or writing through it is the holder's responsibility: only
+    /// while the engine is not using the buffer, and only `len` values.
+    pub fn as_ptr(&self) -> *mut f32 {
+        self.memory.ptr
+    }
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.memory.len
+    }
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.memory.len == 0
+    }
+}
+
+impl std::fmt::Debug for SharedHostMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedHostMemory({} values)", self.memory.len)
     }
 }
 
@@ -308,7 +430,7 @@ impl<'a> HostView<'a> for Slice<'a, CpuBuffer> {
         Slice::touched(self, op, arg, extent)
     }
     fn at(self, range: Range<usize>) -> &'a [f32] {
-        &self.buf.data[range]
+        &self.buf.as_slice()[range]
     }
 }
 
@@ -318,7 +440,7 @@ impl<'a> HostView<'a> for SliceMut<'a, CpuBuffer> {
         SliceMut::touched(self, op, arg, extent)
     }
     fn at(self, range: Range<usize>) -> &'a mut [f32] {
-        &mut self.buf.data[range]
+        &mut self.buf.as_mut_slice()[range]
     }
 }
 
@@ -400,9 +522,9 @@ impl Backend for CpuBackend {
     const NAME: &'static str = "CPU";
 
     fn alloc(&self, len: usize) -> Result<CpuBuffer> {
-        Ok(CpuBuffer {
-            data: crate::backend::zeroed_host_buffer("alloc", len)?,
-        })
+        Ok(CpuBuffer::from_vec(crate::backend::zeroed_host_buffer(
+            "alloc", len,
+        )?))
     }
 
     fn upload(&self, src: &[f32], dst: SliceMut<'_, CpuBuffer>) -> Result<()> {
