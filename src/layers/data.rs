@@ -52,10 +52,6 @@ pub struct DataLayer {
     output_labels: bool,
 }
 
-fn data_error(e: DataError) -> LayerError {
-    LayerError::invalid(e.to_string())
-}
-
 impl DataLayer {
     /// Reads `data_param` and opens the database.
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
@@ -85,7 +81,7 @@ impl DataLayer {
                 )))
             }
         };
-        let cursor = DbCursor::open(&source, backend).map_err(data_error)?;
+        let cursor = DbCursor::open(&source, backend).map_err(LayerError::from)?;
         Ok(DataLayer {
             name: param.name().to_string(),
             source,
@@ -201,7 +197,7 @@ impl<B: Backend> Layer<B> for DataLayer {
     ) -> Result<(), LayerError> {
         self.output_labels = blobs.num_top() > 1;
         let transformer =
-            DataTransformer::new(&self.transform_param, ctx.phase).map_err(data_error)?;
+            DataTransformer::new(&self.transform_param, ctx.phase).map_err(LayerError::from)?;
         let mut cursor = self.cursor.take().ok_or_else(|| {
             LayerError::invalid(format!(
                 "the Data layer reading {} was set up twice",
@@ -212,13 +208,13 @@ impl<B: Backend> Layer<B> for DataLayer {
             let skip = ctx.rng.next_u32() % self.rand_skip;
             log::info!("Skipping first {skip} data points.");
             for _ in 0..skip {
-                cursor.next_wrapping().map_err(data_error)?;
+                cursor.next_wrapping().map_err(LayerError::from)?;
             }
         }
         // Shape the tops from the first record, as upstream's DataLayerSetUp.
         let datum = parse_datum(cursor.value())
             .and_then(|d| transformer.infer_shape(&d))
-            .map_err(|e| data_error(e.in_record(&self.source, cursor.key())))?;
+            .map_err(|e| LayerError::from(e.in_record(&self.source, cursor.key())))?;
         let top_shape = [self.batch_size, datum[1], datum[2], datum[3]];
         blobs.top_mut(0).reshape(&top_shape)?;
         log::info!(
@@ -240,7 +236,7 @@ impl<B: Backend> Layer<B> for DataLayer {
             split: (Duration::ZERO, Duration::ZERO),
         };
         self.prefetcher =
-            Some(Prefetcher::start(&self.name, self.prefetch, source).map_err(data_error)?);
+            Some(Prefetcher::start(&self.name, self.prefetch, source).map_err(LayerError::from)?);
         Ok(())
     }
 
@@ -264,7 +260,7 @@ impl<B: Backend> Layer<B> for DataLayer {
             .prefetcher
             .as_mut()
             .ok_or_else(|| LayerError::invalid("the Data layer's forward ran before its setup"))?;
-        let batch = prefetcher.next_batch().map_err(data_error)?;
+        let batch = prefetcher.next_batch().map_err(LayerError::from)?;
         let data = blobs.top_mut(0);
         data.reshape(&batch.shape)?;
         data.set_data(&batch.data)?;

@@ -30,10 +30,6 @@ pub struct ImageDataLayer {
     prefetcher: Option<Prefetcher>,
 }
 
-fn data_error(e: DataError) -> LayerError {
-    LayerError::invalid(e.to_string())
-}
-
 impl ImageDataLayer {
     /// Reads and checks `image_data_param`.
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
@@ -180,10 +176,10 @@ impl<B: Backend> Layer<B> for ImageDataLayer {
     ) -> Result<(), LayerError> {
         let p = &self.param;
         let transformer =
-            DataTransformer::new(&self.transform_param, ctx.phase).map_err(data_error)?;
+            DataTransformer::new(&self.transform_param, ctx.phase).map_err(LayerError::from)?;
         let source = PathBuf::from(p.source());
         log::info!("Opening file {}", source.display());
-        let mut lines = read_image_list(&source).map_err(data_error)?;
+        let mut lines = read_image_list(&source).map_err(LayerError::from)?;
         if lines.is_empty() {
             return Err(LayerError::invalid(format!(
                 "image_data_param.source {}: the file is empty",
@@ -218,7 +214,7 @@ impl<B: Backend> Layer<B> for ImageDataLayer {
         let resize =
             (p.new_height() > 0).then(|| (p.new_height() as usize, p.new_width() as usize));
         let root = p.root_folder().to_string();
-        let image = load(&root, &lines[pos].0, mode, resize).map_err(data_error)?;
+        let image = load(&root, &lines[pos].0, mode, resize).map_err(LayerError::from)?;
         let crop = transformer.crop_size();
         let (h, w) = if crop > 0 {
             if image.height < crop || image.width < crop {
@@ -256,7 +252,7 @@ impl<B: Backend> Layer<B> for ImageDataLayer {
             batch_size,
         };
         self.prefetcher =
-            Some(Prefetcher::start(&self.name, self.prefetch, source).map_err(data_error)?);
+            Some(Prefetcher::start(&self.name, self.prefetch, source).map_err(LayerError::from)?);
         Ok(())
     }
 
@@ -278,7 +274,7 @@ impl<B: Backend> Layer<B> for ImageDataLayer {
         let prefetcher = self.prefetcher.as_mut().ok_or_else(|| {
             LayerError::invalid("the ImageData layer's forward ran before its setup")
         })?;
-        let batch = prefetcher.next_batch().map_err(data_error)?;
+        let batch = prefetcher.next_batch().map_err(LayerError::from)?;
         let data = blobs.top_mut(0);
         data.reshape(&batch.shape)?;
         data.set_data(&batch.data)?;

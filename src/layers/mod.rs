@@ -245,6 +245,14 @@ impl LayerError {
     }
 }
 
+/// A data layer's source (a database, an image, a window file) could not be read: its
+/// message names the file and record.
+impl From<crate::data::DataError> for LayerError {
+    fn from(error: crate::data::DataError) -> Self {
+        LayerError::invalid(error.to_string())
+    }
+}
+
 /// A [`LayerError`] with the layer it happened in. (Its message includes the error's, so the
 /// error is not also given as its source.)
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -62,10 +62,6 @@ pub struct WindowDataLayer {
     prefetcher: Option<Prefetcher>,
 }
 
-fn data_error(e: DataError) -> LayerError {
-    LayerError::invalid(e.to_string())
-}
-
 impl WindowDataLayer {
     /// Reads and checks `window_data_param` and the `transform_param` fields it uses.
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
@@ -240,7 +236,7 @@ impl WindowDataLayer {
     fn batches(&self, rng: Rng) -> Result<WindowBatches, LayerError> {
         let p = &self.param;
         let window_file = PathBuf::from(p.source());
-        let mut file = read_window_file(&window_file, p).map_err(data_error)?;
+        let mut file = read_window_file(&window_file, p).map_err(LayerError::from)?;
         log_windows(&file);
         if p.cache_images() {
             for record in &mut file.images {
@@ -334,7 +330,7 @@ impl<B: Backend> Layer<B> for WindowDataLayer {
             source.batch_size
         );
         self.prefetcher =
-            Some(Prefetcher::start(&self.name, self.prefetch, source).map_err(data_error)?);
+            Some(Prefetcher::start(&self.name, self.prefetch, source).map_err(LayerError::from)?);
         Ok(())
     }
 
@@ -356,7 +352,7 @@ impl<B: Backend> Layer<B> for WindowDataLayer {
         let prefetcher = self.prefetcher.as_mut().ok_or_else(|| {
             LayerError::invalid("the WindowData layer's forward ran before its setup")
         })?;
-        let batch = prefetcher.next_batch().map_err(data_error)?;
+        let batch = prefetcher.next_batch().map_err(LayerError::from)?;
         blobs.top_mut(0).set_data(&batch.data)?;
         blobs.top_mut(1).set_data(&batch.labels)?;
         prefetcher.recycle(batch);
