@@ -256,21 +256,7 @@ impl<B: Backend> Layer<B> for DataLayer {
         blobs: &mut Blobs<'_, B>,
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let prefetcher = self
-            .prefetcher
-            .as_mut()
-            .ok_or_else(|| LayerError::invalid("the Data layer's forward ran before its setup"))?;
-        let batch = prefetcher.next_batch().map_err(LayerError::from)?;
-        let data = blobs.top_mut(0);
-        data.reshape(&batch.shape)?;
-        data.set_data(&batch.data)?;
-        if self.output_labels {
-            let labels = blobs.top_mut(1);
-            labels.reshape(&[batch.labels.len()])?;
-            labels.set_data(&batch.labels)?;
-        }
-        prefetcher.recycle(batch);
-        Ok(())
+        forward_prefetched(self.prefetcher.as_mut(), "Data", blobs, self.output_labels)
     }
 
     fn backward(
@@ -286,4 +272,30 @@ impl<B: Backend> Layer<B> for DataLayer {
     fn load_stats(&self) -> Option<LoadStats> {
         self.prefetcher.as_ref().map(Prefetcher::stats)
     }
+}
+
+/// The forward pass of a prefetching data layer (Data, ImageData, WindowData): the next batch
+/// into top 0 and, with `labels`, its labels into top 1; the batch goes back to the loader.
+pub(crate) fn forward_prefetched<B: Backend>(
+    prefetcher: Option<&mut Prefetcher>,
+    layer_type: &str,
+    blobs: &mut Blobs<'_, B>,
+    labels: bool,
+) -> Result<(), LayerError> {
+    let prefetcher = prefetcher.ok_or_else(|| {
+        LayerError::invalid(format!(
+            "the {layer_type} layer's forward ran before its setup"
+        ))
+    })?;
+    let batch = prefetcher.next_batch().map_err(LayerError::from)?;
+    let data = blobs.top_mut(0);
+    data.reshape(&batch.shape)?;
+    data.set_data(&batch.data)?;
+    if labels {
+        let top = blobs.top_mut(1);
+        top.reshape(&[batch.labels.len()])?;
+        top.set_data(&batch.labels)?;
+    }
+    prefetcher.recycle(batch);
+    Ok(())
 }

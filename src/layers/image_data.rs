@@ -271,18 +271,7 @@ impl<B: Backend> Layer<B> for ImageDataLayer {
         blobs: &mut Blobs<'_, B>,
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let prefetcher = self.prefetcher.as_mut().ok_or_else(|| {
-            LayerError::invalid("the ImageData layer's forward ran before its setup")
-        })?;
-        let batch = prefetcher.next_batch().map_err(LayerError::from)?;
-        let data = blobs.top_mut(0);
-        data.reshape(&batch.shape)?;
-        data.set_data(&batch.data)?;
-        let labels = blobs.top_mut(1);
-        labels.reshape(&[batch.labels.len()])?;
-        labels.set_data(&batch.labels)?;
-        prefetcher.recycle(batch);
-        Ok(())
+        super::data::forward_prefetched(self.prefetcher.as_mut(), "ImageData", blobs, true)
     }
 
     fn backward(

@@ -349,14 +349,7 @@ impl<B: Backend> Layer<B> for WindowDataLayer {
         blobs: &mut Blobs<'_, B>,
         _params: &mut Params<'_, B>,
     ) -> Result<(), LayerError> {
-        let prefetcher = self.prefetcher.as_mut().ok_or_else(|| {
-            LayerError::invalid("the WindowData layer's forward ran before its setup")
-        })?;
-        let batch = prefetcher.next_batch().map_err(LayerError::from)?;
-        blobs.top_mut(0).set_data(&batch.data)?;
-        blobs.top_mut(1).set_data(&batch.labels)?;
-        prefetcher.recycle(batch);
-        Ok(())
+        super::data::forward_prefetched(self.prefetcher.as_mut(), "WindowData", blobs, true)
     }
 
     fn backward(
