@@ -11,15 +11,15 @@ use crate::backend::{Axis, Backend, Binary, Broadcast, Src, Views};
 use crate::blob::Blob;
 use crate::filler::Filler;
 use crate::layers::{BlobCounts, Blobs, Context, Layer, LayerError, Params};
-use crate::proto::caffe::{FillerParameter, LayerParameter};
+use crate::proto::caffe::LayerParameter;
 
 /// The Embed layer.
 pub struct EmbedLayer {
     num_output: usize,
     input_dim: usize,
-    bias_term: bool,
-    weight_filler: FillerParameter,
-    bias_filler: FillerParameter,
+    weight_filler: Filler,
+    /// `Some` when `bias_term` is set.
+    bias_filler: Option<Filler>,
     /// The weight row of each top row, as the last forward pass read them.
     rows: Vec<usize>,
 }
@@ -38,18 +38,18 @@ impl EmbedLayer {
                 "embed_param.input_dim must be positive",
             ));
         }
-        let weight_filler = p.weight_filler.clone().unwrap_or_default();
-        let bias_filler = p.bias_filler.clone().unwrap_or_default();
-        Filler::from_param(&weight_filler)
+        let weight_filler = Filler::from_param(&p.weight_filler.clone().unwrap_or_default())
             .map_err(|e| LayerError::invalid(format!("embed_param.weight_filler: {e}")))?;
-        if p.bias_term() {
-            Filler::from_param(&bias_filler)
+        let bias_filler = if p.bias_term() {
+            let bias_filler = Filler::from_param(&p.bias_filler.clone().unwrap_or_default())
                 .map_err(|e| LayerError::invalid(format!("embed_param.bias_filler: {e}")))?;
-        }
+            Some(bias_filler)
+        } else {
+            None
+        };
         Ok(EmbedLayer {
             num_output: p.num_output() as usize,
             input_dim: p.input_dim() as usize,
-            bias_term: p.bias_term(),
             weight_filler,
             bias_filler,
             rows: Vec::new(),
@@ -101,11 +101,11 @@ impl<B: Backend> Layer<B> for EmbedLayer {
         params: &mut Vec<Blob<B>>,
     ) -> Result<(), LayerError> {
         let mut weight = Blob::new(ctx.backend, &[self.input_dim, self.num_output])?;
-        Filler::from_param(&self.weight_filler)?.fill(&mut weight, ctx.rng)?;
+        self.weight_filler.fill(&mut weight, ctx.rng)?;
         params.push(weight);
-        if self.bias_term {
+        if let Some(bias_filler) = &self.bias_filler {
             let mut bias = Blob::new(ctx.backend, &[self.num_output])?;
-            Filler::from_param(&self.bias_filler)?.fill(&mut bias, ctx.rng)?;
+            bias_filler.fill(&mut bias, ctx.rng)?;
             params.push(bias);
         }
         Ok(())
@@ -124,7 +124,7 @@ impl<B: Backend> Layer<B> for EmbedLayer {
                 params.get(0).shape_string()
             )));
         }
-        if self.bias_term && params.get(1).shape() != [self.num_output] {
+        if self.bias_filler.is_some() && params.get(1).shape() != [self.num_output] {
             return Err(LayerError::invalid(format!(
                 "Embed: incorrect bias shape: expected [{}], found {}",
                 self.num_output,
@@ -154,7 +154,7 @@ impl<B: Backend> Layer<B> for EmbedLayer {
                 top[0].data_mut().slice_mut(m * n, n),
             )?;
         }
-        if self.bias_term {
+        if self.bias_filler.is_some() {
             let bias = params.get(1).data_view();
             let y = top[0].data_view_mut();
             let add = Binary::Add;
@@ -192,7 +192,7 @@ impl<B: Backend> Layer<B> for EmbedLayer {
                 be.axpby(1.0.into(), dy, 1.0, weight_diff.slice_mut(row * n, n))?;
             }
         }
-        if self.bias_term && params.propagate_down(1) {
+        if self.bias_filler.is_some() && params.propagate_down(1) {
             let db = params.get_mut(1).diff_view_mut();
             be.sum_per_channel(self.outputs(), 1.0, top.diff_view(), 1.0, db)?;
         }
