@@ -587,6 +587,28 @@ impl<B: Backend> Blob<B> {
 }
 
 impl Blob<CpuBackend> {
+    /// Makes this blob's data the memory of `source`'s data (upstream's `ShareData`): a write
+    /// through either is seen by both, until one of them is reshaped beyond its capacity and
+    /// gets memory of its own. The shapes must be equal; the diffs stay separate.
+    ///
+    /// # Safety
+    ///
+    /// The two blobs alias: neither may be used while the other is borrowed mutably (never
+    /// from two threads at once, nor from inside an engine call on the other's net).
+    pub unsafe fn share_data(&mut self, source: &Self) -> Result<()> {
+        if source.shape != self.shape {
+            return Err(BlobError::ShapeMismatch {
+                context: "share_data",
+                expected: self.shape_string(),
+                found: source.shape_string(),
+            });
+        }
+        // SAFETY: the caller keeps the two blobs from being used at once.
+        self.data = unsafe { source.data.alias() };
+        // The data is now `source.capacity` long: reshapes within both lengths keep both.
+        self.capacity = self.capacity.min(source.capacity);
+        Ok(())
+    }
     /// The data as a host slice, without copying (CPU only).
     pub fn cpu_data(&self) -> &[f32] {
         &self.data.as_slice()[..self.count]

@@ -19,7 +19,10 @@ class Layer:
     ``forward(bottom, top)`` and ``backward(top, propagate_down, bottom)`` with lists of
     ``caffe.Blob``. During each call ``self.blobs`` holds the layer's parameter blobs
     (``self.blobs.add_blob(*shape)`` in ``setup`` adds one). The blobs of a call are valid for
-    that call only; arrays taken from them stay valid."""
+    that call only; arrays taken from them stay valid. ``net.layers`` gives the object itself,
+    its ``blobs`` then the layer's parameter blobs in the net."""
+
+    type = "Python"
 
     def setup(self, bottom, top):
         pass
@@ -85,7 +88,8 @@ class Net:
 
     @cached_property
     def layers(self):
-        """The layers, in order; each has ``.type`` and ``.blobs``."""
+        """The layers, in order; each has ``.type`` and ``.blobs`` (a Python layer is its own
+        object)."""
         return self._net.layer_list()
 
     @cached_property
@@ -285,8 +289,9 @@ class Net:
         self._net.copy_from(str(path))
 
     def share_with(self, other):
-        """Copies ``other``'s weights into the layers of the same name (upstream shares the
-        memory instead; here the values are copied once, so repeat after ``other`` trains)."""
+        """Shares ``other``'s weights with the layers of the same name: from now on both nets
+        read and write the same memory (a solver training ``other`` trains this net too).
+        Arrays of this net's params taken before the call keep the old values."""
         self._net.share_with(other._net)
 
     def __repr__(self):

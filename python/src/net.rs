@@ -1,6 +1,7 @@
 //! Nets, their blobs and layers, as Python sees them.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use numpy::ndarray::{ArrayViewD, IxDyn};
@@ -15,7 +16,7 @@ use rcaffe::proto::caffe::{NetState, Phase};
 use rcaffe::solver::Solver;
 
 use crate::engine_error;
-use crate::python_layer::ScopedBlob;
+use crate::python_layer::{PythonLayer, ScopedBlob};
 
 /// The CPU backend every net built from Python runs on (one thread pool for them all).
 pub(crate) fn backend() -> &'static CpuBackend {
@@ -48,16 +49,88 @@ pub(crate) enum NetRef {
     Test(Arc<Mutex<Solver<CpuBackend>>>, usize),
 }
 
+/// A net, locked (on its own, or through its solver).
+pub(crate) enum LockedNet<'a> {
+    Own(MutexGuard<'a, Net<CpuBackend>>),
+    InSolver(MutexGuard<'a, Solver<CpuBackend>>, Option<usize>),
+}
+
+impl std::ops::Deref for LockedNet<'_> {
+    type Target = Net<CpuBackend>;
+    fn deref(&self) -> &Net<CpuBackend> {
+        match self {
+            LockedNet::Own(net) => net,
+            LockedNet::InSolver(solver, None) => solver.net(),
+            LockedNet::InSolver(solver, Some(i)) => &solver.test_nets()[*i],
+        }
+    }
+}
+
+impl std::ops::DerefMut for LockedNet<'_> {
+    fn deref_mut(&mut self) -> &mut Net<CpuBackend> {
+        match self {
+            LockedNet::Own(net) => net,
+            LockedNet::InSolver(solver, None) => solver.net_mut(),
+            LockedNet::InSolver(solver, Some(i)) => &mut solver.test_nets_mut()[*i],
+        }
+    }
+}
+
 impl NetRef {
-    /// Runs `f` on the net, holding its lock (or its solver's) for the call.
-    /// An error when the lock is taken already (see [`lock`]).
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Net<CpuBackend>) -> R) -> PyResult<R> {
+    /// Locks the net (or its solver); an error when the lock is taken already (see [`lock`]).
+    fn lock(&self) -> PyResult<LockedNet<'_>> {
         Ok(match self {
-            NetRef::Own(net) => f(&mut *lock(net)?),
-            NetRef::Train(solver) => f(lock(solver)?.net_mut()),
-            NetRef::Test(solver, i) => f(&mut lock(solver)?.test_nets_mut()[*i]),
+            NetRef::Own(net) => LockedNet::Own(lock(net)?),
+            NetRef::Train(solver) => LockedNet::InSolver(lock(solver)?, None),
+            NetRef::Test(solver, i) => LockedNet::InSolver(lock(solver)?, Some(*i)),
         })
     }
+
+    /// Runs `f` on the net, holding its lock (or its solver's) for the call.
+    /// An error when the lock is taken already (see [`lock`]), or when the net shares weights
+    /// and another such net is in an engine call (see [`run_sharing`]).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Net<CpuBackend>) -> R) -> PyResult<R> {
+        let mut net = self.lock()?;
+        let shares = net.shares_weights();
+        run_sharing(shares, || f(&mut net))
+    }
+
+    /// Whether both stand for the same net.
+    fn same_net(&self, other: &NetRef) -> bool {
+        match (self, other) {
+            (NetRef::Own(a), NetRef::Own(b)) => Arc::ptr_eq(a, b),
+            (NetRef::Train(a), NetRef::Train(b)) => Arc::ptr_eq(a, b),
+            (NetRef::Test(a, i), NetRef::Test(b, j)) => Arc::ptr_eq(a, b) && i == j,
+            _ => false,
+        }
+    }
+}
+
+/// Set while an engine call runs on a net whose weights are another net's memory too
+/// (`share_with`).
+static SHARED_WEIGHTS_IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Runs `f`, an engine call on a net that `shares` weights or not. A net that shares weights
+/// cannot be used from inside an engine call on another one (from a Python layer): the inner
+/// call could write memory the outer one is reading.
+pub(crate) fn run_sharing<R>(shares: bool, f: impl FnOnce() -> R) -> PyResult<R> {
+    if !shares {
+        return Ok(f());
+    }
+    if SHARED_WEIGHTS_IN_USE.swap(true, Ordering::Acquire) {
+        return Err(PyRuntimeError::new_err(
+            "a net that shares weights (share_with) cannot be used while an engine call on \
+             another such net is running (from a Python layer inside it)",
+        ));
+    }
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            SHARED_WEIGHTS_IN_USE.store(false, Ordering::Release);
+        }
+    }
+    let _release = Release;
+    Ok(f())
 }
 
 /// Which blob of a net a [`PyBlob`] stands for.
@@ -378,15 +451,33 @@ impl PyNet {
         self.net
             .with(|net| net.layer_names().map(String::from).collect())
     }
-    /// Every layer, in order.
-    fn layer_list(&self) -> PyResult<Vec<PyLayer>> {
+    /// Every layer, in order: a `caffe.Layer` for the engine's layers and, for a Python layer,
+    /// its own object (as upstream), its `blobs` the layer's parameter blobs.
+    fn layer_list(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         let layers = self.net.with(|net| net.num_layers())?;
-        Ok((0..layers)
-            .map(|index| PyLayer {
-                net: self.net.clone(),
-                index,
-            })
-            .collect())
+        let mut list = Vec::with_capacity(layers);
+        for index in 0..layers {
+            let python_object = self.net.with(|net| {
+                net.layer_as::<PythonLayer>(index)
+                    .map(|layer| layer.object().clone_ref(py))
+            })?;
+            list.push(match python_object {
+                Some(object) => {
+                    object.setattr(py, "blobs", param_blobs(&self.net, index)?)?;
+                    object
+                }
+                None => Bound::new(
+                    py,
+                    PyLayer {
+                        net: self.net.clone(),
+                        index,
+                    },
+                )?
+                .into_any()
+                .unbind(),
+            });
+        }
+        Ok(list)
     }
     /// The parameter blobs of layer `index`.
     fn layer_params(&self, index: usize) -> PyResult<Vec<PyBlob>> {
@@ -479,10 +570,22 @@ impl PyNet {
     fn load_hdf5(&self, path: &str) -> PyResult<()> {
         self.engine(|net| net.copy_trained_layers_from_hdf5(Path::new(path)))
     }
-    /// Copies the weights of `other`'s layers into the layers of the same name (upstream
-    /// shares the memory; here the values are copied, once).
+    /// Shares the weights of `other`'s layers with the layers of the same name (upstream's
+    /// `ShareTrainedLayersWith`): from now on both nets read and write the same memory.
     fn share_with(&self, other: &PyNet) -> PyResult<()> {
-        let weights = other.engine(|net| net.to_proto(false))?;
-        self.engine(|net| net.copy_trained_layers_from(&weights))
+        if self.net.same_net(&other.net) {
+            return Ok(());
+        }
+        if matches!(self.net, NetRef::Test(..)) || matches!(other.net, NetRef::Test(..)) {
+            return Err(PyValueError::new_err(
+                "share_with: a solver's test net takes the train net's weights before each \
+                 test, so it cannot share another net's; share with solver.net instead",
+            ));
+        }
+        let (mut target, mut source) = (self.net.lock()?, other.net.lock()?);
+        // SAFETY: every use of either net goes through its lock and runs holding the GIL, one
+        // at a time; both are now marked as sharing, and `run_sharing` refuses a call on one
+        // from inside a call on the other.
+        unsafe { target.share_trained_layers_with(&mut source) }.map_err(engine_error)
     }
 }

@@ -204,6 +204,11 @@ pub struct PythonLayer {
 }
 
 impl PythonLayer {
+    /// The layer's Python object (what `net.layers` gives for this layer, as upstream).
+    pub(crate) fn object(&self) -> &Py<PyAny> {
+        &self.object
+    }
+
     /// Imports `python_param.module`, builds its class `python_param.layer` and gives the
     /// object `param_str` and `phase`, as upstream does before `setup`.
     pub fn new(param: &LayerParameter) -> Result<Self, LayerError> {
@@ -237,10 +242,18 @@ impl PythonLayer {
                     blobs: params,
                 };
                 let object = self.object.bind(py);
+                // The net's parameter blobs that `net.layers` gave the object, if it did: back
+                // after the call, so that they outlive it as upstream's do.
+                let net_blobs = object
+                    .getattr_opt("blobs")?
+                    .filter(|blobs| !blobs.is_instance_of::<PyBlobVec>());
                 object.setattr("blobs", blobs)?;
                 let args = args(py, &scope.0)?;
-                object.call_method1(method, pyo3::types::PyTuple::new(py, args)?)?;
-                Ok(())
+                let called = object.call_method1(method, pyo3::types::PyTuple::new(py, args)?);
+                if let Some(net_blobs) = net_blobs {
+                    object.setattr("blobs", net_blobs)?;
+                }
+                called.map(drop)
             })();
             drop(scope);
             result.map_err(|e| python_error(py, e, method))
@@ -300,6 +313,10 @@ fn fixed_params(params: &mut Params<'_, CpuBackend>) -> BlobVecPtr {
 impl Layer<CpuBackend> for PythonLayer {
     fn layer_type(&self) -> &'static str {
         "Python"
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 
     fn layer_setup(

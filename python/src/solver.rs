@@ -9,7 +9,7 @@ use rcaffe::backend::CpuBackend;
 use rcaffe::solver::{Solver, SolverAction, SOLVER_TYPES};
 
 use crate::engine_error;
-use crate::net::{backend, lock, NetRef, PyNet};
+use crate::net::{backend, lock, run_sharing, NetRef, PyNet};
 
 /// A solver of the engine (its update rules, lr policies and log), on the CPU.
 ///
@@ -29,7 +29,9 @@ impl PySolver {
         &self,
         f: impl FnOnce(&mut Solver<CpuBackend>) -> rcaffe::solver::Result<R>,
     ) -> PyResult<R> {
-        let result = f(&mut *lock(&self.solver)?);
+        let mut solver = lock(&self.solver)?;
+        let shares = solver.net().shares_weights();
+        let result = run_sharing(shares, || f(&mut solver))?;
         let interrupted = self
             .interrupted
             .lock()

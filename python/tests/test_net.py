@@ -194,10 +194,31 @@ def test_save_and_load_hdf5(net, net_file, tmp_path):
             np.testing.assert_array_equal(mine.data, theirs.data)
 
 
-def test_share_with_copies_the_weights(net, net_file):
+def test_share_with_shares_the_weights_memory(net, net_file):
     other = caffe.Net(str(net_file), caffe.TEST)
     other.share_with(net)
-    np.testing.assert_array_equal(other.params["ip"][0].data, net.params["ip"][0].data)
+    for name in ["conv", "ip"]:
+        for mine, theirs in zip(other.params[name], net.params[name]):
+            assert np.shares_memory(mine.data, theirs.data)
+            assert not np.shares_memory(mine.diff, theirs.diff)
+    # A write through either net is the other's: the next forward uses it.
+    net.params["ip"][1].data[...] = 7.0
+    assert (other.params["ip"][1].data == 7.0).all()
+    other.params["ip"][0].data[...] = 0.0
+    other.forward()
+    np.testing.assert_array_equal(other.blobs["ip"].data, np.full((5, NUM_OUTPUT), 7.0))
+    # Diffs stay each net's own.
+    net.forward()
+    net.backward()
+    assert np.abs(net.params["ip"][0].diff).sum() > 0
+    assert np.abs(other.params["ip"][0].diff).sum() == 0
+
+
+def test_share_with_checks_the_shapes(tmp_path, net):
+    path = tmp_path / "wider.prototxt"
+    path.write_text(simple_net_text(NUM_OUTPUT + 1))
+    with pytest.raises(RuntimeError, match="Cannot share param 0 weights from layer 'ip'"):
+        caffe.Net(str(path), caffe.TEST).share_with(net)
 
 
 def test_forward_all_batches_and_unpads(tmp_path):

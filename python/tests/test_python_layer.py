@@ -78,6 +78,19 @@ class KeepingLayer(caffe.Layer):
         top[0].data[...] = bottom[0].data
 
 
+class CallsAnotherNetLayer(caffe.Layer):
+    """Runs the forward pass of ``CallsAnotherNetLayer.other`` from inside its own."""
+
+    other = None
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        CallsAnotherNetLayer.other.forward(x=np.zeros((2, 3), np.float32))
+        top[0].data[...] = bottom[0].data
+
+
 def write_net(tmp_path, layers, inputs="input: 'x' input_shape { dim: 2 dim: 3 }"):
     path = tmp_path / "python.prototxt"
     path.write_text(f"name: 'py' force_backward: true\n{inputs}\n{layers}\n")
@@ -132,6 +145,34 @@ def test_python_layer_parameters_are_net_params(tmp_path):
     net.save(weights)
     other = caffe.Net(net_file, caffe.TRAIN, weights=weights)
     assert other.params["scale"][0].data[0] == 5.0
+
+
+def test_net_layers_gives_a_python_layers_own_object(tmp_path):
+    layers = "\n".join(
+        [
+            python_layer("affine", "x", "y", "AffineLayer", "2 1"),
+            python_layer("scale", "y", "z", "ScaleParamLayer"),
+        ]
+    )
+    net = caffe.Net(write_net(tmp_path, layers), caffe.TRAIN)
+    affine, scale = net.layers[1], net.layer_dict["scale"]
+    # The objects the net built and drives: what setup stored is there.
+    assert isinstance(affine, AffineLayer) and (affine.a, affine.b) == (2.0, 1.0)
+    assert isinstance(scale, ScaleParamLayer) and scale.type == "Python"
+    # Its blobs are the net's parameter blobs, outside any call too.
+    (w,) = scale.blobs
+    assert w.data[0] == 2.0
+    w.data[0] = 4.0
+    assert net.params["scale"][0].data[0] == 4.0
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(net.forward(x=x)["z"], 4.0 * (2 * x + 1))
+    net.backward(z=np.ones((2, 3), np.float32))
+    # The calls had their own blobs; the net's are back after them.
+    assert scale.blobs[0].data[0] == 4.0
+    assert scale.blobs[0].diff[0] == pytest.approx(3 * 6.0)  # sum of y * dz, y = 3
+    # State set on the object from Python reaches the next pass.
+    affine.a = -1.0
+    np.testing.assert_allclose(net.forward(x=x)["z"], 4.0 * (-x + 1))
 
 
 def test_phase_reaches_the_layer(tmp_path):
@@ -189,3 +230,21 @@ layer { name: 'data' type: 'DummyData' top: 'x' top: 'target'
     # The loss is 12 * (w - 6)^2 / (2 * 4): plain gradient descent on w goes to 6.
     assert w.data[0] == pytest.approx(6.0, abs=0.05)
     assert float(solver.net.forward()["loss"]) < first / 100
+
+
+def test_nets_sharing_weights_are_not_run_inside_each_other(tmp_path):
+    ip = (
+        "layer { type: 'InnerProduct' name: 'ip' bottom: 'x' top: 'h' "
+        "inner_product_param { num_output: 3 weight_filler { type: 'gaussian' } } }"
+    )
+    net_file = write_net(tmp_path, ip + python_layer("call", "h", "y", "CallsAnotherNetLayer"))
+    outer, inner = caffe.Net(net_file, caffe.TEST), caffe.Net(net_file, caffe.TEST)
+    CallsAnotherNetLayer.other = inner
+    inner.layer_dict["call"].forward = lambda bottom, top: None
+    try:
+        outer.forward(x=np.ones((2, 3), np.float32))  # separate weights: allowed
+        inner.share_with(outer)
+        with pytest.raises(RuntimeError, match="shares weights"):
+            outer.forward(x=np.ones((2, 3), np.float32))
+    finally:
+        CallsAnotherNetLayer.other = None

@@ -229,3 +229,23 @@ def test_test_nets_share_the_train_nets_weights(solver):
     weights, bias = (p.data for p in solver.net.params["ip"])
     expected = out["conv"].reshape(5, -1) @ weights.T + bias
     np.testing.assert_allclose(test.blobs["ip"].data, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_a_net_sharing_the_solvers_weights_follows_training(solver, net_file):
+    deploy = caffe.Net(str(net_file), caffe.TEST)
+    deploy.share_with(solver.net)
+    solver.step(2)
+    for name in ["conv", "ip"]:
+        for mine, theirs in zip(deploy.params[name], solver.net.params[name]):
+            np.testing.assert_array_equal(mine.data, theirs.data)
+    # Writing the deploy net's weights changes what the solver trains.
+    deploy.params["ip"][1].data[...] = 3.0
+    assert (solver.net.params["ip"][1].data == 3.0).all()
+
+
+def test_a_solvers_test_net_cannot_share_another_nets_weights(solver, net_file):
+    other = caffe.Net(str(net_file), caffe.TEST)
+    with pytest.raises(ValueError, match="share with solver.net instead"):
+        solver.test_nets[0].share_with(other)
+    with pytest.raises(ValueError, match="share with solver.net instead"):
+        other.share_with(solver.test_nets[0])

@@ -13,7 +13,7 @@
 //!
 //! Each forward pass serves the next `batch_size` items, wrapping around to the first after
 //! the last; `n` must be a multiple of the batch size. The program reaches the layer through
-//! [`Layer::as_memory_data`] (the net's [`Net::set_input_arrays`](crate::net::Net) feeds its
+//! [`Layer::as_any_mut`] (the net's [`Net::set_input_arrays`](crate::net::Net) feeds its
 //! first layer, as pycaffe does).
 
 use rand::Rng as _;
@@ -284,7 +284,7 @@ impl<B: Backend> Layer<B> for MemoryDataLayer {
         Ok(())
     }
 
-    fn as_memory_data(&mut self) -> Option<&mut MemoryDataLayer> {
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         Some(self)
     }
 }

@@ -664,9 +664,10 @@ pub trait Layer<B: Backend>: Send {
         None
     }
 
-    /// This layer as a MemoryData layer, which the program feeds with arrays
-    /// ([`memory_data::MemoryDataLayer::reset`]); `None` (the default) for every other layer.
-    fn as_memory_data(&mut self) -> Option<&mut memory_data::MemoryDataLayer> {
+    /// This layer as `Any`, for a program that needs its concrete type (a MemoryData layer fed
+    /// with arrays, the object of a Python layer): [`crate::net::Net::layer_as`] downcasts it.
+    /// `None` (the default) for layers nobody asks for.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
 }

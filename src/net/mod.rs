@@ -122,6 +122,9 @@ pub struct Net<B: Backend> {
 
     blob_names_index: HashMap<String, usize>,
     layer_names_index: HashMap<String, usize>,
+    /// Whether some weights are another net's memory too (see
+    /// `Net::share_trained_layers_with`).
+    shares_weights: bool,
     memory_used: u64,
     init_log: Vec<String>,
 }
@@ -329,6 +332,7 @@ impl<B: Backend> Net<B> {
             param_names_index: HashMap::new(),
             blob_names_index: HashMap::new(),
             layer_names_index: HashMap::new(),
+            shares_weights: false,
             memory_used: 0,
             init_log: log,
         };
@@ -1174,9 +1178,18 @@ impl<B: Backend> Net<B> {
     pub fn layer_param(&self, i: usize) -> &LayerParameter {
         &self.layers[i].param
     }
+    /// Whether some of this net's weights are another net's memory too (a net that
+    /// [`Net::share_trained_layers_with`] made, or whose weights it lent).
+    pub fn shares_weights(&self) -> bool {
+        self.shares_weights
+    }
     /// Layer `i`.
     pub fn layer(&self, i: usize) -> &dyn Layer<B> {
         self.layers[i].layer.as_ref()
+    }
+    /// Layer `i` as its concrete type `T`, when it is one (see [`Layer::as_any_mut`]).
+    pub fn layer_as<T: 'static>(&mut self, i: usize) -> Option<&mut T> {
+        self.layers[i].layer.as_any_mut()?.downcast_mut()
     }
     /// The first layer as a MemoryData layer, the one pycaffe's `set_input_arrays` feeds; an
     /// error when the first layer is another type.
@@ -1212,7 +1225,11 @@ impl<B: Backend> Net<B> {
             return Err(refused("the net has no layer".into()));
         };
         let kind = first.layer.layer_type();
-        match first.layer.as_memory_data() {
+        match first
+            .layer
+            .as_any_mut()
+            .and_then(|layer| layer.downcast_mut::<MemoryDataLayer>())
+        {
             Some(layer) => Ok((&first.param, layer)),
             None => Err(refused(format!(
                 "it is '{}' of type {kind}",

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use super::{Net, NetError, Result};
-use crate::backend::Backend;
+use crate::backend::{Backend, CpuBackend};
+use crate::blob::Blob;
 use crate::proto::blob_proto_shape;
 use crate::proto::caffe::NetParameter;
 
@@ -73,9 +74,23 @@ impl<B: Backend> Net<B> {
     }
 
     /// Copies the weights of every layer of `other` into this net's layer of the same name
-    /// (upstream's `ShareTrainedLayersWith`, which shares the memory; here the data is copied,
-    /// so call it again after `other` changes, as before each test pass).
+    /// (upstream's `ShareTrainedLayersWith` shares the memory instead, which the CPU backend
+    /// does with [`Net::share_trained_layers_with`]; a solver copies, before each test pass).
     pub fn copy_trained_layers_from_net(&mut self, other: &Net<B>) -> Result<()> {
+        self.for_each_namesake_param(other, "copy", |target, source| {
+            target.copy_from(source, false, false)
+        })
+    }
+
+    /// Calls `f(target, source)` for each parameter blob of each layer of this net that has a
+    /// namesake in `other`, after checking that the two layers have the same number of blobs,
+    /// of the same shapes (`what`, "copy" or "share", names the operation in the error).
+    fn for_each_namesake_param(
+        &mut self,
+        other: &Net<B>,
+        what: &str,
+        mut f: impl FnMut(&mut Blob<B>, &Blob<B>) -> crate::blob::Result<()>,
+    ) -> Result<()> {
         for (source_layer, name) in other.layer_names().enumerate() {
             let Some(target) = self.first_layer_named(name) else {
                 log::info!("Ignoring source layer {name}");
@@ -96,13 +111,13 @@ impl<B: Backend> Net<B> {
                 let target = &mut self.learnable_params[t];
                 if source.shape() != target.shape() {
                     return Err(NetError::Weights(format!(
-                        "Cannot share param {j} weights from layer '{name}'; shape mismatch.  \
+                        "Cannot {what} param {j} weights from layer '{name}'; shape mismatch.  \
                          Source param shape is {}; target param shape is {}",
                         source.shape_string(),
                         target.shape_string()
                     )));
                 }
-                target.copy_from(source, false, false)?;
+                f(target, source)?;
             }
         }
         Ok(())
@@ -128,5 +143,27 @@ impl<B: Backend> Net<B> {
             out.layer.push(param);
         }
         Ok(out)
+    }
+}
+
+impl Net<CpuBackend> {
+    /// Upstream's `ShareTrainedLayersWith`: every layer of `other` with a namesake here lends
+    /// it its weights' memory, so that a change to either net's weights (a solver's update,
+    /// a write through an array) is the other's too. Same checks as
+    /// [`Net::copy_trained_layers_from_net`]; the diffs stay separate. Both nets are marked
+    /// ([`Net::shares_weights`]).
+    ///
+    /// # Safety
+    ///
+    /// The nets alias: neither may be used while the other is borrowed mutably (never from two
+    /// threads at once, nor from inside an engine call on the other, such as a Python layer's).
+    pub unsafe fn share_trained_layers_with(&mut self, other: &mut Net<CpuBackend>) -> Result<()> {
+        // SAFETY: the caller keeps the two nets from being used at once.
+        self.for_each_namesake_param(other, "share", |target, source| unsafe {
+            target.share_data(source)
+        })?;
+        self.shares_weights = true;
+        other.shares_weights = true;
+        Ok(())
     }
 }

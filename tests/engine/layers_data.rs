@@ -33,7 +33,10 @@ fn memory_data_with(sizes: &str, extra: &str) -> Result<LayerHarness<CpuBackend>
 }
 
 fn memory(h: &mut LayerHarness<CpuBackend>) -> &mut MemoryDataLayer {
-    h.layer_mut().as_memory_data().expect("a MemoryData layer")
+    h.layer_mut()
+        .as_any_mut()
+        .and_then(|layer| layer.downcast_mut())
+        .expect("a MemoryData layer")
 }
 
 /// `n` items whose values are distinct (item i, value j: i + j / 1000) and labels 100 + i.

@@ -1370,6 +1370,34 @@ fn to_proto_and_copy_trained_layers_round_trip() {
 }
 
 #[test]
+fn sharing_trained_layers_shares_the_weights_memory_not_the_diffs() {
+    let factory: &LayerFactory<CpuBackend> = &toy_layer::<CpuBackend>;
+    let build_seeded = |seed| {
+        Net::new_with_factory(&net_param(CHAIN), &cpu(), rng_from_seed(seed), factory).unwrap()
+    };
+    let (mut lender, mut borrower) = (build_seeded(1), build_seeded(2));
+    assert!(!lender.shares_weights());
+    // SAFETY: the two nets are used one at a time below.
+    unsafe { borrower.share_trained_layers_with(&mut lender) }.unwrap();
+    assert!(lender.shares_weights() && borrower.shares_weights());
+    let k = 1;
+    assert_eq!(
+        borrower.learnable_params()[k].cpu_data(),
+        lender.learnable_params()[k].cpu_data()
+    );
+    // A write to the lender's weights is the borrower's; a diff is not.
+    let count = lender.learnable_params()[k].count();
+    let values: Vec<f32> = (0..count).map(|i| i as f32 * 0.25).collect();
+    lender.learnable_params_mut()[k].set_data(&values).unwrap();
+    lender.learnable_params_mut()[k].set_diff(&values).unwrap();
+    assert_eq!(borrower.learnable_params()[k].cpu_data(), &values[..]);
+    assert!(borrower.learnable_params()[k]
+        .cpu_diff()
+        .iter()
+        .all(|&d| d == 0.0));
+}
+
+#[test]
 fn copy_trained_layers_errors_name_layer_index_and_shapes() {
     let mut net = build(CHAIN).unwrap();
     let mut proto = net.to_proto(false).unwrap();

@@ -56,7 +56,8 @@ const PAR_MIN_WORK: usize = 1 << 15;
 /// arrays of the Python package, through [`CpuBuffer::share`]) keeps it alive after the buffer
 /// itself is gone: a blob reshaped beyond its capacity, or a net dropped, leaves such a view
 /// pointing at the old values, detached from the engine. Inside the engine a `CpuBuffer` is the
-/// allocation's only owner: cloning one copies its values.
+/// allocation's only owner (cloning one copies its values), except for the buffers that
+/// [`CpuBuffer::alias`] makes for nets sharing their weights.
 #[derive(Default)]
 pub struct CpuBuffer {
     memory: Arc<HostMemory>,
@@ -90,6 +91,18 @@ impl CpuBuffer {
                 // SAFETY: as `as_slice`.
                 unsafe { std::slice::from_raw_parts(shared.ptr, shared.len) }.to_vec()
             }
+        }
+    }
+    /// A second buffer over the same memory (upstream's `ShareData`): writes through either
+    /// are seen by both.
+    ///
+    /// # Safety
+    ///
+    /// The two buffers alias: neither may be read or written while the other is borrowed
+    /// mutably, which the borrow checker no longer sees (they live in different blobs).
+    pub(crate) unsafe fn alias(&self) -> CpuBuffer {
+        CpuBuffer {
+            memory: Arc::clone(&self.memory),
         }
     }
     /// A second owner of the values, for a view outside the engine (a numpy array): it keeps
