@@ -155,6 +155,9 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// Width and height in pixels.
     pub size: (u32, u32),
+    /// Limits the left axis never goes past (an accuracy's [0, 1]), however the data and the
+    /// legend pad it.
+    pub y_limits: Option<(f64, f64)>,
 }
 
 impl Chart {
@@ -167,7 +170,14 @@ impl Chart {
             secondary_y_label: String::new(),
             series: Vec::new(),
             size: (1024, 640),
+            y_limits: None,
         }
+    }
+
+    /// Keeps the left axis within `[low, high]` (see [`Chart::y_limits`]).
+    pub fn y_within(mut self, low: f64, high: f64) -> Self {
+        self.y_limits = Some((low, high));
+        self
     }
 
     pub fn x_label(mut self, label: impl Into<String>) -> Self {
@@ -245,6 +255,9 @@ impl Chart {
             // clear of a band as high as the legend.
             y_range = with_headroom(&y_range, legend.1);
             y2_range = with_headroom(&y2_range, legend.1);
+        }
+        if let Some((low, high)) = self.y_limits {
+            y_range = y_range.start.max(low)..y_range.end.min(high);
         }
 
         let mut builder = ChartBuilder::on(area);

@@ -1,7 +1,9 @@
 //! Reading a range test's accuracy-against-rate curve as the paper tells a person to:
-//! `base_lr` where accuracy starts to rise, `max_lr` where the rise slows, turns ragged or
-//! falls, on a smoothed curve (a running median, then a running mean), saying so when the curve
-//! gives no bound rather than inventing one.
+//! `base_lr` where accuracy starts to rise, `max_lr` where the rise stops ("slows"), turns ragged
+//! or falls, on a smoothed curve (a running median, then a running mean), saying so when the
+//! curve gives no bound rather than inventing one. The paper reads its CIFAR-10 figure 3 so:
+//! accuracy climbs from 0.001 and levels off, turning ragged, by 0.006; a bend where the curve
+//! keeps climbing steeply is not where it stops.
 
 /// A rate with two significant digits, as a solver file would hold it ("0.0012", "0.03"):
 /// C's `%.2g`, the same formatting the prototxt printer uses.
@@ -50,24 +52,31 @@ const RISE_OVER_NOISE: f64 = 4.0;
 const MIN_RISE: f64 = 0.02;
 /// `base_lr` is where the smoothed curve has made this fraction of its rise…
 const START_FRACTION: f64 = 0.1;
-/// …and `max_lr` where it has made this fraction: past it the rise has slowed, turned ragged
-/// or reversed.
+/// …and the rise has stopped where it has made this fraction: the rest is the slow approach
+/// to the plateau, within the noise of a few tests.
 const TOP_FRACTION: f64 = 0.9;
-
-/// A knee counts when the curve bulges above its chord by this fraction of the rise.
-const KNEE_SIGNIFICANCE: f64 = 0.1;
+/// A test this many noise deviations off the smoothed curve, past the middle of the rise,
+/// marks where the curve turns ragged…
+const RAGGED_DEVIATIONS: f64 = 3.0;
+/// …and at least this fraction of the rise off it (a clean curve has next to no noise).
+const RAGGED_MIN_FRACTION: f64 = 0.1;
 
 /// The bounds read from an accuracy-against-rate curve.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Suggestion {
     /// Where accuracy starts to rise.
     pub base_lr: std::result::Result<f64, NoBound>,
-    /// Where the rise slows, turns ragged or falls.
+    /// Where the rise stops, turns ragged or falls.
     pub max_lr: std::result::Result<f64, NoBound>,
     /// The curve as read: (lr, smoothed accuracy).
     pub smoothed: Vec<(f64, f64)>,
     /// The estimated noise of one test (a robust standard deviation).
     pub noise: f64,
+    /// Where the rise stops: the smoothed curve has made nine tenths of its rise.
+    pub rise_stops_lr: Option<f64>,
+    /// Where the curve turns ragged: the first test past the middle of the rise that is
+    /// [`RAGGED_DEVIATIONS`] noise deviations (and a tenth of the rise) off the smoothed curve.
+    pub ragged_lr: Option<f64>,
 }
 
 impl Suggestion {
@@ -80,9 +89,10 @@ impl Suggestion {
 /// Reads `base_lr` and `max_lr` from (lr, accuracy) points, as the paper reads its figure 3:
 /// the curve is smoothed (running median, then running mean, over about an eighth of the
 /// points), `base_lr` is where it has made a tenth of its rise above its lowest level before the
-/// peak, `max_lr` where it has made nine tenths of it or, if earlier, at its knee (the point
-/// farthest above the straight line from the low to the peak), where the rise slows. A rise within the noise gives no bounds;
-/// a curve still climbing at its end gives no `max_lr`. Non-finite points are ignored.
+/// peak, `max_lr` where the rise stops (nine tenths of it made; never past the peak, where the
+/// curve falls) or, if earlier, where the curve turns ragged (a test far off the smoothed curve
+/// past the middle of the rise). A rise within the noise gives no bounds; a curve still climbing
+/// at its end gives no `max_lr`. Non-finite points are ignored.
 pub fn suggest_bounds(points: &[(f64, f64)]) -> Suggestion {
     let mut points: Vec<(f64, f64)> = points
         .iter()
@@ -98,15 +108,16 @@ pub fn suggest_bounds(points: &[(f64, f64)]) -> Suggestion {
             max_lr: Err(none),
             smoothed: points,
             noise: f64::NAN,
+            rise_stops_lr: None,
+            ragged_lr: None,
         };
     }
     let lrs: Vec<f64> = points.iter().map(|p| p.0).collect();
     let accuracy: Vec<f64> = points.iter().map(|p| p.1).collect();
     let window = (n / 8).max(3) | 1;
-    // The median alone keeps corners where they are (the knee is read on it); the mean after
-    // it takes out the rest of the noise (the crossings are read on that).
-    let median_filtered = running_median(&accuracy, window);
-    let smooth = running_mean(&median_filtered, window);
+    // The median takes out single wild tests and keeps corners where they are; the mean after
+    // it takes out the rest of the noise.
+    let smooth = running_mean(&running_median(&accuracy, window), window);
     let residuals: Vec<f64> = accuracy
         .iter()
         .zip(&smooth)
@@ -126,6 +137,8 @@ pub fn suggest_bounds(points: &[(f64, f64)]) -> Suggestion {
             max_lr: Err(none),
             smoothed,
             noise,
+            rise_stops_lr: None,
+            ragged_lr: None,
         };
     }
     let crossing = |fraction: f64| {
@@ -142,24 +155,14 @@ pub fn suggest_bounds(points: &[(f64, f64)]) -> Suggestion {
     };
     let base_lr = crossing(START_FRACTION);
     let top_lr = crossing(TOP_FRACTION);
-    // Where the rise slows: the knee, the point of the median-filtered curve farthest above the
-    // chord from its low to its peak, when it stands out; a slow creep towards the peak would
-    // otherwise carry the 90% crossing well past it. Of points within the noise of the
-    // farthest, the first is taken: the bound errs low, where training stays stable.
-    let chord = |i: usize| {
-        let span = (lrs[peak] - lrs[low_index]).max(f64::MIN_POSITIVE);
-        low + rise * (lrs[i] - lrs[low_index]) / span
-    };
-    let bulges: Vec<f64> = (low_index..=peak)
-        .map(|i| median_filtered[i] - chord(i))
-        .collect();
-    let bulge = bulges.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let knee = low_index + bulges.iter().position(|&b| b >= bulge - noise).unwrap_or(0);
-    let slowing_lr = if bulge >= KNEE_SIGNIFICANCE * rise && lrs[knee] > base_lr {
-        top_lr.min(lrs[knee])
-    } else {
-        top_lr
-    };
+    // Ragged: a test far off the smoothed curve once the steep part of the rise is over (in
+    // the steep part a test a little early or late is far off too, and means nothing).
+    let half_rise_lr = crossing(0.5);
+    let far_off = (RAGGED_DEVIATIONS * noise).max(RAGGED_MIN_FRACTION * rise);
+    let ragged_lr = (0..n)
+        .find(|&i| lrs[i] > half_rise_lr && residuals[i] > far_off)
+        .map(|i| lrs[i]);
+    let slowing_lr = ragged_lr.map_or(top_lr, |ragged| top_lr.min(ragged));
 
     // Still climbing at the end: the peak is among the last half-window of points and the last
     // window's slope is at least half the slope of the main rise.
@@ -179,6 +182,8 @@ pub fn suggest_bounds(points: &[(f64, f64)]) -> Suggestion {
         max_lr,
         smoothed,
         noise,
+        rise_stops_lr: Some(top_lr),
+        ragged_lr,
     }
 }
 

@@ -5,7 +5,7 @@
 //! `min_lr` to `max_lr` over the run — the `triangular` policy with `stepsize = max_iter`, as
 //! the paper does it — and tests at regular intervals. [`suggest_bounds`] then reads the
 //! accuracy-against-rate curve the way the paper tells a person to: `base_lr` where accuracy
-//! starts to rise, `max_lr` where the rise slows, turns ragged or falls. It works on a smoothed
+//! starts to rise, `max_lr` where the rise stops, turns ragged or falls. It works on a smoothed
 //! curve (a running median, then a running mean), so one lucky or unlucky test does not move
 //! the answer, and it says so when the curve gives no bound rather than inventing one.
 //!

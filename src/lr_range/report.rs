@@ -57,9 +57,22 @@ pub fn report(test: &RangeTest, suggestion: &Suggestion, stepsize_epochs: f64) -
     );
     let _ = writeln!(
         out,
-        "Suggested max_lr (the rise slows, turns ragged or falls): {}",
+        "Suggested max_lr (the rise stops, turns ragged or falls): {}",
         bound(&suggestion.max_lr)
     );
+    if suggestion.max_lr.is_ok() {
+        if let Some(stops) = suggestion.rise_stops_lr {
+            let ragged = suggestion.ragged_lr.map_or_else(
+                || "it does not turn ragged before the rise stops".to_string(),
+                |lr| format!("it turns ragged at {}", format_rate(lr)),
+            );
+            let _ = writeln!(
+                out,
+                "  (the smoothed accuracy has made 90% of its rise at {}; {ragged})",
+                format_rate(stops)
+            );
+        }
+    }
     if let Some((third, quarter)) = suggestion.rule_of_thumb() {
         let _ = writeln!(
             out,
@@ -126,22 +139,34 @@ pub fn range_chart(test: &RangeTest, suggestion: &Suggestion, title: &str) -> Ch
     let mut chart = Chart::new(title)
         .x_label("learning rate")
         .y_label("test accuracy")
+        .y_within(0.0, 1.0)
         .secondary_y_label("loss")
         .series(Series::new("test accuracy", accuracy))
         .series(Series::new(
             "smoothed accuracy",
             suggestion.smoothed.clone(),
         ));
-    let mut markers = Vec::new();
-    for rate in [&suggestion.base_lr, &suggestion.max_lr]
+    // Vertical lines; a NaN point breaks the line between two of them.
+    let verticals = |rates: &[f64]| -> Vec<(f64, f64)> {
+        rates
+            .iter()
+            .flat_map(|&rate| [(rate, low), (rate, high), (f64::NAN, f64::NAN)])
+            .collect()
+    };
+    let bounds: Vec<f64> = [&suggestion.base_lr, &suggestion.max_lr]
         .into_iter()
         .flatten()
-    {
-        // A NaN point breaks the line between the two markers.
-        markers.extend([(*rate, low), (*rate, high), (f64::NAN, f64::NAN)]);
+        .copied()
+        .collect();
+    if !bounds.is_empty() {
+        chart = chart.series(Series::new("suggested bounds", verticals(&bounds)));
     }
-    if !markers.is_empty() {
-        chart = chart.series(Series::new("suggested bounds", markers));
+    // The reading behind max_lr, where the curve shows it.
+    if let Some(stops) = suggestion.rise_stops_lr {
+        chart = chart.series(Series::new("rise stops (90%)", verticals(&[stops])));
+    }
+    if let Some(ragged) = suggestion.ragged_lr {
+        chart = chart.series(Series::new("turns ragged", verticals(&[ragged])));
     }
     // A diverged loss (80, NaN) would flatten the rest: losses are drawn up to twice the
     // larger of the first train and test losses, a divergence as a line hitting that ceiling.

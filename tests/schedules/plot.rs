@@ -315,3 +315,45 @@ fn a_chart_can_overlay_series_with_a_legend_and_a_secondary_axis() {
     chart.write(&png).unwrap();
     assert!(std::fs::metadata(&png).unwrap().len() > 1000);
 }
+
+#[test]
+fn an_accuracy_axis_stays_within_zero_and_one() {
+    let dir = scratch("y-within");
+    // Accuracy rising to exactly 1: padding would lift the axis past 1.
+    let accuracy: Vec<(f64, f64)> = (0..=50)
+        .map(|i| (f64::from(i), 0.5 + 0.01 * f64::from(i)))
+        .collect();
+    // The pixel row of the curve's highest point, and of the plot area's top (its grid lines').
+    let rows = |limited: bool| {
+        let chart = Chart::new("accuracy").series(Series::new("", accuracy.clone()));
+        let chart = if limited {
+            chart.y_within(0.0, 1.0)
+        } else {
+            chart
+        };
+        let path = dir.join(format!("limited-{limited}.svg"));
+        chart.write(&path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let curve_top = polylines(&svg)
+            .into_iter()
+            .filter(|(element, _)| element.contains("#1F77B4"))
+            .flat_map(|(_, points)| points.into_iter().map(|(_, y)| y))
+            .fold(f64::INFINITY, f64::min);
+        let plot_top = svg
+            .split("y2=\"")
+            .skip(1)
+            .filter_map(|rest| rest[..rest.find('"').unwrap()].parse::<f64>().ok())
+            .fold(f64::INFINITY, f64::min);
+        (curve_top, plot_top)
+    };
+    let (unlimited_top, plot_top) = rows(false);
+    assert!(
+        unlimited_top > plot_top + 5.0,
+        "padding leaves room above 1"
+    );
+    let (limited_top, plot_top) = rows(true);
+    assert!(
+        (limited_top - plot_top).abs() <= 1.0,
+        "accuracy 1 is drawn at row {limited_top}, the plot's top at {plot_top}"
+    );
+}
