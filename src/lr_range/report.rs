@@ -95,8 +95,9 @@ pub fn report(test: &RangeTest, suggestion: &Suggestion, stepsize_epochs: f64) -
             let stepsize = (stepsize_epochs * per_epoch as f64).round() as u64;
             let _ = writeln!(
                 out,
-                "stepsize: {stepsize}  # {stepsize_epochs} epochs of {per_epoch} iterations \
+                "stepsize: {stepsize}  # {} epochs of {per_epoch} iterations \
                  ({} images / batch {}); the paper: 2-10 epochs",
+                crate::proto::format_g(stepsize_epochs, 2),
                 epoch.images,
                 epoch.batch_size * epoch.iter_size
             );

@@ -694,15 +694,40 @@ fn snippet_value<'a>(report: &'a str, field: &str) -> &'a str {
         .unwrap()
 }
 
-/// `rcaffe demo`, whole (about 35 s on 2 cores): the solver snippet it prints is the one its
-/// triangular2 run trained with, and its table reports the runs it made.
+/// `solver` with what the demo sets aside (the net and the paths it trains in, the seed it
+/// gives both runs) and what a zoo file sets for its machine (`solver_mode`) cleared.
+fn settings(mut solver: SolverParameter) -> SolverParameter {
+    solver.net = None;
+    solver.net_param = None;
+    solver.snapshot_prefix = None;
+    solver.random_seed = None;
+    solver.solver_mode = None;
+    solver
+}
+
+/// The demo's baseline is upstream's LeNet solver, setting for setting.
+#[test]
+fn the_demos_baseline_is_the_zoos_lenet_solver() {
+    let ours = read_solver(Path::new("models/lenet/lenet_solver.prototxt")).unwrap();
+    let zoo = read_solver(Path::new(
+        "../shared/caffe-zoo/examples/mnist/lenet_solver.prototxt",
+    ))
+    .unwrap();
+    assert_eq!(settings(ours), settings(zoo));
+}
+
+/// `rcaffe demo`, whole (about 3 minutes on 2 cores): the baseline is the solver file's,
+/// the solver snippet it prints is the one its triangular2 run trained with, and its table and
+/// summary.csv report the runs it made.
 #[test]
 fn the_demo_prints_the_solver_it_trained_with() {
     let out = tempfile::tempdir().unwrap();
     let demo = rcaffe::demo::run_demo(out.path()).unwrap();
-    let [(fixed, fixed_param), (cyclic, cyclic_param)] = demo.runs.as_slice() else {
+    let [(baseline, baseline_param), (cyclic, cyclic_param)] = demo.runs.as_slice() else {
         panic!("{} runs", demo.runs.len());
     };
+    let zoo = read_solver(Path::new("models/lenet/lenet_solver.prototxt")).unwrap();
+    assert_eq!(settings(baseline_param.clone()), settings(zoo));
     assert_eq!(cyclic_param.lr_policy(), "triangular2");
     let report = &demo.range_report;
     assert_eq!(snippet_value(report, "lr_policy"), "\"triangular2\"");
@@ -717,17 +742,42 @@ fn the_demo_prints_the_solver_it_trained_with() {
         report.contains(&format!("a multiple of {}", 2 * stepsize)),
         "{report}"
     );
-    for (run, param) in [(fixed, fixed_param), (cyclic, cyclic_param)] {
+    // Each run's row, in the table and in summary.csv (baseline first), from its tests.
+    let (baseline_best, _) = baseline.best();
+    let csv = std::fs::read_to_string(out.path().join("summary.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "policy,solver,iterations,best_accuracy,best_at,final_accuracy,\
+             iterations_to_baseline_best"
+        )
+    );
+    for (run, param) in [(baseline, baseline_param), (cyclic, cyclic_param)] {
         assert_eq!(run.iterations, param.max_iter());
         assert_eq!(run.accuracy.last().unwrap().0, param.max_iter());
+        let (best, best_at) = run.best();
+        let reach = run.iterations_to_reach(baseline_best);
         let row = format!(
-            "| {} | {} | {:.1}% |",
+            "| {} | {} | {} | {:.2}% ({best_at}) |",
             run.policy,
+            run.solver,
             param.max_iter(),
-            run.final_accuracy() * 100.0
+            best * 100.0,
         );
         assert!(demo.table.contains(&row), "{row} in\n{}", demo.table);
+        let fields: Vec<&str> = lines.next().expect("a row per run").split(',').collect();
+        assert_eq!(fields[0], run.policy);
+        assert_eq!(fields[2].parse::<i32>().unwrap(), param.max_iter());
+        assert_eq!(fields[3].parse::<f32>().unwrap(), best);
+        assert_eq!(fields[4].parse::<i32>().unwrap(), best_at);
+        assert_eq!(fields[5].parse::<f32>().unwrap(), run.final_accuracy());
+        assert_eq!(fields[6].parse::<i32>().ok(), reach);
     }
+    assert_eq!(
+        baseline.iterations_to_reach(baseline_best),
+        Some(baseline.best().1)
+    );
     let summary = std::fs::read_to_string(out.path().join("summary.md")).unwrap();
     assert_eq!(summary, format!("{report}\n{}", demo.table));
 }
