@@ -69,6 +69,10 @@ enum Command {
     /// convert_cifar_data (OUT_DIR is created if need be).
     #[command(alias = "convert_cifar_data")]
     ConvertCifar(convert::ConvertCifarArgs),
+    /// Make CIFAR-10's binary batches (data_batch_N.bin, test_batch.bin) in OUT_DIR from the
+    /// MNIST IDX files in DIR: each image centred in 32x32 and repeated in three channels, so
+    /// the CIFAR-10 nets train on (Fashion-)MNIST.
+    MnistToCifar(convert::MnistToCifarArgs),
     /// Convert a list of "path label" lines (paths under ROOT) into an LMDB (or LevelDB) of
     /// Datums, as upstream's convert_imageset.
     #[command(alias = "convert_imageset")]
@@ -156,6 +160,7 @@ fn run(command: Command) -> Result<()> {
         Command::ConvertMnist(args) => convert::convert_mnist(args),
         Command::ConvertMnistSiamese(args) => convert::convert_mnist_siamese(args),
         Command::ConvertCifar(args) => convert::convert_cifar(args),
+        Command::MnistToCifar(args) => convert::mnist_to_cifar(args),
         Command::ConvertImageset(args) => convert::convert_imageset(args),
         Command::ComputeImageMean(args) => convert::compute_image_mean(args),
         Command::DeviceQuery(args) => nets::device_query(args),

@@ -95,6 +95,30 @@ pub fn convert_cifar(args: ConvertCifarArgs) -> Result<()> {
     Ok(())
 }
 
+/// `rcaffe mnist-to-cifar`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct MnistToCifarArgs {
+    /// The folder holding MNIST's train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (gzip-compressed or not).
+    pub dir: PathBuf,
+    /// Where to write the batches (created if need be; existing batches are not overwritten).
+    pub out_dir: PathBuf,
+}
+
+/// `rcaffe mnist-to-cifar`: MNIST's IDX files as CIFAR-10's binary batches.
+pub fn mnist_to_cifar(args: MnistToCifarArgs) -> Result<()> {
+    let made = data::cifar_from_mnist::mnist_to_cifar(&args.dir, &args.out_dir)?;
+    println!(
+        "Wrote {} training records to {} batches and {} test records to {} in {}",
+        made.train,
+        made.train_batches.len(),
+        made.test,
+        made.test_batch.display(),
+        args.out_dir.display()
+    );
+    Ok(())
+}
+
 /// `rcaffe convert-imageset`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct ConvertImagesetArgs {

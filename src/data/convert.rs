@@ -64,17 +64,17 @@ fn char_label(byte: u8) -> i32 {
 }
 
 /// An MNIST-format dataset: IDX images and their labels, checked against each other.
-struct IdxDataset {
+pub(crate) struct IdxDataset {
     image_bytes: Vec<u8>,
     label_bytes: Vec<u8>,
-    num_items: usize,
-    rows: usize,
-    cols: usize,
+    pub(crate) num_items: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
 }
 
 impl IdxDataset {
     /// Reads and checks the IDX image and label files (gzip-compressed or not).
-    fn read(images: &Path, labels: &Path) -> Result<IdxDataset> {
+    pub(crate) fn read(images: &Path, labels: &Path) -> Result<IdxDataset> {
         let image_bytes = read_maybe_gzip(images, "MNIST images (IDX file)")?;
         let label_bytes = read_maybe_gzip(labels, "MNIST labels (IDX file)")?;
         if image_bytes.len() < 16 {
@@ -157,7 +157,7 @@ impl IdxDataset {
     }
 
     /// The pixels of image `item`, row-major.
-    fn image(&self, item: usize) -> &[u8] {
+    pub(crate) fn image(&self, item: usize) -> &[u8] {
         let size = self.rows * self.cols;
         &self.image_bytes[16 + item * size..16 + (item + 1) * size]
     }
@@ -165,6 +165,11 @@ impl IdxDataset {
     /// The label of image `item`, through a signed `char` as upstream reads it.
     fn label(&self, item: usize) -> i32 {
         char_label(self.label_bytes[8 + item])
+    }
+
+    /// The label byte of image `item`, as stored.
+    pub(crate) fn label_byte(&self, item: usize) -> u8 {
+        self.label_bytes[8 + item]
     }
 }
 

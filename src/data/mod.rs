@@ -21,6 +21,7 @@
 //!
 //! The data layers themselves live in `src/layers/` (`Data` in `layers/data.rs`).
 
+pub mod cifar_from_mnist;
 pub mod convert;
 pub mod datum;
 pub mod db;

@@ -207,6 +207,44 @@ fn cifar_matches_upstream_convert_cifar_data_and_mean() {
     }
 }
 
+/// `rcaffe mnist-to-cifar` on the bundled mini Fashion-MNIST gives the bundled mini
+/// Fashion-CIFAR byte for byte (made independently, as ../shared/datasets describes), and
+/// refuses to overwrite batches.
+#[test]
+fn mnist_to_cifar_remakes_the_bundled_fashion_cifar() {
+    use rcaffe::data::cifar_from_mnist::mnist_to_cifar;
+    use rcaffe::data::convert::read_maybe_gzip;
+    let out = tempfile::tempdir().unwrap();
+    let made = mnist_to_cifar(&bundled("fashion-mnist-mini"), out.path()).unwrap();
+    assert_eq!((made.train, made.test), (6000, 1000));
+    assert_eq!(
+        made.train_batches.len(),
+        1,
+        "6,000 records fit one batch of 10,000"
+    );
+    for (ours, theirs) in [
+        (&made.train_batches[0], "data_batch_1.bin.gz"),
+        (&made.test_batch, "test_batch.bin.gz"),
+    ] {
+        let expected =
+            read_maybe_gzip(&bundled("fashion-cifar-mini").join(theirs), "batch").unwrap();
+        let written = std::fs::read(ours).unwrap();
+        assert_eq!(written.len(), expected.len(), "{theirs}");
+        assert!(written == expected, "{theirs} differs");
+    }
+    let again = mnist_to_cifar(&bundled("fashion-mnist-mini"), out.path()).unwrap_err();
+    assert!(
+        again.to_string().contains("data_batch_1.bin")
+            && again.to_string().contains("must not exist"),
+        "{again}"
+    );
+    let missing = mnist_to_cifar(out.path(), &out.path().join("x")).unwrap_err();
+    assert!(
+        missing.to_string().contains("train-images-idx3-ubyte"),
+        "{missing}"
+    );
+}
+
 #[test]
 fn cifar_takes_several_batches_of_any_size_gzipped_or_not() {
     let input = tempfile::tempdir().unwrap();
