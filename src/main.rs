@@ -46,7 +46,8 @@ enum Command {
     /// with -solver whole training iterations.
     #[command(group(clap::ArgGroup::new("timed").required(true).args(["model", "solver"])))]
     Time(nets::TimeArgs),
-    /// Range test, fixed vs triangular2 training, plots and a table, on the bundled Fashion-MNIST.
+    /// The paper on the bundled Fashion-MNIST: a range test, then the zoo's LeNet solver
+    /// against triangular2 between its bounds; a table, summary.csv and plots.
     Demo(lr::DemoArgs),
     /// Show what a .caffemodel, .solverstate, .binaryproto or .prototxt file holds.
     Inspect(files::InspectArgs),

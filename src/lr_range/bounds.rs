@@ -75,7 +75,7 @@ pub struct Suggestion {
     /// Where the rise stops: the smoothed curve has made nine tenths of its rise.
     pub rise_stops_lr: Option<f64>,
     /// Where the curve turns ragged: the first test past the middle of the rise that is
-    /// [`RAGGED_DEVIATIONS`] noise deviations (and a tenth of the rise) off the smoothed curve.
+    /// three noise deviations (and a tenth of the rise) off the smoothed curve.
     pub ragged_lr: Option<f64>,
 }
 
