@@ -146,6 +146,21 @@ class Net:
 
     # Running it.
 
+    def _set_batches(self, values_by_name, expected, field, mismatch, not_batch):
+        """Writes each named batch into its blob's ``field`` ("data" or "diff"); the names must
+        be exactly ``expected`` (upstream's messages when they are not, or a batch is not the
+        blob's batch size). Nothing given: nothing to write."""
+        if not values_by_name:
+            return
+        if set(values_by_name) != set(expected):
+            raise Exception(mismatch)
+        for name, values in values_by_name.items():
+            values = np.asarray(values)
+            blob = self.blobs[name]
+            if values.shape[0] != blob.shape[0]:
+                raise Exception(not_batch)
+            getattr(blob, field)[...] = values
+
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Runs the net forward, from layer ``start`` to layer ``end`` (names; default all).
 
@@ -160,14 +175,8 @@ class Net:
         else:
             end_index = self._layer_index(end, "forward end")
             outputs = set(self.top_names[end] + blobs)
-        if kwargs:
-            if set(kwargs) != set(self.inputs):
-                raise Exception("Input blob arguments do not match net inputs.")
-            for name, values in kwargs.items():
-                values = np.asarray(values)
-                if values.shape[0] != self.blobs[name].shape[0]:
-                    raise Exception("Input is not batch sized")
-                self.blobs[name].data[...] = values
+        self._set_batches(kwargs, self.inputs, "data", "Input blob arguments do not match "
+                          "net inputs.", "Input is not batch sized")
         self._net.forward_range(start_index, end_index)
         return {name: self.blobs[name].data for name in outputs}
 
@@ -189,14 +198,8 @@ class Net:
         else:
             end_index = self._layer_index(end, "backward end")
             outputs = set(self.bottom_names[end] + diffs)
-        if kwargs:
-            if set(kwargs) != set(self.outputs):
-                raise Exception("Top diff arguments do not match net outputs.")
-            for name, values in kwargs.items():
-                values = np.asarray(values)
-                if values.shape[0] != self.blobs[name].shape[0]:
-                    raise Exception("Diff is not batch sized")
-                self.blobs[name].diff[...] = values
+        self._set_batches(kwargs, self.outputs, "diff", "Top diff arguments do not match "
+                          "net outputs.", "Diff is not batch sized")
         self._net.backward_range(start_index, end_index)
         return {name: self.blobs[name].diff for name in outputs}
 

@@ -261,6 +261,25 @@ impl PythonLayer {
     }
 }
 
+impl PythonLayer {
+    /// Calls `method(bottom, top)` (setup, reshape, forward) with `params` as `self.blobs`.
+    fn call_on_bottom_top(
+        &self,
+        method: &str,
+        blobs: &mut Blobs<'_, CpuBackend>,
+        params: BlobVecPtr,
+    ) -> Result<(), LayerError> {
+        let (bottom, top) = blobs.forward_all()?;
+        let (bottom, top) = (shared(bottom), exclusive(top));
+        self.call(method, params, |py, scope| {
+            Ok(vec![
+                blob_list(py, scope, bottom)?,
+                blob_list(py, scope, top)?,
+            ])
+        })
+    }
+}
+
 /// A Python exception as a layer error: its traceback printed (as upstream's `PyErr_Print`),
 /// its message kept.
 fn python_error(py: Python<'_>, error: PyErr, during: &str) -> LayerError {
@@ -325,14 +344,7 @@ impl Layer<CpuBackend> for PythonLayer {
         blobs: &mut Blobs<'_, CpuBackend>,
         params: &mut Vec<Blob<CpuBackend>>,
     ) -> Result<(), LayerError> {
-        let (bottom, top) = blobs.forward_all()?;
-        let (bottom, top) = (shared(bottom), exclusive(top));
-        self.call("setup", BlobVecPtr::Growable(params), |py, scope| {
-            Ok(vec![
-                blob_list(py, scope, bottom)?,
-                blob_list(py, scope, top)?,
-            ])
-        })
+        self.call_on_bottom_top("setup", blobs, BlobVecPtr::Growable(params))
     }
 
     fn reshape(
@@ -341,19 +353,12 @@ impl Layer<CpuBackend> for PythonLayer {
         blobs: &mut Blobs<'_, CpuBackend>,
         params: &Params<'_, CpuBackend>,
     ) -> Result<(), LayerError> {
-        let (bottom, top) = blobs.forward_all()?;
-        let (bottom, top) = (shared(bottom), exclusive(top));
         let params = BlobVecPtr::Fixed(
             (0..params.len())
                 .map(|k| BlobPtrCopy::Shared(params.get(k) as *const _))
                 .collect(),
         );
-        self.call("reshape", params, |py, scope| {
-            Ok(vec![
-                blob_list(py, scope, bottom)?,
-                blob_list(py, scope, top)?,
-            ])
-        })
+        self.call_on_bottom_top("reshape", blobs, params)
     }
 
     fn forward(
@@ -362,14 +367,7 @@ impl Layer<CpuBackend> for PythonLayer {
         blobs: &mut Blobs<'_, CpuBackend>,
         params: &mut Params<'_, CpuBackend>,
     ) -> Result<(), LayerError> {
-        let (bottom, top) = blobs.forward_all()?;
-        let (bottom, top) = (shared(bottom), exclusive(top));
-        self.call("forward", fixed_params(params), |py, scope| {
-            Ok(vec![
-                blob_list(py, scope, bottom)?,
-                blob_list(py, scope, top)?,
-            ])
-        })
+        self.call_on_bottom_top("forward", blobs, fixed_params(params))
     }
 
     fn backward(
