@@ -59,11 +59,13 @@ fn workers(par: Par<'_>, c: &ConvBatch) -> usize {
     }
 }
 
-/// Whether the images go through the direct kernels ([`direct`]: the same bits as im2col and
-/// the GEMM). They run an image on one thread, so a single image on a pool keeps the GEMM,
-/// which can split it.
+/// Whether the images go through the direct kernels ([`direct`]). They run an image on one
+/// thread, so a single image on a pool keeps the GEMM, which can split it, where that gives
+/// the same bits; a convolution with few output channels has no such twin and always runs
+/// direct.
 fn use_direct(par: Par<'_>, c: &ConvBatch, n_workers: usize) -> bool {
-    direct::applies(c) && (n_workers > 1 || par.pool.is_none() || par.threads <= 1)
+    direct::applies(c)
+        && (!direct::gives_gemm_bits(c) || n_workers > 1 || par.pool.is_none() || par.threads <= 1)
 }
 
 /// Grows `scratch` to at least `len` elements (never shrinks: no allocation once warm), or
@@ -586,8 +588,10 @@ mod tests {
         usize,
     );
 
-    const CASES: [Case; 7] = [
+    const CASES: [Case; 9] = [
         (7, 3, 9, 4, 1, 3, 1, 1, 1),
+        (3, 2, 8, 12, 1, 3, 1, 1, 1), // DenseNet's growth-rate layers: direct with 12 outputs
+        (2, 6, 8, 8, 2, 3, 1, 1, 1),  // few outputs per group, two groups
         (2, 4, 9, 18, 1, 3, 1, 1, 1),
         (5, 4, 8, 6, 2, 3, 0, 2, 1),
         (6, 4, 6, 8, 1, 1, 0, 1, 1),
@@ -749,7 +753,11 @@ mod tests {
                 .collect();
             let mut data_gradients = 0;
             for c in &batches {
-                assert!(direct::applies(c), "{:?} is not a direct shape", c.geom);
+                assert!(
+                    direct::applies(c) && direct::gives_gemm_bits(c),
+                    "{:?} is not a direct shape with the GEMM's bits",
+                    c.geom
+                );
                 let be = CpuBackend::new(1).unwrap();
                 let operands = Operands {
                     x: random(&be, c.num * c.in_len(), 1).into_vec(),
@@ -879,6 +887,71 @@ mod tests {
             let mut x_inf = x.clone();
             x_inf[il / 2] = f32::INFINITY;
             assert!(!direct::sparse_worth_it(c, &x_inf, &sparse_dy));
+        }
+    }
+
+    /// Convolutions with few output channels per group, which take the direct kernels as their
+    /// only path: against the definition at depths of several blocks, and the sparse weight
+    /// gradient against the dense one, bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn skinny_direct_kernels_match_the_definition_and_their_sparse_twin() {
+        use super::{direct, Forward, SERIAL};
+        if !crate::backend::cpu::simd::has_avx2_fma() {
+            eprintln!("skipped: the CPU lacks AVX2 and FMA");
+            return;
+        }
+        // (channels, size, out_channels, groups): DenseNet-40's third block at depth 2736
+        // (six blocks of 512 and less), a first convolution with 16 outputs, two groups of 5.
+        for (channels, size, out_channels, groups) in
+            [(304, 8, 12, 1), (3, 32, 16, 1), (8, 11, 10, 2)]
+        {
+            let c = batch((2, channels, size, out_channels, groups, 3, 1, 1, 1));
+            assert!(direct::applies(&c) && !direct::gives_gemm_bits(&c));
+            let be = CpuBackend::new(1).unwrap();
+            let x = random(&be, c.num * c.in_len(), 1).into_vec();
+            let w = random(&be, c.weight_len(), 2).into_vec();
+            let (il, ol) = (c.in_len(), c.out_len());
+            let want = direct(&c, &x, &w);
+            let forward = Forward {
+                par: SERIAL,
+                c: &c,
+                direct: true,
+                w: &w,
+                bias: None,
+            };
+            let mut y = vec![f32::NAN; c.num * ol];
+            for (xi, yi) in x.chunks_exact(il).zip(y.chunks_exact_mut(ol)) {
+                forward.image(xi, yi, &mut []);
+            }
+            for (i, (&a, &e)) in y.iter().zip(&want).enumerate() {
+                let tolerance = 1e-5 * (c.kernel_dim() as f64).sqrt() * (1.0 + e.abs());
+                assert!(
+                    (f64::from(a) - e).abs() <= tolerance,
+                    "{:?} y[{i}]: {a} vs {e}",
+                    c.geom
+                );
+            }
+            // dy as behind a max pooling: three entries in four zero.
+            let dy: Vec<f32> = random(&be, c.num * ol, 4)
+                .into_vec()
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| if i % 4 == 1 { v } else { 0.0 })
+                .collect();
+            assert!(direct::sparse_worth_it(&c, &x, &dy));
+            let mut dense = vec![0.0; direct::transposed_len(&c)];
+            let mut sparse = random(&be, c.weight_len(), 5).into_vec();
+            direct::transpose_in(&c, &sparse.clone(), &mut dense);
+            for n in 0..c.num {
+                let (xi, dyi) = (&x[n * il..(n + 1) * il], &dy[n * ol..(n + 1) * ol]);
+                direct::weight_gradient_image(&c, xi, dyi, &mut dense, true);
+                direct::sparse_weight_gradient_image(&c, xi, dyi, &mut sparse, true);
+            }
+            let mut dense_dw = vec![f32::NAN; c.weight_len()];
+            direct::transpose_out(&c, &dense, &mut dense_dw);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dense_dw), bits(&sparse), "{:?}", c.geom);
         }
     }
 

@@ -9,13 +9,19 @@
 //! into the GEMM's packed panels: on cifar10's convolutions those two passes were a quarter of
 //! the convolution's time.
 //!
-//! The same bits as im2col + the `gemm` crate. Every output is the crate's sum, done the
+//! The same bits as im2col + the `gemm` crate wherever that path hands the product to the
+//! crate's general kernel ([`gives_gemm_bits`]). Every output is the crate's sum, done the
 //! crate's way: one fused multiply-add chain per output over the depth in ascending order, cut
 //! into the crate's depth blocks (the first block's sum stored or added onto the output, each
 //! later block's sum added on in turn). [`depth_block`] asks the crate's own cache model for
 //! the block, so the kernels follow it on any machine; the tests compare every bit with the
-//! GEMM path. Only the products that path hands to the crate's general kernel, with both sides
-//! wider than 16 (narrower ones go to other kernels that sum in other orders), come here.
+//! GEMM path.
+//!
+//! With at most [`SKINNY`] output channels per group (DenseNet's growth-rate layers have 12)
+//! the GEMM path goes to the repository's skinny loops instead, which stream the columns once
+//! per output channel and sum in another order, several times slower. Such a convolution runs
+//! here whatever the thread count and the batch size, so it has one order: the chains above.
+//! Its tests compare with the convolution's definition and across thread counts.
 //!
 //! The crate is pinned to one version in Cargo.toml, and its AVX-512 kernels (feature `x86-v4`,
 //! with other block sizes) stay off: a change there would show in the bit-for-bit test.
@@ -70,19 +76,19 @@ const NR: usize = 6;
 const LANES: usize = 8;
 
 /// Whether the direct kernels take this convolution: x86-64 with AVX2 and FMA, stride 1
-/// across, output rows at least one vector wide, and products the GEMM path hands to the
-/// crate's general kernel. That needs more than [`SKINNY`] output channels per group (fewer go
-/// to the repository's own skinny loops), and more than 16 column rows (`kernel_dim`), which
-/// with the channels keeps the weight gradient off the crate's kernel for products of at most
-/// 16 x 16 outputs.
+/// across, output rows at least one vector wide, and more than 16 column rows (`kernel_dim`):
+/// with fewer, the weight gradient is a product at most 16 wide, which the crate sums with
+/// other kernels, and the convolution is too small to gain.
 pub(super) fn applies(c: &ConvBatch) -> bool {
     let g = &c.geom;
-    has_avx2_fma()
-        && !c.is_1x1()
-        && g.stride_w == 1
-        && g.out_w() >= LANES
-        && c.group_out() > SKINNY
-        && c.kernel_dim() > 16
+    has_avx2_fma() && !c.is_1x1() && g.stride_w == 1 && g.out_w() >= LANES && c.kernel_dim() > 16
+}
+
+/// Whether the direct kernels give the GEMM path's bits for a convolution they take: more than
+/// [`SKINNY`] output channels per group. Fewer go to the skinny loops on that path, so such a
+/// convolution must take the direct kernels every time (see the module docs).
+pub(super) fn gives_gemm_bits(c: &ConvBatch) -> bool {
+    c.group_out() > SKINNY
 }
 
 /// The depth block of the `gemm` crate's kernel for its `m x n x k` product (`m` the side its
