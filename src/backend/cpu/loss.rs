@@ -27,7 +27,7 @@ fn ignored(class: i32, ignore_label: Option<i32>) -> bool {
 /// `y[i] = 0` where the label `labels[i]` is `ignore_label`, else 1; serial, as the labels are
 /// few.
 pub(super) fn label_mask(labels: Operand<'_>, ignore_label: Option<i32>, y: &mut [f32]) {
-    elementwise::map1(SERIAL, labels, y, |l| {
+    elementwise::map1(SERIAL, labels, y, move |l| {
         if ignored(class_of(l), ignore_label) {
             0.0
         } else {

@@ -681,11 +681,11 @@ impl Backend for CpuBackend {
         let par = self.par();
         // Upstream's axpy (no multiply by 1), its scale (y not read), then the general form.
         if beta == 1.0 {
-            elementwise::map2(par, x, Operand::Same, y, |x, y| alpha * x + y);
+            elementwise::map2(par, x, Operand::Same, y, move |x, y| alpha * x + y);
         } else if beta == 0.0 {
-            elementwise::map1(par, x, y, |x| alpha * x);
+            elementwise::map1(par, x, y, move |x| alpha * x);
         } else {
-            elementwise::map2(par, x, Operand::Same, y, |x, y| alpha * x + beta * y);
+            elementwise::map2(par, x, Operand::Same, y, move |x, y| alpha * x + beta * y);
         }
         Ok(())
     }
@@ -699,7 +699,7 @@ impl Backend for CpuBackend {
         let alpha = scalar("scale", "alpha", alpha)?;
         let y = y.values("scale", "y")?;
         let x = operand("scale", "x", x, y.len())?;
-        elementwise::map1(self.par(), x, y, |v| alpha * v);
+        elementwise::map1(self.par(), x, y, move |v| alpha * v);
         Ok(())
     }
 
@@ -708,12 +708,12 @@ impl Backend for CpuBackend {
         let x = operand("unary", "x", x, y.len())?;
         let par = self.par();
         match op {
-            Unary::Exp => elementwise::map1(par, x, y, |v| v.exp()),
-            Unary::Log => elementwise::map1(par, x, y, |v| v.ln()),
-            Unary::Abs => elementwise::map1(par, x, y, |v| v.abs()),
-            Unary::Sqr => elementwise::map1(par, x, y, |v| v * v),
-            Unary::Sqrt => elementwise::map1(par, x, y, |v| v.sqrt()),
-            Unary::Sign => elementwise::map1(par, x, y, |v| {
+            Unary::Exp => elementwise::map1(par, x, y, move |v| v.exp()),
+            Unary::Log => elementwise::map1(par, x, y, move |v| v.ln()),
+            Unary::Abs => elementwise::map1(par, x, y, move |v| v.abs()),
+            Unary::Sqr => elementwise::map1(par, x, y, move |v| v * v),
+            Unary::Sqrt => elementwise::map1(par, x, y, move |v| v.sqrt()),
+            Unary::Sign => elementwise::map1(par, x, y, move |v| {
                 if v > 0.0 {
                     1.0
                 } else if v < 0.0 {
@@ -723,26 +723,26 @@ impl Backend for CpuBackend {
                 }
             }),
             // The common exponents without a libm call.
-            Unary::Powx(2.0) => elementwise::map1(par, x, y, |v| v * v),
-            Unary::Powx(1.0) => elementwise::map1(par, x, y, |v| v),
-            Unary::Powx(p) => elementwise::map1(par, x, y, |v| v.powf(p)),
+            Unary::Powx(2.0) => elementwise::map1(par, x, y, move |v| v * v),
+            Unary::Powx(1.0) => elementwise::map1(par, x, y, move |v| v),
+            Unary::Powx(p) => elementwise::map1(par, x, y, move |v| v.powf(p)),
             // A constant power of 1 lets the loop drop the power step's branch.
             Unary::Power {
                 power: 1.0,
                 scale,
                 shift,
             } => {
-                elementwise::map1(par, x, y, |v| power_step(v, 1.0, scale, shift));
+                elementwise::map1(par, x, y, move |v| power_step(v, 1.0, scale, shift));
             }
             Unary::Power {
                 power,
                 scale,
                 shift,
-            } => elementwise::map1(par, x, y, |v| power_step(v, power, scale, shift)),
-            Unary::AddScalar(value) => elementwise::map1(par, x, y, |v| v + value),
+            } => elementwise::map1(par, x, y, move |v| power_step(v, power, scale, shift)),
+            Unary::AddScalar(value) => elementwise::map1(par, x, y, move |v| v + value),
             Unary::LabelMask { ignore_label } => loss::label_mask(x, ignore_label, y),
             Unary::Threshold(threshold) => {
-                elementwise::map1(par, x, y, |v| if v > threshold { 1.0 } else { 0.0 })
+                elementwise::map1(par, x, y, move |v| if v > threshold { 1.0 } else { 0.0 })
             }
         }
         Ok(())
@@ -1081,7 +1081,7 @@ impl Backend for CpuBackend {
         let y = y.leading(OP, "y", n)?;
         lrn::within_forward(self.par(), l, x, mean, power);
         let (x, power) = (Operand::Slice(x), Operand::Slice(power));
-        elementwise::map2(self.par(), x, power, y, |a, b| a * b);
+        elementwise::map2(self.par(), x, power, y, move |a, b| a * b);
         Ok(())
     }
 

@@ -38,10 +38,16 @@ pub(super) fn activation_forward(par: Par<'_>, f: Activation, x: Operand<'_>, y:
     match f {
         // Branches rather than max/min so that a NaN input stays NaN.
         Activation::Relu { slope: 0.0 } => {
-            elementwise::map1(par, x, y, |v| if v < 0.0 { 0.0 } else { v })
+            // Upstream's `max(v, 0) + 0 min(v, 0)`, zeros' signs, NaNs and `-inf -> NaN`
+            // included. Written as the choice `v < 0 ? 0 : v`, the loop would store in place
+            // only where the value changes: masked stores, slow on AMD's cores.
+            elementwise::map1(par, x, y, move |v| {
+                let (above, below) = (if v < 0.0 { 0.0 } else { v }, if 0.0 < v { 0.0 } else { v });
+                above + 0.0 * below
+            })
         }
         Activation::Relu { slope } => {
-            elementwise::map1(par, x, y, |v| if v > 0.0 { v } else { slope * v })
+            elementwise::map1(par, x, y, move |v| if v > 0.0 { v } else { slope * v })
         }
         Activation::Sigmoid => elementwise::map1(par, x, y, sigmoid),
         Activation::Tanh => elementwise::map1(par, x, y, f32::tanh),
@@ -59,15 +65,15 @@ pub(super) fn activation_forward(par: Par<'_>, f: Activation, x: Operand<'_>, y:
                 },
             )
         }
-        Activation::Bnll => elementwise::map1(par, x, y, |v| {
+        Activation::Bnll => elementwise::map1(par, x, y, move |v| {
             if v > 0.0 {
                 v + (-v).exp().ln_1p()
             } else {
                 v.exp().ln_1p()
             }
         }),
-        Activation::Clip { min, max } => elementwise::map1(par, x, y, |v| clip(v, min, max)),
-        Activation::Swish { beta } => elementwise::map1(par, x, y, |v| v * sigmoid(beta * v)),
+        Activation::Clip { min, max } => elementwise::map1(par, x, y, move |v| clip(v, min, max)),
+        Activation::Swish { beta } => elementwise::map1(par, x, y, move |v| v * sigmoid(beta * v)),
     }
 }
 
@@ -83,37 +89,36 @@ pub(super) fn activation_backward<'a>(
 ) -> Result<()> {
     match f {
         Activation::Relu { slope } => {
-            elementwise::map2(par, Operand::Slice(x()?), dy, dx, |x, d| {
-                if x > 0.0 {
-                    d
-                } else {
-                    d * slope
-                }
+            // Upstream's product with a factor, 1 or the slope, rather than a choice between
+            // `d` and `d * slope`: in place, the compiler turns that choice into masked stores,
+            // which AMD's cores run several times slower than the whole pass otherwise takes.
+            elementwise::map2(par, Operand::Slice(x()?), dy, dx, move |x, d| {
+                d * if x > 0.0 { 1.0 } else { slope }
             })
         }
-        Activation::Sigmoid => {
-            elementwise::map2(par, Operand::Slice(y()?), dy, dx, |y, d| d * y * (1.0 - y))
-        }
-        Activation::Tanh => {
-            elementwise::map2(par, Operand::Slice(y()?), dy, dx, |y, d| d * (1.0 - y * y))
-        }
-        Activation::Elu { alpha } => elementwise::map3(par, x()?, y()?, dy, dx, |x, y, d| {
+        Activation::Sigmoid => elementwise::map2(par, Operand::Slice(y()?), dy, dx, move |y, d| {
+            d * y * (1.0 - y)
+        }),
+        Activation::Tanh => elementwise::map2(par, Operand::Slice(y()?), dy, dx, move |y, d| {
+            d * (1.0 - y * y)
+        }),
+        Activation::Elu { alpha } => elementwise::map3(par, x()?, y()?, dy, dx, move |x, y, d| {
             if x > 0.0 {
                 d
             } else {
                 d * (alpha + y)
             }
         }),
-        Activation::Bnll => elementwise::map2(par, Operand::Slice(x()?), dy, dx, |x, d| {
+        Activation::Bnll => elementwise::map2(par, Operand::Slice(x()?), dy, dx, move |x, d| {
             let e = x.min(kernel_constants::BNLL_THRESHOLD).exp();
             d * e / (e + 1.0)
         }),
         Activation::Clip { min, max } => {
-            elementwise::map2(par, Operand::Slice(x()?), dy, dx, |x, d| {
+            elementwise::map2(par, Operand::Slice(x()?), dy, dx, move |x, d| {
                 d * ind(x >= min && x <= max)
             })
         }
-        Activation::Swish { beta } => elementwise::map3(par, x()?, y()?, dy, dx, |x, y, d| {
+        Activation::Swish { beta } => elementwise::map3(par, x()?, y()?, dy, dx, move |x, y, d| {
             let s = sigmoid(beta * x);
             d * (beta * y + s * (1.0 - beta * y))
         }),

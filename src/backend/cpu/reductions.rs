@@ -10,7 +10,9 @@
 //! The axis reductions (`over_axis`) go along the reduced axis in order, exactly like a naive
 //! loop starting from the first element (max) or from zero (sum, dot).
 
-use super::{elementwise::Operand, Par};
+use super::elementwise::{local, Operand};
+use super::simd::with_simd;
+use super::Par;
 use crate::backend::Axis;
 use rayon::prelude::*;
 
@@ -129,13 +131,14 @@ pub(super) fn along_axis<F>(
     y: &mut [f32],
     f: F,
 ) where
-    F: Fn(f32, f32) -> f32 + Sync + Send,
+    F: Fn(f32, f32) -> f32 + Copy + Sync + Send,
 {
     let Axis { dim, inner, .. } = axis;
     if inner == 0 {
         return;
     }
     par.rows_mut(y, dim * inner, dim * inner, |o, yo| {
+        let f = local(f);
         let vo = &v[o * inner..(o + 1) * inner];
         for (c, yc) in yo.chunks_mut(inner).enumerate() {
             match x {
@@ -160,7 +163,7 @@ pub(super) fn per_channel<F>(
     y: &mut [f32],
     f: F,
 ) where
-    F: Fn(f32, f32) -> f32 + Sync + Send,
+    F: Fn(f32, f32) -> f32 + Copy + Sync + Send,
 {
     let (channels, inner) = (axis.dim, axis.inner);
     if inner == 0 || channels == 0 {
@@ -169,18 +172,21 @@ pub(super) fn per_channel<F>(
     // Long rows are worth a task each; short ones are grouped per outer index.
     let row_len = if inner >= 64 { inner } else { channels * inner };
     par.rows_mut(y, row_len, row_len, |r, yr| {
+        let f = local(f);
         let start = r * row_len;
-        for (k, yc) in yr.chunks_mut(inner).enumerate() {
-            let s = start + k * inner;
-            let vc = v[(s / inner) % channels];
-            match x {
-                Operand::Same => yc.iter_mut().for_each(|p| *p = f(*p, vc)),
-                Operand::Slice(x) => yc
-                    .iter_mut()
-                    .zip(&x[s..s + inner])
-                    .for_each(|(p, &q)| *p = f(q, vc)),
+        with_simd(|| {
+            for (k, yc) in yr.chunks_mut(inner).enumerate() {
+                let s = start + k * inner;
+                let vc = v[(s / inner) % channels];
+                match x {
+                    Operand::Same => yc.iter_mut().for_each(|p| *p = f(*p, vc)),
+                    Operand::Slice(x) => yc
+                        .iter_mut()
+                        .zip(&x[s..s + inner])
+                        .for_each(|(p, &q)| *p = f(q, vc)),
+                }
             }
-        }
+        })
     });
 }
 
