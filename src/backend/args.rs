@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::view::Slice;
+use super::view::{Slice, SliceMut};
 
 /// A solver's update rule with its hyper-parameters: what [`Backend::fused_update`](super::Backend::fused_update) runs. The
 /// solver reads it from its parameters and composes it from the other ops where no fused form
@@ -193,6 +193,37 @@ pub enum Pooling<M> {
     Ave,
 }
 
+/// What BatchNorm's normalisation ([`Backend::batch_norm_forward`]) writes.
+///
+/// [`Backend::batch_norm_forward`]: super::Backend::batch_norm_forward
+pub struct BatchNormOutput<'a, T: ?Sized> {
+    /// The normalised values.
+    pub y: SliceMut<'a, T>,
+    /// A copy of them, which backward reads (later in-place layers may overwrite `y`).
+    pub x_norm: SliceMut<'a, T>,
+    /// Per channel: `sqrt(variance + eps)`.
+    pub std: SliceMut<'a, T>,
+}
+
+/// Where BatchNorm's normalisation ([`Backend::batch_norm_forward`]) takes its statistics.
+///
+/// [`Backend::batch_norm_forward`]: super::Backend::batch_norm_forward
+pub enum BatchStatistics<'a, T: ?Sized> {
+    /// The batch's own, written here per channel: the mean and the biased variance, each
+    /// `inv_count` times a channel sum (of `x`, of `(x - mean)^2`) as
+    /// [`Backend::sum_per_channel`](super::Backend::sum_per_channel) adds it.
+    Batch {
+        inv_count: f32,
+        mean: SliceMut<'a, T>,
+        variance: SliceMut<'a, T>,
+    },
+    /// Given per channel (the running averages).
+    Given {
+        mean: Slice<'a, T>,
+        variance: Slice<'a, T>,
+    },
+}
+
 /// What a backend can do beyond the required ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
@@ -204,6 +235,10 @@ pub struct Capabilities {
     /// The batch convolution ops keep their own scratch: the `workspace` they take may be empty
     /// (see [`ConvBatch::workspace_len`](super::ConvBatch::workspace_len)).
     pub conv_scratch: bool,
+    /// [`Backend::batch_norm_forward`](super::Backend::batch_norm_forward) and
+    /// [`Backend::batch_norm_backward`](super::Backend::batch_norm_backward) run: BatchNorm
+    /// calls them instead of composing its passes from the other ops.
+    pub fused_batch_norm: bool,
 }
 
 impl<T: ?Sized> Clone for Reduction<'_, T> {

@@ -54,8 +54,8 @@ pub mod view;
 use std::fmt;
 
 pub use args::{
-    Activation, AxisReduction, Binary, Broadcast, Capabilities, Distribution, Pooling, Reduction,
-    Scalar, Unary, UpdateRule,
+    Activation, AxisReduction, BatchNormOutput, BatchStatistics, Binary, Broadcast, Capabilities,
+    Distribution, Pooling, Reduction, Scalar, Unary, UpdateRule,
 };
 pub(crate) use checks::{check_labels, check_probability, copy_2d_spans, gemm_spans};
 pub use checks::{check_range, invalid};
@@ -374,6 +374,47 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
         beta: f32,
         y: SliceMut<'_, Self::Buffer>,
     ) -> Result<()>;
+
+    // ---- normalisation ------------------------------------------------------------------
+
+    /// BatchNorm's normalisation as one op, where [`Capabilities::fused_batch_norm`] (elsewhere
+    /// refused, and the layer composes it from the ops above with the same result): per
+    /// channel of `axis`, `std = sqrt(variance + eps)`, `y = (x - mean) / std`, and a copy of
+    /// `y` in `x_norm` (all three in `out`). `statistics` gives the mean and variance, or has
+    /// the batch's computed and written.
+    fn batch_norm_forward(
+        &self,
+        axis: Axis,
+        eps: f32,
+        statistics: BatchStatistics<'_, Self::Buffer>,
+        x: Src<'_, Self::Buffer>,
+        out: BatchNormOutput<'_, Self::Buffer>,
+    ) -> Result<()> {
+        let _ = (axis, eps, statistics, x, out);
+        Err(invalid(
+            "batch_norm_forward",
+            "this backend has no fused BatchNorm",
+        ))
+    }
+    /// BatchNorm's input gradient with batch statistics as one op, where
+    /// [`Capabilities::fused_batch_norm`]: `dx = (dy - inv_count (y sum(dy y) + sum(dy))) /
+    /// std`, the sums per channel as [`Backend::sum_per_channel`] adds them, `y` the
+    /// normalised input, `std` per channel.
+    fn batch_norm_backward(
+        &self,
+        axis: Axis,
+        inv_count: f32,
+        y: Slice<'_, Self::Buffer>,
+        std: Slice<'_, Self::Buffer>,
+        dy: Src<'_, Self::Buffer>,
+        dx: SliceMut<'_, Self::Buffer>,
+    ) -> Result<()> {
+        let _ = (axis, inv_count, y, std, dy, dx);
+        Err(invalid(
+            "batch_norm_backward",
+            "this backend has no fused BatchNorm",
+        ))
+    }
 
     // ---- convolution --------------------------------------------------------------------
 

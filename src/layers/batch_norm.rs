@@ -12,7 +12,8 @@
 //! a Scale layer follows. Runs in place.
 
 use crate::backend::{
-    Axis, Backend, Binary, Broadcast, Scalar, Slice, SliceMut, Src, Unary, Views,
+    Axis, Backend, BackendError, BatchNormOutput, BatchStatistics, Binary, Broadcast, Scalar,
+    Slice, SliceMut, Src, Unary, Views,
 };
 use crate::blob::Blob;
 use crate::layers::loss::scratch;
@@ -31,16 +32,14 @@ pub struct BatchNormLayer<B: Backend> {
     axis: Axis,
     /// Per channel: the mean, then scratch for backward's sums.
     mean: Option<B::Buffer>,
-    /// Per channel: `-mean`.
-    neg_mean: Option<B::Buffer>,
-    /// Per channel: the variance, then `sqrt(variance + eps)`.
+    /// Per channel: the variance.
     variance: Option<B::Buffer>,
-    /// Full size: `(x - mean)^2`, then `sqrt(variance + eps)` broadcast (kept for backward).
-    temp: Option<B::Buffer>,
+    /// Per channel: `sqrt(variance + eps)` (kept for backward).
+    std: Option<B::Buffer>,
     /// Full size: the normalised output (kept for backward; later in-place layers may
     /// overwrite the top).
     x_norm: Option<B::Buffer>,
-    /// Full size: a copy of the top diff when running in place.
+    /// Full size: a copy of the top diff when running in place without the fused ops.
     top_diff: Option<B::Buffer>,
 }
 
@@ -62,9 +61,8 @@ impl<B: Backend> BatchNormLayer<B> {
             channels: 0,
             axis: Axis::new(0, 0, 0),
             mean: None,
-            neg_mean: None,
             variance: None,
-            temp: None,
+            std: None,
             x_norm: None,
             top_diff: None,
         })
@@ -77,53 +75,6 @@ impl<B: Backend> BatchNormLayer<B> {
     /// `1 / (num * spatial)`, computed in f64 as upstream's `1. / (num * spatial_dim)`.
     fn inv_m(&self) -> f32 {
         (1.0 / (self.axis.outer * self.axis.inner) as f64) as f32
-    }
-
-    /// `dx` from the top diff `dy` (see upstream's derivation in batch_norm_layer.cpp):
-    /// `(dy - mean(dy) - mean(dy y) y) / sqrt(var + eps)` in TRAIN, `dy / sqrt(var + eps)` with
-    /// global statistics.
-    fn input_gradient(
-        &mut self,
-        be: &B,
-        dy: Slice<'_, B::Buffer>,
-        mut dx: SliceMut<'_, B::Buffer>,
-    ) -> Result<(), LayerError> {
-        let (axis, c, count) = (self.axis, self.channels, self.count());
-        let inv_m = self.inv_m();
-        let std_dev = scratch(be, &mut self.temp, count)?.slice(0, count).src();
-        if self.use_global_stats {
-            be.binary(Binary::Div, dy.src(), std_dev, dx)?;
-            return Ok(());
-        }
-        let y = scratch(be, &mut self.x_norm, count)?.slice(0, count).src();
-        let mut sums = scratch(be, &mut self.mean, c)?.slice_mut(0, c);
-        // sum(dy y) per channel, broadcast, times y.
-        be.binary(Binary::Mul, y, dy.src(), dx.reborrow())?;
-        be.sum_per_channel(axis, 1.0, dx.as_slice(), 0.0, sums.reborrow())?;
-        be.fill(1.0, dx.reborrow())?;
-        be.broadcast(
-            Binary::Mul,
-            Broadcast::PerChannel,
-            axis,
-            sums.as_slice(),
-            Src::InPlace,
-            dx.reborrow(),
-        )?;
-        be.binary(Binary::Mul, y, Src::InPlace, dx.reborrow())?;
-        // + sum(dy) per channel.
-        be.sum_per_channel(axis, 1.0, dy, 0.0, sums.reborrow())?;
-        be.broadcast(
-            Binary::Add,
-            Broadcast::PerChannel,
-            axis,
-            sums.as_slice(),
-            Src::InPlace,
-            dx.reborrow(),
-        )?;
-        // dy - (...) / m, over the standard deviation.
-        be.axpby(Scalar::Value(1.0), dy, -inv_m, dx.reborrow())?;
-        be.binary(Binary::Div, Src::InPlace, std_dev, dx)?;
-        Ok(())
     }
 }
 
@@ -191,9 +142,8 @@ impl<B: Backend> Layer<B> for BatchNormLayer<B> {
         }
         let (be, c, count) = (ctx.backend, self.channels, self.count());
         scratch(be, &mut self.mean, c)?;
-        scratch(be, &mut self.neg_mean, c)?;
         scratch(be, &mut self.variance, c)?;
-        scratch(be, &mut self.temp, count)?;
+        scratch(be, &mut self.std, c)?;
         scratch(be, &mut self.x_norm, count)?;
         Ok(())
     }
@@ -206,78 +156,48 @@ impl<B: Backend> Layer<B> for BatchNormLayer<B> {
     ) -> Result<(), LayerError> {
         let be = ctx.backend;
         let (axis, c, count) = (self.axis, self.channels, self.count());
-        let inv_m = self.inv_m();
-        let global = self.use_global_stats;
-        let mut mean = scratch(be, &mut self.mean, c)?.slice_mut(0, c);
-        let mut neg_mean = scratch(be, &mut self.neg_mean, c)?.slice_mut(0, c);
-        let mut variance = scratch(be, &mut self.variance, c)?.slice_mut(0, c);
-        let mut temp = scratch(be, &mut self.temp, count)?.slice_mut(0, count);
+        let inv_count = self.inv_m();
+        let mean = scratch(be, &mut self.mean, c)?;
+        let variance = scratch(be, &mut self.variance, c)?;
+        let std = scratch(be, &mut self.std, c)?.slice_mut(0, c);
         let x_norm = scratch(be, &mut self.x_norm, count)?.slice_mut(0, count);
-
-        let y = match blobs.forward_io(0) {
-            InOut::Separate { input, output } => {
-                be.copy(input.data_view(), output.data_view_mut())?;
-                output
+        let statistics = if self.use_global_stats {
+            global_statistics(be, params, mean.slice_mut(0, c), variance.slice_mut(0, c))?;
+            BatchStatistics::Given {
+                mean: mean.slice(0, c),
+                variance: variance.slice(0, c),
             }
-            InOut::Same(blob) => blob,
-        };
-        let mut y = y.data_view_mut();
-
-        if global {
-            global_statistics(be, params, mean.reborrow(), variance.reborrow())?;
         } else {
-            be.sum_per_channel(axis, inv_m, y.as_slice(), 0.0, mean.reborrow())?;
+            BatchStatistics::Batch {
+                inv_count,
+                mean: mean.slice_mut(0, c),
+                variance: variance.slice_mut(0, c),
+            }
+        };
+        let (x, y) = match blobs.forward_io(0) {
+            InOut::Separate { input, output } => (input.data_view().src(), output),
+            InOut::Same(blob) => (Src::InPlace, blob),
+        };
+        let out = BatchNormOutput {
+            y: y.data_view_mut(),
+            x_norm,
+            std,
+        };
+        if be.capabilities().fused_batch_norm {
+            be.batch_norm_forward(axis, self.eps, statistics, x, out)?;
+        } else {
+            composed_forward(be, axis, self.eps, statistics, x, out)?;
         }
-        be.scale(
-            Scalar::Value(-1.0),
-            mean.as_slice().src(),
-            neg_mean.reborrow(),
-        )?;
-        let neg_mean = neg_mean.as_slice();
-        be.broadcast(
-            Binary::Add,
-            Broadcast::PerChannel,
-            axis,
-            neg_mean,
-            Src::InPlace,
-            y.reborrow(),
-        )?;
-
-        if !global {
-            // var = E((x - mean)^2), then the running sums.
-            be.unary(Unary::Sqr, y.as_slice().src(), temp.reborrow())?;
-            be.sum_per_channel(axis, inv_m, temp.as_slice(), 0.0, variance.reborrow())?;
-            let batch = (mean.as_slice(), variance.as_slice());
+        if !self.use_global_stats {
+            let batch = (mean.slice(0, c), variance.slice(0, c));
             update_running_sums(be, self.moving_average_fraction, batch, count / c, params)?;
         }
-
-        // Divide by sqrt(var + eps), broadcast into temp (kept for backward).
-        be.unary(
-            Unary::AddScalar(self.eps),
-            Src::InPlace,
-            variance.reborrow(),
-        )?;
-        be.unary(Unary::Sqrt, Src::InPlace, variance.reborrow())?;
-        be.fill(1.0, temp.reborrow())?;
-        let std_dev = variance.as_slice();
-        be.broadcast(
-            Binary::Mul,
-            Broadcast::PerChannel,
-            axis,
-            std_dev,
-            Src::InPlace,
-            temp.reborrow(),
-        )?;
-        be.binary(
-            Binary::Div,
-            Src::InPlace,
-            temp.as_slice().src(),
-            y.reborrow(),
-        )?;
-        be.copy(y.as_slice(), x_norm)?;
         Ok(())
     }
 
+    /// `dx` from the top diff `dy` (see upstream's derivation in batch_norm_layer.cpp):
+    /// `(dy - mean(dy) - mean(dy y) y) / sqrt(var + eps)` in TRAIN, `dy / sqrt(var + eps)` with
+    /// global statistics.
     fn backward(
         &mut self,
         ctx: &mut Context<'_, B>,
@@ -289,25 +209,151 @@ impl<B: Backend> Layer<B> for BatchNormLayer<B> {
             return Ok(());
         }
         let be = ctx.backend;
-        let count = self.count();
-        match blobs.backward_io(0) {
-            InOut::Separate {
-                input: top,
-                output: bottom,
-            } => self.input_gradient(be, top.diff_view(), bottom.diff_view_mut()),
-            InOut::Same(blob) => {
+        let (axis, c, count) = (self.axis, self.channels, self.count());
+        let inv_m = self.inv_m();
+        let std = scratch(be, &mut self.std, c)?.slice(0, c);
+        let (dy, mut dx) = match blobs.backward_io(0) {
+            InOut::Separate { input, output } => (input.diff_view().src(), output.diff_view_mut()),
+            InOut::Same(blob) => (Src::InPlace, blob.diff_view_mut()),
+        };
+        if self.use_global_stats {
+            be.broadcast(Binary::Div, Broadcast::PerChannel, axis, std, dy, dx)?;
+            return Ok(());
+        }
+        let y = scratch(be, &mut self.x_norm, count)?.slice(0, count);
+        if be.capabilities().fused_batch_norm {
+            be.batch_norm_backward(axis, inv_m, y, std, dy, dx)?;
+            return Ok(());
+        }
+        let sums = scratch(be, &mut self.mean, c)?.slice_mut(0, c);
+        match dy {
+            Src::Slice(dy) => composed_backward(be, axis, inv_m, (y, std), dy, sums, dx)?,
+            Src::InPlace => {
                 // The diff is both dy and dx: keep dy aside.
-                let mut dy = self.top_diff.take();
-                let result = scratch(be, &mut dy, count).and_then(|dy| {
-                    be.copy(blob.diff_view(), dy.slice_mut(0, count))?;
-                    let dx = blob.diff_view_mut();
-                    self.input_gradient(be, dy.slice(0, count), dx)
-                });
-                self.top_diff = dy;
-                result
+                let dy = scratch(be, &mut self.top_diff, count)?;
+                be.copy(dx.as_slice(), dy.slice_mut(0, count))?;
+                composed_backward(
+                    be,
+                    axis,
+                    inv_m,
+                    (y, std),
+                    dy.slice(0, count),
+                    sums,
+                    dx.reborrow(),
+                )?;
             }
         }
+        Ok(())
     }
+}
+
+/// [`Backend::batch_norm_forward`] from the element-wise ops, broadcasts and channel sums, for
+/// backends without it (and the bits the fused op must give).
+pub(crate) fn composed_forward<B: Backend>(
+    be: &B,
+    axis: Axis,
+    eps: f32,
+    statistics: BatchStatistics<'_, B::Buffer>,
+    x: Src<'_, B::Buffer>,
+    out: BatchNormOutput<'_, B::Buffer>,
+) -> Result<(), BackendError> {
+    let BatchNormOutput {
+        mut y,
+        mut x_norm,
+        mut std,
+    } = out;
+    if let Src::Slice(x) = x {
+        be.copy(x, y.reborrow())?;
+    }
+    let per_channel = Broadcast::PerChannel;
+    match statistics {
+        BatchStatistics::Batch {
+            inv_count,
+            mut mean,
+            mut variance,
+        } => {
+            be.sum_per_channel(axis, inv_count, y.as_slice(), 0.0, mean.reborrow())?;
+            let mean = mean.as_slice();
+            be.broadcast(
+                Binary::Sub,
+                per_channel,
+                axis,
+                mean,
+                Src::InPlace,
+                y.reborrow(),
+            )?;
+            // x_norm holds the squares until it holds its own values.
+            be.unary(Unary::Sqr, y.as_slice().src(), x_norm.reborrow())?;
+            be.sum_per_channel(axis, inv_count, x_norm.as_slice(), 0.0, variance.reborrow())?;
+            be.unary(
+                Unary::AddScalar(eps),
+                variance.as_slice().src(),
+                std.reborrow(),
+            )?;
+        }
+        BatchStatistics::Given { mean, variance } => {
+            be.broadcast(
+                Binary::Sub,
+                per_channel,
+                axis,
+                mean,
+                Src::InPlace,
+                y.reborrow(),
+            )?;
+            be.unary(Unary::AddScalar(eps), variance.src(), std.reborrow())?;
+        }
+    }
+    be.unary(Unary::Sqrt, Src::InPlace, std.reborrow())?;
+    be.broadcast(
+        Binary::Div,
+        per_channel,
+        axis,
+        std.as_slice(),
+        Src::InPlace,
+        y.reborrow(),
+    )?;
+    be.copy(y.as_slice(), x_norm)?;
+    Ok(())
+}
+
+/// [`Backend::batch_norm_backward`] from the other ops, for backends without it (and the bits
+/// the fused op must give): `saved` is forward's `(x_norm, std)`, `sums` per-channel scratch,
+/// `dy` and `dx` distinct.
+pub(crate) fn composed_backward<B: Backend>(
+    be: &B,
+    axis: Axis,
+    inv_count: f32,
+    (y, std): (Slice<'_, B::Buffer>, Slice<'_, B::Buffer>),
+    dy: Slice<'_, B::Buffer>,
+    mut sums: SliceMut<'_, B::Buffer>,
+    mut dx: SliceMut<'_, B::Buffer>,
+) -> Result<(), BackendError> {
+    let per_channel = Broadcast::PerChannel;
+    // y sum(dy y) per channel ...
+    be.binary(Binary::Mul, y.src(), dy.src(), dx.reborrow())?;
+    be.sum_per_channel(axis, 1.0, dx.as_slice(), 0.0, sums.reborrow())?;
+    be.broadcast(
+        Binary::Mul,
+        per_channel,
+        axis,
+        sums.as_slice(),
+        y.src(),
+        dx.reborrow(),
+    )?;
+    // ... + sum(dy) per channel ...
+    be.sum_per_channel(axis, 1.0, dy, 0.0, sums.reborrow())?;
+    be.broadcast(
+        Binary::Add,
+        per_channel,
+        axis,
+        sums.as_slice(),
+        Src::InPlace,
+        dx.reborrow(),
+    )?;
+    // ... then dy - (...) / m, over the standard deviation.
+    be.axpby(Scalar::Value(1.0), dy, -inv_count, dx.reborrow())?;
+    be.broadcast(Binary::Div, per_channel, axis, std, Src::InPlace, dx)?;
+    Ok(())
 }
 
 /// The running means and variances (parameters 0 and 1) over their scale factor (parameter 2;
@@ -353,4 +399,146 @@ fn update_running_sums<B: Backend>(
     let variance_sum = params.get_mut(1).data_view_mut();
     be.axpby(correction.into(), variance, maf, variance_sum)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{composed_backward, composed_forward};
+    use crate::backend::cpu::{CpuBackend, CpuBuffer};
+    use crate::backend::{Axis, Backend, BatchNormOutput, BatchStatistics, Src, Views};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 ^ seed).wrapping_mul(2654435761).rotate_left(7);
+                (h % 20011) as f32 / 2000.0 - 4.0
+            })
+            .collect()
+    }
+
+    fn bits(v: &CpuBuffer) -> Vec<u32> {
+        v.as_slice().iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// One forward pass: `(y, x_norm, std, mean, variance)`, fused or composed, in place or not,
+    /// with the batch's statistics or given ones.
+    fn forward(
+        be: &CpuBackend,
+        axis: Axis,
+        fused: bool,
+        in_place: bool,
+        batch: bool,
+    ) -> [CpuBuffer; 5] {
+        let (count, c) = (axis.outer * axis.dim * axis.inner, axis.dim);
+        let x = CpuBuffer::from_vec(values(count, 1));
+        let mut y = CpuBuffer::from_vec(if in_place {
+            values(count, 1)
+        } else {
+            vec![f32::NAN; count]
+        });
+        let mut x_norm = CpuBuffer::from_vec(vec![f32::NAN; count]);
+        let mut std = CpuBuffer::from_vec(vec![f32::NAN; c]);
+        let (mean, variance) = if batch {
+            (vec![f32::NAN; c], vec![f32::NAN; c])
+        } else {
+            (values(c, 2), values(c, 3).iter().map(|v| v.abs()).collect())
+        };
+        let (mut mean, mut variance) = (CpuBuffer::from_vec(mean), CpuBuffer::from_vec(variance));
+        let statistics = if batch {
+            BatchStatistics::Batch {
+                inv_count: (1.0 / (axis.outer * axis.inner) as f64) as f32,
+                mean: mean.whole_mut(),
+                variance: variance.whole_mut(),
+            }
+        } else {
+            BatchStatistics::Given {
+                mean: mean.whole(),
+                variance: variance.whole(),
+            }
+        };
+        let x = if in_place {
+            Src::InPlace
+        } else {
+            x.whole().src()
+        };
+        let out = BatchNormOutput {
+            y: y.whole_mut(),
+            x_norm: x_norm.whole_mut(),
+            std: std.whole_mut(),
+        };
+        if fused {
+            be.batch_norm_forward(axis, 1e-3, statistics, x, out)
+                .unwrap();
+        } else {
+            composed_forward(be, axis, 1e-3, statistics, x, out).unwrap();
+        }
+        [y, x_norm, std, mean, variance]
+    }
+
+    /// The CPU's fused BatchNorm passes give the bits of the composition the other backends
+    /// run, on one thread and on three, for shapes with rows shorter and longer than a block
+    /// of lanes.
+    #[test]
+    fn fused_batch_norm_gives_the_composed_bits() {
+        for threads in [1, 3] {
+            let be = CpuBackend::new(threads).unwrap();
+            for axis in [
+                Axis::new(5, 3, 37),
+                Axis::new(2, 40, 1),
+                Axis::new(4, 7, 1100),
+            ] {
+                for (in_place, batch) in
+                    [(false, true), (true, true), (false, false), (true, false)]
+                {
+                    let fused = forward(&be, axis, true, in_place, batch);
+                    let composed = forward(&be, axis, false, in_place, batch);
+                    for (i, (a, b)) in fused.iter().zip(&composed).enumerate() {
+                        assert_eq!(
+                            bits(a),
+                            bits(b),
+                            "{axis:?} in place {in_place} batch {batch}: output {i}"
+                        );
+                    }
+                }
+                let [y, .., std, _, _] = forward(&be, axis, true, false, true);
+                let count = y.as_slice().len();
+                let dy = CpuBuffer::from_vec(values(count, 4));
+                let mut composed = CpuBuffer::from_vec(vec![f32::NAN; count]);
+                let mut sums = CpuBuffer::from_vec(vec![f32::NAN; axis.dim]);
+                let inv_count = 0.37;
+                composed_backward(
+                    &be,
+                    axis,
+                    inv_count,
+                    (y.whole(), std.whole()),
+                    dy.whole(),
+                    sums.whole_mut(),
+                    composed.whole_mut(),
+                )
+                .unwrap();
+                let mut fused = CpuBuffer::from_vec(vec![f32::NAN; count]);
+                be.batch_norm_backward(
+                    axis,
+                    inv_count,
+                    y.whole(),
+                    std.whole(),
+                    dy.whole().src(),
+                    fused.whole_mut(),
+                )
+                .unwrap();
+                assert_eq!(bits(&fused), bits(&composed), "{axis:?}: backward");
+                let mut in_place = CpuBuffer::from_vec(values(count, 4));
+                be.batch_norm_backward(
+                    axis,
+                    inv_count,
+                    y.whole(),
+                    std.whole(),
+                    Src::InPlace,
+                    in_place.whole_mut(),
+                )
+                .unwrap();
+                assert_eq!(bits(&in_place), bits(&composed), "{axis:?}: in place");
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //! Each op checks its views once (`HostView`) and then runs a loop over plain slices; the
 //! element-wise op families dispatch their op enum to one loop per function.
 
+mod batch_norm;
 mod conv;
 mod direct;
 mod elementwise;
@@ -28,9 +29,10 @@ mod simd;
 use super::view::Extent;
 use super::{
     check_probability, copy_2d_spans, gemm_spans, invalid, philox, Activation, Axis, AxisReduction,
-    Backend, Binary, Block, Broadcast, Capabilities, ConvBatch, ConvGeom, ConvGrads, DeviceBuffer,
-    Distribution, Gemm, Gemv, Labels, LrnGeom, LrnSaved, LrnWithin, PoolGeom, Pooling, Reduction,
-    Result, Rng, Scalar, Slice, SliceMut, Src, Transpose, Unary, Views,
+    Backend, BatchNormOutput, BatchStatistics, Binary, Block, Broadcast, Capabilities, ConvBatch,
+    ConvGeom, ConvGrads, DeviceBuffer, Distribution, Gemm, Gemv, Labels, LrnGeom, LrnSaved,
+    LrnWithin, PoolGeom, Pooling, Reduction, Result, Rng, Scalar, Slice, SliceMut, Src, Transpose,
+    Unary, Views,
 };
 use elementwise::Operand;
 use rayon::prelude::*;
@@ -563,6 +565,7 @@ impl Backend for CpuBackend {
         Capabilities {
             // The batch convolutions use the backend's own scratch (`CpuBackend::scratch`).
             conv_scratch: true,
+            fused_batch_norm: true,
             ..Capabilities::default()
         }
     }
@@ -886,6 +889,66 @@ impl Backend for CpuBackend {
         let x = x.leading(OP, "x", axis.len(OP)?)?;
         let y = y.leading(OP, "y", axis.dim)?;
         reductions::sum_per_channel(self.par(), axis, alpha, x, beta, y);
+        Ok(())
+    }
+
+    fn batch_norm_forward(
+        &self,
+        axis: Axis,
+        eps: f32,
+        statistics: BatchStatistics<'_, CpuBuffer>,
+        x: Src<'_, CpuBuffer>,
+        out: BatchNormOutput<'_, CpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "batch_norm_forward";
+        let (count, channels) = (axis.len(OP)?, axis.dim);
+        let out = batch_norm::Output {
+            y: out.y.leading(OP, "y", count)?,
+            x_norm: out.x_norm.leading(OP, "x_norm", count)?,
+            std: out.std.leading(OP, "std", channels)?,
+        };
+        let x = match leading_operand(OP, "x", x, count)? {
+            Operand::Same => None,
+            Operand::Slice(x) => Some(x),
+        };
+        let statistics = match statistics {
+            BatchStatistics::Batch {
+                inv_count,
+                mean,
+                variance,
+            } => batch_norm::Statistics::Batch {
+                inv_count,
+                mean: mean.leading(OP, "mean", channels)?,
+                variance: variance.leading(OP, "variance", channels)?,
+            },
+            BatchStatistics::Given { mean, variance } => batch_norm::Statistics::Given {
+                mean: mean.leading(OP, "mean", channels)?,
+                variance: variance.leading(OP, "variance", channels)?,
+            },
+        };
+        batch_norm::forward(self.par(), axis, eps, statistics, x, out);
+        Ok(())
+    }
+
+    fn batch_norm_backward(
+        &self,
+        axis: Axis,
+        inv_count: f32,
+        y: Slice<'_, CpuBuffer>,
+        std: Slice<'_, CpuBuffer>,
+        dy: Src<'_, CpuBuffer>,
+        dx: SliceMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "batch_norm_backward";
+        let count = axis.len(OP)?;
+        let dx = dx.leading(OP, "dx", count)?;
+        let dy = match leading_operand(OP, "dy", dy, count)? {
+            Operand::Same => None,
+            Operand::Slice(dy) => Some(dy),
+        };
+        let y = y.leading(OP, "y", count)?;
+        let std = std.leading(OP, "std", axis.dim)?;
+        batch_norm::backward(self.par(), axis, inv_count, y, std, dy, dx);
         Ok(())
     }
 

@@ -26,7 +26,7 @@ const BLOCK: usize = 1024;
 const LANES: usize = 8;
 
 /// `sum_i f(a[i], b[i])` in blocks and lanes (see the module doc); `a` and `b` have one length.
-fn lanes<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], f: &F) -> f64 {
+pub(super) fn lanes<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], f: &F) -> f64 {
     let mut total = 0f64;
     for (ab, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
         let mut acc = [0f32; LANES];

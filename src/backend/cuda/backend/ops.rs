@@ -86,6 +86,8 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
             fused_updates: true,
             capture: true,
             conv_scratch: false,
+            // BatchNorm composes its passes from the other kernels here.
+            fused_batch_norm: false,
         }
     }
 
