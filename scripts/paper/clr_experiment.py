@@ -146,6 +146,23 @@ def range_test_bounds(rcaffe, workdir, name, fields, min_lr, max_lr, epochs):
     return None
 
 
+def fashion_cifar(rcaffe, workdir):
+    """Fashion-CIFAR in Caffe's CIFAR-10 layout in `workdir`: the batches made from the bundled
+    Fashion-MNIST (`rcaffe mnist-to-cifar`), `cifar10_{train,test}_lmdb` and the training
+    set's mean `fcifar_mean.binaryproto`, each made once."""
+    batches = workdir / "fashion-cifar"
+    if not (batches / "test_batch.bin").exists():
+        subprocess.run([rcaffe, "mnist-to-cifar", str(REPO / "data" / "fashion-mnist"),
+                        str(batches)], check=True, capture_output=True)
+    if not (workdir / "cifar10_test_lmdb" / "data.mdb").exists():
+        subprocess.run([rcaffe, "convert-cifar", str(batches), str(workdir)], check=True,
+                       capture_output=True)
+    if not (workdir / "fcifar_mean.binaryproto").exists():
+        subprocess.run([rcaffe, "compute-image-mean", str(workdir / "cifar10_train_lmdb"),
+                        str(workdir / "fcifar_mean.binaryproto")], check=True,
+                       capture_output=True)
+
+
 def mean_spread(values):
     if not values:
         return "—"

@@ -16,9 +16,8 @@ iterations) and end at 5,000, the end of their second cycle; exp_range's gamma i
 """
 
 import shutil
-import subprocess
 
-from clr_experiment import REPO, Setting, arguments, main, range_test_bounds
+from clr_experiment import REPO, Setting, arguments, fashion_cifar, main, range_test_bounds
 
 RULE = {"momentum": 0.9, "weight_decay": 0.004}
 STEPSIZE = 1250
@@ -26,17 +25,7 @@ RANGE = (0.0001, 0.02)
 
 
 def prepare(rcaffe, workdir):
-    batches = workdir / "fashion-cifar"
-    if not (batches / "test_batch.bin").exists():
-        subprocess.run([rcaffe, "mnist-to-cifar", str(REPO / "data" / "fashion-mnist"),
-                        str(batches)], check=True, capture_output=True)
-    if not (workdir / "cifar10_test_lmdb" / "data.mdb").exists():
-        subprocess.run([rcaffe, "convert-cifar", str(batches), str(workdir)], check=True,
-                       capture_output=True)
-    if not (workdir / "fcifar_mean.binaryproto").exists():
-        subprocess.run([rcaffe, "compute-image-mean", str(workdir / "cifar10_train_lmdb"),
-                        str(workdir / "fcifar_mean.binaryproto")], check=True,
-                       capture_output=True)
+    fashion_cifar(rcaffe, workdir)
     shutil.copy(REPO / "models" / "cifar10_quick" / "cifar10_quick_train_test.prototxt", workdir)
     return {"net": '"cifar10_quick_train_test.prototxt"', "test_iter": 100,
             "test_interval": 500, "display": 100, "max_iter": ARGS.iterations,
