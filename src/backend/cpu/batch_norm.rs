@@ -9,6 +9,7 @@
 //! order, without storing the values in between.
 
 use super::reductions::lanes;
+use super::simd::with_simd;
 use super::Par;
 use crate::backend::Axis;
 use rayon::prelude::*;
@@ -42,20 +43,6 @@ fn map_channels<T: Send>(par: Par<'_>, axis: Axis, f: impl Fn(usize) -> T + Sync
         }
         _ => (0..axis.dim).map(f).collect(),
     }
-}
-
-/// `y[i] = f(i, channel of i, y[i])` over every element, the rows spread over the pool.
-fn map_rows(
-    par: Par<'_>,
-    axis: Axis,
-    y: &mut [f32],
-    z: &mut [f32],
-    f: impl Fn(usize, usize, &mut [f32], &mut [f32]) + Sync + Send,
-) {
-    let inner = axis.inner;
-    par.rows2_mut(y, inner, z, inner, inner * 4, |r, y, z| {
-        f(r * inner, r % axis.dim, y, z)
-    });
 }
 
 /// Where the forward pass takes its statistics.
@@ -121,10 +108,10 @@ pub(super) fn forward(
             mean
         }
     };
-    let std = &*std;
-    map_rows(par, axis, y, x_norm, |start, c, y, norm| {
-        let (m, s) = (mean[c], std[c]);
-        match x {
+    let (std, inner) = (&*std, axis.inner);
+    par.rows2_mut(y, inner, x_norm, inner, inner * 4, |r, y, norm| {
+        let (start, m, s) = (r * inner, mean[r % axis.dim], std[r % axis.dim]);
+        with_simd(|| match x {
             Some(x) => {
                 let x = &x[start..start + y.len()];
                 for ((y, n), &x) in y.iter_mut().zip(norm).zip(x) {
@@ -138,7 +125,7 @@ pub(super) fn forward(
                     *n = *y;
                 }
             }
-        }
+        })
     });
 }
 
@@ -163,13 +150,12 @@ pub(super) fn backward(
         })
     };
     let neg_inv_count = -inv_count;
-    // `map_rows` wants a second output; `y` is read through its own index instead.
     par.rows_mut(dx, axis.inner, axis.inner * 4, |r, dx| {
         let start = r * axis.inner;
         let ((dot, sum), s) = (sums[r % axis.dim], std[r % axis.dim]);
         let y = &y[start..start + dx.len()];
         let step = |dy: f32, y: f32| (dy + neg_inv_count * (y * dot + sum)) / s;
-        match dy {
+        with_simd(|| match dy {
             Some(dy) => {
                 let dy = &dy[start..start + dx.len()];
                 for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
@@ -181,6 +167,6 @@ pub(super) fn backward(
                     *dx = step(*dx, y);
                 }
             }
-        }
+        })
     });
 }
