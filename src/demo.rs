@@ -158,10 +158,15 @@ fn train_one(
     ))
 }
 
-/// The table the demo prints: one row per run, each measured against the first run's (the
-/// baseline's) best accuracy.
+/// The first run's (the baseline's) best accuracy, which every run is measured against.
+fn baseline_best(runs: &[RunSummary]) -> f32 {
+    runs.first().map_or(0.0, |run| run.best().0)
+}
+
+/// The table the demo prints: one row per run, each measured against the baseline's best
+/// accuracy.
 pub fn summary_table(runs: &[RunSummary]) -> String {
-    let target = runs.first().map_or(0.0, |run| run.best().0);
+    let target = baseline_best(runs);
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -191,7 +196,7 @@ pub fn summary_table(runs: &[RunSummary]) -> String {
 /// The same as [`summary_table`], as CSV (`summary.csv`): accuracies as fractions, an empty
 /// `iterations_to_baseline_best` where a run never reached it.
 pub fn summary_csv(runs: &[RunSummary]) -> String {
-    let target = runs.first().map_or(0.0, |run| run.best().0);
+    let target = baseline_best(runs);
     let mut csv = String::from(
         "policy,solver,iterations,best_accuracy,best_at,final_accuracy,\
          iterations_to_baseline_best\n",
