@@ -10,7 +10,9 @@
 //! With a horizontal stride of 1 (every convolution of the zoo's small nets) all three products
 //! skip the column buffer: [`direct`] reads the padded image through an offset table (forward,
 //! weight gradient) and scatters column entries onto their pixels (data gradient), summing each
-//! output exactly as the GEMM path does, so the bits are the same either way.
+//! output exactly as the GEMM path does, so the bits are the same either way. Convolutions with
+//! at most 16 outputs per group (DenseNet's growth-rate layers) have no GEMM twin with those
+//! bits and always run direct.
 //!
 //! Determinism of the weight gradient: `dW += sum_n dy[n] col(x[n])^T` is a sum over images,
 //! and the order of a float sum changes its value. The images are cut into
