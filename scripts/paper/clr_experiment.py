@@ -245,10 +245,14 @@ def main(title, description, prepare, settings, seeds, workdir, plots_by_method=
                            capture_output=True)
 
 
-def arguments(default_out, default_iterations):
+def arguments(default_out, default_iterations, more=None):
+    """The options every experiment takes (seeds, run length, output folder), and those
+    `more(parser)` adds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--iterations", type=int, default=default_iterations,
                         help="length of every run (default %(default)s)")
     parser.add_argument("--out", type=Path, default=REPO / "paper-runs" / default_out)
+    if more:
+        more(parser)
     return parser.parse_args()

@@ -17,11 +17,9 @@ every 100): a GPU runs it at full length with `--iterations 234000 --stepsize 37
         [--test-iter 40] [--test-interval 100] [--mode CPU] [--out DIR]
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-from clr_experiment import REPO, Setting, fashion_cifar, main
+from clr_experiment import Setting, arguments, fashion_cifar, main
 
 GROWTH = 12
 LAYERS_PER_BLOCK = 12
@@ -107,16 +105,11 @@ inner_product_param {
     return "\n".join(net.lines) + "\n"
 
 
-def arguments():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--iterations", type=int, default=500)
+def densenet_options(parser):
     parser.add_argument("--stepsize", type=int, help="default: half the run (one cycle)")
     parser.add_argument("--test-iter", type=int, default=40, help="test batches of 50")
     parser.add_argument("--test-interval", type=int, default=100)
     parser.add_argument("--mode", choices=["CPU", "GPU"], default="CPU")
-    parser.add_argument("--out", type=Path, default=REPO / "paper-runs" / "densenet40")
-    return parser.parse_args()
 
 
 def prepare(rcaffe, workdir):
@@ -131,7 +124,7 @@ def prepare(rcaffe, workdir):
 
 
 if __name__ == "__main__":
-    ARGS = arguments()
+    ARGS = arguments("densenet40", 500, densenet_options)
     if ARGS.iterations < 2:
         sys.exit("--iterations: at least 2")
     stepsize = ARGS.stepsize or ARGS.iterations // 2

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::view::{Slice, SliceMut};
+use super::DeviceBuffer;
 
 /// A solver's update rule with its hyper-parameters: what [`Backend::fused_update`](super::Backend::fused_update) runs. The
 /// solver reads it from its parameters and composes it from the other ops where no fused form
@@ -222,6 +223,23 @@ pub enum BatchStatistics<'a, T: ?Sized> {
         mean: Slice<'a, T>,
         variance: Slice<'a, T>,
     },
+}
+
+impl<T: DeviceBuffer> BatchStatistics<'_, T> {
+    /// The mean per channel (the batch's once written).
+    pub fn mean(&self) -> Slice<'_, T> {
+        match self {
+            BatchStatistics::Batch { mean, .. } => mean.as_slice(),
+            BatchStatistics::Given { mean, .. } => *mean,
+        }
+    }
+    /// The variance per channel (the batch's once written).
+    pub fn variance(&self) -> Slice<'_, T> {
+        match self {
+            BatchStatistics::Batch { variance, .. } => variance.as_slice(),
+            BatchStatistics::Given { variance, .. } => *variance,
+        }
+    }
 }
 
 /// What a backend can do beyond the required ops.

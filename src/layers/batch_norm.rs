@@ -266,43 +266,43 @@ pub(crate) fn composed_forward<B: Backend>(
         be.copy(x, y.reborrow())?;
     }
     let per_channel = Broadcast::PerChannel;
-    match statistics {
-        BatchStatistics::Batch {
-            inv_count,
-            mut mean,
-            mut variance,
-        } => {
-            be.sum_per_channel(axis, inv_count, y.as_slice(), 0.0, mean.reborrow())?;
-            let mean = mean.as_slice();
-            be.broadcast(
-                Binary::Sub,
-                per_channel,
-                axis,
-                mean,
-                Src::InPlace,
-                y.reborrow(),
-            )?;
-            // x_norm holds the squares until it holds its own values.
-            be.unary(Unary::Sqr, y.as_slice().src(), x_norm.reborrow())?;
-            be.sum_per_channel(axis, inv_count, x_norm.as_slice(), 0.0, variance.reborrow())?;
-            be.unary(
-                Unary::AddScalar(eps),
-                variance.as_slice().src(),
-                std.reborrow(),
-            )?;
-        }
-        BatchStatistics::Given { mean, variance } => {
-            be.broadcast(
-                Binary::Sub,
-                per_channel,
-                axis,
-                mean,
-                Src::InPlace,
-                y.reborrow(),
-            )?;
-            be.unary(Unary::AddScalar(eps), variance.src(), std.reborrow())?;
-        }
+    let mut statistics = statistics;
+    if let BatchStatistics::Batch {
+        inv_count, mean, ..
+    } = &mut statistics
+    {
+        be.sum_per_channel(axis, *inv_count, y.as_slice(), 0.0, mean.reborrow())?;
     }
+    let mean = statistics.mean();
+    be.broadcast(
+        Binary::Sub,
+        per_channel,
+        axis,
+        mean,
+        Src::InPlace,
+        y.reborrow(),
+    )?;
+    if let BatchStatistics::Batch {
+        inv_count,
+        variance,
+        ..
+    } = &mut statistics
+    {
+        // x_norm holds the squares until it holds its own values.
+        be.unary(Unary::Sqr, y.as_slice().src(), x_norm.reborrow())?;
+        be.sum_per_channel(
+            axis,
+            *inv_count,
+            x_norm.as_slice(),
+            0.0,
+            variance.reborrow(),
+        )?;
+    }
+    be.unary(
+        Unary::AddScalar(eps),
+        statistics.variance().src(),
+        std.reborrow(),
+    )?;
     be.unary(Unary::Sqrt, Src::InPlace, std.reborrow())?;
     be.broadcast(
         Binary::Div,

@@ -78,7 +78,7 @@ pub(super) fn forward(
     x: Option<&[f32]>,
     Output { y, x_norm, std }: Output<'_>,
 ) {
-    let mean: &[f32] = match statistics {
+    let (mean, variance): (&[f32], &[f32]) = match statistics {
         Statistics::Batch {
             inv_count,
             mean,
@@ -96,18 +96,13 @@ pub(super) fn forward(
             for ((m, v), (bm, bv)) in mean.iter_mut().zip(variance.iter_mut()).zip(moments) {
                 (*m, *v) = (bm, bv);
             }
-            for (s, &v) in std.iter_mut().zip(&*variance) {
-                *s = (v + eps).sqrt();
-            }
-            mean
+            (mean, variance)
         }
-        Statistics::Given { mean, variance } => {
-            for (s, &v) in std.iter_mut().zip(variance) {
-                *s = (v + eps).sqrt();
-            }
-            mean
-        }
+        Statistics::Given { mean, variance } => (mean, variance),
     };
+    for (s, &v) in std.iter_mut().zip(variance) {
+        *s = (v + eps).sqrt();
+    }
     let (std, inner) = (&*std, axis.inner);
     par.rows2_mut(y, inner, x_norm, inner, inner * 4, |r, y, norm| {
         let (start, m, s) = (r * inner, mean[r % axis.dim], std[r % axis.dim]);
