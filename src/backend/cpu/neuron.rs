@@ -250,3 +250,92 @@ pub(super) fn top_k_over_axis(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{activation_backward, activation_forward};
+    use crate::backend::cpu::{elementwise::Operand, SERIAL};
+    use crate::backend::Activation;
+
+    /// Inputs where the forms of ReLU differ, if anywhere: signed zeros, infinities, NaN.
+    const SPECIAL: [f32; 9] = [
+        f32::NEG_INFINITY,
+        -2.5,
+        -1e-40,
+        -0.0,
+        0.0,
+        1e-40,
+        3.0,
+        f32::INFINITY,
+        f32::NAN,
+    ];
+
+    /// C++'s `std::max` and `std::min`: the first argument unless the comparison says otherwise.
+    fn cpp_max(a: f32, b: f32) -> f32 {
+        if a < b {
+            b
+        } else {
+            a
+        }
+    }
+    fn cpp_min(a: f32, b: f32) -> f32 {
+        if b < a {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// ReLU gives upstream's CPU formulas bit for bit (relu_layer.cpp): forward
+    /// `max(x, 0) + slope min(x, 0)` with slope 0, backward
+    /// `dy ((x > 0) + slope (x <= 0))`, in place and not.
+    #[test]
+    fn relu_follows_upstreams_formulas_on_special_values() {
+        // Bits, any NaN as one (its sign and payload depend on where it was made).
+        let bits = |v: &[f32]| {
+            v.iter()
+                .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
+                .collect::<Vec<_>>()
+        };
+        let relu = Activation::Relu { slope: 0.0 };
+        let want: Vec<f32> = SPECIAL
+            .iter()
+            .map(|&v| cpp_max(v, 0.0) + 0.0 * cpp_min(v, 0.0))
+            .collect();
+        let mut y = [f32::NAN; 9];
+        activation_forward(SERIAL, relu, Operand::Slice(&SPECIAL), &mut y);
+        assert_eq!(bits(&y), bits(&want));
+        let mut in_place = SPECIAL;
+        activation_forward(SERIAL, relu, Operand::Same, &mut in_place);
+        assert_eq!(bits(&in_place), bits(&want));
+
+        let dy = [1.5, -2.0, 0.25, -0.5, 4.0, -1.0, 2.0, -3.0, 1.0];
+        for slope in [0.0f32, 0.1] {
+            let ind = |b: bool| if b { 1.0f32 } else { 0.0 };
+            let want: Vec<f32> = SPECIAL
+                .iter()
+                .zip(dy)
+                .map(|(&x, d)| d * (ind(x > 0.0) + slope * ind(x <= 0.0)))
+                .collect();
+            let mut dx = dy;
+            let f = Activation::Relu { slope };
+            activation_backward(
+                SERIAL,
+                f,
+                || Ok(&SPECIAL[..]),
+                || Ok(&[][..]),
+                Operand::Same,
+                &mut dx,
+            )
+            .unwrap();
+            // At a NaN input upstream multiplies dy by 0 ((x > 0) and (x <= 0) both false),
+            // this by the slope, as it did before: the same for slope 0.
+            let compared = if slope == 0.0 { 9 } else { 8 };
+            assert_eq!(
+                bits(&dx[..compared]),
+                bits(&want[..compared]),
+                "slope {slope}"
+            );
+        }
+    }
+}

@@ -140,17 +140,19 @@ pub(super) fn along_axis<F>(
     par.rows_mut(y, dim * inner, dim * inner, |o, yo| {
         let f = local(f);
         let vo = &v[o * inner..(o + 1) * inner];
-        for (c, yc) in yo.chunks_mut(inner).enumerate() {
-            match x {
-                Operand::Same => yc.iter_mut().zip(vo).for_each(|(p, &q)| *p = f(*p, q)),
-                Operand::Slice(x) => {
-                    let xc = &x[(o * dim + c) * inner..(o * dim + c + 1) * inner];
-                    yc.iter_mut()
-                        .zip(xc.iter().zip(vo))
-                        .for_each(|(p, (&u, &q))| *p = f(u, q))
+        with_simd(|| {
+            for (c, yc) in yo.chunks_mut(inner).enumerate() {
+                match x {
+                    Operand::Same => yc.iter_mut().zip(vo).for_each(|(p, &q)| *p = f(*p, q)),
+                    Operand::Slice(x) => {
+                        let xc = &x[(o * dim + c) * inner..(o * dim + c + 1) * inner];
+                        yc.iter_mut()
+                            .zip(xc.iter().zip(vo))
+                            .for_each(|(p, (&u, &q))| *p = f(u, q))
+                    }
                 }
             }
-        }
+        })
     });
 }
 
