@@ -7,8 +7,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rcaffe::backend::{
-    rng_from_seed, Backend, ConvBatch, ConvGeom, ConvGrads, CpuBackend, CpuBuffer, Distribution,
-    Gemm, LrnGeom, LrnSaved, LrnWithin, PoolGeom, Pooling, RoundMode, Transpose, Views,
+    rng_from_seed, Axis, Backend, BatchNormOutput, BatchStatistics, Binary, Broadcast, ConvBatch,
+    ConvGeom, ConvGrads, CpuBackend, CpuBuffer, Distribution, Gemm, LrnGeom, LrnSaved, LrnWithin,
+    PoolGeom, Pooling, RoundMode, Src, Transpose, Views,
 };
 use std::hint::black_box;
 use std::time::Duration;
@@ -369,9 +370,95 @@ fn bench_lrn(c: &mut Criterion) {
     group.finish();
 }
 
+/// BatchNorm's and Scale's passes, in place as nets run them, on a CIFAR ResNet's first-stage
+/// map and a DenseNet-40 third-block input (throughput: bytes of the blob).
+fn bench_normalization(c: &mut Criterion) {
+    let be = backend();
+    let mut group = c.benchmark_group(format!("normalization_{}t", be.threads()));
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    for (name, axis) in [
+        ("resnet_128x16x32x32", Axis::new(128, 16, 1024)),
+        ("densenet_64x448x8x8", Axis::new(64, 448, 64)),
+    ] {
+        let (count, channels) = (axis.outer * axis.dim * axis.inner, axis.dim);
+        let x = random(&be, count, 9);
+        let dy = random(&be, count, 10);
+        let (mut y, mut x_norm) = (random(&be, count, 9), be.alloc(count).unwrap());
+        let (mut mean, mut variance, mut std) = (
+            be.alloc(channels).unwrap(),
+            be.alloc(channels).unwrap(),
+            be.alloc(channels).unwrap(),
+        );
+        let (scale, bias) = (random(&be, channels, 11), random(&be, channels, 12));
+        let (mut scale_diff, mut bias_diff) =
+            (be.alloc(channels).unwrap(), be.alloc(channels).unwrap());
+        let mut dx = be.alloc(count).unwrap();
+        group.throughput(Throughput::Bytes(4 * count as u64));
+        group.bench_function(BenchmarkId::new("batch_norm_forward", name), |bench| {
+            bench.iter(|| {
+                let statistics = BatchStatistics::Batch {
+                    inv_count: 1.0 / (axis.outer * axis.inner) as f32,
+                    mean: mean.whole_mut(),
+                    variance: variance.whole_mut(),
+                };
+                let out = BatchNormOutput {
+                    y: y.whole_mut(),
+                    x_norm: x_norm.whole_mut(),
+                    std: std.whole_mut(),
+                };
+                be.batch_norm_forward(axis, 1e-5, statistics, x.whole().src(), out)
+                    .unwrap();
+                black_box(&y);
+            })
+        });
+        group.bench_function(BenchmarkId::new("batch_norm_backward", name), |bench| {
+            bench.iter(|| {
+                let (y, std) = (x_norm.whole(), std.whole());
+                be.batch_norm_backward(axis, 1e-4, y, std, dy.whole().src(), dx.whole_mut())
+                    .unwrap();
+                black_box(&dx);
+            })
+        });
+        group.bench_function(BenchmarkId::new("scale_forward", name), |bench| {
+            bench.iter(|| {
+                let keep = Some(x_norm.whole_mut());
+                let (s, b) = (scale.whole(), Some(bias.whole()));
+                be.scale_forward(axis, s, b, Src::InPlace, y.whole_mut(), keep)
+                    .unwrap();
+                black_box(&y);
+            })
+        });
+        group.bench_function(BenchmarkId::new("scale_backward", name), |bench| {
+            bench.iter(|| {
+                let grads = (
+                    Some((scale_diff.whole_mut(), 1.0)),
+                    Some(bias_diff.whole_mut()),
+                );
+                be.scale_gradients(axis, x.whole(), dy.whole(), grads.0, grads.1)
+                    .unwrap();
+                let (per_channel, s) = (Broadcast::PerChannel, scale.whole());
+                be.broadcast(
+                    Binary::Mul,
+                    per_channel,
+                    axis,
+                    s,
+                    dy.whole().src(),
+                    dx.whole_mut(),
+                )
+                .unwrap();
+                black_box(&dx);
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = bench_gemm, bench_conv, bench_im2col, bench_pooling, bench_lrn
+    targets = bench_gemm, bench_conv, bench_im2col, bench_pooling, bench_lrn, bench_normalization
 }
 criterion_main!(benches);

@@ -257,6 +257,10 @@ pub struct Capabilities {
     /// [`Backend::batch_norm_backward`](super::Backend::batch_norm_backward) run: BatchNorm
     /// calls them instead of composing its passes from the other ops.
     pub fused_batch_norm: bool,
+    /// [`Backend::scale_forward`](super::Backend::scale_forward) and
+    /// [`Backend::scale_gradients`](super::Backend::scale_gradients) run: Scale calls them
+    /// instead of composing its passes from the other ops.
+    pub fused_scale: bool,
 }
 
 impl<T: ?Sized> Clone for Reduction<'_, T> {

@@ -415,6 +415,41 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
             "this backend has no fused BatchNorm",
         ))
     }
+    /// Scale's forward pass as one op, where [`Capabilities::fused_scale`] (elsewhere refused,
+    /// and the layer composes it from [`Backend::broadcast`] and [`Backend::copy`] with the
+    /// same result): per channel of `axis`, `y = x scale`, then `+ bias` where there is one
+    /// (two roundings, no fused multiply-add), and a copy of `x` in `keep` where given (an
+    /// in-place Scale's backward needs its input).
+    fn scale_forward(
+        &self,
+        axis: Axis,
+        scale: Slice<'_, Self::Buffer>,
+        bias: Option<Slice<'_, Self::Buffer>>,
+        x: Src<'_, Self::Buffer>,
+        y: SliceMut<'_, Self::Buffer>,
+        keep: Option<SliceMut<'_, Self::Buffer>>,
+    ) -> Result<()> {
+        let _ = (axis, scale, bias, x, y, keep);
+        Err(invalid("scale_forward", "this backend has no fused Scale"))
+    }
+    /// Scale's parameter gradients in one pass over `x` and `dy`, where
+    /// [`Capabilities::fused_scale`]: per channel of `axis`, `scale_diff = sum(dy x) + beta
+    /// scale_diff` (`scale_diff.1` is `beta`) and `bias_diff = sum(dy) + bias_diff`, each sum as
+    /// [`Backend::sum_per_channel`] adds, the products rounded to f32 first.
+    fn scale_gradients(
+        &self,
+        axis: Axis,
+        x: Slice<'_, Self::Buffer>,
+        dy: Slice<'_, Self::Buffer>,
+        scale_diff: Option<(SliceMut<'_, Self::Buffer>, f32)>,
+        bias_diff: Option<SliceMut<'_, Self::Buffer>>,
+    ) -> Result<()> {
+        let _ = (axis, x, dy, scale_diff, bias_diff);
+        Err(invalid(
+            "scale_gradients",
+            "this backend has no fused Scale",
+        ))
+    }
 
     // ---- convolution --------------------------------------------------------------------
 

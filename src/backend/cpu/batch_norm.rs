@@ -4,46 +4,14 @@
 //! they are bound by memory traffic, not arithmetic.
 //!
 //! The same bits as that composition (`layers::batch_norm`'s, which the tests run beside
-//! these): each channel sum is [`lanes`] over the channel's rows added in f64 in order, as
-//! `sum_per_channel` adds them, and every element takes the composition's f32 steps in its
+//! these): each channel sum is [`channel_sum`], as `sum_per_channel` adds them, and every element takes the composition's f32 steps in its
 //! order, without storing the values in between.
 
-use super::reductions::lanes;
+use super::lane_sums::Term;
+use super::reductions::{channel_at, channel_row_len, channel_sum, channel_sums2, map_channels};
 use super::simd::with_simd;
 use super::Par;
 use crate::backend::Axis;
-use rayon::prelude::*;
-
-/// Row `o` of channel `c` of `x` viewed as `outer x channels x inner`.
-fn row(axis: Axis, x: &[f32], o: usize, c: usize) -> &[f32] {
-    let at = (o * axis.dim + c) * axis.inner;
-    &x[at..at + axis.inner]
-}
-
-/// `alpha` times the sum of `f(a, b)` over channel `c` of `a` and `b`, as `sum_per_channel`
-/// sums a channel: each row in [`lanes`], the rows added in f64 in order.
-fn channel_sum(
-    axis: Axis,
-    alpha: f32,
-    (a, b): (&[f32], &[f32]),
-    c: usize,
-    f: impl Fn(f32, f32) -> f32,
-) -> f32 {
-    let total: f64 = (0..axis.outer)
-        .map(|o| lanes(row(axis, a, o, c), row(axis, b, o, c), &f))
-        .sum();
-    (f64::from(alpha) * total) as f32
-}
-
-/// `f(c)` for every channel, side by side on the pool when there is one.
-fn map_channels<T: Send>(par: Par<'_>, axis: Axis, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    match par.pool {
-        Some(pool) if par.threads > 1 && axis.dim > 1 => {
-            pool.install(|| (0..axis.dim).into_par_iter().map(f).collect())
-        }
-        _ => (0..axis.dim).map(f).collect(),
-    }
-}
 
 /// Where the forward pass takes its statistics.
 pub(super) enum Statistics<'a> {
@@ -86,11 +54,9 @@ pub(super) fn forward(
         } => {
             let input = x.unwrap_or(y);
             let moments = map_channels(par, axis, |c| {
-                let m = channel_sum(axis, inv_count, (input, input), c, |a, _| a);
-                let v = channel_sum(axis, inv_count, (input, input), c, |a, _| {
-                    let d = a - m;
-                    d * d
-                });
+                let m = channel_sum(axis, inv_count, (input, input), c, Term::First);
+                let deviation = Term::SquaredDeviation(m);
+                let v = channel_sum(axis, inv_count, (input, input), c, deviation);
                 (m, v)
             });
             for ((m, v), (bm, bv)) in mean.iter_mut().zip(variance.iter_mut()).zip(moments) {
@@ -104,23 +70,36 @@ pub(super) fn forward(
         *s = (v + eps).sqrt();
     }
     let (std, inner) = (&*std, axis.inner);
-    par.rows2_mut(y, inner, x_norm, inner, inner * 4, |r, y, norm| {
-        let (start, m, s) = (r * inner, mean[r % axis.dim], std[r % axis.dim]);
-        with_simd(|| match x {
-            Some(x) => {
-                let x = &x[start..start + y.len()];
-                for ((y, n), &x) in y.iter_mut().zip(norm).zip(x) {
-                    *y = (x - m) / s;
-                    *n = *y;
+    if inner == 0 {
+        return;
+    }
+    let row_len = channel_row_len(axis);
+    par.rows2_mut(y, row_len, x_norm, row_len, row_len, |r, y, norm| {
+        let start = r * row_len;
+        with_simd(
+            #[inline(always)]
+            || {
+                for (k, (y, norm)) in y.chunks_mut(inner).zip(norm.chunks_mut(inner)).enumerate() {
+                    let at = start + k * inner;
+                    let c = channel_at(axis, at);
+                    let (m, s) = (mean[c], std[c]);
+                    match x {
+                        Some(x) => {
+                            for ((y, n), &x) in y.iter_mut().zip(norm).zip(&x[at..at + inner]) {
+                                *y = (x - m) / s;
+                                *n = *y;
+                            }
+                        }
+                        None => {
+                            for (y, n) in y.iter_mut().zip(norm) {
+                                *y = (*y - m) / s;
+                                *n = *y;
+                            }
+                        }
+                    }
                 }
-            }
-            None => {
-                for (y, n) in y.iter_mut().zip(norm) {
-                    *y = (*y - m) / s;
-                    *n = *y;
-                }
-            }
-        })
+            },
+        )
     });
 }
 
@@ -139,29 +118,43 @@ pub(super) fn backward(
     let sums = {
         let dy = dy.unwrap_or(dx);
         map_channels(par, axis, |c| {
-            let dot = channel_sum(axis, 1.0, (y, dy), c, |y, dy| y * dy);
-            let sum = channel_sum(axis, 1.0, (dy, dy), c, |dy, _| dy);
-            (dot, sum)
+            // dy first: its own sum is the second term's.
+            channel_sums2(axis, (dy, y), c, (Term::Product, Term::First))
         })
     };
     let neg_inv_count = -inv_count;
-    par.rows_mut(dx, axis.inner, axis.inner * 4, |r, dx| {
-        let start = r * axis.inner;
-        let ((dot, sum), s) = (sums[r % axis.dim], std[r % axis.dim]);
-        let y = &y[start..start + dx.len()];
-        let step = |dy: f32, y: f32| (dy + neg_inv_count * (y * dot + sum)) / s;
-        with_simd(|| match dy {
-            Some(dy) => {
-                let dy = &dy[start..start + dx.len()];
-                for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
-                    *dx = step(dy, y);
+    let inner = axis.inner;
+    if inner == 0 {
+        return;
+    }
+    let row_len = channel_row_len(axis);
+    par.rows_mut(dx, row_len, row_len, |r, dx| {
+        let start = r * row_len;
+        with_simd(
+            #[inline(always)]
+            || {
+                for (k, dx) in dx.chunks_mut(inner).enumerate() {
+                    let at = start + k * inner;
+                    let c = channel_at(axis, at);
+                    let ((dot, sum), s) = (sums[c], std[c]);
+                    let y = &y[at..at + inner];
+                    // `move`: captured by reference, the scalars might alias `dx`, and the loop
+                    // stays scalar.
+                    let step = move |dy: f32, y: f32| (dy + neg_inv_count * (y * dot + sum)) / s;
+                    match dy {
+                        Some(dy) => {
+                            for ((dx, &dy), &y) in dx.iter_mut().zip(&dy[at..at + inner]).zip(y) {
+                                *dx = step(dy, y);
+                            }
+                        }
+                        None => {
+                            for (dx, &y) in dx.iter_mut().zip(y) {
+                                *dx = step(*dx, y);
+                            }
+                        }
+                    }
                 }
-            }
-            None => {
-                for (dx, &y) in dx.iter_mut().zip(y) {
-                    *dx = step(*dx, y);
-                }
-            }
-        })
+            },
+        )
     });
 }

@@ -32,13 +32,16 @@ where
 {
     par.chunks_mut(y, |start, yc| {
         let f = local(f);
-        with_simd(|| match x {
-            Operand::Same => yc.iter_mut().for_each(|v| *v = f(*v)),
-            Operand::Slice(x) => {
-                let x = &x[start..start + yc.len()];
-                yc.iter_mut().zip(x).for_each(|(v, &a)| *v = f(a));
-            }
-        })
+        with_simd(
+            #[inline(always)]
+            || match x {
+                Operand::Same => yc.iter_mut().for_each(|v| *v = f(*v)),
+                Operand::Slice(x) => {
+                    let x = &x[start..start + yc.len()];
+                    yc.iter_mut().zip(x).for_each(|(v, &a)| *v = f(a));
+                }
+            },
+        )
     });
 }
 
@@ -50,21 +53,24 @@ where
     par.chunks_mut(y, |start, yc| {
         let f = local(f);
         let end = start + yc.len();
-        with_simd(|| match (a, b) {
-            (Operand::Same, Operand::Same) => yc.iter_mut().for_each(|v| *v = f(*v, *v)),
-            (Operand::Same, Operand::Slice(b)) => yc
-                .iter_mut()
-                .zip(&b[start..end])
-                .for_each(|(v, &q)| *v = f(*v, q)),
-            (Operand::Slice(a), Operand::Same) => yc
-                .iter_mut()
-                .zip(&a[start..end])
-                .for_each(|(v, &p)| *v = f(p, *v)),
-            (Operand::Slice(a), Operand::Slice(b)) => yc
-                .iter_mut()
-                .zip(a[start..end].iter().zip(&b[start..end]))
-                .for_each(|(v, (&p, &q))| *v = f(p, q)),
-        })
+        with_simd(
+            #[inline(always)]
+            || match (a, b) {
+                (Operand::Same, Operand::Same) => yc.iter_mut().for_each(|v| *v = f(*v, *v)),
+                (Operand::Same, Operand::Slice(b)) => yc
+                    .iter_mut()
+                    .zip(&b[start..end])
+                    .for_each(|(v, &q)| *v = f(*v, q)),
+                (Operand::Slice(a), Operand::Same) => yc
+                    .iter_mut()
+                    .zip(&a[start..end])
+                    .for_each(|(v, &p)| *v = f(p, *v)),
+                (Operand::Slice(a), Operand::Slice(b)) => yc
+                    .iter_mut()
+                    .zip(a[start..end].iter().zip(&b[start..end]))
+                    .for_each(|(v, (&p, &q))| *v = f(p, q)),
+            },
+        )
     });
 }
 
@@ -77,15 +83,18 @@ where
         let f = local(f);
         let end = start + yc.len();
         let ab = a[start..end].iter().zip(&b[start..end]);
-        with_simd(|| match c {
-            Operand::Same => yc
-                .iter_mut()
-                .zip(ab)
-                .for_each(|(v, (&p, &q))| *v = f(p, q, *v)),
-            Operand::Slice(c) => yc
-                .iter_mut()
-                .zip(ab.zip(&c[start..end]))
-                .for_each(|(v, ((&p, &q), &r))| *v = f(p, q, r)),
-        })
+        with_simd(
+            #[inline(always)]
+            || match c {
+                Operand::Same => yc
+                    .iter_mut()
+                    .zip(ab)
+                    .for_each(|(v, (&p, &q))| *v = f(p, q, *v)),
+                Operand::Slice(c) => yc
+                    .iter_mut()
+                    .zip(ab.zip(&c[start..end]))
+                    .for_each(|(v, ((&p, &q), &r))| *v = f(p, q, r)),
+            },
+        )
     });
 }

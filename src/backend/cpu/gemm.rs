@@ -366,7 +366,10 @@ fn skinny(par: Par<'_>, g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
     if m > SKINNY {
         let run = |(i, row): (usize, &mut [f32])| {
             let row = &mut row[..n];
-            with_simd(|| axpy_task(&mut [row], 0, g, |_, p| a_at(i, p), b))
+            with_simd(
+                #[inline(always)]
+                || axpy_task(&mut [row], 0, g, |_, p| a_at(i, p), b),
+            )
         };
         match par.pool {
             Some(pool) if par.threads > 1 => pool.install(|| {
@@ -388,13 +391,16 @@ fn skinny(par: Par<'_>, g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
     }
     let run = |(t, mut rows): (usize, Vec<&mut [f32]>)| {
         let j0 = t * width;
-        with_simd(|| {
-            if dot {
-                dot_task(&mut rows, j0, g, a, b)
-            } else {
-                axpy_task(&mut rows, j0, g, a_at, b)
-            }
-        })
+        with_simd(
+            #[inline(always)]
+            || {
+                if dot {
+                    dot_task(&mut rows, j0, g, a, b)
+                } else {
+                    axpy_task(&mut rows, j0, g, a_at, b)
+                }
+            },
+        )
     };
     match par.pool {
         Some(pool) if tasks > 1 => {

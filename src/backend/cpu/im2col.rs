@@ -133,17 +133,20 @@ fn im2col_unit_stride(par: Par<'_>, g: &ConvGeom, im: &[f32], col: &mut [f32]) {
     let plane = g.height * g.width;
     let per_channel = g.kernel_h * g.kernel_w * g.out_h() * out_w;
     par.rows_mut(col, per_channel, per_channel, |c, cc| {
-        with_simd(|| {
-            with_padded_plane(g, |padded, wp| {
-                pad_into(g, &im[c * plane..(c + 1) * plane], padded, wp);
-                for_each_unit_stride_row(g, wp, 0..g.out_h(), |row, at| {
-                    copy_short(
-                        &mut cc[row * out_w..(row + 1) * out_w],
-                        &padded[at..at + out_w],
-                    );
-                });
-            })
-        })
+        with_simd(
+            #[inline(always)]
+            || {
+                with_padded_plane(g, |padded, wp| {
+                    pad_into(g, &im[c * plane..(c + 1) * plane], padded, wp);
+                    for_each_unit_stride_row(g, wp, 0..g.out_h(), |row, at| {
+                        copy_short(
+                            &mut cc[row * out_w..(row + 1) * out_w],
+                            &padded[at..at + out_w],
+                        );
+                    });
+                })
+            },
+        )
     });
 }
 
@@ -192,12 +195,15 @@ fn col2im_unit_stride(par: Par<'_>, g: &ConvGeom, col: &[f32], im: &mut [f32]) {
     let per_channel = g.kernel_h * g.kernel_w * g.out_h() * g.out_w();
     par.rows_mut(im, plane, per_channel, |c, dst| {
         let cc = &col[c * per_channel..(c + 1) * per_channel];
-        with_simd(|| {
-            with_padded_plane(g, |padded, wp| {
-                add_columns(g, 0..g.out_h(), cc, padded, wp);
-                unpad_into(g, padded, wp, dst);
-            })
-        })
+        with_simd(
+            #[inline(always)]
+            || {
+                with_padded_plane(g, |padded, wp| {
+                    add_columns(g, 0..g.out_h(), cc, padded, wp);
+                    unpad_into(g, padded, wp, dst);
+                })
+            },
+        )
     });
 }
 
@@ -225,23 +231,29 @@ pub(super) fn col2im_by_rows(
             let n = rows.len() * out_w;
             let chunk = &mut col[..g.channels * taps * n];
             fill(rows.clone(), chunk);
-            with_simd(|| {
-                for (p, cc) in padded
-                    .chunks_exact_mut(padded_plane)
-                    .zip(chunk.chunks_exact(taps * n).take(g.channels))
-                {
-                    add_columns(g, rows.clone(), cc, p, wp);
-                }
-            });
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (p, cc) in padded
+                        .chunks_exact_mut(padded_plane)
+                        .zip(chunk.chunks_exact(taps * n).take(g.channels))
+                    {
+                        add_columns(g, rows.clone(), cc, p, wp);
+                    }
+                },
+            );
         }
-        with_simd(|| {
-            for (dst, p) in im
-                .chunks_exact_mut(plane)
-                .zip(padded.chunks_exact(padded_plane))
-            {
-                unpad_into(g, p, wp, dst);
-            }
-        });
+        with_simd(
+            #[inline(always)]
+            || {
+                for (dst, p) in im
+                    .chunks_exact_mut(plane)
+                    .zip(padded.chunks_exact(padded_plane))
+                {
+                    unpad_into(g, p, wp, dst);
+                }
+            },
+        );
     });
 }
 

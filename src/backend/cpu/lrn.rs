@@ -53,30 +53,33 @@ pub(super) fn within_forward(
     let size = taps as f32;
     par.rows2_mut(mean, hw, power, hw, hw * (taps + 8), |p, mp, pp| {
         let xp = &x[p * hw..(p + 1) * hw];
-        with_simd(|| {
-            with_padded(g, |sq, wp| {
-                for (h, row) in xp.chunks_exact(w_n).enumerate() {
-                    let at = (h + g.pad_h) * wp + g.pad_w;
-                    sq[at..at + w_n]
-                        .iter_mut()
-                        .zip(row)
-                        .for_each(|(s, &v)| *s = v * v);
-                }
-                for (oh, mr) in mp.chunks_exact_mut(w_n).enumerate() {
-                    mr.fill(0.0);
-                    for i in 0..g.kernel_h {
-                        for j in 0..g.kernel_w {
-                            let at = (oh + i) * wp + j;
-                            add_short(mr, &sq[at..at + w_n]);
-                        }
+        with_simd(
+            #[inline(always)]
+            || {
+                with_padded(g, |sq, wp| {
+                    for (h, row) in xp.chunks_exact(w_n).enumerate() {
+                        let at = (h + g.pad_h) * wp + g.pad_w;
+                        sq[at..at + w_n]
+                            .iter_mut()
+                            .zip(row)
+                            .for_each(|(s, &v)| *s = v * v);
                     }
-                    mr.iter_mut().for_each(|m| *m /= size);
-                }
-            });
-            pp.iter_mut()
-                .zip(mp.iter())
-                .for_each(|(q, &m)| *q = power_step(m, -beta, alpha, 1.0));
-        })
+                    for (oh, mr) in mp.chunks_exact_mut(w_n).enumerate() {
+                        mr.fill(0.0);
+                        for i in 0..g.kernel_h {
+                            for j in 0..g.kernel_w {
+                                let at = (oh + i) * wp + j;
+                                add_short(mr, &sq[at..at + w_n]);
+                            }
+                        }
+                        mr.iter_mut().for_each(|m| *m /= size);
+                    }
+                });
+                pp.iter_mut()
+                    .zip(mp.iter())
+                    .for_each(|(q, &m)| *q = power_step(m, -beta, alpha, 1.0));
+            },
+        )
     });
 }
 
@@ -103,36 +106,41 @@ pub(super) fn within_backward(
     par.rows_mut(dx, hw, hw * (taps + 12), |p, dxp| {
         let r = p * hw..(p + 1) * hw;
         let (xp, mp, pp, dyp) = (&x[r.clone()], &mean[r.clone()], &power[r.clone()], &dy[r]);
-        with_simd(|| {
-            with_padded(g, |shares, wp| {
-                for h in 0..g.height {
-                    let at = (h + g.pad_h) * wp + g.pad_w;
-                    let q = h * w_n..(h + 1) * w_n;
-                    let inputs = dyp[q.clone()].iter().zip(&xp[q.clone()]);
-                    let inputs = inputs.zip(pp[q.clone()].iter().zip(&mp[q]));
-                    for (s, ((&d, &v), (&pw, &m))) in shares[at..at + w_n].iter_mut().zip(inputs) {
-                        let t = d * v * pw / power_step(m, 1.0, alpha, 1.0);
-                        *s = factor * t / size;
-                    }
-                }
-                for (h, dst) in dxp.chunks_exact_mut(w_n).enumerate() {
-                    // The pixel's windows are the outputs of padded rows h..h+n and columns
-                    // w..w+n, taken in output order.
-                    dst.fill(0.0);
-                    for i in 0..g.kernel_h {
-                        for j in 0..g.kernel_w {
-                            let at = (h + i) * wp + j;
-                            add_short(dst, &shares[at..at + w_n]);
+        with_simd(
+            #[inline(always)]
+            || {
+                with_padded(g, |shares, wp| {
+                    for h in 0..g.height {
+                        let at = (h + g.pad_h) * wp + g.pad_w;
+                        let q = h * w_n..(h + 1) * w_n;
+                        let inputs = dyp[q.clone()].iter().zip(&xp[q.clone()]);
+                        let inputs = inputs.zip(pp[q.clone()].iter().zip(&mp[q]));
+                        for (s, ((&d, &v), (&pw, &m))) in
+                            shares[at..at + w_n].iter_mut().zip(inputs)
+                        {
+                            let t = d * v * pw / power_step(m, 1.0, alpha, 1.0);
+                            *s = factor * t / size;
                         }
                     }
-                    let q = h * w_n..(h + 1) * w_n;
-                    let inputs = xp[q.clone()].iter().zip(dyp[q.clone()].iter().zip(&pp[q]));
-                    for (o, (&v, (&d, &pw))) in dst.iter_mut().zip(inputs) {
-                        *o = 2.0 * (*o * v) + d * pw;
+                    for (h, dst) in dxp.chunks_exact_mut(w_n).enumerate() {
+                        // The pixel's windows are the outputs of padded rows h..h+n and columns
+                        // w..w+n, taken in output order.
+                        dst.fill(0.0);
+                        for i in 0..g.kernel_h {
+                            for j in 0..g.kernel_w {
+                                let at = (h + i) * wp + j;
+                                add_short(dst, &shares[at..at + w_n]);
+                            }
+                        }
+                        let q = h * w_n..(h + 1) * w_n;
+                        let inputs = xp[q.clone()].iter().zip(dyp[q.clone()].iter().zip(&pp[q]));
+                        for (o, (&v, (&d, &pw))) in dst.iter_mut().zip(inputs) {
+                            *o = 2.0 * (*o * v) + d * pw;
+                        }
                     }
-                }
-            })
-        })
+                })
+            },
+        )
     });
 }
 

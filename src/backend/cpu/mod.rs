@@ -18,12 +18,14 @@ mod direct;
 mod elementwise;
 mod gemm;
 mod im2col;
+mod lane_sums;
 mod loss;
 mod lrn;
 mod neuron;
 mod pooling;
 mod reductions;
 mod rng;
+mod scale;
 mod simd;
 
 use super::view::Extent;
@@ -35,6 +37,7 @@ use super::{
     Unary, Views,
 };
 use elementwise::Operand;
+use lane_sums::Term;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -566,6 +569,7 @@ impl Backend for CpuBackend {
             // The batch convolutions use the backend's own scratch (`CpuBackend::scratch`).
             conv_scratch: true,
             fused_batch_norm: true,
+            fused_scale: true,
             ..Capabilities::default()
         }
     }
@@ -799,12 +803,12 @@ impl Backend for CpuBackend {
         let x = x.values("reduce", "x")?;
         let par = self.par();
         let total = match r {
-            Reduction::Sum => reductions::reduce(par, x, x, |a, _| a),
-            Reduction::Asum => reductions::reduce(par, x, x, |a, _| a.abs()),
-            Reduction::Sumsq => reductions::reduce(par, x, x, |a, _| a * a),
+            Reduction::Sum => reductions::reduce(par, x, x, Term::First),
+            Reduction::Asum => reductions::reduce(par, x, x, Term::Abs),
+            Reduction::Sumsq => reductions::reduce(par, x, x, Term::Square),
             Reduction::Dot(b) => {
                 let b = b.exactly("reduce", "b", x.len())?;
-                reductions::reduce(par, x, b, |a, b| a * b)
+                reductions::reduce(par, x, b, Term::Product)
             }
         };
         Ok(total as f32)
@@ -818,7 +822,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = x.values("sum_into", "x")?;
         let y = y.leading("sum_into", "y", 1)?;
-        let sum = reductions::reduce(self.par(), x, x, |a, _| a);
+        let sum = reductions::reduce(self.par(), x, x, Term::First);
         y[0] = (f64::from(alpha) * sum) as f32;
         Ok(())
     }
@@ -927,6 +931,48 @@ impl Backend for CpuBackend {
             },
         };
         batch_norm::forward(self.par(), axis, eps, statistics, x, out);
+        Ok(())
+    }
+
+    fn scale_forward(
+        &self,
+        axis: Axis,
+        scale: Slice<'_, CpuBuffer>,
+        bias: Option<Slice<'_, CpuBuffer>>,
+        x: Src<'_, CpuBuffer>,
+        y: SliceMut<'_, CpuBuffer>,
+        keep: Option<SliceMut<'_, CpuBuffer>>,
+    ) -> Result<()> {
+        const OP: &str = "scale_forward";
+        let (count, channels) = (axis.len(OP)?, axis.dim);
+        let scale = scale.leading(OP, "scale", channels)?;
+        let bias = bias.map(|b| b.leading(OP, "bias", channels)).transpose()?;
+        let y = y.leading(OP, "y", count)?;
+        let keep = keep.map(|k| k.leading(OP, "keep", count)).transpose()?;
+        let x = leading_operand(OP, "x", x, count)?;
+        scale::forward(self.par(), axis, (scale, bias), x, y, keep);
+        Ok(())
+    }
+
+    fn scale_gradients(
+        &self,
+        axis: Axis,
+        x: Slice<'_, CpuBuffer>,
+        dy: Slice<'_, CpuBuffer>,
+        scale_diff: Option<(SliceMut<'_, CpuBuffer>, f32)>,
+        bias_diff: Option<SliceMut<'_, CpuBuffer>>,
+    ) -> Result<()> {
+        const OP: &str = "scale_gradients";
+        let (count, channels) = (axis.len(OP)?, axis.dim);
+        let x = x.leading(OP, "x", count)?;
+        let dy = dy.leading(OP, "dy", count)?;
+        let scale_diff = scale_diff
+            .map(|(d, beta)| d.leading(OP, "scale_diff", channels).map(|d| (d, beta)))
+            .transpose()?;
+        let bias_diff = bias_diff
+            .map(|d| d.leading(OP, "bias_diff", channels))
+            .transpose()?;
+        scale::gradients(self.par(), axis, x, dy, scale_diff, bias_diff);
         Ok(())
     }
 

@@ -530,11 +530,14 @@ pub(super) fn ave_forward(par: Par<'_>, g: &PoolGeom, x: &[f32], y: &mut [f32]) 
         let first = i * group;
         let xg = &x[first * hw..(first + yg.len() / pp.max(1)) * hw];
         with_scratch(g, &failed, |s| {
-            with_simd(|| {
-                s.fill(g, xg, 0.0);
-                ave_slots(s);
-                s.read_slots(g, &s.values, yg, |v| v);
-            })
+            with_simd(
+                #[inline(always)]
+                || {
+                    s.fill(g, xg, 0.0);
+                    ave_slots(s);
+                    s.read_slots(g, &s.values, yg, |v| v);
+                },
+            )
         })
     });
     first_failure(failed)
@@ -548,13 +551,16 @@ pub(super) fn ave_backward(par: Par<'_>, g: &PoolGeom, dy: &[f32], dx: &mut [f32
         let first = i * group;
         let dyg = &dy[first * pp..(first + dxg.len() / hw.max(1)) * pp];
         with_scratch(g, &failed, |s| {
-            with_simd(|| {
-                // Spare slots and empty windows pass nothing back (a spare slot's taps may
-                // reach the image).
-                s.write_slots(g, dyg, |dv, d| if d > 0.0 { dv / d } else { 0.0 });
-                ave_shares(s);
-                s.read(g, dxg);
-            })
+            with_simd(
+                #[inline(always)]
+                || {
+                    // Spare slots and empty windows pass nothing back (a spare slot's taps may
+                    // reach the image).
+                    s.write_slots(g, dyg, |dv, d| if d > 0.0 { dv / d } else { 0.0 });
+                    ave_shares(s);
+                    s.read(g, dxg);
+                },
+            )
         })
     });
     first_failure(failed)

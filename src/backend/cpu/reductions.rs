@@ -11,6 +11,7 @@
 //! loop starting from the first element (max) or from zero (sum, dot).
 
 use super::elementwise::{local, Operand};
+use super::lane_sums::{self, Term};
 use super::simd::with_simd;
 use super::Par;
 use crate::backend::Axis;
@@ -20,36 +21,8 @@ use rayon::prelude::*;
 const PART: usize = 1 << 15;
 /// The most parts an input is cut into.
 const MAX_PARTS: usize = 64;
-/// Elements summed in f32 lanes before the lanes are added in f64.
-const BLOCK: usize = 1024;
-/// Interleaved f32 accumulators within a block.
-const LANES: usize = 8;
-
-/// `sum_i f(a[i], b[i])` in blocks and lanes (see the module doc); `a` and `b` have one length.
-pub(super) fn lanes<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], f: &F) -> f64 {
-    let mut total = 0f64;
-    for (ab, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-        let mut acc = [0f32; LANES];
-        let mut ia = ab.chunks_exact(LANES);
-        let mut ib = bb.chunks_exact(LANES);
-        for (xa, xb) in (&mut ia).zip(&mut ib) {
-            for l in 0..LANES {
-                acc[l] += f(xa[l], xb[l]);
-            }
-        }
-        for (l, (&p, &q)) in ia.remainder().iter().zip(ib.remainder()).enumerate() {
-            acc[l] += f(p, q);
-        }
-        total += acc.iter().map(|&v| f64::from(v)).sum::<f64>();
-    }
-    total
-}
-
-/// `sum_i f(a[i], b[i])` over equal-length slices; deterministic for any thread count.
-pub(super) fn reduce<F>(par: Par<'_>, a: &[f32], b: &[f32], f: F) -> f64
-where
-    F: Fn(f32, f32) -> f32 + Sync + Send,
-{
+/// `sum_i t(a[i], b[i])` over equal-length slices; deterministic for any thread count.
+pub(super) fn reduce(par: Par<'_>, a: &[f32], b: &[f32], t: Term) -> f64 {
     let n = a.len();
     let parts = n.div_ceil(PART).clamp(1, MAX_PARTS);
     let part_len = n.div_ceil(parts).max(1);
@@ -57,7 +30,7 @@ where
     let part = |i: usize| {
         let start = (i * part_len).min(n);
         let end = ((i + 1) * part_len).min(n);
-        lanes(&a[start..end], &b[start..end], &f)
+        lane_sums::sum(&a[start..end], &b[start..end], t)
     };
     match par.pool {
         Some(pool) if parts > 1 => pool.install(|| {
@@ -140,20 +113,40 @@ pub(super) fn along_axis<F>(
     par.rows_mut(y, dim * inner, dim * inner, |o, yo| {
         let f = local(f);
         let vo = &v[o * inner..(o + 1) * inner];
-        with_simd(|| {
-            for (c, yc) in yo.chunks_mut(inner).enumerate() {
-                match x {
-                    Operand::Same => yc.iter_mut().zip(vo).for_each(|(p, &q)| *p = f(*p, q)),
-                    Operand::Slice(x) => {
-                        let xc = &x[(o * dim + c) * inner..(o * dim + c + 1) * inner];
-                        yc.iter_mut()
-                            .zip(xc.iter().zip(vo))
-                            .for_each(|(p, (&u, &q))| *p = f(u, q))
+        with_simd(
+            #[inline(always)]
+            || {
+                for (c, yc) in yo.chunks_mut(inner).enumerate() {
+                    match x {
+                        Operand::Same => yc.iter_mut().zip(vo).for_each(|(p, &q)| *p = f(*p, q)),
+                        Operand::Slice(x) => {
+                            let xc = &x[(o * dim + c) * inner..(o * dim + c + 1) * inner];
+                            yc.iter_mut()
+                                .zip(xc.iter().zip(vo))
+                                .for_each(|(p, (&u, &q))| *p = f(u, q))
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     });
+}
+
+/// The row length of a task in a per-channel pass over `axis` (`inner > 0`): whole runs of one
+/// channel (`inner` values each), a few thousand values at least, so that small maps (DenseNet's
+/// 8 x 8) do not cost more in calls than in arithmetic. A row may span channels and images.
+pub(super) fn channel_row_len(axis: Axis) -> usize {
+    axis.inner
+        * 4096usize
+            .div_ceil(axis.inner)
+            .min(axis.dim * axis.outer)
+            .max(1)
+}
+
+/// The channel of the run that starts at `at` (a multiple of `axis.inner`).
+#[inline(always)]
+pub(super) fn channel_at(axis: Axis, at: usize) -> usize {
+    (at / axis.inner) % axis.dim
 }
 
 /// `y[o, c, j] = f(x[o, c, j], v[c])`, `x` possibly `y` itself.
@@ -171,24 +164,26 @@ pub(super) fn per_channel<F>(
     if inner == 0 || channels == 0 {
         return;
     }
-    // Long rows are worth a task each; short ones are grouped per outer index.
-    let row_len = if inner >= 64 { inner } else { channels * inner };
+    let row_len = channel_row_len(axis);
     par.rows_mut(y, row_len, row_len, |r, yr| {
         let f = local(f);
         let start = r * row_len;
-        with_simd(|| {
-            for (k, yc) in yr.chunks_mut(inner).enumerate() {
-                let s = start + k * inner;
-                let vc = v[(s / inner) % channels];
-                match x {
-                    Operand::Same => yc.iter_mut().for_each(|p| *p = f(*p, vc)),
-                    Operand::Slice(x) => yc
-                        .iter_mut()
-                        .zip(&x[s..s + inner])
-                        .for_each(|(p, &q)| *p = f(q, vc)),
+        with_simd(
+            #[inline(always)]
+            || {
+                for (k, yc) in yr.chunks_mut(inner).enumerate() {
+                    let s = start + k * inner;
+                    let vc = v[channel_at(axis, s)];
+                    match x {
+                        Operand::Same => yc.iter_mut().for_each(|p| *p = f(*p, vc)),
+                        Operand::Slice(x) => yc
+                            .iter_mut()
+                            .zip(&x[s..s + inner])
+                            .for_each(|(p, &q)| *p = f(q, vc)),
+                    }
                 }
-            }
-        })
+            },
+        )
     });
 }
 
@@ -202,19 +197,54 @@ pub(super) fn sum_per_channel(
     beta: f32,
     y: &mut [f32],
 ) {
-    let Axis {
-        outer,
-        dim: channels,
-        inner,
-    } = axis;
-    let id = |a: f32, _: f32| a;
-    par.rows_mut(y, 1, outer * inner, |c, yc| {
-        let mut s = 0f64;
-        for o in 0..outer {
-            let row = &x[(o * channels + c) * inner..(o * channels + c + 1) * inner];
-            s += lanes(row, row, &id);
-        }
-        let sum = (f64::from(alpha) * s) as f32;
+    par.rows_mut(y, 1, axis.outer * axis.inner, |c, yc| {
+        let sum = channel_sum(axis, alpha, (x, x), c, Term::First);
         yc[0] = if beta == 0.0 { sum } else { sum + beta * yc[0] };
     });
+}
+
+/// Row `o` of channel `c` of `x` viewed as `outer x channels x inner`.
+fn row(axis: Axis, x: &[f32], o: usize, c: usize) -> &[f32] {
+    let at = (o * axis.dim + c) * axis.inner;
+    &x[at..at + axis.inner]
+}
+
+/// `alpha` times the sum of `t(a, b)` over channel `c` of `a` and `b`, as `sum_per_channel`
+/// sums a channel: each row in [`lane_sums::sum`], the rows added in f64 in order.
+pub(super) fn channel_sum(
+    axis: Axis,
+    alpha: f32,
+    (a, b): (&[f32], &[f32]),
+    c: usize,
+    t: Term,
+) -> f32 {
+    let rows = (0..axis.outer).map(|o| (row(axis, a, o, c), row(axis, b, o, c)));
+    (f64::from(alpha) * lane_sums::sum_rows(rows, t)) as f32
+}
+
+/// [`channel_sum`] of `t` and of `u` (with `alpha` 1) in one pass over channel `c` of `a` and
+/// `b`: the same two sums, reading the data once.
+pub(super) fn channel_sums2(
+    axis: Axis,
+    (a, b): (&[f32], &[f32]),
+    c: usize,
+    terms: (Term, Term),
+) -> (f32, f32) {
+    let rows = (0..axis.outer).map(|o| (row(axis, a, o, c), row(axis, b, o, c)));
+    let (total_t, total_u) = lane_sums::sum2_rows(rows, terms);
+    (total_t as f32, total_u as f32)
+}
+
+/// `f(c)` for every channel, side by side on the pool when there is one.
+pub(super) fn map_channels<T: Send>(
+    par: Par<'_>,
+    axis: Axis,
+    f: impl Fn(usize) -> T + Sync + Send,
+) -> Vec<T> {
+    match par.pool {
+        Some(pool) if par.threads > 1 && axis.dim > 1 => {
+            pool.install(|| (0..axis.dim).into_par_iter().map(f).collect())
+        }
+        _ => (0..axis.dim).map(f).collect(),
+    }
 }

@@ -22,6 +22,9 @@ pub(super) fn has_avx2_fma() -> bool {
 }
 
 /// Runs `f` with AVX2 enabled when the CPU supports it, else as it is.
+///
+/// Callers mark the closure `#[inline(always)]`: LLVM leaves a closure with a few loops out of
+/// line otherwise, compiled for the baseline, and the AVX2 wrapper then only calls it.
 #[inline(always)]
 pub(super) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

@@ -48,7 +48,11 @@ pub(in crate::backend::cpu) fn worth_it(c: &ConvBatch, x: &[f32], dy: &[f32]) ->
     if !applies(c) || dy.is_empty() || c.out_spatial() > u32::MAX as usize {
         return false;
     }
-    nonzero_share(dy) <= MAX_DENSITY && with_simd(|| all_finite(x))
+    nonzero_share(dy) <= MAX_DENSITY
+        && with_simd(
+            #[inline(always)]
+            || all_finite(x),
+        )
 }
 
 /// The share of nonzeros in `dy`, from every 16th block of 64 floats (all of a small `dy`):

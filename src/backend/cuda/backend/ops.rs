@@ -86,8 +86,9 @@ impl<R: DeviceRuntime> Backend for CudaBackend<R> {
             fused_updates: true,
             capture: true,
             conv_scratch: false,
-            // BatchNorm composes its passes from the other kernels here.
+            // BatchNorm and Scale compose their passes from the other kernels here.
             fused_batch_norm: false,
+            fused_scale: false,
         }
     }
 
