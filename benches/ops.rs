@@ -213,7 +213,7 @@ type ConvCase = (
 );
 
 /// The zoo's convolutions at their training batch sizes (AlexNet's at deploy batch 10).
-const CONVS: [ConvCase; 8] = [
+const CONVS: [ConvCase; 11] = [
     ("lenet_conv1_b64", 64, 1, 28, 20, 1, 5, 0, 1),
     ("lenet_conv2_b64", 64, 20, 12, 50, 1, 5, 0, 1),
     ("cifar_conv1_b100", 100, 3, 32, 32, 1, 5, 2, 1),
@@ -222,6 +222,10 @@ const CONVS: [ConvCase; 8] = [
     ("alexnet_conv1_b10", 10, 3, 227, 96, 1, 11, 0, 4),
     ("alexnet_conv2_b10", 10, 96, 27, 256, 2, 5, 2, 1),
     ("alexnet_conv3_b10", 10, 256, 13, 384, 1, 3, 1, 1),
+    // A CIFAR ResNet's three stages (batch 128).
+    ("resnet_stage1_b128", 128, 16, 32, 16, 1, 3, 1, 1),
+    ("resnet_stage2_b128", 128, 32, 16, 32, 1, 3, 1, 1),
+    ("resnet_stage3_b128", 128, 64, 8, 64, 1, 3, 1, 1),
 ];
 
 fn bench_conv(c: &mut Criterion) {

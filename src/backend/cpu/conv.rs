@@ -590,10 +590,12 @@ mod tests {
         usize,
     );
 
-    const CASES: [Case; 9] = [
+    const CASES: [Case; 11] = [
         (7, 3, 9, 4, 1, 3, 1, 1, 1),
-        (3, 2, 8, 12, 1, 3, 1, 1, 1), // DenseNet's growth-rate layers: direct with 12 outputs
-        (2, 6, 8, 8, 2, 3, 1, 1, 1),  // few outputs per group, two groups
+        (2, 5, 15, 12, 1, 3, 1, 1, 1), // rows of 16: the data gradient's gather form, 12 outputs
+        (2, 4, 7, 16, 1, 3, 2, 1, 2),  // rows of 8, dilation 2: gather form
+        (3, 2, 8, 12, 1, 3, 1, 1, 1),  // DenseNet's growth-rate layers: direct with 12 outputs
+        (2, 6, 8, 8, 2, 3, 1, 1, 1),   // few outputs per group, two groups
         (2, 4, 9, 18, 1, 3, 1, 1, 1),
         (5, 4, 8, 6, 2, 3, 0, 2, 1),
         (6, 4, 6, 8, 1, 1, 0, 1, 1),
@@ -676,7 +678,7 @@ mod tests {
     );
 
     /// Shapes the direct kernels take (`direct::applies`), around the GEMM's depth blocks.
-    const DIRECT_CASES: [DirectCase; 8] = [
+    const DIRECT_CASES: [DirectCase; 10] = [
         (20, 12, 12, 50, 1, 5, 0, 1, 1), // LeNet conv2: one block, tiles of 5 and 6 channels
         (32, 16, 16, 32, 1, 5, 2, 1, 1), // cifar10 conv2: forward depth 800 (two blocks of 400 here)
         (3, 32, 32, 32, 1, 5, 2, 1, 1),  // cifar10 conv1: weight gradient over 1024 outputs
@@ -685,6 +687,8 @@ mod tests {
         (40, 13, 13, 48, 2, 3, 1, 1, 1), // AlexNet-like: rows of 13, two groups
         (6, 17, 20, 19, 1, 3, 2, 2, 2),  // vertical stride 2, dilation 2
         (5, 9, 40, 17, 1, 4, 0, 1, 1),   // even kernel, rows of 37
+        (8, 14, 16, 24, 1, 3, 2, 1, 2),  // the data gradient's gather form, dilation 2
+        (5, 10, 16, 20, 1, 2, 3, 1, 1),  // gather form, padding beyond the kernel's reach
     ];
 
     fn direct_batch(case: DirectCase) -> ConvBatch {

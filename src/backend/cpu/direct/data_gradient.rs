@@ -1,14 +1,26 @@
-//! The data gradient `dx = col2im(W^T dy)` with stride 1 across, without a column buffer:
-//! for each kernel tap in turn, each output's column entry (one multiply-add chain over the
-//! output channels) is added onto the pixel it came from, eight outputs at a time.
+//! The data gradient `dx = col2im(W^T dy)` with stride 1 across, without a column buffer.
 //!
-//! The same bits as the GEMM and col2im, and the same multiply-adds. A column entry is the
-//! GEMM's sum whenever its depth (the output channels) is one block of the GEMM kernel (at most
-//! 512), and col2im adds each pixel's entries onto zero in ascending tap order, as here. Rows
-//! whose width is no multiple of 8 end with a segment overlapping the one before; its lanes
-//! already added are masked to an exact `+0` (the sums start at `+0` and never become `-0`).
+//! Each pixel of `dx` is the sum, in ascending tap order from `+0`, of the column entries that
+//! land on it, and each entry is one multiply-add chain over the output channels: col2im after
+//! the GEMM, whenever the chain (the output channels) is one block of the GEMM kernel (at most
+//! 512). Two ways to get there, the same bits:
+//!
+//! * **Gather** (stride 1 both ways, input rows at least a vector wide): `dx` computed like a
+//!   forward convolution over `dy` bordered with zeros, reading each pixel's entries tap by tap
+//!   (the forward kernel with one depth block per tap: each block's chain starts at `+0`, the
+//!   blocks' sums added in order). An entry from outside the outputs reads zeros and sums to
+//!   `+0`, which leaves the pixel as it is (a sum from `+0` is never `-0`). Every pixel is
+//!   written once, from registers.
+//! * **Scatter** (otherwise): for each tap in turn, each output's entry added onto the pixel it
+//!   came from, eight outputs at a time. Rows whose width is no multiple of 8 end with a segment
+//!   overlapping the one before; its lanes already added are masked to an exact `+0`. Each tap
+//!   reads and writes `dx` again, and each entry's chain is as short as the output channels
+//!   (16 in a CIFAR ResNet's first stage): the gather form is faster there ([`gathers`]).
 
-use super::{applies, balanced, output_segments, padded_size, transpose_groups, with_zeroed};
+use super::{
+    applies, balanced, output_segments, padded_size, transpose_groups, with_zeroed, ForwardJob,
+    LANES,
+};
 use crate::backend::ConvBatch;
 use std::cell::RefCell;
 
@@ -17,6 +29,11 @@ thread_local! {
     static DX_PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The [`output_segments`] as `[first output, start in the padded dx, lanes covered]`.
     static OUTPUT_SEGMENTS: RefCell<Vec<[usize; 3]>> = const { RefCell::new(Vec::new()) };
+    /// One group's `dy`, bordered with zeros (the gather form).
+    static DY_BORDERED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The gather form's offsets (per tap, per output channel) and `dx` segments.
+    static GATHER_PLAN: RefCell<(Vec<usize>, Vec<[usize; 2]>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Input channels per tile.
@@ -46,6 +63,9 @@ pub(in crate::backend::cpu) fn data_gradient_image(
         data_gradient_applies(c),
         "direct data gradient called outside its shapes"
     );
+    if gathers(c) {
+        return gather_image(c, wt, dy, dx);
+    }
     let g = &c.geom;
     let (kd, go, sp) = (c.kernel_dim(), c.group_out(), c.out_spatial());
     let (hp, wp) = padded_size(c);
@@ -81,6 +101,82 @@ pub(in crate::backend::cpu) fn data_gradient_image(
                     let at = (ch * hp + h + g.pad_h) * wp + g.pad_w;
                     row.copy_from_slice(&padded[at..at + g.width]);
                 }
+            })
+        }
+    })
+}
+
+/// Whether [`data_gradient_image`] takes the gather form: stride 1 both ways, input rows of
+/// whole vectors (a last segment overlapping the one before would compute its pixels twice:
+/// LeNet's conv2, rows of 12, runs twice as long gathered), and at most 32 output channels per
+/// group. With longer chains the scatter form's passes over `dx` cost little, and it was as
+/// fast or faster (`cargo bench --bench ops -- conv`: cifar10's conv3, 64 outputs, 20 % slower
+/// gathered; a CIFAR ResNet's first stage, 16 outputs, 30 % faster). Either gives the same bits.
+fn gathers(c: &ConvBatch) -> bool {
+    c.geom.stride_h == 1 && c.geom.width.is_multiple_of(LANES) && c.group_out() <= 32
+}
+
+/// The gather form (see the module docs) for one image, every group.
+fn gather_image(c: &ConvBatch, wt: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let g = &c.geom;
+    let (kd, go, sp) = (c.kernel_dim(), c.group_out(), c.out_spatial());
+    let (out_h, out_w) = (g.out_h(), g.out_w());
+    // Outputs sit inside a border as wide as the kernel's reach, so every tap of every pixel
+    // reads inside the bordered planes.
+    let (border_h, border_w) = (
+        (g.kernel_h - 1) * g.dilation_h,
+        (g.kernel_w - 1) * g.dilation_w,
+    );
+    let (hb, wb) = (out_h + 2 * border_h, out_w + 2 * border_w);
+    let plane = g.height * g.width;
+    let cin = g.channels / c.groups;
+    GATHER_PLAN.with(|plan| {
+        let mut plan = plan.borrow_mut();
+        let (offsets, segments) = &mut *plan;
+        // Pixel (h, w) takes tap (i, j) from output (h + pad_h - i dil_h, w + pad_w - j dil_w),
+        // at (h + pad_h, w + pad_w) + (border - (i dil_h, j dil_w)) in the bordered planes.
+        offsets.clear();
+        for i in 0..g.kernel_h {
+            for j in 0..g.kernel_w {
+                let tap =
+                    (g.kernel_h - 1 - i) * g.dilation_h * wb + (g.kernel_w - 1 - j) * g.dilation_w;
+                offsets.extend((0..go).map(|m| m * hb * wb + tap));
+            }
+        }
+        segments.clear();
+        for h in 0..g.height {
+            for w in (0..g.width).step_by(LANES) {
+                let w = w.min(g.width - LANES);
+                segments.push([(h + g.pad_h) * wb + w + g.pad_w, h * g.width + w]);
+            }
+        }
+        for grp in 0..c.groups {
+            with_zeroed(&DY_BORDERED, go * hb * wb, |bordered| {
+                let dy = &dy[grp * go * sp..(grp + 1) * go * sp];
+                for (r, row) in dy.chunks_exact(out_w).enumerate() {
+                    let (m, oh) = (r / out_h, r % out_h);
+                    let at = (m * hb + oh + border_h) * wb + border_w;
+                    bordered[at..at + out_w].copy_from_slice(row);
+                }
+                let job = ForwardJob {
+                    image: bordered,
+                    offsets,
+                    segments,
+                    kc: go,
+                    sp: plane,
+                };
+                let wt = &wt[grp * kd * go..(grp + 1) * kd * go];
+                let dx = &mut dx[grp * cin * plane..(grp + 1) * cin * plane];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `applies` checked AVX2 and FMA. Each segment (eight pixels of one
+                // row, `width >= 8`) plus each offset lies inside the bordered planes: rows up
+                // to `height - 1 + pad_h + border_h < hb`, columns up to `width - 1 + pad_w +
+                // border_w < wb` (stride 1: `out = in + 2 pad - border`). `wt` holds `cin`
+                // rows of `kd` (taps x output channels, the order of `offsets`), `dx` `cin`
+                // planes.
+                unsafe {
+                    super::avx2::forward(job, wt, dx)
+                };
             })
         }
     })
