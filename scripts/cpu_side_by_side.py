@@ -149,21 +149,13 @@ def torch_net(net):
     from torch import nn
     import torch.nn.functional as F
 
+    from torch_time import WithinChannelLRN
+
     def pair(values, h, w, default):
         if h or w:
             return (h, w)
         values = list(values) or [default]
         return (values[0], values[-1])
-
-    class WithinChannelLRN(nn.Module):
-        def __init__(self, size, alpha, beta):
-            super().__init__()
-            self.size, self.alpha, self.beta = size, alpha, beta
-
-        def forward(self, x):
-            mean = F.avg_pool2d(x * x, self.size, stride=1, padding=(self.size - 1) // 2,
-                                count_include_pad=True)
-            return x / (1 + self.alpha * mean).pow(self.beta)
 
     class ChannelScale(nn.Module):
         def __init__(self, channels, bias):

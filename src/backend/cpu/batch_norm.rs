@@ -4,12 +4,14 @@
 //! they are bound by memory traffic, not arithmetic.
 //!
 //! The same bits as that composition (`layers::batch_norm`'s, which the tests run beside
-//! these): each channel sum is [`channel_sum`], as `sum_per_channel` adds them, and every element takes the composition's f32 steps in its
-//! order, without storing the values in between.
+//! these): each channel sum is [`channel_sum`], as `sum_per_channel` adds them, and every
+//! element takes the composition's f32 steps in its order, without storing the values in
+//! between.
 
 use super::lane_sums::Term;
-use super::reductions::{channel_at, channel_row_len, channel_sum, channel_sums2, map_channels};
-use super::simd::with_simd;
+use super::reductions::{
+    channel_sum, channel_sums2, for_channel_runs, for_channel_runs2, map_channels,
+};
 use super::Par;
 use crate::backend::Axis;
 
@@ -70,37 +72,30 @@ pub(super) fn forward(
         *s = (v + eps).sqrt();
     }
     let (std, inner) = (&*std, axis.inner);
-    if inner == 0 {
-        return;
-    }
-    let row_len = channel_row_len(axis);
-    par.rows2_mut(y, row_len, x_norm, row_len, row_len, |r, y, norm| {
-        let start = r * row_len;
-        with_simd(
-            #[inline(always)]
-            || {
-                for (k, (y, norm)) in y.chunks_mut(inner).zip(norm.chunks_mut(inner)).enumerate() {
-                    let at = start + k * inner;
-                    let c = channel_at(axis, at);
-                    let (m, s) = (mean[c], std[c]);
-                    match x {
-                        Some(x) => {
-                            for ((y, n), &x) in y.iter_mut().zip(norm).zip(&x[at..at + inner]) {
-                                *y = (x - m) / s;
-                                *n = *y;
-                            }
-                        }
-                        None => {
-                            for (y, n) in y.iter_mut().zip(norm) {
-                                *y = (*y - m) / s;
-                                *n = *y;
-                            }
-                        }
+    for_channel_runs2(
+        par,
+        axis,
+        y,
+        x_norm,
+        #[inline(always)]
+        |c, at, y, norm| {
+            let (m, s) = (mean[c], std[c]);
+            match x {
+                Some(x) => {
+                    for ((y, n), &x) in y.iter_mut().zip(norm).zip(&x[at..at + inner]) {
+                        *y = (x - m) / s;
+                        *n = *y;
                     }
                 }
-            },
-        )
-    });
+                None => {
+                    for (y, n) in y.iter_mut().zip(norm) {
+                        *y = (*y - m) / s;
+                        *n = *y;
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// The input gradient with batch statistics:
@@ -122,39 +117,30 @@ pub(super) fn backward(
             channel_sums2(axis, (dy, y), c, (Term::Product, Term::First))
         })
     };
-    let neg_inv_count = -inv_count;
-    let inner = axis.inner;
-    if inner == 0 {
-        return;
-    }
-    let row_len = channel_row_len(axis);
-    par.rows_mut(dx, row_len, row_len, |r, dx| {
-        let start = r * row_len;
-        with_simd(
-            #[inline(always)]
-            || {
-                for (k, dx) in dx.chunks_mut(inner).enumerate() {
-                    let at = start + k * inner;
-                    let c = channel_at(axis, at);
-                    let ((dot, sum), s) = (sums[c], std[c]);
-                    let y = &y[at..at + inner];
-                    // `move`: captured by reference, the scalars might alias `dx`, and the loop
-                    // stays scalar.
-                    let step = move |dy: f32, y: f32| (dy + neg_inv_count * (y * dot + sum)) / s;
-                    match dy {
-                        Some(dy) => {
-                            for ((dx, &dy), &y) in dx.iter_mut().zip(&dy[at..at + inner]).zip(y) {
-                                *dx = step(dy, y);
-                            }
-                        }
-                        None => {
-                            for (dx, &y) in dx.iter_mut().zip(y) {
-                                *dx = step(*dx, y);
-                            }
-                        }
+    let (neg_inv_count, inner) = (-inv_count, axis.inner);
+    for_channel_runs(
+        par,
+        axis,
+        dx,
+        #[inline(always)]
+        |c, at, dx| {
+            let ((dot, sum), s) = (sums[c], std[c]);
+            let y = &y[at..at + inner];
+            // `move`: captured by reference, the scalars might alias `dx`, and the loop stays
+            // scalar.
+            let step = move |dy: f32, y: f32| (dy + neg_inv_count * (y * dot + sum)) / s;
+            match dy {
+                Some(dy) => {
+                    for ((dx, &dy), &y) in dx.iter_mut().zip(&dy[at..at + inner]).zip(y) {
+                        *dx = step(dy, y);
                     }
                 }
-            },
-        )
-    });
+                None => {
+                    for (dx, &y) in dx.iter_mut().zip(y) {
+                        *dx = step(*dx, y);
+                    }
+                }
+            }
+        },
+    );
 }

@@ -56,15 +56,15 @@ pub(super) fn sum(a: &[f32], b: &[f32], t: Term) -> f64 {
 }
 
 /// `sum_r sum_i t(a_r[i], b_r[i])` over row pairs `(a_r, b_r)`: each row as [`sum`] adds it, the
-/// row totals added in f64 in order. One check of the CPU for all the rows: per-channel sums
-/// of small maps have many short rows.
+/// row totals added in f64 in order from `+0`. One check of the CPU for all the rows: per-channel
+/// sums of small maps have many short rows.
 pub(super) fn sum_rows<'a>(rows: impl Iterator<Item = (&'a [f32], &'a [f32])>, t: Term) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2, checked just above.
         return unsafe { avx2::sum_rows(rows, t) };
     }
-    rows.map(|(a, b)| portable(a, b, [t]).0).sum()
+    rows.fold(0.0, |total, (a, b)| total + portable(a, b, [t]).0)
 }
 
 /// [`sum_rows`] of two terms in one pass over the rows: each total as [`sum_rows`] adds it.
@@ -77,17 +77,10 @@ pub(super) fn sum2_rows<'a>(
         // SAFETY: the CPU supports AVX2, checked just above.
         return unsafe { avx2::sum2_rows(rows, terms) };
     }
-    let totals: Vec<(f64, f64)> = rows
-        .map(|(a, b)| portable(a, b, [terms.0, terms.1]))
-        .collect();
-    add_rows(&totals)
-}
-
-/// Two running totals over rows, each added in f64 in order as [`sum_rows`] adds.
-fn add_rows(totals: &[(f64, f64)]) -> (f64, f64) {
-    let first: f64 = totals.iter().map(|r| r.0).sum();
-    let second: f64 = totals.iter().map(|r| r.1).sum();
-    (first, second)
+    rows.fold((0.0, 0.0), |(t, u), (a, b)| {
+        let (p, q) = portable(a, b, [terms.0, terms.1]);
+        (t + p, u + q)
+    })
 }
 
 /// The portable loop for one or two terms: `(first total, second total or 0)`.
@@ -197,7 +190,7 @@ mod avx2 {
     /// [`super::sum_rows`] with every row in [`sum`].
     #[target_feature(enable = "avx2")]
     pub(super) fn sum_rows<'a>(rows: impl Iterator<Item = (&'a [f32], &'a [f32])>, t: Term) -> f64 {
-        rows.map(|(a, b)| sum(a, b, t)).sum()
+        rows.fold(0.0, |total, (a, b)| total + sum(a, b, t))
     }
 
     /// [`super::sum2_rows`] with every row in [`sum2`].
@@ -206,14 +199,28 @@ mod avx2 {
         rows: impl Iterator<Item = (&'a [f32], &'a [f32])>,
         terms: (Term, Term),
     ) -> (f64, f64) {
-        let totals: Vec<(f64, f64)> = rows.map(|(a, b)| sum2(a, b, terms)).collect();
-        super::add_rows(&totals)
+        rows.fold((0.0, 0.0), |(t, u), (a, b)| {
+            let (p, q) = sum2(a, b, terms);
+            (t + p, u + q)
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{portable, sum, sum2_rows, sum_rows, Term};
+
+    /// `t(p, q)` in f64, without rounding (an independent reference for the loops).
+    fn exact_term(t: Term, p: f32, q: f32) -> f64 {
+        let (p, q) = (f64::from(p), f64::from(q));
+        match t {
+            Term::First => p,
+            Term::Abs => p.abs(),
+            Term::Square => p * p,
+            Term::Product => p * q,
+            Term::SquaredDeviation(m) => (p - f64::from(m)).powi(2),
+        }
+    }
 
     /// The AVX2 kernels (where the CPU has them) give the portable loop's bits, for every term
     /// and pair of terms, on lengths with and without a tail, across block boundaries, and over
@@ -238,11 +245,22 @@ mod tests {
             for t in terms {
                 let want = portable(&a, &b, [t]).0;
                 assert_eq!(sum(&a, &b, t).to_bits(), want.to_bits(), "{t:?} over {n}");
+                // And near the exact sum (f64 throughout), as any summation order is.
+                let exact: f64 = a.iter().zip(&b).map(|(&p, &q)| exact_term(t, p, q)).sum();
+                let scale: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(&p, &q)| exact_term(t, p, q).abs())
+                    .sum();
+                assert!(
+                    (want - exact).abs() <= 1e-5 * scale + 1e-30,
+                    "{t:?} over {n}: {want} vs {exact}"
+                );
             }
             for row in [1, 64, 1029] {
                 let rows = || a.chunks(row).zip(b.chunks(row));
                 for t in terms {
-                    let want: f64 = rows().map(|(a, b)| portable(a, b, [t]).0).sum();
+                    let want = rows().fold(0.0, |s, (a, b)| s + portable(a, b, [t]).0);
                     let got = sum_rows(rows(), t);
                     assert_eq!(
                         got.to_bits(),
@@ -250,10 +268,8 @@ mod tests {
                         "{t:?} over {n} in rows of {row}"
                     );
                     for u in terms {
-                        let pairs: Vec<(f64, f64)> =
-                            rows().map(|(a, b)| portable(a, b, [t, u])).collect();
-                        let want_t: f64 = pairs.iter().map(|p| p.0).sum();
-                        let want_u: f64 = pairs.iter().map(|p| p.1).sum();
+                        let want_t = rows().fold(0.0, |s, (a, b)| s + portable(a, b, [t]).0);
+                        let want_u = rows().fold(0.0, |s, (a, b)| s + portable(a, b, [u]).0);
                         let (got_t, got_u) = sum2_rows(rows(), (t, u));
                         let (got, want) = ([got_t, got_u], [want_t, want_u]);
                         assert_eq!(

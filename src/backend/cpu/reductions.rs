@@ -135,7 +135,7 @@ pub(super) fn along_axis<F>(
 /// The row length of a task in a per-channel pass over `axis` (`inner > 0`): whole runs of one
 /// channel (`inner` values each), a few thousand values at least, so that small maps (DenseNet's
 /// 8 x 8) do not cost more in calls than in arithmetic. A row may span channels and images.
-pub(super) fn channel_row_len(axis: Axis) -> usize {
+fn channel_row_len(axis: Axis) -> usize {
     axis.inner
         * 4096usize
             .div_ceil(axis.inner)
@@ -143,10 +143,53 @@ pub(super) fn channel_row_len(axis: Axis) -> usize {
             .max(1)
 }
 
-/// The channel of the run that starts at `at` (a multiple of `axis.inner`).
-#[inline(always)]
-pub(super) fn channel_at(axis: Axis, at: usize) -> usize {
-    (at / axis.inner) % axis.dim
+/// Calls `f(channel, at, run)` for every run of one channel in `y` viewed as `axis` (`inner`
+/// values from `at`), the pool's tasks taking rows of [`channel_row_len`] values. `f` runs
+/// inside `with_simd`: mark it `#[inline(always)]`, and copy the scalars its loops read.
+pub(super) fn for_channel_runs<F>(par: Par<'_>, axis: Axis, y: &mut [f32], f: F)
+where
+    F: Fn(usize, usize, &mut [f32]) + Sync + Send,
+{
+    let inner = axis.inner;
+    if inner == 0 || axis.dim == 0 {
+        return;
+    }
+    let row_len = channel_row_len(axis);
+    par.rows_mut(y, row_len, row_len, |r, y| {
+        with_simd(
+            #[inline(always)]
+            || {
+                for (k, run) in y.chunks_mut(inner).enumerate() {
+                    let at = r * row_len + k * inner;
+                    f((at / inner) % axis.dim, at, run);
+                }
+            },
+        )
+    });
+}
+
+/// [`for_channel_runs`] over two outputs of `y`'s length: `f(channel, at, run of y, run of z)`.
+pub(super) fn for_channel_runs2<F>(par: Par<'_>, axis: Axis, y: &mut [f32], z: &mut [f32], f: F)
+where
+    F: Fn(usize, usize, &mut [f32], &mut [f32]) + Sync + Send,
+{
+    let inner = axis.inner;
+    if inner == 0 || axis.dim == 0 {
+        return;
+    }
+    let row_len = channel_row_len(axis);
+    par.rows2_mut(y, row_len, z, row_len, row_len, |r, y, z| {
+        with_simd(
+            #[inline(always)]
+            || {
+                let runs = y.chunks_mut(inner).zip(z.chunks_mut(inner));
+                for (k, (run_y, run_z)) in runs.enumerate() {
+                    let at = r * row_len + k * inner;
+                    f((at / inner) % axis.dim, at, run_y, run_z);
+                }
+            },
+        )
+    });
 }
 
 /// `y[o, c, j] = f(x[o, c, j], v[c])`, `x` possibly `y` itself.
@@ -160,31 +203,23 @@ pub(super) fn per_channel<F>(
 ) where
     F: Fn(f32, f32) -> f32 + Copy + Sync + Send,
 {
-    let (channels, inner) = (axis.dim, axis.inner);
-    if inner == 0 || channels == 0 {
-        return;
-    }
-    let row_len = channel_row_len(axis);
-    par.rows_mut(y, row_len, row_len, |r, yr| {
-        let f = local(f);
-        let start = r * row_len;
-        with_simd(
-            #[inline(always)]
-            || {
-                for (k, yc) in yr.chunks_mut(inner).enumerate() {
-                    let s = start + k * inner;
-                    let vc = v[channel_at(axis, s)];
-                    match x {
-                        Operand::Same => yc.iter_mut().for_each(|p| *p = f(*p, vc)),
-                        Operand::Slice(x) => yc
-                            .iter_mut()
-                            .zip(&x[s..s + inner])
-                            .for_each(|(p, &q)| *p = f(q, vc)),
-                    }
-                }
-            },
-        )
-    });
+    let inner = axis.inner;
+    for_channel_runs(
+        par,
+        axis,
+        y,
+        #[inline(always)]
+        |c, at, run| {
+            let (f, vc) = (local(f), v[c]);
+            match x {
+                Operand::Same => run.iter_mut().for_each(|p| *p = f(*p, vc)),
+                Operand::Slice(x) => run
+                    .iter_mut()
+                    .zip(&x[at..at + inner])
+                    .for_each(|(p, &q)| *p = f(q, vc)),
+            }
+        },
+    );
 }
 
 /// `y[c] = alpha sum_{o, j} x[o, c, j] + beta y[c]` (`y` not read when `beta == 0`); each

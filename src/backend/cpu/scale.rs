@@ -10,8 +10,9 @@
 
 use super::elementwise::Operand;
 use super::lane_sums::Term;
-use super::reductions::{channel_at, channel_row_len, channel_sum, channel_sums2, map_channels};
-use super::simd::with_simd;
+use super::reductions::{
+    channel_sum, channel_sums2, for_channel_runs, for_channel_runs2, map_channels,
+};
 use super::Par;
 use crate::backend::Axis;
 
@@ -24,37 +25,36 @@ pub(super) fn forward(
     y: &mut [f32],
     keep: Option<&mut [f32]>,
 ) {
-    let (channels, inner) = (axis.dim, axis.inner);
-    if inner == 0 || channels == 0 {
-        return;
-    }
-    let row_len = channel_row_len(axis);
-    let row = |r: usize, y: &mut [f32], mut keep: Option<&mut [f32]>| {
-        let start = r * row_len;
-        with_simd(
-            #[inline(always)]
-            || {
-                for (k, y) in y.chunks_mut(inner).enumerate() {
-                    let at = start + k * inner;
-                    let c = channel_at(axis, at);
-                    let (s, b) = (scale[c], bias.map(|b| b[c]));
-                    let x = match x {
-                        Operand::Same => None,
-                        Operand::Slice(x) => Some(&x[at..at + inner]),
-                    };
-                    let keep = keep
-                        .as_deref_mut()
-                        .map(|kept| &mut kept[k * inner..(k + 1) * inner]);
-                    affine(s, b, x, y, keep);
-                }
-            },
-        )
+    // One channel's run from `at`: its input (`None`: `y` itself), scale and bias.
+    let operands = move |c: usize, at: usize| {
+        let x = match x {
+            Operand::Same => None,
+            Operand::Slice(x) => Some(&x[at..at + axis.inner]),
+        };
+        (x, scale[c], bias.map(|b| b[c]))
     };
     match keep {
-        Some(keep) => par.rows2_mut(y, row_len, keep, row_len, row_len, |r, y, kept| {
-            row(r, y, Some(kept))
-        }),
-        None => par.rows_mut(y, row_len, row_len, |r, y| row(r, y, None)),
+        Some(keep) => for_channel_runs2(
+            par,
+            axis,
+            y,
+            keep,
+            #[inline(always)]
+            |c, at, y, kept| {
+                let (x, s, b) = operands(c, at);
+                affine(s, b, x, y, Some(kept))
+            },
+        ),
+        None => for_channel_runs(
+            par,
+            axis,
+            y,
+            #[inline(always)]
+            |c, at, y| {
+                let (x, s, b) = operands(c, at);
+                affine(s, b, x, y, None)
+            },
+        ),
     }
 }
 
